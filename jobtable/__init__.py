@@ -1,0 +1,43 @@
+"""jobtable: a background job queue kept in a SQL table.
+
+Three doors into one queue: the Job API (this module), the Kombu transport
+(``jobtable+postgresql+psycopg://`` broker URLs) and the Celery shim.
+"""
+
+from __future__ import annotations
+
+from . import params as _params
+from .enqueue import run_in_worker_many
+from .exceptions import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    EnqueueError,
+    JobNotFound,
+    JobtableError,
+    ModelNotFound,
+    SchemaNotMigrated,
+    UnknownJob,
+)
+from .jobs import Job, JobRequest
+from .registry import jobs_registry, register_job
+from .settings import configure, get_settings
+
+_params.register_with_kombu()
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EnqueueError",
+    "Job",
+    "JobNotFound",
+    "JobRequest",
+    "JobtableError",
+    "ModelNotFound",
+    "SchemaNotMigrated",
+    "UnknownJob",
+    "configure",
+    "get_settings",
+    "jobs_registry",
+    "register_job",
+    "run_in_worker_many",
+]

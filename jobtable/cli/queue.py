@@ -1,0 +1,212 @@
+"""Commands that set up, inspect and operate the queue."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from ..db import engine as db_engine
+from ..db import migrate as db_migrate
+from ..db import store, tables
+from ..exceptions import JobNotFound
+from ..settings import get_settings
+from . import main, with_app
+
+
+def _ts(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the jobtable tables."""
+    engine = db_engine.get_engine()
+    db_engine.ping(engine)
+    before, after = db_migrate.upgrade(engine)
+    where = db_engine.describe(engine)
+    if before == after:
+        click.echo(f"{where}: schema is up to date (revision {after}).")
+    else:
+        click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}.")
+
+
+@main.command()
+def stats() -> None:
+    """Pending, scheduled and running jobs, and results by status, per queue."""
+    with db_engine.connect() as conn, conn.begin():
+        queues, results = store.stats(conn)
+    names = sorted({q.queue for q in queues} | set(results))
+    by_queue = {q.queue: q for q in queues}
+    rows = []
+    for name in names:
+        q = by_queue.get(name, store.QueueStats(name))
+        r = results.get(name, {})
+        rows.append([name, q.pending, q.scheduled, q.running] + [r.get(s, 0) for s in tables.RESULT_STATUSES])
+    if not rows:
+        click.echo("No jobs and no results.")
+        return
+    _table(["queue", "pending", "scheduled", "running"] + [s.lower() for s in tables.RESULT_STATUSES], rows)
+
+
+@main.command("requests")
+@click.option("--queue", "-q", default=None, help="Only this queue.")
+@click.option("--job", "job_class", default=None, help="Only this job class (registered name).")
+@click.option(
+    "--state",
+    type=click.Choice([tables.PENDING, tables.SCHEDULED, tables.RUNNING]),
+    multiple=True,
+    help="Only these states (repeatable).",
+)
+@click.option("--limit", default=50, show_default=True)
+def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:
+    """Jobs waiting or running, highest priority first."""
+    with db_engine.connect() as conn, conn.begin():
+        rows = store.list_requests(
+            conn, queue=queue, task_name=job_class, states=state or store.ACTIVE_STATES, limit=limit
+        )
+    _table(
+        ["uuid", "job", "queue", "priority", "state", "start_at", "attempt", "concurrency_key"],
+        [
+            [r.task_id, r.task_name, r.queue, r.priority, r.state, _ts(r.run_at), r.attempt, r.concurrency_key or ""]
+            for r in rows
+        ],
+    )
+
+
+@main.command("results")
+@click.option("--queue", "-q", default=None, help="Only this queue.")
+@click.option("--job", "job_class", default=None, help="Only this job class (registered name).")
+@click.option("--status", type=click.Choice(tables.RESULT_STATUSES, case_sensitive=False), default=None)
+@click.option("--uuid", "task_id", default=None, help="Only the attempts of this job.")
+@click.option("--limit", default=50, show_default=True)
+def list_results(queue: str | None, job_class: str | None, status: str | None, task_id: str | None, limit: int) -> None:
+    """Finished attempts, newest first."""
+    with db_engine.connect() as conn, conn.begin():
+        rows = store.list_results(
+            conn, queue=queue, task_name=job_class, status=status.upper() if status else None, task_id=task_id, limit=limit
+        )
+    _table(
+        ["uuid", "attempt", "job", "queue", "status", "ended_at", "error"],
+        [
+            [r.task_id, r.attempt, r.task_name, r.queue, r.status, _ts(r.ended_at), r.error_type or ""]
+            for r in rows
+        ],
+    )
+
+
+@main.command()
+@click.argument("uuid")
+def retry(uuid: str) -> None:
+    """Run a finished job again (its next attempt, same uuid)."""
+    with db_engine.connect() as conn, conn.begin():
+        active = store.active_request(conn, uuid)
+        if active is not None:
+            raise click.ClickException(f"Job {uuid} is {active.state}; only finished jobs can be retried.")
+        previous = store.latest_result(conn, uuid)
+        if previous is None:
+            raise JobNotFound(f"No result has uuid {uuid}. List results with `jobtable results`.")
+        new_id = store.retry_result(conn, previous, store.utcnow())
+    if new_id is None:
+        raise click.ClickException(
+            f"Not retried: another {previous.task_name} job with concurrency key "
+            f"{previous.concurrency_key!r} is pending or running."
+        )
+    click.echo(f"Retrying {uuid} (attempt {previous.attempt + 1}).")
+
+
+@main.command()
+@click.argument("uuid")
+def cancel(uuid: str) -> None:
+    """Cancel a job that has not started; it is recorded as CANCELLED."""
+    with db_engine.connect() as conn, conn.begin():
+        removed = store.cancel_pending(conn, uuid, store.utcnow())
+        active = None if removed is not None else store.active_request(conn, uuid)
+    if removed is not None:
+        click.echo(f"Cancelled {uuid}.")
+    elif active is not None:
+        raise click.ClickException(f"Job {uuid} is already running; it cannot be cancelled before it ends.")
+    else:
+        raise JobNotFound(f"No pending job has uuid {uuid}. List them with `jobtable requests`.")
+
+
+@main.command()
+@click.option("--queue", "-q", default=None, help="Only this queue (default: all queues).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(queue: str | None, yes: bool) -> None:
+    """Delete jobs that have not started (running jobs finish)."""
+    what = f"queue {queue!r}" if queue else "all queues"
+    if not yes:
+        click.confirm(f"Delete every pending and scheduled job of {what}?", abort=True)
+    with db_engine.connect() as conn, conn.begin():
+        deleted = store.purge(conn, queue)
+    click.echo(f"Deleted {deleted} job(s) from {what}.")
+
+
+@main.command()
+def clear() -> None:
+    """Delete results older than JOBTABLE_RESULTS_RETENTION seconds."""
+    retention = get_settings().results_retention
+    before = store.utcnow() - timedelta(seconds=retention)
+    total = 0
+    while True:
+        # Small batches: short transactions that do not stall the workers.
+        with db_engine.connect() as conn, conn.begin():
+            deleted = store.clear_results(conn, before)
+        total += deleted
+        if not deleted:
+            break
+    click.echo(f"Deleted {total} result(s) older than {retention} seconds.")
+
+
+@main.command("list")
+@with_app
+def list_jobs() -> None:
+    """Registered jobs, with their descriptions."""
+    from ..registry import jobs_registry
+
+    names = jobs_registry.names()
+    if not names:
+        click.echo("No jobs registered. Pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
+        return
+    for name in names:
+        doc = (jobs_registry.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name}" + (f"  {doc[0]}" if doc else ""))
+
+
+@main.command("run")
+@click.argument("name")
+@click.option(
+    "--args",
+    "args_json",
+    default="[]",
+    help='Arguments as JSON: a list for positional ones (\'[1, "a"]\'), an object for keywords (\'{"user_id": 1}\').',
+)
+@with_app
+def run_job(name: str, args_json: str) -> None:
+    """Run one job inline, in this process, and print what it returns."""
+    from ..execution import instantiate
+
+    try:
+        decoded = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="--args") from None
+    if isinstance(decoded, list):
+        args, kwargs = decoded, {}
+    elif isinstance(decoded, dict):
+        args, kwargs = [], decoded
+    else:
+        raise click.BadParameter("give a JSON list or object", param_hint="--args")
+    job = instantiate(name, args, kwargs)
+    value = job.run()
+    if value is not None:
+        click.echo(value if isinstance(value, str) else json.dumps(value, default=str))

@@ -1,0 +1,1 @@
+"""The database layer: tables, engines, dialect SQL, migrations."""

@@ -1,0 +1,216 @@
+"""One SQLAlchemy engine per process and database URL.
+
+Engines are never shared across ``fork()``: a forked child (Celery prefork,
+the native worker's pool) gets a fresh engine on first use, and the parent's
+pooled connections are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+
+#: Example URLs shown in error messages.
+URL_EXAMPLES = "postgresql+psycopg://user:password@localhost/dbname or sqlite:///path/to/jobtable.sqlite3"
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+_checked: set[tuple[int, str]] = set()
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL and pick the driver jobtable supports.
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3; a ``jobtable+``
+    prefix (Kombu broker URLs) is dropped.
+    """
+    raw = str(url) if isinstance(url, URL) else url
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigurationError(f"The database URL is empty. Set JOBTABLE_DATABASE_URL to {URL_EXAMPLES}.")
+    raw = raw.strip()
+    if raw.startswith("jobtable+"):
+        raw = raw[len("jobtable+") :]
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://") :]
+    try:
+        parsed = make_url(raw)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"{_hide_password(raw)!r} is not a database URL. Use {URL_EXAMPLES}."
+        ) from None
+    backend = parsed.get_backend_name()
+    driver = parsed.get_driver_name()
+    if backend == "postgresql":
+        if driver not in ("psycopg", "psycopg2", "") and "+" in parsed.drivername:
+            raise ConfigurationError(
+                f"jobtable talks to PostgreSQL through psycopg 3, not {driver!r}: "
+                f"write postgresql+psycopg://... (got {parsed.render_as_string(hide_password=True)!r})."
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "jobtable needs a SQLite file that workers can share, not an in-memory database: "
+                "use sqlite:///path/to/jobtable.sqlite3."
+            )
+        parsed = parsed.set(drivername="sqlite")
+    else:
+        raise ConfigurationError(
+            f"jobtable supports PostgreSQL and SQLite, not {backend!r} "
+            f"({parsed.render_as_string(hide_password=True)!r}). Use {URL_EXAMPLES}."
+        )
+    return parsed
+
+
+def _hide_password(raw: str) -> str:
+    # Best effort for strings SQLAlchemy could not parse.
+    if "@" in raw and "://" in raw:
+        scheme, rest = raw.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        return f"{scheme}://{creds}@{host}"
+    return raw
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: no deadlock-prone lock
+        # upgrades, and it is the lock that makes should_enqueue() atomic.
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_jobtable_engine(url: str | URL) -> Engine:
+    parsed = normalize_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            directory = os.path.dirname(os.path.abspath(parsed.database or ""))
+            if not os.path.isdir(directory):
+                raise ConfigurationError(
+                    f"The directory of the SQLite database {parsed.database!r} does not exist: create {directory!r} first."
+                )
+            engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=3600)
+    except NoSuchModuleError as exc:
+        raise ConfigurationError(f"No SQLAlchemy driver for {parsed.drivername!r}: {exc}.") from None
+    return engine
+
+
+def reset_engines() -> None:
+    """Drop this process's engines (after ``configure()`` or a fork)."""
+    with _lock:
+        for (pid, _url), engine in list(_engines.items()):
+            # A forked child must not close its parent's sockets.
+            engine.dispose(close=pid == os.getpid())
+        _engines.clear()
+        _checked.clear()
+
+
+def _after_fork_in_child() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+        _checked.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def get_engine(url: str | URL | None = None) -> Engine:
+    """The engine for ``url`` (default: the configured database URL)."""
+    if url is None:
+        from ..settings import get_settings
+
+        url = get_settings().database_url
+    key = (os.getpid(), str(url))
+    engine = _engines.get(key)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = create_jobtable_engine(url)
+                _engines[key] = engine
+    return engine
+
+
+def describe(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"Cannot connect to the jobtable database {describe(engine)}: {str(exc).strip().splitlines()[0]}. "
+        f"Check that the server is running and JOBTABLE_DATABASE_URL is right ({URL_EXAMPLES})."
+    )
+
+
+def check_schema(engine: Engine) -> None:
+    """Fail clearly when the schema is missing or older than this code (once per process)."""
+    key = (os.getpid(), str(engine.url))
+    if key in _checked:
+        return
+    from .migrate import current_revision, head_revision
+
+    try:
+        conn = engine.connect()
+    except DBAPIError as exc:
+        raise unavailable(engine, exc) from exc
+    with conn:
+        current = current_revision(conn)
+    head = head_revision()
+    if current is None:
+        raise SchemaNotMigrated(
+            f"The database {describe(engine)} has no jobtable tables. Run `jobtable migrate` to create them."
+        )
+    if current != head:
+        raise SchemaNotMigrated(
+            f"The jobtable schema of {describe(engine)} is at revision {current}, this version needs {head}. "
+            "Run `jobtable migrate` to upgrade it."
+        )
+    _checked.add(key)
+
+
+def connect(engine: Engine | None = None, *, autocommit: bool = False, check: bool = True) -> Connection:
+    """A connection to a migrated jobtable database, with clear errors."""
+    engine = engine or get_engine()
+    if check:
+        check_schema(engine)
+    try:
+        conn = engine.connect()
+    except DBAPIError as exc:
+        raise unavailable(engine, exc) from exc
+    if autocommit and engine.dialect.name == "postgresql":
+        # One round trip per single-statement write.  SQLite keeps its
+        # BEGIN IMMEDIATE transactions (see _configure_sqlite).
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn
+
+
+def ping(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise unavailable(engine, exc) from exc

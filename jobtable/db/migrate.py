@@ -1,0 +1,56 @@
+"""Schema migrations through Alembic, run from code (``jobtable migrate``).
+
+jobtable keeps its own version table, so it can live in a database whose
+application also uses Alembic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+VERSION_TABLE = "jobtable_alembic_version"
+SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
+# Serialises concurrent `jobtable migrate` runs on PostgreSQL.
+_MIGRATE_LOCK_KEY = 0x6A6F627461626C65  # "jobtable"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Upgrade the schema; returns (revision before, revision after)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
+        before = current_revision(conn)
+        command.upgrade(alembic_config(conn), revision)
+        after = current_revision(conn)
+    assert after is not None
+    return before, after
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)

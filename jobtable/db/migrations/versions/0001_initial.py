@@ -1,0 +1,130 @@
+"""The queue tables: requests, results, workers, schedules, bindings.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-24
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Timestamp = sa.DateTime(timezone=True)
+
+
+def _partial(where: str) -> dict[str, sa.TextClause]:
+    return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
+
+
+def upgrade() -> None:
+    op.create_table(
+        "jobtable_request",
+        sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("task_name", sa.String(255), nullable=False),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("priority", sa.SmallInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("run_at", Timestamp, nullable=False),
+        sa.Column("expires_at", Timestamp, nullable=True),
+        sa.Column("concurrency_key", sa.String(255), nullable=True),
+        sa.Column("attempt", sa.Integer, nullable=False, server_default=sa.text("1")),
+        sa.Column("retries", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.Column("started_at", Timestamp, nullable=True),
+        sa.Column("worker_id", sa.String(255), nullable=True),
+        sa.Column("lease_expires_at", Timestamp, nullable=True),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_jobtable_request"),
+    )
+    op.create_index(
+        "ix_jobtable_request_claim",
+        "jobtable_request",
+        ["queue", sa.text("priority DESC"), "id"],
+        **_partial("state = 'pending'"),
+    )
+    op.create_index("ix_jobtable_request_due", "jobtable_request", ["run_at"], **_partial("state = 'scheduled'"))
+    op.create_index("ix_jobtable_request_running", "jobtable_request", ["worker_id"], **_partial("state = 'running'"))
+    op.create_index(
+        "uq_jobtable_request_concurrency",
+        "jobtable_request",
+        ["task_name", "concurrency_key"],
+        unique=True,
+        **_partial("concurrency_key IS NOT NULL"),
+    )
+    op.create_index("ix_jobtable_request_task_id", "jobtable_request", ["task_id"])
+
+    op.create_table(
+        "jobtable_result",
+        sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+        sa.Column("task_id", sa.String(255), nullable=False),
+        sa.Column("task_name", sa.String(255), nullable=False),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("priority", sa.SmallInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("attempt", sa.Integer, nullable=False, server_default=sa.text("1")),
+        sa.Column("retries", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("concurrency_key", sa.String(255), nullable=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("requested_at", Timestamp, nullable=True),
+        sa.Column("started_at", Timestamp, nullable=True),
+        sa.Column("ended_at", Timestamp, nullable=False),
+        sa.Column("worker_id", sa.String(255), nullable=True),
+        sa.Column("message", sa.Text, nullable=True),
+        sa.Column("return_value", sa.Text, nullable=True),
+        sa.Column("error_type", sa.String(255), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+        sa.Column("traceback", sa.Text, nullable=True),
+        sa.Column("retried", sa.Boolean, nullable=False, server_default=sa.text("false")),
+        sa.Column("meta", sa.Text, nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_jobtable_result"),
+        sa.UniqueConstraint("task_id", "attempt", name="uq_jobtable_result_task_id_attempt"),
+    )
+    op.create_index("ix_jobtable_result_ended_at", "jobtable_result", ["ended_at"])
+    op.create_index("ix_jobtable_result_status", "jobtable_result", ["status", "ended_at"])
+    op.create_index("ix_jobtable_result_task_name", "jobtable_result", ["task_name", "ended_at"])
+
+    op.create_table(
+        "jobtable_worker",
+        sa.Column("id", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("hostname", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("queues", sa.Text, nullable=False),
+        sa.Column("processes", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("started_at", Timestamp, nullable=False),
+        sa.Column("heartbeat_at", Timestamp, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_jobtable_worker"),
+    )
+    op.create_index("ix_jobtable_worker_heartbeat_at", "jobtable_worker", ["heartbeat_at"])
+
+    op.create_table(
+        "jobtable_schedule",
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("last_slot", Timestamp, nullable=True),
+        sa.Column("updated_at", Timestamp, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_jobtable_schedule"),
+    )
+
+    op.create_table(
+        "jobtable_binding",
+        sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
+        sa.Column("exchange", sa.String(255), nullable=False),
+        sa.Column("exchange_type", sa.String(16), nullable=False),
+        sa.Column("routing_key", sa.String(255), nullable=False),
+        sa.Column("pattern", sa.String(255), nullable=False, server_default=sa.text("''")),
+        sa.Column("queue", sa.String(255), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_jobtable_binding"),
+        sa.UniqueConstraint("exchange", "routing_key", "queue", name="uq_jobtable_binding_exchange_routing_key_queue"),
+    )
+
+
+def downgrade() -> None:
+    for table in ("jobtable_binding", "jobtable_schedule", "jobtable_worker", "jobtable_result", "jobtable_request"):
+        op.drop_table(table)

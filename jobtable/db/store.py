@@ -1,0 +1,267 @@
+"""The queue's SQL: every statement jobtable runs against its tables.
+
+Functions take a Connection inside a transaction chosen by the caller, so
+they compose: an enqueue can join the application's own transaction, and a
+worker can finish a job and enqueue its retry atomically.
+Dialect-specific parts come from ``dialects.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import Select
+
+from .. import messages
+from . import tables
+from .dialects import INSERT_BATCH, dialect_of
+
+request = tables.request
+result = tables.result
+
+ACTIVE_STATES = (tables.SCHEDULED, tables.PENDING, tables.RUNNING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+def insert_requests(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert request rows, skipping those whose concurrency key is taken.
+
+    Returns ``{task_id: id}`` of the rows inserted.  One round trip per
+    ``INSERT_BATCH`` rows.
+    """
+    dialect = dialect_of(conn)
+    inserted: dict[str, int] = {}
+    for start in range(0, len(rows), INSERT_BATCH):
+        for row in dialect.insert_requests(conn, rows[start : start + INSERT_BATCH]):
+            inserted[row.task_id] = row.id
+    return inserted
+
+
+def lock_for_enqueue(conn: Connection, keys: Sequence[str]) -> None:
+    dialect_of(conn).lock_for_enqueue(conn, keys)
+
+
+# -- claiming (workers and Kombu consumers) -------------------------------------
+
+
+def promote_due(conn: Connection, now: datetime, limit: int = 1000) -> int:
+    """Turn scheduled jobs whose time has come into pending ones."""
+    due = (
+        select(request.c.id)
+        .where(request.c.state == tables.SCHEDULED, request.c.run_at <= now)
+        .order_by(request.c.run_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = update(request).where(request.c.id.in_(due.scalar_subquery())).values(state=tables.PENDING)
+    return conn.execute(stmt).rowcount
+
+
+def next_due_at(conn: Connection) -> datetime | None:
+    """When the earliest scheduled job becomes due."""
+    stmt = select(func.min(request.c.run_at)).where(request.c.state == tables.SCHEDULED)
+    return conn.execute(stmt).scalar()
+
+
+def claim(
+    conn: Connection,
+    queues: Sequence[str],
+    limit: int,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_expires_at: datetime | None = None,
+) -> list[Row[Any]]:
+    return dialect_of(conn).claim(
+        conn,
+        queues,
+        limit,
+        {"worker_id": worker_id, "started_at": now, "lease_expires_at": lease_expires_at},
+    )
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def requests_select(
+    *,
+    task_name: str | None = None,
+    concurrency_key: str | None = None,
+    states: Iterable[str] = ACTIVE_STATES,
+    queue: str | None = None,
+) -> Select[Any]:
+    stmt = select(request).where(request.c.state.in_(list(states)))
+    if task_name is not None:
+        stmt = stmt.where(request.c.task_name == task_name)
+    if concurrency_key is not None:
+        stmt = stmt.where(
+            request.c.concurrency_key == concurrency_key
+            if concurrency_key
+            else request.c.concurrency_key.is_(None)
+        )
+    if queue is not None:
+        stmt = stmt.where(request.c.queue == queue)
+    return stmt
+
+
+def count(conn: Connection, stmt: Select[Any]) -> int:
+    return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
+def list_requests(
+    conn: Connection,
+    *,
+    queue: str | None = None,
+    task_name: str | None = None,
+    states: Iterable[str] = ACTIVE_STATES,
+    limit: int = 100,
+) -> list[Row[Any]]:
+    stmt = requests_select(task_name=task_name, states=states, queue=queue)
+    stmt = stmt.order_by(request.c.priority.desc(), request.c.id).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def list_results(
+    conn: Connection,
+    *,
+    queue: str | None = None,
+    task_name: str | None = None,
+    status: str | None = None,
+    task_id: str | None = None,
+    limit: int = 100,
+) -> list[Row[Any]]:
+    stmt = select(result)
+    if queue is not None:
+        stmt = stmt.where(result.c.queue == queue)
+    if task_name is not None:
+        stmt = stmt.where(result.c.task_name == task_name)
+    if status is not None:
+        stmt = stmt.where(result.c.status == status)
+    if task_id is not None:
+        stmt = stmt.where(result.c.task_id == task_id)
+    stmt = stmt.order_by(result.c.id.desc()).limit(limit)
+    return list(conn.execute(stmt))
+
+
+@dataclass
+class QueueStats:
+    queue: str
+    scheduled: int = 0
+    pending: int = 0
+    running: int = 0
+
+
+def stats(conn: Connection) -> tuple[list[QueueStats], dict[str, dict[str, int]]]:
+    """Requests by queue and state, and results by queue and status."""
+    by_queue: dict[str, QueueStats] = {}
+    rows = conn.execute(
+        select(request.c.queue, request.c.state, func.count()).group_by(request.c.queue, request.c.state)
+    )
+    for queue, state, n in rows:
+        entry = by_queue.setdefault(queue, QueueStats(queue))
+        setattr(entry, state, int(n))
+    results: dict[str, dict[str, int]] = {}
+    rows = conn.execute(
+        select(result.c.queue, result.c.status, func.count()).group_by(result.c.queue, result.c.status)
+    )
+    for queue, status, n in rows:
+        results.setdefault(queue, {})[status] = int(n)
+    return sorted(by_queue.values(), key=lambda s: s.queue), results
+
+
+# -- results -------------------------------------------------------------------
+
+
+def result_values(
+    row: Row[Any], status: str, *, ended_at: datetime, **fields: Any
+) -> dict[str, Any]:
+    """A ``jobtable_result`` row for one attempt of the request ``row``."""
+    values = {
+        "task_id": row.task_id,
+        "task_name": row.task_name,
+        "queue": row.queue,
+        "priority": row.priority,
+        "attempt": row.attempt,
+        "retries": row.retries,
+        "concurrency_key": row.concurrency_key,
+        "status": status,
+        "requested_at": row.created_at,
+        "started_at": row.started_at,
+        "ended_at": ended_at,
+        "worker_id": row.worker_id,
+        "message": row.message,
+    }
+    values.update(fields)
+    return values
+
+
+# -- operating the queue -----------------------------------------------------------
+
+
+def cancel_pending(conn: Connection, task_id: str, now: datetime) -> Row[Any] | None:
+    """Remove a job that has not started and record it CANCELLED.
+
+    Returns the removed request, or None when no pending or scheduled job
+    has that id (it may be running or finished).
+    """
+    stmt = (
+        delete(request)
+        .where(request.c.task_id == task_id, request.c.state.in_([tables.SCHEDULED, tables.PENDING]))
+        .returning(*request.c)
+    )
+    removed = conn.execute(stmt).first()
+    if removed is not None:
+        conn.execute(insert(result).values(result_values(removed, tables.CANCELLED, ended_at=now)))
+    return removed
+
+
+def active_request(conn: Connection, task_id: str) -> Row[Any] | None:
+    return conn.execute(select(request).where(request.c.task_id == task_id).limit(1)).first()
+
+
+def latest_result(conn: Connection, task_id: str) -> Row[Any] | None:
+    stmt = select(result).where(result.c.task_id == task_id).order_by(result.c.attempt.desc()).limit(1)
+    return conn.execute(stmt).first()
+
+
+def retry_result(conn: Connection, previous: Row[Any], now: datetime, delay_until: datetime | None = None) -> int | None:
+    """Enqueue the next attempt of a finished job and link the two.
+
+    Returns the new request id, or None when the job's concurrency key is
+    held by another pending or running job.
+    """
+    attempt = previous.attempt + 1
+    envelope = json.loads(messages.retry_message(previous.message, attempt, delay_until))
+    row = messages.row_values(envelope, previous.queue, now)
+    inserted = insert_requests(conn, [row])
+    if not inserted:
+        return None
+    conn.execute(update(result).where(result.c.id == previous.id).values(retried=True))
+    return inserted[row["task_id"]]
+
+
+def purge(conn: Connection, queue: str | None = None) -> int:
+    """Delete jobs that have not started (running jobs are left to finish)."""
+    stmt = delete(request).where(request.c.state.in_([tables.SCHEDULED, tables.PENDING]))
+    if queue is not None:
+        stmt = stmt.where(request.c.queue == queue)
+    return conn.execute(stmt).rowcount
+
+
+def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
+    """Delete up to ``batch`` results that ended before ``before``."""
+    ids = select(result.c.id).where(result.c.ended_at < before).order_by(result.c.ended_at).limit(batch)
+    return conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount

@@ -1,0 +1,174 @@
+"""The queue's tables (SQLAlchemy Core).  Alembic migrations in ``migrations/``
+create them; this module is what the code queries.  Keep the two in step.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from .types import BigIntPK, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Request states.  ``scheduled`` rows are not yet due and live outside the
+#: claim index, so a million future jobs cost the claim nothing; a cheap
+#: promotion step turns them into ``pending`` when they are due.
+SCHEDULED = "scheduled"
+PENDING = "pending"
+RUNNING = "running"
+
+#: Priority is stored as SMALLINT on both dialects.
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+
+request = Table(
+    "jobtable_request",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    # Celery task id; a retry keeps it, so it is not unique here.
+    Column("task_id", String(255), nullable=False),
+    # Registered job name or Celery task name.
+    Column("task_name", String(255), nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("state", String(16), nullable=False),
+    # When the job becomes due (the enqueue time unless delayed).
+    Column("run_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("concurrency_key", String(255), nullable=True),
+    # 1 for the first attempt; Celery's ``retries`` header is ``attempt - 1``.
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    # Retries allowed after the first attempt (Job API).
+    Column("retries", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("worker_id", String(255), nullable=True),
+    # Claims by Kombu consumers expire unless renewed (crash safety).
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    # The whole Kombu message (Celery task protocol v2) as JSON.
+    Column("message", Text, nullable=False),
+    Index(
+        "ix_jobtable_request_claim",
+        "queue",
+        text("priority DESC"),
+        "id",
+        postgresql_where=text("state = 'pending'"),
+        sqlite_where=text("state = 'pending'"),
+    ),
+    Index(
+        "ix_jobtable_request_due",
+        "run_at",
+        postgresql_where=text("state = 'scheduled'"),
+        sqlite_where=text("state = 'scheduled'"),
+    ),
+    Index(
+        "ix_jobtable_request_running",
+        "worker_id",
+        postgresql_where=text("state = 'running'"),
+        sqlite_where=text("state = 'running'"),
+    ),
+    # The concurrency-key invariant: one pending-or-running job per key.
+    Index(
+        "uq_jobtable_request_concurrency",
+        "task_name",
+        "concurrency_key",
+        unique=True,
+        postgresql_where=text("concurrency_key IS NOT NULL"),
+        sqlite_where=text("concurrency_key IS NOT NULL"),
+    ),
+    Index("ix_jobtable_request_task_id", "task_id"),
+)
+
+# Result statuses.
+SUCCESSFUL = "SUCCESSFUL"
+ERRORED = "ERRORED"
+CANCELLED = "CANCELLED"
+LOST = "LOST"
+DEFERRED = "DEFERRED"
+RESULT_STATUSES = (SUCCESSFUL, ERRORED, CANCELLED, LOST, DEFERRED)
+
+result = Table(
+    "jobtable_result",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("task_id", String(255), nullable=False),
+    Column("task_name", String(255), nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("retries", Integer, nullable=False, server_default=text("0")),
+    Column("concurrency_key", String(255), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=False),
+    Column("worker_id", String(255), nullable=True),
+    Column("message", Text, nullable=True),
+    Column("return_value", Text, nullable=True),
+    Column("error_type", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    # True when this attempt was followed by another one: the retry is the
+    # request or result with the same task_id and ``attempt + 1``.
+    Column("retried", Boolean, nullable=False, server_default=text("false")),
+    # Extra result-backend metadata (Celery), as JSON.
+    Column("meta", Text, nullable=True),
+    UniqueConstraint("task_id", "attempt"),
+    Index("ix_jobtable_result_ended_at", "ended_at"),
+    Index("ix_jobtable_result_status", "status", "ended_at"),
+    Index("ix_jobtable_result_task_name", "task_name", "ended_at"),
+)
+
+worker = Table(
+    "jobtable_worker",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "native" or "kombu"
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", Text, nullable=False),  # JSON list
+    Column("processes", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Index("ix_jobtable_worker_heartbeat_at", "heartbeat_at"),
+)
+
+schedule = Table(
+    "jobtable_schedule",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    # The last slot enqueued; advanced by a conditional UPDATE so each slot
+    # fires once across any number of workers.
+    Column("last_slot", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Kombu exchange bindings, kept in the database so they hold across processes.
+binding = Table(
+    "jobtable_binding",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("exchange", String(255), nullable=False),
+    Column("exchange_type", String(16), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("pattern", String(255), nullable=False, server_default=text("''")),
+    Column("queue", String(255), nullable=False),
+    UniqueConstraint("exchange", "routing_key", "queue"),
+)

@@ -1,0 +1,253 @@
+"""Turning Job instances into queue rows: validation, encoding, locking, insert."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Union
+
+from sqlalchemy.engine import Connection
+
+from . import messages, params
+from .db import engine as db_engine
+from .db import store, tables
+from .exceptions import EnqueueError
+
+if TYPE_CHECKING:
+    from .jobs import Job, JobRequest
+
+Delay = Union[int, float, timedelta, datetime, None]
+
+MAX_NAME = 255
+
+
+def run_in_worker_many(
+    jobs: Sequence[Job],
+    *,
+    queue: str | None = None,
+    delay: Delay = None,
+    priority: int | None = None,
+    retries: int | None = None,
+    concurrency_key: str | None = None,
+    unique_key: str | None = None,
+    connection: Any = None,
+) -> list[JobRequest | None]:
+    """Enqueue many jobs in one round trip per batch of rows.
+
+    Options apply to every job (each job's ``default_*`` methods fill in the
+    rest).  Returns one entry per job, in order: its request, or None when
+    its concurrency key was taken or ``should_enqueue`` said no.
+    """
+    return enqueue(
+        list(jobs),
+        queue=queue,
+        delay=delay,
+        priority=priority,
+        retries=retries,
+        concurrency_key=concurrency_key if concurrency_key is not None else unique_key,
+        connection=connection,
+    )
+
+
+def enqueue(
+    jobs: list[Job],
+    *,
+    queue: str | None,
+    delay: Delay,
+    priority: int | None,
+    retries: int | None,
+    concurrency_key: str | None,
+    connection: Any,
+) -> list[JobRequest | None]:
+    from .jobs import Job
+
+    now = store.utcnow()
+    run_at = _run_at(delay, now)
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        if not isinstance(job, Job):
+            raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
+        rows.append(_row(job, now, run_at, queue, priority, retries, concurrency_key))
+
+    # should_enqueue() needs its lock only when a job class overrides it.
+    checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
+
+    def write(conn: Connection) -> dict[str, int]:
+        keep = rows
+        if checked:
+            store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for row in rows])
+            keep = []
+            for job, row in zip(jobs, rows):
+                if _should_enqueue(job, row, conn):
+                    keep.append(row)
+        return store.insert_requests(conn, keep) if keep else {}
+
+    inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
+
+    from .jobs import JobRequest
+
+    out: list[JobRequest | None] = []
+    for row in rows:
+        row_id = inserted.get(row["task_id"])
+        if row_id is None:
+            out.append(None)
+            continue
+        out.append(
+            JobRequest(
+                id=row_id,
+                uuid=row["task_id"],
+                job_class=row["task_name"],
+                queue=row["queue"],
+                priority=row["priority"],
+                state=row["state"],
+                start_at=row["run_at"],
+                concurrency_key=row["concurrency_key"] or "",
+                attempt=row["attempt"],
+                retries=row["retries"],
+                created_at=row["created_at"],
+            )
+        )
+    return out
+
+
+def _should_enqueue(job: Job, row: dict[str, Any], conn: Connection) -> bool:
+    job._enqueue_connection = conn
+    try:
+        return bool(job.should_enqueue(row["concurrency_key"] or ""))
+    finally:
+        job._enqueue_connection = None
+
+
+def _in_transaction(connection: Any, write: Any, *, autocommit: bool) -> dict[str, int]:
+    if connection is None:
+        engine = db_engine.get_engine()
+        with db_engine.connect(engine, autocommit=autocommit) as conn:
+            if autocommit and engine.dialect.name == "postgresql":
+                return write(conn)  # a single statement: its own transaction
+            with conn.begin():
+                return write(conn)
+    conn = _as_connection(connection)
+    # The caller's transaction: commit and rollback are theirs.
+    db_engine.check_schema(conn.engine)
+    return write(conn)
+
+
+def _as_connection(connection: Any) -> Connection:
+    if isinstance(connection, Connection):
+        return connection
+    get_connection = getattr(connection, "connection", None)
+    if callable(get_connection):  # a SQLAlchemy Session
+        conn = get_connection()
+        if isinstance(conn, Connection):
+            return conn
+    raise EnqueueError(
+        f"connection= takes a SQLAlchemy Connection or Session, got {type(connection).__name__}."
+    )
+
+
+# -- validation and encoding ---------------------------------------------------
+
+
+def _run_at(delay: Delay, now: datetime) -> datetime:
+    if delay is None:
+        return now
+    if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta, datetime)):
+        raise EnqueueError(
+            f"delay={delay!r} is not a delay: pass seconds (a number >= 0), a timedelta, or an aware datetime."
+        )
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None:
+            raise EnqueueError(
+                f"delay={delay!r} is a naive datetime: pass an aware one, e.g. datetime.now(timezone.utc) + ..."
+            )
+        return max(delay, now)
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        raise EnqueueError(f"delay={delay!r} is negative: pass 0 or more seconds (or a future datetime).")
+    return now + timedelta(seconds=seconds)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EnqueueError(f"{name}={value!r} must be an integer between {low} and {high}.")
+    if not low <= value <= high:
+        raise EnqueueError(f"{name}={value} is out of range: use an integer between {low} and {high}.")
+    return value
+
+
+def _check_name(name: str, value: Any, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise EnqueueError(f"{name}={value!r} must be a non-empty string.")
+    if len(value) > MAX_NAME:
+        raise EnqueueError(f"{name} is {len(value)} characters long; the limit is {MAX_NAME}.")
+    return value
+
+
+def _row(
+    job: Job,
+    now: datetime,
+    run_at: datetime,
+    queue: str | None,
+    priority: int | None,
+    retries: int | None,
+    concurrency_key: str | None,
+) -> dict[str, Any]:
+    task_name = job.job_name()
+    queue = _check_name("queue", queue if queue is not None else job.resolved_queue())
+    priority = _check_int(
+        "priority",
+        priority if priority is not None else job.resolved_priority(),
+        tables.PRIORITY_MIN,
+        tables.PRIORITY_MAX,
+    )
+    retries = _check_int("retries", retries if retries is not None else job.resolved_retries(), 0, 2**31 - 1)
+    key = _check_name(
+        "concurrency_key",
+        concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
+        allow_empty=True,
+    )
+    args, kwargs = encode_arguments(job)
+    envelope = messages.task_message(
+        task_name=task_name,
+        task_id=messages.new_task_id(),
+        args=args,
+        kwargs=kwargs,
+        queue=queue,
+        priority=priority,
+        eta=run_at if run_at > now else None,
+        retries=retries,
+        concurrency_key=key or None,
+    )
+    return messages.row_values(envelope, queue, now)
+
+
+def encode_arguments(job: Job) -> tuple[list[Any], dict[str, Any]]:
+    """The job's ``__init__`` arguments as JSON-safe values, with errors that
+    name the argument."""
+    cls = type(job)
+    names = _positional_names(cls)
+    try:
+        args = [
+            params.encode(value, f"{cls.__qualname__} argument {names[i] if i < len(names) else i!r}")
+            for i, value in enumerate(job._init_args)
+        ]
+        kwargs = {
+            key: params.encode(value, f"{cls.__qualname__} argument {key!r}")
+            for key, value in job._init_kwargs.items()
+        }
+    except params.ParameterError as exc:
+        raise params.ParameterError(str(exc)) from None
+    return args, kwargs
+
+
+def _positional_names(cls: type) -> list[str]:
+    try:
+        signature = inspect.signature(cls.__init__)  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return []
+    return [
+        repr(p.name)
+        for p in list(signature.parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]

@@ -1,0 +1,74 @@
+"""The job registry: registered names <-> Job classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from .exceptions import UnknownJob
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+J = TypeVar("J", bound="type[Job]")
+
+_HOW_TO_REGISTER = (
+    "Decorate the class with @register_job, and make sure the process imports its module "
+    "(a jobs.py in a package listed in JOBTABLE_PACKAGES, or --app / JOBTABLE_APP)."
+)
+
+
+class JobRegistry:
+    def __init__(self) -> None:
+        self.jobs: dict[str, type[Job]] = {}
+        self._names: dict[type[Job], str] = {}
+
+    @staticmethod
+    def default_name(job_class: type) -> str:
+        return f"{job_class.__module__}.{job_class.__qualname__}"
+
+    def register(self, job_class: J, alias: str = "") -> J:
+        name = self.default_name(job_class)
+        existing = self.jobs.get(name)
+        if existing is not None and existing is not job_class:
+            # Re-importing a module (reload, tests) replaces the class.
+            self._names.pop(existing, None)
+        self.jobs[name] = job_class
+        self._names[job_class] = name
+        if alias:
+            # An alias keeps messages enqueued under an old name runnable.
+            self.jobs[alias] = job_class
+        return job_class
+
+    def name_of(self, job_class: type[Job]) -> str:
+        try:
+            return self._names[job_class]
+        except KeyError:
+            raise UnknownJob(f"{job_class.__qualname__} is not a registered job. {_HOW_TO_REGISTER}") from None
+
+    def get(self, name: str) -> type[Job]:
+        try:
+            return self.jobs[name]
+        except KeyError:
+            raise UnknownJob(f"No job is registered as {name!r}. {_HOW_TO_REGISTER}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.jobs
+
+    def names(self) -> list[str]:
+        """Registered names, aliases excluded, sorted."""
+        return sorted(set(self._names.values()))
+
+
+jobs_registry = JobRegistry()
+
+
+@overload
+def register_job(job_class: J) -> J: ...
+@overload
+def register_job(job_class: None = None, *, alias: str = "") -> Callable[[J], J]: ...
+def register_job(job_class: Any = None, *, alias: str = "") -> Any:
+    """Register a Job class: ``@register_job`` or ``@register_job(alias="old.Name")``."""
+    if job_class is None:
+        return lambda cls: jobs_registry.register(cls, alias=alias)
+    return jobs_registry.register(job_class)
