@@ -1,0 +1,95 @@
+"""Fixtures: a real SQLite file and a real PostgreSQL database per test process.
+
+PostgreSQL is reached at JOBTABLE_TEST_PG_URL (default: the local server with
+trust auth).  Each pytest-xdist worker gets its own database, created fresh at
+the start of the session; tests empty the tables instead of recreating them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+import jobtable
+from jobtable import settings
+from jobtable.db import engine as db_engine
+from jobtable.db import migrate
+from jobtable.db.tables import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("JOBTABLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+DIALECTS = ["sqlite", "postgresql"]
+
+
+def _worker_name(request: pytest.FixtureRequest) -> str:
+    return getattr(request.config, "workerinput", {}).get("workerid", "main")
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"jobtable_test_{_worker_name(request)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(db_engine.create_jobtable_engine(url))
+    yield url
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("sqlite") / "jobtable.sqlite3"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(db_engine.create_jobtable_engine(url))
+    return url
+
+
+def empty_tables(url: str) -> None:
+    engine = db_engine.get_engine(url)
+    names = [t.name for t in reversed(metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
+        else:
+            for name in names:
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(dialect: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty, migrated jobtable database, configured as the default."""
+    url = request.getfixturevalue("pg_url" if dialect == "postgresql" else "sqlite_url")
+    empty_tables(url)
+    settings.reset()
+    jobtable.configure(database_url=url)
+    yield url
+    settings.reset()
+    db_engine.reset_engines()
+
+
+@pytest.fixture
+def subprocess_env(db_url: str) -> dict[str, str]:
+    """Environment for child processes: same database, tests importable."""
+    env = dict(os.environ)
+    env["JOBTABLE_DATABASE_URL"] = db_url
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
