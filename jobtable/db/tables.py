@@ -62,6 +62,9 @@ request = Table(
     Column("worker_id", String(255), nullable=True),
     # Claims by Kombu consumers expire unless renewed (crash safety).
     Column("lease_expires_at", UTCDateTime, nullable=True),
+    # How many times the row was claimed: the Kombu transport marks a
+    # message ``redelivered`` when it is above 1 (after a requeue or a crash).
+    Column("deliveries", Integer, nullable=False, server_default=text("0")),
     # The whole Kombu message (Celery task protocol v2) as JSON.
     Column("message", Text, nullable=False),
     Index(

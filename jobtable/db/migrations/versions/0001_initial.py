@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("started_at", Timestamp, nullable=True),
         sa.Column("worker_id", sa.String(255), nullable=True),
         sa.Column("lease_expires_at", Timestamp, nullable=True),
+        sa.Column("deliveries", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("message", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_request"),
     )
