@@ -35,7 +35,9 @@ def run_in_worker_many(
 ) -> list[JobRequest | None]:
     """Enqueue many jobs in one round trip per batch of rows.
 
-    Options apply to every job (each job's ``default_*`` methods fill in the
+    When a job class overrides ``should_enqueue``, the batch is inserted row
+    by row under the lock instead, so that each check sees the jobs accepted
+    before it.  Options apply to every job (each job's ``default_*`` methods fill in the
     rest).  Returns one entry per job, in order: its request, or None when
     its concurrency key was taken or ``should_enqueue`` said no.
     """
@@ -74,14 +76,15 @@ def enqueue(
     checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
 
     def write(conn: Connection) -> dict[str, int]:
-        keep = rows
-        if checked:
-            store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for row in rows])
-            keep = []
-            for job, row in zip(jobs, rows):
-                if _should_enqueue(job, row, conn):
-                    keep.append(row)
-        return store.insert_requests(conn, keep) if keep else {}
+        if not checked:
+            return store.insert_requests(conn, rows)
+        store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for row in rows])
+        # Row by row, so each should_enqueue() sees the jobs accepted before it.
+        inserted: dict[str, int] = {}
+        for job, row in zip(jobs, rows):
+            if type(job).should_enqueue is Job.should_enqueue or _should_enqueue(job, row, conn):
+                inserted.update(store.insert_requests(conn, [row]))
+        return inserted
 
     inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
 
@@ -129,7 +132,7 @@ def _in_transaction(connection: Any, write: Any, *, autocommit: bool) -> dict[st
                 return write(conn)
     conn = _as_connection(connection)
     # The caller's transaction: commit and rollback are theirs.
-    db_engine.check_schema(conn.engine)
+    db_engine.check_schema(conn.engine, conn)
     return write(conn)
 
 

@@ -166,19 +166,27 @@ def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
     )
 
 
-def check_schema(engine: Engine) -> None:
-    """Fail clearly when the schema is missing or older than this code (once per process)."""
+def check_schema(engine: Engine, conn: Connection | None = None) -> None:
+    """Fail clearly when the schema is missing or older than this code.
+
+    Checked once per process and database.  ``conn``: check through the
+    caller's connection (on SQLite a second connection could wait on the
+    caller's own write lock).
+    """
     key = (os.getpid(), str(engine.url))
     if key in _checked:
         return
     from .migrate import current_revision, head_revision
 
-    try:
-        conn = engine.connect()
-    except DBAPIError as exc:
-        raise unavailable(engine, exc) from exc
-    with conn:
+    if conn is not None:
         current = current_revision(conn)
+    else:
+        try:
+            own = engine.connect().execution_options(sqlite_begin="DEFERRED")
+        except DBAPIError as exc:
+            raise unavailable(engine, exc) from exc
+        with own:
+            current = current_revision(own)
     head = head_revision()
     if current is None:
         raise SchemaNotMigrated(
