@@ -17,6 +17,9 @@ from . import tables
 
 t = tables.request
 
+#: LISTEN/NOTIFY channel (payload: the queue name); see notify.py.
+NOTIFY_CHANNEL = "jobtable"
+
 
 class Dialect:
     name: str
@@ -46,8 +49,21 @@ class PostgresDialect(Dialect):
     name = "postgresql"
 
     def insert_requests(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
-        stmt = postgresql.insert(t).values(list(rows)).on_conflict_do_nothing().returning(t.c.id, t.c.task_id)
-        return list(conn.execute(stmt))
+        # One cached statement whatever the number of rows: the rows travel as
+        # one array per column through unnest(), so SQLAlchemy compiles
+        # nothing per call (a multi-row VALUES clause costs more to compile
+        # than PostgreSQL takes to run it).
+        #
+        # The NOTIFY that wakes idle workers rides in the same statement: no
+        # extra round trip, one pg_notify per distinct queue, folded with
+        # duplicates by PostgreSQL within a transaction, and delivered at
+        # commit -- a worker never wakes before the row is visible.
+        columns = tuple(rows[0])
+        sql = _PG_INSERT_SQL.get(columns)
+        if sql is None:
+            sql = _PG_INSERT_SQL[columns] = _pg_insert_sql(columns)
+        params = {column: [row[column] for row in rows] for column in columns}
+        return list(conn.exec_driver_sql(sql, params))
 
     def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
         # Sorted, so that two bulk enqueues cannot deadlock on each other.
@@ -81,6 +97,26 @@ class PostgresDialect(Dialect):
         rows = list(conn.execute(stmt))
         rows.sort(key=lambda row: (-row.priority, row.id))
         return rows
+
+
+_PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "priority": "int2", "state": "varchar",
+             "run_at": "timestamptz", "expires_at": "timestamptz", "concurrency_key": "varchar", "attempt": "int4",
+             "retries": "int4", "created_at": "timestamptz", "started_at": "timestamptz", "worker_id": "varchar",
+             "lease_expires_at": "timestamptz", "message": "text"}
+_PG_INSERT_SQL: dict[tuple[str, ...], str] = {}
+
+
+def _pg_insert_sql(columns: tuple[str, ...]) -> str:
+    unknown = set(columns) - set(_PG_CASTS)
+    if unknown:
+        raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
+    arrays = ", ".join(f"%({c})s::{_PG_CASTS[c]}[]" for c in columns)
+    return (
+        f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT DO NOTHING RETURNING id, task_id, queue) "
+        "SELECT ins.id, ins.task_id, n.n FROM ins CROSS JOIN "
+        f"(SELECT count(pg_notify('{NOTIFY_CHANNEL}', q.queue)) AS n FROM (SELECT DISTINCT queue FROM ins) q) n"
+    )
 
 
 class SqliteDialect(Dialect):
@@ -129,3 +165,22 @@ def dialect_of(conn: Connection) -> Dialect:
 #: Most rows per INSERT: SQLite allows 32766 bound parameters per statement.
 INSERT_BATCH = 1000
 
+
+
+# -- transport --
+
+
+def insert_binding(conn: Connection, values: dict[str, Any]) -> None:
+    """Add a Kombu exchange binding unless the same one exists."""
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(module.insert(tables.binding).values(values).on_conflict_do_nothing())
+
+
+def notify_queues(conn: Connection, queues: Sequence[str]) -> None:
+    """Wake consumers of ``queues`` (PostgreSQL NOTIFY, sent at commit)
+    after rows went back to pending.  SQLite consumers poll."""
+    if conn.dialect.name != "postgresql" or not queues:
+        return
+    channel = globals().get("NOTIFY_CHANNEL", "jobtable")
+    for queue in sorted(set(queues)):
+        conn.execute(text("SELECT pg_notify(:channel, :queue)"), {"channel": channel, "queue": queue})

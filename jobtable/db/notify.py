@@ -1,0 +1,247 @@
+"""Wake-ups: "something may be ready on queues X", with a timeout.
+
+PostgreSQL: inserts send ``NOTIFY jobtable, '<queue>'`` (see
+``dialects.PostgresDialect.insert_requests``); a ``Listener`` holds one
+dedicated connection that LISTENs and waits on its socket, so a worker wakes
+within a millisecond or two of an enqueue.
+
+SQLite: no notifications exist, but ``PRAGMA data_version`` changes whenever
+another connection commits; reading it costs microseconds and takes no lock,
+so the listener polls it every few milliseconds and wakes the caller only
+when the database changed.
+
+Either way a wake-up is a hint, never a promise: the caller claims, and if
+nothing was there it waits again.  A timeout always returns, so callers that
+poll (behind PgBouncer, where LISTEN does not work) still make progress.
+
+The API is generic so that the Kombu transport can reuse it::
+
+    listener = Listener.create(engine, ["default"])
+    while True:
+        ...claim...
+        listener.wait(timeout=1.0)
+    listener.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from .dialects import NOTIFY_CHANNEL
+
+logger = logging.getLogger("jobtable.notify")
+
+#: The one channel; the payload is the queue name.
+CHANNEL = NOTIFY_CHANNEL
+
+#: SQLite: how often the data version is read while waiting (seconds).
+SQLITE_POLL = 0.002
+
+
+class Listener:
+    """Wait until jobs may be ready on ``queues`` (or ``timeout`` passes)."""
+
+    def __init__(self, queues: Iterable[str]) -> None:
+        self.queues = frozenset(queues)
+        # A self-pipe: interrupt() (signal handlers, other threads) ends a wait.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+
+    @staticmethod
+    def create(engine: Engine, queues: Iterable[str], *, use_notify: bool = True) -> Listener:
+        """The best listener for ``engine``: LISTEN/NOTIFY on PostgreSQL
+        (unless ``use_notify`` is False, e.g. behind PgBouncer in transaction
+        mode), data-version polling on SQLite, plain timeouts otherwise."""
+        if engine.dialect.name == "postgresql" and use_notify:
+            return PgListener(engine, queues)
+        if engine.dialect.name == "sqlite":
+            return SqliteListener(engine, queues)
+        return Listener(queues)
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds.  True: something may be ready (or
+        the wait was interrupted); False: the timeout passed quietly."""
+        return self._sleep(timeout)
+
+    def interrupt(self) -> None:
+        """End the current (or next) wait at once.  Safe from signal handlers."""
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: a wake-up is already pending
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _drain_pipe(self) -> bool:
+        woke = False
+        try:
+            while os.read(self._wake_r, 512):
+                woke = True
+        except (BlockingIOError, OSError):
+            pass
+        return woke
+
+    def _sleep(self, timeout: float, extra: list[int] | None = None) -> bool:
+        """select() on the wake pipe (and ``extra`` fds).  True when woken."""
+        fds = [self._wake_r] + (extra or [])
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return True
+        if self._wake_r in ready:
+            self._drain_pipe()
+            return True
+        return bool(ready)
+
+
+class PgListener(Listener):
+    """LISTEN on a dedicated autocommit connection; reconnects by itself."""
+
+    def __init__(self, engine: Engine, queues: Iterable[str]) -> None:
+        super().__init__(queues)
+        self._engine = engine
+        self._conn: Any = None
+        self._connect_quietly()
+
+    def _connect_quietly(self) -> bool:
+        try:
+            raw = self._engine.raw_connection()
+            raw.detach()  # ours alone: the pool must never hand it out
+            conn = raw.driver_connection
+            conn.autocommit = True
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._conn = conn
+            return True
+        except Exception as exc:  # the database is down: the caller polls meanwhile
+            logger.warning("LISTEN failed (%s); polling until the database is back.", _first_line(exc))
+            self._conn = None
+            return False
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _pending_match(self) -> bool:
+        """Consume what the socket has; True if a notification names our queues."""
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        matched = False
+        while True:
+            note = pgconn.notifies()
+            if note is None:
+                return matched
+            payload = note.extra.decode("utf-8", "replace")
+            if not self.queues or payload in self.queues or payload == "*":
+                matched = True
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if self._conn is None and not self._connect_quietly():
+            # The database is down: pause a little, then let the caller try
+            # (its claim fails and backs off too).
+            self._sleep(min(timeout, 0.5))
+            return True
+        try:
+            if self._pending_match():
+                return True
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                fd = self._conn.pgconn.socket
+                ready, _, _ = select.select([self._wake_r, fd], [], [], remaining)
+                if not ready:
+                    return False
+                if self._wake_r in ready:
+                    self._drain_pipe()
+                    return True
+                if self._pending_match():
+                    return True
+                # Only notifications for other queues: keep waiting.
+        except Exception as exc:
+            # The connection died (server restart, pg_terminate_backend):
+            # reconnect, and tell the caller to look, since notifications sent
+            # meanwhile were lost.
+            logger.warning("LISTEN connection lost (%s); reconnecting.", _first_line(exc))
+            self._drop()
+            self._connect_quietly()
+            return True
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class SqliteListener(Listener):
+    """Polls ``PRAGMA data_version``: it changes when another connection commits."""
+
+    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = SQLITE_POLL) -> None:
+        super().__init__(queues)
+        self._engine = engine
+        self._poll = poll
+        self._conn: Any = None
+        self._version: int | None = None
+
+    def _read_version(self) -> int | None:
+        try:
+            if self._conn is None:
+                raw = self._engine.raw_connection()
+                raw.detach()
+                self._conn = raw.driver_connection
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        except Exception as exc:
+            logger.warning("Cannot read the SQLite data version (%s).", _first_line(exc))
+            self._conn = None
+            return None
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if self._version is None:
+            self._version = self._read_version()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._sleep(min(self._poll, remaining)):
+                return True
+            version = self._read_version()
+            if version is None or version != self._version:
+                self._version = version
+                return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+        super().close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
