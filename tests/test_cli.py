@@ -1,0 +1,168 @@
+"""The jobtable command, against real databases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import insert
+
+from jobtable.cli import main
+from jobtable.db import store, tables
+from jobtable.db.engine import get_engine
+from tests.sample_jobs import Echo, Keyed
+
+APP = ["--app", "tests.sample_jobs"]
+
+
+def cli(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def finish(uuid: str, status: str = tables.ERRORED) -> None:
+    """Record a request as finished, the way a worker does."""
+    with get_engine().begin() as conn:
+        (row,) = store.claim(conn, ["default"], 1, worker_id="w", now=store.utcnow())
+        assert row.task_id == uuid
+        conn.execute(tables.request.delete().where(tables.request.c.id == row.id))
+        conn.execute(insert(tables.result).values(store.result_values(row, status, ended_at=store.utcnow())))
+
+
+def test_every_command_has_help() -> None:
+    commands = ["migrate", "stats", "requests", "results", "retry", "cancel", "purge", "clear", "list", "run"]
+    for command in commands:
+        result = cli(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage:" in result.output
+
+
+def test_console_script_is_installed(subprocess_env: dict[str, str]) -> None:
+    script = str(Path(sys.executable).parent / "jobtable")
+    out = subprocess.run([script, "--help"], env=subprocess_env, capture_output=True, text=True, check=True)
+    assert "migrate" in out.stdout
+
+
+def test_migrate_is_idempotent(db_url: str) -> None:
+    result = cli("migrate")
+    assert result.exit_code == 0
+    assert "schema is up to date (revision 0001)" in result.output
+
+
+def test_migrate_creates_schema(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobtable import settings
+
+    monkeypatch.setenv("JOBTABLE_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    settings.reset()
+    result = cli("migrate")
+    assert "migrated from empty to revision 0001" in result.output
+    settings.reset()
+
+
+def test_stats_requests_results(db_url: str) -> None:
+    first = Echo().run_in_worker()
+    Echo().run_in_worker()
+    Echo().run_in_worker()
+    Echo().run_in_worker(queue="slow", delay=timedelta(hours=1))
+    assert first is not None
+    finish(first.uuid)
+    out = cli("stats").output
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    # queue -> pending, scheduled, running, successful, errored, ...
+    assert lines["default"][:5] == ["2", "0", "0", "0", "1"]
+    assert lines["slow"][:3] == ["0", "1", "0"]
+
+    out = cli("requests", "--queue", "slow").output
+    assert "scheduled" in out and "slow" in out and "pending" not in out
+    assert len(cli("requests", "--state", "pending").output.splitlines()) == 3
+    out = cli("results", "--status", "errored").output
+    assert "ERRORED" in out and "tests.sample_jobs.Echo" in out and first.uuid in out
+
+
+def test_retry_links_attempts(db_url: str) -> None:
+    request = Echo().run_in_worker()
+    assert request is not None
+    finish(request.uuid)
+    result = cli("retry", request.uuid)
+    assert result.exit_code == 0, result.output
+    assert "attempt 2" in result.output
+    with get_engine().connect() as conn:
+        (retry,) = store.list_requests(conn)
+        (previous,) = store.list_results(conn)
+    assert (retry.task_id, retry.attempt, retry.state) == (request.uuid, 2, "pending")
+    assert previous.retried is True and previous.attempt == 1
+    # A job that is waiting cannot be retried again.
+    result = CliRunner().invoke(main, ["retry", request.uuid])
+    assert result.exit_code == 1 and "is pending; only finished jobs can be retried" in result.output
+
+
+def test_retry_respects_concurrency_key(db_url: str) -> None:
+    first = Keyed("k").run_in_worker()
+    assert first is not None
+    finish(first.uuid)
+    assert Keyed("k").run_in_worker() is not None
+    result = CliRunner().invoke(main, ["retry", first.uuid])
+    assert result.exit_code == 1 and "concurrency key 'k' is pending or running" in result.output
+
+
+def test_retry_unknown(db_url: str) -> None:
+    result = CliRunner().invoke(main, ["retry", "nope"])
+    assert result.exit_code == 1 and "No result has uuid nope" in result.output
+
+
+def test_cancel(db_url: str) -> None:
+    request = Echo().run_in_worker(delay=60)
+    assert request is not None
+    assert "Cancelled" in cli("cancel", request.uuid).output
+    with get_engine().connect() as conn:
+        assert store.list_requests(conn) == []
+        (cancelled,) = store.list_results(conn)
+    assert cancelled.status == "CANCELLED"
+    result = CliRunner().invoke(main, ["cancel", request.uuid])
+    assert result.exit_code == 1 and "No pending job has uuid" in result.output
+
+
+def test_purge(db_url: str) -> None:
+    Echo().run_in_worker()
+    Echo().run_in_worker(queue="slow")
+    Echo().run_in_worker(queue="slow", delay=60)
+    result = cli("purge", "--queue", "slow", input="n\n")
+    assert result.exit_code == 1  # aborted
+    assert "Deleted 2 job(s) from queue 'slow'" in cli("purge", "--queue", "slow", "-y").output
+    assert "Deleted 1 job(s) from all queues" in cli("purge", "-y").output
+
+
+def test_clear_removes_results_past_retention(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = Echo().run_in_worker(), Echo().run_in_worker()
+    assert old and new
+    finish(old.uuid)
+    finish(new.uuid)
+    with get_engine().begin() as conn:
+        conn.execute(
+            tables.result.update()
+            .where(tables.result.c.task_id == old.uuid)
+            .values(ended_at=store.utcnow() - timedelta(days=8))
+        )
+    assert "Deleted 1 result(s) older than 604800 seconds" in cli("clear").output
+    with get_engine().connect() as conn:
+        assert [r.task_id for r in store.list_results(conn)] == [new.uuid]
+
+
+def test_list_and_run(db_url: str) -> None:
+    out = cli(*APP, "list").output
+    assert "tests.sample_jobs.Echo  Returns its arguments." in out
+    out = cli(*APP, "run", "tests.sample_jobs.Echo", "--args", '[1, "two"]').output
+    assert '{"args": [1, "two"], "kwargs": {}}' in out
+    out = cli(*APP, "run", "tests.sample_jobs.Echo", "--args", '{"a": 1}').output
+    assert '"kwargs": {"a": 1}' in out
+
+
+def test_run_unknown_job_is_a_clear_error(db_url: str) -> None:
+    result = CliRunner().invoke(main, [*APP, "run", "nope.Job"])
+    assert result.exit_code == 1
+    assert "No job is registered as 'nope.Job'" in result.output
+    result = CliRunner().invoke(main, ["--app", "no_such_module", "list"])
+    assert result.exit_code == 1 and "Cannot import the app module 'no_such_module'" in result.output

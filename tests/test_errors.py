@@ -1,0 +1,82 @@
+"""Bad configuration gets a clear error naming the problem and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import jobtable
+from jobtable import settings
+from jobtable.db import engine as db_engine
+from jobtable.exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from tests.conftest import PG_ADMIN_URL
+from tests.sample_jobs import Echo
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> Iterator[None]:
+    settings.reset()
+    db_engine.reset_engines()
+    yield
+    settings.reset()
+    db_engine.reset_engines()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "is not a database URL. Use postgresql\\+psycopg://"),
+        ("mysql://root@localhost/db", "supports PostgreSQL and SQLite, not 'mysql'"),
+        ("postgresql+asyncpg://u@h/db", "through psycopg 3, not 'asyncpg'"),
+        ("sqlite://", "not an in-memory database"),
+        ("sqlite:////no/such/dir/x.db", "directory of the SQLite database .* does not exist"),
+    ],
+)
+def test_malformed_urls(url: str, message: str) -> None:
+    jobtable.configure(database_url=url)
+    with pytest.raises(ConfigurationError, match=message):
+        Echo().run_in_worker()
+
+
+def test_password_is_not_shown() -> None:
+    jobtable.configure(database_url="mysql://user:s3cret@localhost/db")
+    with pytest.raises(ConfigurationError) as info:
+        Echo().run_in_worker()
+    assert "s3cret" not in str(info.value)
+
+
+def test_unreachable_postgres() -> None:
+    jobtable.configure(database_url="postgresql://postgres:pw@127.0.0.1:1/nothing")
+    with pytest.raises(DatabaseUnavailable, match="Cannot connect to the jobtable database .*127.0.0.1:1.*Check that the server is running") as info:
+        Echo().run_in_worker()
+    assert "pw@" not in str(info.value)
+
+
+def test_unmigrated_sqlite(tmp_path: Path) -> None:
+    jobtable.configure(database_url=f"sqlite:///{tmp_path / 'new.db'}")
+    with pytest.raises(SchemaNotMigrated, match="has no jobtable tables. Run `jobtable migrate`"):
+        Echo().run_in_worker()
+
+
+def test_unmigrated_postgres() -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS jobtable_test_unmigrated WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE jobtable_test_unmigrated"))
+    admin.dispose()
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/jobtable_test_unmigrated"
+    jobtable.configure(database_url=url)
+    try:
+        with pytest.raises(SchemaNotMigrated, match="Run `jobtable migrate`"):
+            Echo().run_in_worker()
+    finally:
+        db_engine.reset_engines()
+
+
+def test_postgres_scheme_means_psycopg3() -> None:
+    assert db_engine.normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert db_engine.normalize_url("jobtable+postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    assert db_engine.normalize_url("jobtable+sqlite:///x.db").database == "x.db"
