@@ -1,0 +1,5 @@
+"""``python -m jobtable`` is the ``jobtable`` command."""
+
+from .cli import main
+
+main()
