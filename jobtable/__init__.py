@@ -23,6 +23,7 @@ from .registry import jobs_registry, register_job
 from .settings import configure, get_settings
 
 _params.register_with_kombu()
+from .transport import register as _register_transport; _register_transport()  # noqa: E402,E702
 
 __all__ = [
     "ConfigurationError",

@@ -265,3 +265,172 @@ def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
     """Delete up to ``batch`` results that ended before ``before``."""
     ids = select(result.c.id).where(result.c.ended_at < before).order_by(result.c.ended_at).limit(batch)
     return conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+
+
+# -- transport -------------------------------------------------------------------
+# SQL of the Kombu transport (jobtable/transport/).  Rows a Kombu consumer
+# claims carry ``lease_expires_at``: a consumer that dies stops renewing it and
+# any other consumer puts its rows back to pending once it has passed.
+
+
+def transport_claim(
+    conn: Connection,
+    queues: Sequence[str],
+    limit: int,
+    *,
+    consumer_id: str,
+    now: datetime,
+    lease_expires_at: datetime,
+) -> list[Row[Any]]:
+    """Claim up to ``limit`` pending messages of ``queues`` for a consumer,
+    counting the delivery (``deliveries > 1`` means redelivered)."""
+    return dialect_of(conn).claim(
+        conn,
+        queues,
+        limit,
+        {
+            "worker_id": consumer_id,
+            "started_at": now,
+            "lease_expires_at": lease_expires_at,
+            "deliveries": request.c.deliveries + 1,
+        },
+    )
+
+
+def _held(ids: Sequence[int], consumer_id: str) -> Any:
+    # A consumer only touches rows it still holds: after its lease expired
+    # and another consumer took the row, an ack or requeue is a no-op.
+    return (
+        request.c.id.in_(list(ids)),
+        request.c.worker_id == consumer_id,
+        request.c.state == tables.RUNNING,
+    )
+
+
+def transport_delete(conn: Connection, ids: Sequence[int], consumer_id: str) -> int:
+    """Ack (or reject without requeue): the message leaves the table."""
+    return conn.execute(delete(request).where(*_held(ids, consumer_id))).rowcount
+
+
+def transport_requeue(conn: Connection, ids: Sequence[int], consumer_id: str) -> list[str]:
+    """Put held messages back to pending, in place (same row, same id, so
+    they keep their place in the queue).  Returns the queues touched."""
+    stmt = (
+        update(request)
+        .where(*_held(ids, consumer_id))
+        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .returning(request.c.queue)
+    )
+    return sorted({row.queue for row in conn.execute(stmt)})
+
+
+def transport_renew(conn: Connection, ids: Sequence[int], consumer_id: str, until: datetime) -> int:
+    """Extend the lease of messages a live consumer still holds."""
+    stmt = update(request).where(*_held(ids, consumer_id)).values(lease_expires_at=until)
+    return conn.execute(stmt).rowcount
+
+
+def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
+    """Put messages whose consumer's lease ran out back to pending.
+
+    Returns the queues of the recovered messages (to wake their consumers).
+    Rows claimed by the native worker have no lease and are left alone.
+    """
+    lapsed = (
+        select(request.c.id)
+        .where(
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at.is_not(None),
+            request.c.lease_expires_at < now,
+        )
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        lapsed = lapsed.with_for_update(skip_locked=True)
+    stmt = (
+        update(request)
+        .where(request.c.id.in_(lapsed.scalar_subquery()))
+        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .returning(request.c.queue)
+    )
+    return sorted({row.queue for row in conn.execute(stmt)})
+
+
+def transport_delete_expired(conn: Connection, now: datetime, limit: int = 1000) -> int:
+    """Drop waiting messages past their ``expires``/``expiration`` (e.g. in
+    queues nobody consumes any more, such as a dead worker's pidbox)."""
+    expired = (
+        select(request.c.id)
+        .where(
+            request.c.state.in_([tables.SCHEDULED, tables.PENDING]),
+            request.c.expires_at.is_not(None),
+            request.c.expires_at < now,
+        )
+        .limit(limit)
+    )
+    return conn.execute(delete(request).where(request.c.id.in_(expired.scalar_subquery()))).rowcount
+
+
+def transport_queue_size(conn: Connection, queue: str) -> int:
+    """Messages waiting in ``queue``: ready and scheduled, not the unacked."""
+    stmt = select(func.count()).where(
+        request.c.queue == queue, request.c.state.in_([tables.SCHEDULED, tables.PENDING])
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def transport_queue_exists(conn: Connection, queue: str) -> bool:
+    bound = select(binding.c.id).where(binding.c.queue == queue).limit(1)
+    if conn.execute(bound).first() is not None:
+        return True
+    return conn.execute(select(request.c.id).where(request.c.queue == queue).limit(1)).first() is not None
+
+
+binding = tables.binding
+
+
+def transport_bindings(conn: Connection, exchange: str) -> list[Row[Any]]:
+    """(exchange_type, routing_key, pattern, queue) of ``exchange``'s bindings."""
+    stmt = (
+        select(binding.c.exchange_type, binding.c.routing_key, binding.c.pattern, binding.c.queue)
+        .where(binding.c.exchange == exchange)
+        .order_by(binding.c.id)
+    )
+    return list(conn.execute(stmt))
+
+
+def transport_all_bindings(conn: Connection) -> list[Row[Any]]:
+    stmt = select(binding.c.queue, binding.c.exchange, binding.c.routing_key).order_by(binding.c.id)
+    return list(conn.execute(stmt))
+
+
+def transport_bind(
+    conn: Connection, exchange: str, exchange_type: str, routing_key: str, pattern: str, queue: str
+) -> None:
+    from .dialects import insert_binding
+
+    insert_binding(
+        conn,
+        {
+            "exchange": exchange,
+            "exchange_type": exchange_type,
+            "routing_key": routing_key,
+            "pattern": pattern,
+            "queue": queue,
+        },
+    )
+
+
+def transport_unbind(conn: Connection, exchange: str, routing_key: str, queue: str) -> int:
+    stmt = delete(binding).where(
+        binding.c.exchange == exchange, binding.c.routing_key == routing_key, binding.c.queue == queue
+    )
+    return conn.execute(stmt).rowcount
+
+
+def transport_unbind_queue(conn: Connection, queue: str) -> int:
+    return conn.execute(delete(binding).where(binding.c.queue == queue)).rowcount
+
+
+def transport_unbind_exchange(conn: Connection, exchange: str) -> int:
+    return conn.execute(delete(binding).where(binding.c.exchange == exchange)).rowcount

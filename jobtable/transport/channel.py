@@ -1,0 +1,397 @@
+"""The Kombu channel: messages are rows of ``jobtable_request``.
+
+A message is one row; its state is the broker state:
+
+- publish inserts the row (``scheduled`` when its ETA is in the future, so a
+  Celery worker never holds a countdown in memory; ``pending`` otherwise);
+- a consumer claims rows (``running``, its id in ``worker_id``, a lease in
+  ``lease_expires_at``) in batches up to the QoS prefetch;
+- ack deletes the row; requeue, recover and closing with unacked messages
+  flip it back to ``pending`` in place — no copy, no duplicate.
+
+Delivery tags are ``"<row id>:<delivery number>"``, so an ack from any
+thread needs no lookup.  Every database operation takes its own pooled
+connection: channel methods are safe to call from several threads
+(Celery 5.7 acks from the pool's result thread).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from queue import Empty
+from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import virtual
+from sqlalchemy.engine import Connection, Row
+
+from .. import messages
+from ..db import store, tables
+from ..db.dialects import notify_queues
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+
+def row_id(delivery_tag: Any) -> int:
+    return int(str(delivery_tag).split(":", 1)[0])
+
+
+class QoS(virtual.QoS):
+    """Kombu's prefetch bookkeeping, with acks and requeues written to the
+    table as they happen (from whichever thread calls them)."""
+
+    channel: Channel
+
+    def ack(self, delivery_tag: Any) -> None:
+        self.channel._settle([delivery_tag], requeue=False)
+        self._quick_ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self.channel._settle([delivery_tag], requeue=requeue)
+        self._quick_ack(delivery_tag)
+
+    def held_tags(self) -> list[Any]:
+        """Tags delivered and not yet acked (callable from any thread)."""
+        for _ in range(10):
+            try:
+                delivered = list(self._delivered)
+                dirty = set(self._dirty)
+                break
+            except RuntimeError:  # resized by the consuming thread meanwhile
+                continue
+        else:
+            return []
+        return [tag for tag in delivered if tag not in dirty]
+
+    def restore_unacked(self) -> list[Any]:
+        """Requeue every unacked message in one statement.
+
+        Never returns failures: if the database is unreachable the rows stay
+        claimed and come back when their lease lapses (no emergency dump).
+        """
+        self._flush()
+        tags = list(self._delivered)
+        if tags:
+            try:
+                self.channel._settle(tags, requeue=True)
+            except Exception as exc:  # the lease brings them back
+                logger.warning("jobtable: could not requeue %d unacked message(s): %s", len(tags), exc)
+        self._delivered.clear()
+        return []
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    connection: Transport
+
+    #: Fanout exchanges store one row per bound queue (bindings are in the DB).
+    supports_fanout = True
+    #: Priorities are stored as given: higher first, any SMALLINT.
+    min_priority = tables.PRIORITY_MIN
+    max_priority = tables.PRIORITY_MAX
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        # Kept past close(): QoS restores unacked messages after Kombu has
+        # detached the channel from its transport.
+        self._transport = connection
+
+    # -- database access -------------------------------------------------------------
+
+    def _write(self) -> Any:
+        return self._transport.write_connection()
+
+    def _read(self) -> Connection:
+        return self._transport.read_connection()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _inplace_augment_message(self, message: dict[str, Any], exchange: str, routing_key: str) -> None:
+        # Text bodies (JSON: Celery's default) are stored as they are, so the
+        # native worker and SQL users can read them; binary ones as base64.
+        body = message["body"]
+        encoding: str | None = None
+        if isinstance(body, (bytes, bytearray)):
+            try:
+                body = bytes(body).decode("utf-8")
+            except UnicodeDecodeError:
+                body, encoding = self.codecs["base64"].encode(body), "base64"
+        message["body"] = body
+        properties = message["properties"]
+        properties["body_encoding"] = encoding
+        properties.pop("delivery_tag", None)
+        properties.setdefault("delivery_info", {}).update(exchange=exchange, routing_key=routing_key)
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self._insert([queue], message)
+
+    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
+        queues = self._fanout_queues(exchange)
+        if queues:
+            self._insert(queues, message, fanout=True)
+
+    def _fanout_queues(self, exchange: str) -> list[str]:
+        bindings = self._transport.bindings
+        entry = bindings.get(exchange)
+        if not entry.table:
+            entry = bindings.refresh_after_miss(exchange) or entry
+        return sorted({queue for _, _, queue in entry.table})
+
+    def _insert(self, queues: Sequence[str], message: dict[str, Any], fanout: bool = False) -> None:
+        now = store.utcnow()
+        expires_at = _expires_at(message, now)
+        rows = []
+        for queue in queues:
+            row = messages.row_values(message, queue, now)
+            row["expires_at"] = expires_at
+            if fanout:
+                # Copies of one broadcast must not collide on the key.
+                row["concurrency_key"] = None
+            rows.append(row)
+        with self._write() as conn:
+            store.insert_requests(conn, rows)
+        self._transport.published(rows)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def _claim(self, queues: Sequence[str], limit: int) -> list[tuple[dict[str, Any], str]]:
+        transport = self._transport
+        transport.before_claim()
+        now = store.utcnow()
+        lease = now + timedelta(seconds=transport.options.lease_seconds)
+        consumer = transport.consumer_id
+        with self._write() as conn:
+            rows = store.transport_claim(
+                conn, queues, limit, consumer_id=consumer, now=now, lease_expires_at=lease
+            )
+            expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
+            if expired:
+                store.transport_delete(conn, expired, consumer)
+        return [(_payload(row), row.queue) for row in rows if row.id not in expired]
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        claimed = self._claim([queue], 1)
+        if not claimed:
+            raise Empty()
+        return claimed[0][0]
+
+    def _get_many(self, queues: Sequence[str], timeout: float | None = None) -> None:
+        """Claim a batch across all consumed queues and deliver it (called by
+        virtual.Channel.drain_events when QoS allows more messages)."""
+        limit = self._transport.options.batch_size
+        room = self.qos.can_consume_max_estimate()
+        if room is not None:
+            limit = min(limit, room)
+        if limit <= 0:
+            raise Empty()
+        claimed = self._claim(list(dict.fromkeys(queues)), limit)
+        if not claimed:
+            raise Empty()
+        deliver = self.connection._deliver
+        for index, (payload, queue) in enumerate(claimed):
+            try:
+                deliver(payload, queue)
+            except BaseException:
+                # Not handed to the application: give the rest back now
+                # rather than after the lease.
+                rest = [p["properties"]["delivery_tag"] for p, _ in claimed[index + 1 :]]
+                if rest:
+                    self._settle(rest, requeue=True)
+                raise
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> None:
+        # As virtual.Channel.basic_consume, except that a no_ack delivery
+        # (Celery's pidbox, replies, events) leaves the table at once instead
+        # of waiting for an ack that never comes.
+        self._transport.consuming()
+        self._tag_to_queue[consumer_tag] = queue
+        self._active_queues.append(queue)
+
+        def _callback(raw_message: dict[str, Any]) -> Any:
+            message = self.Message(raw_message, channel=self)
+            if no_ack:
+                self._settle([message.delivery_tag], requeue=False)
+            else:
+                self.qos.append(message, message.delivery_tag)
+            return callback(message)
+
+        self.connection._callbacks[queue] = _callback
+        self._consumers.add(consumer_tag)
+        self._reset_cycle()
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        self._transport.consuming()
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and no_ack:
+            self._settle([message.delivery_tag], requeue=False)
+        return message
+
+    def _settle(self, tags: Sequence[Any], *, requeue: bool) -> None:
+        ids = [row_id(tag) for tag in tags]
+        if not ids:
+            return
+        consumer = self._transport.consumer_id
+        with self._write() as conn:
+            if requeue:
+                queues = store.transport_requeue(conn, ids, consumer)
+                notify_queues(conn, queues)
+            else:
+                store.transport_delete(conn, ids, consumer)
+        if requeue:
+            self._transport.wake()
+
+    def _restore(self, message: Any) -> None:
+        self._settle([message.delivery_tag], requeue=True)
+
+    def _restore_at_beginning(self, message: Any) -> None:
+        self._restore(message)
+
+    # -- queues ---------------------------------------------------------------------------
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        """Queues exist implicitly: rows name their queue."""
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        with self._read() as conn:
+            return store.transport_queue_exists(conn, queue)
+
+    def _size(self, queue: str) -> int:
+        with self._read() as conn:
+            return store.transport_queue_size(conn, queue)
+
+    def _purge(self, queue: str) -> int:
+        with self._write() as conn:
+            return store.purge(conn, queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self.queue_delete(queue)
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> int:
+        if if_empty and self._size(queue):
+            return 0
+        with self._write() as conn:
+            removed = store.purge(conn, queue)
+            store.transport_unbind_queue(conn, queue)
+        self.state.queue_bindings_delete(queue)
+        self._transport.bindings.invalidate()
+        return removed
+
+    # -- exchanges and bindings (in jobtable_binding) -----------------------------------------
+
+    def exchange_declare(
+        self,
+        exchange: str | None = None,
+        type: str = "direct",
+        durable: bool = False,
+        auto_delete: bool = False,
+        arguments: Any = None,
+        nowait: bool = False,
+        passive: bool = False,
+    ) -> None:
+        name = exchange or f"amq.{type or 'direct'}"
+        if passive and name not in self.state.exchanges:
+            if self._transport.bindings.get(name).exchange_type is None:
+                raise ChannelError(
+                    f"NOT_FOUND - no exchange {name!r}", (50, 10), "Channel.exchange_declare", "404"
+                )
+            return
+        super().exchange_declare(exchange, type, durable, auto_delete, arguments, nowait, passive)
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        with self._write() as conn:
+            store.transport_unbind_exchange(conn, exchange)
+        self.state.exchanges.pop(exchange, None)
+        self._transport.bindings.invalidate(exchange)
+
+    def queue_bind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kwargs: Any
+    ) -> None:
+        exchange = exchange or "amq.direct"
+        kind = self._exchange_type(exchange)
+        routing_key, pattern, queue = self.exchange_types[kind].prepare_bind(queue, exchange, routing_key, arguments)
+        with self._write() as conn:
+            store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue)
+        self.state.binding_declare(queue, exchange, routing_key, arguments)
+        self._transport.bindings.invalidate(exchange)
+
+    def queue_unbind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kwargs: Any
+    ) -> None:
+        exchange = exchange or "amq.direct"
+        with self._write() as conn:
+            store.transport_unbind(conn, exchange, routing_key or "", queue)
+        self.state.binding_delete(queue, exchange, routing_key)
+        self._transport.bindings.invalidate(exchange)
+
+    def list_bindings(self) -> Iterator[tuple[str, str, str]]:
+        with self._read() as conn:
+            rows = store.transport_all_bindings(conn)
+        return iter([(row.queue, row.exchange, row.routing_key) for row in rows])
+
+    def get_table(self, exchange: str) -> list[tuple[str, str | None, str]]:
+        return self._transport.bindings.get(exchange).table
+
+    def _exchange_type(self, exchange: str, default: str = "direct") -> str:
+        declared = self.state.exchanges.get(exchange)
+        if declared is not None:
+            return str(declared["type"])
+        return self._transport.bindings.get(exchange).exchange_type or default
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        return self.exchange_types[self._exchange_type(exchange, default)]
+
+    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        if exchange:
+            found = self._route(exchange, routing_key)
+            if not found and self._transport.bindings.refresh_after_miss(exchange) is not None:
+                found = self._route(exchange, routing_key)
+            if found:
+                return sorted(found)
+        return list(super()._lookup(exchange, routing_key, default))
+
+    def _route(self, exchange: str, routing_key: str) -> set[str]:
+        return set(self.typeof(exchange).lookup(self.get_table(exchange), exchange, routing_key, None) or ())
+
+
+def _payload(row: Row[Any]) -> dict[str, Any]:
+    """The stored envelope as Kombu's virtual Message expects it."""
+    payload: dict[str, Any] = json.loads(row.message)
+    properties = payload.get("properties") or {}
+    payload["properties"] = properties
+    properties["delivery_tag"] = f"{row.id}:{row.deliveries}"
+    info = properties.get("delivery_info") or {}
+    properties["delivery_info"] = info
+    info.setdefault("exchange", "")
+    info.setdefault("routing_key", row.queue)
+    # Celery's Reject(requeue=True) and acks_late tasks read this.
+    info["redelivered"] = row.deliveries > 1
+    properties.setdefault("priority", row.priority)
+    if payload.get("headers") is None:
+        payload["headers"] = {}
+    return payload
+
+
+def _expires_at(message: dict[str, Any], now: datetime) -> datetime | None:
+    """The earlier of the ``expires`` header (Celery, Kombu's pidbox; 0 means
+    never) and the AMQP ``expiration`` property (milliseconds from now)."""
+    candidates = []
+    expires = (message.get("headers") or {}).get("expires")
+    if expires not in (None, "", 0, 0.0):
+        try:
+            candidates.append(messages.parse_time(expires))
+        except (TypeError, ValueError):
+            pass
+    expiration = (message.get("properties") or {}).get("expiration")
+    if expiration not in (None, ""):
+        try:
+            candidates.append(now + timedelta(milliseconds=float(expiration)))
+        except (TypeError, ValueError):
+            pass
+    found = [c for c in candidates if c is not None]
+    return min(found) if found else None

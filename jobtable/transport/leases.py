@@ -1,0 +1,102 @@
+"""Crash safety for Kombu consumers: leases on claimed messages.
+
+A claimed row carries ``lease_expires_at``.  While the consumer lives, a
+background thread extends the leases of the messages it still holds
+(acks_late and long tasks keep theirs); when it dies — even by kill -9 —
+the renewals stop and any other live consumer puts the rows back to
+pending once the lease has passed.  The same thread sweeps away waiting
+messages past their expiry (queues nobody consumes any more).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from ..db import store
+from ..db.dialects import notify_queues
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Most ids per renewal statement (bound parameters stay well under limits).
+RENEW_CHUNK = 500
+
+
+class LeaseKeeper:
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the thread in this process (once; again after a fork)."""
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            self._stop = threading.Event()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="jobtable-kombu-leases", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._thread = None
+
+    def _run(self) -> None:
+        options = self._transport.options
+        tick = min(options.renew_interval, options.recover_every)
+        next_recover = monotonic()
+        next_sweep = monotonic() + options.expired_sweep_interval
+        while not self._stop.wait(tick):
+            try:
+                self.renew()
+                now = monotonic()
+                if now >= next_recover:
+                    next_recover = now + options.recover_every
+                    self.recover()
+                if now >= next_sweep:
+                    next_sweep = now + options.expired_sweep_interval
+                    self.sweep()
+            except Exception as exc:  # the database is down: Kombu's reconnect deals with it
+                logger.warning("jobtable: lease upkeep failed: %s", exc)
+
+    def renew(self) -> int:
+        transport = self._transport
+        ids = transport.held_row_ids()
+        if not ids:
+            return 0
+        until = store.utcnow() + timedelta(seconds=transport.options.lease_seconds)
+        renewed = 0
+        with transport.write_connection() as conn:
+            for start in range(0, len(ids), RENEW_CHUNK):
+                renewed += store.transport_renew(conn, ids[start : start + RENEW_CHUNK], transport.consumer_id, until)
+        return renewed
+
+    def recover(self) -> list[str]:
+        """Requeue the messages of consumers whose lease lapsed."""
+        transport = self._transport
+        with transport.write_connection() as conn:
+            queues = store.transport_recover(conn, store.utcnow())
+            notify_queues(conn, queues)
+        if queues:
+            logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
+            transport.wake()
+        return queues
+
+    def sweep(self) -> int:
+        with self._transport.write_connection() as conn:
+            return store.transport_delete_expired(conn, store.utcnow())

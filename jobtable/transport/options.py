@@ -1,0 +1,80 @@
+"""``broker_transport_options`` the jobtable transport understands.
+
+They configure the transport only: nothing here reaches ``create_engine``
+(the engine comes from ``jobtable.db.engine``, one per process and URL).
+Options other transports use (``max_retries``, ``visibility_timeout``...)
+are ignored, so one Celery config can switch brokers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..exceptions import ConfigurationError
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    #: Longest wait (seconds) between two looks at the table when nothing
+    #: wakes the consumer earlier (a NOTIFY on PostgreSQL, a publish in the
+    #: same process).
+    polling_interval: float = 1.0
+    #: Polling interval used instead when wake-ups are unavailable (SQLite,
+    #: or ``wakeups=False``): short, because polling is then all there is.
+    fallback_polling_interval: float = 0.1
+    #: Use PostgreSQL LISTEN/NOTIFY to wake idle consumers.
+    wakeups: bool = True
+    #: Seconds a claimed, unacked message stays with its consumer without a
+    #: renewal; a consumer that dies (kill -9) loses its messages to others
+    #: after this long.  Live consumers renew every ``lease_seconds / 3``.
+    lease_seconds: float = 60.0
+    #: How often consumers look for lapsed leases (default: lease_seconds / 2).
+    recover_interval: float = 0.0
+    #: Most messages claimed per query (further capped by the QoS prefetch).
+    batch_size: int = 100
+    #: How often a consumer turns due ETA/countdown messages into ready ones.
+    eta_interval: float = 0.5
+    #: Seconds an exchange's bindings are cached by a publisher.
+    binding_cache_seconds: float = 1.0
+    #: How often waiting messages past their expiry are swept away.
+    expired_sweep_interval: float = 60.0
+
+    @classmethod
+    def from_mapping(cls, options: dict[str, Any] | None) -> TransportOptions:
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if not options or field.name not in options or options[field.name] is None:
+                continue
+            raw = options[field.name]
+            values[field.name] = _coerce(field.name, field.type, raw)
+        parsed = cls(**values)
+        if parsed.lease_seconds <= 0 or parsed.batch_size < 1 or parsed.polling_interval < 0:
+            raise ConfigurationError(
+                "broker_transport_options: lease_seconds must be > 0, batch_size >= 1, polling_interval >= 0."
+            )
+        return parsed
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_seconds / 3
+
+    @property
+    def recover_every(self) -> float:
+        return self.recover_interval or self.lease_seconds / 2
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "bool":
+            if isinstance(raw, str):
+                return raw.strip().lower() in ("1", "true", "yes", "on")
+            return bool(raw)
+        if kind == "int":
+            return int(raw)
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"broker_transport_options[{name!r}] must be a {kind}, got {raw!r}."
+        ) from None

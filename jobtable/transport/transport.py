@@ -1,0 +1,247 @@
+"""The Kombu transport: ``jobtable+postgresql+psycopg://...`` and
+``jobtable+sqlite:///...`` broker URLs.
+
+Laid out like Kombu's Redis transport: this Transport owns what is shared by
+a connection's channels (engine, options, binding cache, lease keeper, the
+wake-up waiter) and runs the consume loop; ``channel.py`` has the message
+operations.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from queue import Empty
+from threading import Lock
+from time import monotonic
+from typing import Any
+
+from kombu.transport import virtual
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine
+
+from ..db import engine as db_engine
+from ..db import store, tables
+from ..exceptions import ConfigurationError, DatabaseUnavailable
+from .channel import Channel
+from .exchange import BindingCache
+from .leases import LeaseKeeper
+from .options import TransportOptions
+from .wakeup import Waiter, make_waiter
+
+SCHEME_PREFIX = "jobtable+"
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        DatabaseUnavailable,
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        sa_exc.DisconnectionError,
+        sqlite3.OperationalError,
+    ]
+    try:
+        import psycopg
+
+        errors.append(psycopg.OperationalError)
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        pass
+    return tuple(errors)
+
+
+def database_url(client: Any) -> str:
+    """The SQLAlchemy URL behind a Kombu connection.
+
+    ``Connection("jobtable+postgresql+psycopg://u@h/db")`` arrives as
+    hostname ``postgresql+psycopg://u@h/db``; Kombu's failover (``switch``)
+    parses the URL instead, leaving the whole scheme as the transport name
+    and the parts in userid/hostname/port/virtual_host.
+    """
+    hostname = client.hostname or ""
+    if "://" in hostname:
+        return str(hostname[len(SCHEME_PREFIX) :] if hostname.startswith(SCHEME_PREFIX) else hostname)
+    scheme = client.transport_cls if isinstance(client.transport_cls, str) else ""
+    if not scheme.startswith(SCHEME_PREFIX):
+        raise ConfigurationError(
+            "The jobtable transport needs a database URL: use a broker URL such as "
+            "jobtable+postgresql+psycopg://user@host/dbname or jobtable+sqlite:////path/to/jobtable.sqlite3."
+        )
+    database = client.virtual_host
+    if database in ("", "/"):
+        database = None
+    url = URL.create(
+        scheme[len(SCHEME_PREFIX) :],
+        username=client.userid or None,
+        password=client.password or None,
+        host=hostname or None,
+        port=client.port or None,
+        database=database,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+
+    #: Not "sql": Celery turns task events off for that driver type.
+    driver_type = "jobtable"
+    driver_name = "jobtable"
+    #: The URL is a database URL, Kombu must not take it apart.
+    can_parse_url = True
+    default_port = None
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+        heartbeats=False,
+    )
+
+    #: Kombu and Celery reconnect on these (e.g. PostgreSQL restarting).
+    connection_errors = virtual.Transport.connection_errors + _connection_errors()
+    channel_errors = virtual.Transport.channel_errors + (sa_exc.DatabaseError,)
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.options = TransportOptions.from_mapping(client.transport_options)
+        self.db_url = database_url(client)
+        db_engine.normalize_url(self.db_url)  # a bad URL fails here, clearly
+        self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
+        self._token = uuid.uuid4().hex[:12]
+        self._keeper = LeaseKeeper(self)
+        self._waiter: Waiter | None = None
+        self._waiter_pid = 0
+        self._waiter_lock = Lock()
+        self._promote_lock = Lock()
+        self._next_promote = 0.0
+
+    # -- database -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        # Looked up on each use: a forked child gets its own engine.
+        return db_engine.get_engine(self.db_url)
+
+    @property
+    def consumer_id(self) -> str:
+        """Recorded in ``worker_id`` of the rows this process claims."""
+        return f"kombu:{socket.gethostname()}:{os.getpid()}:{self._token}"
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """Autocommit statements on PostgreSQL; a BEGIN IMMEDIATE
+        transaction on SQLite."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                with conn.begin():
+                    yield conn
+
+    def read_connection(self) -> Connection:
+        # Reads must not take SQLite's write lock.
+        return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
+
+    def establish_connection(self) -> Any:
+        engine = self.engine
+        db_engine.check_schema(engine)  # DatabaseUnavailable, or SchemaNotMigrated (fatal)
+        db_engine.ping(engine)
+        return super().establish_connection()
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)  # channels requeue their unacked messages
+        finally:
+            self._keeper.stop()
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and self._waiter_pid == os.getpid():
+                waiter.close()
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def consuming(self) -> None:
+        """A channel of this connection consumes: keep its leases alive."""
+        self._keeper.start()
+
+    def held_row_ids(self) -> list[int]:
+        from .channel import row_id
+
+        ids: list[int] = []
+        for channel in list(self.channels):
+            qos = channel._qos
+            if qos is not None:
+                ids.extend(row_id(tag) for tag in qos.held_tags())
+        return sorted(set(ids))
+
+    @property
+    def waiter(self) -> Waiter:
+        if self._waiter is None or self._waiter_pid != os.getpid():
+            with self._waiter_lock:
+                if self._waiter is None or self._waiter_pid != os.getpid():
+                    self._waiter = make_waiter(self.engine, self.options.wakeups)
+                    self._waiter_pid = os.getpid()
+        return self._waiter
+
+    def wake(self) -> None:
+        if self._waiter is not None and self._waiter_pid == os.getpid():
+            self._waiter.wake()
+
+    def published(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows were inserted by this process: wake a local consumer, and
+        promote scheduled ones as soon as they are due."""
+        due: datetime | None = None
+        for row in rows:
+            if row["state"] == tables.SCHEDULED:
+                due = row["run_at"] if due is None else min(due, row["run_at"])
+        if due is not None:
+            delay = (due - store.utcnow()).total_seconds()
+            self._next_promote = min(self._next_promote, monotonic() + max(delay, 0.0))
+        else:
+            self.wake()
+
+    def before_claim(self) -> None:
+        """Turn due scheduled messages into ready ones, at most every
+        ``eta_interval`` (sooner when this process knows one is due)."""
+        if monotonic() < self._next_promote or not self._promote_lock.acquire(blocking=False):
+            return
+        try:
+            with self.write_connection() as conn:
+                now = store.utcnow()
+                store.promote_due(conn, now)
+                next_due = store.next_due_at(conn)
+            wait = self.options.eta_interval
+            if next_due is not None:
+                wait = min(wait, max((next_due - store.utcnow()).total_seconds(), 0.0))
+            self._next_promote = monotonic() + wait
+        finally:
+            self._promote_lock.release()
+
+    def _poll_interval(self) -> float:
+        listens = self._waiter is not None and self._waiter.listens
+        return self.options.polling_interval if listens else self.options.fallback_polling_interval
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver what is ready, else wait for a wake-up (a NOTIFY, a local
+        publish), the next due ETA, or the polling interval."""
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            now = monotonic()
+            wait = self._poll_interval()
+            if self._next_promote > now:
+                wait = min(wait, self._next_promote - now)
+            if deadline is not None:
+                if now >= deadline:
+                    raise socket.timeout()
+                wait = min(wait, deadline - now)
+            queues = [q for channel in list(self.channels) for q in channel._active_queues]
+            self.waiter.wait(sorted(set(queues)), wait)
+
