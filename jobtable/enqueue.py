@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from sqlalchemy.engine import Connection
 
-from . import messages, params
+from . import messages, otel, params
 from .db import engine as db_engine
 from .db import store, tables
 from .exceptions import EnqueueError
@@ -64,13 +64,36 @@ def enqueue(
 ) -> list[JobRequest | None]:
     from .jobs import Job
 
-    now = store.utcnow()
-    run_at = _run_at(delay, now)
-    rows: list[dict[str, Any]] = []
     for job in jobs:
         if not isinstance(job, Job):
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
-        rows.append(_row(job, now, run_at, queue, priority, retries, concurrency_key))
+    if not jobs:
+        return []
+    task_ids = [messages.new_task_id() for _ in jobs]
+    span_queue = queue if queue is not None else jobs[0].resolved_queue()
+    with otel.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
+        return _enqueue(jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection)
+
+
+def _enqueue(
+    jobs: list[Job],
+    task_ids: list[str],
+    trace_headers: dict[str, str],
+    queue: str | None,
+    delay: Delay,
+    priority: int | None,
+    retries: int | None,
+    concurrency_key: str | None,
+    connection: Any,
+) -> list[JobRequest | None]:
+    from .jobs import Job
+
+    now = store.utcnow()
+    run_at = _run_at(delay, now)
+    rows = [
+        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key)
+        for job, task_id in zip(jobs, task_ids)
+    ]
 
     # should_enqueue() needs its lock only when a job class overrides it.
     checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
@@ -189,6 +212,8 @@ def _check_name(name: str, value: Any, allow_empty: bool = False) -> str:
 
 def _row(
     job: Job,
+    task_id: str,
+    trace_headers: dict[str, str],
     now: datetime,
     run_at: datetime,
     queue: str | None,
@@ -213,7 +238,7 @@ def _row(
     args, kwargs = encode_arguments(job)
     envelope = messages.task_message(
         task_name=task_name,
-        task_id=messages.new_task_id(),
+        task_id=task_id,
         args=args,
         kwargs=kwargs,
         queue=queue,
@@ -221,6 +246,7 @@ def _row(
         eta=run_at if run_at > now else None,
         retries=retries,
         concurrency_key=key or None,
+        extra_headers=trace_headers,
     )
     return messages.row_values(envelope, queue, now)
 

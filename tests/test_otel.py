@@ -1,0 +1,140 @@
+"""OpenTelemetry spans and metrics, checked with the SDK's in-memory exporters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+import jobtable
+from jobtable import otel
+from jobtable.db import store
+from jobtable.db.engine import get_engine
+from jobtable.messages import decode_task
+from tests.sample_jobs import Echo
+
+
+@dataclass
+class Telemetry:
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def metric_points(self, name: str) -> list:
+        data = self.metrics.get_metrics_data()
+        points = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    instrumentor = otel.JobtableInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=MeterProvider(metric_readers=[reader]))
+    yield Telemetry(exporter, reader, tracer_provider)
+    instrumentor.uninstrument()
+
+
+def stored_headers(uuid: str) -> dict:
+    with get_engine().connect() as conn:
+        (row,) = [r for r in store.list_requests(conn) if r.task_id == uuid]
+    return json.loads(row.message)["headers"]
+
+
+def test_enqueue_is_a_producer_span_whose_context_is_stored(db_url: str, telemetry: Telemetry) -> None:
+    request = Echo().run_in_worker(queue="emails")
+    assert request is not None
+    (span,) = telemetry.spans.get_finished_spans()
+    assert span.name == "send emails"
+    assert span.kind == SpanKind.PRODUCER
+    assert span.attributes["messaging.system"] == "jobtable"
+    assert span.attributes["messaging.destination.name"] == "emails"
+    assert span.attributes["messaging.operation.type"] == "send"
+    assert span.attributes["messaging.message.id"] == request.uuid
+    assert span.attributes["jobtable.job.class"] == "tests.sample_jobs.Echo"
+    traceparent = stored_headers(request.uuid)["traceparent"]
+    assert traceparent.split("-")[1] == format(span.context.trace_id, "032x")
+    assert traceparent.split("-")[2] == format(span.context.span_id, "016x")
+    (sent,) = telemetry.metric_points("messaging.client.sent.messages")
+    assert sent.value == 1 and sent.attributes["messaging.destination.name"] == "emails"
+
+
+def test_bulk_enqueue_is_one_batch_span(db_url: str, telemetry: Telemetry) -> None:
+    jobtable.run_in_worker_many([Echo(i) for i in range(3)])
+    (span,) = telemetry.spans.get_finished_spans()
+    assert span.attributes["messaging.batch.message_count"] == 3
+    (sent,) = telemetry.metric_points("messaging.client.sent.messages")
+    assert sent.value == 3
+
+
+def test_failed_enqueue_sets_error_status(db_url: str, telemetry: Telemetry) -> None:
+    with pytest.raises(jobtable.EnqueueError):
+        Echo().run_in_worker(priority=10**6)
+    (span,) = telemetry.spans.get_finished_spans()
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.events[0].name == "exception"
+
+
+def test_process_span_links_to_the_producer(db_url: str, telemetry: Telemetry) -> None:
+    request = Echo().run_in_worker()
+    assert request is not None
+    headers = stored_headers(request.uuid)
+    (producer,) = telemetry.spans.get_finished_spans()
+    with pytest.raises(ValueError), otel.process_span(
+        queue="default",
+        task_name=request.job_class,
+        task_id=request.uuid,
+        attempt=1,
+        headers=headers,
+        run_at=request.start_at,
+        started_at=request.start_at,
+    ):
+        raise ValueError("boom")
+    consumer = telemetry.spans.get_finished_spans()[-1]
+    assert consumer.name == "process default" and consumer.kind == SpanKind.CONSUMER
+    assert consumer.parent is None  # a link, not a child
+    assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+    assert consumer.status.status_code == StatusCode.ERROR
+    assert consumer.attributes["jobtable.job.outcome"] == "ERRORED"
+    assert consumer.attributes["messaging.operation.type"] == "process"
+    (consumed,) = telemetry.metric_points("messaging.client.consumed.messages")
+    assert consumed.attributes["jobtable.job.outcome"] == "ERRORED"
+    assert telemetry.metric_points("jobtable.queue.wait_time")[0].count == 1
+
+
+def test_queue_depth_gauge(db_url: str, telemetry: Telemetry) -> None:
+    Echo().run_in_worker()
+    Echo().run_in_worker(delay=60)
+    points = {
+        p.attributes["jobtable.state"]: p.value
+        for p in telemetry.metric_points("jobtable.queue.depth")
+        if p.attributes["messaging.destination.name"] == "default"
+    }
+    assert points == {"pending": 1, "scheduled": 1, "running": 0}
+
+
+def test_nothing_is_recorded_when_not_instrumented(db_url: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    request = Echo().run_in_worker()
+    assert request is not None
+    assert exporter.get_finished_spans() == ()
+    assert "traceparent" not in stored_headers(request.uuid)
+    assert decode_task(json.dumps({"headers": stored_headers(request.uuid), "body": "[[], {}, {}]"})).args == []
