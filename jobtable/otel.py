@@ -16,6 +16,7 @@ one attribute check per enqueue and per job.
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,10 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 SYSTEM = "jobtable"
 _SCOPE = "jobtable"
+try:
+    _VERSION = importlib.metadata.version("jobtable")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "0"
 
 
 class _State:
@@ -206,12 +211,10 @@ class JobtableInstrumentor:
     in the style of the opentelemetry-instrumentation packages."""
 
     def instrument(self, **kwargs: Any) -> None:
-        from . import __version__
-
         tracer_provider = kwargs.get("tracer_provider")
         meter_provider = kwargs.get("meter_provider")
-        _state.tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
+        _state.tracer = trace.get_tracer(_SCOPE, _VERSION, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider=meter_provider)
         _state.sent = meter.create_counter(
             "messaging.client.sent.messages", unit="{message}", description="Jobs enqueued."
         )
