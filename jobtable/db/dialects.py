@@ -75,14 +75,18 @@ class PostgresDialect(Dialect):
     ) -> list[Row[Any]]:
         # One index range scan per queue (ix_jobtable_request_claim), merged;
         # SKIP LOCKED hands each row to one claimer without waiting.
-        picked = [
+        # Each locking SELECT sits in its own subquery: PostgreSQL refuses
+        # FOR UPDATE directly under UNION.
+        branches = [
             select(t.c.id, t.c.priority)
             .where(t.c.state == tables.PENDING, t.c.queue == queue)
             .order_by(t.c.priority.desc(), t.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .subquery()
             for queue in queues
         ]
+        picked = [select(branch.c.id, branch.c.priority) for branch in branches]
         if len(picked) == 1:
             ids = picked[0].subquery()
         else:

@@ -1,0 +1,412 @@
+"""Conformance of the Kombu transport, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.transport import TRANSPORT_ALIASES, get_transport_cls
+
+import jobtable
+from jobtable.db import tables
+from jobtable.exceptions import SchemaNotMigrated
+from jobtable.transport import Transport
+
+from .transport_helpers import FAST_OPTIONS, broker_url, connect, drain, rows, states, wait_for
+
+
+# -- selecting the transport ---------------------------------------------------------
+
+
+def test_import_registers_aliases() -> None:
+    assert jobtable is not None
+    for scheme in ("jobtable", "jobtable+postgresql+psycopg", "jobtable+sqlite"):
+        assert TRANSPORT_ALIASES[scheme] == "jobtable.transport:Transport"
+        assert get_transport_cls(scheme) is Transport
+
+
+def test_connection_url_selects_transport(db_url: str) -> None:
+    with connect(db_url) as conn:
+        assert isinstance(conn.transport, Transport)
+        assert conn.transport.db_url == db_url
+        assert conn.transport.driver_type != "sql"
+        assert conn.supports_exchange_type("fanout")
+
+
+def test_failover_switch_resolves_whole_scheme(db_url: str) -> None:
+    # Kombu's failover parses the URL and looks the whole scheme up.
+    conn = Connection(broker_url(db_url), transport_options=FAST_OPTIONS)
+    conn.switch(broker_url(db_url))
+    assert conn.transport_cls == broker_url(db_url).split("://")[0]
+    with conn:
+        conn.connect()
+        queue = conn.SimpleQueue("failover")
+        queue.put({"x": 1})
+        assert queue.get(timeout=5).payload == {"x": 1}
+        queue.close()
+
+
+def test_transport_options_are_read_and_not_given_to_the_engine(db_url: str) -> None:
+    conn = Connection(
+        broker_url(db_url),
+        transport_options={"lease_seconds": "7", "batch_size": 3, "wakeups": "false", "max_retries": 3},
+    )
+    with conn:
+        conn.connect()
+        options = conn.transport.options
+        assert (options.lease_seconds, options.batch_size, options.wakeups) == (7.0, 3, False)
+        # The engine is the process's shared one, built from the URL alone.
+        assert conn.transport.engine.url.query == {}
+
+
+def test_connect_fails_on_unreachable_database(dialect: str, tmp_path: object) -> None:
+    if dialect == "postgresql":
+        url = "jobtable+postgresql+psycopg://postgres@127.0.0.1:1/nope"
+    else:
+        url = f"jobtable+sqlite:///{tmp_path}/missing-dir/x.sqlite3"
+    conn = Connection(url, connect_timeout=1)
+    with pytest.raises(Exception) as info:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    if dialect == "postgresql":
+        assert isinstance(info.value, conn.connection_errors) or "jobtable" in str(info.value)
+
+
+def test_connect_fails_on_unmigrated_database(tmp_path: object) -> None:
+    conn = Connection(f"jobtable+sqlite:///{tmp_path}/empty.sqlite3")
+    with pytest.raises(SchemaNotMigrated):
+        conn.connect()
+
+
+# -- publish, consume, queues -------------------------------------------------------------
+
+
+def test_simple_queue_roundtrip_and_counts(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = conn.SimpleQueue("simple")
+        for i in range(3):
+            queue.put({"n": i})
+        assert queue.qsize() == 3
+        assert conn.default_channel.queue_declare("simple").message_count == 3
+        first = queue.get_nowait()  # basic_get: one message
+        assert first.payload == {"n": 0}
+        assert first.delivery_info["redelivered"] is False
+        assert queue.qsize() == 2  # unacked messages are not counted
+        first.ack()
+        assert queue.get(timeout=5).payload == {"n": 1}
+        queue.close()
+
+
+def test_non_celery_messages_keep_body_headers_and_properties(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("plain", Exchange("plain"), "plain")
+        producer = Producer(conn.default_channel)
+        producer.publish(b"\x00\xffbinary", exchange=queue.exchange, routing_key="plain", declare=[queue],
+                         content_type="application/x-raw", content_encoding="binary", headers={"h": "v"})
+        producer.publish("texte accentué", exchange=queue.exchange, routing_key="plain", serializer="json")
+        got = drain(conn, queue, 2)
+        assert got[0].body == b"\x00\xffbinary"
+        assert got[0].headers["h"] == "v"
+        assert got[1].decode() == "texte accentué"
+        assert rows(db_url) == []
+
+
+def test_purge_and_delete(db_url: str) -> None:
+    with connect(db_url) as conn:
+        channel = conn.default_channel
+        queue = Queue("purged", Exchange("purged"), "purged")
+        producer = Producer(channel)
+        for i in range(4):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="purged", declare=[queue])
+        assert queue(channel).purge() == 4
+        assert rows(db_url) == []
+        producer.publish({"i": 9}, exchange=queue.exchange, routing_key="purged")
+        assert len(rows(db_url)) == 1
+        queue(channel).delete()
+        assert rows(db_url) == []
+        # Unbound: publishing to the exchange routes nowhere now.
+        producer.publish({"i": 10}, exchange=queue.exchange, routing_key="purged")
+        assert rows(db_url) == []
+
+
+def test_one_consumer_several_queues(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queues = [Queue(name, Exchange(name), name) for name in ("qa", "qb", "qc")]
+        producer = Producer(conn.default_channel)
+        for queue in queues:
+            producer.publish({"q": queue.name}, exchange=queue.exchange, routing_key=queue.name, declare=[queue])
+        got = drain(conn, queues, 3)
+        assert sorted(m.payload["q"] for m in got) == ["qa", "qb", "qc"]
+        assert rows(db_url) == []
+
+
+def test_batch_fetch_respects_prefetch(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("batch", Exchange("batch"), "batch")
+        producer = Producer(conn.default_channel)
+        for i in range(10):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="batch", declare=[queue])
+        held: list = []
+        with Consumer(conn, [queue], callbacks=[lambda body, message: held.append(message)], prefetch_count=3):
+            conn.drain_events(timeout=5)
+            assert 1 <= len(held) <= 3
+            running = states(db_url).count(tables.RUNNING)
+            assert running == len(held)
+            for message in held:
+                message.ack()
+        assert len(rows(db_url)) == 10 - len(held)
+
+
+# -- acks, requeues, recovery ---------------------------------------------------------------
+
+
+def test_ack_deletes_reject_requeue_and_recover_flip_in_place(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = conn.SimpleQueue("acks")
+        queue.put({"a": 1})
+        (original,) = rows(db_url)
+        message = queue.get(timeout=5)
+        assert states(db_url) == [tables.RUNNING]
+        message.requeue()
+        (after,) = rows(db_url)
+        assert (after.id, after.state) == (original.id, tables.PENDING)
+        again = queue.get(timeout=5)
+        assert again.delivery_info["redelivered"] is True
+        queue.channel.basic_recover(requeue=True)
+        assert [(r.id, r.state) for r in rows(db_url)] == [(original.id, tables.PENDING)]
+        third = queue.get(timeout=5)
+        third.reject()  # no requeue: dropped
+        assert rows(db_url) == []
+        queue.close()
+
+
+def test_closing_with_unacked_messages_puts_them_back_without_copies(db_url: str) -> None:
+    conn = connect(db_url)
+    queue = conn.SimpleQueue("closing")
+    for i in range(3):
+        queue.put({"i": i})
+    ids = [r.id for r in rows(db_url)]
+    held = [queue.get_nowait() for _ in range(2)]  # basic_get: exactly two
+    assert len(held) == 2
+    conn.release()
+    assert [(r.id, r.state) for r in rows(db_url)] == [(i, tables.PENDING) for i in ids]
+    with connect(db_url) as conn2:
+        queue2 = conn2.SimpleQueue("closing")
+        got = [queue2.get(timeout=5) for _ in range(3)]
+        assert [m.payload["i"] for m in got] == [0, 1, 2]
+        assert [m.delivery_info["redelivered"] for m in got] == [True, True, False]
+        for m in got:
+            m.ack()
+        queue2.close()
+    assert rows(db_url) == []
+
+
+def test_held_messages_keep_their_lease(db_url: str) -> None:
+    # A live consumer renews its lease: another consumer never gets the
+    # message even after several lease periods.
+    with connect(db_url) as holder, connect(db_url) as other:
+        queue = holder.SimpleQueue("held")
+        queue.put({"long": True})
+        message = queue.get(timeout=5)
+        first_lease = rows(db_url)[0].lease_expires_at
+        wait_for(lambda: rows(db_url)[0].lease_expires_at > first_lease, timeout=5, what="lease renewal")
+        other_queue = other.SimpleQueue("held")
+        deadline = time.monotonic() + 2 * FAST_OPTIONS["lease_seconds"]
+        while time.monotonic() < deadline:
+            with pytest.raises(other_queue.Empty):
+                other_queue.get(timeout=0.2)
+        message.ack()
+        assert rows(db_url) == []
+        other_queue.close()
+        queue.close()
+
+
+def test_lapsed_lease_is_recovered_by_another_consumer(db_url: str) -> None:
+    # Simulate a consumer that died: a claimed row whose lease has passed.
+    with connect(db_url) as dead:
+        queue = dead.SimpleQueue("lapsed")
+        queue.put({"x": 1})
+        message = queue.get(timeout=5)
+        # Forget it without acking, and stop renewing (as kill -9 would).
+        message.channel.qos._delivered.clear()
+        dead.transport._keeper.stop()
+        with connect(db_url) as alive:
+            queue2 = alive.SimpleQueue("lapsed")
+            again = queue2.get(timeout=10)
+            assert again.payload == {"x": 1}
+            assert again.delivery_info["redelivered"] is True
+            again.ack()
+            queue2.close()
+        assert rows(db_url) == []
+
+
+# -- ETA, expiry, priority ------------------------------------------------------------------
+
+
+def _publish(conn: Connection, queue: Queue, body: object, **kwargs: object) -> None:
+    Producer(conn.default_channel).publish(
+        body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue], **kwargs
+    )
+
+
+def test_eta_messages_wait_in_the_table_until_due(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("eta", Exchange("eta"), "eta")
+        eta = datetime.now(timezone.utc) + timedelta(seconds=1.0)
+        _publish(conn, queue, {"late": True}, headers={"eta": eta.isoformat()})
+        _publish(conn, queue, {"now": True})
+        assert sorted(states(db_url)) == [tables.PENDING, tables.SCHEDULED]
+        got = drain(conn, queue, 1)
+        assert got[0].payload == {"now": True}
+        got = drain(conn, queue, 1)
+        assert got[0].payload == {"late": True}
+        assert datetime.now(timezone.utc) >= eta
+
+
+def test_expired_messages_are_not_delivered(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("exp", Exchange("exp"), "exp")
+        past = datetime.now(timezone.utc) - timedelta(seconds=1)
+        _publish(conn, queue, {"expired": "header"}, headers={"expires": past.isoformat()})
+        _publish(conn, queue, {"expired": "property"}, expiration=0.001)
+        _publish(conn, queue, {"expires": "never"}, headers={"expires": 0})
+        _publish(conn, queue, {"fine": True}, headers={"expires": (past + timedelta(hours=1)).isoformat()})
+        got = drain(conn, queue, 2)
+        assert [m.payload for m in got] == [{"expires": "never"}, {"fine": True}]
+        assert rows(db_url) == []
+
+
+def test_priority_higher_first_fifo_within_priority(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("prio", Exchange("prio"), "prio")
+        sent = [(0, "a"), (9, "b"), (5, "c"), (9, "d"), (0, "e"), (5, "f"), (1, "g")]
+        for priority, name in sent:
+            _publish(conn, queue, name, priority=priority)
+        simple = conn.SimpleQueue(queue)
+        order = []
+        for _ in sent:
+            message = simple.get(timeout=5)
+            order.append(message.payload)
+            message.ack()
+        assert order == ["b", "d", "c", "f", "g", "a", "e"]
+        simple.close()
+
+
+# -- exchanges across connections ----------------------------------------------------------
+
+
+def test_direct_topic_and_fanout_exchanges_across_connections(db_url: str) -> None:
+    # Bindings made through one connection route what another publishes
+    # (separate Connections share nothing but the database, like processes).
+    with connect(db_url) as consumer_conn, connect(db_url) as publisher:
+        direct = Exchange("ex.direct", "direct")
+        topic = Exchange("ex.topic", "topic")
+        fanout = Exchange("ex.fanout", "fanout")
+        bound = [
+            Queue("d1", direct, "k1"),
+            Queue("t1", topic, "stock.#"),
+            Queue("t2", topic, "*.eur"),
+            Queue("f1", fanout),
+            Queue("f2", fanout),
+        ]
+        channel = consumer_conn.default_channel
+        for queue in bound:
+            queue(channel).declare()
+        producer = Producer(publisher.default_channel)
+        producer.publish("direct", exchange="ex.direct", routing_key="k1")
+        producer.publish("nowhere", exchange="ex.direct", routing_key="k2")
+        producer.publish("topic", exchange="ex.topic", routing_key="stock.usd")
+        producer.publish("both", exchange="ex.topic", routing_key="stock.eur")
+        producer.publish("broadcast", exchange="ex.fanout", routing_key="")
+        by_queue: dict[str, list[str]] = {}
+        for row in rows(db_url):
+            by_queue.setdefault(row.queue, []).append(row)
+        assert sorted(by_queue) == ["d1", "f1", "f2", "t1", "t2"]
+        got = drain(consumer_conn, bound, 6)
+        seen = sorted((m.delivery_info["routing_key"], m.payload) for m in got)
+        assert seen == sorted(
+            [("k1", "direct"), ("stock.usd", "topic"), ("stock.eur", "both"), ("stock.eur", "both"),
+             ("", "broadcast"), ("", "broadcast")]
+        )
+        # Bindings are listed from the database, and unbinding is seen by others.
+        listed = set(consumer_conn.default_channel.list_bindings())
+        assert ("f1", "ex.fanout", "") in listed
+        bound[3](channel).unbind_from(fanout)
+        publisher.transport.bindings.invalidate()
+        producer.publish("again", exchange="ex.fanout", routing_key="")
+        assert [r.queue for r in rows(db_url)] == ["f2"]
+
+
+# -- threads, forks, processes ---------------------------------------------------------------
+
+
+def test_acks_from_other_threads_and_concurrent_consumers(db_url: str) -> None:
+    total = 60
+    with connect(db_url) as conn:
+        queue = conn.SimpleQueue("threads")
+        for i in range(total):
+            queue.put(i)
+        queue.close()
+    seen: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            with connect(db_url) as own:
+                acker_pool: list[threading.Thread] = []
+
+                def on_message(body: int, message: object) -> None:
+                    with lock:
+                        seen.append(body)
+                    # Ack from another thread, as Celery 5.7's pools do.
+                    thread = threading.Thread(target=message.ack)  # type: ignore[attr-defined]
+                    thread.start()
+                    acker_pool.append(thread)
+
+                q = Queue("threads", Exchange("threads"), "threads")
+                with Consumer(own, [q], callbacks=[on_message], prefetch_count=5):
+                    deadline = time.monotonic() + 20
+                    while len(seen) < total and time.monotonic() < deadline:
+                        try:
+                            own.drain_events(timeout=0.2)
+                        except TimeoutError:
+                            pass
+                for thread in acker_pool:
+                    thread.join()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consume) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(seen) == list(range(total))
+    wait_for(lambda: rows(db_url) == [], timeout=5, what="all acked")
+
+
+def test_wake_up_delivers_without_waiting_for_the_poll(db_url: str) -> None:
+    # A consumer with a long polling interval still gets a message published
+    # by another connection promptly (NOTIFY on PostgreSQL, data_version on SQLite).
+    with connect(db_url, polling_interval=30, eta_interval=30) as conn, connect(db_url) as publisher:
+        queue = Queue("wake", Exchange("wake"), "wake")
+        queue(conn.default_channel).declare()
+        got: list[float] = []
+        with Consumer(conn, [queue], callbacks=[lambda body, message: (got.append(time.monotonic()), message.ack())]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.3)  # listener set up, nothing there
+
+            def publish_later() -> None:
+                time.sleep(0.2)
+                got.append(time.monotonic())
+                publisher.SimpleQueue("wake").put("hi")
+
+            thread = threading.Thread(target=publish_later)
+            thread.start()
+            conn.drain_events(timeout=10)
+            thread.join()
+        assert got[1] - got[0] < 2.0
