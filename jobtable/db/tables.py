@@ -175,3 +175,21 @@ binding = Table(
     Column("queue", String(255), nullable=False),
     UniqueConstraint("exchange", "routing_key", "queue"),
 )
+
+# Celery groups and chords (result backend): a group's result tuple, and for a
+# chord the counter its parts decrement in one statement -- no chord_unlock
+# polling.
+group = Table(
+    "jobtable_group",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("result", Text, nullable=True),  # GroupResult.as_tuple() as JSON
+    Column("chord_size", Integer, nullable=True),
+    Column("chord_done", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_jobtable_group_created_at", "created_at"),
+)
+
+#: PostgreSQL channel notified (by a statement-level trigger) whenever results
+#: are written, so AsyncResult.get() waits without polling.
+RESULT_CHANNEL = "jobtable_result"

@@ -125,7 +125,41 @@ def upgrade() -> None:
         sa.UniqueConstraint("exchange", "routing_key", "queue", name="uq_jobtable_binding_exchange_routing_key_queue"),
     )
 
+    op.create_table(
+        "jobtable_group",
+        sa.Column("id", sa.String(255), nullable=False),
+        sa.Column("result", sa.Text, nullable=True),
+        sa.Column("chord_size", sa.Integer, nullable=True),
+        sa.Column("chord_done", sa.Integer, nullable=False, server_default=sa.text("0")),
+        sa.Column("created_at", Timestamp, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_jobtable_group"),
+    )
+    op.create_index("ix_jobtable_group_created_at", "jobtable_group", ["created_at"])
+
+    if op.get_bind().dialect.name == "postgresql":
+        # One NOTIFY per statement that writes results (not per row): waiters
+        # in AsyncResult.get() re-read their own ids.
+        op.execute(
+            """
+            CREATE FUNCTION jobtable_result_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('jobtable_result', '');
+                RETURN NULL;
+            END $$
+            """
+        )
+        for event in ("INSERT", "UPDATE"):
+            op.execute(
+                f"CREATE TRIGGER jobtable_result_notify_{event.lower()} AFTER {event} ON jobtable_result "
+                "FOR EACH STATEMENT EXECUTE FUNCTION jobtable_result_notify()"
+            )
+
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS jobtable_result_notify_insert ON jobtable_result")
+        op.execute("DROP TRIGGER IF EXISTS jobtable_result_notify_update ON jobtable_result")
+        op.execute("DROP FUNCTION IF EXISTS jobtable_result_notify()")
+    op.drop_table("jobtable_group")
     for table in ("jobtable_binding", "jobtable_schedule", "jobtable_worker", "jobtable_result", "jobtable_request"):
         op.drop_table(table)
