@@ -30,7 +30,7 @@ class Settings:
     #: Seconds a job may run before the worker stops it.
     timeout: int = 86400
     #: Dotted paths of middleware classes wrapping each job run.
-    middleware: list[str] = field(default_factory=list)
+    middleware: list[str] = field(default_factory=lambda: ["jobtable.middleware.LogContextMiddleware"])
     #: Cron entries: ``[job path or instance, cron string or Schedule]`` pairs.
     schedule: list[Any] = field(default_factory=list)
     #: Module imported to register jobs (``--app`` on the command line).
@@ -48,6 +48,22 @@ class Settings:
     worker_lost_after: int = 30
     #: Seconds between stats lines of the worker (0: never).
     worker_stats_every: int = 60
+    #: Jobs a worker process runs before it is replaced (0: no limit).
+    worker_max_jobs_per_process: int = 0
+    #: Most jobs a worker process claims at once (the batch adapts below it
+    #: so that a batch holds about 50 ms of work).
+    worker_max_pending_per_process: int = 100
+    #: "processes" (CPU-bound jobs, the default) or "threads" (I/O-bound jobs).
+    worker_pool: str = "processes"
+    #: Milliseconds between polls when no notification arrives (PostgreSQL
+    #: LISTEN/NOTIFY and SQLite data-version checks usually wake sooner).
+    worker_poll_interval_ms: int = 1000
+    #: 0 to poll only (no LISTEN), e.g. behind PgBouncer in transaction mode.
+    worker_listen: int = 1
+    #: Seconds running jobs get to finish after SIGTERM/SIGINT.
+    worker_shutdown_grace: int = 30
+    #: Seconds past a job's timeout after which its process is killed (LOST).
+    worker_timeout_grace: int = 10
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

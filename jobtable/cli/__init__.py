@@ -50,3 +50,4 @@ def with_app(fn: F) -> F:
 
 
 from . import queue  # noqa: E402,F401  (registers commands)
+from . import worker  # noqa: E402,F401  (registers the worker command)

@@ -188,3 +188,50 @@ def notify_queues(conn: Connection, queues: Sequence[str]) -> None:
     channel = globals().get("NOTIFY_CHANNEL", "jobtable")
     for queue in sorted(set(queues)):
         conn.execute(text("SELECT pg_notify(:channel, :queue)"), {"channel": channel, "queue": queue})
+
+
+# -- worker --
+
+
+def _take_running_pg(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+    # exec_driver_sql: one cached statement whatever the number of ids.
+    rows = conn.exec_driver_sql(
+        "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s "
+        "AND state = 'running' RETURNING id",
+        {"ids": list(ids), "worker": worker_id},
+    )
+    return {row[0] for row in rows}
+
+
+def _take_running_sqlite(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+    taken: set[int] = set()
+    for start in range(0, len(ids), 900):  # bound parameters per statement
+        chunk = list(ids[start : start + 900])
+        marks = ",".join("?" * len(chunk))
+        rows = conn.exec_driver_sql(
+            f"DELETE FROM jobtable_request WHERE id IN ({marks}) AND worker_id = ? AND state = 'running' RETURNING id",
+            (*chunk, worker_id),
+        )
+        taken.update(row[0] for row in rows)
+    return taken
+
+
+def wake_queues(conn: Connection, queues: Sequence[str]) -> None:
+    """NOTIFY listeners of ``queues`` (at commit) after rows went back to
+    pending.  SQLite listeners notice the commit by themselves."""
+    if conn.dialect.name == "postgresql" and queues:
+        conn.exec_driver_sql(
+            "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q",
+            {"channel": NOTIFY_CHANNEL, "queues": sorted(set(queues))},
+        )
+
+
+def _install_worker_methods() -> None:
+    # Attached here rather than in the classes above so that this section
+    # stays one appended block (the transport appends its own).
+    PostgresDialect.take_running = staticmethod(_take_running_pg)  # type: ignore[attr-defined]
+    SqliteDialect.take_running = staticmethod(_take_running_sqlite)  # type: ignore[attr-defined]
+    _PG_CASTS.setdefault("deliveries", "int4")
+
+
+_install_worker_methods()

@@ -57,12 +57,14 @@ class Listener:
         self._closed = False
 
     @staticmethod
-    def create(engine: Engine, queues: Iterable[str], *, use_notify: bool = True) -> Listener:
+    def create(
+        engine: Engine, queues: Iterable[str], *, use_notify: bool = True, channel: str = CHANNEL
+    ) -> Listener:
         """The best listener for ``engine``: LISTEN/NOTIFY on PostgreSQL
         (unless ``use_notify`` is False, e.g. behind PgBouncer in transaction
         mode), data-version polling on SQLite, plain timeouts otherwise."""
         if engine.dialect.name == "postgresql" and use_notify:
-            return PgListener(engine, queues)
+            return PgListener(engine, queues, channel=channel)
         if engine.dialect.name == "sqlite":
             return SqliteListener(engine, queues)
         return Listener(queues)
@@ -116,19 +118,20 @@ class Listener:
 class PgListener(Listener):
     """LISTEN on a dedicated autocommit connection; reconnects by itself."""
 
-    def __init__(self, engine: Engine, queues: Iterable[str]) -> None:
+    def __init__(self, engine: Engine, queues: Iterable[str], *, channel: str = CHANNEL) -> None:
         super().__init__(queues)
         self._engine = engine
+        self._channel = channel
         self._conn: Any = None
         self._connect_quietly()
 
     def _connect_quietly(self) -> bool:
         try:
             raw = self._engine.raw_connection()
-            raw.detach()  # ours alone: the pool must never hand it out
             conn = raw.driver_connection
+            raw.detach()  # ours alone: the pool must never hand it out
             conn.autocommit = True
-            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {self._channel}")
             self._conn = conn
             return True
         except Exception as exc:  # the database is down: the caller polls meanwhile
@@ -209,8 +212,8 @@ class SqliteListener(Listener):
         try:
             if self._conn is None:
                 raw = self._engine.raw_connection()
-                raw.detach()
                 self._conn = raw.driver_connection
+                raw.detach()
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
         except Exception as exc:
             logger.warning("Cannot read the SQLite data version (%s).", _first_line(exc))

@@ -434,3 +434,248 @@ def transport_unbind_queue(conn: Connection, queue: str) -> int:
 
 def transport_unbind_exchange(conn: Connection, exchange: str) -> int:
     return conn.execute(delete(binding).where(binding.c.exchange == exchange)).rowcount
+
+
+# -- worker --------------------------------------------------------------------
+# SQL of the native worker (jobtable/worker/).  A member claims rows with
+# ``claim`` (worker_id = its own id, lease_expires_at NULL), writes their
+# results with ``finish``, and gives back what it did not start with
+# ``release``.  Rows of a dead member are rescued with ``lose``.
+
+from datetime import timedelta  # noqa: E402
+
+worker_table = tables.worker
+
+#: Worker ids of the native worker start with this, so rescue never touches
+#: rows that Kombu consumers hold.
+NATIVE_PREFIX = "native:"
+
+
+@dataclass
+class Outcome:
+    """How one claimed attempt ended, waiting to be written by ``finish``."""
+
+    row: Row[Any]
+    status: str
+    ended_at: datetime
+    fields: dict[str, Any]
+    #: Enqueue the next attempt, due at this time (None: no retry).
+    retry_at: datetime | None = None
+    #: Added to the retry budget of the next attempt: a DeferJob that does not
+    #: count as a retry still needs a new attempt number (one result per attempt).
+    extra_retries: int = 0
+
+
+def next_attempt_values(row: Row[Any], now: datetime, run_at: datetime, extra_retries: int = 0) -> dict[str, Any]:
+    """The request row of the attempt after ``row`` (same task id), due at ``run_at``."""
+    envelope = json.loads(row.message)
+    headers = envelope.setdefault("headers", {})
+    headers["retries"] = row.attempt  # Celery's count: attempt - 1 of the next attempt
+    headers["eta"] = run_at.isoformat() if run_at > now else None
+    headers[messages.RETRIES_HEADER] = row.retries + extra_retries
+    return messages.row_values(envelope, row.queue, now)
+
+
+_RESULT_INSERT: dict[str, Any] = {}
+
+
+def insert_results(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
+    """Insert result rows; one that repeats a (task_id, attempt) is skipped
+    rather than failing the batch (Celery clients may reuse task ids)."""
+    if not values:
+        return
+    name = conn.dialect.name
+    stmt = _RESULT_INSERT.get(name)
+    if stmt is None:
+        from sqlalchemy.dialects import postgresql as pg_dialect
+        from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+        module: Any = pg_dialect if name == "postgresql" else sqlite_dialect
+        stmt = _RESULT_INSERT[name] = module.insert(result).on_conflict_do_nothing()
+    conn.execute(stmt, list(values))
+
+
+def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
+    """Results of attempts already taken off the request table, and the
+    retries they ask for, linked both ways (same task id, ``retried``)."""
+    retry_rows = {
+        o.row.id: next_attempt_values(o.row, now, o.retry_at, o.extra_retries)
+        for o in outcomes
+        if o.retry_at is not None
+    }
+    requeued: set[str] = set(insert_requests(conn, list(retry_rows.values()))) if retry_rows else set()
+    insert_results(
+        conn,
+        [
+            result_values(
+                o.row,
+                o.status,
+                ended_at=o.ended_at,
+                retried=o.row.id in retry_rows and o.row.task_id in requeued,
+                **o.fields,
+            )
+            for o in outcomes
+        ],
+    )
+
+
+def finish(conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: datetime) -> list[Outcome]:
+    """Write the outcomes of attempts that are still this worker's.
+
+    The guard: the request row is deleted only if it is still running under
+    ``worker_id``.  A job that rescue already declared LOST (its row taken
+    away) therefore cannot write a second result.  Returns the outcomes written.
+    """
+    if not outcomes:
+        return []
+    kept = dialect_of(conn).take_running(conn, worker_id, [o.row.id for o in outcomes])
+    mine = [o for o in outcomes if o.row.id in kept]
+    if mine:
+        write_outcomes(conn, mine, now)
+    return mine
+
+
+def release(
+    conn: Connection, worker_id: str, ids: Sequence[int] | None = None, *, keep: Sequence[int] = ()
+) -> int:
+    """Give claimed-but-unstarted jobs back: pending again, for anyone.
+
+    ``ids``: those rows (None: every row ``worker_id`` runs), minus ``keep``.
+    """
+    stmt = update(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
+    if ids is not None:
+        if not ids:
+            return 0
+        stmt = stmt.where(request.c.id.in_(list(ids)))
+    if keep:
+        stmt = stmt.where(request.c.id.not_in(list(keep)))
+    stmt = stmt.values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None).returning(
+        request.c.queue
+    )
+    queues = [row.queue for row in conn.execute(stmt)]
+    if queues:
+        from .dialects import wake_queues
+
+        wake_queues(conn, sorted(set(queues)))
+    return len(queues)
+
+
+def lose(
+    conn: Connection,
+    worker_id: str,
+    ids: Sequence[int] | None,
+    now: datetime,
+    *,
+    message: str,
+    retry_delay: Any = None,
+) -> list[Row[Any]]:
+    """Record running jobs of ``worker_id`` (those ``ids``, or all) LOST, and
+    retry those with retries left after ``retry_delay(row)`` seconds."""
+    stmt = delete(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
+    if ids is not None:
+        if not ids:
+            return []
+        stmt = stmt.where(request.c.id.in_(list(ids)))
+    rows = list(conn.execute(stmt.returning(*request.c)))
+    outcomes = []
+    for row in rows:
+        retry_at = None
+        if row.attempt <= row.retries:
+            delay = retry_delay(row) if retry_delay is not None else 0
+            retry_at = now + timedelta(seconds=max(0.0, float(delay)))
+        outcomes.append(
+            Outcome(row, tables.LOST, now, {"error_type": "WorkerLost", "error_message": message}, retry_at)
+        )
+    if outcomes:
+        write_outcomes(conn, outcomes, now)
+    return rows
+
+
+def register_worker(
+    conn: Connection, worker_id: str, *, hostname: str, pid: int, queues: Sequence[str], processes: int, now: datetime
+) -> None:
+    """Insert (or refresh) a worker's heartbeat row."""
+    values = {
+        "id": worker_id,
+        "kind": "native",
+        "hostname": hostname,
+        "pid": pid,
+        "queues": json.dumps(list(queues)),
+        "processes": processes,
+        "started_at": now,
+        "heartbeat_at": now,
+    }
+    from sqlalchemy.dialects import postgresql as pg_dialect
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    module: Any = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+    stmt = module.insert(worker_table).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[worker_table.c.id], set_={"heartbeat_at": now, "pid": pid}
+    )
+    conn.execute(stmt)
+
+
+def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set[str]:
+    """Refresh heartbeats; returns the ids that had no row (rescued meanwhile)."""
+    if not worker_ids:
+        return set()
+    stmt = (
+        update(worker_table)
+        .where(worker_table.c.id.in_(list(worker_ids)))
+        .values(heartbeat_at=now)
+        .returning(worker_table.c.id)
+    )
+    found = {row.id for row in conn.execute(stmt)}
+    return set(worker_ids) - found
+
+
+def delete_workers(conn: Connection, worker_ids: Sequence[str]) -> None:
+    if worker_ids:
+        conn.execute(delete(worker_table).where(worker_table.c.id.in_(list(worker_ids))))
+
+
+def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:
+    """Native workers whose last heartbeat is older than ``before``, locked
+    (SKIP LOCKED) so that two rescuers never take the same one."""
+    stmt = (
+        select(worker_table.c.id)
+        .where(worker_table.c.kind == "native", worker_table.c.heartbeat_at < before)
+        .order_by(worker_table.c.heartbeat_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(conn.execute(stmt).scalars())
+
+
+def orphan_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:
+    """Native worker ids that run jobs (started before ``before``) but have no
+    heartbeat row at all, e.g. rows left by a worker rescued while it claimed."""
+    has_row = select(worker_table.c.id).where(worker_table.c.id == request.c.worker_id).exists()
+    stmt = (
+        select(request.c.worker_id)
+        .where(
+            request.c.state == tables.RUNNING,
+            request.c.worker_id.like(NATIVE_PREFIX + "%"),
+            request.c.lease_expires_at.is_(None),
+            request.c.started_at < before,
+            ~has_row,
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return list(conn.execute(stmt).scalars())
+
+
+def queue_depth(conn: Connection, queues: Sequence[str]) -> dict[str, int]:
+    """Requests of ``queues`` by state."""
+    stmt = (
+        select(request.c.state, func.count())
+        .where(request.c.queue.in_(list(queues)))
+        .group_by(request.c.state)
+    )
+    counts = {tables.SCHEDULED: 0, tables.PENDING: 0, tables.RUNNING: 0}
+    for state, n in conn.execute(stmt):
+        counts[state] = int(n)
+    return counts

@@ -1,0 +1,66 @@
+"""``jobtable worker``: run the jobs in the queue."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..middleware import JobContextFilter
+from . import main, with_app
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(JobContextFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger("jobtable")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@main.command()
+@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES.")
+@click.option("--max-processes", type=int, default=None, help="Pool size (0: one per CPU). Default: JOBTABLE_WORKER_MAX_PROCESSES.")
+@click.option("--max-jobs-per-process", type=int, default=None, help="Replace a pool member after this many jobs (0: never).")
+@click.option("--max-pending-per-process", type=int, default=None, help="Most jobs a pool member claims at once.")
+@click.option("--stats-every", type=float, default=None, help="Print queue depth, running jobs and jobs/s every S seconds (0: never).")
+@click.option("--pool", type=click.Choice(["processes", "threads"]), default=None, help="processes (CPU-bound jobs) or threads (I/O-bound).")
+@click.option("--burst", is_flag=True, help="Stop once no job is due (scheduled future jobs are left).")
+@click.option("--reload", "reload_", is_flag=True, help="Restart when .py or .env files change (development).")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@with_app
+def worker(
+    queues: tuple[str, ...],
+    max_processes: int | None,
+    max_jobs_per_process: int | None,
+    max_pending_per_process: int | None,
+    stats_every: float | None,
+    pool: str | None,
+    burst: bool,
+    reload_: bool,
+    log_level: str,
+) -> None:
+    """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
+    from ..worker.config import WorkerConfig
+
+    _setup_logging(log_level)
+    config = WorkerConfig.from_settings(
+        queues=list(queues) or None,
+        processes=max_processes,
+        max_jobs_per_process=max_jobs_per_process,
+        max_pending_per_process=max_pending_per_process,
+        stats_every=stats_every,
+        pool=pool,
+        burst=burst or None,
+    )
+    if reload_:
+        from ..worker.reload import run_with_reload
+
+        argv = [arg for arg in sys.argv[1:] if arg != "--reload"]
+        sys.exit(run_with_reload(argv, config.shutdown_grace))
+    from ..worker.main import run_worker
+
+    sys.exit(run_worker(config))

@@ -1,0 +1,159 @@
+"""Running one claimed attempt and turning how it ended into an Outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .. import messages, params
+from ..db import tables
+from ..db.store import Outcome
+from ..exceptions import UnknownJob
+from ..middleware import JobRun, RunJob
+from . import dispatch
+from .errors import DeferJob, JobTimeout
+from .slots import Slot
+
+logger = logging.getLogger("jobtable.worker")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, timedelta):
+        return max(0.0, value.total_seconds())
+    return max(0.0, float(value or 0))
+
+
+def encode_return(value: Any) -> str | None:
+    if value is None:
+        return "null"
+    try:
+        return messages.dumps(params.encode(value, "the return value"))
+    except (TypeError, ValueError):
+        # Kept readable rather than lost: the job did succeed.
+        return json.dumps(repr(value))
+
+
+def _error_fields(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
+    return {
+        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}"
+        if type(exc).__module__ not in ("builtins", "__main__")
+        else type(exc).__qualname__,
+        "error_message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)) if with_traceback else None,
+    }
+
+
+class Executor:
+    """Runs attempts for one pool member."""
+
+    def __init__(self, *, worker_id: str, chain: RunJob, timer: Any, slot: Slot, default_timeout: float) -> None:
+        self.worker_id = worker_id
+        self.chain = chain
+        self.timer = timer
+        self.slot = slot
+        self.default_timeout = default_timeout
+
+    def run(self, row: Any) -> Outcome:
+        started = _now()
+        if row.expires_at is not None and row.expires_at <= started:
+            return Outcome(
+                row,
+                tables.CANCELLED,
+                started,
+                {
+                    "started_at": None,
+                    "error_type": "Expired",
+                    "error_message": f"Not run: the job expired at {row.expires_at.isoformat()} "
+                    "before a worker started it.",
+                },
+            )
+        try:
+            call = messages.decode_task(row.message)
+            prepared = dispatch.prepare(call)
+        except Exception as exc:
+            # Permanent: retrying an unknown or undecodable job cannot help.
+            if isinstance(exc, UnknownJob):
+                text = f"Unknown job {row.task_name!r}: {exc}"
+            else:
+                text = f"Could not load {row.task_name!r} ({type(exc).__name__}: {exc})"
+            logger.error("%s %s attempt %s ERRORED: %s", row.task_name, row.task_id, row.attempt, text)
+            fields = _error_fields(exc)
+            fields["error_message"] = text
+            fields["started_at"] = started
+            return Outcome(row, tables.ERRORED, _now(), fields)
+
+        timeout = prepared.timeout if prepared.timeout is not None else self.default_timeout
+        job_run = JobRun(
+            job=prepared.job,
+            job_name=row.task_name,
+            uuid=row.task_id,
+            attempt=row.attempt,
+            retries=row.retries,
+            queue=row.queue,
+            priority=row.priority,
+            concurrency_key=row.concurrency_key or "",
+            worker_id=self.worker_id,
+        )
+        self.slot.start(row.id, time.time() + timeout)
+        try:
+            self.timer.arm(timeout)
+            try:
+                value = self.chain(job_run)
+            finally:
+                self.timer.disarm()
+        except DeferJob as defer:
+            ended = _now()
+            if defer.increment_retries and row.attempt > row.retries:
+                return self._failed(row, prepared, started, ended, defer, "deferred with no retries left")
+            logger.info("%s deferred for %gs", job_run, defer.delay)
+            return Outcome(
+                row,
+                tables.DEFERRED,
+                ended,
+                {"started_at": started, "error_message": str(defer)},
+                retry_at=ended + timedelta(seconds=defer.delay),
+                extra_retries=0 if defer.increment_retries else 1,
+            )
+        except JobTimeout as exc:
+            ended = _now()
+            exc.args = (f"The job ran longer than its timeout of {timeout:g} seconds and was stopped.",)
+            return self._failed(row, prepared, started, ended, exc, "timed out")
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from job code too
+            return self._failed(row, prepared, started, _now(), exc, "failed")
+        finally:
+            self.slot.end()
+        return Outcome(row, tables.SUCCESSFUL, _now(), {"started_at": started, "return_value": encode_return(value)})
+
+    def _failed(
+        self, row: Any, prepared: dispatch.Prepared, started: datetime, ended: datetime, exc: BaseException, what: str
+    ) -> Outcome:
+        retry_at = None
+        if row.attempt <= row.retries:
+            delay = 0.0
+            if prepared.retry_delay is not None:
+                try:
+                    delay = _seconds(prepared.retry_delay(row.attempt))
+                except Exception:
+                    logger.exception("calculate_retry_delay of %s failed; retrying at once", row.task_name)
+            retry_at = ended + timedelta(seconds=delay)
+        logger.warning(
+            "%s %s attempt %s %s: %s: %s%s",
+            row.task_name,
+            row.task_id,
+            row.attempt,
+            what,
+            type(exc).__name__,
+            exc,
+            f" (retry at {retry_at.isoformat()})" if retry_at else "",
+        )
+        fields = _error_fields(exc)
+        fields["started_at"] = started
+        return Outcome(row, tables.ERRORED, ended, fields, retry_at=retry_at)

@@ -1,0 +1,381 @@
+"""The supervisor: starts the pool, heartbeats, rescues, restarts, stops.
+
+Processes pool (default): N forked members, each with its own claim loop,
+connection and worker id.  The supervisor never touches jobs itself: it
+heartbeats for its members, notices a member that died (``waitpid``) and
+records its running job LOST, kills a member stuck past its job's timeout +
+grace, rescues other workers that stopped heartbeating, trims old results and
+prints stats.  Threads pool: the same with members as threads of one process.
+
+Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
+have not started and finish their running job within
+``JOBTABLE_WORKER_SHUTDOWN_GRACE`` seconds (then they are killed and the job
+is LOST); a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from ..db import engine as db_engine
+from ..db import store
+from . import rescue
+from .config import WorkerConfig
+from .process import EXIT_BURST_DONE, Member
+from .slots import Slots
+from .stats import StatsReporter
+from .timeouts import AlarmTimeout, NoTimeout, raise_in_thread
+
+logger = logging.getLogger("jobtable.worker")
+
+TICK = 0.05
+RETENTION_EVERY = 60.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Handle:
+    index: int
+    worker_id: str
+    pid: int = 0
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    member: Member | None = None
+    exit_code: int | None = None
+    kill_reason: str = ""
+    timed_out_row: int = 0
+
+
+@dataclass
+class Pending:
+    """A member's end not yet written (the database was unreachable)."""
+
+    worker_id: str
+    running_id: int
+    why: str
+    lose_running: bool
+
+
+class Supervisor:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.hostname = socket.gethostname()
+        self.slots = Slots(config.processes)
+        self.handles: dict[int, Handle] = {}
+        self.finished: set[int] = set()  # --burst members that found nothing left
+        self.pending: list[Pending] = []
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.kill_now = False
+        self.exit_code = 0
+        self.stats = StatsReporter(config.queues)
+        self._due: dict[str, float] = {}
+
+    # -- entry -------------------------------------------------------------------
+
+    def run(self) -> int:
+        engine = db_engine.get_engine()
+        db_engine.check_schema(engine)
+        cfg = self.config
+        logger.info(
+            "jobtable worker %s: %d %s, queues %s, database %s",
+            os.getpid(),
+            cfg.processes,
+            "process(es)" if cfg.pool == "processes" else "thread(s)",
+            ", ".join(cfg.queues),
+            db_engine.describe(engine),
+        )
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._duty("rescue", rescue_first=True)
+            for index in range(cfg.processes):
+                self._spawn(index)
+            while True:
+                self._reap()
+                if not self.handles and (self.stopping or len(self.finished) == cfg.processes):
+                    break
+                self._enforce_deadlines()
+                self._periodic()
+                time.sleep(TICK)
+            self._write_pending()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        logger.info("jobtable worker %s stopped.", os.getpid())
+        return self.exit_code
+
+    # -- signals -------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            logger.warning("Second %s: stopping now.", name)
+            self.kill_now = True
+            for handle in self.handles.values():
+                if handle.pid:
+                    _kill(handle.pid, signal.SIGKILL)
+                    handle.kill_reason = f"the worker was stopped at once (second {name})"
+            return
+        logger.info("%s: no new jobs; waiting up to %gs for running ones.", name, self.config.shutdown_grace)
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.config.shutdown_grace
+        for handle in self.handles.values():
+            self._ask_to_stop(handle)
+
+    def _ask_to_stop(self, handle: Handle) -> None:
+        if handle.pid:
+            _kill(handle.pid, signal.SIGTERM)
+        else:
+            handle.stop.set()
+            if handle.member is not None:
+                handle.member.listener.interrupt()
+
+    # -- members -------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> None:
+        worker_id = f"{store.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{secrets.token_hex(3)}"
+        handle = Handle(index=index, worker_id=worker_id)
+        try:
+            with db_engine.connect() as conn, conn.begin():
+                store.register_worker(
+                    conn,
+                    worker_id,
+                    hostname=self.hostname,
+                    pid=os.getpid(),
+                    queues=self.config.queues,
+                    processes=1,
+                    now=_now(),
+                )
+        except DBAPIError as exc:
+            # The heartbeat registers it once the database is back.
+            logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
+        slot = self.slots.slot(index)
+        slot.clear()
+        if self.config.pool == "threads":
+            member = Member(self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set)
+            handle.member = member
+
+            def target() -> None:
+                try:
+                    handle.exit_code = member.run()
+                except BaseException:
+                    logger.exception("Worker thread %s crashed.", worker_id)
+                    handle.exit_code = 1
+
+            handle.thread = threading.Thread(target=target, name=f"jobtable-{index}", daemon=True)
+            handle.thread.start()
+        else:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                _child(self.config, worker_id, slot, os.getppid())
+            handle.pid = pid
+        self.handles[index] = handle
+
+    def _reap(self) -> None:
+        if self.config.pool == "threads":
+            for handle in list(self.handles.values()):
+                if handle.thread is not None and not handle.thread.is_alive():
+                    self._ended(handle, handle.exit_code if handle.exit_code is not None else 1)
+            return
+        by_pid = {h.pid: h for h in self.handles.values()}
+        while by_pid:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            handle = by_pid.pop(pid, None)
+            if handle is not None:
+                self._ended(handle, os.waitstatus_to_exitcode(status))
+
+    def _ended(self, handle: Handle, code: int) -> None:
+        del self.handles[handle.index]
+        slot = self.slots.slot(handle.index)
+        running_id = slot.row_id
+        slot.clear()
+        if code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        why = handle.kill_reason or f"the worker process {how} while running the job"
+        crashed = code != 0 and code != EXIT_BURST_DONE
+        if crashed:
+            logger.warning("Worker %s %s.", handle.worker_id, how)
+        self.pending.append(Pending(handle.worker_id, running_id, why, lose_running=crashed or bool(handle.kill_reason)))
+        self._write_pending()
+        if code == EXIT_BURST_DONE:
+            self.finished.add(handle.index)
+        elif not self.stopping:
+            self._spawn(handle.index)
+
+    def _write_pending(self) -> None:
+        while self.pending:
+            item = self.pending[0]
+            try:
+                with db_engine.connect() as conn, conn.begin():
+                    rescue.rescue_member(
+                        conn, item.worker_id, item.running_id, _now(), why=item.why, lose_running=item.lose_running
+                    )
+            except DBAPIError as exc:
+                logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
+                return
+            self.pending.pop(0)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.time()
+        mono = time.monotonic()
+        if self.stopping and mono > self.stop_deadline:
+            for handle in list(self.handles.values()):
+                if handle.pid and not handle.kill_reason:
+                    handle.kill_reason = (
+                        f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
+                    )
+                    _kill(handle.pid, signal.SIGKILL)
+            if self.config.pool == "threads" and self.handles:
+                # Threads cannot be killed: record their jobs and leave.
+                for handle in list(self.handles.values()):
+                    handle.kill_reason = (
+                        f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
+                    )
+                    self._ended(handle, 1)
+        for handle in list(self.handles.values()):
+            slot = self.slots.slot(handle.index)
+            deadline = slot.deadline
+            if not deadline or now <= deadline:
+                continue
+            if handle.pid and now > deadline + self.config.timeout_grace and not handle.kill_reason:
+                handle.kill_reason = (
+                    f"the job ran past its timeout and did not stop within {self.config.timeout_grace:g} s; "
+                    "its worker process was killed"
+                )
+                logger.warning("Worker %s: job %s is stuck past its timeout; killing it.", handle.worker_id, slot.row_id)
+                _kill(handle.pid, signal.SIGKILL)
+            elif handle.thread is not None and handle.timed_out_row != slot.row_id:
+                handle.timed_out_row = slot.row_id
+                raise_in_thread(handle.thread)
+
+    # -- periodic duties -------------------------------------------------------------
+
+    def _every(self, name: str, seconds: float) -> bool:
+        mono = time.monotonic()
+        if mono >= self._due.get(name, 0.0):
+            self._due[name] = mono + seconds
+            return True
+        return False
+
+    def _periodic(self) -> None:
+        cfg = self.config
+        if self.pending:
+            self._write_pending()
+        if self._every("heartbeat", cfg.heartbeat_every):
+            self._duty("heartbeat")
+        if self._every("rescue", max(0.5, cfg.lost_after / 3)):
+            self._duty("rescue")
+        if not self.stopping and self._every("retention", RETENTION_EVERY):
+            self._duty("retention")
+        if cfg.stats_every and self._every("stats", cfg.stats_every):
+            if self._due.get("stats_started"):
+                self._duty("stats")
+            self._due["stats_started"] = 1.0
+
+    def _duty(self, name: str, rescue_first: bool = False) -> None:
+        try:
+            with db_engine.connect() as conn, conn.begin():
+                now = _now()
+                if name == "heartbeat":
+                    ids = [h.worker_id for h in self.handles.values()]
+                    for worker_id in store.heartbeat(conn, ids, now):
+                        logger.warning("Worker %s had been declared lost; registering it again.", worker_id)
+                        store.register_worker(
+                            conn, worker_id, hostname=self.hostname, pid=os.getpid(),
+                            queues=self.config.queues, processes=1, now=now,
+                        )
+                elif name == "rescue":
+                    rescue.rescue_dead(conn, self.config.lost_after, now)
+                elif name == "retention":
+                    before = now - timedelta(seconds=self.config.results_retention)
+                    store.clear_results(conn, before, batch=500)
+                elif name == "stats":
+                    line = self.stats.report(conn, self.slots.done_total())
+                    print(line, flush=True)
+        except DBAPIError as exc:
+            logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _die_with_parent(parent: int) -> None:
+    """A member must not outlive its supervisor (nobody would heartbeat it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int) -> None:  # pragma: no cover
+    """Body of a forked member; never returns."""
+    code = 1
+    try:
+        _die_with_parent(parent)
+        stop = threading.Event()
+        member_ref: list[Member] = []
+
+        def on_term(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                os._exit(1)  # second signal: at once (the supervisor records the job)
+            stop.set()
+            if member_ref:
+                member_ref[0].listener.interrupt()
+
+        # The terminal's Ctrl-C reaches the whole process group: members
+        # leave SIGINT to the supervisor, which sends SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, on_term)
+        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set)
+        member_ref.append(member)
+        code = member.run()
+    except BaseException:
+        logging.getLogger("jobtable.worker").exception("Worker %s crashed.", worker_id)
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run_worker(config: WorkerConfig) -> int:
+    return Supervisor(config).run()

@@ -1,0 +1,244 @@
+"""One pool member: claim a batch, run it, write the results in batches.
+
+The loop keeps per-job work free of I/O: one transaction writes the previous
+batch's results (and retries) *and* claims the next batch, so a busy member
+makes one round trip per batch.  The batch size adapts: it doubles while a
+batch takes under ~20 ms and halves above ~100 ms, between 1 and
+``max_pending_per_process``, so fast jobs are claimed by the hundred and slow
+ones are not hoarded by one member.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ..db import engine as db_engine
+from ..db import store
+from ..db.notify import Listener
+from ..middleware import build_chain
+from .config import WorkerConfig
+from .execute import Executor
+from .slots import Slot
+
+logger = logging.getLogger("jobtable.worker")
+
+#: Exit codes of a process member (the supervisor decides what comes next).
+EXIT_STOPPED = 0  # asked to stop, or max jobs reached: replace unless stopping
+EXIT_BURST_DONE = 3  # --burst and nothing left to do: do not replace
+
+#: Write finished results before starting another job once they waited this long.
+FLUSH_AFTER = 0.02
+#: Batch size bounds in seconds of work.
+GROW_BELOW, SHRINK_ABOVE = 0.02, 0.1
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Member:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        worker_id: str,
+        slot: Slot,
+        *,
+        timer: Any,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.slot = slot
+        self.should_stop = should_stop
+        self.engine = db_engine.get_engine()
+        self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
+        self.executor = Executor(
+            worker_id=worker_id,
+            chain=build_chain(config.middleware),
+            timer=timer,
+            slot=slot,
+            default_timeout=config.timeout,
+        )
+        self.conn: Connection | None = None
+        self.done: list[store.Outcome] = []
+        self.done_since = 0.0
+        self.batch = min(4, config.max_pending_per_process)
+        self.jobs_run = 0
+        self.next_due: datetime | None = None
+        self.next_due_checked = 0.0
+        self.failures = 0
+        self.resync = False
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self) -> int:
+        logger.info("Worker %s consuming %s", self.worker_id, ", ".join(self.config.queues))
+        try:
+            return self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> int:
+        cfg = self.config
+        while not self.should_stop():
+            limit = self.batch
+            if cfg.max_jobs_per_process:
+                limit = min(limit, cfg.max_jobs_per_process - self.jobs_run)
+            try:
+                self._promote_if_due()
+                rows = self._flush_and_claim(limit)
+            except DBAPIError as exc:
+                self._database_error(exc)
+                continue
+            if not rows:
+                if cfg.max_jobs_per_process and self.jobs_run >= cfg.max_jobs_per_process:
+                    logger.info("Worker %s ran %d jobs; replacing it.", self.worker_id, self.jobs_run)
+                    return EXIT_STOPPED
+                if cfg.burst:
+                    return EXIT_BURST_DONE
+                self._wait()
+                continue
+            self._run_batch(rows)
+        return EXIT_STOPPED
+
+    def _run_batch(self, rows: list[Any]) -> None:
+        started = time.perf_counter()
+        for index, row in enumerate(rows):
+            if self.should_stop():
+                self._release_quietly([r.id for r in rows[index:]])
+                return
+            if self.done and time.perf_counter() - self.done_since > FLUSH_AFTER:
+                # Slow jobs: do not keep finished results (and concurrency
+                # keys) waiting behind the next one.
+                self._flush_quietly()
+            outcome = self.executor.run(row)
+            if not self.done:
+                self.done_since = time.perf_counter()
+            self.done.append(outcome)
+            self.jobs_run += 1
+        elapsed = time.perf_counter() - started
+        if len(rows) >= self.batch and elapsed < GROW_BELOW:
+            self.batch = min(self.config.max_pending_per_process, self.batch * 2)
+        elif elapsed > SHRINK_ABOVE:
+            self.batch = max(1, self.batch // 2)
+
+    # -- database steps ----------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        if self.conn is None:
+            self.conn = db_engine.connect(self.engine)
+            if self.resync:
+                # After a lost connection a claim may have committed without
+                # our hearing of it: give back every row we hold but do not know.
+                known = [o.row.id for o in self.done]
+                with self.conn.begin():
+                    released = store.release(self.conn, self.worker_id, None, keep=known)
+                if released:
+                    logger.warning("Worker %s gave back %d job(s) claimed during a disconnect.", self.worker_id, released)
+                self.resync = False
+        return self.conn
+
+    def _flush_and_claim(self, limit: int) -> list[Any]:
+        conn = self._connection()
+        now = _now()
+        with conn.begin():
+            store.finish(conn, self.worker_id, self.done, now)
+            rows = store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
+        self.done = []
+        self.failures = 0
+        return rows
+
+    def _flush_quietly(self) -> None:
+        try:
+            conn = self._connection()
+            with conn.begin():
+                store.finish(conn, self.worker_id, self.done, _now())
+            self.done = []
+        except DBAPIError as exc:
+            self._database_error(exc)
+
+    def _release_quietly(self, ids: list[int]) -> None:
+        try:
+            conn = self._connection()
+            with conn.begin():
+                store.finish(conn, self.worker_id, self.done, _now())
+                released = store.release(conn, self.worker_id, ids)
+            self.done = []
+            if released:
+                logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
+        except DBAPIError as exc:
+            # The supervisor gives them back when this process ends.
+            self._database_error(exc)
+
+    def _promote_if_due(self) -> None:
+        mono = time.monotonic()
+        now = _now()
+        if (self.next_due is None or self.next_due > now) and mono - self.next_due_checked < self.config.poll_interval:
+            return
+        conn = self._connection()
+        with conn.begin():
+            if self.next_due is not None and self.next_due <= now:
+                store.promote_due(conn, now)
+            self.next_due = store.next_due_at(conn)
+        self.next_due_checked = mono
+
+    def _wait(self) -> None:
+        timeout = self.config.poll_interval
+        if self.next_due is not None:
+            until = (self.next_due - _now()).total_seconds()
+            timeout = max(0.0, min(timeout, until + 0.001))
+        if self.listener.wait(timeout):
+            # Something happened: maybe a job scheduled sooner than we knew.
+            self.next_due_checked = 0.0
+
+    def _database_error(self, exc: DBAPIError) -> None:
+        self.failures += 1
+        delay = min(5.0, 0.05 * 2 ** min(self.failures, 7)) * (0.5 + random.random() / 2)
+        logger.warning(
+            "Worker %s: database error (%s); retrying in %.2fs.",
+            self.worker_id,
+            str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__,
+            delay,
+        )
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                pass
+        self.resync = True
+        if self.should_stop():
+            time.sleep(min(delay, 0.2))
+        else:
+            self.listener.wait(delay)
+
+    def _shutdown(self) -> None:
+        # Results first; then anything claimed and not started goes back.
+        for _ in range(5):
+            try:
+                conn = self._connection()
+                with conn.begin():
+                    store.finish(conn, self.worker_id, self.done, _now())
+                    store.release(conn, self.worker_id, None)
+                self.done = []
+                break
+            except DBAPIError as exc:
+                self._database_error(exc)
+            except Exception:
+                logger.exception("Worker %s could not write its last results.", self.worker_id)
+                break
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.listener.close()

@@ -1,0 +1,61 @@
+"""A little shared memory per pool member, written per job without I/O.
+
+Each member owns one slot: the row id of the job it runs (0 when idle), that
+job's deadline (epoch seconds; 0 when none), and a count of jobs finished.
+The supervisor reads them to record the right job LOST when a member dies,
+to kill a member stuck past its deadline, and for jobs/s in the stats.  An
+anonymous shared mmap made before fork() is visible to parent and children.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+FIELDS = 4  # row_id, deadline, done, spare
+ROW, DEADLINE, DONE = 0, 1, 2
+
+
+class Slots:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._mm = mmap.mmap(-1, max(1, count) * FIELDS * 8)
+        self._view = memoryview(self._mm).cast("d")
+
+    def slot(self, index: int) -> Slot:
+        return Slot(self._view, index * FIELDS)
+
+    def done_total(self) -> int:
+        return int(sum(self._view[i * FIELDS + DONE] for i in range(self.count)))
+
+
+class Slot:
+    __slots__ = ("_view", "_base")
+
+    def __init__(self, view: memoryview, base: int) -> None:
+        self._view = view
+        self._base = base
+
+    def start(self, row_id: int, deadline: float) -> None:
+        self._view[self._base + DEADLINE] = deadline
+        self._view[self._base + ROW] = row_id
+
+    def end(self) -> None:
+        self._view[self._base + ROW] = 0
+        self._view[self._base + DEADLINE] = 0
+        self._view[self._base + DONE] += 1
+
+    def clear(self) -> None:
+        self._view[self._base + ROW] = 0
+        self._view[self._base + DEADLINE] = 0
+
+    @property
+    def row_id(self) -> int:
+        return int(self._view[self._base + ROW])
+
+    @property
+    def deadline(self) -> float:
+        return float(self._view[self._base + DEADLINE])
+
+    @property
+    def done(self) -> int:
+        return int(self._view[self._base + DONE])
