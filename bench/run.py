@@ -1,0 +1,345 @@
+"""jobtable's benchmark: jobtable and its peers, same machine, same run, same
+no-op job, each scenario on a fresh database.  Prints markdown tables.
+
+    bench/.venv/bin/python bench/run.py --quick
+    bench/.venv/bin/python bench/run.py                      # full run
+    bench/.venv/bin/python bench/run.py --systems jobtable pgqueuer --scenarios drain latency
+
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import BenchError, Result  # noqa: E402
+from systems.base import System, Unsupported  # noqa: E402
+
+
+def system_classes() -> dict[str, Callable[[], type[System]]]:
+    # Imported lazily, so that a broken peer does not stop the others.
+    def jobtable() -> type[System]:
+        from systems.jobtable_native import JobtableNative
+        return JobtableNative
+
+    def celery_redis() -> type[System]:
+        from systems.celery_redis import CeleryRedis
+        return CeleryRedis
+
+    def pgqueuer() -> type[System]:
+        from systems.pgqueuer_ import Pgqueuer
+        return Pgqueuer
+
+    def procrastinate() -> type[System]:
+        from systems.procrastinate_ import Procrastinate
+        return Procrastinate
+
+    def celery_jobtable() -> type[System]:
+        from systems.celery_transport import CeleryJobtable
+        return CeleryJobtable
+
+    def celery_sqla() -> type[System]:
+        from systems.celery_transport import CelerySqla
+        return CelerySqla
+
+    return {
+        "jobtable": jobtable,
+        "celery-redis": celery_redis,
+        "pgqueuer": pgqueuer,
+        "procrastinate": procrastinate,
+        "celery-jobtable": celery_jobtable,
+        "celery-sqla": celery_sqla,
+    }
+
+
+SCENARIOS = ("enqueue", "bulk", "drain", "latency", "claim")
+
+
+# -- scenarios ---------------------------------------------------------------------
+
+
+def run_enqueue(system: System, n: int) -> Result:
+    system.fresh()
+    system.enqueue_single(min(50, n))  # warm up connections and statement caches
+    t0 = time.perf_counter()
+    system.enqueue_single(n)
+    elapsed = time.perf_counter() - t0
+    return Result(system.name, system.backend, "enqueue", n / elapsed, "jobs/s", {"n": n, "seconds": elapsed})
+
+
+def run_bulk(system: System, n: int) -> Result:
+    system.fresh()
+    system.enqueue_bulk(min(100, n))  # warm up
+    t0 = time.perf_counter()
+    system.enqueue_bulk(n)
+    elapsed = time.perf_counter() - t0
+    return Result(system.name, system.backend, "bulk", n / elapsed, "jobs/s", {"n": n, "seconds": elapsed})
+
+
+def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
+    system.fresh()
+    system.fill(n)
+    waiting = system.remaining()
+    if waiting != n:
+        raise BenchError(f"{waiting} jobs waiting after filling {n}")
+    workers = system.start_workers(logdir)
+    try:
+        started = workers[0].started_at
+        # First progress: tells worker start-up apart from draining.
+        first = harness.wait_until(lambda: system.remaining() < n, timeout=min(timeout, 120), interval=0.002,
+                                   what="the first job to finish", workers=workers)
+        done = harness.wait_until(lambda: system.remaining() == 0, timeout=timeout, interval=0.005,
+                                  what=f"{n} jobs to finish", workers=workers)
+    finally:
+        harness.stop_workers(workers)
+    total = done - started
+    steady = done - first
+    return Result(system.name, system.backend, "drain", n / steady, "jobs/s",
+                  {"n": n, "from_start": n / total, "startup_s": first - started, "seconds": total})
+
+
+def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: Path) -> Result:
+    system.fresh()
+    path = harness.latency_file(tmpdir, f"{system.name}-{system.backend}")
+    workers = system.start_workers(logdir, path)
+    warm = 5
+    try:
+        # Warm-up jobs (sent time -1, left out of the figures) prove the
+        # worker is up; then it is left idle before the measured jobs.
+        for _ in range(warm):
+            system.send_stamp(-1.0)
+        harness.wait_until(lambda: harness.count_lines(path) >= warm, timeout=90, interval=0.01,
+                           what="the warm-up jobs", workers=workers)
+        time.sleep(1.0)
+        harness.send_paced(system.send_stamp, n, interval)
+        harness.wait_until(lambda: harness.count_lines(path) >= warm + n, timeout=60, interval=0.01,
+                           what=f"{n} latency jobs", workers=workers)
+    finally:
+        harness.stop_workers(workers)
+    values = harness.read_latencies(path)
+    return Result(system.name, system.backend, "latency", harness.percentile(values, 50), "ms",
+                  {"n": len(values), "p50": harness.percentile(values, 50), "p99": harness.percentile(values, 99),
+                   "max": max(values)})
+
+
+def claim_cases(quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    big = 100_000 if quick else 1_000_000
+    label = "100k" if quick else "1M"
+    return [
+        ("1k pending", {"pending": 1_000}),
+        ("100k pending", {"pending": 100_000}),
+        *([] if quick else [(f"{label} pending", {"pending": big})]),
+        (f"1k pending + {label} future (higher priority)", {"pending": 1_000, "future": big}),
+        (f"1k pending + {label} results", {"pending": 1_000, "results": big}),
+    ]
+
+
+def run_claim(system: System, quick: bool, batch: int) -> list[Result]:
+    if not hasattr(system, "time_claim"):
+        raise Unsupported("claim is measured for jobtable only")
+    out = []
+    for label, case in claim_cases(quick):
+        system.fresh()
+        fill = system.fill_sql(case["pending"])  # type: ignore[attr-defined]
+        if case.get("future"):
+            fill += system.fill_sql(case["future"], state="scheduled", priority=10, future=True)  # type: ignore[attr-defined]
+        if case.get("results"):
+            fill += system.fill_sql(case["results"], results=True)  # type: ignore[attr-defined]
+        times = [t * 1000 for t in system.time_claim(batch=batch)]  # type: ignore[attr-defined]
+        promote = [t * 1000 for t in system.time_promote()]  # type: ignore[attr-defined]
+        extra = {"case": label, "batch": batch, "p50": harness.median(times), "p90": harness.percentile(times, 90),
+                 "promote_ms": harness.median(promote), "fill_s": fill}
+        if case["pending"] >= 1_000_000 or case.get("future") or case.get("results"):
+            extra["plan"] = system.explain_claim(batch)  # type: ignore[attr-defined]
+        out.append(Result(system.name, system.backend, f"claim: {label}", harness.median(times), "ms", extra))
+        print(f"    claim {label}: {extra['p50']:.2f} ms (fill {fill:.1f}s)", file=sys.stderr, flush=True)
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def find(results: list[Result], system: str, backend: str, scenario: str) -> Result | None:
+    for r in results:
+        if r.system == system and r.backend == backend and r.scenario == scenario:
+            return r
+    return None
+
+
+def report(results: list[Result]) -> str:
+    lines = []
+    rows = sorted({(r.backend, r.system) for r in results if not r.scenario.startswith("claim")},
+                  key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
+    lines.append("| system | database | single enqueue (jobs/s) | bulk enqueue (jobs/s) | drain 10k, 2 procs (jobs/s) "
+                 "| drain incl. start-up (jobs/s) | latency p50 (ms) | latency p99 (ms) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def cell(r: Result | None, key: str | None = None, digits: int = 0) -> str:
+        if r is None:
+            return "—"
+        if r.error:
+            return "n/a" if r.error.startswith("n/a") else "error"
+        return fmt(r.extra.get(key) if key else r.value, digits)
+
+    for backend, system in rows:
+        e = find(results, system, backend, "enqueue")
+        b = find(results, system, backend, "bulk")
+        d = find(results, system, backend, "drain")
+        lat = find(results, system, backend, "latency")
+        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} "
+                     f"| {cell(lat, 'p50', 1)} | {cell(lat, 'p99', 1)} |")
+    claims = [r for r in results if r.scenario.startswith("claim")]
+    if claims:
+        lines.append("")
+        lines.append("| jobtable claim of a batch | database | p50 (ms) | p90 (ms) | vs 1k | promote_due (ms) |")
+        lines.append("|---|---|---:|---:|---:|---:|")
+        for r in claims:
+            if r.error:
+                lines.append(f"| {r.scenario[7:]} | {r.backend} | error | | | |")
+                continue
+            base = find(results, r.system, r.backend, "claim: 1k pending")
+            ratio = r.value / base.value if base and base.value else None
+            lines.append(f"| {r.extra['case']} (batch {r.extra['batch']}) | {r.backend} | {r.extra['p50']:.2f} "
+                         f"| {r.extra['p90']:.2f} | {fmt(ratio, 2)}x | {r.extra['promote_ms']:.2f} |")
+    errors = [r for r in results if r.error and not r.error.startswith("n/a")]
+    if errors:
+        lines.append("")
+        lines.append("Errors:")
+        for r in errors:
+            lines.append(f"- {r.system} / {r.backend} / {r.scenario}: {r.error.splitlines()[0] if r.error else ''}")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except Exception:
+            return "?"
+
+    import importlib.metadata as md
+
+    pkgs = []
+    for name in ("jobtable", "celery", "kombu", "redis", "pgqueuer", "procrastinate", "psycopg", "SQLAlchemy"):
+        try:
+            pkgs.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            pass
+    import sqlite3
+
+    import psycopg
+
+    with psycopg.connect(harness.pg_conninfo("postgres")) as conn:
+        pg = conn.execute("SHOW server_version").fetchone()[0]
+    redis_v = version(["redis-cli", "-h", "127.0.0.1", "INFO", "server"])
+    try:
+        import redis
+
+        redis_v = redis.Redis.from_url(harness.REDIS_URL).info("server")["redis_version"]
+    except Exception:
+        pass
+    load = os.getloadavg()
+    return (f"nproc {os.cpu_count()}, {platform.platform()}, Python {platform.python_version()}, "
+            f"PostgreSQL {pg}, Redis {redis_v}, SQLite {sqlite3.sqlite_version}; " + ", ".join(pkgs)
+            + f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    classes = system_classes()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", choices=list(classes), default=list(classes))
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--backends", nargs="+", choices=("postgresql", "sqlite"), default=["postgresql", "sqlite"])
+    parser.add_argument("--quick", action="store_true", help="small sizes: the whole run takes a few minutes")
+    parser.add_argument("--enqueue-n", type=int, help="jobs for single enqueue (default 5000; quick 1000)")
+    parser.add_argument("--bulk-n", type=int, help="jobs for bulk enqueue (default 100000; quick 20000)")
+    parser.add_argument("--drain-n", type=int, help="jobs to drain (default 10000; quick 2000)")
+    parser.add_argument("--latency-n", type=int, help="latency jobs, one every 10 ms (default 200; quick 100)")
+    parser.add_argument("--claim-batch", type=int, default=100, help="jobs per claim (default 100)")
+    parser.add_argument("--drain-timeout", type=float, default=180.0, help="give up a drain after this many seconds")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    enqueue_n = args.enqueue_n or (1000 if quick else 5000)
+    bulk_n = args.bulk_n or (20_000 if quick else 100_000)
+    drain_n = args.drain_n or (2000 if quick else 10_000)
+    latency_n = args.latency_n or (100 if quick else 200)
+
+    tmpdir = harness.tmpdir()
+    logdir = tmpdir / "logs"
+    logdir.mkdir()
+    print(f"# jobtable bench — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"machine: {machine()}")
+    print(f"logs: {logdir}\n", flush=True)
+
+    results: list[Result] = []
+    t_run = time.perf_counter()
+    for backend in args.backends:
+        for key in args.systems:
+            try:
+                cls = classes[key]()
+            except Exception as exc:  # a peer that does not import: report, go on
+                results.append(Result(key, backend, "import", error=f"{type(exc).__name__}: {exc}"))
+                continue
+            if backend not in cls.backends:
+                continue
+            system = cls(backend, tmpdir)
+            for scenario in args.scenarios:
+                print(f"[{time.perf_counter() - t_run:6.0f}s] {system.name} / {backend} / {scenario}", file=sys.stderr, flush=True)
+                try:
+                    if scenario == "enqueue":
+                        got = [run_enqueue(system, enqueue_n)]
+                    elif scenario == "bulk":
+                        got = [run_bulk(system, bulk_n)]
+                    elif scenario == "drain":
+                        got = [run_drain(system, drain_n, logdir, args.drain_timeout)]
+                    elif scenario == "latency":
+                        got = [run_latency(system, latency_n, 0.010, logdir, tmpdir)]
+                    else:
+                        got = run_claim(system, quick, args.claim_batch)
+                except Unsupported as exc:
+                    got = [Result(system.name, backend, scenario, error=f"n/a: {exc}")]
+                except Exception as exc:
+                    traceback.print_exc()
+                    got = [Result(system.name, backend, scenario, error=f"{type(exc).__name__}: {exc}")]
+                for r in got:
+                    shown = "n/a" if r.error else f"{r.value:,.2f} {r.unit}"
+                    print(f"    -> {shown} {json.dumps({k: v for k, v in r.extra.items() if k != 'plan'}, default=str)}"
+                          f"{' ' + r.error.splitlines()[0] if r.error else ''}", file=sys.stderr, flush=True)
+                results.extend(got)
+            try:
+                system.cleanup()
+            except Exception:
+                traceback.print_exc()
+
+    print(report(results))
+    print(f"\n(total {time.perf_counter() - t_run:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

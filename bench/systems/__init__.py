@@ -1,0 +1,1 @@
+"""One module per system under test, all with the interface of ``base.System``."""
