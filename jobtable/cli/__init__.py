@@ -51,3 +51,4 @@ def with_app(fn: F) -> F:
 
 from . import queue  # noqa: E402,F401  (registers commands)
 from . import worker  # noqa: E402,F401  (registers the worker command)
+from . import dashboard  # noqa: E402,F401  (registers `jobtable dashboard`)

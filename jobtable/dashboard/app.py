@@ -1,0 +1,198 @@
+"""The dashboard ASGI application: ``create_app()``.
+
+Mount it anywhere (``Mount("/jobs", app=create_app(...))`` in Starlette or
+FastAPI, Django's ASGI router, Flask through an ASGI-to-WSGI adapter) or run
+it alone with ``jobtable dashboard``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import formatting, security
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    authorize: security.Authorize
+    read_only: bool
+    database_url: str | None
+    #: Seconds between live refreshes of a page (0: off).
+    refresh_seconds: float
+    #: A worker without a heartbeat for this long is shown as stale.
+    stale_after: timedelta
+    title: str
+
+
+class _Guard:
+    """Runs ``authorize`` before anything else, static files included."""
+
+    def __init__(self, app: ASGIApp, authorize: security.Authorize) -> None:
+        self.app = app
+        self.authorize = authorize
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        allowed = self.authorize(request)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            if getattr(self.authorize, "challenge", False):
+                response: Response = PlainTextResponse(
+                    "Authentication required.",
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="jobtable dashboard", charset="UTF-8"'},
+                )
+            else:
+                response = PlainTextResponse(
+                    "Forbidden: the jobtable dashboard allows only local requests unless it is given an "
+                    "authorize hook, basic auth or a token.",
+                    status_code=403,
+                )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _SecurityHeaders:
+    """No framing (clickjacking on action buttons), no inline script."""
+
+    HEADERS = [
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+        (
+            b"content-security-policy",
+            b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    ]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in self.HEADERS if k not in names
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _templates() -> Jinja2Templates:
+    # Autoescape everything: job arguments, tracebacks and queue names are
+    # user data.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(HERE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(formatting.FILTERS)
+    return Jinja2Templates(env=env)
+
+
+def create_app(
+    *,
+    authorize: security.Authorize | None = None,
+    read_only: bool = False,
+    basic_auth: tuple[str, str] | None = None,
+    token: str | None = None,
+    database_url: str | None = None,
+    refresh_seconds: float = 5.0,
+    stale_after: float | None = None,
+    title: str = "jobtable",
+    debug: bool = False,
+) -> Starlette:
+    """The dashboard as an ASGI app.
+
+    Access: ``authorize(request) -> bool`` (sync or async) decides; else
+    ``basic_auth=(user, password)`` or ``token=`` (Bearer header, or the
+    basic-auth password); else only direct loopback requests are allowed.
+    Several of them: any one allows.
+
+    ``read_only``: no action buttons, and POSTs are refused.
+    ``database_url``: the queue database (default: jobtable's settings).
+    """
+    hooks: list[security.Authorize] = []
+    if authorize is not None:
+        hooks.append(authorize)
+    if basic_auth is not None:
+        hooks.append(security.basic_auth(*basic_auth))
+    if token:
+        hooks.append(security.token_auth(token))
+    if not hooks:
+        guard: security.Authorize = security.loopback_only
+    elif len(hooks) == 1:
+        guard = hooks[0]
+    else:
+        guard = security.any_of(*hooks) if all(not inspect.iscoroutinefunction(h) for h in hooks) else hooks[0]
+
+    if stale_after is None:
+        from ..settings import get_settings
+
+        stale_after = float(get_settings().worker_lost_after)
+    config = DashboardConfig(
+        authorize=guard,
+        read_only=read_only,
+        database_url=database_url,
+        refresh_seconds=refresh_seconds,
+        stale_after=timedelta(seconds=stale_after),
+        title=title,
+    )
+
+    from . import actions, views
+
+    routes = [
+        Route("/", views.overview, name="overview"),
+        Route("/requests", views.requests_list, name="requests"),
+        Route("/requests/{request_id:int}", views.request_detail, name="request"),
+        Route("/processes", views.processes, name="processes"),
+        Route("/results", views.results_list, name="results"),
+        Route("/results/{result_id:int}", views.result_detail, name="result"),
+        Route("/workers", views.workers_list, name="workers"),
+        Route("/schedules", views.schedules_list, name="schedules"),
+        Route("/actions/{action}", actions.perform, methods=["POST"], name="action"),
+        Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    app = Starlette(debug=debug, routes=routes)
+    app.state.config = config
+    app.state.templates = _templates()
+    app.add_middleware(_Guard, authorize=guard)
+    app.add_middleware(_SecurityHeaders)
+    return app
+
+
+def config_of(request: Request) -> DashboardConfig:
+    return request.app.state.config  # type: ignore[no-any-return]
+
+
+Endpoint = Callable[[Request], Any]

@@ -1,0 +1,502 @@
+"""The dashboard's SQL.  Every query here is bounded so that a page stays fast
+with a million results and a hundred thousand waiting jobs:
+
+- lists use keyset pagination (a cursor of the last row's sort key, no OFFSET)
+  on the order of an existing index;
+- result counts are limited to a time window (an index range on
+  ``ended_at``), and the chart's closed buckets are cached (they never change
+  once past, except by ``jobtable clear``);
+- queue wait is measured on a bounded sample per bucket.
+
+The request table is the small hot table (only waiting and running jobs), so
+its per-queue counts are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import ColumnElement, Select
+
+from ..db import store, tables
+
+request = tables.request
+result = tables.result
+worker = tables.worker
+schedule = tables.schedule
+
+#: Rows per list page.
+PAGE_SIZE = 50
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- cursors -----------------------------------------------------------------------
+# A cursor is "<iso time or int>|<id>": the sort key of the last row shown.
+
+
+def encode_cursor(key: Any, row_id: int) -> str:
+    if isinstance(key, datetime):
+        key = key.astimezone(timezone.utc).isoformat()
+    return f"{key}|{row_id}"
+
+
+def decode_time_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if not cursor:
+        return None
+    try:
+        raw, row_id = cursor.rsplit("|", 1)
+        when = datetime.fromisoformat(raw)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when, int(row_id)
+    except ValueError:
+        return None  # A mangled cursor shows the first page.
+
+
+def decode_int_cursor(cursor: str | None) -> tuple[int, int] | None:
+    if not cursor:
+        return None
+    try:
+        raw, row_id = cursor.rsplit("|", 1)
+        return int(raw), int(row_id)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Page:
+    rows: list[Row[Any]]
+    next_cursor: str | None
+
+
+def _after_desc(col: Any, id_col: Any, key: Any, row_id: int) -> ColumnElement[bool]:
+    # (col, id) < (key, row_id), written so that the index on col bounds the scan.
+    return and_(col <= key, or_(col < key, id_col < row_id))
+
+
+def _after_asc(col: Any, id_col: Any, key: Any, row_id: int) -> ColumnElement[bool]:
+    return and_(col >= key, or_(col > key, id_col > row_id))
+
+
+def _page(conn: Connection, stmt: Select[Any], limit: int, cursor_of: Any) -> Page:
+    rows = list(conn.execute(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, cursor_of(rows[-1]) if more and rows else None)
+
+
+# -- requests ---------------------------------------------------------------------
+
+#: Columns of list pages (the message stays on the detail page).
+REQUEST_COLUMNS = [c for c in request.c if c.name != "message"]
+RESULT_COLUMNS = [c for c in result.c if c.name not in ("message", "traceback", "return_value", "meta")]
+
+
+def pending_page(
+    conn: Connection, *, queue: str | None, task_name: str | None, cursor: str | None, limit: int = PAGE_SIZE
+) -> Page:
+    """Pending jobs in claim order (priority, then age): the claim index."""
+    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.PENDING)
+    if queue:
+        stmt = stmt.where(request.c.queue == queue)
+    if task_name:
+        stmt = stmt.where(request.c.task_name == task_name)
+    after = decode_int_cursor(cursor)
+    if after is not None:
+        # Sorted by priority DESC, id ASC: rows after (p, i) have a lower
+        # priority, or the same priority and a larger id.
+        p, i = after
+        stmt = stmt.where(
+            and_(request.c.priority <= p, or_(request.c.priority < p, request.c.id > i))
+        )
+    stmt = stmt.order_by(request.c.priority.desc(), request.c.id)
+    return _page(conn, stmt, limit, lambda r: encode_cursor(r.priority, r.id))
+
+
+def scheduled_page(
+    conn: Connection, *, queue: str | None, task_name: str | None, cursor: str | None, limit: int = PAGE_SIZE
+) -> Page:
+    """Scheduled (future) jobs, soonest first: the due index."""
+    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.SCHEDULED)
+    if queue:
+        stmt = stmt.where(request.c.queue == queue)
+    if task_name:
+        stmt = stmt.where(request.c.task_name == task_name)
+    after = decode_time_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(_after_asc(request.c.run_at, request.c.id, *after))
+    stmt = stmt.order_by(request.c.run_at, request.c.id)
+    return _page(conn, stmt, limit, lambda r: encode_cursor(r.run_at, r.id))
+
+
+def running(conn: Connection, *, queue: str | None = None, limit: int = 500) -> list[Row[Any]]:
+    """Running jobs, longest running first.  There are at most as many as
+    worker processes, so a bound of a few hundred is a display bound."""
+    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.RUNNING)
+    if queue:
+        stmt = stmt.where(request.c.queue == queue)
+    return list(conn.execute(stmt.order_by(request.c.started_at, request.c.id).limit(limit)))
+
+
+def request_by_id(conn: Connection, request_id: int) -> Row[Any] | None:
+    return conn.execute(select(request).where(request.c.id == request_id)).first()
+
+
+def requests_of_task(conn: Connection, task_id: str) -> list[Row[Any]]:
+    return list(conn.execute(select(request).where(request.c.task_id == task_id).order_by(request.c.attempt)))
+
+
+# -- results ----------------------------------------------------------------------
+
+
+@dataclass
+class ResultFilter:
+    status: str | None = None
+    queue: str | None = None
+    task_name: str | None = None
+    #: A task uuid (exact match, all its attempts).
+    uuid: str | None = None
+
+    def active(self) -> bool:
+        return bool(self.status or self.queue or self.task_name or self.uuid)
+
+
+def results_page(conn: Connection, flt: ResultFilter, cursor: str | None, limit: int = PAGE_SIZE) -> Page:
+    """Results, newest first, by (ended_at, id): each filter has an index
+    that starts with its column and continues with ended_at."""
+    stmt = select(*RESULT_COLUMNS)
+    if flt.uuid:
+        stmt = stmt.where(result.c.task_id == flt.uuid)
+    if flt.status:
+        stmt = stmt.where(result.c.status == flt.status)
+    if flt.queue:
+        stmt = stmt.where(result.c.queue == flt.queue)
+    if flt.task_name:
+        stmt = stmt.where(result.c.task_name == flt.task_name)
+    after = decode_time_cursor(cursor)
+    if after is not None:
+        stmt = stmt.where(_after_desc(result.c.ended_at, result.c.id, *after))
+    stmt = stmt.order_by(result.c.ended_at.desc(), result.c.id.desc())
+    return _page(conn, stmt, limit, lambda r: encode_cursor(r.ended_at, r.id))
+
+
+def result_by_id(conn: Connection, result_id: int) -> Row[Any] | None:
+    return conn.execute(select(result).where(result.c.id == result_id)).first()
+
+
+def attempts_of_task(conn: Connection, task_id: str, limit: int = 200) -> list[Row[Any]]:
+    """Every recorded attempt of a task (the retry chain), by the unique
+    (task_id, attempt) index."""
+    stmt = select(*RESULT_COLUMNS).where(result.c.task_id == task_id).order_by(result.c.attempt).limit(limit)
+    return list(conn.execute(stmt))
+
+
+# -- overview ---------------------------------------------------------------------
+
+
+@dataclass
+class QueueRow:
+    queue: str
+    pending: int = 0
+    scheduled: int = 0
+    running: int = 0
+    #: When the oldest pending job became due.
+    oldest_due: datetime | None = None
+
+
+def queue_depths(conn: Connection) -> list[QueueRow]:
+    """Waiting and running jobs per queue, and each queue's oldest due job.
+
+    One pass over the request table, which holds only live jobs.
+    """
+    oldest = func.min(case((request.c.state == tables.PENDING, request.c.run_at), else_=None))
+    stmt = select(request.c.queue, request.c.state, func.count(), oldest).group_by(request.c.queue, request.c.state)
+    by_queue: dict[str, QueueRow] = {}
+    for queue, state, n, due in conn.execute(stmt):
+        entry = by_queue.setdefault(queue, QueueRow(queue))
+        if state in (tables.PENDING, tables.SCHEDULED, tables.RUNNING):
+            setattr(entry, state, int(n))
+        if due is not None:
+            # min() over a CASE loses the column type on SQLite: parse it back.
+            entry.oldest_due = _as_utc(due)
+    return sorted(by_queue.values(), key=lambda q: q.queue)
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def status_counts(conn: Connection, since: datetime) -> dict[str, int]:
+    """Results per status that ended after ``since`` (index (status, ended_at))."""
+    counts = {status: 0 for status in tables.RESULT_STATUSES}
+    for status in tables.RESULT_STATUSES:
+        # One indexed range count per status rather than a GROUP BY, which
+        # would read the whole window through the ended_at index.
+        stmt = select(func.count()).where(result.c.status == status, result.c.ended_at >= since)
+        counts[status] = int(conn.execute(stmt).scalar_one())
+    return counts
+
+
+def retried_count(conn: Connection, since: datetime) -> int:
+    """Attempts in the window that were followed by a retry.  Only failed
+    attempts are retried, so the (status, ended_at) index bounds the scan."""
+    stmt = select(func.count()).where(
+        result.c.status.in_([tables.ERRORED, tables.LOST, tables.DEFERRED, tables.CANCELLED]),
+        result.c.ended_at >= since,
+        result.c.retried.is_(True),
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+@dataclass
+class Bucket:
+    start: datetime
+    end: datetime
+    successful: int = 0
+    failed: int = 0
+    #: Median queue wait (seconds) of a sample of the bucket's results.
+    wait: float | None = None
+
+
+#: Closed buckets never change (results are written with ended_at = now), so
+#: they are cached by (database, start, end).  Bounded: oldest entries drop.
+_bucket_cache: dict[tuple[str, datetime, datetime], Bucket] = {}
+_bucket_lock = threading.Lock()
+_BUCKET_CACHE_MAX = 2000
+#: Results sampled per bucket to estimate queue wait.
+WAIT_SAMPLE = 200
+
+
+def buckets(conn: Connection, *, now: datetime, window: timedelta, count: int = 24) -> list[Bucket]:
+    """Throughput (successful and failed per bucket) and queue wait over time."""
+    step = window / count
+    # Align bucket edges to the step so closed buckets keep the same key.
+    epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    end = epoch + step * ((now - epoch) // step + 1)
+    start = end - step * count
+    db = str(conn.engine.url)
+    out: list[Bucket] = []
+    for i in range(count):
+        b_start, b_end = start + step * i, start + step * (i + 1)
+        key = (db, b_start, b_end)
+        cached = _bucket_cache.get(key)
+        if cached is not None:
+            out.append(cached)
+            continue
+        bucket = _compute_bucket(conn, b_start, b_end)
+        # A bucket is closed once its end is a little in the past (late
+        # commits of results that ended just before the edge).
+        if b_end < now - timedelta(seconds=30):
+            with _bucket_lock:
+                if len(_bucket_cache) >= _BUCKET_CACHE_MAX:
+                    for old in sorted(_bucket_cache)[: _BUCKET_CACHE_MAX // 4]:
+                        del _bucket_cache[old]
+                _bucket_cache[key] = bucket
+        out.append(bucket)
+    return out
+
+
+def clear_cache() -> None:
+    with _bucket_lock:
+        _bucket_cache.clear()
+
+
+def _compute_bucket(conn: Connection, start: datetime, end: datetime) -> Bucket:
+    in_bucket = (result.c.ended_at >= start, result.c.ended_at < end)
+    bucket = Bucket(start, end)
+    for status in (tables.SUCCESSFUL, tables.ERRORED, tables.LOST):
+        n = int(conn.execute(select(func.count()).where(result.c.status == status, *in_bucket)).scalar_one())
+        if status == tables.SUCCESSFUL:
+            bucket.successful = n
+        else:
+            bucket.failed += n
+    sample = conn.execute(
+        select(result.c.requested_at, result.c.started_at, result.c.attempt)
+        .where(*in_bucket, result.c.status == tables.SUCCESSFUL)
+        .order_by(result.c.ended_at.desc())
+        .limit(WAIT_SAMPLE)
+    )
+    waits = sorted(
+        (r.started_at - r.requested_at).total_seconds()
+        for r in sample
+        if r.started_at is not None and r.requested_at is not None
+    )
+    if waits:
+        bucket.wait = max(0.0, waits[len(waits) // 2])
+    return bucket
+
+
+# -- workers ----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerRow:
+    id: str
+    kind: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    processes: int
+    started_at: datetime
+    heartbeat_at: datetime
+    running: int = 0
+    live: bool = True
+    jobs: list[Row[Any]] = field(default_factory=list)
+
+
+def workers(conn: Connection, *, now: datetime, stale_after: timedelta, limit: int = 500) -> list[WorkerRow]:
+    rows = conn.execute(select(worker).order_by(worker.c.heartbeat_at.desc()).limit(limit))
+    out = []
+    for r in rows:
+        try:
+            queues = [str(q) for q in json.loads(r.queues)]
+        except (ValueError, TypeError):
+            queues = [str(r.queues)]
+        out.append(
+            WorkerRow(
+                id=r.id,
+                kind=r.kind,
+                hostname=r.hostname,
+                pid=r.pid,
+                queues=queues,
+                processes=r.processes,
+                started_at=r.started_at,
+                heartbeat_at=r.heartbeat_at,
+                live=r.heartbeat_at >= now - stale_after,
+            )
+        )
+    # Running jobs per worker through the partial index on worker_id.
+    counts = dict(
+        conn.execute(
+            select(request.c.worker_id, func.count())
+            .where(request.c.state == tables.RUNNING)
+            .group_by(request.c.worker_id)
+        ).all()
+    )
+    for w in out:
+        w.running = int(counts.get(w.id, 0))
+    return out
+
+
+# -- schedules --------------------------------------------------------------------
+
+
+def schedule_states(conn: Connection) -> dict[str, Row[Any]]:
+    return {r.name: r for r in conn.execute(select(schedule).order_by(schedule.c.name))}
+
+
+# -- actions ----------------------------------------------------------------------
+
+
+@dataclass
+class ActionReport:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def retry_results(conn: Connection, result_ids: Sequence[int], now: datetime) -> ActionReport:
+    """Enqueue the next attempt of each result's task, as ``jobtable retry``
+    does: only the latest attempt of a finished task is retried."""
+    report = ActionReport()
+    for rid in result_ids:
+        row = result_by_id(conn, rid)
+        if row is None:
+            report.skipped.append(f"result {rid}: not found")
+            continue
+        label = f"{row.task_name} {row.task_id}"
+        if store.active_request(conn, row.task_id) is not None:
+            report.skipped.append(f"{label}: already waiting or running")
+            continue
+        latest = store.latest_result(conn, row.task_id)
+        if latest is None or latest.message is None:
+            report.skipped.append(f"{label}: no stored message to retry")
+            continue
+        if store.retry_result(conn, latest, now) is None:
+            report.skipped.append(f"{label}: its concurrency key is held by another job")
+            continue
+        report.done.append(f"{label} (attempt {latest.attempt + 1})")
+    return report
+
+
+def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime) -> ActionReport:
+    """Cancel waiting jobs; each is recorded CANCELLED."""
+    report = ActionReport()
+    for rid in request_ids:
+        row = request_by_id(conn, rid)
+        if row is None:
+            report.skipped.append(f"job {rid}: gone")
+            continue
+        if row.state == tables.RUNNING:
+            report.skipped.append(f"{row.task_name} {row.task_id}: already running")
+            continue
+        removed = store.cancel_pending(conn, row.task_id, now)
+        (report.done if removed is not None else report.skipped).append(f"{row.task_name} {row.task_id}")
+    return report
+
+
+def delete_requests(conn: Connection, request_ids: Sequence[int]) -> ActionReport:
+    """Delete waiting jobs without a trace (running ones are left to finish)."""
+    report = ActionReport()
+    if not request_ids:
+        return report
+    stmt = (
+        delete(request)
+        .where(request.c.id.in_(list(request_ids)), request.c.state.in_([tables.PENDING, tables.SCHEDULED]))
+        .returning(request.c.task_name, request.c.task_id)
+    )
+    report.done = [f"{r.task_name} {r.task_id}" for r in conn.execute(stmt)]
+    if len(report.done) < len(request_ids):
+        report.skipped.append(f"{len(request_ids) - len(report.done)} job(s) already running or gone")
+    return report
+
+
+def delete_results(conn: Connection, result_ids: Sequence[int]) -> ActionReport:
+    report = ActionReport()
+    if not result_ids:
+        return report
+    stmt = delete(result).where(result.c.id.in_(list(result_ids))).returning(result.c.task_name, result.c.task_id)
+    report.done = [f"{r.task_name} {r.task_id}" for r in conn.execute(stmt)]
+    if len(report.done) < len(result_ids):
+        report.skipped.append(f"{len(result_ids) - len(report.done)} result(s) already gone")
+    return report
+
+
+def run_requests_now(conn: Connection, request_ids: Sequence[int], now: datetime) -> ActionReport:
+    """Make scheduled jobs due now (they keep their place in the message:
+    the worker reads columns, and a Celery worker gets no ETA to wait for)."""
+    report = ActionReport()
+    for rid in request_ids:
+        row = request_by_id(conn, rid)
+        if row is None or row.state != tables.SCHEDULED:
+            report.skipped.append(f"job {rid}: not scheduled any more")
+            continue
+        envelope = json.loads(row.message)
+        envelope.setdefault("headers", {})["eta"] = None
+        from ..messages import dumps
+
+        conn.execute(
+            update(request)
+            .where(request.c.id == rid, request.c.state == tables.SCHEDULED)
+            .values(state=tables.PENDING, run_at=now, message=dumps(envelope))
+        )
+        report.done.append(f"{row.task_name} {row.task_id}")
+    if report.done:
+        from ..db.dialects import notify_queues
+
+        queues = [r.queue for r in conn.execute(select(request.c.queue).where(request.c.id.in_(list(request_ids))))]
+        notify_queues(conn, sorted(set(queues)))
+    return report

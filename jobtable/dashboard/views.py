@@ -1,0 +1,338 @@
+"""The dashboard's pages (GET).  Plain functions: Starlette runs them in its
+thread pool, so the synchronous database calls never block the event loop.
+
+Every page has a "live" part that the browser re-fetches every few seconds
+with the ``X-Jobtable-Fragment`` header; the same view then renders only that
+part (``live_*.html``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy.engine import Connection
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from ..db import engine as db_engine
+from ..db import tables
+from ..exceptions import JobtableError
+from . import charts, formatting, queries, schedules, security
+from .app import config_of
+
+#: Time windows of the overview cards and charts.
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+DEFAULT_WINDOW = "24h"
+NAV = [
+    ("overview", "Overview", "/"),
+    ("requests", "Requests", "/requests"),
+    ("processes", "Processes", "/processes"),
+    ("results", "Results", "/results"),
+    ("workers", "Workers", "/workers"),
+    ("schedules", "Schedules", "/schedules"),
+]
+
+
+@contextmanager
+def reading(request: Request) -> Iterator[Connection]:
+    """A read transaction on the queue database.  On SQLite it is DEFERRED:
+    looking at the queue must not take the writers' lock."""
+    engine = db_engine.get_engine(config_of(request).database_url)
+    with db_engine.connect(engine) as conn:
+        conn = conn.execution_options(sqlite_begin="DEFERRED")
+        with conn.begin():
+            yield conn
+
+
+def base_path(request: Request) -> str:
+    """Where the dashboard is mounted ("" at the root)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _arg(request: Request, name: str, allowed: Any = None) -> str | None:
+    value = request.query_params.get(name, "").strip()
+    if not value:
+        return None
+    if allowed is not None and value not in allowed:
+        return None
+    return value[:255]
+
+
+def _here(request: Request) -> str:
+    """This page's path and query, without a previous action's notice."""
+    query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k not in ("done", "n")])
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def _flash(request: Request) -> str | None:
+    """The notice after a redirect: built from a known action name and a
+    number only, so a crafted link cannot put words on the page."""
+    from .actions import ACTIONS
+
+    action = ACTIONS.get(request.query_params.get("done", ""))
+    n = request.query_params.get("n", "")
+    if action is None or not n.isdigit():
+        return None
+    return f"{action.verb}: done for {int(n)} item(s)."
+
+
+def render(request: Request, template: str, context: dict[str, Any], *, live: str | None = None) -> Response:
+    """Render a page, or only its live part for a fragment request; make
+    sure the browser holds a CSRF cookie for the page's forms."""
+    config = config_of(request)
+    csrf = security.csrf_token_of(request) or security.new_csrf_token()
+    base = base_path(request)
+    ctx = {
+        "request": request,
+        "config": config,
+        "base": base,
+        "csrf_token": csrf,
+        "csrf_field": security.CSRF_FIELD,
+        "nav": NAV,
+        "now": formatting.utcnow(),
+        "here": _here(request),
+        "flash": _flash(request),
+        "live_template": live,
+        **context,
+    }
+    fragment = live is not None and request.headers.get("x-jobtable-fragment") == "1"
+    templates = request.app.state.templates
+    response = templates.TemplateResponse(request, live if fragment else template, ctx)
+    if security.csrf_token_of(request) != csrf:
+        response.set_cookie(
+            security.CSRF_COOKIE,
+            csrf,
+            path=(base or "") + "/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+    response.headers["cache-control"] = "no-store"
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    templates = request.app.state.templates
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "request": request,
+            "config": config_of(request),
+            "base": base_path(request),
+            "nav": NAV,
+            "active": "",
+            "message": message,
+            "live_template": None,
+            "flash": None,
+            "now": formatting.utcnow(),
+        },
+        status_code=status,
+    )
+
+
+def guarded(view: Any) -> Any:
+    """Database errors become a readable page, not a stack trace."""
+
+    def wrapper(request: Request) -> Response:
+        try:
+            return view(request)  # type: ignore[no-any-return]
+        except JobtableError as exc:
+            return error_page(request, 503, str(exc))
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+@guarded
+def overview(request: Request) -> Response:
+    window_name = _arg(request, "window", WINDOWS) or DEFAULT_WINDOW
+    window = WINDOWS[window_name]
+    now = formatting.utcnow()
+    since = now - window
+    with reading(request) as conn:
+        depths = queries.queue_depths(conn)
+        counts = queries.status_counts(conn, since)
+        retried = queries.retried_count(conn, since)
+        buckets = queries.buckets(conn, now=now, window=window)
+    totals = {
+        "pending": sum(q.pending for q in depths),
+        "scheduled": sum(q.scheduled for q in depths),
+        "running": sum(q.running for q in depths),
+    }
+    cards = [
+        ("pending", "Pending", totals["pending"], "/requests?state=pending"),
+        ("scheduled", "Scheduled", totals["scheduled"], "/requests?state=scheduled"),
+        ("running", "Running", totals["running"], "/processes"),
+        ("successful", "Successful", counts[tables.SUCCESSFUL], "/results?status=SUCCESSFUL"),
+        ("errored", "Errored", counts[tables.ERRORED], "/results?status=ERRORED"),
+        ("lost", "Lost", counts[tables.LOST], "/results?status=LOST"),
+        ("retried", "Retried", retried, "/results"),
+    ]
+    return render(
+        request,
+        "overview.html",
+        {
+            "active": "overview",
+            "window": window_name,
+            "windows": list(WINDOWS),
+            "cards": cards,
+            "depths": depths,
+            "throughput_svg": charts.throughput(buckets),
+            "wait_svg": charts.queue_wait(buckets),
+        },
+        live="live_overview.html",
+    )
+
+
+@guarded
+def requests_list(request: Request) -> Response:
+    state = _arg(request, "state", (tables.PENDING, tables.SCHEDULED)) or tables.PENDING
+    queue = _arg(request, "queue")
+    task_name = _arg(request, "job")
+    cursor = _arg(request, "cursor")
+    with reading(request) as conn:
+        lister = queries.pending_page if state == tables.PENDING else queries.scheduled_page
+        page = lister(conn, queue=queue, task_name=task_name, cursor=cursor)
+    return render(
+        request,
+        "requests.html",
+        {
+            "active": "requests",
+            "state": state,
+            "queue": queue or "",
+            "job": task_name or "",
+            "page": page,
+            "cursor": cursor,
+        },
+        live="live_requests.html",
+    )
+
+
+@guarded
+def request_detail(request: Request) -> Response:
+    request_id = int(request.path_params["request_id"])
+    with reading(request) as conn:
+        row = queries.request_by_id(conn, request_id)
+        attempts = queries.attempts_of_task(conn, row.task_id) if row is not None else []
+    if row is None:
+        return error_page(request, 404, f"No waiting or running job has id {request_id}; it may have finished.")
+    return render(
+        request,
+        "request_detail.html",
+        {"active": "requests", "row": row, "params": formatting.parameters(row.message), "attempts": attempts},
+        live="live_request_detail.html",
+    )
+
+
+@guarded
+def processes(request: Request) -> Response:
+    queue = _arg(request, "queue")
+    with reading(request) as conn:
+        rows = queries.running(conn, queue=queue)
+    by_worker: dict[str, list[Any]] = {}
+    for row in rows:
+        by_worker.setdefault(row.worker_id or "?", []).append(row)
+    return render(
+        request,
+        "processes.html",
+        {"active": "processes", "by_worker": sorted(by_worker.items()), "total": len(rows), "queue": queue or ""},
+        live="live_processes.html",
+    )
+
+
+@guarded
+def results_list(request: Request) -> Response:
+    flt = queries.ResultFilter(
+        status=_arg(request, "status", tables.RESULT_STATUSES),
+        queue=_arg(request, "queue"),
+        task_name=_arg(request, "job"),
+        uuid=_arg(request, "uuid"),
+    )
+    cursor = _arg(request, "cursor")
+    with reading(request) as conn:
+        page = queries.results_page(conn, flt, cursor)
+        waiting = queries.requests_of_task(conn, flt.uuid) if flt.uuid else []
+    return render(
+        request,
+        "results.html",
+        {
+            "active": "results",
+            "flt": flt,
+            "statuses": tables.RESULT_STATUSES,
+            "page": page,
+            "cursor": cursor,
+            "waiting": waiting,
+        },
+        live="live_results.html",
+    )
+
+
+@guarded
+def result_detail(request: Request) -> Response:
+    result_id = int(request.path_params["result_id"])
+    with reading(request) as conn:
+        row = queries.result_by_id(conn, result_id)
+        if row is None:
+            attempts, waiting = [], []
+        else:
+            attempts = queries.attempts_of_task(conn, row.task_id)
+            waiting = queries.requests_of_task(conn, row.task_id)
+    if row is None:
+        return error_page(request, 404, f"No result has id {result_id}; it may have been cleared.")
+    latest = attempts[-1] if attempts else None
+    return render(
+        request,
+        "result_detail.html",
+        {
+            "active": "results",
+            "row": row,
+            "params": formatting.parameters(row.message),
+            "attempts": attempts,
+            "waiting": waiting,
+            # Only the latest attempt of a task that is not waiting again can be retried.
+            "can_retry": not waiting and latest is not None and latest.id == row.id,
+        },
+        live="live_result_detail.html",
+    )
+
+
+@guarded
+def workers_list(request: Request) -> Response:
+    config = config_of(request)
+    now = formatting.utcnow()
+    with reading(request) as conn:
+        rows = queries.workers(conn, now=now, stale_after=config.stale_after)
+    return render(
+        request,
+        "workers.html",
+        {
+            "active": "workers",
+            "workers": rows,
+            "live_count": sum(1 for w in rows if w.live),
+            "stale_count": sum(1 for w in rows if not w.live),
+        },
+        live="live_workers.html",
+    )
+
+
+@guarded
+def schedules_list(request: Request) -> Response:
+    now = formatting.utcnow()
+    with reading(request) as conn:
+        entries, note = schedules.entries(conn, now)
+    return render(
+        request,
+        "schedules.html",
+        {"active": "schedules", "entries": entries, "note": note},
+        live="live_schedules.html",
+    )
+
+
+def not_found(request: Request) -> Response:
+    return HTMLResponse("Not found", status_code=404)
