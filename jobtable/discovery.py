@@ -11,7 +11,11 @@ from .exceptions import ConfigurationError
 from .settings import get_settings
 
 #: Submodules imported automatically from the app and JOBTABLE_PACKAGES.
-AUTO_MODULES = ("jobs",)
+AUTO_MODULES = ("jobs", "chores")
+
+#: jobtable's own modules that register built-in jobs and chores
+#: (ScheduledCommand for "cmd:" schedule entries, the results chore).
+BUILTIN_MODULES = ("jobtable.scheduling", "jobtable.chores")
 
 
 def _import_optional(name: str) -> None:
@@ -25,10 +29,13 @@ def _import_optional(name: str) -> None:
 
 
 def load_app(app: str | None = None, submodules: tuple[str, ...] = AUTO_MODULES) -> None:
-    """Import the app module (``--app`` / JOBTABLE_APP) and the ``jobs.py`` of
-    the app package and of every package in JOBTABLE_PACKAGES."""
+    """Import the app module (``--app`` / JOBTABLE_APP) and the ``jobs.py``
+    and ``chores.py`` of the app package and of every package in
+    JOBTABLE_PACKAGES (and jobtable's built-in jobs and chores)."""
     settings = get_settings()
     app = app or settings.app
+    for builtin in BUILTIN_MODULES:
+        importlib.import_module(builtin)
     if os.getcwd() not in sys.path:
         # Like `python -m`: the project the command runs in is importable.
         sys.path.insert(0, os.getcwd())

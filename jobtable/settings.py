@@ -33,6 +33,11 @@ class Settings:
     middleware: list[str] = field(default_factory=lambda: ["jobtable.middleware.LogContextMiddleware"])
     #: Cron entries: ``[job path or instance, cron string or Schedule]`` pairs.
     schedule: list[Any] = field(default_factory=list)
+    #: IANA time zone in which cron schedules read their wall times.
+    schedule_timezone: str = "UTC"
+    #: Seconds after its time a missed schedule slot may still run (after
+    #: downtime only the latest missed slot runs, and only within this window).
+    schedule_catch_up_window: int = 3600
     #: Module imported to register jobs (``--app`` on the command line).
     app: str = ""
     #: Packages whose ``jobs.py`` (and ``chores.py``) are imported automatically.

@@ -52,3 +52,5 @@ def with_app(fn: F) -> F:
 from . import queue  # noqa: E402,F401  (registers commands)
 from . import worker  # noqa: E402,F401  (registers the worker command)
 from . import dashboard  # noqa: E402,F401  (registers `jobtable dashboard`)
+from . import schedule  # noqa: E402,F401  (jobtable schedule)
+from . import chores  # noqa: E402,F401  (jobtable chores list/run)

@@ -235,3 +235,13 @@ def _install_worker_methods() -> None:
 
 
 _install_worker_methods()
+
+
+# -- schedules --
+
+
+def upsert_insert(conn: Connection, table: Any) -> Any:
+    """An INSERT on ``table`` that supports ``on_conflict_do_update`` /
+    ``on_conflict_do_nothing`` (same API on both dialects)."""
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
