@@ -78,6 +78,7 @@ def parameters(message: str | None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any malformed message is shown, not raised
         return {"error": f"Cannot decode the message: {exc}"}
     return {
+        "error": None,
         "args": pretty_json(call.args),
         "kwargs": pretty_json(call.kwargs),
         "headers": pretty_json({k: v for k, v in call.headers.items() if v not in (None, "", [], {})}),
