@@ -11,13 +11,16 @@ Wall times are read in the schedule's time zone: the one given to
 ``from_cron(..., timezone=)``, else ``JOBTABLE_SCHEDULE_TIMEZONE`` (UTC by
 default).  Across DST changes:
 
-- a wall time that does not exist (spring forward, e.g. 02:30 in
-  Europe/Berlin on the last Sunday of March) runs at the first instant after
-  the gap (03:00), as in Vixie cron; several skipped times run once;
-- a wall time that exists twice (fall back) runs once, at its first
-  occurrence -- unless the hour field is ``*``: such schedules follow the
-  clock, so "every 15 minutes" keeps running every 15 minutes through the
-  repeated hour.
+- schedules whose hour field is ``*`` (every hour) follow the clock: a
+  skipped wall time does not run, and a repeated hour runs twice, so "every
+  15 minutes" stays every 15 minutes of real time;
+- other schedules run once per matching wall time: one that does not exist
+  (spring forward, e.g. 02:30 in Europe/Berlin on the last Sunday of March)
+  runs when the gap ends (03:00), several skipped ones run once; one that
+  exists twice (fall back) runs at its first occurrence only.
+
+This is Vixie cron's behaviour, and croniter's except that croniter runs a
+fixed-time schedule twice on the night the clocks fall back.
 """
 
 from __future__ import annotations
@@ -140,9 +143,12 @@ class Schedule:
             # Exists twice (fall back): the first one, and the second too when
             # the schedule runs every hour.
             return [first, second] if self.cron.every_hour else [first]
-        # Does not exist (spring forward): the instant the gap ends.  fold=1
+        # Does not exist (spring forward).  An every-hour schedule follows the
+        # clock, which skipped it; any other runs when the gap ends.  fold=1
         # reads the wall time with the later offset, which lands before the
         # transition; fold=0 with the earlier one, after it.
+        if self.cron.every_hour:
+            return []
         return [_transition(tz, second, first)]
 
     def next(self, after: datetime | None = None) -> datetime:
@@ -305,7 +311,7 @@ def entry_name(job: Job, schedule: Schedule) -> str:
     name = f"{_job_label(job)} [{schedule}]"
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        name = f"{name[: MAX_NAME - 18]}~{digest}"
+        name = f"{name[: MAX_NAME - 17]}~{digest}"
     return name
 
 
