@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -31,17 +32,30 @@ def _worker_name(request: pytest.FixtureRequest) -> str:
     return getattr(request.config, "workerinput", {}).get("workerid", "main")
 
 
+def _drop_stale_databases(conn: Any) -> None:
+    """Drop test databases whose test process is gone (a run that was killed)."""
+    names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'jobtable_test_%'")).scalars()
+    for name in names:
+        pid = name.rsplit("_", 1)[-1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"jobtable_test_{_worker_name(request)}"
+    # The pid keeps concurrent test runs on one server apart.
+    name = f"jobtable_test_{_worker_name(request)}_{os.getpid()}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_stale_databases(conn)
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     migrate.upgrade(db_engine.create_jobtable_engine(url))
     yield url
+    db_engine.reset_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")
