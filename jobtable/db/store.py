@@ -435,7 +435,6 @@ def transport_unbind_queue(conn: Connection, queue: str) -> int:
 def transport_unbind_exchange(conn: Connection, exchange: str) -> int:
     return conn.execute(delete(binding).where(binding.c.exchange == exchange)).rowcount
 
-
 # -- worker --------------------------------------------------------------------
 # SQL of the native worker (jobtable/worker/).  A member claims rows with
 # ``claim`` (worker_id = its own id, lease_expires_at NULL), writes their
@@ -492,7 +491,10 @@ def insert_results(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
 
         module: Any = pg_dialect if name == "postgresql" else sqlite_dialect
         stmt = _RESULT_INSERT[name] = module.insert(result).on_conflict_do_nothing()
-    conn.execute(stmt, list(values))
+    # executemany needs the same keys in every row: a success has no error
+    # fields, a failure no return value.
+    keys = set().union(*values)
+    conn.execute(stmt, [{key: row.get(key) for key in keys} for row in values])
 
 
 def write_outcomes(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
@@ -679,6 +681,7 @@ def queue_depth(conn: Connection, queues: Sequence[str]) -> dict[str, int]:
     for state, n in conn.execute(stmt):
         counts[state] = int(n)
     return counts
+
 
 
 # -- schedules -------------------------------------------------------------------

@@ -293,9 +293,7 @@ class Supervisor:
         if not self.stopping and self._every("retention", RETENTION_EVERY):
             self._duty("retention")
         if cfg.stats_every and self._every("stats", cfg.stats_every):
-            if self._due.get("stats_started"):
-                self._duty("stats")
-            self._due["stats_started"] = 1.0
+            self._duty("stats")
 
     def _duty(self, name: str, rescue_first: bool = False) -> None:
         try:

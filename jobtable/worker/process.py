@@ -185,8 +185,8 @@ class Member:
             return
         conn = self._connection()
         with conn.begin():
-            if self.next_due is not None and self.next_due <= now:
-                store.promote_due(conn, now)
+            # Cheap when nothing is due: a range scan of the partial due index.
+            store.promote_due(conn, now)
             self.next_due = store.next_due_at(conn)
         self.next_due_checked = mono
 
