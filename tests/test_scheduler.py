@@ -255,3 +255,39 @@ def test_racing_processes_enqueue_each_slot_exactly_once(db_url: str) -> None:
         (rows,) = [m for m in messages if m[0] == "rows" and m[1] == slot]
         assert rows[2] == 1, rows  # one row in the queue
     assert ledger()["tests.schedule_jobs.Tick [*/5 * * * *]"] == at(3 + 5 * (SLOTS - 1))
+
+
+# -- jobtable schedule ------------------------------------------------------------------------
+
+
+def test_schedule_command_lists_last_and_next_runs(db_url: str) -> None:
+    from click.testing import CliRunner
+
+    import jobtable
+    from jobtable.cli import main
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--app", "tests.schedule_jobs", "schedule", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    jobtable.configure(schedule=[EVERY_5, ["cmd:echo hi", "@daily"]])
+    scheduler = Scheduler()
+    now = store.utcnow()
+    scheduler.tick(now - timedelta(minutes=10))
+    scheduler.tick(now - timedelta(minutes=5))  # runs the slot before that
+    out = cli()
+    header, *lines = out.splitlines()
+    assert header.split() == ["job", "schedule", "time", "zone", "last", "run", "next", "run"]
+    tick = next(line for line in lines if line.startswith("tests.schedule_jobs.Tick"))
+    assert "*/5 * * * *" in tick and "UTC" in tick
+    assert tick.count(str(now.year)) == 2  # a last run and a next run
+    berlin = next(line for line in lines if line.startswith("tests.schedule_jobs.BerlinMorning"))
+    assert "Europe/Berlin" in berlin and ("CET" in berlin or "CEST" in berlin)
+    assert any(line.startswith("cmd:echo hi") for line in lines)
+
+    with get_engine().begin() as conn:
+        store.schedule_seed(conn, {"app.jobs.Gone [@daily]": None}, now)
+    assert "1 ledger row(s) of entries that no longer exist" in cli()
+    assert "Pruned the ledger row of removed entry 'app.jobs.Gone [@daily]'" in cli("--prune")
+    assert "app.jobs.Gone" not in cli()
