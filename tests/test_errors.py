@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,12 +63,13 @@ def test_unmigrated_sqlite(tmp_path: Path) -> None:
 
 
 def test_unmigrated_postgres() -> None:
+    name = f"jobtable_test_unmigrated_{os.getpid()}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS jobtable_test_unmigrated WITH (FORCE)"))
-        conn.execute(text("CREATE DATABASE jobtable_test_unmigrated"))
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/jobtable_test_unmigrated"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     jobtable.configure(database_url=url)
     try:
         with pytest.raises(SchemaNotMigrated, match="Run `jobtable migrate`"):

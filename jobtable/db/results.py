@@ -1,0 +1,123 @@
+"""SQL of the result side: reading a job's state, and the Celery result backend's
+writes (results, groups, chord counters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from . import tables
+
+request = tables.request
+result = tables.result
+group = tables.group
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the database knows of one task id: its newest finished attempt
+    and, if it is waiting or running again, that request."""
+
+    result: Row[Any] | None
+    active: Row[Any] | None
+
+
+def job_state(conn: Connection, task_id: str) -> JobState:
+    newest = conn.execute(
+        select(result).where(result.c.task_id == task_id).order_by(result.c.attempt.desc()).limit(1)
+    ).first()
+    active = conn.execute(
+        select(request).where(request.c.task_id == task_id).order_by(request.c.attempt.desc()).limit(1)
+    ).first()
+    return JobState(newest, active)
+
+
+def upsert_result(conn: Connection, values: dict[str, Any], *, only_new: bool = False) -> None:
+    """Write the result of (task_id, attempt); a SUCCESSFUL one is never
+    overwritten (a redelivered duplicate must not turn success into failure).
+    ``only_new``: write nothing if the attempt already has a row."""
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(result).values(values)
+    if only_new:
+        conn.execute(stmt.on_conflict_do_nothing())
+        return
+    changed = {k: stmt.excluded[k] for k in values if k not in ("task_id", "attempt")}
+    # Keep the start time a STARTED row recorded.
+    changed["started_at"] = func.coalesce(stmt.excluded.started_at, result.c.started_at)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[result.c.task_id, result.c.attempt],
+        set_=changed,
+        where=result.c.status != tables.SUCCESSFUL,
+    )
+    conn.execute(stmt)
+
+
+def forget(conn: Connection, task_id: str) -> None:
+    conn.execute(delete(result).where(result.c.task_id == task_id))
+
+
+def delete_results_before(conn: Connection, before: datetime, batch: int = 1000) -> int:
+    ids = select(result.c.id).where(result.c.ended_at < before).limit(batch)
+    return conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+
+
+# -- groups and chords ---------------------------------------------------------------
+
+
+def save_group(conn: Connection, group_id: str, encoded: str, now: datetime) -> None:
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(group).values(id=group_id, result=encoded, created_at=now)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[group.c.id], set_={"result": stmt.excluded.result}))
+
+
+def load_group(conn: Connection, group_id: str) -> str | None:
+    return conn.execute(select(group.c.result).where(group.c.id == group_id)).scalar()
+
+
+def delete_group(conn: Connection, group_id: str) -> None:
+    conn.execute(delete(group).where(group.c.id == group_id))
+
+
+def start_chord(conn: Connection, group_id: str, encoded: str, now: datetime) -> None:
+    """(Re)start a chord before its header is sent: a frozen chord applied
+    again is a new run.  Its size is not known yet (``set_chord_size``)."""
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(group).values(id=group_id, result=encoded, chord_size=None, chord_done=0, created_at=now)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[group.c.id],
+            set_={"result": stmt.excluded.result, "chord_size": None, "chord_done": 0, "created_at": now},
+        )
+    )
+
+
+def set_chord_size(conn: Connection, group_id: str, size: int) -> None:
+    """Celery calls this before sending the header's last task, so the part
+    that completes the count always sees the size (parts may already have
+    finished: the count is not reset here)."""
+    conn.execute(update(group).where(group.c.id == group_id).values(chord_size=size))
+
+
+def chord_part_done(conn: Connection, group_id: str) -> tuple[int, int | None] | None:
+    """Count one finished part; returns (parts done, chord size).
+
+    One UPDATE ... RETURNING: exactly one caller sees ``done == size``, so
+    exactly one calls the chord's body.
+    """
+    row = conn.execute(
+        update(group)
+        .where(group.c.id == group_id)
+        .values(chord_done=group.c.chord_done + 1)
+        .returning(group.c.chord_done, group.c.chord_size)
+    ).first()
+    return (int(row.chord_done), row.chord_size) if row is not None else None
+
+
+def delete_groups_before(conn: Connection, before: datetime) -> int:
+    return conn.execute(delete(group).where(group.c.created_at < before)).rowcount
+

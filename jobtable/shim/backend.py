@@ -1,0 +1,315 @@
+"""Celery result backend on jobtable's result table.
+
+``result_backend = "jobtable+postgresql+psycopg://..."`` (or
+``"jobtable+sqlite:///..."``; registered through the ``celery.result_backends``
+entry point).  Results of Celery tasks and of Jobs live in one table,
+``jobtable_result``, one row per attempt, so ``AsyncResult(id)`` works for
+both:
+
+- ``PENDING``/``RETRY``/``STARTED`` come from the request row while the job is
+  waiting or running (RETRY: waiting for an attempt after the first);
+- ``SUCCESS``/``FAILURE``/``REVOKED`` (and ``RETRY`` for a failed attempt that
+  was retried) come from the newest result row.
+
+``get(timeout=)`` waits on a LISTEN connection on PostgreSQL (a trigger
+notifies when results are written) and on SQLite's data version, instead of
+Celery's 0.5 s polling.  Chords are counted in the database: each finished
+part increments a counter in one ``UPDATE ... RETURNING`` and the part that
+completes the count sends the body -- no ``chord_unlock`` task polling.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import states
+from celery.backends.base import BaseBackend
+from celery.exceptions import ChordError, TimeoutError
+from celery.result import GroupResult, allow_join_result, result_from_tuple
+from celery.utils.log import get_logger
+from kombu.utils.url import maybe_sanitize_url
+
+from .. import params
+from ..db import engine as db_engine
+from ..db import results as db_results
+from ..db import store, tables
+from ..db.notify import Listener
+from ..exceptions import ConfigurationError
+
+logger = get_logger(__name__)
+
+#: Status of an attempt a Celery worker has started (task_track_started).
+STARTED = "STARTED"
+
+#: jobtable result status -> Celery state of a finished attempt.
+CELERY_STATE = {
+    tables.SUCCESSFUL: states.SUCCESS,
+    tables.ERRORED: states.FAILURE,
+    tables.LOST: states.FAILURE,
+    tables.CANCELLED: states.REVOKED,
+    STARTED: states.STARTED,
+}
+#: Celery state -> jobtable result status.
+JOBTABLE_STATUS = {
+    states.SUCCESS: tables.SUCCESSFUL,
+    states.FAILURE: tables.ERRORED,
+    states.RETRY: tables.ERRORED,
+    states.REVOKED: tables.CANCELLED,
+    # A Celery worker acks before it runs a task (unless acks_late), so the
+    # request row is gone while it runs: with task_track_started, the attempt's
+    # result row says STARTED until the final state replaces it.
+    states.STARTED: STARTED,
+}
+
+
+class JobtableBackend(BaseBackend):
+    """Celery result backend storing into ``jobtable_result``."""
+
+    persistent = True
+    supports_autoexpire = False
+    supports_native_join = False
+
+    def __init__(self, app: Any = None, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        conf = self.app.conf
+        configured = url or conf.result_backend or ""
+        if isinstance(configured, str) and configured.startswith("jobtable+"):
+            configured = configured[len("jobtable+") :]
+        if not configured or configured == "jobtable":
+            from ..settings import get_settings
+
+            configured = get_settings().database_url
+        self.url = db_engine.normalize_url(configured).render_as_string(hide_password=False)
+        if self.serializer != "json":
+            raise ConfigurationError(
+                f"jobtable's result backend stores JSON, but result_serializer is {self.serializer!r}. "
+                "Set result_serializer = 'json' (and accept_content to include 'json')."
+            )
+        self.expires = self.prepare_expires(kwargs.get("expires"), type=int)
+        self._local = threading.local()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Any:
+        return db_engine.get_engine(self.url)
+
+    def _connect(self) -> Any:
+        return db_engine.connect(self.engine)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        uri = "jobtable+" + self.url
+        return uri if include_password else maybe_sanitize_url(uri)
+
+    def _listener(self) -> Listener:
+        # One per thread: a LISTEN connection is not thread-safe.
+        listener = getattr(self._local, "listener", None)
+        if listener is None:
+            listener = Listener.create(self.engine, [], channel=tables.RESULT_CHANNEL)
+            self._local.listener = listener
+        return listener
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        status = JOBTABLE_STATUS.get(state)
+        if status is None:
+            # PENDING and custom states: the request row's state tells.
+            return result
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = task_id
+        now = store.utcnow()
+        delivery_info = getattr(request, "delivery_info", None) or {}
+        values: dict[str, Any] = {
+            "task_id": task_id,
+            "task_name": getattr(request, "task", None) or meta.get("name") or "",
+            "queue": delivery_info.get("routing_key") or getattr(request, "queue", None) or "celery",
+            "attempt": int(getattr(request, "retries", 0) or 0) + 1,
+            "status": status,
+            "started_at": now if state == states.STARTED else None,
+            "ended_at": now,
+            "worker_id": getattr(request, "hostname", None),
+            "retried": state == states.RETRY,
+            "meta": self.encode(meta),
+        }
+        if state == states.SUCCESS:
+            values["return_value"] = json.dumps(result)
+        elif isinstance(result, dict) and "exc_type" in result:
+            message = result.get("exc_message")
+            values["error_type"] = ".".join(filter(None, [result.get("exc_module"), result.get("exc_type")]))
+            values["error_message"] = " ".join(map(str, message)) if isinstance(message, (list, tuple)) else str(message)
+            values["traceback"] = traceback
+        with self._connect() as conn, conn.begin():
+            db_results.upsert_result(conn, values, only_new=state == states.STARTED)
+        return result
+
+    def _forget(self, task_id: str) -> None:
+        with self._connect() as conn, conn.begin():
+            db_results.forget(conn, task_id)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        with self._connect() as conn, conn.begin():
+            found = db_results.job_state(conn, task_id)
+        newest, active = found.result, found.active
+        if active is not None and (newest is None or active.attempt > newest.attempt):
+            if active.state == tables.RUNNING:
+                state = states.STARTED
+            elif active.attempt > 1:
+                state = states.RETRY
+            else:
+                state = states.PENDING
+            previous = self._meta_of(newest)["result"] if newest is not None else None
+            return {"task_id": task_id, "status": state, "result": previous, "traceback": None, "children": []}
+        if newest is None:
+            return {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
+        return self._meta_of(newest)
+
+    def _meta_of(self, row: Any) -> dict[str, Any]:
+        if row.meta:
+            meta = self.decode(row.meta)
+            # A failed attempt that was retried later (e.g. `jobtable retry`).
+            if row.retried and meta.get("status") == states.FAILURE:
+                meta["status"] = states.RETRY
+            return self.meta_from_decoded(meta)
+        # Written by the native worker: rebuild Celery's view from the columns.
+        status = CELERY_STATE.get(row.status, states.PENDING)
+        if row.retried and status == states.FAILURE:
+            status = states.RETRY
+        result: Any = None
+        if status == states.SUCCESS and row.return_value is not None:
+            result = params.decode(json.loads(row.return_value))
+        elif status in (states.FAILURE, states.RETRY, states.REVOKED):
+            module, _, name = (row.error_type or "").rpartition(".")
+            if status == states.REVOKED and not name:
+                module, name = "celery.exceptions", "TaskRevokedError"
+            result = {
+                "exc_type": name or "Exception",
+                "exc_module": module or "builtins",
+                "exc_message": [row.error_message or row.status],
+            }
+        return {
+            "task_id": row.task_id,
+            "status": status,
+            "result": result,
+            "traceback": row.traceback,
+            "children": [],
+            "date_done": row.ended_at,
+            "name": row.task_name,
+            "queue": row.queue,
+            "worker": row.worker_id,
+            "retries": row.attempt - 1,
+        }
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Any = None,
+    ) -> dict[str, Any]:
+        """Wait for a ready state, woken by result writes instead of polling."""
+        self._ensure_not_eager()
+        listener = self._listener()  # listening before the first read: no lost wake-up
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            meta = self.get_task_meta(task_id, cache=False)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if on_interval:
+                on_interval()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("The operation timed out.")
+            # The cap only bounds a wait whose notification was lost.
+            listener.wait(min(remaining, 5.0) if remaining is not None else 5.0)
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        with self._connect() as conn, conn.begin():
+            db_results.save_group(conn, group_id, self.encode({"result": result.as_tuple()}), store.utcnow())
+        return result
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn, conn.begin():
+            encoded = db_results.load_group(conn, group_id)
+        if encoded is None:
+            return None
+        meta = self.decode(encoded)
+        meta["result"] = result_from_tuple(meta["result"], self.app)
+        return meta
+
+    def _delete_group(self, group_id: str) -> None:
+        with self._connect() as conn, conn.begin():
+            db_results.delete_group(conn, group_id)
+
+    # -- chords ---------------------------------------------------------------------------
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        self.ensure_chords_allowed()
+        header = self.app.GroupResult(*header_result_args)
+        with self._connect() as conn, conn.begin():
+            db_results.start_chord(conn, header.id, self.encode({"result": header.as_tuple()}), store.utcnow())
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        with self._connect() as conn, conn.begin():
+            db_results.set_chord_size(conn, group_id, chord_size)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        group_id = request.group
+        if not group_id or not request.chord:
+            return
+        with self._connect() as conn, conn.begin():
+            counted = db_results.chord_part_done(conn, group_id)
+        if counted is None:
+            return
+        done, size = counted
+        if size is None or done != size:
+            return
+        from celery.canvas import maybe_signature
+
+        callback = maybe_signature(request.chord, app=self.app)
+        deps = GroupResult.restore(group_id, backend=self)
+        if deps is None:
+            self.chord_error_from_stack(callback, ChordError(f"GroupResult {group_id} no longer exists"))
+            return
+        try:
+            with allow_join_result():
+                values = deps.join(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
+        except Exception as exc:
+            culprit = next(deps._failed_join_report(), None)
+            reason = f"Dependency {culprit.id} raised {exc!r}" if culprit is not None else repr(exc)
+            logger.exception("Chord %r raised: %r", group_id, reason)
+            self.chord_error_from_stack(callback, ChordError(reason))
+        else:
+            try:
+                self.app.amqp._retry_publish(callback.delay, values)
+            except Exception as exc:
+                logger.exception("Chord %r raised: %r", group_id, exc)
+                self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        finally:
+            self.delete_group(group_id)
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Delete results and groups older than ``result_expires`` (celery beat's
+        ``celery.backend_cleanup`` calls this daily), in small batches."""
+        if not self.expires:
+            return
+        before = store.utcnow() - timedelta(seconds=self.expires)
+        while True:
+            with self._connect() as conn, conn.begin():
+                if not db_results.delete_results_before(conn, before):
+                    break
+        with self._connect() as conn, conn.begin():
+            db_results.delete_groups_before(conn, before)
