@@ -6,7 +6,9 @@ Three doors into one queue: the Job API (this module), the Kombu transport
 
 from __future__ import annotations
 
-from . import params as _params
+__version__ = "0.1.0"
+
+from . import params as _params  # noqa: E402
 from .enqueue import run_in_worker_many
 from .exceptions import (
     ConfigurationError,
