@@ -137,6 +137,15 @@ result = Table(
     Index("ix_jobtable_result_ended_at", "ended_at"),
     Index("ix_jobtable_result_status", "status", "ended_at"),
     Index("ix_jobtable_result_task_name", "task_name", "ended_at"),
+    # Dashboard: the queue filter of the results list, and the "retried" count
+    # (a small partial index: only attempts that were retried).
+    Index("ix_jobtable_result_queue", "queue", "ended_at"),
+    Index(
+        "ix_jobtable_result_retried",
+        "ended_at",
+        postgresql_where=text("retried"),
+        sqlite_where=text("retried"),
+    ),
 )
 
 worker = Table(

@@ -90,6 +90,9 @@ def upgrade() -> None:
     op.create_index("ix_jobtable_result_ended_at", "jobtable_result", ["ended_at"])
     op.create_index("ix_jobtable_result_status", "jobtable_result", ["status", "ended_at"])
     op.create_index("ix_jobtable_result_task_name", "jobtable_result", ["task_name", "ended_at"])
+    # Dashboard: the queue filter of the results list, and the "retried" count.
+    op.create_index("ix_jobtable_result_queue", "jobtable_result", ["queue", "ended_at"])
+    op.create_index("ix_jobtable_result_retried", "jobtable_result", ["ended_at"], **_partial("retried"))
 
     op.create_table(
         "jobtable_worker",
