@@ -62,8 +62,15 @@ def drop_pg_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_sqlite_serial = 0
+
+
 def sqlite_path(tmpdir: Path, name: str) -> Path:
-    path = tmpdir / f"{name}.sqlite3"
+    """A new SQLite file for each fresh start: a process still holding the
+    previous file open (a pooled connection) can never write into the new one."""
+    global _sqlite_serial
+    _sqlite_serial += 1
+    path = tmpdir / f"{name}-{_sqlite_serial}.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     return path

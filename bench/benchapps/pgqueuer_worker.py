@@ -10,7 +10,7 @@ import asyncio
 import os
 
 import psycopg
-from pgqueuer import PsycopgDriver, QueueManager
+from pgqueuer import PsycopgDriver, Queries, QueueManager
 from pgqueuer.models import Job
 
 from .record import record
@@ -18,7 +18,7 @@ from .record import record
 
 async def main() -> None:
     conn = await psycopg.AsyncConnection.connect(os.environ["BENCH_PG_DSN"], autocommit=True)
-    qm = QueueManager(PsycopgDriver(conn))
+    qm = QueueManager(Queries(PsycopgDriver(conn)))
 
     @qm.entrypoint("noop")
     async def noop(job: Job) -> None:

@@ -26,6 +26,8 @@ class CeleryJobtable(CeleryBase):
         from jobtable.db import engine as db_engine
         from jobtable.db.migrate import upgrade
 
+        self.close()
+        db_engine.reset_engines()  # the transport's engines point at the previous database
         if self.backend == "postgresql":
             harness.create_pg_database("bench_celery_jt")
         else:
@@ -63,6 +65,8 @@ class CelerySqla(CeleryBase):
         return "sqla+" + harness.pg_url(self.db)
 
     def fresh(self) -> None:
+        self.close()
+        dispose_kombu_sqla_engines()
         harness.create_pg_database(self.db)
         self.conn: Any = psycopg.connect(harness.pg_conninfo(self.db), autocommit=True)
         self.make_app()
@@ -84,5 +88,16 @@ class CelerySqla(CeleryBase):
 
     def cleanup(self) -> None:
         self.close()
+        dispose_kombu_sqla_engines()
         self.conn.close()
         harness.drop_pg_database(self.db)
+
+
+def dispose_kombu_sqla_engines() -> None:
+    """Kombu's SQLAlchemy transport caches its engines in a class attribute,
+    for the life of the process: drop them before the database is recreated."""
+    from kombu.transport.sqlalchemy import Channel
+
+    for engine, _session in list(Channel._engines.values()):
+        engine.dispose()
+    Channel._engines.clear()

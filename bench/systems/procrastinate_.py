@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,14 @@ class Procrastinate(System):
         self.conn: Any = None
 
     def fresh(self) -> None:
-        from procrastinate import PsycopgConnector
-
-        from benchapps.procrastinate_app import app
-
         self.close()
         harness.create_pg_database(DB)
         self.conn = psycopg.connect(harness.pg_conninfo(DB), autocommit=True)
-        self.app = app.with_connector(PsycopgConnector(conninfo=harness.pg_conninfo(DB)))
+        # The app reads its DSN at import; the database name never changes.
+        os.environ["BENCH_PG_DSN"] = harness.pg_conninfo(DB)
+        from benchapps.procrastinate_app import app
+
+        self.app = app
         self.loop.run_until_complete(self.app.open_async())
         self.loop.run_until_complete(self.app.schema_manager.apply_schema_async())
         self.noop = self.app.tasks["noop"]
