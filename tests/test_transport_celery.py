@@ -1,0 +1,148 @@
+"""Real ``celery worker`` processes on the jobtable broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobtable.db import tables
+
+from .transport_helpers import rows, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], record: Path, pool: str, queues: str = "celery", extra: tuple[str, ...] = ()) -> None:
+        self.record = record
+        self.env = env
+        # A file, not a pipe: a worker must never block on a full pipe.
+        self.log = record.with_name(f"worker-{pool}.log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.transport_celery_app", "worker",
+             "-P", pool, "-c", "2", "-Q", queues, "-l", "warning", "-n", f"w{os.getpid()}-{pool}@%h", *extra],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("w"), text=True,
+        )
+        wait_for(lambda: self.proc.poll() is not None or "READY" in self.text(), timeout=30, what="worker ready")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def text(self) -> str:
+        return self.record.read_text() if self.record.exists() else ""
+
+    def lines(self, kind: str) -> list[list[str]]:
+        return [line.split()[1:] for line in self.text().splitlines() if line.split()[0] == kind]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Shown by pytest when the test fails.
+        print(self.log.read_text()[-5000:], file=sys.stderr)
+
+
+@pytest.fixture
+def celery_env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    env = dict(subprocess_env)
+    env["JT_RECORD"] = str(tmp_path / "record.txt")
+    os.environ["JT_RECORD"] = env["JT_RECORD"]
+    return env
+
+
+@pytest.fixture
+def app(celery_env: dict[str, str]) -> Iterator[object]:
+    os.environ["JOBTABLE_DATABASE_URL"] = celery_env["JOBTABLE_DATABASE_URL"]
+    from tests import transport_celery_app
+
+    celery_app = transport_celery_app.app
+    _reset_pools(celery_app)
+    celery_app.conf.broker_url = "jobtable+" + celery_env["JOBTABLE_DATABASE_URL"]
+    yield transport_celery_app
+    _reset_pools(celery_app)
+
+
+def _reset_pools(celery_app: Any) -> None:
+    # The module is imported once per test process; each test has its own
+    # database, so connections of the previous one must go.
+    from kombu import pools
+
+    pools.reset()  # Kombu's global producer pools, keyed by connection
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: object, pool: str) -> None:
+    mod = app  # tests.transport_celery_app
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), pool, queues="celery,other")
+    try:
+        now = datetime.now(timezone.utc)
+        mod.note.delay("delay")
+        mod.note.apply_async(("queued",), queue="other")
+        mod.note.apply_async(("prio",), priority=7)
+        late = mod.note.apply_async(("countdown",), countdown=1.5)
+        mod.note.apply_async(("eta",), eta=now + timedelta(seconds=1.5))
+        mod.note.apply_async(("expired",), expires=now - timedelta(seconds=5))
+        mod.flaky.delay("f", 2)
+        mod.RecordJob("from-job-api").run_in_worker(queue="celery")
+        # The countdown/eta messages wait in the table, not in the worker.
+        wait_for(lambda: {"delay", "queued", "prio"} <= {t[0] for t in worker.lines("note")}, what="immediate tasks")
+        scheduled = [r for r in rows(db_url) if r.task_id == late.id]
+        assert scheduled and scheduled[0].state == tables.SCHEDULED
+        try:
+            wait_for(lambda: {"countdown", "eta"} <= {t[0] for t in worker.lines("note")}, what="delayed tasks")
+        except AssertionError:
+            print([(r.id, r.queue, r.state, r.run_at, r.worker_id) for r in rows(db_url)], worker.text())
+            raise
+        assert datetime.now(timezone.utc) >= now + timedelta(seconds=1.5)
+        wait_for(lambda: worker.lines("flaky"), what="retried task")
+        assert worker.lines("flaky") == [["f", "2"]]
+        assert [r[1] for r in worker.lines("retry")] == ["0", "1"]
+        wait_for(lambda: worker.lines("job") == [["from-job-api"]], what="Job run by Celery")
+        assert "expired" not in {t[0] for t in worker.lines("note")}
+        wait_for(lambda: not [r for r in rows(db_url) if r.queue in ("celery", "other")], what="queue drained")
+    finally:
+        worker.stop()
+
+
+def test_celery_priority_order(db_url: str, celery_env: dict[str, str], app: object) -> None:
+    mod = app
+    for priority, tag in [(0, "p0"), (9, "p9"), (3, "p3"), (9, "p9b")]:
+        mod.note.apply_async((tag,), priority=priority)
+    env = dict(celery_env, JT_PREFETCH="1")
+    worker = Worker(env, Path(celery_env["JT_RECORD"]), "solo")
+    try:
+        wait_for(lambda: len(worker.lines("note")) == 4, what="four tasks")
+        assert [t[0] for t in worker.lines("note")] == ["p9", "p9b", "p3", "p0"]
+    finally:
+        worker.stop()
+
+
+def test_celery_inspect_ping_and_revoke(db_url: str, celery_env: dict[str, str], app: object) -> None:
+    mod = app
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), "threads")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.transport_celery_app", "inspect", "ping", "--timeout", "5"],
+            env=celery_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert "pong" in out.stdout, out.stdout + out.stderr
+        doomed = mod.note.apply_async(("revoked",), countdown=1.0)
+        mod.app.control.revoke(doomed.id)
+        mod.note.apply_async(("after",), countdown=1.5)
+        wait_for(lambda: worker.lines("note"), what="the later task")
+        assert [t[0] for t in worker.lines("note")] == ["after"]
+        wait_for(lambda: not [r for r in rows(db_url) if r.queue == "celery"], what="revoked message consumed")
+    finally:
+        worker.stop()
