@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, literal, or_, select, text, union_all, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -102,25 +102,47 @@ REQUEST_COLUMNS = [c for c in request.c if c.name != "message"]
 RESULT_COLUMNS = [c for c in result.c if c.name not in ("message", "traceback", "return_value", "meta")]
 
 
+def pending_queues(conn: Connection) -> list[str]:
+    """Queues that have pending jobs: a skip scan of the claim index (one
+    index probe per queue, however many jobs wait)."""
+    first = select(func.min(request.c.queue).label("queue")).where(request.c.state == tables.PENDING)
+    walk = first.cte("pending_queues", recursive=True)
+    following = (
+        select(func.min(request.c.queue))
+        .where(request.c.state == tables.PENDING, request.c.queue > walk.c.queue)
+        .scalar_subquery()
+    )
+    walk = walk.union_all(select(following).where(walk.c.queue.is_not(None)))
+    return [q for q in conn.execute(select(walk.c.queue)).scalars() if q is not None]
+
+
 def pending_page(
     conn: Connection, *, queue: str | None, task_name: str | None, cursor: str | None, limit: int = PAGE_SIZE
 ) -> Page:
-    """Pending jobs in claim order (priority, then age): the claim index."""
-    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.PENDING)
-    if queue:
-        stmt = stmt.where(request.c.queue == queue)
-    if task_name:
-        stmt = stmt.where(request.c.task_name == task_name)
+    """Pending jobs in claim order (priority, then age).
+
+    The claim index is per queue, so without a queue filter each queue's
+    first rows are read through it and merged here, as the claim does,
+    rather than sorting every pending job.
+    """
     after = decode_int_cursor(cursor)
-    if after is not None:
-        # Sorted by priority DESC, id ASC: rows after (p, i) have a lower
-        # priority, or the same priority and a larger id.
-        p, i = after
-        stmt = stmt.where(
-            and_(request.c.priority <= p, or_(request.c.priority < p, request.c.id > i))
-        )
-    stmt = stmt.order_by(request.c.priority.desc(), request.c.id)
-    return _page(conn, stmt, limit, lambda r: encode_cursor(r.priority, r.id))
+    queues = [queue] if queue else pending_queues(conn)
+    rows: list[Row[Any]] = []
+    for name in queues:
+        stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.PENDING, request.c.queue == name)
+        if task_name:
+            stmt = stmt.where(request.c.task_name == task_name)
+        if after is not None:
+            # Sorted by priority DESC, id ASC: rows after (p, i) have a lower
+            # priority, or the same priority and a larger id.
+            p, i = after
+            stmt = stmt.where(and_(request.c.priority <= p, or_(request.c.priority < p, request.c.id > i)))
+        stmt = stmt.order_by(request.c.priority.desc(), request.c.id).limit(limit + 1)
+        rows.extend(conn.execute(stmt))
+    rows.sort(key=lambda r: (-r.priority, r.id))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(rows[-1].priority, rows[-1].id) if more and rows else None)
 
 
 def scheduled_page(
@@ -240,36 +262,32 @@ def _as_utc(value: Any) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def status_counts(conn: Connection, since: datetime) -> dict[str, int]:
-    """Results per status that ended after ``since`` (index (status, ended_at))."""
-    counts = {status: 0 for status in tables.RESULT_STATUSES}
-    for status in tables.RESULT_STATUSES:
-        # One indexed range count per status rather than a GROUP BY, which
-        # would read the whole window through the ended_at index.
-        stmt = select(func.count()).where(result.c.status == status, result.c.ended_at >= since)
-        counts[status] = int(conn.execute(stmt).scalar_one())
-    return counts
-
-
-def retried_count(conn: Connection, since: datetime) -> int:
-    """Attempts in the window that were followed by a retry.  Only failed
-    attempts are retried, so the (status, ended_at) index bounds the scan."""
-    stmt = select(func.count()).where(
-        result.c.status.in_([tables.ERRORED, tables.LOST, tables.DEFERRED, tables.CANCELLED]),
-        result.c.ended_at >= since,
-        result.c.retried.is_(True),
-    )
-    return int(conn.execute(stmt).scalar_one())
-
-
 @dataclass
 class Bucket:
     start: datetime
     end: datetime
-    successful: int = 0
-    failed: int = 0
+    #: Results per status that ended in the bucket.
+    counts: dict[str, int] = field(default_factory=dict)
+    #: Attempts that ended in the bucket and were followed by a retry.
+    retried: int = 0
     #: Median queue wait (seconds) of a sample of the bucket's results.
     wait: float | None = None
+
+    @property
+    def successful(self) -> int:
+        return self.counts.get(tables.SUCCESSFUL, 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(tables.ERRORED, 0) + self.counts.get(tables.LOST, 0)
+
+
+def window_totals(buckets: Sequence[Bucket]) -> tuple[dict[str, int], int]:
+    """Results per status, and retried attempts, over all ``buckets``: the
+    overview's cards count the chart's buckets, so a refresh only counts the
+    open bucket (closed ones come from the cache)."""
+    counts = {status: sum(b.counts.get(status, 0) for b in buckets) for status in tables.RESULT_STATUSES}
+    return counts, sum(b.retried for b in buckets)
 
 
 #: Closed buckets never change (results are written with ended_at = now), so
@@ -282,32 +300,30 @@ WAIT_SAMPLE = 200
 
 
 def buckets(conn: Connection, *, now: datetime, window: timedelta, count: int = 24) -> list[Bucket]:
-    """Throughput (successful and failed per bucket) and queue wait over time."""
+    """Results per status and queue wait over ``window``, in ``count``
+    buckets; the last one ends after ``now`` (edges are aligned so that closed
+    buckets keep their cache key), so they cover the window rounded up to a
+    bucket."""
     step = window / count
     # Align bucket edges to the step so closed buckets keep the same key.
     epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
     end = epoch + step * ((now - epoch) // step + 1)
     start = end - step * count
     db = str(conn.engine.url)
-    out: list[Bucket] = []
-    for i in range(count):
-        b_start, b_end = start + step * i, start + step * (i + 1)
-        key = (db, b_start, b_end)
-        cached = _bucket_cache.get(key)
-        if cached is not None:
-            out.append(cached)
-            continue
-        bucket = _compute_bucket(conn, b_start, b_end)
+    edges = [(start + step * i, start + step * (i + 1)) for i in range(count)]
+    found = {edge: _bucket_cache.get((db, *edge)) for edge in edges}
+    missing = [edge for edge, bucket in found.items() if bucket is None]
+    for bucket in _compute_buckets(conn, missing):
+        found[(bucket.start, bucket.end)] = bucket
         # A bucket is closed once its end is a little in the past (late
         # commits of results that ended just before the edge).
-        if b_end < now - timedelta(seconds=30):
+        if bucket.end < now - timedelta(seconds=30):
             with _bucket_lock:
                 if len(_bucket_cache) >= _BUCKET_CACHE_MAX:
                     for old in sorted(_bucket_cache)[: _BUCKET_CACHE_MAX // 4]:
                         del _bucket_cache[old]
-                _bucket_cache[key] = bucket
-        out.append(bucket)
-    return out
+                _bucket_cache[(db, bucket.start, bucket.end)] = bucket
+    return [found[edge] for edge in edges]  # type: ignore[misc]
 
 
 def clear_cache() -> None:
@@ -315,18 +331,47 @@ def clear_cache() -> None:
         _bucket_cache.clear()
 
 
-def _compute_bucket(conn: Connection, start: datetime, end: datetime) -> Bucket:
-    in_bucket = (result.c.ended_at >= start, result.c.ended_at < end)
-    bucket = Bucket(start, end)
-    for status in (tables.SUCCESSFUL, tables.ERRORED, tables.LOST):
-        n = int(conn.execute(select(func.count()).where(result.c.status == status, *in_bucket)).scalar_one())
-        if status == tables.SUCCESSFUL:
-            bucket.successful = n
-        else:
-            bucket.failed += n
+def _compute_buckets(conn: Connection, edges: Sequence[tuple[datetime, datetime]]) -> list[Bucket]:
+    """Counts of several buckets in one statement: per bucket and status an
+    index-only range count on (status, ended_at), and the retried count on
+    the partial index (the bare column matches its ``WHERE retried`` on both
+    dialects).  No GROUP BY: that would read every row's status from the table."""
+    if not edges:
+        return []
+    from ..db.types import UTCDateTime
+
+    spans = union_all(
+        *[
+            select(
+                literal(a, UTCDateTime()).label("b_start"), literal(b, UTCDateTime()).label("b_end")
+            )
+            for a, b in edges
+        ]
+    ).subquery("spans")
+    in_span = (result.c.ended_at >= spans.c.b_start, result.c.ended_at < spans.c.b_end)
+    columns = [
+        select(func.count()).where(result.c.status == status, *in_span).scalar_subquery().label(status.lower())
+        for status in tables.RESULT_STATUSES
+    ]
+    columns.append(
+        select(func.count()).where(text("jobtable_result.retried"), *in_span).scalar_subquery().label("retried")
+    )
+    out = []
+    by_start = {a: (a, b) for a, b in edges}
+    for row in conn.execute(select(spans.c.b_start, *columns)):
+        start, end = by_start[_as_utc(row.b_start)]
+        bucket = Bucket(start, end, {s: int(row._mapping[s.lower()]) for s in tables.RESULT_STATUSES}, int(row.retried))
+        bucket.wait = _median_wait(conn, start, end) if bucket.successful else None
+        out.append(bucket)
+    return out
+
+
+def _median_wait(conn: Connection, start: datetime, end: datetime) -> float | None:
+    """Median wait between enqueue and start of the bucket's last
+    ``WAIT_SAMPLE`` successful results (a bounded sample, via the index)."""
     sample = conn.execute(
-        select(result.c.requested_at, result.c.started_at, result.c.attempt)
-        .where(*in_bucket, result.c.status == tables.SUCCESSFUL)
+        select(result.c.requested_at, result.c.started_at)
+        .where(result.c.status == tables.SUCCESSFUL, result.c.ended_at >= start, result.c.ended_at < end)
         .order_by(result.c.ended_at.desc())
         .limit(WAIT_SAMPLE)
     )
@@ -335,9 +380,7 @@ def _compute_bucket(conn: Connection, start: datetime, end: datetime) -> Bucket:
         for r in sample
         if r.started_at is not None and r.requested_at is not None
     )
-    if waits:
-        bucket.wait = max(0.0, waits[len(waits) // 2])
-    return bucket
+    return max(0.0, waits[len(waits) // 2]) if waits else None
 
 
 # -- workers ----------------------------------------------------------------------

@@ -154,12 +154,10 @@ def overview(request: Request) -> Response:
     window_name = _arg(request, "window", WINDOWS) or DEFAULT_WINDOW
     window = WINDOWS[window_name]
     now = formatting.utcnow()
-    since = now - window
     with reading(request) as conn:
         depths = queries.queue_depths(conn)
-        counts = queries.status_counts(conn, since)
-        retried = queries.retried_count(conn, since)
         buckets = queries.buckets(conn, now=now, window=window)
+    counts, retried = queries.window_totals(buckets)
     totals = {
         "pending": sum(q.pending for q in depths),
         "scheduled": sum(q.scheduled for q in depths),
