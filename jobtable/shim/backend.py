@@ -33,37 +33,18 @@ from celery.result import GroupResult, allow_join_result, result_from_tuple
 from celery.utils.log import get_logger
 from kombu.utils.url import maybe_sanitize_url
 
-from .. import params
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import store, tables
 from ..db.notify import Listener
 from ..exceptions import ConfigurationError
 
+# The state mapping is shared with the Celery-free AsyncResult (states.py).
+from .states import CELERY_STATE, JOBTABLE_STATUS, STARTED  # noqa: F401  (re-exported)
+from .states import meta_of as _shared_meta_of
+from .states import task_meta as _shared_task_meta
+
 logger = get_logger(__name__)
-
-#: Status of an attempt a Celery worker has started (task_track_started).
-STARTED = "STARTED"
-
-#: jobtable result status -> Celery state of a finished attempt.
-CELERY_STATE = {
-    tables.SUCCESSFUL: states.SUCCESS,
-    tables.ERRORED: states.FAILURE,
-    tables.LOST: states.FAILURE,
-    tables.CANCELLED: states.REVOKED,
-    STARTED: states.STARTED,
-}
-#: Celery state -> jobtable result status.
-JOBTABLE_STATUS = {
-    states.SUCCESS: tables.SUCCESSFUL,
-    states.FAILURE: tables.ERRORED,
-    states.RETRY: tables.ERRORED,
-    states.REVOKED: tables.CANCELLED,
-    # A Celery worker acks before it runs a task (unless acks_late), so the
-    # request row is gone while it runs: with task_track_started, the attempt's
-    # result row says STARTED until the final state replaces it.
-    states.STARTED: STARTED,
-}
 
 
 class JobtableBackend(BaseBackend):
@@ -158,55 +139,10 @@ class JobtableBackend(BaseBackend):
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         with self._connect() as conn, conn.begin():
             found = db_results.job_state(conn, task_id)
-        newest, active = found.result, found.active
-        if active is not None and (newest is None or active.attempt > newest.attempt):
-            if active.state == tables.RUNNING:
-                state = states.STARTED
-            elif active.attempt > 1:
-                state = states.RETRY
-            else:
-                state = states.PENDING
-            previous = self._meta_of(newest)["result"] if newest is not None else None
-            return {"task_id": task_id, "status": state, "result": previous, "traceback": None, "children": []}
-        if newest is None:
-            return {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
-        return self._meta_of(newest)
+        return _shared_task_meta(task_id, found, self.decode, self.meta_from_decoded)
 
     def _meta_of(self, row: Any) -> dict[str, Any]:
-        if row.meta:
-            meta = self.decode(row.meta)
-            # A failed attempt that was retried later (e.g. `jobtable retry`).
-            if row.retried and meta.get("status") == states.FAILURE:
-                meta["status"] = states.RETRY
-            return self.meta_from_decoded(meta)
-        # Written by the native worker: rebuild Celery's view from the columns.
-        status = CELERY_STATE.get(row.status, states.PENDING)
-        if row.retried and status == states.FAILURE:
-            status = states.RETRY
-        result: Any = None
-        if status == states.SUCCESS and row.return_value is not None:
-            result = params.decode(json.loads(row.return_value))
-        elif status in (states.FAILURE, states.RETRY, states.REVOKED):
-            module, _, name = (row.error_type or "").rpartition(".")
-            if status == states.REVOKED and not name:
-                module, name = "celery.exceptions", "TaskRevokedError"
-            result = {
-                "exc_type": name or "Exception",
-                "exc_module": module or "builtins",
-                "exc_message": [row.error_message or row.status],
-            }
-        return {
-            "task_id": row.task_id,
-            "status": status,
-            "result": result,
-            "traceback": row.traceback,
-            "children": [],
-            "date_done": row.ended_at,
-            "name": row.task_name,
-            "queue": row.queue,
-            "worker": row.worker_id,
-            "retries": row.attempt - 1,
-        }
+        return _shared_meta_of(row, self.decode, self.meta_from_decoded)
 
     def wait_for(
         self,
