@@ -145,6 +145,26 @@ class Worker:
             return ""
 
 
+def group_cpu_seconds(workers: list[Worker]) -> float:
+    """User+system CPU seconds used so far by every live process of the
+    workers' process groups (less sensitive to other load than wall time)."""
+    groups = {w.proc.pid for w in workers if w.proc is not None}
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After "pid (comm)": state ppid pgrp ... utime(12th) stime(13th)
+        if int(fields[2]) in groups:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def start_workers(commands: list[list[str]], env: dict[str, str], logdir: Path, name: str) -> list[Worker]:
     return [
         Worker(cmd, env, logdir / f"{name}-{i}.log").start() for i, cmd in enumerate(commands)

@@ -100,14 +100,19 @@ def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
         # First progress: tells worker start-up apart from draining.
         first = harness.wait_until(lambda: system.remaining() < n, timeout=min(timeout, 120), interval=0.002,
                                    what="the first job to finish", workers=workers)
+        cpu_first = harness.group_cpu_seconds(workers)
         done = harness.wait_until(lambda: system.remaining() == 0, timeout=timeout, interval=0.005,
                                   what=f"{n} jobs to finish", workers=workers)
+        cpu_done = harness.group_cpu_seconds(workers)
     finally:
         harness.stop_workers(workers)
     total = done - started
     steady = done - first
     return Result(system.name, system.backend, "drain", n / steady, "jobs/s",
-                  {"n": n, "from_start": n / total, "startup_s": first - started, "seconds": total})
+                  {"n": n, "from_start": n / total, "startup_s": first - started, "seconds": total,
+                   # CPU of the worker processes per job while draining (exited
+                   # children are not counted: none exit during a drain).
+                   "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6})
 
 
 def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: Path) -> Result:
@@ -191,8 +196,8 @@ def report(results: list[Result]) -> str:
     rows = sorted({(r.backend, r.system) for r in results if not r.scenario.startswith("claim")},
                   key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
     lines.append("| system | database | single enqueue (jobs/s) | bulk enqueue (jobs/s) | drain 10k, 2 procs (jobs/s) "
-                 "| drain incl. start-up (jobs/s) | latency p50 (ms) | latency p99 (ms) |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+                 "| drain incl. start-up (jobs/s) | worker CPU per job (us) | latency p50 (ms) | latency p99 (ms) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(r: Result | None, key: str | None = None, digits: int = 0) -> str:
         if r is None:
@@ -206,7 +211,7 @@ def report(results: list[Result]) -> str:
         b = find(results, system, backend, "bulk")
         d = find(results, system, backend, "drain")
         lat = find(results, system, backend, "latency")
-        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} "
+        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} | {cell(d, 'worker_cpu_us_per_job')} "
                      f"| {cell(lat, 'p50', 1)} | {cell(lat, 'p99', 1)} |")
     claims = [r for r in results if r.scenario.startswith("claim")]
     if claims:
@@ -221,6 +226,8 @@ def report(results: list[Result]) -> str:
             ratio = r.value / base.value if base and base.value else None
             lines.append(f"| {r.extra['case']} (batch {r.extra['batch']}) | {r.backend} | {r.extra['p50']:.2f} "
                          f"| {r.extra['p90']:.2f} | {fmt(ratio, 2)}x | {r.extra['promote_ms']:.2f} |")
+    lines.append("")
+    lines.append(targets(results))
     errors = [r for r in results if r.error and not r.error.startswith("n/a")]
     if errors:
         lines.append("")
@@ -228,6 +235,56 @@ def report(results: list[Result]) -> str:
         for r in errors:
             lines.append(f"- {r.system} / {r.backend} / {r.scenario}: {r.error.splitlines()[0] if r.error else ''}")
     return "\n".join(lines)
+
+
+def targets(results: list[Result]) -> str:
+    """The targets of issues 3 and 5 next to the figures of this run."""
+
+    def value(system: str, backend: str, scenario: str, key: str | None = None) -> float | None:
+        r = find(results, system, backend, scenario)
+        if r is None or r.error:
+            return None
+        return r.extra.get(key) if key else r.value
+
+    pg, lite = "postgresql", "sqlite"
+    jt, jtt = "jobtable", "celery+jobtable-transport"
+    rows: list[tuple[str, str, float | None, float | None, bool]] = []  # what, target, figure, bound, higher-is-better
+
+    def add(what: str, figure: float | None, bound: float | None, target: str, higher: bool = True) -> None:
+        rows.append((what, target, figure, bound, higher))
+
+    def times(a: float | None, k: float) -> float | None:
+        return None if a is None else a * k
+
+    add("PostgreSQL single enqueue (jobs/s)", value(jt, pg, "enqueue"), 4000, ">= 4,000")
+    add("PostgreSQL bulk enqueue (jobs/s)", value(jt, pg, "bulk"), 100_000, ">= 100,000")
+    add("PostgreSQL drain, 2 processes (jobs/s)", value(jt, pg, "drain"), 10_000, ">= 10,000")
+    add("drain vs 3x pgqueuer (jobs/s)", value(jt, pg, "drain"), times(value("pgqueuer", pg, "drain"), 3), ">= 3x pgqueuer")
+    add("drain vs 8x Celery+Redis (jobs/s)", value(jt, pg, "drain"), times(value("celery+redis", pg, "drain"), 8),
+        ">= 8x Celery+Redis")
+    add("PostgreSQL latency p50 (ms)", value(jt, pg, "latency", "p50"), 2.5, "<= 2.5", higher=False)
+    add("PostgreSQL latency p99 (ms)", value(jt, pg, "latency", "p99"), 5.0, "<= 5", higher=False)
+    base = value(jt, pg, "claim: 1k pending")
+    for r in results:
+        if r.system == jt and r.backend == pg and r.scenario.startswith("claim:") and ("1M" in r.scenario):
+            add(f"claim, {r.extra['case']} (ms)", r.value, times(base, 1.5), "<= 1.5x claim at 1k", higher=False)
+    add("SQLite single enqueue (jobs/s)", value(jt, lite, "enqueue"), 3000, ">= 3,000")
+    add("SQLite drain (jobs/s)", value(jt, lite, "drain"), 3000, ">= 3,000")
+    add("Celery over jobtable transport: drain vs 0.9x Celery+Redis (jobs/s)", value(jtt, pg, "drain"),
+        times(value("celery+redis", pg, "drain"), 0.9), ">= 0.9x Celery+Redis")
+    add("Celery over jobtable transport: drain vs 4x Kombu SQLAlchemy (jobs/s)", value(jtt, pg, "drain"),
+        times(value("celery+kombu-sqla", pg, "drain"), 4), ">= 4x Kombu SQLAlchemy")
+    add("Celery over jobtable transport: latency p50 (ms)", value(jtt, pg, "latency", "p50"), 10, "<= 10", higher=False)
+
+    out = ["| target (issues 3 and 5) | target | this run | needed | met? |", "|---|---|---:|---:|:---:|"]
+    for what, target, figure, bound, higher in rows:
+        if figure is None or bound is None:
+            verdict = "not measured"
+        else:
+            verdict = "met" if (figure >= bound if higher else figure <= bound) else "**missed**"
+        digits = 2 if not higher else 0
+        out.append(f"| {what} | {target} | {fmt(figure, digits)} | {fmt(bound, digits)} | {verdict} |")
+    return "\n".join(out)
 
 
 def machine() -> str:
@@ -307,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             system = cls(backend, tmpdir)
             for scenario in args.scenarios:
+                if scenario == "claim" and not hasattr(system, "time_claim"):
+                    continue  # measured for jobtable only
                 print(f"[{time.perf_counter() - t_run:6.0f}s] {system.name} / {backend} / {scenario}", file=sys.stderr, flush=True)
                 try:
                     if scenario == "enqueue":
