@@ -165,6 +165,23 @@ def group_cpu_seconds(workers: list[Worker]) -> float:
     return total / ticks
 
 
+def _proc_cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except OSError:
+        return 0
+
+
+def pg_backend_cpu_seconds(dbname: str) -> float:
+    """CPU seconds used so far by the PostgreSQL backends connected to
+    ``dbname`` (the server runs on this machine: its processes are in /proc)."""
+    with psycopg.connect(pg_conninfo("postgres"), autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,))]
+    return sum(_proc_cpu_ticks(pid) for pid in pids) / os.sysconf("SC_CLK_TCK")
+
+
 def start_workers(commands: list[list[str]], env: dict[str, str], logdir: Path, name: str) -> list[Worker]:
     return [
         Worker(cmd, env, logdir / f"{name}-{i}.log").start() for i, cmd in enumerate(commands)

@@ -1,8 +1,8 @@
-"""Profile a jobtable worker while it drains: py-spy samples every process of
+"""Profile a worker (jobtable's by default; any system of run.py) while it drains: py-spy samples every process of
 the worker (supervisor and pool members) and this prints the functions where
 the members spend their time.
 
-    bench/.venv/bin/python bench/profile_worker.py [--backend postgresql|sqlite] [-n 40000] [--seconds 4]
+    bench/.venv/bin/python bench/profile_worker.py [--system celery-jobtable] [--backend postgresql|sqlite] [-n 40000] [--seconds 4]
 
 Writes the raw collapsed stacks next to the summary (path printed), for
 flame graphs (``py-spy`` raw format / speedscope).
@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from systems.jobtable_native import JobtableNative  # noqa: E402
 
 
 def summarize(raw: Path, top: int) -> str:
@@ -51,6 +50,7 @@ def summarize(raw: Path, top: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--system", default="jobtable", help="a --systems name of run.py (default jobtable)")
     parser.add_argument("--backend", default="postgresql", choices=("postgresql", "sqlite"))
     parser.add_argument("-n", type=int, default=40_000)
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -59,7 +59,9 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = harness.tmpdir()
-    system = JobtableNative(args.backend, tmp)
+    from run import system_classes
+
+    system = system_classes()[args.system]()(args.backend, tmp)
     system.fresh()
     system.fill(args.n)
     workers = system.start_workers(tmp)

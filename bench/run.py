@@ -101,9 +101,12 @@ def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
         first = harness.wait_until(lambda: system.remaining() < n, timeout=min(timeout, 120), interval=0.002,
                                    what="the first job to finish", workers=workers)
         cpu_first = harness.group_cpu_seconds(workers)
+        db = getattr(system, "pg_database", None) if system.backend == "postgresql" else None
+        db_first = harness.pg_backend_cpu_seconds(db) if db else 0.0
         done = harness.wait_until(lambda: system.remaining() == 0, timeout=timeout, interval=0.005,
                                   what=f"{n} jobs to finish", workers=workers)
         cpu_done = harness.group_cpu_seconds(workers)
+        db_done = harness.pg_backend_cpu_seconds(db) if db else 0.0
     finally:
         harness.stop_workers(workers)
     total = done - started
@@ -112,7 +115,10 @@ def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
                   {"n": n, "from_start": n / total, "startup_s": first - started, "seconds": total,
                    # CPU of the worker processes per job while draining (exited
                    # children are not counted: none exit during a drain).
-                   "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6})
+                   "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6,
+                   # CPU of the PostgreSQL backends of the system's database per
+                   # job (the harness's own polling connection included).
+                   "db_cpu_us_per_job": (db_done - db_first) / n * 1e6 if db else None})
 
 
 def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: Path) -> Result:
@@ -196,8 +202,9 @@ def report(results: list[Result]) -> str:
     rows = sorted({(r.backend, r.system) for r in results if not r.scenario.startswith("claim")},
                   key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
     lines.append("| system | database | single enqueue (jobs/s) | bulk enqueue (jobs/s) | drain 10k, 2 procs (jobs/s) "
-                 "| drain incl. start-up (jobs/s) | worker CPU per job (us) | latency p50 (ms) | latency p99 (ms) |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                 "| drain incl. start-up (jobs/s) | worker CPU per job (us) | PostgreSQL CPU per job (us) "
+                 "| latency p50 (ms) | latency p99 (ms) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(r: Result | None, key: str | None = None, digits: int = 0) -> str:
         if r is None:
@@ -211,7 +218,7 @@ def report(results: list[Result]) -> str:
         b = find(results, system, backend, "bulk")
         d = find(results, system, backend, "drain")
         lat = find(results, system, backend, "latency")
-        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} | {cell(d, 'worker_cpu_us_per_job')} "
+        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} | {cell(d, 'worker_cpu_us_per_job')} | {cell(d, 'db_cpu_us_per_job')} "
                      f"| {cell(lat, 'p50', 1)} | {cell(lat, 'p99', 1)} |")
     claims = [r for r in results if r.scenario.startswith("claim")]
     if claims:

@@ -16,6 +16,7 @@ class CeleryJobtable(CeleryBase):
 
     name = "celery+jobtable-transport"
     backends = ("postgresql", "sqlite")
+    pg_database = "bench_celery_jt"
 
     def broker_url(self) -> str:
         if self.backend == "postgresql":
@@ -59,7 +60,7 @@ class CelerySqla(CeleryBase):
 
     name = "celery+kombu-sqla"
     backends = ("postgresql",)
-    db = "bench_celery_sqla"
+    db = pg_database = "bench_celery_sqla"
 
     def broker_url(self) -> str:
         return "sqla+" + harness.pg_url(self.db)

@@ -26,6 +26,7 @@ QUEUE = "bench"
 class JobtableNative(System):
     name = "jobtable"
     backends = ("postgresql", "sqlite")
+    pg_database = "bench_jobtable"
 
     def __init__(self, backend: str, tmpdir: Path) -> None:
         super().__init__(backend, tmpdir)

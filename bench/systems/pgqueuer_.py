@@ -18,6 +18,7 @@ DB = "bench_pgqueuer"
 class Pgqueuer(System):
     name = "pgqueuer"
     backends = ("postgresql",)
+    pg_database = DB
 
     def __init__(self, backend: str, tmpdir: Path) -> None:
         super().__init__(backend, tmpdir)

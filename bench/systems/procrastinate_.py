@@ -19,6 +19,7 @@ DB = "bench_procrastinate"
 class Procrastinate(System):
     name = "procrastinate"
     backends = ("postgresql",)
+    pg_database = DB
 
     def __init__(self, backend: str, tmpdir: Path) -> None:
         super().__init__(backend, tmpdir)
