@@ -30,6 +30,9 @@
           return response.text();
         })
         .then(function (html) {
+          // The user may have started selecting rows while the request was
+          // in flight: keep their page rather than this update.
+          if (interacting()) return;
           live.innerHTML = html;
           live.dispatchEvent(new CustomEvent("jobtable:refreshed", { bubbles: true }));
           if (status) status.textContent = "updated " + new Date().toLocaleTimeString();
