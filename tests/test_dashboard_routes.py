@@ -309,13 +309,39 @@ def test_workers_live_and_stale(dash: DashboardClient) -> None:
     assert ">stale<" in page.split("native:dead", 1)[1].split("</tr>", 1)[0]
 
 
-def test_schedules_page_shows_database_state(dash: DashboardClient) -> None:
+def test_schedules_page_and_run_now(dash: DashboardClient) -> None:
+    import jobtable
+
+    jobtable.configure(schedule=[[support.NOOP, "0 9 * * *"]])
+    from jobtable.scheduling import schedule_entries
+
+    entry = schedule_entries()[0]
     with db_engine.connect() as conn, conn.begin():
-        conn.execute(insert(tables.schedule).values(name="nightly-report", last_slot=store.utcnow() - timedelta(hours=3),
-                                                    updated_at=store.utcnow()))
+        conn.execute(insert(tables.schedule), [
+            {"name": entry.name, "last_slot": store.utcnow() - timedelta(hours=3), "updated_at": store.utcnow()},
+            {"name": "old-entry [@daily]", "last_slot": None, "updated_at": store.utcnow()},
+        ])
     page = dash.get("/schedules").text
-    assert "nightly-report" in page and "3h 0" in page
-    assert dash.act("run-schedule", ["no-such-entry"]).status_code == 200
+    row = page.split(f"<td>{html.escape(entry.name, quote=False)}", 1)[1].split("</tr>", 1)[0]
+    assert "0 9 * * *" in row and "3h 0" in row and "in " in row  # last run 3 h ago, next run ahead
+    assert 'data-action="run-schedule"' in row
+    old = page.split("old-entry [@daily]", 1)[1].split("</tr>", 1)[0]
+    assert "not in code" in old and "data-action" not in old
+
+    confirm = dash.act("run-schedule", [entry.name], confirmed=False, next="/schedules")
+    assert "Yes, run now 1 item(s)" in confirm.text
+    assert dash.act("run-schedule", [entry.name], next="/schedules").status_code == 303
+    assert [r.task_name for r in _requests()] == [support.NOOP]
+    unknown = dash.act("run-schedule", ["no-such-entry"])
+    assert unknown.status_code == 200 and "no schedule entry is named" in unknown.text
+
+
+def test_schedules_page_survives_a_broken_setting(dash: DashboardClient) -> None:
+    import jobtable
+
+    jobtable.configure(schedule=[["no.such.module.Job", "0 9 * * *"]])
+    page = dash.get("/schedules")
+    assert page.status_code == 200 and "The schedule setting is invalid" in page.text
 
 
 def test_mounted_under_a_prefix(db_url: str) -> None:

@@ -1,20 +1,21 @@
 """The Schedules page's view of cron entries.
 
-The entries themselves are defined in code (``jobtable.scheduling``); the
+The entries are defined in code (``jobtable.scheduling.schedule_entries()``:
+JOBTABLE_SCHEDULE and ``schedule`` attributes of registered jobs); the
 database only keeps each entry's last enqueued slot (``jobtable_schedule``).
-This module joins the two and degrades to the database rows alone when the
-scheduling API is not available, so the page never fails because of it.
+This module joins the two.  A broken schedule setting shows as a note on the
+page, with the database rows alone, rather than failing it.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ..exceptions import JobtableError
 from . import queries
 
 
@@ -25,40 +26,24 @@ class Entry:
     cron: str = ""
     last_run: datetime | None = None
     next_run: datetime | None = None
-    #: The object "run now" enqueues (None: not runnable from here).
-    runnable: Any = None
+    #: False for a ledger row whose entry is no longer in code.
     known: bool = True
 
-
-def _scheduling() -> Any | None:
-    try:
-        return importlib.import_module("jobtable.scheduling")
-    except ImportError:
-        return None
+    @property
+    def runnable(self) -> bool:
+        return self.known
 
 
 def _code_entries() -> tuple[list[Any], str | None]:
-    """Entries defined in code, through whichever listing API the scheduling
-    module offers; (entries, note) where note explains an empty result."""
-    module = _scheduling()
-    if module is None:
-        return [], "The scheduling module is not installed; showing the database state only."
-    for name in ("list_entries", "entries", "get_entries", "schedule_entries", "load_entries"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            try:
-                return list(fn()), None
-            except Exception as exc:  # noqa: BLE001 - a broken schedule must not break the page
-                return [], f"Could not list schedule entries: {exc}"
-    return [], "This version of jobtable.scheduling has no entry listing; showing the database state only."
-
-
-def _attr(obj: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value() if callable(value) and name.startswith("get_") else value
-    return None
+    """(entries, note): the note explains an empty or partial listing."""
+    try:
+        from ..scheduling import schedule_entries
+    except ImportError as exc:  # pragma: no cover - only with a partial install
+        return [], f"Scheduling is unavailable ({exc}); showing the database state only."
+    try:
+        return list(schedule_entries()), None
+    except (JobtableError, ValueError) as exc:
+        return [], f"The schedule setting is invalid: {exc}"
 
 
 def entries(conn: Connection, now: datetime) -> tuple[list[Entry], str | None]:
@@ -66,26 +51,18 @@ def entries(conn: Connection, now: datetime) -> tuple[list[Entry], str | None]:
     code, note = _code_entries()
     out: list[Entry] = []
     for item in code:
-        name = str(_attr(item, "name", "key") or item)
-        state = states.pop(name, None)
-        last = _attr(item, "last_run", "last_slot") or (state.last_slot if state is not None else None)
-        next_run = _attr(item, "next_run")
-        schedule = _attr(item, "schedule")
-        if next_run is None and schedule is not None:
-            nxt = getattr(schedule, "next", None)
-            if callable(nxt):
-                try:
-                    next_run = nxt(now)
-                except Exception:  # noqa: BLE001
-                    next_run = None
+        state = states.pop(item.name, None)
+        try:
+            next_run: datetime | None = item.schedule.next(now)
+        except Exception:  # noqa: BLE001 - an unreachable slot shows as "-"
+            next_run = None
         out.append(
             Entry(
-                name=name,
-                job=str(_attr(item, "job_name", "job_path", "job") or ""),
-                cron=str(_attr(item, "cron", "expression", "schedule") or ""),
-                last_run=last,
-                next_run=next_run if isinstance(next_run, datetime) else None,
-                runnable=item if callable(getattr(item, "run_now", None)) or _attr(item, "job") is not None else None,
+                name=item.name,
+                job=item.label,
+                cron=str(item.schedule),
+                last_run=state.last_slot if state is not None else None,
+                next_run=next_run,
             )
         )
     # Rows left in the table belong to entries no longer in code.
@@ -95,19 +72,15 @@ def entries(conn: Connection, now: datetime) -> tuple[list[Entry], str | None]:
 
 
 def run_now(name: str) -> str:
-    """Enqueue entry ``name`` now; returns what was done.  Raises LookupError
-    for an unknown entry and RuntimeError when it cannot be run from here."""
+    """Enqueue entry ``name`` now, outside its schedule (its ledger is left
+    alone, so the next slot still fires).  Raises LookupError for an unknown
+    entry and RuntimeError when the job's concurrency key is taken."""
     code, note = _code_entries()
     for item in code:
-        if str(_attr(item, "name", "key") or item) != name:
+        if item.name != name:
             continue
-        method = getattr(item, "run_now", None)
-        if callable(method):
-            method()
-            return f"Enqueued {name} now."
-        job = _attr(item, "job")
-        if job is not None and callable(getattr(job, "run_in_worker", None)):
-            job.run_in_worker()
-            return f"Enqueued {name} now."
-        raise RuntimeError(f"Schedule entry {name} cannot be run from the dashboard.")
-    raise LookupError(note or f"No schedule entry named {name}.")
+        request = item.job.run_in_worker()
+        if request is None:
+            raise RuntimeError("not enqueued: a job with the same concurrency key is waiting or running")
+        return f"{name} (enqueued as {request.uuid})"
+    raise LookupError(note or f"no schedule entry is named {name!r}")
