@@ -35,7 +35,7 @@ def connect(db_url: str, **options: Any) -> Connection:
     return conn
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> T:
     """Poll ``predicate`` until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:

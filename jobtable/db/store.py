@@ -281,9 +281,16 @@ def transport_claim(
     consumer_id: str,
     now: datetime,
     lease_expires_at: datetime,
+    async_commit: bool = False,
 ) -> list[Row[Any]]:
     """Claim up to ``limit`` pending messages of ``queues`` for a consumer,
     counting the delivery (``deliveries > 1`` means redelivered)."""
+    from sqlalchemy import bindparam, case
+
+    lease: Any = lease_expires_at
+    if async_commit and conn.dialect.name == "postgresql":
+        # The claim statement is the dialect's; the switch rides in a value.
+        lease = case((_sync_commit_off(), bindparam("lease", lease_expires_at, type_=request.c.lease_expires_at.type)))
     return dialect_of(conn).claim(
         conn,
         queues,
@@ -291,10 +298,23 @@ def transport_claim(
         {
             "worker_id": consumer_id,
             "started_at": now,
-            "lease_expires_at": lease_expires_at,
+            "lease_expires_at": lease,
             "deliveries": request.c.deliveries + 1,
         },
     )
+
+
+def _sync_commit_off() -> Any:
+    """An always-true condition that turns ``synchronous_commit`` off for the
+    statement's own (autocommit) transaction on PostgreSQL: the commit does
+    not wait for the WAL flush, in one round trip.  For claims, acks and
+    requeues only: a server crash can lose one, which means a redelivery,
+    never a lost message."""
+    return func.set_config("synchronous_commit", "off", True).is_not(None)
+
+
+def _maybe_async(conn: Connection, async_commit: bool) -> tuple[Any, ...]:
+    return (_sync_commit_off(),) if async_commit and conn.dialect.name == "postgresql" else ()
 
 
 def _held(ids: Sequence[int], consumer_id: str) -> Any:
@@ -307,26 +327,35 @@ def _held(ids: Sequence[int], consumer_id: str) -> Any:
     )
 
 
-def transport_delete(conn: Connection, ids: Sequence[int], consumer_id: str) -> int:
+def transport_delete(conn: Connection, ids: Sequence[int], consumer_id: str, async_commit: bool = False) -> int:
     """Ack (or reject without requeue): the message leaves the table."""
-    return conn.execute(delete(request).where(*_held(ids, consumer_id))).rowcount
+    stmt = delete(request).where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
+    return conn.execute(stmt).rowcount
 
 
-def transport_requeue(conn: Connection, ids: Sequence[int], consumer_id: str) -> list[str]:
+def transport_requeue(
+    conn: Connection, ids: Sequence[int], consumer_id: str, async_commit: bool = False
+) -> list[str]:
     """Put held messages back to pending, in place (same row, same id, so
     they keep their place in the queue).  Returns the queues touched."""
     stmt = (
         update(request)
-        .where(*_held(ids, consumer_id))
+        .where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
         .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
         .returning(request.c.queue)
     )
     return sorted({row.queue for row in conn.execute(stmt)})
 
 
-def transport_renew(conn: Connection, ids: Sequence[int], consumer_id: str, until: datetime) -> int:
+def transport_renew(
+    conn: Connection, ids: Sequence[int], consumer_id: str, until: datetime, async_commit: bool = False
+) -> int:
     """Extend the lease of messages a live consumer still holds."""
-    stmt = update(request).where(*_held(ids, consumer_id)).values(lease_expires_at=until)
+    stmt = (
+        update(request)
+        .where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
+        .values(lease_expires_at=until)
+    )
     return conn.execute(stmt).rowcount
 
 

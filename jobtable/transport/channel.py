@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from queue import Empty
@@ -101,6 +102,9 @@ class Channel(virtual.Channel):
         # Kept past close(): QoS restores unacked messages after Kombu has
         # detached the channel from its transport.
         self._transport = connection
+        # The thread delivering a claimed batch, and the acks it made meanwhile.
+        self._batching: int | None = None
+        self._pending_acks: list[int] = []
 
     # -- database access -------------------------------------------------------------
 
@@ -166,13 +170,19 @@ class Channel(virtual.Channel):
         now = store.utcnow()
         lease = now + timedelta(seconds=transport.options.lease_seconds)
         consumer = transport.consumer_id
-        with self._write() as conn:
+        with transport.write_connection() as conn:
             rows = store.transport_claim(
-                conn, queues, limit, consumer_id=consumer, now=now, lease_expires_at=lease
+                conn,
+                queues,
+                limit,
+                consumer_id=consumer,
+                now=now,
+                lease_expires_at=lease,
+                async_commit=transport.async_commit,
             )
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
-                store.transport_delete(conn, expired, consumer)
+                store.transport_delete(conn, expired, consumer, transport.async_commit)
         return [(_payload(row), row.queue) for row in rows if row.id not in expired]
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
@@ -194,16 +204,22 @@ class Channel(virtual.Channel):
         if not claimed:
             raise Empty()
         deliver = self.connection._deliver
-        for index, (payload, queue) in enumerate(claimed):
-            try:
-                deliver(payload, queue)
-            except BaseException:
-                # Not handed to the application: give the rest back now
-                # rather than after the lease.
-                rest = [p["properties"]["delivery_tag"] for p, _ in claimed[index + 1 :]]
-                if rest:
-                    self._settle(rest, requeue=True)
-                raise
+        self._batching = threading.get_ident()
+        try:
+            for index, (payload, queue) in enumerate(claimed):
+                try:
+                    deliver(payload, queue)
+                except BaseException:
+                    # Not handed to the application: give the rest back now
+                    # rather than after the lease.
+                    rest = [p["properties"]["delivery_tag"] for p, _ in claimed[index + 1 :]]
+                    if rest:
+                        self._batching = None
+                        self._settle(rest, requeue=True)
+                    raise
+        finally:
+            self._batching = None
+            self._flush_acks()
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> None:
         # As virtual.Channel.basic_consume, except that a no_ack delivery
@@ -236,15 +252,27 @@ class Channel(virtual.Channel):
         ids = [row_id(tag) for tag in tags]
         if not ids:
             return
-        consumer = self._transport.consumer_id
-        with self._write() as conn:
+        if not requeue and self._batching == threading.get_ident():
+            # An ack made while this thread delivers a batch (Celery's early
+            # acks, no_ack consumers): one DELETE for the batch, at its end.
+            self._pending_acks.extend(ids)
+            return
+        transport = self._transport
+        with transport.write_connection() as conn:
             if requeue:
-                queues = store.transport_requeue(conn, ids, consumer)
+                queues = store.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
                 notify_queues(conn, queues)
             else:
-                store.transport_delete(conn, ids, consumer)
+                store.transport_delete(conn, ids, transport.consumer_id, transport.async_commit)
         if requeue:
-            self._transport.wake()
+            transport.wake()
+
+    def _flush_acks(self) -> None:
+        ids, self._pending_acks = self._pending_acks, []
+        if ids:
+            transport = self._transport
+            with transport.write_connection() as conn:
+                store.transport_delete(conn, ids, transport.consumer_id, transport.async_commit)
 
     def _restore(self, message: Any) -> None:
         self._settle([message.delivery_tag], requeue=True)

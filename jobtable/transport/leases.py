@@ -83,7 +83,8 @@ class LeaseKeeper:
         renewed = 0
         with transport.write_connection() as conn:
             for start in range(0, len(ids), RENEW_CHUNK):
-                renewed += store.transport_renew(conn, ids[start : start + RENEW_CHUNK], transport.consumer_id, until)
+                chunk = ids[start : start + RENEW_CHUNK]
+                renewed += store.transport_renew(conn, chunk, transport.consumer_id, until, transport.async_commit)
         return renewed
 
     def recover(self) -> list[str]:

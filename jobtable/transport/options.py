@@ -37,6 +37,9 @@ class TransportOptions:
     eta_interval: float = 0.5
     #: Seconds an exchange's bindings are cached by a publisher.
     binding_cache_seconds: float = 1.0
+    #: Commit claims and acks without waiting for the WAL flush (PostgreSQL).
+    #: A server crash can then only cause redeliveries, never lost messages.
+    async_commit: bool = True
     #: How often waiting messages past their expiry are swept away.
     expired_sweep_interval: float = 60.0
 

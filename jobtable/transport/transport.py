@@ -142,6 +142,12 @@ class Transport(virtual.Transport):
                 with conn.begin():
                     yield conn
 
+    @property
+    def async_commit(self) -> bool:
+        """Claims, acks and requeues commit without waiting for the WAL
+        flush (see ``store._sync_commit_off``); publishes stay durable."""
+        return self.options.async_commit
+
     def read_connection(self) -> Connection:
         # Reads must not take SQLite's write lock.
         return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
