@@ -138,6 +138,21 @@ class DeferOnce(Job):
 
 
 @register_job
+class Gate(Job):
+    """Appends ``started`` to ``path``, then waits until ``release`` exists."""
+
+    def __init__(self, path: str, release: str) -> None:
+        self.path, self.release = path, release
+
+    def run(self) -> str:
+        append(self.path, "started")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "released"
+
+
+@register_job
 class KeyedLog(Job):
     def __init__(self, path: str, key: str) -> None:
         self.path, self.key = path, key

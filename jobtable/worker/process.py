@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -76,6 +77,11 @@ class Member:
         self.next_due_checked = 0.0
         self.failures = 0
         self.resync = False
+        self.recheck_due = False
+        # PostgreSQL: an autocommit connection, so that a lone claim (the
+        # wake-up path) is one round trip; several statements that must be
+        # atomic run inside an explicit BEGIN/COMMIT (_tx).
+        self.autocommit = self.engine.dialect.name == "postgresql"
 
     # -- the loop --------------------------------------------------------------
 
@@ -93,8 +99,15 @@ class Member:
             if cfg.max_jobs_per_process:
                 limit = min(limit, cfg.max_jobs_per_process - self.jobs_run)
             try:
-                self._promote_if_due()
+                if self._due_check_needed():
+                    self._promote()
                 rows = self._flush_and_claim(limit)
+                if not rows and self.recheck_due:
+                    # Woken with nothing to claim: maybe a job was scheduled
+                    # sooner than we knew, or one just became due.
+                    self.recheck_due = False
+                    if self._promote():
+                        rows = self._flush_and_claim(limit)
             except DBAPIError as exc:
                 self._database_error(exc)
                 continue
@@ -132,14 +145,31 @@ class Member:
 
     # -- database steps ----------------------------------------------------------
 
+    @contextmanager
+    def _tx(self, conn: Connection) -> Iterator[None]:
+        if not self.autocommit:
+            with conn.begin():
+                yield
+            return
+        conn.exec_driver_sql("BEGIN")
+        try:
+            yield
+        except BaseException:
+            try:
+                conn.exec_driver_sql("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        conn.exec_driver_sql("COMMIT")
+
     def _connection(self) -> Connection:
         if self.conn is None:
-            self.conn = db_engine.connect(self.engine)
+            self.conn = db_engine.connect(self.engine, autocommit=self.autocommit)
             if self.resync:
                 # After a lost connection a claim may have committed without
                 # our hearing of it: give back every row we hold but do not know.
                 known = [o.row.id for o in self.done]
-                with self.conn.begin():
+                with self._tx(self.conn):
                     released = store.release(self.conn, self.worker_id, None, keep=known)
                 if released:
                     logger.warning("Worker %s gave back %d job(s) claimed during a disconnect.", self.worker_id, released)
@@ -149,9 +179,15 @@ class Member:
     def _flush_and_claim(self, limit: int) -> list[Any]:
         conn = self._connection()
         now = _now()
-        with conn.begin():
-            store.finish(conn, self.worker_id, self.done, now)
+        if not self.done and self.autocommit:
+            # A single statement is its own transaction.
             rows = store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
+        else:
+            with self._tx(conn):
+                store.finish(conn, self.worker_id, self.done, now)
+                rows = (
+                    store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
+                )
         self.done = []
         self.failures = 0
         return rows
@@ -159,7 +195,7 @@ class Member:
     def _flush_quietly(self) -> None:
         try:
             conn = self._connection()
-            with conn.begin():
+            with self._tx(conn):
                 store.finish(conn, self.worker_id, self.done, _now())
             self.done = []
         except DBAPIError as exc:
@@ -168,7 +204,7 @@ class Member:
     def _release_quietly(self, ids: list[int]) -> None:
         try:
             conn = self._connection()
-            with conn.begin():
+            with self._tx(conn):
                 store.finish(conn, self.worker_id, self.done, _now())
                 released = store.release(conn, self.worker_id, ids)
             self.done = []
@@ -178,17 +214,20 @@ class Member:
             # The supervisor gives them back when this process ends.
             self._database_error(exc)
 
-    def _promote_if_due(self) -> None:
-        mono = time.monotonic()
-        now = _now()
-        if (self.next_due is None or self.next_due > now) and mono - self.next_due_checked < self.config.poll_interval:
-            return
+    def _due_check_needed(self) -> bool:
+        if self.next_due is not None and self.next_due <= _now():
+            return True
+        return time.monotonic() - self.next_due_checked >= self.config.poll_interval
+
+    def _promote(self) -> int:
+        """Turn due scheduled jobs pending; remember when the next one is due."""
         conn = self._connection()
-        with conn.begin():
+        with self._tx(conn):
             # Cheap when nothing is due: a range scan of the partial due index.
-            store.promote_due(conn, now)
+            promoted = store.promote_due(conn, _now())
             self.next_due = store.next_due_at(conn)
-        self.next_due_checked = mono
+        self.next_due_checked = time.monotonic()
+        return promoted
 
     def _wait(self) -> None:
         timeout = self.config.poll_interval
@@ -196,8 +235,7 @@ class Member:
             until = (self.next_due - _now()).total_seconds()
             timeout = max(0.0, min(timeout, until + 0.001))
         if self.listener.wait(timeout):
-            # Something happened: maybe a job scheduled sooner than we knew.
-            self.next_due_checked = 0.0
+            self.recheck_due = True
 
     def _database_error(self, exc: DBAPIError) -> None:
         self.failures += 1
@@ -226,7 +264,7 @@ class Member:
         for _ in range(5):
             try:
                 conn = self._connection()
-                with conn.begin():
+                with self._tx(conn):
                     store.finish(conn, self.worker_id, self.done, _now())
                     store.release(conn, self.worker_id, None)
                 self.done = []
