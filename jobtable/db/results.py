@@ -121,3 +121,59 @@ def chord_part_done(conn: Connection, group_id: str) -> tuple[int, int | None] |
 def delete_groups_before(conn: Connection, before: datetime) -> int:
     return conn.execute(delete(group).where(group.c.created_at < before)).rowcount
 
+
+
+# -- shim ------------------------------------------------------------------------------
+# SQL of the Celery-free API (jobtable/shim/).  A chord's parts are counted in
+# its jobtable_group row like the Celery backend's; in addition each part
+# stores its return value in a row of its own (id "<group id>#<index>"), in
+# the transaction that counts it.  The worker writes results in batches after
+# run() returns, so the part that completes the count cannot read its
+# siblings' (or its own) results from jobtable_result yet -- but it can read
+# these rows.  A part row is inserted once per index, so a part that runs
+# again (rescued after a crash) is not counted twice.
+
+
+def _part_id(group_id: str, index: int) -> str:
+    return f"{group_id}#{index:06d}"
+
+
+def chord_part_record(
+    conn: Connection, group_id: str, index: int, encoded: str, now: datetime
+) -> tuple[int, int | None] | None:
+    """Store part ``index``'s outcome (JSON) and count it once.
+
+    Returns (parts done, chord size) when this call counted the part; None
+    when the part was counted before, or the chord is unknown.
+    """
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(group).values(id=_part_id(group_id, index), result=encoded, chord_done=0, created_at=now)
+    inserted = conn.execute(stmt.on_conflict_do_nothing().returning(group.c.id)).first()
+    if inserted is None:
+        return None
+    return chord_part_done(conn, group_id)
+
+
+def chord_part_outcomes(conn: Connection, group_id: str) -> list[str]:
+    """The stored outcomes of a chord's parts, in part order."""
+    # A range instead of LIKE: no escaping of % and _ in group ids ("$" follows "#").
+    stmt = (
+        select(group.c.result)
+        .where(group.c.id > f"{group_id}#", group.c.id < f"{group_id}$")
+        .order_by(group.c.id)
+    )
+    return [row.result for row in conn.execute(stmt)]
+
+
+def delete_chord_parts(conn: Connection, group_id: str) -> None:
+    conn.execute(delete(group).where(group.c.id > f"{group_id}#", group.c.id < f"{group_id}$"))
+
+
+def task_ids_known(conn: Connection, task_ids: list[str]) -> set[str]:
+    """Those of ``task_ids`` that have a request or a result: a canvas step
+    sent again (its sender re-ran after a crash) is not enqueued twice."""
+    if not task_ids:
+        return set()
+    found = set(conn.execute(select(request.c.task_id).where(request.c.task_id.in_(task_ids))).scalars())
+    found |= set(conn.execute(select(result.c.task_id).where(result.c.task_id.in_(task_ids))).scalars())
+    return found

@@ -1,0 +1,69 @@
+"""The Celery-free API: Celery task code on jobtable, with Celery uninstalled.
+
+    from jobtable.shim import Celery, shared_task
+
+    app = Celery("proj")
+
+    @shared_task(bind=True, max_retries=5, autoretry_for=(IOError,), retry_backoff=True)
+    def fetch(self, url): ...
+
+    fetch.delay("https://example.com")   # a row in jobtable_request
+
+Run the tasks with ``jobtable worker --app proj.tasks --queue celery`` (the
+shim keeps Celery's default queue name, ``celery``).  Importing this package
+teaches the native worker to run shim tasks (``runner.install``).
+
+Nothing here imports Celery.  (``jobtable.shim.backend`` and
+``jobtable.shim.celery_jobs`` are for projects that still run Celery.)
+"""
+
+from __future__ import annotations
+
+from . import runner as _runner
+from .app import Celery, current_app
+from .canvas import Signature, chain, chord, group, signature
+from .exceptions import (
+    ChordError,
+    MaxRetriesExceededError,
+    NotRegistered,
+    NotSupported,
+    Retry,
+    TaskRevokedError,
+    TimeoutError,
+)
+from .result import AsyncResult, EagerResult, GroupResult
+from .schedules import crontab, schedule
+from .states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
+from .task import Task, shared_task
+
+_runner.install()
+
+__all__ = [
+    "FAILURE",
+    "PENDING",
+    "RETRY",
+    "REVOKED",
+    "STARTED",
+    "SUCCESS",
+    "AsyncResult",
+    "Celery",
+    "ChordError",
+    "EagerResult",
+    "GroupResult",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "NotSupported",
+    "Retry",
+    "Signature",
+    "Task",
+    "TaskRevokedError",
+    "TimeoutError",
+    "chain",
+    "chord",
+    "crontab",
+    "current_app",
+    "group",
+    "schedule",
+    "shared_task",
+    "signature",
+]

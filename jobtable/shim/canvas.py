@@ -1,0 +1,487 @@
+"""Canvas: ``Signature`` (``task.s()``), ``chain``, ``group`` and ``chord`` on
+top of jobtable rows.
+
+Messages carry the steps as Celery does: a chain's first task has the rest
+of the chain (reversed) in its message; a chord's header parts carry the
+group id and the body.  Whoever runs a step sends the next one (the native
+worker through ``runner.py``, or a Celery worker), so no coordinator
+process is needed.  A chord is counted in its ``jobtable_group`` row: it is
+created, sized and its header enqueued in one transaction, so no part can
+finish before the count is known.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .. import messages, params
+from ..db import engine as db_engine
+from ..db import results as db_results
+from . import send
+from .exceptions import NotSupported
+
+if TYPE_CHECKING:
+    from .app import Celery
+    from .result import AsyncResult, EagerResult, GroupResult
+
+
+def _app(app: Celery | None) -> Celery:
+    from .app import current_app
+
+    return app or current_app()
+
+
+def _name(task: Any) -> str:
+    return task if isinstance(task, str) else str(task.name)
+
+
+class Signature(dict):  # type: ignore[type-arg]
+    """A task call to make later: ``add.s(2, 3)``, ``add.si(2, 3)``,
+    ``signature("proj.tasks.add", args=(2, 3), countdown=10)``."""
+
+    def __init__(
+        self,
+        task: Any = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        subtask_type: str | None = None,
+        immutable: bool = False,
+        app: Celery | None = None,
+        **extra_options: Any,
+    ) -> None:
+        options = {**(options or {}), **extra_options}
+        immutable = bool(options.pop("immutable", immutable))
+        super().__init__(
+            task=_name(task) if task is not None else None,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            options=options,
+            subtask_type=subtask_type,
+            immutable=immutable,
+        )
+        self._app = app if app is not None else getattr(task, "app", None)
+
+    # -- fields -----------------------------------------------------------------------
+
+    task = property(lambda self: self["task"])
+    args = property(lambda self: self["args"])
+    kwargs = property(lambda self: self["kwargs"])
+    options = property(lambda self: self["options"])
+    immutable = property(lambda self: self["immutable"])
+    subtask_type = property(lambda self: self["subtask_type"])
+
+    @property
+    def id(self) -> str | None:
+        return self.options.get("task_id")
+
+    @property
+    def type(self) -> Any:
+        from .task import registry
+
+        return registry.get(self.task)
+
+    def __repr__(self) -> str:
+        args = ", ".join([*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())])
+        return f"{self.task}({args}){'!' if self.immutable else ''}"
+
+    # -- building -----------------------------------------------------------------------
+
+    def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+        new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
+        return Signature(self.task, new_args, new_kwargs, new_options, immutable=self.immutable, app=self._app)
+
+    def _merge(self, args: Any, kwargs: Any, options: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        # Celery's partial arguments: new positional arguments come first.
+        if self.immutable:
+            return tuple(self.args), dict(self.kwargs), {**self.options, **options}
+        return tuple(args or ()) + tuple(self.args), {**self.kwargs, **(kwargs or {})}, {**self.options, **options}
+
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+        if immutable is not None:
+            self["immutable"] = immutable
+        self.options.update(options)
+        return self
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
+        """Fix the task id now (the result can be handed out before sending)."""
+        from .result import AsyncResult
+
+        if _id is not None:
+            self.options["task_id"] = _id
+        self.options.setdefault("task_id", messages.new_task_id())
+        return AsyncResult(self.options["task_id"], app=self._app, task_name=self.task)
+
+    def link(self, callback: Signature) -> Signature:
+        links = self.options.setdefault("link", [])
+        links.append(callback)
+        return callback
+
+    def link_error(self, errback: Any) -> Any:
+        raise NotSupported("link_error / on_error", send.UNSUPPORTED["link_error"])
+
+    on_error = link_error
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in messages (arguments encoded as when sent)."""
+        args, kwargs = send.encode_args(self.args, self.kwargs, str(self.task))
+        options = dict(self.options)
+        if options.get("link"):
+            links = options["link"]
+            options["link"] = [s.to_dict() for s in (links if isinstance(links, (list, tuple)) else [links])]
+        return {
+            "task": self.task,
+            "args": args,
+            "kwargs": kwargs,
+            "options": params.encode(options, f"options of {self.task}"),
+            "subtask_type": self.subtask_type,
+            "immutable": self.immutable,
+            "chord_size": None,
+        }
+
+    # -- calling ------------------------------------------------------------------------
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult | EagerResult | GroupResult | None:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        app = _app(self._app)
+        sig = self.clone(args, kwargs, **options)
+        if app.conf.task_always_eager:
+            return sig.apply()
+        from .result import AsyncResult
+
+        sig.freeze()
+        rows = rows_for(app, sig.to_dict(), [], now=send.utcnow())
+        if not send.insert_rows(rows):
+            return None  # its concurrency key is taken
+        return AsyncResult(sig.id or "", app=app, task_name=sig.task)
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Run now, in this process (eager)."""
+        from .task import registry
+
+        sig = self.clone(args, kwargs, **options)
+        opts = dict(sig.options)
+        send.check_options(opts)
+        return registry.get(sig.task).apply(
+            sig.args, sig.kwargs, task_id=opts.get("task_id"), link=opts.get("link"),
+            parent_id=opts.get("parent_id"), root_id=opts.get("root_id"),
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the task function here (not through the queue), as Celery does."""
+        from .task import registry
+
+        new_args, new_kwargs, _ = self._merge(args, kwargs, {})
+        return registry.get(self.task)(*new_args, **new_kwargs)
+
+    def __or__(self, other: Any) -> chain:
+        if isinstance(other, (group, chord)):
+            raise NotSupported("a group inside a chain", "Use chord(group, body) for fan-in; chain plain tasks.")
+        if isinstance(other, Signature):
+            return chain(self, other)
+        return NotImplemented
+
+    # -- Celery's unsupported canvas helpers --------------------------------------------
+
+    def stamp(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotSupported("signature stamping", "Pass what you need as task arguments or headers=.")
+
+
+def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
+    """``signature("proj.tasks.add", args=(2, 3))`` or a copy of a signature."""
+    if isinstance(varies, Signature):
+        return varies.clone()
+    if isinstance(varies, dict):
+        raise NotSupported("signature(dict)", "Build signatures with task.s(...) or signature('name', args=...).")
+    return Signature(varies, *args, **kwargs)
+
+
+def _flatten(tasks: tuple[Any, ...]) -> list[Any]:
+    if len(tasks) == 1 and not isinstance(tasks[0], Signature) and isinstance(tasks[0], Iterable):
+        return list(tasks[0])
+    return list(tasks)
+
+
+class chain(Signature):  # noqa: N801  (Celery's name)
+    """``chain(a.s(1), b.s(), c.s())`` or ``a.s(1) | b.s()``: each result is
+    the first argument of the next step (unless it is immutable, ``.si``)."""
+
+    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+        steps: list[Signature] = []
+        for task in _flatten(tasks):
+            if isinstance(task, chain):
+                steps.extend(task.tasks)
+            elif isinstance(task, (group, chord)):
+                raise NotSupported(
+                    "a group or chord inside a chain",
+                    "Use chord(header, body) to run a task after a group, and chain plain tasks.",
+                )
+            elif isinstance(task, Signature):
+                steps.append(task)
+            else:
+                raise TypeError(f"chain() takes signatures (task.s(...)), got {task!r}.")
+        super().__init__("celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self.kwargs["tasks"])
+
+    def __repr__(self) -> str:
+        return " | ".join(map(repr, self.tasks))
+
+    def __or__(self, other: Any) -> chain:
+        if isinstance(other, Signature) and not isinstance(other, (group, chord)):
+            return chain(*self.tasks, other)
+        return super().__or__(other)
+
+    def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> chain:
+        steps = [step.clone() for step in self.tasks]
+        if steps and (args or kwargs):
+            steps[0] = steps[0].clone(args, kwargs)
+        return chain(*steps, app=self._app, **{**self.options, **options})
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
+        """Fix every step's id; the chain's result is its last step's, with
+        the earlier steps as parents."""
+        from .result import AsyncResult
+
+        result: AsyncResult | None = None
+        steps = self.tasks
+        for index, step in enumerate(steps):
+            if index == len(steps) - 1 and _id is not None:
+                step.options["task_id"] = _id
+            parent = result
+            result = step.freeze()
+            result.parent = parent
+        if result is None:
+            raise ValueError("An empty chain has no result.")
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": "celery.chain",
+            "args": [],
+            "kwargs": {"tasks": [step.to_dict() for step in self.tasks]},
+            "options": {},
+            "subtask_type": "chain",
+            "immutable": False,
+            "chord_size": None,
+        }
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        app = _app(self._app)
+        sig = self.clone(args, kwargs)
+        if options:
+            raise NotSupported(
+                f"chain.apply_async({', '.join(sorted(options))}=...)", "Set options on each step: a.s().set(queue=...)."
+            )
+        if not sig.tasks:
+            raise ValueError("chain() needs at least one task.")
+        if app.conf.task_always_eager:
+            return sig.apply()
+        result = sig.freeze()
+        rows = rows_for(app, sig.to_dict(), [], now=send.utcnow())
+        if not send.insert_rows(rows):
+            return None
+        return result
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        sig = self.clone(args, kwargs)
+        result: Any = None
+        for index, step in enumerate(sig.tasks):
+            parent = result
+            result = step.apply() if index == 0 else step.apply((parent.get(),))
+            result.parent = parent
+        return result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+
+class group(Signature):  # noqa: N801
+    """``group(add.s(i, i) for i in range(10))``: run in parallel; the result
+    is a GroupResult whose ``get()`` lists the values in order."""
+
+    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+        steps = []
+        for task in _flatten(tasks):
+            if isinstance(task, (group, chord)):
+                raise NotSupported("a group or chord inside a group", "Flatten it into one group.")
+            if not isinstance(task, Signature):
+                raise TypeError(f"group() takes signatures (task.s(...)), got {task!r}.")
+            steps.append(task)
+        super().__init__("celery.group", (), {"tasks": steps}, options, subtask_type="group", app=app)
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self.kwargs["tasks"])
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(map(repr, self.tasks))})"
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:
+        from .result import GroupResult
+
+        app = _app(self._app)
+        if options:
+            raise NotSupported(
+                f"group.apply_async({', '.join(sorted(options))}=...)", "Set options on each task: a.s().set(queue=...)."
+            )
+        steps = [step.clone(args, kwargs) for step in self.tasks]
+        group_id = messages.new_task_id()
+        if app.conf.task_always_eager:
+            return GroupResult(group_id, [step.apply() for step in steps], app=app)
+        results = [step.freeze() for step in steps]
+        now = send.utcnow()
+        rows: list[dict[str, Any]] = []
+        for index, step in enumerate(steps):
+            # A chain in a group is one member: its last step is the result.
+            grouped = {} if isinstance(step, chain) else {"group_id": group_id, "group_index": index}
+            rows += rows_for(app, step.to_dict(), [], now=now, **grouped)
+        send.insert_rows(rows)
+        return GroupResult(group_id, results, app=app)
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:
+        from .result import GroupResult
+
+        steps = [step.clone(args, kwargs) for step in self.tasks]
+        return GroupResult(messages.new_task_id(), [step.apply() for step in steps], app=self._app)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
+        return self.apply_async(args, kwargs)
+
+    def __or__(self, other: Any) -> chord:  # type: ignore[override]
+        # Celery upgrades ``group | task`` to a chord.
+        if isinstance(other, Signature) and not isinstance(other, (group, chord)):
+            return chord(self.tasks, other)
+        raise NotSupported("group | (group or chord)", "Pipe a group into one task (a chord body).")
+
+
+class chord(Signature):  # noqa: N801
+    """``chord(header)(body)`` / ``chord(header, body).apply_async()``: run the
+    header in parallel, then the body with the list of their results."""
+
+    def __init__(self, header: Any, body: Signature | None = None, app: Celery | None = None, **options: Any) -> None:
+        tasks = header.tasks if isinstance(header, group) else _flatten((header,))
+        for task in tasks:
+            if not isinstance(task, Signature) or isinstance(task, (chain, group, chord)):
+                raise NotSupported(
+                    f"{task!r} in a chord header",
+                    "Chord headers are plain task signatures (task.s(...)); put a chain's work in one task.",
+                )
+        if body is not None and (not isinstance(body, Signature) or isinstance(body, (group, chord))):
+            raise NotSupported("a group or chord as chord body", "The body is a task signature or a chain.")
+        super().__init__("celery.chord", (), {"header": list(tasks), "body": body}, options, subtask_type="chord", app=app)
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self.kwargs["header"])
+
+    @property
+    def body(self) -> Signature | None:
+        return self.kwargs["body"]  # type: ignore[no-any-return]
+
+    def __call__(self, body: Signature | None = None, **options: Any) -> Any:
+        return self.apply_async((), {}, body=body, **options)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, body: Signature | None = None, **options: Any) -> Any:
+        from .result import GroupResult
+
+        app = _app(self._app)
+        body = body if body is not None else self.body
+        if body is None:
+            raise ValueError("chord() needs a body: chord(header)(body) or chord(header, body).")
+        if options:
+            raise NotSupported(
+                f"chord.apply_async({', '.join(sorted(options))}=...)", "Set options on each task: a.s().set(queue=...)."
+            )
+        steps = [step.clone(args, kwargs) for step in self.tasks]
+        body = body.clone()
+        if app.conf.task_always_eager:
+            header = GroupResult(messages.new_task_id(), [step.apply() for step in steps], app=app)
+            result = body.apply((header.get(),))
+            result.parent = header
+            return result
+        body_result = body.freeze()
+        if not steps:
+            # Celery calls the body at once with an empty list.
+            return body.apply_async(([],))
+        group_id = messages.new_task_id()
+        results = [step.freeze() for step in steps]
+        header = GroupResult(group_id, results, app=app)
+        body_dict = body.to_dict()
+        now = send.utcnow()
+        rows: list[dict[str, Any]] = []
+        for index, step in enumerate(steps):
+            rows += rows_for(app, step.to_dict(), [], now=now, group_id=group_id, group_index=index, chord=body_dict)
+        with db_engine.connect() as conn, conn.begin():
+            db_results.start_chord(conn, group_id, json.dumps({"result": header.as_tuple()}), now)
+            db_results.set_chord_size(conn, group_id, len(rows))
+            inserted = send.insert_rows(rows, conn)
+            if len(inserted) != len(rows):
+                # Rolled back: a chord with a missing part would never end.
+                raise RuntimeError(
+                    "A chord header task was not enqueued (its concurrency key is taken): the chord was not sent."
+                )
+        body_result.parent = header
+        return body_result
+
+
+def first_task(sig: dict[str, Any]) -> dict[str, Any]:
+    if sig.get("subtask_type") == "chain":
+        return first_task(sig["kwargs"]["tasks"][0])
+    return sig
+
+
+def result_task(sig: dict[str, Any]) -> dict[str, Any]:
+    """The step whose id stands for ``sig``'s result (a chain's last)."""
+    if sig.get("subtask_type") == "chain":
+        return result_task(sig["kwargs"]["tasks"][-1])
+    return sig
+
+
+def rows_for(
+    app: Celery,
+    sig: dict[str, Any],
+    prefix: list[Any],
+    *,
+    now: datetime,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    chain: list[dict[str, Any]] | None = None,
+    group_id: str | None = None,
+    group_index: int | None = None,
+    chord: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The request row(s) that start ``sig`` (a signature's JSON form), with
+    ``prefix`` (encoded values) before its arguments.  ``chain``: steps to
+    run after it, reversed, as in Celery's messages."""
+    kind = sig.get("subtask_type")
+    if kind == "chain":
+        steps = list(sig["kwargs"]["tasks"])
+        if not steps:
+            return []
+        # The outer chain's remaining steps run after this chain's.
+        rest = list(chain or []) + list(reversed(steps[1:]))
+        return rows_for(
+            app, steps[0], prefix, now=now, parent_id=parent_id, root_id=root_id, chain=rest,
+            group_id=group_id, group_index=group_index, chord=chord,
+        )
+    if kind is not None:
+        raise NotSupported(f"a {kind} as a canvas step", "Chain plain tasks; use chord(header, body) for fan-in.")
+    options = params.decode(dict(sig.get("options") or {}))
+    for key, value in (("parent_id", parent_id), ("root_id", root_id), ("group_id", group_id), ("group_index", group_index)):
+        if value is not None:
+            options[key] = value
+    args = list(sig.get("args") or [])
+    if not sig.get("immutable"):
+        args = list(prefix) + args
+    embed = {"chain": list(chain) if chain else None, "chord": chord}
+    return [send.build_row(app, str(sig["task"]), args, dict(sig.get("kwargs") or {}), options, now=now, embed=embed)]

@@ -1,0 +1,238 @@
+"""From a task call and its options to a ``jobtable_request`` row.
+
+Every row is the Celery protocol v2 message Celery would send: task name,
+id, ``eta``, ``expires``, ``retries``, ``group``/``group_index``,
+``root_id``/``parent_id`` headers, and the body ``[args, kwargs, embed]``
+with canvas steps (``callbacks``, ``chain``, ``chord``) in Celery's format,
+so a Celery worker that has the task registered runs it (and its chain)
+too.  The native worker's dispatch hook only sees the headers of a message,
+so a copy of a non-empty embed also travels in the ``jobtable_embed`` header.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import messages, otel, params
+from ..db import engine as db_engine
+from ..db import results as db_results
+from ..db import store, tables
+from .exceptions import NotSupported
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .app import Celery
+
+#: Header carrying the canvas steps for the native worker (see module doc).
+EMBED_HEADER = "jobtable_embed"
+
+#: apply_async options accepted and stored.
+HANDLED = {
+    "task_id", "countdown", "eta", "expires", "priority", "queue", "headers", "link", "shadow",
+    "time_limit", "soft_time_limit", "concurrency_key", "parent_id", "root_id", "group_id", "group_index",
+}
+#: apply_async options accepted without effect -> why (for the migration guide).
+IGNORED = {
+    "retry": "publishing is one INSERT: it succeeds or raises",
+    "retry_policy": "publishing is one INSERT: it succeeds or raises",
+    "ignore_result": "results are always recorded (one row per attempt)",
+    "add_to_parent": "children are not tracked",
+    "serializer": "checked: only 'json'",
+    "mandatory": "the table always accepts the row",
+    "delivery_mode": "rows are always durable",
+    "exchange_type": "no exchanges",
+}
+#: apply_async options that raise NotSupported -> the alternative.
+UNSUPPORTED = {
+    "connection": "The queue is jobtable's database. To enqueue inside your own transaction, "
+    "use a Job: Job(...).run_in_worker(connection=...).",
+    "producer": "The queue is jobtable's database: there is no producer.",
+    "publisher": "The queue is jobtable's database: there is no publisher.",
+    "router": "Route with queue=, the task's queue option or app.conf.task_routes.",
+    "exchange": "Route with queue=.",
+    "routing_key": "Route with queue= (a routing key is the queue name in jobtable).",
+    "link_error": "Handle failures inside the task (try/except), in Task.on_failure, or query "
+    "AsyncResult(id).failed().",
+    "compression": "Messages are stored uncompressed as JSON.",
+    "chord": "Use chord(header)(body).",
+    "replaced_task_nesting": "Task.replace() is not supported.",
+    "stamped_headers": "Stamping is not supported.",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime) -> datetime:
+    # Celery with enable_utc (its default) reads naive datetimes as UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}={value!r}: pass a number of seconds (or a datetime for eta/expires).")
+    return float(value)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    for key, value in options.items():
+        if key in UNSUPPORTED and value is not None:
+            raise NotSupported(f"apply_async({key}=...)", UNSUPPORTED[key])
+        if key == "serializer" and value not in (None, "json"):
+            raise NotSupported(f"apply_async(serializer={value!r})", "Messages are stored as JSON: use 'json'.")
+        if key not in HANDLED and key not in IGNORED and key not in UNSUPPORTED:
+            raise NotSupported(
+                f"apply_async({key}=...)",
+                "Supported options: countdown, eta, expires, priority, queue, task_id, headers, link, shadow, "
+                "time_limit, soft_time_limit.",
+            )
+
+
+def route(app: Celery, name: str, task: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
+    """The queue: queue= > the task's queue > task_routes > task_default_queue."""
+    if options.get("queue"):
+        return str(options["queue"])
+    if task is not None and getattr(task, "queue", None):
+        return str(task.queue)
+    routes = app.conf.task_routes
+    for router in routes if isinstance(routes, (list, tuple)) else [routes] if routes else []:
+        found: Any = None
+        if callable(router):
+            found = router(name, args, kwargs, options, task=task)
+        elif isinstance(router, dict):
+            for pattern, target in router.items():
+                if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                    found = target
+                    break
+        if isinstance(found, str):
+            return found
+        if isinstance(found, dict) and found.get("queue"):
+            queue = found["queue"]
+            return str(getattr(queue, "name", queue))
+    return str(app.conf.task_default_queue)
+
+
+def encode_args(args: Sequence[Any], kwargs: dict[str, Any], where: str) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments as stored: JSON with jobtable's markers (datetime, UUID, Decimal...)."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise TypeError(f"{where}: args must be a list or tuple, got {type(args).__name__}.")
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"{where}: kwargs must be a dict, got {type(kwargs).__name__}.")
+    try:
+        return (
+            [params.encode(value, f"{where} argument {i}") for i, value in enumerate(args)],
+            {key: params.encode(value, f"{where} argument {key!r}") for key, value in kwargs.items()},
+        )
+    except params.ParameterError as exc:
+        raise params.ParameterError(str(exc)) from None
+
+
+def build_row(
+    app: Celery,
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    *,
+    now: datetime,
+    embed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The request row of one task message.  ``args``/``kwargs`` are encoded."""
+    from .task import registry
+
+    check_options(options)
+    task = registry.tasks.get(name)
+    queue = route(app, name, task, args, kwargs, options)
+    priority = options.get("priority")
+    if priority is None and task is not None:
+        priority = task.priority
+    if priority is None:
+        priority = app.conf.task_default_priority or 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        tables.PRIORITY_MIN <= priority <= tables.PRIORITY_MAX
+    ):
+        raise ValueError(f"priority={priority!r}: use an integer (higher runs first, as on RabbitMQ).")
+    eta: datetime | None = None
+    if options.get("countdown") is not None:
+        eta = now + timedelta(seconds=_seconds("countdown", options["countdown"]))
+    elif options.get("eta") is not None:
+        if not isinstance(options["eta"], datetime):
+            raise TypeError(f"eta={options['eta']!r}: pass a datetime (or countdown= in seconds).")
+        eta = _aware(options["eta"])
+    expires = options.get("expires")
+    if expires is None and task is not None:
+        expires = task.expires
+    expires_at: datetime | None = None
+    if isinstance(expires, datetime):
+        expires_at = _aware(expires)
+    elif expires is not None:
+        expires_at = now + timedelta(seconds=_seconds("expires", expires))
+    headers = dict(options.get("headers") or {})
+    key = options.get("concurrency_key") or headers.pop(messages.CONCURRENCY_KEY_HEADER, None)
+    if key is None and task is not None and task.concurrency_key is not None:
+        key = task.concurrency_key(*params.decode(args), **params.decode(kwargs)) if callable(
+            task.concurrency_key
+        ) else task.concurrency_key
+    task_id = str(options.get("task_id") or messages.new_task_id())
+    envelope = messages.task_message(
+        task_name=name,
+        task_id=task_id,
+        args=args,
+        kwargs=kwargs,
+        queue=queue,
+        priority=priority,
+        eta=eta if eta is not None and eta > now else None,
+        expires=expires_at,
+        concurrency_key=str(key) if key else None,
+        extra_headers=headers,
+    )
+    h = envelope["headers"]
+    time_limit = options.get("time_limit", getattr(task, "time_limit", None) or app.conf.task_time_limit)
+    soft = options.get("soft_time_limit", getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit)
+    h["timelimit"] = [time_limit, soft]
+    h["root_id"] = options.get("root_id") or task_id
+    h["parent_id"] = options.get("parent_id")
+    h["group"] = options.get("group_id")
+    h["group_index"] = options.get("group_index")
+    h["shadow"] = options.get("shadow")
+    full = {"callbacks": None, "errbacks": None, "chain": None, "chord": None, **(embed or {})}
+    if options.get("link"):
+        links = options["link"]
+        full["callbacks"] = [
+            s.to_dict() if hasattr(s, "to_dict") else dict(s)
+            for s in (links if isinstance(links, (list, tuple)) else [links])
+        ]
+    envelope["body"] = messages.dumps([args, kwargs, full])
+    if any(full.values()):
+        h[EMBED_HEADER] = full
+    return messages.row_values(envelope, queue, now)
+
+
+def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, dedupe: bool = False) -> set[str]:
+    """Insert the rows (in ``conn``'s transaction, else in a new one); returns
+    the task ids inserted.  A row whose concurrency key is taken is skipped;
+    with ``dedupe``, so is a row whose task id is already known (a canvas
+    step sent again by a step that ran twice)."""
+    if not rows:
+        return set()
+    if conn is None:
+        with db_engine.connect() as own, own.begin():
+            return insert_rows(rows, own, dedupe=dedupe)
+    if dedupe:
+        known = db_results.task_ids_known(conn, [row["task_id"] for row in rows])
+        rows = [row for row in rows if row["task_id"] not in known]
+    with otel.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:
+        if trace:
+            for row in rows:
+                envelope = json.loads(row["message"])
+                envelope["headers"].update(trace)
+                row["message"] = messages.dumps(envelope)
+        return set(store.insert_requests(conn, rows))
