@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -9,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import TRANSPORT_ALIASES, get_transport_cls
+from sqlalchemy.exc import OperationalError
 
 import jobtable
 from jobtable.db import tables
-from jobtable.exceptions import SchemaNotMigrated
+from jobtable.exceptions import DatabaseUnavailable, SchemaNotMigrated
 from jobtable.transport import Transport
 
 from .transport_helpers import FAST_OPTIONS, broker_url, connect, drain, rows, states, wait_for
@@ -410,3 +412,40 @@ def test_wake_up_delivers_without_waiting_for_the_poll(db_url: str) -> None:
             conn.drain_events(timeout=10)
             thread.join()
         assert got[1] - got[0] < 2.0
+
+
+# -- database failures -----------------------------------------------------------------------
+
+
+def test_lost_database_connections_are_recovered(db_url: str, dialect: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    with connect(db_url) as conn:
+        for error in (sqlite3.OperationalError, OperationalError, DatabaseUnavailable):
+            assert issubclass(error, conn.connection_errors)
+        simple = conn.SimpleQueue("reconnect")
+        simple.put("before")
+        if dialect == "postgresql":
+            # As when PostgreSQL restarts: every connection of the pool dies.
+            admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as admin_conn:
+                killed = admin_conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+            admin.dispose()
+            assert killed >= 1
+        producer = Producer(conn.default_channel)
+        # Kombu's retry machinery reconnects on the transport's connection errors.
+        publish = conn.ensure(producer, producer.publish, max_retries=3, interval_start=0)
+        publish("after", exchange="reconnect", routing_key="reconnect")
+        fresh = conn.SimpleQueue("reconnect")
+        got = []
+        for _ in range(2):
+            message = fresh.get(timeout=5)
+            got.append(message.payload)
+            message.ack()
+        assert got == ["before", "after"]
+        fresh.close()
