@@ -146,3 +146,38 @@ def test_celery_inspect_ping_and_revoke(db_url: str, celery_env: dict[str, str],
         wait_for(lambda: not [r for r in rows(db_url) if r.queue == "celery"], what="revoked message consumed")
     finally:
         worker.stop()
+
+
+def test_celery_task_events_reach_a_monitor(db_url: str, celery_env: dict[str, str], app: Any) -> None:
+    # What Flower relies on: task events over the (topic) event exchange.
+    import threading
+
+    mod = app
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), "threads")
+    seen: list[dict[str, Any]] = []
+    try:
+        with mod.app.connection_for_read() as conn:
+            receiver = mod.app.events.Receiver(conn, handlers={"*": seen.append})
+            thread = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False))
+            thread.daemon = True
+            thread.start()
+            wait_for(lambda: any(r.queue.startswith("celeryev.") for r in _bindings(db_url)), what="event queue bound")
+            result = mod.note.delay("observed")
+            wait_for(
+                lambda: any(e.get("type") == "task-succeeded" and e.get("uuid") == result.id for e in list(seen)),
+                what="task-succeeded event",
+            )
+            assert any(e.get("type") == "task-received" and e.get("uuid") == result.id for e in seen)
+            receiver.should_stop = True
+            thread.join(timeout=10)
+    finally:
+        worker.stop()
+
+
+def _bindings(db_url: str) -> list[Any]:
+    from sqlalchemy import select
+
+    from jobtable.db import engine as db_engine
+
+    with db_engine.get_engine(db_url).connect() as conn:
+        return list(conn.execute(select(tables.binding)))
