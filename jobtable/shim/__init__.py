@@ -29,6 +29,7 @@ from .exceptions import (
     NotSupported,
     Retry,
     TaskRevokedError,
+    TimeLimitExceeded,
     TimeoutError,
 )
 from .result import AsyncResult, EagerResult, GroupResult
@@ -57,6 +58,7 @@ __all__ = [
     "Signature",
     "Task",
     "TaskRevokedError",
+    "TimeLimitExceeded",
     "TimeoutError",
     "chain",
     "chord",

@@ -51,6 +51,10 @@ class ChordError(JobtableError):
     """A part of a chord's header failed, so its body did not run."""
 
 
+class TimeLimitExceeded(JobtableError):
+    """The task ran past its time limit and was stopped (the worker's JobTimeout)."""
+
+
 class TaskRevokedError(JobtableError):
     """The task was cancelled (revoked) or expired before it ran."""
 

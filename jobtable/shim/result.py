@@ -43,13 +43,17 @@ def exception_from(result: Any, state: str) -> BaseException:
     if state == REVOKED:
         return TaskRevokedError(*args)
     cls: Any = None
+    if (module, name) == ("jobtable.worker.errors", "JobTimeout"):
+        return shim_exceptions.TimeLimitExceeded(*args)
     if module == "builtins":
         cls = getattr(builtins, name, None)
     elif module in ("celery.exceptions", shim_exceptions.__name__):
         cls = getattr(shim_exceptions, name, None)
     elif module in sys.modules:
         cls = getattr(sys.modules[module], name, None)
-    if isinstance(cls, type) and issubclass(cls, BaseException):
+    # Only Exception subclasses: a KeyboardInterrupt or SystemExit raised by a
+    # task must not escape the caller's `except Exception`.
+    if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(*args)
         except Exception:
