@@ -364,6 +364,35 @@ def test_mounted_under_a_prefix(db_url: str) -> None:
         assert response.status_code == 303 and response.headers["location"].startswith("/ops/jobs/requests?")
 
 
+@pytest.mark.parametrize("strip_path", [False, True])
+def test_dispatched_by_root_path_as_django_or_a_wsgi_adapter_would(db_url: str, strip_path: bool) -> None:
+    """Django's ASGI dispatch (full path + root_path) and adapters that strip
+    the prefix from the path both work, links and action redirects included."""
+    from jobtable.dashboard import create_app
+
+    dashboard = create_app(authorize=lambda r: True)
+
+    async def outer(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await dashboard(scope, receive, send)
+            return
+        assert scope["path"].startswith("/jobs")
+        path = (scope["path"][len("/jobs"):] or "/") if strip_path else scope["path"]
+        await dashboard(dict(scope, root_path="/jobs", path=path), receive, send)
+
+    with DashboardClient(outer) as c:
+        page = c.get("/jobs/results?status=ERRORED").text
+        assert 'href="/jobs/static/dashboard.css"' in page
+        assert 'name="next" value="/jobs/results?status=ERRORED"' in page
+        assert c.get("/jobs/static/dashboard.js").status_code == 200
+        job = support.Noop(1).run_in_worker()
+        assert job is not None
+        response = c.post("/jobs/actions/cancel", data={"csrf_token": c.cookies["jobtable_csrf"], "ids": [str(job.id)],
+                                                         "confirmed": "1", "next": "/jobs/requests"},
+                          follow_redirects=False)
+        assert response.headers["location"] == "/jobs/requests?done=cancel&n=1"
+
+
 def test_unmigrated_database_is_a_clear_error(tmp_path: Any) -> None:
     c = client(database_url=f"sqlite:///{tmp_path}/empty.sqlite3")
     response = c.get("/")

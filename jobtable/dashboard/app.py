@@ -106,6 +106,24 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class _FullPath:
+    """ASGI says ``path`` includes ``root_path``; some adapters (WSGI bridges,
+    hand-written dispatchers) strip the prefix instead.  Starlette's routing
+    and static files expect the former, so restore it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            root = str(scope.get("root_path", "")).rstrip("/")
+            path = str(scope["path"])
+            if root and path != root and not path.startswith(root + "/"):
+                scope = {k: v for k, v in scope.items() if k != "raw_path"}
+                scope["path"] = root + path
+        await self.app(scope, receive, send)
+
+
 def _templates() -> Jinja2Templates:
     # Autoescape everything: job arguments, tracebacks and queue names are
     # user data.
@@ -188,6 +206,7 @@ def create_app(
     app.state.templates = _templates()
     app.add_middleware(_Guard, authorize=guard)
     app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_FullPath)
     return app
 
 

@@ -65,7 +65,17 @@ def _arg(request: Request, name: str, allowed: Any = None) -> str | None:
 def _here(request: Request) -> str:
     """This page's path and query, without a previous action's notice."""
     query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k not in ("done", "n")])
-    return request.url.path + (f"?{query}" if query else "")
+    return base_path(request) + route_path(request) + (f"?{query}" if query else "")
+
+
+def route_path(request: Request) -> str:
+    """The path inside the dashboard.  ASGI servers and adapters disagree on
+    whether ``path`` includes ``root_path``; accept both."""
+    path = str(request.scope["path"])
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
+    return path or "/"
 
 
 def _flash(request: Request) -> str | None:
