@@ -152,6 +152,7 @@ class Signature(dict):  # type: ignore[type-arg]
     ) -> Any:
         app = _app(self._app)
         sig = self.clone(args, kwargs, **options)
+        send.check_options(sig.options)
         if app.conf.task_always_eager:
             return sig.apply()
         from .result import AsyncResult

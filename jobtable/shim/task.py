@@ -224,13 +224,13 @@ class Task:
     ) -> AsyncResult | EagerResult | None:
         """Send the task.  Returns its AsyncResult (an EagerResult with
         ``task_always_eager``), or None when its concurrency key is taken."""
+        from .send import check_options
+
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         self.check_arguments(args, kwargs)
+        check_options(options)
         app = self._app()
         if app.conf.task_always_eager:
-            from .send import check_options
-
-            check_options(options)
             return self.apply(args, kwargs, task_id=task_id, link=options.get("link"))
         from .canvas import Signature
 

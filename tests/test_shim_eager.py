@@ -1,0 +1,150 @@
+"""task_always_eager: .delay() runs inline and returns an EagerResult (no
+database needed), and what the shim refuses with a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from jobtable.params import ParameterError
+from jobtable.shim import (
+    Celery,
+    EagerResult,
+    MaxRetriesExceededError,
+    NotSupported,
+    chain,
+    chord,
+    group,
+    shared_task,
+    states,
+)
+
+from tests import shim_tasks as t
+
+
+@pytest.fixture
+def eager() -> Iterator[Celery]:
+    app = t.app
+    saved = dict(app.conf)
+    app.conf.task_always_eager = True
+    yield app
+    for key, value in saved.items():
+        app.conf._data[key] = value
+
+
+def test_delay_runs_inline(eager: Celery, tmp_path: Any) -> None:
+    result = t.add.delay(2, 3)
+    assert isinstance(result, EagerResult)
+    assert result.get() == 5 and result.state == states.SUCCESS and result.successful() and result.ready()
+    log = str(tmp_path / "flaky.log")
+    retried = t.flaky.delay(log, 2)
+    # retry() runs the task again at once, with request.retries + 1 and the same id.
+    assert retried.get() == 2
+    assert [line.split()[:2] for line in open(log).read().splitlines()] == [
+        [retried.id, "0"], [retried.id, "1"], [retried.id, "2"],
+    ]
+
+
+def test_failures_as_results_or_raised(eager: Celery, tmp_path: Any) -> None:
+    failed = t.boom.delay("eager")
+    assert failed.state == states.FAILURE and failed.failed()
+    assert isinstance(failed.result, ValueError)
+    with pytest.raises(ValueError, match="eager"):
+        failed.get()
+    assert isinstance(failed.get(propagate=False), ValueError)
+    exhausted = t.flaky.delay(str(tmp_path / "f.log"), 99)
+    with pytest.raises(ValueError, match="flaky 2"):
+        exhausted.get()
+    with pytest.raises(MaxRetriesExceededError):
+        t.retry_without_exc.delay(str(tmp_path / "p.log")).get()
+    with pytest.raises(KeyError):
+        t.auto_kwargs.delay(str(tmp_path / "k.log")).get()
+    eager.conf.task_eager_propagates = True
+    with pytest.raises(ValueError, match="eager"):
+        t.boom.delay("eager")
+
+
+def test_canvas_eagerly(eager: Celery) -> None:
+    assert chain(t.add.s(1, 2), t.add.s(3)).delay().get() == 6
+    assert group(t.add.s(i, i) for i in range(3)).delay().get() == [0, 2, 4]
+    assert chord([t.add.s(1, 1), t.add.s(2, 2)])(t.total.s()).get() == 6
+    assert t.add.apply_async((1, 1), link=t.echo.s()).get() == 2
+
+
+def test_request_in_eager_mode(eager: Celery) -> None:
+    info = t.whoami.apply_async(("e",), task_id="eager-id").get()
+    assert info["id"] == "eager-id" and info["retries"] == 0 and info["args"] == ["e"]
+
+
+def test_arguments_must_survive_json_even_eagerly(eager: Celery) -> None:
+    with pytest.raises(ParameterError, match="cannot store"):
+        t.echo.delay(object())
+    when = datetime(2026, 11, 24, 3, 0)
+    assert t.echo.delay(when).get() == when  # datetimes round-trip as in the queue
+
+
+def test_calling_checks_the_signature() -> None:
+    with pytest.raises(TypeError, match="tests.shim_tasks.add"):
+        t.add.delay(1, 2, 3)
+    assert t.add(1, 2) == 3  # calling the task runs the function here
+    assert t.add.s(1)(2) == 3
+
+
+def test_names_follow_celery() -> None:
+    assert t.add.name == "tests.shim_tasks.add"
+    assert t.whoami.name == "shim.whoami"
+    assert t.add.job_class.job_name() == "tests.shim_tasks.add"
+
+
+def test_names_match_real_celery() -> None:
+    """The same function gets the same name from Celery (rows interchangeable)."""
+    celery = pytest.importorskip("celery")
+
+    def probe(x: int) -> int:
+        return x
+
+    probe.__module__ = "proj.tasks"
+    real = celery.Celery("proj", set_as_current=False).task(probe)
+    ours = Celery("proj", set_as_current=False).task(probe)
+    assert real.name == ours.name == "proj.tasks.probe"
+
+
+def test_unsupported_features_name_the_alternative(tmp_path: Any) -> None:
+    def fn() -> None:
+        return None
+
+    cases: list[tuple[Any, str]] = [
+        (lambda: shared_task(rate_limit="10/m")(fn), "rate_limit.*concurrency key"),
+        (lambda: shared_task(serializer="pickle")(fn), "serializer='pickle'"),
+        (lambda: Celery("x", set_as_current=False, task_serializer="pickle"), "task_serializer='pickle'"),
+        (lambda: Celery("x", set_as_current=False, broker="redis://localhost"), "broker_url='redis://localhost'.*jobtable"),
+        (lambda: Celery("x", set_as_current=False, backend="redis://localhost"), "result_backend"),
+        (lambda: t.add.apply_async((1, 1), connection=object()), "connection.*run_in_worker"),
+        (lambda: t.add.apply_async((1, 1), link_error=t.echo.s()), "link_error"),
+        (lambda: t.add.apply_async((1, 1), routing_key="x"), "routing_key.*queue="),
+        (lambda: t.add.apply_async((1, 1), bogus=1), "bogus"),
+        (lambda: t.add.map([1]), "task.map.*group"),
+        (lambda: t.add.starmap([(1, 1)]), "starmap"),
+        (lambda: t.add.chunks([(1, 1)], 1), "chunks"),
+        (lambda: t.add.update_state(state="PROGRESS"), "update_state"),
+        (lambda: Celery("x", set_as_current=False).control, "app.control"),
+        (lambda: Celery("x", set_as_current=False, task_annotations={"a": {}}), "task_annotations"),
+    ]
+    for action, message in cases:
+        with pytest.raises(NotSupported, match=message):
+            action()
+
+
+def test_config_from_object_with_namespace() -> None:
+    class DjangoSettings:
+        CELERY_TASK_ALWAYS_EAGER = True
+        CELERY_TASK_DEFAULT_QUEUE = "jobs"
+        DEBUG = True
+
+    app = Celery("cfg", set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    assert app.conf.task_always_eager is True and app.conf.task_default_queue == "jobs"
+    assert "debug" not in app.conf
