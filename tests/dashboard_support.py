@@ -95,3 +95,19 @@ def add_result(status: str = tables.SUCCESSFUL, *, task_name: str = "tests.other
     }
     with db_engine.connect() as conn, conn.begin():
         return int(conn.execute(insert(tables.result).values(values).returning(tables.result.c.id)).scalar_one())
+
+
+@register_job
+class FileGate(Job):
+    """Fails until a file exists: a switch that works across processes
+    (for tests that run a real worker)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def run(self) -> Any:
+        import os
+
+        if not os.path.exists(self.path):
+            raise RuntimeError(f"gate closed: {self.path}")
+        return {"passed": self.path}

@@ -166,3 +166,35 @@ def test_injected_markup_never_runs(server: Server, page: Any) -> None:
         )
         assert page.evaluate("window.__pwned") is None, path
     expect(page.locator("#exception")).to_contain_text(payload)
+
+
+def test_with_a_real_worker_process(server: Server, page: Any, tmp_path: Path, subprocess_env: dict[str, str],
+                                    python: str) -> None:
+    """The same flow with `jobtable worker --burst` running the jobs."""
+    import subprocess
+
+    gate = tmp_path / "gate"
+    support.FileGate(str(gate)).run_in_worker()
+
+    def work() -> None:
+        done = subprocess.run(
+            [python, "-m", "jobtable", "--app", "tests.dashboard_support", "worker", "--burst",
+             "--max-processes", "1", "--stats-every", "0"],
+            env=subprocess_env, capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    work()
+    page.goto(server.url + "/results?status=ERRORED")
+    page.locator("#results tbody tr").first.get_by_role("link", name=support.FileGate.job_name()).click()
+    expect(page.locator("#traceback")).to_contain_text("RuntimeError: gate closed")
+    page.get_by_role("button", name="Retry").click()
+    page.get_by_role("button", name="Yes, retry 1 item(s)").click()
+    second = page.locator('#attempts tr[data-attempt="2"]')
+    expect(second).to_contain_text("PENDING")
+
+    gate.write_text("open")
+    work()
+    expect(second).to_contain_text("SUCCESSFUL")
+    second.get_by_role("link", name="2").click()
+    expect(page.locator("#return-value")).to_contain_text(str(gate))
