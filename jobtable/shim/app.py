@@ -100,8 +100,18 @@ class Settings(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._check(key, value)
+        missing = object()
+        previous = self._data.get(key, missing)
         self._data[key] = value
-        self._app._setting_changed(key, value)
+        try:
+            self._app._setting_changed(key, value)
+        except BaseException:
+            # A setting that could not take effect is not kept.
+            if previous is missing:
+                del self._data[key]
+            else:
+                self._data[key] = previous
+            raise
 
     def __delitem__(self, key: str) -> None:
         self._data[key] = DEFAULTS.get(key)
