@@ -21,6 +21,14 @@ from jobtable.db.engine import get_engine
 APP = ["--app", "tests.sample_chores"]
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment beats jobtable.configure(): a JOBTABLE_DATABASE_URL left
+    # in os.environ by another test module would point db_url's tests at
+    # another database.
+    monkeypatch.delenv("JOBTABLE_DATABASE_URL", raising=False)
+
+
 def cli(*args: str) -> Result:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -25,6 +25,14 @@ EVERY_5 = ["tests.schedule_jobs.Tick", "*/5 * * * *"]
 HOURLY = ["tests.schedule_jobs.Nightly", "0 * * * *"]
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment beats jobtable.configure(): a JOBTABLE_DATABASE_URL left
+    # in os.environ by another test module would point db_url's tests at
+    # another database.
+    monkeypatch.delenv("JOBTABLE_DATABASE_URL", raising=False)
+
+
 def entries(*items: object) -> list[ScheduleEntry]:
     return load_schedule(list(items))
 
