@@ -3,17 +3,23 @@ traceback, retry it, watch it succeed; bulk actions; escaping in the DOM.
 
 Needs Debian's ``chromium`` package and the ``playwright`` Python package
 (its own browser download is not used).  Set JOBTABLE_DASHBOARD_SCREENSHOTS
-to a directory to keep the screenshots (docs/dashboard is made this way).
+to a directory to keep the screenshots the tests take (the ones in
+docs/dashboard come from ``python -m tests.dashboard_screenshots``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The dashboard's extra ("pip install 'jobtable[dashboard]'") and httpx.
+for _module in ("starlette", "jinja2", "multipart", "httpx", "uvicorn"):
+    pytest.importorskip(_module, reason="the dashboard tests need: pip install -e '.[dashboard,test]'")
 from sqlalchemy import select
 
 from jobtable.db import engine as db_engine
@@ -21,10 +27,12 @@ from jobtable.db import tables
 from jobtable.dashboard import create_app, queries
 
 from . import dashboard_support as support
-from .dashboard_browser import Server, launch_browser
+from .dashboard_browser import CHROMIUM, Server, launch_browser
 
-expect: Any = pytest.importorskip("playwright.sync_api").expect
+expect: Any = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's)").expect
 expect.set_options(timeout=15_000)
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
