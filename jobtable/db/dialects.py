@@ -189,7 +189,6 @@ def notify_queues(conn: Connection, queues: Sequence[str]) -> None:
     for queue in sorted(set(queues)):
         conn.execute(text("SELECT pg_notify(:channel, :queue)"), {"channel": channel, "queue": queue})
 
-
 # -- worker --
 
 
@@ -224,6 +223,77 @@ def wake_queues(conn: Connection, queues: Sequence[str]) -> None:
             "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q",
             {"channel": NOTIFY_CHANNEL, "queues": sorted(set(queues))},
         )
+
+
+_RESULT_CASTS = {
+    "task_id": "varchar", "task_name": "varchar", "queue": "varchar", "priority": "int2", "attempt": "int4",
+    "retries": "int4", "concurrency_key": "varchar", "status": "varchar", "requested_at": "timestamptz",
+    "started_at": "timestamptz", "ended_at": "timestamptz", "worker_id": "varchar", "message": "text",
+    "return_value": "text", "error_type": "varchar", "error_message": "text", "traceback": "text",
+    "retried": "bool", "meta": "text",
+}
+_RESULT_COLUMNS = tuple(_RESULT_CASTS)
+_RESULT_INSERT_PG = (
+    f"INSERT INTO jobtable_result ({', '.join(_RESULT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%({c})s::{_RESULT_CASTS[c]}[]" for c in _RESULT_COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
+)
+
+
+def insert_results_pg(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
+    """All result rows in one statement (one array per column): one round
+    trip, one execution of any statement trigger, nothing to compile."""
+    params = {column: [row.get(column) for row in values] for column in _RESULT_COLUMNS}
+    conn.exec_driver_sql(_RESULT_INSERT_PG, params)
+
+
+_FINISH_PG = """
+WITH d AS (
+    DELETE FROM jobtable_request
+    WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'
+    RETURNING *
+), v AS (
+    SELECT * FROM unnest(
+        %(ids)s::int8[], %(status)b::varchar[], %(started_at)b::timestamptz[], %(ended_at)b::timestamptz[],
+        %(return_value)b::text[], %(error_type)b::varchar[], %(error_message)b::text[], %(traceback)b::text[],
+        %(retried)b::bool[]
+    ) AS v(id, status, started_at, ended_at, return_value, error_type, error_message, traceback, retried)
+), ins AS (
+    INSERT INTO jobtable_result (
+        task_id, task_name, queue, priority, attempt, retries, concurrency_key, status, requested_at,
+        started_at, ended_at, worker_id, message, return_value, error_type, error_message, traceback, retried
+    )
+    SELECT d.task_id, d.task_name, d.queue, d.priority, d.attempt, d.retries, d.concurrency_key, v.status,
+           d.created_at, v.started_at, v.ended_at, d.worker_id, d.message, v.return_value, v.error_type,
+           v.error_message, v.traceback, v.retried
+    FROM d JOIN v ON v.id = d.id
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM d
+"""
+
+
+def finish_pg(conn: Connection, worker_id: str, outcomes: Sequence[Any]) -> set[int]:
+    """The guarded completion in one statement: delete the rows still
+    running under ``worker_id`` and insert their results, copying the
+    message and the other request columns server-side (nothing large
+    travels back; arrays go in binary, so long strings need no escaping).
+    ``retried`` is written as requested; the caller fixes
+    it in the rare case the retry could not be enqueued."""
+    fields = [o.fields for o in outcomes]
+    params = {
+        "ids": [o.row.id for o in outcomes],
+        "worker": worker_id,
+        "status": [o.status for o in outcomes],
+        "started_at": [f.get("started_at", o.row.started_at) for f, o in zip(fields, outcomes)],
+        "ended_at": [o.ended_at for o in outcomes],
+        "return_value": [f.get("return_value") for f in fields],
+        "error_type": [f.get("error_type") for f in fields],
+        "error_message": [f.get("error_message") for f in fields],
+        "traceback": [f.get("traceback") for f in fields],
+        "retried": [o.retry_at is not None for o in outcomes],
+    }
+    return {row[0] for row in conn.exec_driver_sql(_FINISH_PG, params)}
 
 
 def _install_worker_methods() -> None:

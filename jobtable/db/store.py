@@ -513,6 +513,11 @@ def insert_results(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
     if not values:
         return
     name = conn.dialect.name
+    if name == "postgresql":
+        from .dialects import insert_results_pg
+
+        insert_results_pg(conn, values)
+        return
     stmt = _RESULT_INSERT.get(name)
     if stmt is None:
         from sqlalchemy.dialects import postgresql as pg_dialect
@@ -559,11 +564,34 @@ def finish(conn: Connection, worker_id: str, outcomes: Sequence[Outcome], now: d
     """
     if not outcomes:
         return []
+    if conn.dialect.name == "postgresql":
+        from .dialects import finish_pg
+
+        kept = finish_pg(conn, worker_id, outcomes)
+        mine = [o for o in outcomes if o.row.id in kept]
+        _enqueue_retries(conn, [o for o in mine if o.retry_at is not None], now)
+        return mine
     kept = dialect_of(conn).take_running(conn, worker_id, [o.row.id for o in outcomes])
     mine = [o for o in outcomes if o.row.id in kept]
     if mine:
         write_outcomes(conn, mine, now)
     return mine
+
+
+def _enqueue_retries(conn: Connection, outcomes: Sequence[Outcome], now: datetime) -> None:
+    """Next attempts of results already written with ``retried`` true; a
+    retry that could not be enqueued (its concurrency key taken) unmarks it."""
+    if not outcomes:
+        return
+    rows = [next_attempt_values(o.row, now, o.retry_at, o.extra_retries) for o in outcomes]  # type: ignore[arg-type]
+    inserted = insert_requests(conn, rows)
+    for o in outcomes:
+        if o.row.task_id not in inserted:
+            conn.execute(
+                update(result)
+                .where(result.c.task_id == o.row.task_id, result.c.attempt == o.row.attempt)
+                .values(retried=False)
+            )
 
 
 def release(
