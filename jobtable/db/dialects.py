@@ -189,6 +189,7 @@ def notify_queues(conn: Connection, queues: Sequence[str]) -> None:
     for queue in sorted(set(queues)):
         conn.execute(text("SELECT pg_notify(:channel, :queue)"), {"channel": channel, "queue": queue})
 
+
 # -- worker --
 
 

@@ -464,6 +464,7 @@ def transport_unbind_queue(conn: Connection, queue: str) -> int:
 def transport_unbind_exchange(conn: Connection, exchange: str) -> int:
     return conn.execute(delete(binding).where(binding.c.exchange == exchange)).rowcount
 
+
 # -- worker --------------------------------------------------------------------
 # SQL of the native worker (jobtable/worker/).  A member claims rows with
 # ``claim`` (worker_id = its own id, lease_expires_at NULL), writes their
@@ -738,7 +739,6 @@ def queue_depth(conn: Connection, queues: Sequence[str]) -> dict[str, int]:
     for state, n in conn.execute(stmt):
         counts[state] = int(n)
     return counts
-
 
 
 # -- schedules -------------------------------------------------------------------
