@@ -70,6 +70,7 @@ class Member:
         )
         self.conn: Connection | None = None
         self.done: list[store.Outcome] = []
+        self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
         self.batch = min(4, config.max_pending_per_process)
         self.jobs_run = 0
@@ -123,6 +124,13 @@ class Member:
         return EXIT_STOPPED
 
     def _run_batch(self, rows: list[Any]) -> None:
+        self.current = rows
+        try:
+            self._run_rows(rows)
+        finally:
+            self.current = []
+
+    def _run_rows(self, rows: list[Any]) -> None:
         started = time.perf_counter()
         for index, row in enumerate(rows):
             if self.should_stop():
@@ -168,7 +176,7 @@ class Member:
             if self.resync:
                 # After a lost connection a claim may have committed without
                 # our hearing of it: give back every row we hold but do not know.
-                known = [o.row.id for o in self.done]
+                known = [o.row.id for o in self.done] + [row.id for row in self.current]
                 with self._tx(self.conn):
                     released = store.release(self.conn, self.worker_id, None, keep=known)
                 if released:
