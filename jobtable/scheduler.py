@@ -174,12 +174,19 @@ class Scheduler:
                 if removed:
                     log.info("Removed schedule ledger rows of entries that no longer exist: %s", ", ".join(removed))
             rows = store.schedule_rows(conn)
-            store.schedule_seed(conn, {name: slot for name, slot in latest.items() if name not in rows}, now)
+            # A new entry's row has no slot yet ("never run"); its updated_at
+            # records when it was first seen, which is where it starts.
+            store.schedule_seed(conn, {name: None for name in latest if name not in rows}, now)
         due: dict[str, datetime] = {}
         for entry in self.entries:
             row = rows.get(entry.name)
-            last = row.last_slot if row is not None else latest[entry.name]
-            if last is None or latest[entry.name] > last:
+            if row is None:
+                last = latest[entry.name]
+            elif row.last_slot is None:
+                last = entry.schedule.latest(row.updated_at)
+            else:
+                last = row.last_slot
+            if latest[entry.name] > last:
                 due[entry.name] = now  # a slot was missed: see in _fire whether it is too late
             else:
                 due[entry.name] = entry.schedule.next(max(now, last))

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from jobtable import Job, register_job
+from jobtable import Job, jobs_registry, register_job
 from jobtable.scheduling import Schedule
 
 
-@register_job
+@contextmanager
+def scheduled_classes() -> Iterator[None]:
+    """Register the jobs with a ``schedule`` attribute for one test only.
+
+    Registered for good, they would join every default ``Scheduler()`` of
+    the test process, other engineers' tests included.
+    """
+    for cls in (Nightly, BerlinMorning):
+        jobs_registry.register(cls)
+    try:
+        yield
+    finally:
+        for cls in (Nightly, BerlinMorning):
+            jobs_registry.jobs.pop(jobs_registry.name_of(cls), None)
+            jobs_registry._names.pop(cls, None)
+
+
 class Nightly(Job):
-    """Has a schedule class attribute."""
+    """Has a schedule class attribute (registered by scheduled_classes())."""
 
     schedule = Schedule.from_cron("0 3 * * *")
 
@@ -18,9 +36,8 @@ class Nightly(Job):
         return "nightly"
 
 
-@register_job
 class BerlinMorning(Job):
-    """Scheduled in its own time zone."""
+    """Scheduled in its own time zone (registered by scheduled_classes())."""
 
     schedule = Schedule.from_cron("0 9 * * mon-fri", timezone="Europe/Berlin")
 
@@ -43,6 +60,14 @@ class Report(Job):
 @register_job
 class Tick(Job):
     """A plain job for scheduler tests."""
+
+    def run(self) -> None:
+        return None
+
+
+@register_job
+class Hourly(Job):
+    """Another plain job for scheduler tests."""
 
     def run(self) -> None:
         return None

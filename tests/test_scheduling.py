@@ -4,6 +4,7 @@ across DST changes), and the entries that give jobs a schedule."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -22,7 +23,7 @@ from jobtable.scheduling import (
     load_schedule,
     schedule_entries,
 )
-from tests.schedule_jobs import BerlinMorning, Nightly, Report, Tick
+from tests.schedule_jobs import BerlinMorning, Report, Tick
 
 UTC = timezone.utc
 
@@ -327,7 +328,15 @@ def test_next_and_previous_are_inverse_around_transitions() -> None:
 # -- entries -----------------------------------------------------------------------------------
 
 
-def test_schedule_class_attribute() -> None:
+@pytest.fixture
+def scheduled_classes() -> Iterator[None]:
+    from tests.schedule_jobs import scheduled_classes
+
+    with scheduled_classes():
+        yield
+
+
+def test_schedule_class_attribute(scheduled_classes: None) -> None:
     names = {entry.name: entry for entry in class_entries()}
     assert "tests.schedule_jobs.Nightly [0 3 * * *]" in names
     berlin = names["tests.schedule_jobs.BerlinMorning [0 9 * * mon-fri (Europe/Berlin)]"]
@@ -354,7 +363,7 @@ def test_jobtable_schedule_setting_forms() -> None:
     assert isinstance(entries[2].job, ScheduledCommand) and entries[2].job.command == "echo hello"
 
 
-def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch, scheduled_classes: None) -> None:
     monkeypatch.setenv("JOBTABLE_SCHEDULE", '[["tests.schedule_jobs.Tick", "@daily"], ["cmd:date", "0 * * * *"]]')
     settings.reset()
     names = [e.name for e in schedule_entries()]
@@ -362,7 +371,7 @@ def test_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "tests.schedule_jobs.Nightly [0 3 * * *]" in names  # class attributes too
 
 
-def test_duplicate_entries_are_one() -> None:
+def test_duplicate_entries_are_one(scheduled_classes: None) -> None:
     entries = schedule_entries([["tests.schedule_jobs.Nightly", "0 3 * * *"]])
     assert [e.name for e in entries].count("tests.schedule_jobs.Nightly [0 3 * * *]") == 1
 
