@@ -770,7 +770,8 @@ def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -
 
 
 def schedule_seed(conn: Connection, slots: dict[str, datetime | None], now: datetime) -> None:
-    """Create ledger rows of new entries at ``slots`` (existing rows are kept)."""
+    """Create ledger rows of new entries at ``slots`` (None: no slot yet;
+    existing rows are kept)."""
     if not slots:
         return
     from .dialects import upsert_insert
