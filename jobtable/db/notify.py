@@ -74,6 +74,12 @@ class Listener:
         the wait was interrupted); False: the timeout passed quietly."""
         return self._sleep(timeout)
 
+    def consume(self) -> None:
+        """Read and drop notifications that arrived meanwhile, without waiting.
+
+        Call it now and then while busy: a listener that never reads keeps
+        PostgreSQL from trimming its notification queue."""
+
     def interrupt(self) -> None:
         """End the current (or next) wait at once.  Safe from signal handlers."""
         try:
@@ -159,6 +165,16 @@ class PgListener(Listener):
             payload = note.extra.decode("utf-8", "replace")
             if not self.queues or payload in self.queues or payload == "*":
                 matched = True
+
+    def consume(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._pending_match()
+        except Exception as exc:
+            logger.warning("LISTEN connection lost (%s); reconnecting.", _first_line(exc))
+            self._drop()
+            self._connect_quietly()
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

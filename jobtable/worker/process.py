@@ -129,6 +129,9 @@ class Member:
             self._run_rows(rows)
         finally:
             self.current = []
+        # Busy members never wait: read notifications anyway (a non-blocking
+        # recv) so that PostgreSQL can trim its notification queue.
+        self.listener.consume()
 
     def _run_rows(self, rows: list[Any]) -> None:
         started = time.perf_counter()
