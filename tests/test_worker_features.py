@@ -149,3 +149,15 @@ def test_old_results_are_cleared(db_url: str, subprocess_env: dict[str, str]) ->
         wait_for(lambda: [r.task_id for r in results()] == [fresh.uuid], what="the old result to go")
     finally:
         stop(proc)
+
+
+def test_worker_runs_the_scheduler(db_url: str, subprocess_env: dict[str, str]) -> None:
+    env = worker_env(subprocess_env, schedule=[["tests.worker_jobs.Noop", "@daily"]])
+    proc = start_worker(env, "--max-processes", "1")
+    try:
+        # The first tick writes the entry's ledger row.
+        rows = wait_for(lambda: query("SELECT name FROM jobtable_schedule"), what="the schedule ledger")
+    finally:
+        out = stop(proc)
+    assert "Noop" in rows[0].name, out
+    assert "Scheduling 1 entry" in out

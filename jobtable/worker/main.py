@@ -86,6 +86,8 @@ class Supervisor:
         self.exit_code = 0
         self.stats = StatsReporter(config.queues)
         self._due: dict[str, float] = {}
+        self.scheduler: Any = None
+        self.scheduler_retry_at = 0.0
 
     # -- entry -------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Supervisor:
             db_engine.describe(engine),
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.scheduler = _make_scheduler()
         try:
             self._duty("rescue", rescue_first=True)
             for index in range(cfg.processes):
@@ -286,6 +289,13 @@ class Supervisor:
         cfg = self.config
         if self.pending:
             self._write_pending()
+        if (
+            self.scheduler is not None
+            and not self.stopping
+            and time.monotonic() >= self.scheduler_retry_at
+            and self.scheduler.seconds_until_due() <= 0
+        ):
+            self._tick_scheduler()
         if self._every("heartbeat", cfg.heartbeat_every):
             self._duty("heartbeat")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
@@ -317,6 +327,31 @@ class Supervisor:
                     print(line, flush=True)
         except DBAPIError as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
+
+
+    def _tick_scheduler(self) -> None:
+        # Every supervisor ticks; the ledger makes each slot fire once.
+        try:
+            self.scheduler.tick()
+        except Exception as exc:
+            logger.warning("Scheduler tick failed (%s); retrying in a second.", _first_line(exc))
+            self.scheduler_retry_at = time.monotonic() + 1.0
+
+
+def _make_scheduler() -> Any:
+    """The schedule of JOBTABLE_SCHEDULE and of registered jobs' ``schedule``
+    attributes, or None when there is nothing to schedule."""
+    try:
+        from ..scheduler import Scheduler
+
+        scheduler = Scheduler()
+    except Exception:
+        logger.exception("Cannot load the schedule; the worker runs without it.")
+        return None
+    if not scheduler.entries:
+        return None
+    logger.info("Scheduling %d entr%s.", len(scheduler.entries), "y" if len(scheduler.entries) == 1 else "ies")
+    return scheduler
 
 
 def _kill(pid: int, sig: int) -> None:
