@@ -82,7 +82,7 @@ def _value(text: str, spec: _Field, expression: str, raw: str) -> int:
     lowered = text.lower()
     if lowered in spec.names:
         return spec.names[lowered]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         hint = f" (names: {', '.join(spec.names)})" if spec.names else ""
         if text in ("?", "L", "W") or "#" in text or text.upper().endswith(("L", "W")):
             hint = f"; {text!r} is a Quartz extension standard cron does not have, use * or explicit values"
@@ -104,7 +104,7 @@ def _parse_field(raw: str, spec: _Field, expression: str) -> frozenset[int]:
         body, _, step_text = part.partition("/")
         step = 1
         if _:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise _fail(
                     expression, f"{spec.name} field {raw!r}: the step after / must be a whole number above 0"
                 )
@@ -127,8 +127,9 @@ def _parse_field(raw: str, spec: _Field, expression: str) -> frozenset[int]:
                 )
         else:
             low = _value(body, spec, expression, raw)
-            # "a/n" is short for "a-<max>/n" (an extension most crons accept).
-            high = spec.high if _ else low
+            # "a/n" is short for "a-<max>/n" (an extension most crons accept);
+            # the week ends on Saturday (6), 7 being Sunday again.
+            high = (6 if spec.name == "day of week" else spec.high) if _ else low
         values.update(range(low, high + 1, step))
     if spec.name == "day of week" and 7 in values:
         values.discard(7)

@@ -284,6 +284,52 @@ def test_matches_croniter(zone: str, backwards: bool) -> None:
     assert not mismatches, mismatches[:3]
 
 
+def _random_field(rng: random.Random, low: int, high: int) -> str:
+    a, b = sorted(rng.sample(range(low, high + 1), 2))
+    return rng.choice(
+        [
+            "*",
+            f"*/{rng.randint(2, max(2, (high - low) // 2))}",
+            str(a),
+            f"{a}-{b}",
+            f"{a}-{b}/{rng.randint(2, 4)}",
+            f"{a}/{rng.randint(2, 9)}",
+            ",".join(str(v) for v in sorted(rng.sample(range(low, high + 1), 3))),
+        ]
+    )
+
+
+def _random_expressions(count: int) -> list[str]:
+    rng = random.Random("cron")
+    out: list[str] = []
+    while len(out) < count:
+        bounds = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+        expression = " ".join(_random_field(rng, low, high) for low, high in bounds)
+        try:
+            CronExpression.parse(expression)
+        except CronError:
+            continue  # e.g. "0 0 31 2 *", which never runs
+        out.append(expression)
+    return out
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+def test_random_expressions_match_croniter(zone: str) -> None:
+    tz = ZoneInfo(zone)
+    rng = random.Random(f"random-{zone}")
+    mismatches = []
+    for expression in _random_expressions(250):
+        schedule = Schedule.from_cron(expression, timezone=zone)
+        for _ in range(3):
+            start = utc(2020, 1, 1) + timedelta(seconds=rng.randrange(11 * 365 * 86400))
+            for backwards in (False, True):
+                ours = [t.astimezone(UTC) for t in _series(schedule, start, 4, backwards)]
+                theirs = _croniter_series(expression, tz, start, 4, ours)
+                if ours != theirs:
+                    mismatches.append((expression, start.isoformat(), backwards, ours, theirs))
+    assert not mismatches, mismatches[:3]
+
+
 # -- DST semantics, spelled out -----------------------------------------------------------
 
 BERLIN = "Europe/Berlin"
