@@ -18,6 +18,7 @@ Use::
 
 ``tick()`` touches the database only when an entry is due (plus once, on
 the first call, to read and tidy the ledger), so calling it often is cheap.
+A Scheduler belongs to one thread; each process makes its own.
 
 Rules:
 

@@ -252,8 +252,7 @@ class ScheduledCommand(Job):
         return "default"
 
     def run(self) -> dict[str, Any]:
-        allowed = {entry.job.command for entry in load_schedule() if isinstance(entry.job, ScheduledCommand)}
-        if self.command not in allowed:
+        if self.command not in configured_commands():
             raise PermissionError(
                 f"Refusing to run {self.command!r}: it is not a 'cmd:' entry of this worker's JOBTABLE_SCHEDULE. "
                 "Add it there to schedule it."
@@ -265,6 +264,21 @@ class ScheduledCommand(Job):
         if completed.returncode != 0:
             raise CommandFailed(f"{self.command!r} exited with status {completed.returncode}: {output}")
         return {"command": self.command, "exit_status": completed.returncode, "output": output}
+
+
+def configured_commands() -> set[str]:
+    """The shell commands of JOBTABLE_SCHEDULE's ``cmd:`` entries (read
+    without importing the other entries' jobs)."""
+    from .settings import get_settings
+
+    commands = set()
+    for item in get_settings().schedule:
+        job = item[0] if isinstance(item, (list, tuple)) and item else None
+        if isinstance(job, str) and job.startswith("cmd:"):
+            commands.add(job[len("cmd:") :].strip())
+        elif isinstance(job, ScheduledCommand):
+            commands.add(job.command)
+    return commands
 
 
 # -- entries --------------------------------------------------------------------------------

@@ -466,3 +466,8 @@ def test_only_configured_commands_run() -> None:
     jobtable.configure(schedule=[["cmd:echo allowed", "@daily"]])
     with pytest.raises(PermissionError, match="not a 'cmd:' entry"):
         ScheduledCommand("echo not allowed").run()
+
+
+def test_a_broken_entry_does_not_stop_configured_commands() -> None:
+    jobtable.configure(schedule=[["cmd:echo ok", "@daily"], ["no.such.Job", "@daily"]])
+    assert ScheduledCommand("echo ok").run()["output"] == "ok\n"
