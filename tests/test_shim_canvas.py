@@ -8,7 +8,6 @@ import pytest
 
 from jobtable.db import tables
 from jobtable.shim import AsyncResult, ChordError, GroupResult, NotSupported, chain, chord, group, states
-
 from tests import shim_tasks as t
 from tests.shim_support import run_burst
 from tests.worker_jobs import requests, results

@@ -21,7 +21,6 @@ from jobtable.shim import (
     shared_task,
     states,
 )
-
 from tests import shim_tasks as t
 
 
@@ -44,7 +43,9 @@ def test_delay_runs_inline(eager: Celery, tmp_path: Any) -> None:
     # retry() runs the task again at once, with request.retries + 1 and the same id.
     assert retried.get() == 2
     assert [line.split()[:2] for line in open(log).read().splitlines()] == [
-        [retried.id, "0"], [retried.id, "1"], [retried.id, "2"],
+        [retried.id, "0"],
+        [retried.id, "1"],
+        [retried.id, "2"],
     ]
 
 
@@ -120,7 +121,10 @@ def test_unsupported_features_name_the_alternative(tmp_path: Any) -> None:
         (lambda: shared_task(rate_limit="10/m")(fn), "rate_limit.*concurrency key"),
         (lambda: shared_task(serializer="pickle")(fn), "serializer='pickle'"),
         (lambda: Celery("x", set_as_current=False, task_serializer="pickle"), "task_serializer='pickle'"),
-        (lambda: Celery("x", set_as_current=False, broker="redis://localhost"), "broker_url='redis://localhost'.*jobtable"),
+        (
+            lambda: Celery("x", set_as_current=False, broker="redis://localhost"),
+            "broker_url='redis://localhost'.*jobtable",
+        ),
         (lambda: Celery("x", set_as_current=False, backend="redis://localhost"), "result_backend"),
         (lambda: t.add.apply_async((1, 1), connection=object()), "connection.*run_in_worker"),
         (lambda: t.add.apply_async((1, 1), link_error=t.echo.s()), "link_error"),

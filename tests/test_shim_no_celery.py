@@ -11,7 +11,9 @@ import sys
 from tests.shim_support import BLOCK_CELERY, run_burst
 from tests.worker_jobs import ROOT, results, worker_env
 
-SCRIPT = BLOCK_CELERY + """
+SCRIPT = (
+    BLOCK_CELERY
+    + """
 import json
 import sys
 
@@ -47,6 +49,7 @@ values = {
 }
 print(json.dumps(values), flush=True)
 """
+)
 
 
 def test_api_and_worker_without_celery(db_url: str, subprocess_env: dict[str, str]) -> None:

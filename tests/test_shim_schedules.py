@@ -13,7 +13,6 @@ from jobtable.scheduler import Scheduler
 from jobtable.scheduling import schedule_entries
 from jobtable.shim import AsyncResult, Celery, NotSupported, crontab, schedule
 from jobtable.shim.schedules import interval_to_cron
-
 from tests import shim_tasks as t
 from tests.shim_support import run_burst
 from tests.worker_jobs import requests
@@ -91,7 +90,10 @@ def test_beat_schedule_is_enqueued_by_the_scheduler(db_url: str, subprocess_env:
     assert scheduler.tick(start).enqueued == []  # new entries start with their next slot
     fired = scheduler.tick(start + timedelta(minutes=29)).enqueued  # 02:30 in Berlin
     assert sorted(f.name for f in fired) == sorted(
-        ["tests.shim_tasks.add(1, 2) [*/5 * * * * (Europe/Berlin)]", 'tests.shim_tasks.echo(value="night") [30 2 * * * (Europe/Berlin)]']
+        [
+            "tests.shim_tasks.add(1, 2) [*/5 * * * * (Europe/Berlin)]",
+            'tests.shim_tasks.echo(value="night") [30 2 * * * (Europe/Berlin)]',
+        ]
     )
     rows = {r.task_name: r for r in requests()}
     assert rows["tests.shim_tasks.add"].queue == "celery"

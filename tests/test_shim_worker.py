@@ -13,7 +13,6 @@ from jobtable import messages
 from jobtable.db import engine as db_engine
 from jobtable.db import store, tables
 from jobtable.shim import AsyncResult, TaskRevokedError, states
-
 from tests import shim_tasks as t
 from tests.shim_support import run_burst, start_worker
 from tests.worker_jobs import lines, requests, results, stop
@@ -91,7 +90,9 @@ def test_retry_keeps_the_id_and_counts_attempts(db_url: str, subprocess_env: dic
     assert "flaky 0" in attempts[0].error_message
 
 
-def test_retry_past_max_retries_raises_the_original(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+def test_retry_past_max_retries_raises_the_original(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
     log = str(tmp_path / "flaky.log")
     sent = t.flaky.delay(log, 99)
     other = t.retry_without_exc.delay(str(tmp_path / "plain.log"))

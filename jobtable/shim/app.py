@@ -133,7 +133,7 @@ class Settings(MutableMapping[str, Any]):
 
     # -- Celery's helpers --------------------------------------------------------------
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -202,7 +202,9 @@ class Celery:
         elif key == "beat_schedule":
             self.install_beat_schedule()
 
-    def config_from_object(self, obj: Any, namespace: str | None = None, silent: bool = False, force: bool = False) -> None:
+    def config_from_object(
+        self, obj: Any, namespace: str | None = None, silent: bool = False, force: bool = False
+    ) -> None:
         """Read settings from a module, a ``"module:attr"`` path or an object.
 
         With ``namespace="CELERY"``, ``CELERY_TASK_ALWAYS_EAGER`` is read as
@@ -275,7 +277,10 @@ class Celery:
         return GroupResult(group_id, results or [], app=self)
 
     def autodiscover_tasks(
-        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None, related_name: str = "tasks", force: bool = False
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
     ) -> None:
         """Import ``<package>.tasks`` of each package.  Lazy unless ``force``
         (a Django ``lambda: settings.INSTALLED_APPS`` is called when tasks are
@@ -305,10 +310,18 @@ class Celery:
 
     # -- periodic tasks -------------------------------------------------------------------
 
-    def add_periodic_task(self, schedule: Any, sig: Any, args: Any = (), kwargs: Any = None, name: str | None = None, **opts: Any) -> str:
+    def add_periodic_task(
+        self, schedule: Any, sig: Any, args: Any = (), kwargs: Any = None, name: str | None = None, **opts: Any
+    ) -> str:
         """Celery's ``add_periodic_task``: an entry added to the beat schedule."""
         key = name or f"{sig.task}{tuple(sig.args)!r}"
-        entry = {"task": sig.task, "schedule": schedule, "args": tuple(sig.args) or tuple(args), "kwargs": dict(sig.kwargs or kwargs or {}), "options": {**sig.options, **opts}}
+        entry = {
+            "task": sig.task,
+            "schedule": schedule,
+            "args": tuple(sig.args) or tuple(args),
+            "kwargs": dict(sig.kwargs or kwargs or {}),
+            "options": {**sig.options, **opts},
+        }
         self._periodic[key] = entry
         self.install_beat_schedule()
         return key

@@ -25,7 +25,7 @@ from .exceptions import NotSupported
 
 if TYPE_CHECKING:
     from .app import Celery
-    from .result import AsyncResult, EagerResult, GroupResult
+    from .result import AsyncResult, GroupResult
 
 
 def _app(app: Celery | None) -> Celery:
@@ -76,7 +76,8 @@ class Signature(dict):  # type: ignore[type-arg]
 
     @property
     def id(self) -> str | None:
-        return self.options.get("task_id")
+        task_id = self.options.get("task_id")
+        return str(task_id) if task_id is not None else None
 
     @property
     def type(self) -> Any:
@@ -90,11 +91,15 @@ class Signature(dict):  # type: ignore[type-arg]
 
     # -- building -----------------------------------------------------------------------
 
-    def clone(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Signature:
+    def clone(
+        self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
         new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
         return Signature(self.task, new_args, new_kwargs, new_options, immutable=self.immutable, app=self._app)
 
-    def _merge(self, args: Any, kwargs: Any, options: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    def _merge(
+        self, args: Any, kwargs: Any, options: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         # Celery's partial arguments: new positional arguments come first.
         if self.immutable:
             return tuple(self.args), dict(self.kwargs), {**self.options, **options}
@@ -144,12 +149,10 @@ class Signature(dict):  # type: ignore[type-arg]
 
     # -- calling ------------------------------------------------------------------------
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult | EagerResult | GroupResult | None:
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    def apply_async(
-        self, args: Any = None, kwargs: Any = None, **options: Any
-    ) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         app = _app(self._app)
         sig = self.clone(args, kwargs, **options)
         send.check_options(sig.options)
@@ -171,8 +174,12 @@ class Signature(dict):  # type: ignore[type-arg]
         opts = dict(sig.options)
         send.check_options(opts)
         return registry.get(sig.task).apply(
-            sig.args, sig.kwargs, task_id=opts.get("task_id"), link=opts.get("link"),
-            parent_id=opts.get("parent_id"), root_id=opts.get("root_id"),
+            sig.args,
+            sig.kwargs,
+            task_id=opts.get("task_id"),
+            link=opts.get("link"),
+            parent_id=opts.get("parent_id"),
+            root_id=opts.get("root_id"),
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -251,7 +258,6 @@ class chain(Signature):  # noqa: N801  (Celery's name)
     def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
         """Fix every step's id; the chain's result is its last step's, with
         the earlier steps as parents."""
-        from .result import AsyncResult
 
         result: AsyncResult | None = None
         steps = self.tasks
@@ -281,7 +287,8 @@ class chain(Signature):  # noqa: N801  (Celery's name)
         sig = self.clone(args, kwargs)
         if options:
             raise NotSupported(
-                f"chain.apply_async({', '.join(sorted(options))}=...)", "Set options on each step: a.s().set(queue=...)."
+                f"chain.apply_async({', '.join(sorted(options))}=...)",
+                "Set options on each step: a.s().set(queue=...).",
             )
         if not sig.tasks:
             raise ValueError("chain() needs at least one task.")
@@ -333,7 +340,8 @@ class group(Signature):  # noqa: N801
         app = _app(self._app)
         if options:
             raise NotSupported(
-                f"group.apply_async({', '.join(sorted(options))}=...)", "Set options on each task: a.s().set(queue=...)."
+                f"group.apply_async({', '.join(sorted(options))}=...)",
+                "Set options on each task: a.s().set(queue=...).",
             )
         steps = [step.clone(args, kwargs) for step in self.tasks]
         group_id = messages.new_task_id()
@@ -344,8 +352,10 @@ class group(Signature):  # noqa: N801
         rows: list[dict[str, Any]] = []
         for index, step in enumerate(steps):
             # A chain in a group is one member: its last step is the result.
-            grouped = {} if isinstance(step, chain) else {"group_id": group_id, "group_index": index}
-            rows += rows_for(app, step.to_dict(), [], now=now, **grouped)
+            if isinstance(step, chain):
+                rows += rows_for(app, step.to_dict(), [], now=now)
+            else:
+                rows += rows_for(app, step.to_dict(), [], now=now, group_id=group_id, group_index=index)
         send.insert_rows(rows)
         return GroupResult(group_id, results, app=app)
 
@@ -379,7 +389,9 @@ class chord(Signature):  # noqa: N801
                 )
         if body is not None and (not isinstance(body, Signature) or isinstance(body, (group, chord))):
             raise NotSupported("a group or chord as chord body", "The body is a task signature or a chain.")
-        super().__init__("celery.chord", (), {"header": list(tasks), "body": body}, options, subtask_type="chord", app=app)
+        super().__init__(
+            "celery.chord", (), {"header": list(tasks), "body": body}, options, subtask_type="chord", app=app
+        )
 
     @property
     def tasks(self) -> list[Signature]:
@@ -401,7 +413,8 @@ class chord(Signature):  # noqa: N801
             raise ValueError("chord() needs a body: chord(header)(body) or chord(header, body).")
         if options:
             raise NotSupported(
-                f"chord.apply_async({', '.join(sorted(options))}=...)", "Set options on each task: a.s().set(queue=...)."
+                f"chord.apply_async({', '.join(sorted(options))}=...)",
+                "Set options on each task: a.s().set(queue=...).",
             )
         steps = [step.clone(args, kwargs) for step in self.tasks]
         body = body.clone()
@@ -472,13 +485,26 @@ def rows_for(
         # The outer chain's remaining steps run after this chain's.
         rest = list(chain or []) + list(reversed(steps[1:]))
         return rows_for(
-            app, steps[0], prefix, now=now, parent_id=parent_id, root_id=root_id, chain=rest,
-            group_id=group_id, group_index=group_index, chord=chord,
+            app,
+            steps[0],
+            prefix,
+            now=now,
+            parent_id=parent_id,
+            root_id=root_id,
+            chain=rest,
+            group_id=group_id,
+            group_index=group_index,
+            chord=chord,
         )
     if kind is not None:
         raise NotSupported(f"a {kind} as a canvas step", "Chain plain tasks; use chord(header, body) for fan-in.")
     options = params.decode(dict(sig.get("options") or {}))
-    for key, value in (("parent_id", parent_id), ("root_id", root_id), ("group_id", group_id), ("group_index", group_index)):
+    for key, value in (
+        ("parent_id", parent_id),
+        ("root_id", root_id),
+        ("group_id", group_id),
+        ("group_index", group_index),
+    ):
         if value is not None:
             options[key] = value
     args = list(sig.get("args") or [])

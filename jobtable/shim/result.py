@@ -58,7 +58,7 @@ def exception_from(result: Any, state: str) -> BaseException:
             return cls(*args)
         except Exception:
             pass
-    stand_in = type(name, (Exception,), {"__module__": module})
+    stand_in: type[Exception] = type(name, (Exception,), {"__module__": module})
     return stand_in(*args)
 
 
@@ -206,7 +206,14 @@ class AsyncResult:
         with db_engine.connect() as conn, conn.begin():
             db_results.forget(conn, self.id)
 
-    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None, wait: bool = False, timeout: Any = None) -> None:
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: Any = None,
+    ) -> None:
         """Cancel the task if it has not started (it ends REVOKED)."""
         if terminate:
             raise NotSupported(
@@ -248,7 +255,9 @@ class AsyncResult:
 class EagerResult(AsyncResult):
     """The result of a task run in this process (``task_always_eager``)."""
 
-    def __init__(self, id: str, ret_value: Any, state: str, traceback: str | None = None, name: str | None = None) -> None:  # noqa: A002
+    def __init__(
+        self, id: str, ret_value: Any, state: str, traceback: str | None = None, name: str | None = None
+    ) -> None:  # noqa: A002
         super().__init__(id, task_name=name)
         self._value = ret_value
         self._state = state
@@ -263,7 +272,7 @@ class EagerResult(AsyncResult):
             "name": self.task_name,
         }
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True, *args: Any, **kwargs: Any) -> Any:
         if self._state in PROPAGATE_STATES and propagate:
             raise self._value if isinstance(self._value, BaseException) else exception_from(self._value, self._state)
         return self._value
@@ -280,7 +289,13 @@ class EagerResult(AsyncResult):
 class GroupResult:
     """The results of a group, in order (a chord's header too)."""
 
-    def __init__(self, id: str | None = None, results: list[AsyncResult] | None = None, app: Celery | None = None, parent: Any = None) -> None:  # noqa: A002
+    def __init__(
+        self,
+        id: str | None = None,
+        results: list[AsyncResult] | None = None,
+        app: Celery | None = None,
+        parent: Any = None,
+    ) -> None:  # noqa: A002
         self.id = id
         self.results = list(results or [])
         self.app = app

@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobtable.shim")
 
 _DAY_NAMES = {
-    "sunday": "sun", "monday": "mon", "tuesday": "tue", "wednesday": "wed",
-    "thursday": "thu", "friday": "fri", "saturday": "sat",
+    "sunday": "sun",
+    "monday": "mon",
+    "tuesday": "tue",
+    "wednesday": "wed",
+    "thursday": "thu",
+    "friday": "fri",
+    "saturday": "sat",
 }
 
 
@@ -178,7 +183,8 @@ def beat_entries(beat_schedule: dict[str, Any], app: Celery) -> list[tuple[Any, 
     for key, entry in beat_schedule.items():
         if not isinstance(entry, dict) or "task" not in entry or "schedule" not in entry:
             raise NotSupported(
-                f"the beat_schedule entry {key!r}", "Each entry is a dict with 'task' and 'schedule' (and 'args', 'kwargs', 'options')."
+                f"the beat_schedule entry {key!r}",
+                "Each entry is a dict with 'task' and 'schedule' (and 'args', 'kwargs', 'options').",
             )
         unknown = set(entry) - {"task", "schedule", "args", "kwargs", "options", "relative"}
         if unknown or entry.get("relative"):

@@ -33,8 +33,22 @@ EMBED_HEADER = "jobtable_embed"
 
 #: apply_async options accepted and stored.
 HANDLED = {
-    "task_id", "countdown", "eta", "expires", "priority", "queue", "headers", "link", "shadow",
-    "time_limit", "soft_time_limit", "concurrency_key", "parent_id", "root_id", "group_id", "group_index",
+    "task_id",
+    "countdown",
+    "eta",
+    "expires",
+    "priority",
+    "queue",
+    "headers",
+    "link",
+    "shadow",
+    "time_limit",
+    "soft_time_limit",
+    "concurrency_key",
+    "parent_id",
+    "root_id",
+    "group_id",
+    "group_index",
 }
 #: apply_async options accepted without effect -> why (for the migration guide).
 IGNORED = {
@@ -156,8 +170,10 @@ def build_row(
         priority = task.priority
     if priority is None:
         priority = app.conf.task_default_priority or 0
-    if isinstance(priority, bool) or not isinstance(priority, int) or not (
-        tables.PRIORITY_MIN <= priority <= tables.PRIORITY_MAX
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (tables.PRIORITY_MIN <= priority <= tables.PRIORITY_MAX)
     ):
         raise ValueError(f"priority={priority!r}: use an integer (higher runs first, as on RabbitMQ).")
     eta: datetime | None = None
@@ -178,9 +194,11 @@ def build_row(
     headers = dict(options.get("headers") or {})
     key = options.get("concurrency_key") or headers.pop(messages.CONCURRENCY_KEY_HEADER, None)
     if key is None and task is not None and task.concurrency_key is not None:
-        key = task.concurrency_key(*params.decode(args), **params.decode(kwargs)) if callable(
-            task.concurrency_key
-        ) else task.concurrency_key
+        key = (
+            task.concurrency_key(*params.decode(args), **params.decode(kwargs))
+            if callable(task.concurrency_key)
+            else task.concurrency_key
+        )
     task_id = str(options.get("task_id") or messages.new_task_id())
     envelope = messages.task_message(
         task_name=name,

@@ -116,7 +116,7 @@ def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool)
     countdown = min(maximum, factor * (2**retries))
     if full_jitter:
         countdown = random.randrange(countdown + 1)
-    return max(0, countdown)
+    return int(max(0, countdown))
 
 
 class Task:
@@ -234,7 +234,10 @@ class Task:
             return self.apply(args, kwargs, task_id=task_id, link=options.get("link"))
         from .canvas import Signature
 
-        return Signature(self.name, args, kwargs, {**options, "task_id": task_id} if task_id else options, app=app).apply_async()
+        sent: AsyncResult | None = Signature(
+            self.name, args, kwargs, {**options, "task_id": task_id} if task_id else options, app=app
+        ).apply_async()
+        return sent
 
     def apply(
         self,
@@ -258,8 +261,15 @@ class Task:
         propagate = self._app().conf.task_eager_propagates if throw is None else throw
         while True:
             request = Context(
-                id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries, is_eager=True,
-                called_directly=False, root_id=options.get("root_id") or task_id, parent_id=options.get("parent_id"),
+                id=task_id,
+                task=self.name,
+                args=args,
+                kwargs=kwargs,
+                retries=retries,
+                is_eager=True,
+                called_directly=False,
+                root_id=options.get("root_id") or task_id,
+                parent_id=options.get("parent_id"),
                 delivery_info={"is_eager": True},
             )
             try:
@@ -323,12 +333,16 @@ class Task:
             if exc is not None:
                 raise exc
             raise RuntimeError(f"Task {self.name} was called directly, not by a worker: it cannot be retried.")
-        if args is not None and tuple(args) != tuple(request.args) or kwargs is not None and dict(kwargs) != dict(
-            request.kwargs
+        if (
+            args is not None
+            and tuple(args) != tuple(request.args)
+            or kwargs is not None
+            and dict(kwargs) != dict(request.kwargs)
         ):
             raise NotSupported(
                 "retry(args=..., kwargs=...) with new arguments",
-                "A retry runs the same message again. Send a new task instead: self.apply_async(new_args, countdown=...).",
+                "A retry runs the same message again. Send a new task instead: "
+                "self.apply_async(new_args, countdown=...).",
             )
         if options:
             raise NotSupported(
@@ -363,10 +377,13 @@ class Task:
     def chunks(self, it: Any, n: int) -> Any:
         raise NotSupported("task.chunks()", "Split the items yourself and send one task per chunk (a group).")
 
-    def update_state(self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
         raise NotSupported(
             "update_state() (custom states, progress)",
-            "Store progress in your own table or cache; AsyncResult reports PENDING/STARTED/RETRY/SUCCESS/FAILURE/REVOKED.",
+            "Store progress in your own table or cache; AsyncResult reports "
+            "PENDING/STARTED/RETRY/SUCCESS/FAILURE/REVOKED.",
         )
 
     def replace(self, sig: Any) -> Any:
@@ -492,9 +509,7 @@ def task_name(fun: Callable[..., Any], app: Celery | None) -> str:
     return f"{module}.{fun.__name__}"
 
 
-def create_task(
-    fun: Callable[..., Any], *, app: Celery | None, base: type[Task] | None = None, **options: Any
-) -> Task:
+def create_task(fun: Callable[..., Any], *, app: Celery | None, base: type[Task] | None = None, **options: Any) -> Task:
     """The task object for ``fun`` (what ``@app.task(...)`` returns)."""
     for key in options:
         if key in UNSUPPORTED_OPTIONS and options[key] is not None:
@@ -529,7 +544,7 @@ def create_task(
             options[key] = tuple(options[key])
     attributes.update(options)
     task_class = type(fun.__name__, (base,), attributes)
-    task = task_class()
+    task: Task = task_class()
     module, _, short = name.rpartition(".")
     task.job_class = type(
         f"{short}_job", (TaskJob,), {"task": task, "__module__": module or fun.__module__, "__qualname__": short}
