@@ -152,3 +152,48 @@ def test_config_from_object_with_namespace() -> None:
     app.config_from_object(DjangoSettings, namespace="CELERY")
     assert app.conf.task_always_eager is True and app.conf.task_default_queue == "jobs"
     assert "debug" not in app.conf
+
+
+def test_broker_url_is_the_database(db_url: str) -> None:
+    from jobtable import get_settings
+
+    Celery("url", set_as_current=False, broker="jobtable+" + db_url, backend="jobtable")
+    assert get_settings().database_url == db_url
+    sent = t.add.delay(1, 1)
+    assert sent is not None and sent.state == states.PENDING
+
+
+def test_autodiscover_is_lazy(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "lazyapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(
+        "from jobtable.shim import shared_task\n\n@shared_task\ndef found():\n    return 'found'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Celery("lazy", set_as_current=False)
+    app.autodiscover_tasks(lambda: ["lazyapp"])
+    import sys
+
+    assert "lazyapp.tasks" not in sys.modules  # nothing imported yet (Django apps may not be ready)
+    assert "lazyapp.tasks.found" in app.tasks
+    assert app.tasks["lazyapp.tasks.found"]() == "found"
+
+
+def test_custom_base_task_and_handlers(eager: Celery) -> None:
+    seen: list[str] = []
+
+    class Audited(eager.Task):  # type: ignore[misc,name-defined]
+        def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+            seen.append(f"ok {retval}")
+
+        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            seen.append(f"failed {exc}")
+
+    @eager.task(base=Audited)
+    def half(x: int) -> float:
+        return 1 / x
+
+    half.delay(2)
+    half.delay(0)
+    assert seen == ["ok 0.5", "failed division by zero"]

@@ -19,6 +19,8 @@ Nothing here imports Celery.  (``jobtable.shim.backend`` and
 
 from __future__ import annotations
 
+import logging
+
 from . import runner as _runner
 from .app import Celery, current_app
 from .canvas import Signature, chain, chord, group, signature
@@ -28,6 +30,7 @@ from .exceptions import (
     NotRegistered,
     NotSupported,
     Retry,
+    SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
     TimeoutError,
@@ -36,6 +39,13 @@ from .result import AsyncResult, EagerResult, GroupResult
 from .schedules import crontab, schedule
 from .states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
 from .task import Task, shared_task
+
+
+def get_task_logger(name: str) -> logging.Logger:
+    """Celery's ``get_task_logger``: a logger under ``celery.task`` (the
+    worker's JobContextFilter adds the job's name and id to its records)."""
+    return logging.getLogger(f"celery.task.{name}" if not name.startswith("celery.") else name)
+
 
 _runner.install()
 
@@ -56,6 +66,7 @@ __all__ = [
     "NotSupported",
     "Retry",
     "Signature",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskRevokedError",
     "TimeLimitExceeded",
@@ -64,6 +75,7 @@ __all__ = [
     "chord",
     "crontab",
     "current_app",
+    "get_task_logger",
     "group",
     "schedule",
     "shared_task",

@@ -235,15 +235,23 @@ class Celery:
 
     # -- tasks ------------------------------------------------------------------------------
 
+    @property
+    def Task(self) -> type[Any]:  # noqa: N802  (Celery's name: class MyTask(app.Task))
+        from .task import Task
+
+        return self._task_cls or Task
+
     def task(self, *args: Any, **options: Any) -> Any:
         """``@app.task``, ``@app.task(bind=True, name=..., max_retries=...)``."""
         from .task import create_task
 
         if args and callable(args[0]) and len(args) == 1 and not options:
-            return create_task(args[0], app=self)
+            return create_task(args[0], app=self, base=self._task_cls)
 
         def decorate(fun: Callable[..., Any]) -> Any:
-            return create_task(fun, app=self, base=self._task_cls, **options)
+            opts = dict(options)
+            base = opts.pop("base", None) or self._task_cls
+            return create_task(fun, app=self, base=base, **opts)
 
         return decorate
 

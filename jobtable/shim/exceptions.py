@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..exceptions import JobtableError
-from ..worker.errors import DeferJob
+from ..worker.errors import DeferJob, JobTimeout
 
 
 class NotSupported(JobtableError, NotImplementedError):
@@ -53,6 +53,12 @@ class ChordError(JobtableError):
 
 class TimeLimitExceeded(JobtableError):
     """The task ran past its time limit and was stopped (the worker's JobTimeout)."""
+
+
+#: Inside a task, the time limit arrives as the worker's JobTimeout (a
+#: BaseException, so ``except Exception`` cannot swallow it); ``except
+#: SoftTimeLimitExceeded:`` cleanup code written for Celery still catches it.
+SoftTimeLimitExceeded = JobTimeout
 
 
 class TaskRevokedError(JobtableError):
