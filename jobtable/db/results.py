@@ -135,7 +135,7 @@ def delete_groups_before(conn: Connection, before: datetime) -> int:
 
 
 def _part_id(group_id: str, index: int) -> str:
-    return f"{group_id}#{index:06d}"
+    return f"{group_id}#{index:010d}"
 
 
 def chord_part_record(
