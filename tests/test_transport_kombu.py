@@ -449,3 +449,36 @@ def test_lost_database_connections_are_recovered(db_url: str, dialect: str) -> N
             message.ack()
         assert got == ["before", "after"]
         fresh.close()
+
+
+def test_queue_ttl_no_ack_and_auto_delete(db_url: str) -> None:
+    # Celery's event, pidbox and reply queues: x-message-ttl, no_ack
+    # consumers, auto_delete when the consumer goes away.
+    with connect(db_url) as consumer_conn, connect(db_url) as publisher:
+        exchange = Exchange("events", "topic")
+        queue = Queue("events.monitor", exchange, "task.#", auto_delete=True, message_ttl=60)
+        got: list[object] = []
+        producer = Producer(publisher.default_channel)
+        with Consumer(consumer_conn, [queue], callbacks=[lambda body, message: got.append(body)], no_ack=True):
+            producer.publish({"e": 1}, exchange="events", routing_key="task.sent")
+            (row,) = rows(db_url)
+            assert row.expires_at is not None
+            assert 59 <= (row.expires_at - row.created_at).total_seconds() <= 61
+            consumer_conn.drain_events(timeout=5)
+            assert got == [{"e": 1}]
+            assert rows(db_url) == []  # no_ack: gone on delivery
+        # The consumer was cancelled: the auto_delete queue is unbound.
+        publisher.transport.bindings.invalidate()
+        producer.publish({"e": 2}, exchange="events", routing_key="task.sent")
+        assert rows(db_url) == []
+
+
+def test_expired_messages_in_abandoned_queues_are_swept(db_url: str) -> None:
+    with connect(db_url) as conn:
+        queue = Queue("abandoned", Exchange("abandoned"), "abandoned", message_ttl=0.05)
+        _publish(conn, queue, {"stale": True})
+        # Straight to the queue (default exchange): no binding, no TTL.
+        Producer(conn.default_channel).publish({"fresh": True}, exchange="", routing_key="abandoned")
+        wait_for(lambda: conn.transport._keeper.sweep() >= 0 and len(rows(db_url)) == 1, what="sweep")
+        (left,) = rows(db_url)
+        assert "fresh" in left.message

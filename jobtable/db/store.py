@@ -419,9 +419,11 @@ binding = tables.binding
 
 
 def transport_bindings(conn: Connection, exchange: str) -> list[Row[Any]]:
-    """(exchange_type, routing_key, pattern, queue) of ``exchange``'s bindings."""
+    """(exchange_type, routing_key, pattern, queue, message_ttl) of ``exchange``'s bindings."""
     stmt = (
-        select(binding.c.exchange_type, binding.c.routing_key, binding.c.pattern, binding.c.queue)
+        select(
+            binding.c.exchange_type, binding.c.routing_key, binding.c.pattern, binding.c.queue, binding.c.message_ttl
+        )
         .where(binding.c.exchange == exchange)
         .order_by(binding.c.id)
     )
@@ -434,7 +436,13 @@ def transport_all_bindings(conn: Connection) -> list[Row[Any]]:
 
 
 def transport_bind(
-    conn: Connection, exchange: str, exchange_type: str, routing_key: str, pattern: str, queue: str
+    conn: Connection,
+    exchange: str,
+    exchange_type: str,
+    routing_key: str,
+    pattern: str,
+    queue: str,
+    message_ttl: float | None = None,
 ) -> None:
     from .dialects import insert_binding
 
@@ -446,6 +454,7 @@ def transport_bind(
             "routing_key": routing_key,
             "pattern": pattern,
             "queue": queue,
+            "message_ttl": message_ttl,
         },
     )
 

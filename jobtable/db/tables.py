@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -182,6 +183,10 @@ binding = Table(
     Column("routing_key", String(255), nullable=False),
     Column("pattern", String(255), nullable=False, server_default=text("''")),
     Column("queue", String(255), nullable=False),
+    # The queue's message TTL in seconds (AMQP ``x-message-ttl``; Celery sets
+    # it on event, pidbox and reply queues): messages routed through this
+    # binding expire after it, so a queue whose consumer is gone cannot grow.
+    Column("message_ttl", Float, nullable=True),
     UniqueConstraint("exchange", "routing_key", "queue"),
 )
 

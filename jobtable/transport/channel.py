@@ -26,7 +26,9 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import ChannelError
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport import virtual
+from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
 from .. import messages
@@ -105,6 +107,8 @@ class Channel(virtual.Channel):
         # The thread delivering a claimed batch, and the acks it made meanwhile.
         self._batching: int | None = None
         self._pending_acks: list[int] = []
+        #: Queues declared auto_delete by this channel.
+        self._auto_delete: set[str] = set()
 
     # -- database access -------------------------------------------------------------
 
@@ -133,27 +137,39 @@ class Channel(virtual.Channel):
         properties.setdefault("delivery_info", {}).update(exchange=exchange, routing_key=routing_key)
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        self._insert([queue], message)
+        exchange = ((message.get("properties") or {}).get("delivery_info") or {}).get("exchange")
+        ttl = self._transport.bindings.get(exchange).ttl if exchange else {}
+        self._insert([queue], message, ttl=ttl)
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
-        queues = self._fanout_queues(exchange)
-        if queues:
-            self._insert(queues, message, fanout=True)
-
-    def _fanout_queues(self, exchange: str) -> list[str]:
         bindings = self._transport.bindings
         entry = bindings.get(exchange)
         if not entry.table:
             entry = bindings.refresh_after_miss(exchange) or entry
-        return sorted({queue for _, _, queue in entry.table})
+        queues = sorted({queue for _, _, queue in entry.table})
+        if queues:
+            self._insert(queues, message, fanout=True, ttl=entry.ttl)
 
-    def _insert(self, queues: Sequence[str], message: dict[str, Any], fanout: bool = False) -> None:
+    def _insert(
+        self,
+        queues: Sequence[str],
+        message: dict[str, Any],
+        fanout: bool = False,
+        ttl: dict[str, float] | None = None,
+    ) -> None:
         now = store.utcnow()
         expires_at = _expires_at(message, now)
         rows = []
         for queue in queues:
             row = messages.row_values(message, queue, now)
             row["expires_at"] = expires_at
+            queue_ttl = (ttl or {}).get(queue)
+            if queue_ttl is not None:
+                # The queue's x-message-ttl: counted from now, like AMQP.
+                limit = now + timedelta(seconds=queue_ttl)
+                row["expires_at"] = limit if expires_at is None else min(expires_at, limit)
+            # Priorities are SMALLINT; AMQP's go 0-255.
+            row["priority"] = max(tables.PRIORITY_MIN, min(tables.PRIORITY_MAX, row["priority"]))
             if fanout:
                 # Copies of one broadcast must not collide on the key.
                 row["concurrency_key"] = None
@@ -282,6 +298,35 @@ class Channel(virtual.Channel):
 
     # -- queues ---------------------------------------------------------------------------
 
+    def prepare_queue_arguments(self, arguments: Any, **kwargs: Any) -> Any:
+        # Queue(message_ttl=..., expires=...) become x-message-ttl & co., as
+        # on RabbitMQ and Redis; queue_declare reads x-message-ttl.
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
+
+    def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        name = queue or f"amq.gen-{uuid()}"
+        arguments = kwargs.get("arguments") or {}
+        ttl = arguments.get("x-message-ttl")
+        if ttl is not None:
+            # Recorded with the queue's bindings (queue_bind), so publishers
+            # in other processes apply it.
+            self._transport.queue_ttl[name] = float(ttl) / 1000.0
+        if kwargs.get("auto_delete"):
+            self._auto_delete.add(name)
+        return super().queue_declare(name, passive, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        queue = self._tag_to_queue.get(consumer_tag)
+        super().basic_cancel(consumer_tag)
+        if queue in self._auto_delete and queue not in self._active_queues:
+            # AMQP auto_delete: the last consumer went away (Celery's event,
+            # pidbox and reply queues), so stop routing messages to it.
+            self._auto_delete.discard(queue)
+            try:
+                self.queue_delete(queue)
+            except Exception as exc:  # closing while the database is down
+                logger.warning("jobtable: could not delete auto_delete queue %r: %s", queue, exc)
+
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         """Queues exist implicitly: rows name their queue."""
 
@@ -343,8 +388,9 @@ class Channel(virtual.Channel):
         exchange = exchange or "amq.direct"
         kind = self._exchange_type(exchange)
         routing_key, pattern, queue = self.exchange_types[kind].prepare_bind(queue, exchange, routing_key, arguments)
+        ttl = self._transport.queue_ttl.get(queue)
         with self._write() as conn:
-            store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue)
+            store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl)
         self.state.binding_declare(queue, exchange, routing_key, arguments)
         self._transport.bindings.invalidate(exchange)
 

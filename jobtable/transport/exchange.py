@@ -30,6 +30,8 @@ class _Entry:
     exchange_type: str | None
     table: list[Binding]
     read_at: float
+    #: Message TTL (seconds) of bound queues that have one.
+    ttl: dict[str, float]
 
 
 class BindingCache:
@@ -46,6 +48,7 @@ class BindingCache:
             exchange_type=rows[0].exchange_type if rows else None,
             table=[(row.routing_key, row.pattern or None, row.queue) for row in rows],
             read_at=monotonic(),
+            ttl={row.queue: float(row.message_ttl) for row in rows if row.message_ttl is not None},
         )
         with self._lock:
             self._entries[exchange] = entry

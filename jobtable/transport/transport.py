@@ -118,6 +118,8 @@ class Transport(virtual.Transport):
         self._waiter_lock = Lock()
         self._promote_lock = Lock()
         self._next_promote = 0.0
+        #: x-message-ttl (seconds) of queues declared through this connection.
+        self.queue_ttl: dict[str, float] = {}
 
     # -- database -------------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ def upgrade() -> None:
         sa.Column("routing_key", sa.String(255), nullable=False),
         sa.Column("pattern", sa.String(255), nullable=False, server_default=sa.text("''")),
         sa.Column("queue", sa.String(255), nullable=False),
+        sa.Column("message_ttl", sa.Float, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_binding"),
         sa.UniqueConstraint("exchange", "routing_key", "queue", name="uq_jobtable_binding_exchange_routing_key_queue"),
     )
