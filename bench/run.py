@@ -134,7 +134,7 @@ def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: P
         harness.wait_until(lambda: harness.count_lines(path) >= warm, timeout=90, interval=0.01,
                            what="the warm-up jobs", workers=workers)
         time.sleep(1.0)
-        harness.send_paced(system.send_stamp, n, interval)
+        took = harness.send_paced(system.send_stamp, n, interval)
         harness.wait_until(lambda: harness.count_lines(path) >= warm + n, timeout=60, interval=0.01,
                            what=f"{n} latency jobs", workers=workers)
     finally:
@@ -142,7 +142,9 @@ def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: P
     values = harness.read_latencies(path)
     return Result(system.name, system.backend, "latency", harness.percentile(values, 50), "ms",
                   {"n": len(values), "p50": harness.percentile(values, 50), "p99": harness.percentile(values, 99),
-                   "max": max(values)})
+                   "max": max(values),
+                   # The enqueue call's own share of the latency (its commit included).
+                   "enqueue_call_p50": harness.percentile(took, 50)})
 
 
 def claim_cases(quick: bool) -> list[tuple[str, dict[str, Any]]]:
@@ -171,6 +173,7 @@ def run_claim(system: System, quick: bool, batch: int) -> list[Result]:
         times = [t * 1000 for t in system.time_claim(batch=batch)]  # type: ignore[attr-defined]
         promote = [t * 1000 for t in system.time_promote()]  # type: ignore[attr-defined]
         extra = {"case": label, "batch": batch, "p50": harness.median(times), "p90": harness.percentile(times, 90),
+                 "min": min(times),
                  "promote_ms": harness.median(promote), "fill_s": fill}
         if case["pending"] >= 1_000_000 or case.get("future") or case.get("results"):
             extra["plan"] = system.explain_claim(batch)  # type: ignore[attr-defined]
@@ -223,16 +226,19 @@ def report(results: list[Result]) -> str:
     claims = [r for r in results if r.scenario.startswith("claim")]
     if claims:
         lines.append("")
-        lines.append("| jobtable claim of a batch | database | p50 (ms) | p90 (ms) | vs 1k | promote_due (ms) |")
-        lines.append("|---|---|---:|---:|---:|---:|")
+        lines.append("| jobtable claim of a batch | database | p50 (ms) | p90 (ms) | min (ms) | p50 vs 1k | min vs 1k "
+                     "| promote_due (ms) |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in claims:
             if r.error:
                 lines.append(f"| {r.scenario[7:]} | {r.backend} | error | | | |")
                 continue
             base = find(results, r.system, r.backend, "claim: 1k pending")
             ratio = r.value / base.value if base and base.value else None
+            ratio_min = r.extra["min"] / base.extra["min"] if base and base.extra.get("min") else None
             lines.append(f"| {r.extra['case']} (batch {r.extra['batch']}) | {r.backend} | {r.extra['p50']:.2f} "
-                         f"| {r.extra['p90']:.2f} | {fmt(ratio, 2)}x | {r.extra['promote_ms']:.2f} |")
+                         f"| {r.extra['p90']:.2f} | {r.extra.get('min', float('nan')):.2f} | {fmt(ratio, 2)}x "
+                         f"| {fmt(ratio_min, 2)}x | {r.extra['promote_ms']:.2f} |")
     lines.append("")
     lines.append(targets(results))
     errors = [r for r in results if r.error and not r.error.startswith("n/a")]
@@ -340,8 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-n", type=int, help="jobs to drain (default 10000; quick 2000)")
     parser.add_argument("--latency-n", type=int, help="latency jobs, one every 10 ms (default 200; quick 100)")
     parser.add_argument("--claim-batch", type=int, default=100, help="jobs per claim (default 100)")
-    parser.add_argument("--drain-timeout", type=float, default=180.0, help="give up a drain after this many seconds")
+    parser.add_argument("--drain-timeout", type=float, default=300.0, help="give up a drain after this many seconds")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each enqueue/bulk/drain/latency scenario N times (fresh database each) and keep the "
+                             "best: the machine is shared, so the best of N is the least disturbed run (all in --json)")
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = tmpdir / "logs"
     logdir.mkdir()
     print(f"# jobtable bench — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}  (cwd {os.getcwd()})")
     print(f"machine: {machine()}")
     print(f"logs: {logdir}\n", flush=True)
 
@@ -375,16 +384,24 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # measured for jobtable only
                 print(f"[{time.perf_counter() - t_run:6.0f}s] {system.name} / {backend} / {scenario}", file=sys.stderr, flush=True)
                 try:
-                    if scenario == "enqueue":
-                        got = [run_enqueue(system, enqueue_n)]
-                    elif scenario == "bulk":
-                        got = [run_bulk(system, bulk_n)]
-                    elif scenario == "drain":
-                        got = [run_drain(system, drain_n, logdir, args.drain_timeout)]
-                    elif scenario == "latency":
-                        got = [run_latency(system, latency_n, 0.010, logdir, tmpdir)]
-                    else:
+                    if scenario == "claim":
                         got = run_claim(system, quick, args.claim_batch)
+                    else:
+                        tries = []
+                        for _ in range(max(1, args.repeat)):
+                            if scenario == "enqueue":
+                                tries.append(run_enqueue(system, enqueue_n))
+                            elif scenario == "bulk":
+                                tries.append(run_bulk(system, bulk_n))
+                            elif scenario == "drain":
+                                tries.append(run_drain(system, drain_n, logdir, args.drain_timeout))
+                            else:
+                                tries.append(run_latency(system, latency_n, 0.010, logdir, tmpdir))
+                        # Throughputs: the highest; latency: the lowest p50.
+                        best = (min if scenario == "latency" else max)(tries, key=lambda r: r.value or 0.0)
+                        if len(tries) > 1:
+                            best.extra["all_tries"] = [round(r.value or 0.0, 2) for r in tries]
+                        got = [best]
                 except Unsupported as exc:
                     got = [Result(system.name, backend, scenario, error=f"n/a: {exc}")]
                 except Exception as exc:
@@ -401,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
 
     print(report(results))
-    print(f"\n(total {time.perf_counter() - t_run:.0f} s)")
+    load = os.getloadavg()
+    print(f"\n(total {time.perf_counter() - t_run:.0f} s; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
     return 0
