@@ -103,7 +103,8 @@ class Transport(virtual.Transport):
 
     #: Kombu and Celery reconnect on these (e.g. PostgreSQL restarting).
     connection_errors = virtual.Transport.connection_errors + _connection_errors()
-    channel_errors = virtual.Transport.channel_errors + (sa_exc.DatabaseError,)
+    # Bugs (ProgrammingError, DataError, IntegrityError) are not retried.
+    channel_errors = virtual.Transport.channel_errors + (sa_exc.InternalError,)
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
