@@ -1,3 +1,4 @@
+# mypy: disallow-untyped-calls=False
 """The Kombu channel: messages are rows of ``jobtable_request``.
 
 A message is one row; its state is the broker state:
@@ -387,7 +388,8 @@ class Channel(virtual.Channel):
     ) -> None:
         exchange = exchange or "amq.direct"
         kind = self._exchange_type(exchange)
-        routing_key, pattern, queue = self.exchange_types[kind].prepare_bind(queue, exchange, routing_key, arguments)
+        exchange_type: Any = self.exchange_types[kind]  # instances, whatever Kombu's annotation says
+        routing_key, pattern, queue = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
         ttl = self._transport.queue_ttl.get(queue)
         with self._write() as conn:
             store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl)

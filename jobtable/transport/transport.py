@@ -1,3 +1,4 @@
+# mypy: disallow-untyped-calls=False
 """The Kombu transport: ``jobtable+postgresql+psycopg://...`` and
 ``jobtable+sqlite:///...`` broker URLs.
 
@@ -102,7 +103,8 @@ class Transport(virtual.Transport):
     )
 
     #: Kombu and Celery reconnect on these (e.g. PostgreSQL restarting).
-    connection_errors = virtual.Transport.connection_errors + _connection_errors()
+    # (Kombu annotates these as one-element tuples.)
+    connection_errors = virtual.Transport.connection_errors + _connection_errors()  # type: ignore[assignment]
     # Bugs (ProgrammingError, DataError, IntegrityError) are not retried.
     channel_errors = virtual.Transport.channel_errors + (sa_exc.InternalError,)
 
@@ -233,11 +235,12 @@ class Transport(virtual.Transport):
         listens = self._waiter is not None and self._waiter.listens
         return self.options.polling_interval if listens else self.options.fallback_polling_interval
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
         """Deliver what is ready, else wait for a wake-up (a NOTIFY, a local
         publish), the next due ETA, or the polling interval."""
         deadline = None if timeout is None else monotonic() + timeout
         while True:
+            assert self.cycle is not None
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 return
