@@ -104,9 +104,9 @@ class Transport(virtual.Transport):
 
     #: Kombu and Celery reconnect on these (e.g. PostgreSQL restarting).
     # (Kombu annotates these as one-element tuples.)
-    connection_errors = virtual.Transport.connection_errors + _connection_errors()  # type: ignore[assignment]
+    connection_errors = virtual.Transport.connection_errors + _connection_errors()
     # Bugs (ProgrammingError, DataError, IntegrityError) are not retried.
-    channel_errors = virtual.Transport.channel_errors + (sa_exc.InternalError,)
+    channel_errors = virtual.Transport.channel_errors + (sa_exc.InternalError,)  # type: ignore[assignment]
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
