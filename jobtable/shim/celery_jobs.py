@@ -45,6 +45,8 @@ def register_jobs(app: Any, names: Iterable[str] | None = None, **task_options: 
         jobs_registry.get(name)  # UnknownJob with a clear message
         if name in app.tasks:
             continue
-        app.task(name=name, **task_options)(_runner(name))
+        # shared=False: the task belongs to this app only, not to every app
+        # created later in the process.
+        app.task(name=name, shared=False, **task_options)(_runner(name))
         registered.append(name)
     return registered

@@ -1,0 +1,28 @@
+"""register_jobs: every registered Job becomes a Celery task of the same name."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from jobtable.jobs import Job
+from jobtable.registry import jobs_registry
+from jobtable.shim.celery_jobs import register_jobs
+
+from . import sample_jobs
+
+
+def test_register_jobs_makes_celery_tasks_that_run_the_job(db_url: str) -> None:
+    app = Celery("register_jobs_test", broker="jobtable+" + db_url, set_as_current=False)
+    echo_name = jobs_registry.name_of(sample_jobs.Echo)
+
+    @app.task(name=jobs_registry.name_of(sample_jobs.Keyed), shared=False)
+    def already_taken() -> str:
+        return "celery's own"
+
+    registered = register_jobs(app)
+    assert echo_name in registered
+    assert jobs_registry.name_of(sample_jobs.Keyed) not in registered  # left alone
+    assert set(registered) <= set(app.tasks)
+    # Run as a Celery worker would: arguments as they travel in the message.
+    assert app.tasks[echo_name](1, "two", key=3) == {"args": [1, "two"], "kwargs": {"key": 3}}
+    assert issubclass(sample_jobs.Echo, Job)
