@@ -73,19 +73,22 @@ SCENARIOS = ("enqueue", "bulk", "drain", "latency", "claim")
 def run_enqueue(system: System, n: int) -> Result:
     system.fresh()
     system.enqueue_single(min(50, n))  # warm up connections and statement caches
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     system.enqueue_single(n)
-    elapsed = time.perf_counter() - t0
-    return Result(system.name, system.backend, "enqueue", n / elapsed, "jobs/s", {"n": n, "seconds": elapsed})
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # The client's CPU per job: its Python cost, whatever the commits waited.
+    return Result(system.name, system.backend, "enqueue", n / elapsed, "jobs/s",
+                  {"n": n, "seconds": elapsed, "client_cpu_us_per_job": cpu / n * 1e6})
 
 
 def run_bulk(system: System, n: int) -> Result:
     system.fresh()
     system.enqueue_bulk(min(100, n))  # warm up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     system.enqueue_bulk(n)
-    elapsed = time.perf_counter() - t0
-    return Result(system.name, system.backend, "bulk", n / elapsed, "jobs/s", {"n": n, "seconds": elapsed})
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return Result(system.name, system.backend, "bulk", n / elapsed, "jobs/s",
+                  {"n": n, "seconds": elapsed, "client_cpu_us_per_job": cpu / n * 1e6})
 
 
 def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
@@ -204,10 +207,11 @@ def report(results: list[Result]) -> str:
     lines = []
     rows = sorted({(r.backend, r.system) for r in results if not r.scenario.startswith("claim")},
                   key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
-    lines.append("| system | database | single enqueue (jobs/s) | bulk enqueue (jobs/s) | drain 10k, 2 procs (jobs/s) "
+    lines.append("| system | database | single enqueue (jobs/s) | client CPU per single enqueue (us) | bulk enqueue (jobs/s) "
+                 "| client CPU per bulk job (us) | drain 10k, 2 procs (jobs/s) "
                  "| drain incl. start-up (jobs/s) | worker CPU per job (us) | PostgreSQL CPU per job (us) "
                  "| latency p50 (ms) | latency p99 (ms) |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(r: Result | None, key: str | None = None, digits: int = 0) -> str:
         if r is None:
@@ -221,7 +225,8 @@ def report(results: list[Result]) -> str:
         b = find(results, system, backend, "bulk")
         d = find(results, system, backend, "drain")
         lat = find(results, system, backend, "latency")
-        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(b)} | {cell(d)} | {cell(d, 'from_start')} | {cell(d, 'worker_cpu_us_per_job')} | {cell(d, 'db_cpu_us_per_job')} "
+        lines.append(f"| {system} | {backend} | {cell(e)} | {cell(e, 'client_cpu_us_per_job')} | {cell(b)} "
+                     f"| {cell(b, 'client_cpu_us_per_job', 1)} | {cell(d)} | {cell(d, 'from_start')} | {cell(d, 'worker_cpu_us_per_job')} | {cell(d, 'db_cpu_us_per_job')} "
                      f"| {cell(lat, 'p50', 1)} | {cell(lat, 'p99', 1)} |")
     claims = [r for r in results if r.scenario.startswith("claim")]
     if claims:
@@ -351,7 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each enqueue/bulk/drain/latency scenario N times (fresh database each) and keep the "
                              "best: the machine is shared, so the best of N is the least disturbed run (all in --json)")
+    parser.add_argument("--report-from", type=Path, nargs="+",
+                        help="print the tables of earlier --json files (later files win) and exit")
     args = parser.parse_args(argv)
+    if args.report_from:
+        merged: dict[tuple[str, str, str], Result] = {}
+        for path in args.report_from:
+            for item in json.loads(path.read_text()):
+                r = Result(**item)
+                merged[(r.system, r.backend, r.scenario)] = r
+        print(report(list(merged.values())))
+        return 0
 
     quick = args.quick
     enqueue_n = args.enqueue_n or (1000 if quick else 5000)
