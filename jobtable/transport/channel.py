@@ -182,6 +182,15 @@ class Channel(virtual.Channel):
     # -- consuming ----------------------------------------------------------------------
 
     def _claim(self, queues: Sequence[str], limit: int) -> list[tuple[dict[str, Any], str]]:
+        """Claim up to ``limit`` live messages; expired ones met on the way
+        are dropped and replaced (a few rounds at most)."""
+        for _ in range(10):
+            delivered, claimed = self._claim_once(queues, limit)
+            if delivered or claimed == 0:
+                return delivered
+        return []
+
+    def _claim_once(self, queues: Sequence[str], limit: int) -> tuple[list[tuple[dict[str, Any], str]], int]:
         transport = self._transport
         transport.before_claim()
         now = store.utcnow()
@@ -200,7 +209,7 @@ class Channel(virtual.Channel):
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
                 store.transport_delete(conn, expired, consumer, transport.async_commit)
-        return [(_payload(row), row.queue) for row in rows if row.id not in expired]
+        return [(_payload(row), row.queue) for row in rows if row.id not in expired], len(rows)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         claimed = self._claim([queue], 1)
