@@ -18,7 +18,7 @@ from jobtable.db import tables
 from jobtable.dashboard import security
 
 from . import dashboard_support as support
-from .dashboard_client import DashboardClient, client
+from .dashboard_client import client
 
 XSS = '<script>alert("pwned")</script>'
 
@@ -93,6 +93,16 @@ def test_token(db_url: str) -> None:
     assert c.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert c.get("/", headers={"Authorization": "Bearer tok-123"}).status_code == 200
     assert c.get("/", headers=_basic("anyone", "tok-123")).status_code == 200
+
+
+def test_async_hook_and_token_together(db_url: str) -> None:
+    async def header_says_so(request: Any) -> bool:
+        return request.headers.get("x-user") == "admin"
+
+    c = client(authorize=header_says_so, token="tok", client=("10.0.0.5", 1))
+    assert c.get("/").status_code == 401
+    assert c.get("/", headers={"x-user": "admin"}).status_code == 200
+    assert c.get("/", headers={"Authorization": "Bearer tok"}).status_code == 200
 
 
 def test_hook_and_basic_auth_together(db_url: str) -> None:

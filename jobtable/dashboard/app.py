@@ -8,7 +8,6 @@ it alone with ``jobtable dashboard``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -172,7 +171,7 @@ def create_app(
     elif len(hooks) == 1:
         guard = hooks[0]
     else:
-        guard = security.any_of(*hooks) if all(not inspect.iscoroutinefunction(h) for h in hooks) else hooks[0]
+        guard = security.any_of(*hooks)
 
     if stale_after is None:
         from ..settings import get_settings
@@ -213,5 +212,3 @@ def create_app(
 def config_of(request: Request) -> DashboardConfig:
     return request.app.state.config  # type: ignore[no-any-return]
 
-
-Endpoint = Callable[[Request], Any]

@@ -423,7 +423,7 @@ def workers(conn: Connection, *, now: datetime, stale_after: timedelta, limit: i
             )
         )
     # Running jobs per worker through the partial index on worker_id.
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             select(request.c.worker_id, func.count())
             .where(request.c.state == tables.RUNNING)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import inspect
 import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
@@ -90,10 +91,16 @@ def token_auth(token: str) -> Authorize:
 
 
 def any_of(*hooks: Authorize) -> Authorize:
-    """Allowed when one of ``hooks`` allows (sync hooks only)."""
+    """Allowed when one of ``hooks`` allows (each may be sync or async)."""
 
-    def check(request: Request) -> bool:
-        return any(bool(hook(request)) for hook in hooks)
+    async def check(request: Request) -> bool:
+        for hook in hooks:
+            allowed = hook(request)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if allowed:
+                return True
+        return False
 
     check.challenge = any(getattr(h, "challenge", False) for h in hooks)  # type: ignore[attr-defined]
     return check

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.engine import Connection
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
 from ..db import engine as db_engine
 from ..db import tables
@@ -341,6 +341,3 @@ def schedules_list(request: Request) -> Response:
         live="live_schedules.html",
     )
 
-
-def not_found(request: Request) -> Response:
-    return HTMLResponse("Not found", status_code=404)

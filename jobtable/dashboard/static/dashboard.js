@@ -9,8 +9,17 @@
     if (!(seconds > 0)) return;
     var status = document.getElementById("live-status");
     var busy = false;
+    var lastHtml = null;
+
+    // A click is a press and a release on the same element: replacing the
+    // element in between would swallow it.
+    var pressed = false;
+    document.addEventListener("pointerdown", function () { pressed = true; }, true);
+    document.addEventListener("pointerup", function () { pressed = false; }, true);
+    document.addEventListener("pointercancel", function () { pressed = false; }, true);
 
     function interacting() {
+      if (pressed) return true;
       // Do not replace rows the user is selecting or a field being typed in.
       if (live.querySelector("input[type=checkbox]:checked")) return true;
       var active = document.activeElement;
@@ -33,7 +42,10 @@
           // The user may have started selecting rows while the request was
           // in flight: keep their page rather than this update.
           if (interacting()) return;
-          live.innerHTML = html;
+          if (html !== lastHtml) {
+            live.innerHTML = html;
+            lastHtml = html;
+          }
           live.dispatchEvent(new CustomEvent("jobtable:refreshed", { bubbles: true }));
           if (status) status.textContent = "updated " + new Date().toLocaleTimeString();
           document.body.setAttribute("data-refreshed", String(Date.now()));
