@@ -104,12 +104,11 @@ def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
         first = harness.wait_until(lambda: system.remaining() < n, timeout=min(timeout, 120), interval=0.002,
                                    what="the first job to finish", workers=workers)
         cpu_first = harness.group_cpu_seconds(workers)
-        db = getattr(system, "pg_database", None) if system.backend == "postgresql" else None
-        db_first = harness.pg_backend_cpu_seconds(db) if db else 0.0
+        db_first = system.server_cpu_seconds()
         done = harness.wait_until(lambda: system.remaining() == 0, timeout=timeout, interval=0.005,
                                   what=f"{n} jobs to finish", workers=workers)
         cpu_done = harness.group_cpu_seconds(workers)
-        db_done = harness.pg_backend_cpu_seconds(db) if db else 0.0
+        db_done = system.server_cpu_seconds()
     finally:
         harness.stop_workers(workers)
     total = done - started
@@ -119,9 +118,10 @@ def run_drain(system: System, n: int, logdir: Path, timeout: float) -> Result:
                    # CPU of the worker processes per job while draining (exited
                    # children are not counted: none exit during a drain).
                    "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6,
-                   # CPU of the PostgreSQL backends of the system's database per
-                   # job (the harness's own polling connection included).
-                   "db_cpu_us_per_job": (db_done - db_first) / n * 1e6 if db else None})
+                   # CPU of the server side per job: the PostgreSQL backends of
+                   # the system's database (the harness's polling connection
+                   # included), or the Redis server.
+                   "db_cpu_us_per_job": (db_done - db_first) / n * 1e6 if db_first is not None else None})
 
 
 def run_latency(system: System, n: int, interval: float, logdir: Path, tmpdir: Path) -> Result:
@@ -209,7 +209,7 @@ def report(results: list[Result]) -> str:
                   key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
     lines.append("| system | database | single enqueue (jobs/s) | client CPU per single enqueue (us) | bulk enqueue (jobs/s) "
                  "| client CPU per bulk job (us) | drain 10k, 2 procs (jobs/s) "
-                 "| drain incl. start-up (jobs/s) | worker CPU per job (us) | PostgreSQL CPU per job (us) "
+                 "| drain incl. start-up (jobs/s) | worker CPU per job (us) | DB/broker CPU per job (us) "
                  "| latency p50 (ms) | latency p99 (ms) |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 

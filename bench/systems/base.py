@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import harness
 from harness import Worker, bench_env, start_workers
 
 
@@ -71,3 +72,12 @@ class System:
 
     def close(self) -> None:
         """Release connections held by the harness process."""
+
+    #: PostgreSQL database whose backends' CPU is counted as the server side.
+    pg_database: str | None = None
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by the server side (None: not measured)."""
+        if self.backend != "postgresql" or not self.pg_database:
+            return None
+        return harness.pg_backend_cpu_seconds(self.pg_database)
