@@ -179,6 +179,10 @@ def test_results_filters(dash: DashboardClient) -> None:
     assert listed("?queue=q1") == {ok}
     assert listed("?job=app.B") == {bad}
     assert listed(f"?uuid={uuid_of[ok]}") == {ok}
+    again = support.add_result(tables.ERRORED, task_name="app.B", queue="q2", retried=True)
+    assert listed("?retried=1") == {again}
+    assert listed("?retried=1&status=SUCCESSFUL") == set()
+    assert 'href="/results?retried=1"' in dash.get("/").text
     assert listed("?uuid=00000000-0000-0000-0000-000000000000") == set()
 
 

@@ -188,9 +188,11 @@ class ResultFilter:
     task_name: str | None = None
     #: A task uuid (exact match, all its attempts).
     uuid: str | None = None
+    #: Only attempts that were followed by a retry.
+    retried: bool = False
 
     def active(self) -> bool:
-        return bool(self.status or self.queue or self.task_name or self.uuid)
+        return bool(self.status or self.queue or self.task_name or self.uuid or self.retried)
 
 
 def results_page(conn: Connection, flt: ResultFilter, cursor: str | None, limit: int = PAGE_SIZE) -> Page:
@@ -205,6 +207,9 @@ def results_page(conn: Connection, flt: ResultFilter, cursor: str | None, limit:
         stmt = stmt.where(result.c.queue == flt.queue)
     if flt.task_name:
         stmt = stmt.where(result.c.task_name == flt.task_name)
+    if flt.retried:
+        # The bare column: the partial index ix_jobtable_result_retried.
+        stmt = stmt.where(text("jobtable_result.retried"))
     after = decode_time_cursor(cursor)
     if after is not None:
         stmt = stmt.where(_after_desc(result.c.ended_at, result.c.id, *after))

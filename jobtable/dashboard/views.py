@@ -90,6 +90,13 @@ def _flash(request: Request) -> str | None:
     return f"{action.verb}: done for {int(n)} item(s)."
 
 
+def _job_names() -> list[str]:
+    """Registered job names, offered as filter suggestions (no query)."""
+    from ..registry import jobs_registry
+
+    return jobs_registry.names()
+
+
 def render(request: Request, template: str, context: dict[str, Any], *, live: str | None = None) -> Response:
     """Render a page, or only its live part for a fragment request; make
     sure the browser holds a CSRF cookie for the page's forms."""
@@ -104,6 +111,7 @@ def render(request: Request, template: str, context: dict[str, Any], *, live: st
         "csrf_field": security.CSRF_FIELD,
         "nav": NAV,
         "now": formatting.utcnow(),
+        "job_names": _job_names(),
         "here": _here(request),
         "flash": _flash(request),
         "live_template": live,
@@ -180,7 +188,7 @@ def overview(request: Request) -> Response:
         ("successful", "Successful", counts[tables.SUCCESSFUL], "/results?status=SUCCESSFUL"),
         ("errored", "Errored", counts[tables.ERRORED], "/results?status=ERRORED"),
         ("lost", "Lost", counts[tables.LOST], "/results?status=LOST"),
-        ("retried", "Retried", retried, "/results"),
+        ("retried", "Retried", retried, "/results?retried=1"),
     ]
     return render(
         request,
@@ -261,6 +269,7 @@ def results_list(request: Request) -> Response:
         queue=_arg(request, "queue"),
         task_name=_arg(request, "job"),
         uuid=_arg(request, "uuid"),
+        retried=_arg(request, "retried") == "1",
     )
     cursor = _arg(request, "cursor")
     with reading(request) as conn:
