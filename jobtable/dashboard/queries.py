@@ -301,7 +301,7 @@ _bucket_cache: dict[tuple[str, datetime, datetime], Bucket] = {}
 _bucket_lock = threading.Lock()
 _BUCKET_CACHE_MAX = 2000
 #: Results sampled per bucket to estimate queue wait.
-WAIT_SAMPLE = 200
+WAIT_SAMPLE = 50
 
 
 def buckets(conn: Connection, *, now: datetime, window: timedelta, count: int = 24) -> list[Bucket]:

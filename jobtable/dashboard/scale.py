@@ -174,6 +174,7 @@ def time_pages(url: str, repeat: int = 5) -> list[tuple[str, float, float]]:
         ("/results?queue=billing", {}),
         ("/results?queue=no-such-queue", {}),
         ("/results?job=no.such.Job", {}),
+        ("/results?retried=1", {}),
         ("/results?status=SUCCESSFUL&queue=slow", {}),
         ("/results?job=app.jobs.Job07", {}),
         (f"/results?uuid={some.task_id}", {}),
