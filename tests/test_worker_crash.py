@@ -41,10 +41,10 @@ def test_kill_9_worker_jobs_lost_and_retried(db_url: str, subprocess_env: dict[s
     # Another worker notices the silence and records the job LOST, then retries it.
     second = start_worker(env, "--max-processes", "1")
     try:
-        lost = wait_for(lambda: results(job.uuid), timeout=15, what="the LOST result")
+        lost = wait_for(lambda: results(job.uuid), timeout=45, what="the LOST result")
         assert lost[0].status == tables.LOST and lost[0].attempt == 1 and lost[0].retried
         assert "heartbeat" in lost[0].error_message
-        wait_for(lambda: len(lines(log)) == 2, timeout=15, what="the retry to start")
+        wait_for(lambda: len(lines(log)) == 2, timeout=45, what="the retry to start")
     finally:
         stop(second, signal.SIGKILL)
     assert [r.attempt for r in requests()] == [2]

@@ -108,7 +108,7 @@ def test_delayed_job_not_run_early(db_url: str, subprocess_env: dict[str, str], 
     proc = start_worker(worker_env(subprocess_env, worker_poll_interval_ms=30000), "--max-processes", "1")
     try:
         (first,) = wait_for(lambda: results(now.uuid), what="the due job")
-        (row,) = wait_for(lambda: results(later.uuid), timeout=15, what="the delayed job")
+        (row,) = wait_for(lambda: results(later.uuid), timeout=45, what="the delayed job")
     finally:
         stop(proc)
     # Not before it was due, even with a higher priority than the due job.

@@ -62,12 +62,14 @@ def test_idle_worker_wakes_fast(db_url: str, subprocess_env: dict[str, str], tmp
         for i in range(10):
             job = Log(str(tmp_path / "log"), str(i)).run_in_worker()
             assert job is not None
-            (row,) = wait_for(lambda j=job: results(j.uuid), timeout=5, what="a woken job")
+            (row,) = wait_for(lambda j=job: results(j.uuid), timeout=10, what="a woken job")
             delays.append((row.started_at - job.created_at).total_seconds())
     finally:
         stop(proc)
     delays.sort()
-    assert delays[len(delays) // 2] < 0.1, delays
+    # Typically ~2-5 ms; the bound leaves room for a loaded CI machine while
+    # staying far below the 30 s poll interval.
+    assert delays[len(delays) // 2] < 0.5, delays
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -199,7 +199,7 @@ def run_burst(env: dict[str, str], *args: str, timeout: float = 60) -> str:
     return out
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while True:
