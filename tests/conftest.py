@@ -77,6 +77,20 @@ def empty_tables(url: str) -> None:
                 conn.execute(text(f"DELETE FROM {name}"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_jobtable_environment() -> Iterator[None]:
+    """A test that points JOBTABLE_* variables elsewhere must not leak them:
+    the environment wins over configure(), so the next test would silently
+    use another database."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("JOBTABLE_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("JOBTABLE_")]:
+        if key not in saved:
+            del os.environ[key]
+    os.environ.update(saved)
+    settings.reset()
+
+
 @pytest.fixture(params=DIALECTS)
 def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -39,6 +39,8 @@ def celery_app(request: pytest.FixtureRequest) -> Iterator[Any]:
     url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
     empty_tables(url)
     env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
+    previous = os.environ.get("JOBTABLE_DATABASE_URL")
+    # The app module reads it at import; restored when the module's tests end.
     os.environ["JOBTABLE_DATABASE_URL"] = url
     import importlib
 
@@ -65,6 +67,10 @@ def celery_app(request: pytest.FixtureRequest) -> Iterator[Any]:
             worker.kill()
             worker.wait()
         pools.reset()
+        if previous is None:
+            os.environ.pop("JOBTABLE_DATABASE_URL", None)
+        else:
+            os.environ["JOBTABLE_DATABASE_URL"] = previous
 
 
 def result_rows(task_id: str) -> list[Any]:
