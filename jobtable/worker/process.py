@@ -35,8 +35,10 @@ logger = logging.getLogger("jobtable.worker")
 EXIT_STOPPED = 0  # asked to stop, or max jobs reached: replace unless stopping
 EXIT_BURST_DONE = 3  # --burst and nothing left to do: do not replace
 
-#: Write finished results before starting another job once they waited this long.
+#: Write finished results before the next job of a batch when the last job
+#: took this long, or when the oldest unwritten result waited FLUSH_LATEST.
 FLUSH_AFTER = 0.02
+FLUSH_LATEST = 0.25
 #: Batch size bounds in seconds of work.
 GROW_BELOW, SHRINK_ABOVE = 0.02, 0.1
 
@@ -135,17 +137,22 @@ class Member:
 
     def _run_rows(self, rows: list[Any]) -> None:
         started = time.perf_counter()
+        last_job = 0.0
         for index, row in enumerate(rows):
             if self.should_stop():
                 self._release_quietly([r.id for r in rows[index:]])
                 return
-            if self.done and time.perf_counter() - self.done_since > FLUSH_AFTER:
+            if self.done and (last_job > FLUSH_AFTER or time.perf_counter() - self.done_since > FLUSH_LATEST):
                 # Slow jobs: do not keep finished results (and concurrency
-                # keys) waiting behind the next one.
+                # keys) waiting behind the next one.  Fast ones wait for the
+                # end of the batch, which is near.
                 self._flush_quietly()
+            job_started = time.perf_counter()
             outcome = self.executor.run(row)
+            now = time.perf_counter()
+            last_job = now - job_started
             if not self.done:
-                self.done_since = time.perf_counter()
+                self.done_since = now
             self.done.append(outcome)
             self.jobs_run += 1
         elapsed = time.perf_counter() - started
