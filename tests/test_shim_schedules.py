@@ -98,7 +98,8 @@ def test_beat_schedule_is_enqueued_by_the_scheduler(db_url: str, subprocess_env:
     rows = {r.task_name: r for r in requests()}
     assert rows["tests.shim_tasks.add"].queue == "celery"
     assert (rows["tests.shim_tasks.echo"].queue, rows["tests.shim_tasks.echo"].priority) == ("other", 3)
-    run_burst(subprocess_env)
+    out = run_burst(subprocess_env)
+    assert "Traceback" not in out, out
     values = {name: AsyncResult(row.task_id).get(timeout=10) for name, row in rows.items()}
     assert values == {"tests.shim_tasks.add": 3, "tests.shim_tasks.echo": "night"}
 
