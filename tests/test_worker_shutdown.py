@@ -56,3 +56,17 @@ def test_grace_period_expiry_records_lost(db_url: str, subprocess_env: dict[str,
     (row,) = results(job.uuid)
     assert row.status == tables.LOST and row.retried and "within 1 s" in row.error_message
     assert [(r.attempt, r.state) for r in requests()] == [(2, tables.PENDING)], [(r.task_name, r.run_at, r.message) for r in requests()]
+
+
+def test_threads_pool_second_signal(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    job = Log(log, "long", sleep=60).run_in_worker()
+    assert job is not None
+    proc = start_worker(worker_env(subprocess_env, worker_shutdown_grace=60), "--pool", "threads", "--max-processes", "1")
+    wait_for(lambda: lines(log) == ["long"], what="the job to start")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM" in (proc.stdout.readline() if proc.stdout else ""), what="the first signal to land")
+    out = stop(proc, signal.SIGTERM, timeout=15)
+    (row,) = results(job.uuid)
+    assert row.status == tables.LOST and "at once" in row.error_message, out
+    assert requests() == []

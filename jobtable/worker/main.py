@@ -130,10 +130,11 @@ class Supervisor:
         if self.stopping:
             logger.warning("Second %s: stopping now.", name)
             self.kill_now = True
+            self.stop_deadline = 0.0  # threads cannot be killed: give up on them now
             for handle in self.handles.values():
+                handle.kill_reason = f"the worker was stopped at once (second {name})"
                 if handle.pid:
                     _kill(handle.pid, signal.SIGKILL)
-                    handle.kill_reason = f"the worker was stopped at once (second {name})"
             return
         logger.info("%s: no new jobs; waiting up to %gs for running ones.", name, self.config.shutdown_grace)
         self.stopping = True
@@ -256,7 +257,7 @@ class Supervisor:
             if self.config.pool == "threads" and self.handles:
                 # Threads cannot be killed: record their jobs and leave.
                 for handle in list(self.handles.values()):
-                    handle.kill_reason = (
+                    handle.kill_reason = handle.kill_reason or (
                         f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
                     )
                     self._ended(handle, 1)
