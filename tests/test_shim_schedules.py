@@ -120,3 +120,24 @@ def test_beat_schedule_errors(db_url: str) -> None:
     with pytest.raises(NotSupported, match="options"):
         app.conf.beat_schedule = {"x": {"task": "tests.shim_tasks.add", "schedule": 60, "options": {"link": 1}}}
     assert app.conf.beat_schedule == {}  # a schedule that failed is not kept
+
+
+def test_app_module_beat_schedule_reaches_jobtable_commands(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """Importing the app (``--app``) is enough: ``jobtable schedule`` lists the
+    entries, and a worker started the same way schedules them."""
+    import subprocess
+    import sys
+
+    from tests.worker_jobs import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "jobtable", "--app", "tests.shim_beat_app", "schedule"],
+        env=subprocess_env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tests.shim_tasks.total([1, 2])" in done.stdout and "15 3 * * *" in done.stdout
+    assert 'tests.shim_tasks.echo("tick")' in done.stdout and "*/10 * * * *" in done.stdout
