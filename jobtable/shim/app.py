@@ -297,6 +297,8 @@ class Celery:
         if packages is None:
             packages = list(self.conf.include) + list(self.conf.imports)
         self._pending_packages.append(packages)
+        if self not in _discovering:
+            _discovering.append(self)
         if force:
             self.discover_pending()
 
@@ -385,6 +387,14 @@ class Celery:
 
 
 _current: Celery | None = None
+
+#: Apps with autodiscovery still to do (done when a task name is first not found).
+_discovering: list[Celery] = []
+
+
+def discover_all() -> None:
+    while _discovering:
+        _discovering.pop().discover_pending()
 
 
 def _set_current(app: Celery) -> None:

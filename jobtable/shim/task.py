@@ -82,11 +82,10 @@ class TaskRegistry:
     def find(self, name: str) -> Task | None:
         task = self.tasks.get(name)
         if task is None:
-            from .app import _current
+            from .app import discover_all
 
-            if _current is not None and _current._pending_packages:
-                _current.discover_pending()
-                task = self.tasks.get(name)
+            discover_all()
+            task = self.tasks.get(name)
         return task
 
     def get(self, name: str) -> Task:
