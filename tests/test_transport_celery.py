@@ -109,7 +109,11 @@ def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: 
         wait_for(lambda: worker.lines("flaky"), what="retried task")
         assert worker.lines("flaky") == [["f", "2"]]
         assert [r[1] for r in worker.lines("retry")] == ["0", "1"]
-        wait_for(lambda: worker.lines("job") == [["from-job-api"]], what="Job run by Celery")
+        try:
+            wait_for(lambda: worker.lines("job") == [["from-job-api"]], what="Job run by Celery")
+        except AssertionError:
+            print([(r.task_name, r.state, r.worker_id, r.deliveries) for r in rows(db_url)], worker.text())
+            raise
         assert "expired" not in {t[0] for t in worker.lines("note")}
         wait_for(lambda: not [r for r in rows(db_url) if r.queue in ("celery", "other")], what="queue drained")
     finally:
