@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], record: Path, pool: str, queues: str = "celery", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, env: dict[str, str], record: Path, pool: str, queues: str = "transport_tests", extra: tuple[str, ...] = ()
+    ) -> None:
         self.record = record
         self.env = env
         # A file, not a pipe: a worker must never block on a full pipe.
@@ -85,7 +87,7 @@ def _reset_pools(celery_app: Any) -> None:
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: object, pool: str) -> None:
     mod = app  # tests.transport_celery_app
-    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), pool, queues="celery,other")
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), pool, queues="transport_tests,other")
     try:
         now = datetime.now(timezone.utc)
         mod.note.delay("delay")
@@ -95,7 +97,7 @@ def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: 
         mod.note.apply_async(("eta",), eta=now + timedelta(seconds=1.5))
         mod.note.apply_async(("expired",), expires=now - timedelta(seconds=5))
         mod.flaky.delay("f", 2)
-        mod.RecordJob("from-job-api").run_in_worker(queue="celery")
+        mod.RecordJob("from-job-api").run_in_worker(queue="transport_tests")
         # The countdown/eta messages wait in the table, not in the worker.
         wait_for(lambda: {"delay", "queued", "prio"} <= {t[0] for t in worker.lines("note")}, what="immediate tasks")
         scheduled = [r for r in rows(db_url) if r.task_id == late.id]
@@ -115,7 +117,7 @@ def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: 
             print([(r.task_name, r.state, r.worker_id, r.deliveries) for r in rows(db_url)], worker.text())
             raise
         assert "expired" not in {t[0] for t in worker.lines("note")}
-        wait_for(lambda: not [r for r in rows(db_url) if r.queue in ("celery", "other")], what="queue drained")
+        wait_for(lambda: not [r for r in rows(db_url) if r.queue in ("transport_tests", "other")], what="queue drained")
     finally:
         worker.stop()
 
@@ -147,7 +149,7 @@ def test_celery_inspect_ping_and_revoke(db_url: str, celery_env: dict[str, str],
         mod.note.apply_async(("after",), countdown=1.5)
         wait_for(lambda: worker.lines("note"), what="the later task")
         assert [t[0] for t in worker.lines("note")] == ["after"]
-        wait_for(lambda: not [r for r in rows(db_url) if r.queue == "celery"], what="revoked message consumed")
+        wait_for(lambda: not [r for r in rows(db_url) if r.queue == "transport_tests"], what="revoked message consumed")
     finally:
         worker.stop()
 

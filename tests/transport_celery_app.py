@@ -19,6 +19,8 @@ from jobtable.shim.celery_jobs import register_jobs
 
 from tests.transport_helpers import FAST_OPTIONS
 
+QUEUE = "transport_tests"
+
 app = Celery("jt_test", broker="jobtable+" + os.environ["JOBTABLE_DATABASE_URL"])
 app.conf.update(
     broker_transport_options=dict(FAST_OPTIONS),
@@ -28,6 +30,9 @@ app.conf.update(
     worker_send_task_events=True,
     task_default_priority=0,
     worker_prefetch_multiplier=int(os.environ.get("JT_PREFETCH", "4")),
+    # Not "celery": other tests' workers on the same database must not
+    # take these messages.
+    task_default_queue=QUEUE,
 )
 
 
