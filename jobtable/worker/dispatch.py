@@ -9,6 +9,7 @@ so they end ERRORED as unknown jobs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,11 @@ class Prepared:
 
 #: Extra runners, tried in order for task names that are not registered Jobs.
 RUNNERS: list[Callable[[TaskCall], Prepared | None]] = []
+
+#: The claimed row being prepared, while ``prepare`` runs: for runners that
+#: need more of the stored message than the TaskCall carries (the body's
+#: embed -- callbacks, chain, chord -- and the properties), e.g. Celery's tracer.
+current_row: ContextVar[Any] = ContextVar("jobtable_current_row", default=None)
 
 
 def prepare(call: TaskCall) -> Prepared:

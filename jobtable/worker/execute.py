@@ -75,6 +75,7 @@ class Executor:
                     "before a worker started it.",
                 },
             )
+        row_token = dispatch.current_row.set(row)
         try:
             call = messages.decode_task(row.message)
             prepared = dispatch.prepare(call)
@@ -89,6 +90,8 @@ class Executor:
             fields["error_message"] = text
             fields["started_at"] = started
             return Outcome(row, tables.ERRORED, _now(), fields)
+        finally:
+            dispatch.current_row.reset(row_token)
 
         timeout = prepared.timeout if prepared.timeout is not None else self.default_timeout
         job_run = JobRun(
