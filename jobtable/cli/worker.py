@@ -30,6 +30,12 @@ def _setup_logging(level: str) -> None:
 @click.option("--pool", type=click.Choice(["processes", "threads"]), default=None, help="processes (CPU-bound jobs) or threads (I/O-bound).")
 @click.option("--burst", is_flag=True, help="Stop once no job is due (scheduled future jobs are left).")
 @click.option("--reload", "reload_", is_flag=True, help="Restart when .py or .env files change (development).")
+@click.option(
+    "--celery-app",
+    envvar="JOBTABLE_CELERY_APP",
+    default=None,
+    help="Also run the tasks of this Celery app (module:attribute) through Celery's tracer. Also JOBTABLE_CELERY_APP.",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 @with_app
 def worker(
@@ -41,6 +47,7 @@ def worker(
     pool: str | None,
     burst: bool,
     reload_: bool,
+    celery_app: str | None,
     log_level: str,
 ) -> None:
     """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
@@ -56,6 +63,11 @@ def worker(
         pool=pool,
         burst=burst or None,
     )
+    if celery_app:
+        # Loaded before the pool forks: members inherit the app and its tasks.
+        from ..shim import celery_runner
+
+        celery_runner.install(celery_app)
     if reload_:
         from ..worker.reload import run_with_reload
 

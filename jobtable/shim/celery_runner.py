@@ -1,0 +1,321 @@
+"""Celery tasks on the native worker, through Celery's own tracer.
+
+``jobtable worker --celery-app proj.celery:app`` (or ``JOBTABLE_CELERY_APP``)
+calls ``install("proj.celery:app")`` before the pool starts.  From then on a
+claimed row whose task name is registered in that Celery app is run by
+``celery.app.trace.trace_task`` with the request a Celery worker would build
+from the same message (headers, the body's embed -- callbacks, errbacks,
+chain, chord -- and the delivery info).  So Celery does what it does under its
+own worker: signals, ``bind=True``, ``self.retry()`` (its retry message is
+published through the app's broker: with the jobtable broker it becomes the
+next attempt's row), ``autoretry_for``, link/link_error, chains, groups and
+chords (counted by the app's result backend), results stored by the backend.
+
+What the native worker adds around the tracer:
+
+- one result row per attempt: the tracer's backend writes (task_id, attempt)
+  first; the worker's own insert of the same attempt is then skipped (ON
+  CONFLICT DO NOTHING), so the two never disagree.  Celery rows carry no
+  jobtable retry budget, so the worker never enqueues a retry of its own: a
+  retry exists only if Celery published one;
+- ``time_limit`` is the job's timeout (JobTimeout; the backend is told
+  TimeLimitExceeded so chords end); ``soft_time_limit`` raises
+  SoftTimeLimitExceeded inside the task;
+- ``rate_limit`` is a token bucket per task name in each pool member;
+- ``expires`` is checked by the worker before it prepares a row (CANCELLED,
+  which AsyncResult reports as REVOKED).
+
+Celery is imported only here, and this module only when --celery-app is
+given: jobtable without Celery never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from ..messages import TaskCall
+from ..middleware import current_job
+from ..worker import dispatch
+from ..worker.errors import JobTimeout
+from ..worker.timeouts import raise_in_thread
+
+logger = logging.getLogger("jobtable.celery")
+
+#: The Celery app whose tasks this process runs (set by ``install``).
+_app: Any = None
+#: Rate limit buckets, per task name, of this process.
+_buckets: dict[str, Any] = {}
+
+
+class CeleryTaskFailed(Exception):
+    """The tracer recorded a failure that is not an exception we can re-raise."""
+
+
+class CeleryTaskRetried(Exception):
+    """The attempt ended in ``self.retry()``: Celery published the next one.
+
+    Raised to the worker so that it records this attempt ERRORED (unless the
+    result backend already recorded it RETRY) and enqueues nothing itself."""
+
+
+def load_app(spec: str) -> Any:
+    """The Celery app named by ``module:attribute`` (or ``module``, whose
+    ``app``/``celery`` attribute is taken, as ``celery -A`` does)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"Cannot import the Celery app module {module_name!r} ({exc}).") from None
+    names = [attribute] if attribute else ["app", "celery"]
+    for name in names:
+        app = getattr(module, name, None)
+        if app is not None:
+            return app
+    raise ConfigurationError(f"{module_name!r} has no Celery app named {' or '.join(names)!r} (--celery-app {spec}).")
+
+
+def _check_json(app: Any) -> None:
+    # The worker decodes JSON bodies only; the backend stores JSON only.
+    serializer = app.conf.task_serializer
+    if serializer != "json":
+        raise ConfigurationError(
+            f"The Celery app's task_serializer is {serializer!r}; jobtable runs JSON messages only "
+            "(pickle is refused). Set task_serializer = 'json'."
+        )
+
+
+def install(spec_or_app: Any) -> Any:
+    """Load the Celery app and register the runner (idempotent)."""
+    global _app
+    app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
+    _check_json(app)
+    app.loader.import_default_modules()  # conf.imports / include, as a Celery worker does
+    app.finalize(auto=True)
+    app.set_current()
+    app.set_default()
+    _app = app
+    if prepare not in dispatch.RUNNERS:
+        # First: the Celery app's own tasks win over shim tasks of the same name.
+        dispatch.RUNNERS.insert(0, prepare)
+    logger.info("Running the tasks of Celery app %r (%d tasks).", app.main, len(_user_tasks(app)))
+    return app
+
+
+def _user_tasks(app: Any) -> list[str]:
+    return [name for name in app.tasks if not name.startswith("celery.")]
+
+
+def _limits(task: Any, headers: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(hard, soft) seconds: the message's timelimit, else the task's, else the app's."""
+    hard, soft = (list(headers.get("timelimit") or []) + [None, None])[:2]
+    conf = task.app.conf
+    hard = hard or task.time_limit or conf.task_time_limit
+    soft = soft or task.soft_time_limit or conf.task_soft_time_limit
+    return (float(hard) if hard else None, float(soft) if soft else None)
+
+
+def prepare(call: TaskCall) -> dispatch.Prepared | None:
+    """The dispatch hook: a runnable job for a task of the Celery app, or None."""
+    app = _app
+    if app is None or call.task_name not in app.tasks:
+        return None
+    row = dispatch.current_row.get()
+    envelope = json.loads(row.message) if row is not None else {"headers": call.headers}
+    task = app.tasks[call.task_name]
+    hard, soft = _limits(task, call.headers)
+    job = CeleryTaskJob(app, task, call, envelope, soft_limit=soft)
+    # No retry_delay: Celery decides retries (self.retry publishes the next attempt).
+    return dispatch.Prepared(job=job, timeout=hard)
+
+
+def _embed(envelope: dict[str, Any], call: TaskCall) -> dict[str, Any]:
+    body = envelope.get("body")
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        import base64
+
+        body = base64.b64decode(body or "").decode("utf-8")
+    decoded = json.loads(body) if isinstance(body, str) else body
+    if isinstance(decoded, list) and len(decoded) > 2 and isinstance(decoded[2], dict):
+        return dict(decoded[2])
+    return {}
+
+
+class CeleryTaskJob:
+    """One attempt of a Celery task, run by Celery's tracer when the worker calls ``run()``."""
+
+    def __init__(self, app: Any, task: Any, call: TaskCall, envelope: dict[str, Any], *, soft_limit: float | None):
+        self.app = app
+        self.task = task
+        self.call = call
+        self.envelope = envelope
+        self.soft_limit = soft_limit
+
+    def __repr__(self) -> str:
+        return f"<Celery task {self.task.name} {self.call.task_id}>"
+
+    def request(self, hostname: str) -> dict[str, Any]:
+        """The request dict ``celery.worker.request.Request`` builds from a message."""
+        properties = dict(self.envelope.get("properties") or {})
+        delivery = properties.get("delivery_info") or {}
+        running = current_job()
+        request = dict(self.call.headers)
+        request.update(
+            {
+                "properties": properties,
+                "reply_to": properties.get("reply_to"),
+                "correlation_id": properties.get("correlation_id") or self.call.task_id,
+                "hostname": hostname,
+                "delivery_info": {
+                    "exchange": delivery.get("exchange"),
+                    "routing_key": running.queue if running else delivery.get("routing_key"),
+                    "priority": properties.get("priority"),
+                    # Every attempt is its own row (a rescued one counts as a retry).
+                    "redelivered": False,
+                },
+                "args": self.call.args,
+                "kwargs": self.call.kwargs,
+                "loglevel": None,
+                "logfile": None,
+                "is_eager": False,
+            }
+        )
+        request.update(_embed(self.envelope, self.call))
+        return request
+
+    def run(self) -> Any:
+        from celery.app.trace import trace_task
+        from celery.exceptions import TimeLimitExceeded
+        from celery.states import FAILURE, IGNORED, REJECTED, RETRY
+
+        running = current_job()
+        hostname = running.worker_id if running else "jobtable"
+        request = self.request(hostname)
+        _rate_limit(self.task)
+        try:
+            with _soft_limit(self.soft_limit):
+                retval, info, _, _ = trace_task(
+                    self.task,
+                    self.call.task_id,
+                    self.call.args,
+                    self.call.kwargs,
+                    request,
+                    hostname=hostname,
+                    loader=self.app.loader,
+                    app=self.app,
+                )
+        except JobTimeout:
+            # As a Celery worker's hard time limit: the backend records
+            # FAILURE (and a chord part is counted), then the worker records
+            # the attempt timed out.
+            self._hard_timeout(request, TimeLimitExceeded)
+            raise
+        if info is None:
+            return retval
+        if info.state == RETRY:
+            raise CeleryTaskRetried(f"Retry in Celery: {info.retval}")
+        if info.state == FAILURE:
+            exc = info.retval
+            if isinstance(exc, BaseException):
+                raise exc
+            raise CeleryTaskFailed(str(exc))
+        if info.state in (IGNORED, REJECTED):
+            # Ignore (e.g. self.replace) / Reject: Celery acks and records nothing more.
+            return None
+        return retval
+
+    def _hard_timeout(self, request: dict[str, Any], exc_type: Callable[..., BaseException]) -> None:
+        from celery.app.task import Context
+
+        hard = _limits(self.task, self.call.headers)[0]
+        try:
+            self.task.backend.mark_as_failure(
+                self.call.task_id,
+                exc_type(f"TimeLimitExceeded({hard})"),
+                request=Context(request),
+                store_result=self.task.store_errors_even_if_ignored or not self.task.ignore_result,
+            )
+        except Exception:
+            logger.exception("Could not record the time limit of %s %s", self.task.name, self.call.task_id)
+
+
+# -- rate limits -----------------------------------------------------------------------
+
+
+def _rate_limit(task: Any) -> None:
+    """Wait for a token of the task's ``rate_limit`` (per pool member).
+
+    The claimed row is held meanwhile, as a Celery worker holds the message."""
+    limit = getattr(task, "rate_limit", None) or task.app.conf.task_default_rate_limit
+    if not limit:
+        return
+    bucket = _buckets.get(task.name)
+    if bucket is None:
+        from celery.utils.time import rate
+        from kombu.utils.limits import TokenBucket
+
+        per_second = rate(limit)
+        if not per_second:
+            return
+        bucket = _buckets[task.name] = TokenBucket(per_second, capacity=1)
+    while not bucket.can_consume(1):
+        time.sleep(max(0.001, bucket.expected_time(1)))
+
+
+# -- soft time limits ------------------------------------------------------------------
+
+
+@contextmanager
+def _soft_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this thread after ``seconds``.
+
+    The main thread (processes pool) gets a signal, which interrupts blocking
+    calls such as sleep, like Celery's prefork pool; another thread (threads
+    pool) gets an asynchronous exception, noticed at its next bytecode."""
+    if not seconds:
+        yield
+        return
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    armed = threading.Event()
+    armed.set()
+    main = threading.current_thread() is threading.main_thread()
+    target = threading.current_thread()
+    previous: Any = None
+    if main:
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if armed.is_set():
+                armed.clear()
+                raise SoftTimeLimitExceeded(f"SoftTimeLimitExceeded({seconds:g})")
+
+        previous = signal.signal(signal.SIGUSR1, on_signal)
+
+    def fire() -> None:
+        if not armed.is_set():
+            return
+        if main:
+            signal.pthread_kill(target.ident or 0, signal.SIGUSR1)
+        else:
+            armed.clear()
+            raise_in_thread(target, SoftTimeLimitExceeded)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        armed.clear()
+        timer.cancel()
+        if main:
+            signal.signal(signal.SIGUSR1, previous)

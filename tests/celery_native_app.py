@@ -1,0 +1,161 @@
+"""A Celery app run by the native worker (``jobtable worker --celery-app
+tests.celery_native_app:app``); broker and result backend are jobtable.
+
+Environment: JOBTABLE_DATABASE_URL, JT_RECORD (a file where tasks and signal
+handlers append one line each: ``kind task_id ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_success
+
+import jobtable  # noqa: F401  (registers the jobtable+ URLs with Kombu)
+from tests.worker_jobs import append
+
+URL = "jobtable+" + os.environ["JOBTABLE_DATABASE_URL"]
+QUEUE = "celery_native"
+
+app = Celery("jt_native", broker=URL, backend=URL)
+app.conf.update(
+    broker_transport_options={"polling_interval": 0.5, "lease_seconds": 5, "eta_interval": 0.05},
+    broker_connection_retry_on_startup=True,
+    result_extended=True,
+    # Not "celery": other tests' workers on the same database must not take these.
+    task_default_queue=QUEUE,
+    result_chord_join_timeout=10,
+)
+
+
+def record(*parts: Any) -> None:
+    append(os.environ["JT_RECORD"], " ".join(str(p) for p in parts))
+
+
+# -- signals: one line per signal, so tests see what a Celery worker would send ---------
+
+
+@task_prerun.connect
+def _prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
+    record("prerun", task_id, task.name)
+
+
+@task_postrun.connect
+def _postrun(task_id: str = "", state: str = "", **_: Any) -> None:
+    record("postrun", task_id, state)
+
+
+@task_success.connect
+def _success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    record("success", sender.request.id, result)
+
+
+@task_failure.connect
+def _failure(task_id: str = "", exception: BaseException | None = None, **_: Any) -> None:
+    record("failure", task_id, type(exception).__name__)
+
+
+@task_retry.connect
+def _retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    record("retry", request.id, request.retries)
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def tsum(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(bind=True)
+def whoami(self: Any) -> dict[str, Any]:
+    r = self.request
+    return {
+        "id": r.id,
+        "retries": r.retries,
+        "root_id": r.root_id,
+        "parent_id": r.parent_id,
+        "routing_key": (r.delivery_info or {}).get("routing_key"),
+        "hostname": r.hostname,
+        "called_directly": r.called_directly,
+        "is_eager": r.is_eager,
+    }
+
+
+@app.task(bind=True, max_retries=3)
+def retry_twice(self: Any) -> int:
+    record("run", self.request.id, self.request.retries, time.time())
+    if self.request.retries < 2:
+        raise self.retry(countdown=0.3, exc=ConnectionError(f"attempt {self.request.retries + 1} failed"))
+    return self.request.retries
+
+
+@app.task(bind=True, max_retries=1)
+def retry_forever(self: Any) -> None:
+    raise self.retry(countdown=0, exc=KeyError("still broken"))
+
+
+@app.task(
+    bind=True,
+    autoretry_for=(ConnectionError,),
+    retry_backoff=0.2,
+    retry_jitter=False,
+    retry_kwargs={"max_retries": 2},
+)
+def auto(self: Any) -> None:
+    record("run", self.request.id, self.request.retries, time.time())
+    raise ConnectionError("flaky network")
+
+
+@app.task
+def on_error(request: Any, exc: BaseException, traceback: Any) -> None:
+    record("errback", request.id, type(exc).__name__)
+
+
+@app.task
+def note(value: Any, tag: str) -> None:
+    record("note", tag, value)
+
+
+@app.task(soft_time_limit=0.5)
+def soft(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "soft limit"
+    return "slept"
+
+
+@app.task(time_limit=1)
+def hard(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@app.task(rate_limit="4/s")
+def limited(tag: str) -> None:
+    record("limited", tag, time.time())
+
+
+@app.task(bind=True)
+def keyed(self: Any, path: str) -> str:
+    # Runs until the test creates ``path``: the key stays held meanwhile.
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return self.request.id
