@@ -20,7 +20,7 @@ from .exceptions import (
     SchemaNotMigrated,
     UnknownJob,
 )
-from .jobs import Job, JobRequest
+from .jobs import DeferJob, Job, JobRequest
 from .registry import jobs_registry, register_job
 from .settings import configure, get_settings
 
@@ -29,6 +29,7 @@ from .transport import register as _register_transport; _register_transport()  #
 
 __all__ = [
     "ConfigurationError",
+    "DeferJob",
     "DatabaseUnavailable",
     "EnqueueError",
     "Job",

@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     from .enqueue import Delay
 
 
+class DeferJob(Exception):
+    """Raise inside ``run()`` to run the job again later (a DEFERRED result).
+
+    ``increment_retries=False`` (the default): the deferral does not use up
+    one of the job's retries.  True: it counts as one, and a job without
+    retries left is recorded ERRORED instead.
+    """
+
+    def __init__(self, *, delay: int | float | timedelta, increment_retries: bool = False) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"DeferJob(delay={delay!r}): the delay must be 0 or more seconds.")
+        super().__init__(f"deferred for {seconds:g} s")
+        self.delay = seconds
+        self.increment_retries = increment_retries
+
+
 class JobType(type):
     """Remembers the arguments a Job was built with: they are what is stored."""
 
@@ -134,6 +151,10 @@ class Job(metaclass=JobType):
     def default_concurrency_key(self) -> str:
         """At most one pending-or-running job per (job class, key)."""
         return ""
+
+    def default_timeout(self) -> int | float | None:
+        """Seconds this job may run before the worker stops it (None: JOBTABLE_TIMEOUT)."""
+        return None
 
     def calculate_retry_delay(self, attempt: int) -> int | float | timedelta:
         """Delay before retrying after failed ``attempt`` (1 for the first)."""

@@ -41,9 +41,7 @@ def prepare(call: TaskCall) -> Prepared:
     """The runnable form of ``call``; UnknownJob when nobody knows its name."""
     if call.task_name in jobs_registry:
         job = instantiate(call.task_name, call.args, call.kwargs)
-        # default_timeout() (seconds; None: JOBTABLE_TIMEOUT) is optional on Job.
-        timeout_method = getattr(job, "default_timeout", None)
-        timeout = timeout_method() if callable(timeout_method) else None
+        timeout = job.default_timeout()  # None: JOBTABLE_TIMEOUT
         return Prepared(
             job=job,
             timeout=float(timeout) if timeout is not None else None,

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+# DeferJob is part of the Job API; re-exported here for the worker's imports.
+from ..jobs import DeferJob
 
-
-class DeferJob(Exception):
-    """Raise inside ``run()`` to run the job again later (a DEFERRED result).
-
-    ``increment_retries=False`` (the default): the deferral does not use up
-    one of the job's retries.  True: it counts as one, and a job without
-    retries left is recorded ERRORED instead.
-    """
-
-    def __init__(self, *, delay: int | float | timedelta, increment_retries: bool = False) -> None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError(f"DeferJob(delay={delay!r}): the delay must be 0 or more seconds.")
-        super().__init__(f"deferred for {seconds:g} s")
-        self.delay = seconds
-        self.increment_retries = increment_retries
+__all__ = ["DeferJob", "JobTimeout"]
 
 
 class JobTimeout(BaseException):
