@@ -125,6 +125,17 @@ class ProcessSpan:
     def set_outcome(self, outcome: str) -> None:
         self.outcome = outcome
 
+    def record_failure(self, error_type: str, message: str, stacktrace: str | None) -> None:
+        """A failure the worker caught and recorded (no exception object left)."""
+        if self.span is None:
+            return
+        attributes = {"exception.type": error_type, "exception.message": message}
+        if stacktrace:
+            attributes["exception.stacktrace"] = stacktrace
+        self.span.add_event("exception", attributes)
+        self.span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}"))
+        self.span.set_attribute("error.type", error_type)
+
 
 @contextmanager
 def process_span(

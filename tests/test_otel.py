@@ -138,3 +138,36 @@ def test_nothing_is_recorded_when_not_instrumented(db_url: str) -> None:
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in stored_headers(request.uuid)
     assert decode_task(json.dumps({"headers": stored_headers(request.uuid), "body": "[[], {}, {}]"})).args == []
+
+
+def test_worker_runs_are_consumer_spans_linked_to_their_producers(db_url: str, telemetry: Telemetry) -> None:
+    from jobtable.worker.config import WorkerConfig
+    from jobtable.worker.main import run_worker
+    from tests.sample_jobs import Fails
+
+    ok = Echo().run_in_worker(queue="otel")
+    failed = Fails().run_in_worker(queue="otel")
+    assert ok is not None and failed is not None
+    producers = {s.attributes["messaging.message.id"]: s for s in telemetry.spans.get_finished_spans()}
+    # Threads pool: the members run in this process, where the exporter is.
+    assert run_worker(WorkerConfig(queues=["otel"], processes=1, pool="threads", burst=True, stats_every=0)) == 0
+    consumers = {
+        s.attributes["messaging.message.id"]: s
+        for s in telemetry.spans.get_finished_spans()
+        if s.kind == SpanKind.CONSUMER
+    }
+    assert set(consumers) == {ok.uuid, failed.uuid}
+    for uuid, span in consumers.items():
+        assert span.name == "process otel" and span.parent is None
+        assert [link.context.span_id for link in span.links] == [producers[uuid].context.span_id]
+        assert span.attributes["jobtable.job.attempt"] == 1
+    assert consumers[ok.uuid].attributes["jobtable.job.outcome"] == "SUCCESSFUL"
+    bad = consumers[failed.uuid]
+    assert bad.attributes["jobtable.job.outcome"] == "ERRORED"
+    assert bad.status.status_code == StatusCode.ERROR
+    (event,) = [e for e in bad.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "ValueError" and event.attributes["exception.message"] == "boom"
+    outcomes = {
+        p.attributes["jobtable.job.outcome"]: p.value for p in telemetry.metric_points("messaging.client.consumed.messages")
+    }
+    assert outcomes == {"SUCCESSFUL": 1, "ERRORED": 1}

@@ -9,7 +9,7 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import messages, params
+from .. import messages, otel, params
 from ..db import tables
 from ..db.store import Outcome
 from ..exceptions import UnknownJob
@@ -62,6 +62,29 @@ class Executor:
         self.default_timeout = default_timeout
 
     def run(self, row: Any) -> Outcome:
+        if not otel.enabled():
+            return self._run(row)
+        headers = json.loads(row.message).get("headers") or {}
+        with otel.process_span(
+            queue=row.queue,
+            task_name=row.task_name,
+            task_id=row.task_id,
+            attempt=row.attempt,
+            headers=headers,
+            run_at=row.run_at,
+            started_at=_now(),
+        ) as span:
+            outcome = self._run(row)
+            span.set_outcome(outcome.status)
+            if outcome.status in (tables.ERRORED, tables.LOST):
+                span.record_failure(
+                    outcome.fields.get("error_type") or "Error",
+                    outcome.fields.get("error_message") or "",
+                    outcome.fields.get("traceback"),
+                )
+            return outcome
+
+    def _run(self, row: Any) -> Outcome:
         started = _now()
         if row.expires_at is not None and row.expires_at <= started:
             return Outcome(
