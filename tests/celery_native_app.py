@@ -113,7 +113,7 @@ def retry_forever(self: Any) -> None:
 @app.task(
     bind=True,
     autoretry_for=(ConnectionError,),
-    retry_backoff=0.2,
+    retry_backoff=1,  # Celery rounds the factor to whole seconds: 1 s, then 2 s
     retry_jitter=False,
     retry_kwargs={"max_retries": 2},
 )
@@ -134,8 +134,12 @@ def note(value: Any, tag: str) -> None:
 
 @app.task(soft_time_limit=0.5)
 def soft(seconds: float) -> str:
+    # Short sleeps: the threads pool raises the soft limit at the next
+    # bytecode, which a single long C-level sleep would not reach.
+    deadline = time.monotonic() + seconds
     try:
-        time.sleep(seconds)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
     except SoftTimeLimitExceeded:
         return "soft limit"
     return "slept"
@@ -149,7 +153,7 @@ def hard(seconds: float) -> str:
 
 @app.task(rate_limit="4/s")
 def limited(tag: str) -> None:
-    record("limited", tag, time.time())
+    record("limited", tag, os.getpid(), time.time())
 
 
 @app.task(bind=True)
