@@ -290,8 +290,9 @@ class Channel(virtual.Channel):
                 notify_queues(conn, queues)
             else:
                 store.transport_delete(conn, ids, transport.consumer_id, transport.async_commit)
-        if requeue:
-            transport.wake()
+        # Either way QoS has room again: a consumer waiting in drain_events
+        # (acks come from Celery's pool threads) claims at once.
+        transport.wake()
 
     def _flush_acks(self) -> None:
         ids, self._pending_acks = self._pending_acks, []
