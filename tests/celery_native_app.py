@@ -163,3 +163,11 @@ def keyed(self: Any, path: str) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return self.request.id
+
+
+@app.task(bind=True, max_retries=3)
+def keyed_retry(self: Any) -> int:
+    record("run", self.request.id, self.request.retries, time.time())
+    if self.request.retries < 1:
+        raise self.retry(countdown=0.2)
+    return self.request.retries

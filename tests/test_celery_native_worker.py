@@ -349,3 +349,18 @@ def test_pickle_serializer_is_refused(native: Any, tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "pickle is refused" in out.stdout + out.stderr and "task_serializer = 'json'" in out.stdout + out.stderr
+
+
+def test_retry_of_a_keyed_task_keeps_the_key(native: Any) -> None:
+    # self.retry() would publish the next attempt while this one holds the
+    # key (and the table would drop it): the worker enqueues it instead.
+    key = f"kr-{native.tmp.name}"
+    sent = native.keyed_retry.apply_async(headers={"concurrency_key": key})
+    assert sent.get(timeout=30) == 1
+    assert [int(r[1]) for r in records("run", sent.id)] == [0, 1]
+    assert [r[1] for r in records("retry", sent.id)] == ["0"]
+    assert [(r.attempt, r.status, r.retried) for r in result_rows(sent.id)] == [
+        (1, tables.ERRORED, True),
+        (2, tables.SUCCESSFUL, False),
+    ]
+    wait_for(lambda: not request_rows(concurrency_key=key), what="key released")

@@ -39,14 +39,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from ..messages import TaskCall
+from ..messages import TaskCall, parse_time
 from ..middleware import current_job
 from ..worker import dispatch
-from ..worker.errors import JobTimeout
+from ..worker.errors import DeferJob, JobTimeout
 from ..worker.timeouts import raise_in_thread
 
 logger = logging.getLogger("jobtable.celery")
@@ -55,6 +58,17 @@ logger = logging.getLogger("jobtable.celery")
 _app: Any = None
 #: Rate limit buckets, per task name, of this process.
 _buckets: dict[str, Any] = {}
+
+
+@dataclass
+class _Held:
+    """A keyed attempt's own retry, held back from the broker (see ``_hold_retries``)."""
+
+    task_id: str
+    retries: list[Any] = field(default_factory=list)
+
+
+_held: ContextVar[_Held | None] = ContextVar("jobtable_celery_held_retry", default=None)
 
 
 class CeleryTaskFailed(Exception):
@@ -103,12 +117,37 @@ def install(spec_or_app: Any) -> Any:
     app.finalize(auto=True)
     app.set_current()
     app.set_default()
+    _hold_retries(app)
     _app = app
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
     logger.info("Running the tasks of Celery app %r (%d tasks).", app.main, len(_user_tasks(app)))
     return app
+
+
+def _hold_retries(app: Any) -> None:
+    """Keep the retry message of a task with a concurrency key out of the broker.
+
+    ``self.retry()`` publishes the next attempt while this one still holds
+    the key, so the table (one pending-or-running row per key) would drop
+    it.  While a keyed attempt runs, its own retry (same task id) is held
+    here instead, and the worker enqueues the next attempt when it finishes
+    this one -- in the transaction that frees the key."""
+    amqp = app.amqp
+    if getattr(amqp, "_jobtable_holds_retries", False):
+        return
+    send = amqp.send_task_message
+
+    def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        held = _held.get()
+        if held is not None and (message.headers or {}).get("id") == held.task_id:
+            held.retries.append(message)
+            return None
+        return send(producer, name, message, **options)
+
+    amqp.send_task_message = send_task_message
+    amqp._jobtable_holds_retries = True
 
 
 def _user_tasks(app: Any) -> list[str]:
@@ -133,7 +172,7 @@ def prepare(call: TaskCall) -> dispatch.Prepared | None:
     envelope = json.loads(row.message) if row is not None else {"headers": call.headers}
     task = app.tasks[call.task_name]
     hard, soft = _limits(task, call.headers)
-    job = CeleryTaskJob(app, task, call, envelope, soft_limit=soft)
+    job = CeleryTaskJob(app, task, call, envelope, soft_limit=soft, keyed=bool(row is not None and row.concurrency_key))
     # No retry_delay: Celery decides retries (self.retry publishes the next attempt).
     return dispatch.Prepared(job=job, timeout=hard)
 
@@ -153,7 +192,17 @@ def _embed(envelope: dict[str, Any], call: TaskCall) -> dict[str, Any]:
 class CeleryTaskJob:
     """One attempt of a Celery task, run by Celery's tracer when the worker calls ``run()``."""
 
-    def __init__(self, app: Any, task: Any, call: TaskCall, envelope: dict[str, Any], *, soft_limit: float | None):
+    def __init__(
+        self,
+        app: Any,
+        task: Any,
+        call: TaskCall,
+        envelope: dict[str, Any],
+        *,
+        soft_limit: float | None,
+        keyed: bool = False,
+    ) -> None:
+        self.keyed = keyed
         self.app = app
         self.task = task
         self.call = call
@@ -201,6 +250,8 @@ class CeleryTaskJob:
         hostname = running.worker_id if running else "jobtable"
         request = self.request(hostname)
         _rate_limit(self.task)
+        held = _Held(self.call.task_id) if self.keyed else None
+        token = _held.set(held)
         try:
             with _soft_limit(self.soft_limit):
                 retval, info, _, _ = trace_task(
@@ -219,6 +270,15 @@ class CeleryTaskJob:
             # the attempt timed out.
             self._hard_timeout(request, TimeLimitExceeded)
             raise
+        finally:
+            _held.reset(token)
+        if held is not None and held.retries:
+            # The worker writes the next attempt (this row's message, retries
+            # + 1) once this one is finished; a DeferJob that does not count
+            # as a jobtable retry.
+            eta = parse_time((held.retries[-1].headers or {}).get("eta"))
+            delay = (eta - datetime.now(timezone.utc)).total_seconds() if eta else 0.0
+            raise DeferJob(delay=max(0.0, delay))
         if info is None:
             return retval
         if info.state == RETRY:
