@@ -17,9 +17,6 @@ from typing import Any
 
 import pytest
 
-# The dashboard's extra ("pip install 'jobtable[dashboard]'") and httpx.
-for _module in ("starlette", "jinja2", "multipart", "httpx", "uvicorn"):
-    pytest.importorskip(_module, reason="the dashboard tests need: pip install -e '.[dashboard,test]'")
 from sqlalchemy import select
 
 from jobtable.db import engine as db_engine
@@ -29,14 +26,15 @@ from jobtable.dashboard import create_app, queries
 from . import dashboard_support as support
 from .dashboard_browser import CHROMIUM, Server, launch_browser
 
-expect: Any = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the browser is Debian's)").expect
+from playwright.sync_api import expect  # noqa: E402  (drives Debian's Chromium; no download)
+
 expect.set_options(timeout=15_000)
-if not shutil.which(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser_context() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does).", pytrace=False)
     yield from launch_browser()
 
 

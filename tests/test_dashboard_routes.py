@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 
-# The dashboard's extra ("pip install 'jobtable[dashboard]'") and httpx.
-for _module in ("starlette", "jinja2", "multipart", "httpx"):
-    pytest.importorskip(_module, reason="the dashboard tests need: pip install -e '.[dashboard,test]'")
 from sqlalchemy import insert, select
 
 from jobtable.db import engine as db_engine
