@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_success
+from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_revoked, task_success
 
 import jobtable  # noqa: F401  (registers the jobtable+ URLs with Kombu)
 from tests.worker_jobs import append
@@ -62,6 +62,11 @@ def _failure(task_id: str = "", exception: BaseException | None = None, **_: Any
 @task_retry.connect
 def _retry(request: Any = None, reason: Any = None, **_: Any) -> None:
     record("retry", request.id, request.retries)
+
+
+@task_revoked.connect
+def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    record("revoked", request.id, expired)
 
 
 # -- tasks -------------------------------------------------------------------------------

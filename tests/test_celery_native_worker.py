@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from celery import chain, chord, group, states
-from celery.exceptions import ChordError
+from celery.exceptions import ChordError, TaskRevokedError
 from celery.result import AsyncResult
 from sqlalchemy import select
 
@@ -293,6 +293,21 @@ def test_jobtable_cancel_revokes_a_waiting_task(native: Any) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert sent.state == states.REVOKED
     assert not request_rows(task_id=sent.id)
+
+
+def test_control_revoke_skips_a_waiting_task(native: Any) -> None:
+    # Each pool member listens to the app's control broadcasts.
+    wait_for(lambda: len(native.app.control.ping(timeout=0.5)) >= 2, what="control listeners")
+    sent = native.note.apply_async((1, "revoked"), countdown=3)
+    replies = native.app.control.revoke(sent.id, reply=True, timeout=10, limit=2)
+    assert len(replies) == 2, replies
+    with pytest.raises(TaskRevokedError):
+        sent.get(timeout=30)
+    assert sent.state == states.REVOKED
+    wait_for(lambda: records("revoked", sent.id), what="task_revoked signal")
+    assert not [r for r in records("note") if r[0] == "revoked"]
+    assert not records("prerun", sent.id)
+    assert [r.status for r in result_rows(sent.id)] == [tables.CANCELLED]
 
 
 # -- concurrency key ---------------------------------------------------------------------------

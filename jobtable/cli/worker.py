@@ -67,7 +67,7 @@ def worker(
         # Loaded before the pool forks: members inherit the app and its tasks.
         from ..shim import celery_runner
 
-        celery_runner.install(celery_app)
+        celery_runner.install(celery_app, pool=config.pool)
     if reload_:
         from ..worker.reload import run_with_reload
 

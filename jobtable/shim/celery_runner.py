@@ -34,7 +34,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -108,8 +110,11 @@ def _check_json(app: Any) -> None:
         )
 
 
-def install(spec_or_app: Any) -> Any:
-    """Load the Celery app and register the runner (idempotent)."""
+def install(spec_or_app: Any, *, pool: str = "processes") -> Any:
+    """Load the Celery app and register the runner (idempotent).
+
+    Each process that runs tasks also listens for ``app.control.revoke``
+    (pool members are forked after this: they start their listener then)."""
     global _app
     app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
     _check_json(app)
@@ -122,6 +127,10 @@ def install(spec_or_app: Any) -> Any:
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
+        if pool == "threads":
+            _start_revoke_listener()
+        else:
+            os.register_at_fork(after_in_child=_start_revoke_listener)
     logger.info("Running the tasks of Celery app %r (%d tasks).", app.main, len(_user_tasks(app)))
     return app
 
@@ -249,6 +258,8 @@ class CeleryTaskJob:
         running = current_job()
         hostname = running.worker_id if running else "jobtable"
         request = self.request(hostname)
+        if self.call.task_id in _revoked:
+            self._revoke(request)
         _rate_limit(self.task)
         held = _Held(self.call.task_id) if self.keyed else None
         token = _held.set(held)
@@ -292,6 +303,22 @@ class CeleryTaskJob:
             # Ignore (e.g. self.replace) / Reject: Celery acks and records nothing more.
             return None
         return retval
+
+    def _revoke(self, request: dict[str, Any]) -> None:
+        """As a Celery worker does with a revoked task it receives: REVOKED
+        in the backend (a chord part counts), task_revoked, never run."""
+        from celery import signals
+        from celery.app.task import Context
+        from celery.exceptions import TaskRevokedError
+        from celery.states import REVOKED
+
+        context = Context(request)
+        exc = TaskRevokedError("revoked")
+        self.task.backend.mark_as_revoked(
+            self.call.task_id, "revoked", request=context, store_result=not self.task.ignore_result, state=REVOKED
+        )
+        signals.task_revoked.send(sender=self.task, request=context, terminated=False, signum=None, expired=False)
+        raise exc
 
     def _hard_timeout(self, request: dict[str, Any], exc_type: Callable[..., BaseException]) -> None:
         from celery.app.task import Context
@@ -379,3 +406,53 @@ def _soft_limit(seconds: float | None) -> Iterator[None]:
         timer.cancel()
         if main:
             signal.signal(signal.SIGUSR1, previous)
+
+
+# -- revocation --------------------------------------------------------------------------
+
+#: Task ids revoked while this process listened (in memory, like a Celery
+#: worker without --statedb).
+_revoked: set[str] = set()
+
+
+def _start_revoke_listener() -> None:
+    app = _app
+    if app is None:
+        return
+    hostname = f"jobtable-native@{socket.gethostname()}.{os.getpid()}"
+    thread = threading.Thread(target=_listen, args=(app, hostname), name="jobtable-celery-control", daemon=True)
+    thread.start()
+
+
+def _listen(app: Any, hostname: str) -> None:
+    """Consume the Celery control broadcasts (the app's pidbox) for ``revoke``
+    (and ``ping``, so that ``celery inspect ping`` lists this process)."""
+
+    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **_: Any) -> dict[str, str]:
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        _revoked.update(ids)
+        if terminate:
+            logger.warning("revoke(terminate=True) of %s: jobtable does not stop running tasks; "
+                           "they will not start again.", ids)
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+
+    def ping(state: Any, **_: Any) -> dict[str, str]:
+        return {"ok": "pong"}
+
+    while True:
+        try:
+            with app.connection_for_read() as conn:
+                # Bound to the connection: replies (ping) go out through it.
+                node = app.control.mailbox(conn).Node(hostname, handlers={"revoke": revoke, "ping": ping})
+                consumer = node.listen(channel=conn.channel())
+                try:
+                    while True:
+                        try:
+                            conn.drain_events(timeout=1.0)
+                        except socket.timeout:
+                            pass
+                finally:
+                    consumer.cancel()
+        except Exception as exc:
+            logger.warning("Celery control listener: %s; reconnecting in 1s.", exc)
+            time.sleep(1.0)
