@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from jobtable.shim import Celery, crontab
-
 from tests import shim_tasks
 
 app = Celery("beat_app", set_as_current=False)

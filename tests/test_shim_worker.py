@@ -183,10 +183,24 @@ def test_rows_written_by_a_celery_client_run_too(db_url: str, subprocess_env: di
     envelope = messages.task_message(
         task_name="tests.shim_tasks.add", task_id=task_id, args=[40, 2], kwargs={}, queue="celery", priority=0, eta=None
     )
+    # Celery's canvas travels in the body's embed: chain(add.s(40, 2), echo.s()).
+    next_id = messages.new_task_id()
+    step = {
+        "task": "tests.shim_tasks.echo",
+        "args": [],
+        "kwargs": {},
+        "options": {"task_id": next_id},
+        "subtask_type": None,
+        "immutable": False,
+        "chord_size": None,
+    }
+    args, kwargs, _embed = json.loads(envelope["body"])
+    envelope["body"] = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": [step], "chord": None}])
     with db_engine.connect() as conn, conn.begin():
         store.insert_requests(conn, [messages.row_values(envelope, "celery", store.utcnow())])
     run_burst(subprocess_env)
     assert AsyncResult(task_id).get(timeout=10) == 42
+    assert AsyncResult(next_id).get(timeout=10) == 42
 
 
 def test_revoke_waiting_and_forget(db_url: str, subprocess_env: dict[str, str]) -> None:

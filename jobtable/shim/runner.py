@@ -26,7 +26,7 @@ from ..db import results as db_results
 from ..db import store, tables
 from ..messages import TaskCall
 from ..middleware import current_job
-from ..worker.dispatch import RUNNERS, Prepared
+from ..worker.dispatch import RUNNERS, Prepared, current_row
 from . import send
 from .exceptions import ChordError, Retry
 from .states import FAILURE, SUCCESS
@@ -55,6 +55,7 @@ def prepare(call: TaskCall) -> Prepared | None:
     args, kwargs = _decode_arguments(task.name, call.args, call.kwargs)
     job = task.job_class(*args, **kwargs)
     job._call = call
+    job._embed = _embed(call)
     hard, soft = (list(call.headers.get("timelimit") or []) + [None, None])[:2]
     limits = [float(x) for x in (hard, soft, task.time_limit, task.soft_time_limit) if x]
     # One limit in jobtable: the job is interrupted (JobTimeout) when it passes.
@@ -62,9 +63,27 @@ def prepare(call: TaskCall) -> Prepared | None:
 
 
 def _embed(call: TaskCall) -> dict[str, Any]:
-    # The worker's TaskCall carries headers only; the sender copied the embed there.
-    embed = getattr(call, "embed", None) or call.headers.get(send.EMBED_HEADER) or {}
-    return dict(embed)
+    """The canvas steps of the message (callbacks, chain, chord): the third
+    item of its body, which the TaskCall leaves out -- read from the claimed
+    row the worker exposes while runners prepare it."""
+    embed = getattr(call, "embed", None)
+    if embed is None:
+        row = current_row.get()
+        embed = _body_embed(row.message) if row is not None and getattr(row, "message", None) else None
+    return dict(embed or {})
+
+
+def _body_embed(message: str) -> dict[str, Any] | None:
+    envelope = json.loads(message)
+    body = envelope.get("body")
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        import base64
+
+        body = base64.b64decode(body).decode("utf-8")
+    decoded = json.loads(body) if isinstance(body, str) else body
+    if isinstance(decoded, list) and len(decoded) > 2 and isinstance(decoded[2], dict):
+        return decoded[2]
+    return None
 
 
 def context_of(job: TaskJob) -> Context:
@@ -72,7 +91,7 @@ def context_of(job: TaskJob) -> Context:
     if call is None:  # run() called outside a worker
         return Context(task=job.task.name, args=job.args, kwargs=job.kwargs, called_directly=False)
     h = call.headers
-    embed = _embed(call)
+    embed = job._embed
     running = current_job()
     return Context(
         id=call.task_id,

@@ -5,8 +5,7 @@ id, ``eta``, ``expires``, ``retries``, ``group``/``group_index``,
 ``root_id``/``parent_id`` headers, and the body ``[args, kwargs, embed]``
 with canvas steps (``callbacks``, ``chain``, ``chord``) in Celery's format,
 so a Celery worker that has the task registered runs it (and its chain)
-too.  The native worker's dispatch hook only sees the headers of a message,
-so a copy of a non-empty embed also travels in the ``jobtable_embed`` header.
+too -- and the native worker follows chains sent by Celery clients.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from .app import Celery
-
-#: Header carrying the canvas steps for the native worker (see module doc).
-EMBED_HEADER = "jobtable_embed"
 
 #: apply_async options accepted and stored.
 HANDLED = {
@@ -229,8 +225,6 @@ def build_row(
             for s in (links if isinstance(links, (list, tuple)) else [links])
         ]
     envelope["body"] = messages.dumps([args, kwargs, full])
-    if any(full.values()):
-        h[EMBED_HEADER] = full
     return messages.row_values(envelope, queue, now)
 
 

@@ -406,6 +406,8 @@ class TaskJob(Job):
     task: Task
     #: Set by the runner: the message being executed.
     _call: messages.TaskCall | None = None
+    #: Set by the runner: the message's canvas steps (callbacks, chain, chord).
+    _embed: dict[str, Any] = {}
     #: Set for beat entries: their ``options`` (queue, priority).
     _entry_options: dict[str, Any] = {}
 
