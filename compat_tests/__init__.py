@@ -1,0 +1,1 @@
+"""The same Celery task code run three ways; see README.md."""

@@ -1,0 +1,135 @@
+"""Fixtures of the compat tests: the project's database fixtures (imported
+from ``tests/conftest.py``, so ``pg_url``/``sqlite_url`` are the same per-process
+databases) and a launcher for the three kinds of worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
+    ROOT,
+    _restore_jobtable_environment,
+    db_url,
+    dialect,
+    empty_tables,
+    pg_url,
+    sqlite_url,
+    subprocess_env,
+)
+from tests.shim_support import BLOCK_CELERY
+
+T = TypeVar("T")
+
+#: The three ways of running compat_tests/tasks.py.
+MODES = ("celery", "native", "shim")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def lines(path: str | Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in Path(path).read_text().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+def api_for(mode: str) -> str:
+    return "shim" if mode == "shim" else "celery"
+
+
+class Worker:
+    """One worker process of ``mode`` on ``queue``; its output goes to a file
+    (never a pipe that could fill up)."""
+
+    def __init__(
+        self, mode: str, env: dict[str, str], log: Path, queue: str, processes: int = 2, name: str | None = None
+    ) -> None:
+        self.mode, self.log = mode, log
+        env = dict(env, COMPAT_API=api_for(mode), COMPAT_WORKER=name or mode, PYTHONUNBUFFERED="1")
+        if mode == "celery":
+            # A real Celery worker: jobtable is only its broker and result backend.
+            pool = ("-P", "solo") if processes == 1 else ("-P", "threads", "-c", str(processes))
+            cmd = [sys.executable, "-m", "celery", "-A", "compat_tests.app", "worker", *pool, "-Q", queue,
+                   "-l", "info", "-n", f"{name or 'compat'}-{os.getpid()}-{log.stem}@%h", "--without-mingle",
+                   "--without-gossip"]
+            self.ready = " ready."
+        elif mode == "native":
+            # jobtable's worker running the Celery app's tasks through Celery's tracer.
+            cmd = [sys.executable, "-m", "jobtable", "worker", "--celery-app", "compat_tests.app:app",
+                   "--queue", queue, "--max-processes", str(processes)]
+            self.ready = " consuming "
+        elif mode == "shim":
+            # jobtable's worker with the Celery-free shim; `import celery` fails in it.
+            code = BLOCK_CELERY + "\nfrom jobtable.cli import main\nmain()\n"
+            cmd = [sys.executable, "-c", code, "--app", "compat_tests.tasks", "worker",
+                   "--queue", queue, "--max-processes", str(processes)]
+            self.ready = " consuming "
+        else:
+            raise ValueError(mode)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: self.proc.poll() is not None or self.ready in self.text(), timeout=60, what=f"{mode} worker up")
+        assert self.proc.poll() is None, self.text()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        print(f"--- {self.mode} worker log ---\n{self.text()[-4000:]}", file=sys.stderr)  # shown on failure
+
+
+def load_api(mode: str, url: str) -> tuple[Any, Any]:
+    """(re)import compat_tests.app and compat_tests.tasks in this process for
+    ``mode`` and ``url``: the app module reads both at import."""
+    import importlib
+
+    os.environ["JOBTABLE_DATABASE_URL"] = url
+    os.environ["COMPAT_API"] = api_for(mode)
+    from kombu import pools
+
+    pools.reset()
+    from compat_tests import app as app_module
+    from compat_tests import tasks as tasks_module
+
+    app_module = importlib.reload(app_module)
+    tasks_module = importlib.reload(tasks_module)
+    return app_module, tasks_module
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(mode: str, env: dict[str, str], queue: str, processes: int = 2, name: str | None = None) -> Worker:
+        worker = Worker(mode, env, tmp_path / f"{name or mode}-{len(started)}.log", queue, processes, name)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
