@@ -334,6 +334,15 @@ def machine() -> str:
     except Exception:
         pass
     load = os.getloadavg()
+    try:  # jobtable is installed editable: the tree's commit is what ran
+        repo = str(harness.BENCH_DIR.parent)
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "jobtable"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        pkgs.insert(0, f"jobtable tree at {head}{' (+ uncommitted changes in jobtable/)' if dirty else ''}")
+    except Exception:
+        pass
     return (f"nproc {os.cpu_count()}, {platform.platform()}, Python {platform.python_version()}, "
             f"PostgreSQL {pg}, Redis {redis_v}, SQLite {sqlite3.sqlite_version}; " + ", ".join(pkgs)
             + f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
