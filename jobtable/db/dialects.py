@@ -59,9 +59,14 @@ class PostgresDialect(Dialect):
         # duplicates by PostgreSQL within a transaction, and delivered at
         # commit -- a worker never wakes before the row is visible.
         columns = tuple(rows[0])
-        sql = _PG_INSERT_SQL.get(columns)
+        single = len(rows) == 1
+        sql = _PG_INSERT_SQL.get((columns, single))
         if sql is None:
-            sql = _PG_INSERT_SQL[columns] = _pg_insert_sql(columns)
+            sql = _PG_INSERT_SQL[(columns, single)] = _pg_insert_sql(columns, single)
+        if single:
+            # The common single enqueue: plain VALUES, cheaper to send than
+            # one-element arrays.
+            return list(conn.exec_driver_sql(sql, rows[0]))
         params = {column: [row[column] for row in rows] for column in columns}
         return list(conn.exec_driver_sql(sql, params))
 
@@ -107,13 +112,20 @@ _PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "
              "run_at": "timestamptz", "expires_at": "timestamptz", "concurrency_key": "varchar", "attempt": "int4",
              "retries": "int4", "created_at": "timestamptz", "started_at": "timestamptz", "worker_id": "varchar",
              "lease_expires_at": "timestamptz", "message": "text"}
-_PG_INSERT_SQL: dict[tuple[str, ...], str] = {}
+_PG_INSERT_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
 
 
-def _pg_insert_sql(columns: tuple[str, ...]) -> str:
+def _pg_insert_sql(columns: tuple[str, ...], single: bool) -> str:
     unknown = set(columns) - set(_PG_CASTS)
     if unknown:
         raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
+    if single:
+        values = ", ".join(f"%({c})s::{_PG_CASTS[c]}" for c in columns)
+        return (
+            f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) VALUES ({values}) "
+            "ON CONFLICT DO NOTHING RETURNING id, task_id, queue) "
+            f"SELECT ins.id, ins.task_id, pg_notify('{NOTIFY_CHANNEL}', ins.queue) FROM ins"
+        )
     arrays = ", ".join(f"%({c})s::{_PG_CASTS[c]}[]" for c in columns)
     return (
         f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
