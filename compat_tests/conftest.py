@@ -61,27 +61,37 @@ class Worker:
     (never a pipe that could fill up)."""
 
     def __init__(
-        self, mode: str, env: dict[str, str], log: Path, queue: str, processes: int = 2, name: str | None = None
+        self,
+        mode: str,
+        env: dict[str, str],
+        log: Path,
+        queue: str,
+        processes: int = 2,
+        name: str | None = None,
+        app: str | None = None,
     ) -> None:
+        """``app``: the Celery app module (celery mode), or the module of the
+        Jobs to import too (native and shim modes)."""
         self.mode, self.log = mode, log
         env = dict(env, COMPAT_API=api_for(mode), COMPAT_WORKER=name or mode, PYTHONUNBUFFERED="1")
+        queue_args = [arg for q in queue.split(",") for arg in ("--queue", q)]  # -Q a,b for Celery
         if mode == "celery":
             # A real Celery worker: jobtable is only its broker and result backend.
             pool = ("-P", "solo") if processes == 1 else ("-P", "threads", "-c", str(processes))
-            cmd = [sys.executable, "-m", "celery", "-A", "compat_tests.app", "worker", *pool, "-Q", queue,
+            cmd = [sys.executable, "-m", "celery", "-A", app or "compat_tests.app", "worker", *pool, "-Q", queue,
                    "-l", "info", "-n", f"{name or 'compat'}-{os.getpid()}-{log.stem}@%h", "--without-mingle",
                    "--without-gossip"]
             self.ready = " ready."
         elif mode == "native":
             # jobtable's worker running the Celery app's tasks through Celery's tracer.
-            cmd = [sys.executable, "-m", "jobtable", "worker", "--celery-app", "compat_tests.app:app",
-                   "--queue", queue, "--max-processes", str(processes)]
+            cmd = [sys.executable, "-m", "jobtable", *(("--app", app) if app else ()), "worker", "--celery-app", "compat_tests.app:app",
+                   *queue_args, "--max-processes", str(processes)]
             self.ready = " consuming "
         elif mode == "shim":
             # jobtable's worker with the Celery-free shim; `import celery` fails in it.
             code = BLOCK_CELERY + "\nfrom jobtable.cli import main\nmain()\n"
             cmd = [sys.executable, "-c", code, "--app", "compat_tests.tasks", "worker",
-                   "--queue", queue, "--max-processes", str(processes)]
+                   *queue_args, "--max-processes", str(processes)]
             self.ready = " consuming "
         else:
             raise ValueError(mode)
@@ -125,8 +135,10 @@ def load_api(mode: str, url: str) -> tuple[Any, Any]:
 def worker_factory(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(mode: str, env: dict[str, str], queue: str, processes: int = 2, name: str | None = None) -> Worker:
-        worker = Worker(mode, env, tmp_path / f"{name or mode}-{len(started)}.log", queue, processes, name)
+    def start(
+        mode: str, env: dict[str, str], queue: str, processes: int = 2, name: str | None = None, app: str | None = None
+    ) -> Worker:
+        worker = Worker(mode, env, tmp_path / f"{name or mode}-{len(started)}.log", queue, processes, name, app)
         started.append(worker)
         return worker
 
