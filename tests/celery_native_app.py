@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_revoked, task_success
 
 import jobtable  # noqa: F401  (registers the jobtable+ URLs with Kombu)
+from jobtable.shim.celery_runner import use_concurrency_key_option
 from tests.worker_jobs import append
 
 URL = "jobtable+" + os.environ["JOBTABLE_DATABASE_URL"]
@@ -30,6 +31,16 @@ app.conf.update(
     task_default_queue=QUEUE,
     result_chord_join_timeout=10,
 )
+
+def task(*args: Any, **options: Any) -> Any:
+    """``app.task`` with shared=False: the tests reload this module (one
+    database per dialect), and shared tasks would register the previous
+    module's functions into the new app."""
+    return app.task(*args, shared=False, **options)
+
+
+# @app.task(concurrency_key=...) puts the key in the messages this process sends.
+use_concurrency_key_option()
 
 
 def record(*parts: Any) -> None:
@@ -72,22 +83,22 @@ def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
 # -- tasks -------------------------------------------------------------------------------
 
 
-@app.task
+@task
 def add(x: int, y: int) -> int:
     return x + y
 
 
-@app.task
+@task
 def tsum(values: list[int]) -> int:
     return sum(values)
 
 
-@app.task
+@task
 def explode(message: str) -> None:
     raise ValueError(message)
 
 
-@app.task(bind=True)
+@task(bind=True)
 def whoami(self: Any) -> dict[str, Any]:
     r = self.request
     return {
@@ -102,7 +113,7 @@ def whoami(self: Any) -> dict[str, Any]:
     }
 
 
-@app.task(bind=True, max_retries=3)
+@task(bind=True, max_retries=3)
 def retry_twice(self: Any) -> int:
     record("run", self.request.id, self.request.retries, time.time())
     if self.request.retries < 2:
@@ -110,12 +121,12 @@ def retry_twice(self: Any) -> int:
     return self.request.retries
 
 
-@app.task(bind=True, max_retries=1)
+@task(bind=True, max_retries=1)
 def retry_forever(self: Any) -> None:
     raise self.retry(countdown=0, exc=KeyError("still broken"))
 
 
-@app.task(
+@task(
     bind=True,
     autoretry_for=(ConnectionError,),
     retry_backoff=1,  # Celery rounds the factor to whole seconds: 1 s, then 2 s
@@ -127,17 +138,17 @@ def auto(self: Any) -> None:
     raise ConnectionError("flaky network")
 
 
-@app.task
+@task
 def on_error(request: Any, exc: BaseException, traceback: Any) -> None:
     record("errback", request.id, type(exc).__name__)
 
 
-@app.task
+@task
 def note(value: Any, tag: str) -> None:
     record("note", tag, value)
 
 
-@app.task(soft_time_limit=0.5)
+@task(soft_time_limit=0.5)
 def soft(seconds: float) -> str:
     # Short sleeps: the threads pool raises the soft limit at the next
     # bytecode, which a single long C-level sleep would not reach.
@@ -150,18 +161,18 @@ def soft(seconds: float) -> str:
     return "slept"
 
 
-@app.task(time_limit=1)
+@task(time_limit=1)
 def hard(seconds: float) -> str:
     time.sleep(seconds)
     return "slept"
 
 
-@app.task(rate_limit="4/s")
+@task(rate_limit="4/s")
 def limited(tag: str) -> None:
     record("limited", tag, os.getpid(), time.time())
 
 
-@app.task(bind=True)
+@task(bind=True)
 def keyed(self: Any, path: str) -> str:
     # Runs until the test creates ``path``: the key stays held meanwhile.
     deadline = time.monotonic() + 30
@@ -170,9 +181,17 @@ def keyed(self: Any, path: str) -> str:
     return self.request.id
 
 
-@app.task(bind=True, max_retries=3)
+@task(bind=True, max_retries=3)
 def keyed_retry(self: Any) -> int:
     record("run", self.request.id, self.request.retries, time.time())
     if self.request.retries < 1:
         raise self.retry(countdown=0.2)
     return self.request.retries
+
+
+@task(bind=True, concurrency_key=lambda args, kwargs: f"user-{args[0]}")
+def keyed_option(self: Any, user: str, path: str) -> str:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return self.request.id

@@ -178,8 +178,11 @@ def test_retry_past_max_retries_fails_with_the_exc(native: Any) -> None:
     sent = native.retry_forever.delay()
     with pytest.raises(KeyError, match="still broken"):
         sent.get(timeout=30)
+    # Celery publishes the retry before it records this attempt RETRY: the
+    # next attempt (on the other pool member) may finish first.
+    wait_for(lambda: len(result_rows(sent.id)) == 2, what="both attempts recorded")
     assert [(r.attempt, r.status) for r in result_rows(sent.id)] == [(1, tables.ERRORED), (2, tables.ERRORED)]
-    wait_for(lambda: records("failure", sent.id), what="failure signal")
+    wait_for(lambda: records("failure", sent.id) and records("retry", sent.id), what="failure and retry signals")
     assert records("retry", sent.id) == [[sent.id, "0"]]
 
 
@@ -331,6 +334,19 @@ def test_concurrency_key_header_one_pending_or_running(native: Any, tmp_path: Pa
     third = native.keyed.apply_async((str(release),), headers={"concurrency_key": key})
     assert third.get(timeout=20) == third.id
     assert [r.concurrency_key for r in result_rows(third.id)] in ([key], [None])
+
+
+def test_concurrency_key_task_option(native: Any, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    user = f"u{native.tmp.name}"
+    first = native.keyed_option.delay(user, str(release))
+    other = native.keyed_option.delay(f"{user}-other", str(release))
+    duplicate = native.keyed_option.delay(user, str(release))
+    keys = sorted(r.concurrency_key for r in request_rows(task_name="tests.celery_native_app.keyed_option"))
+    assert keys == [f"user-{user}", f"user-{user}-other"]
+    assert not request_rows(task_id=duplicate.id)
+    release.touch()
+    assert first.get(timeout=20) == first.id and other.get(timeout=20) == other.id
 
 
 # -- threads pool, another queue --------------------------------------------------------------

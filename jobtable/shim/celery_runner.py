@@ -32,6 +32,7 @@ given: jobtable without Celery never imports it.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from types import FrameType
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from ..messages import TaskCall, parse_time
+from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
 from ..middleware import current_job
 from ..worker import dispatch
 from ..worker.errors import DeferJob, JobTimeout
@@ -123,6 +124,7 @@ def install(spec_or_app: Any, *, pool: str = "processes") -> Any:
     app.set_current()
     app.set_default()
     _hold_retries(app)
+    use_concurrency_key_option()  # chain steps and callbacks sent from here carry it too
     _app = app
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
@@ -157,6 +159,38 @@ def _hold_retries(app: Any) -> None:
 
     amqp.send_task_message = send_task_message
     amqp._jobtable_holds_retries = True
+
+
+def use_concurrency_key_option() -> None:
+    """Let Celery tasks declare ``@app.task(concurrency_key=...)``.
+
+    The option is a string, or a callable ``(args, kwargs) -> str | None``; a
+    message sent without a ``concurrency_key`` header gets it (headers given
+    to ``apply_async`` win).  Call this where tasks are sent (e.g. in the
+    Celery app module); the native worker calls it for what it sends."""
+    from celery.signals import before_task_publish
+
+    before_task_publish.connect(_add_concurrency_key, weak=False, dispatch_uid="jobtable.concurrency_key")
+
+
+def _add_concurrency_key(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
+    if headers is None or headers.get(CONCURRENCY_KEY_HEADER):
+        return
+    from celery import current_app
+
+    task = current_app.tasks.get(sender) if isinstance(sender, str) else None
+    # Static lookup: a function set as a task option is a class attribute,
+    # and plain getattr would bind it to the task.
+    option = inspect.getattr_static(task, "concurrency_key", None) if task is not None else None
+    if isinstance(option, staticmethod):
+        option = option.__func__
+    if not option:
+        return
+    if callable(option):
+        args, kwargs = (list(body[:2]) if isinstance(body, (list, tuple)) and len(body) >= 2 else [(), {}])
+        option = option(args, kwargs)
+    if option:
+        headers[CONCURRENCY_KEY_HEADER] = str(option)
 
 
 def _user_tasks(app: Any) -> list[str]:
@@ -353,7 +387,7 @@ def _rate_limit(task: Any) -> None:
         per_second = rate(limit)
         if not per_second:
             return
-        bucket = _buckets[task.name] = TokenBucket(per_second, capacity=1)
+        bucket = _buckets[task.name] = TokenBucket(per_second, capacity=1)  # type: ignore[no-untyped-call]
     while not bucket.can_consume(1):
         time.sleep(max(0.001, bucket.expected_time(1)))
 
