@@ -395,3 +395,17 @@ def test_retry_of_a_keyed_task_keeps_the_key(native: Any) -> None:
         (2, tables.SUCCESSFUL, False),
     ]
     wait_for(lambda: not request_rows(concurrency_key=key), what="key released")
+
+
+def test_priority_order_and_app_from_settings(native: Any) -> None:
+    queue = "celery_native_prio"
+    for priority, tag in [(0, "p0"), (9, "p9"), (3, "p3"), (9, "p9b")]:
+        native.note.apply_async((priority, tag), queue=queue, priority=priority)
+    # JOBTABLE_CELERY_APP instead of --celery-app; --burst stops once the queue is empty.
+    env = dict(native.env, JOBTABLE_CELERY_APP=APP)
+    out = subprocess.run(
+        [sys.executable, "-m", "jobtable", "worker", "--queue", queue, "--burst", "--max-processes", "1"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [r[0] for r in records("note") if r[0].startswith("p")] == ["p9", "p9b", "p3", "p0"]
