@@ -23,7 +23,14 @@ What the native worker adds around the tracer:
   SoftTimeLimitExceeded inside the task;
 - ``rate_limit`` is a token bucket per task name in each pool member;
 - ``expires`` is checked by the worker before it prepares a row (CANCELLED,
-  which AsyncResult reports as REVOKED).
+  which AsyncResult reports as REVOKED);
+- ``app.control.revoke(id)``: each process that runs tasks listens on the
+  app's control exchange (pidbox) and keeps the revoked ids in memory; a
+  revoked task it claims later is recorded REVOKED and never starts;
+- a concurrency key (``apply_async(headers={"concurrency_key": ...})`` or the
+  ``concurrency_key=`` task option, see ``use_concurrency_key_option``) has
+  the Job API's meaning; a keyed task's ``self.retry()`` is held back from
+  the broker and enqueued by the worker when the key is freed.
 
 Celery is imported only here, and this module only when --celery-app is
 given: jobtable without Celery never imports it.
