@@ -25,3 +25,37 @@ def test_quickstart() -> None:
     assert any("jobs.DaysUntil" in line and line.endswith("358") for line in lines)
     assert any("jobs.Flaky" in line and "attempt 1  ERRORED" in line for line in lines)
     assert any("jobs.Flaky" in line and "attempt 2  SUCCESSFUL" in line for line in lines)
+
+
+def _example_env() -> dict[str, str]:
+    # The examples use their own SQLite files: no database of the test run.
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("JOBTABLE_")}
+
+
+def test_celery_midway() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "celery_midway" / "main.py")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_example_env(),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "ShipOrderJob(7) again while the first waits: None" in text
+    results = dict(
+        line.strip().split(" -> ", 1) for line in text.split("Results:")[1].split("Attempts")[0].strip().splitlines()
+    )
+    results = {k.strip(): v for k, v in results.items()}
+    assert results["price_order(7, 3)"].startswith("757  [")
+    assert results["charge_card(7, 757)"].startswith("'charged 757 cents for order 7 (retries=1)'")
+    assert results["price_order(8, 1) | notify"].startswith("'notified: 258'")
+    assert results["ShipOrderJob(7)"].startswith("'shipped order 7'")
+    assert results["NightlyReportJob() by hand"].startswith("'nightly report built'")
+    assert all(v.endswith(("[Celery worker]", "[native worker]")) for v in results.values()), results
+    assert "Attempts recorded: 8" in text
+    schedule = text.split("jobtable schedule`):")[1]
+    assert "proj.jobs.CleanupJob" in schedule and "*/15 * * * *" in schedule
+    assert "proj.jobs.NightlyReportJob" in schedule and "0 2 * * *" in schedule

@@ -1,0 +1,1 @@
+"""A shop's background work, half way from Celery to jobtable."""
