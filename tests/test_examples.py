@@ -59,3 +59,28 @@ def test_celery_midway() -> None:
     schedule = text.split("jobtable schedule`):")[1]
     assert "proj.jobs.CleanupJob" in schedule and "*/15 * * * *" in schedule
     assert "proj.jobs.NightlyReportJob" in schedule and "0 2 * * *" in schedule
+
+
+def test_plain_app() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "plain_app" / "main.py")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_example_env(),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "SendWelcomeEmail(1) twice: enqueued then None" in text  # concurrency key
+    assert "RebuildSearchIndex twice: enqueued then None" in text  # should_enqueue
+    results = text.split("Results:")[1].split("Chores")[0].strip().splitlines()
+    assert len(results) == 5
+    assert any("SendWelcomeEmail" in r and '"welcome email sent to user 1"' in r for r in results)
+    assert any("SendWelcomeEmail" in r and '"welcome email sent to user 2"' in r for r in results)
+    assert any("RebuildSearchIndex" in r and "SUCCESSFUL" in r for r in results)
+    assert any("ImportFeed" in r and "attempt 1  ERRORED" in r and "503" in r for r in results)
+    assert any("ImportFeed" in r and "attempt 2  SUCCESSFUL" in r for r in results)
+    assert "2 temporary files deleted" in text and "1 chore(s) succeeded, 0 failed." in text
+    schedule = text.split("jobtable schedule`):")[1]
+    assert "app.jobs.SendDigest" in schedule and "0 8 * * mon-fri" in schedule
+    assert "app.jobs.PurgeTrash" in schedule and "@daily" in schedule

@@ -1,0 +1,1 @@
+"""A Plain-style app: its background work lives in app/jobs.py and app/chores.py."""
