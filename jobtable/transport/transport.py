@@ -133,8 +133,17 @@ class Transport(virtual.Transport):
 
     @property
     def consumer_id(self) -> str:
-        """Recorded in ``worker_id`` of the rows this process claims."""
-        return f"kombu:{socket.gethostname()}:{os.getpid()}:{self._token}"
+        """Recorded in ``worker_id`` of the rows this process claims.
+
+        Cached per pid (it is read on every ack); the pid in it keeps a forked
+        child from acking its parent's messages.
+        """
+        pid = os.getpid()
+        cached = self.__dict__.get("_consumer_id")
+        if cached is None or cached[0] != pid:
+            cached = (pid, f"kombu:{socket.gethostname()}:{pid}:{self._token}")
+            self.__dict__["_consumer_id"] = cached
+        return cached[1]
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
