@@ -49,8 +49,13 @@ class CeleryJobtable(CeleryBase):
         super().close()
 
     def cleanup(self) -> None:
+        from jobtable.db import engine as db_engine
+
         self.close()
         self.engine.dispose()
+        # The transport's own engines (jobtable's per-process registry) hold
+        # pooled connections too: close them before the database goes.
+        db_engine.reset_engines()
         if self.backend == "postgresql":
             harness.drop_pg_database("bench_celery_jt")
 
