@@ -9,25 +9,52 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from jobtable.db import engine as db_engine
+from jobtable.db import migrate
 from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
+    PG_ADMIN_URL,
     ROOT,
+    _drop_stale_databases,
     _restore_jobtable_environment,
+    _worker_name,
     db_url,
     dialect,
     empty_tables,
-    pg_url,
     sqlite_url,
     subprocess_env,
 )
 from tests.shim_support import BLOCK_CELERY
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """tests/conftest.py's ``pg_url`` under another database name: when
+    tests/ and compat_tests/ run in one session each directory has its own
+    session fixture, and the two must not create the same database."""
+    name = f"jobtable_test_compat_{_worker_name(request)}_{os.getpid()}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        _drop_stale_databases(conn)
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(db_engine.create_jobtable_engine(url))
+    yield url
+    db_engine.reset_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 #: The three ways of running compat_tests/tasks.py.
 MODES = ("celery", "native", "shim")
@@ -115,7 +142,8 @@ class Worker:
 
 def load_api(mode: str, url: str) -> tuple[Any, Any]:
     """(re)import compat_tests.app and compat_tests.tasks in this process for
-    ``mode`` and ``url``: the app module reads both at import."""
+    ``mode`` and ``url``: the app module reads both at import.  Use through
+    ``api_loaded``, which undoes what importing an app does to the process."""
     import importlib
 
     os.environ["JOBTABLE_DATABASE_URL"] = url
@@ -129,6 +157,34 @@ def load_api(mode: str, url: str) -> tuple[Any, Any]:
     app_module = importlib.reload(app_module)
     tasks_module = importlib.reload(tasks_module)
     return app_module, tasks_module
+
+
+@contextmanager
+def api_loaded(mode: str, url: str) -> Iterator[tuple[Any, Any]]:
+    """``load_api``, then restore what the import changed: environment
+    variables, and the current app of Celery and of jobtable.shim (a new app
+    becomes the current one, which ``@shared_task`` tasks of other test
+    modules in this process would otherwise be sent through)."""
+    import celery._state as celery_state
+
+    import jobtable.shim.app as shim_app
+
+    saved_env = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
+    saved_shim = shim_app._current
+    saved_celery = (celery_state.default_app, getattr(celery_state._tls, "current_app", None))
+    try:
+        yield load_api(mode, url)
+    finally:
+        from kombu import pools
+
+        pools.reset()
+        shim_app._current = saved_shim
+        celery_state.default_app, celery_state._tls.current_app = saved_celery
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from compat_tests.conftest import MODES, ROOT, Worker, empty_tables, lines, load_api, wait_for
+from compat_tests.conftest import MODES, ROOT, Worker, api_loaded, empty_tables, lines, wait_for
 
 DIALECTS = ("postgresql", "sqlite")
 
@@ -32,23 +32,14 @@ def compat(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     mode, dialect = request.param
     url = request.getfixturevalue("pg_url" if dialect == "postgresql" else "sqlite_url")
     empty_tables(url)
-    saved = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
-    api, tasks = load_api(mode, url)
     tmp = tmp_path_factory.mktemp(f"compat-{mode}-{dialect}")
-    env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
-    worker = Worker(mode, env, tmp / "worker.log", api.QUEUE, processes=2)
-    try:
-        yield SimpleNamespace(mode=mode, dialect=dialect, api=api, t=tasks, env=env, url=url, worker=worker)
-    finally:
-        worker.stop()
-        from kombu import pools
-
-        pools.reset()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with api_loaded(mode, url) as (api, tasks):
+        env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
+        worker = Worker(mode, env, tmp / "worker.log", api.QUEUE, processes=2)
+        try:
+            yield SimpleNamespace(mode=mode, dialect=dialect, api=api, t=tasks, env=env, url=url, worker=worker)
+        finally:
+            worker.stop()
 
 
 def _tags(path: Path) -> list[str]:

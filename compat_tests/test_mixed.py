@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from compat_tests.conftest import ROOT, Worker, empty_tables, lines, load_api, wait_for
+from compat_tests.conftest import ROOT, Worker, api_loaded, empty_tables, lines, wait_for
 from jobtable.db import engine as db_engine
 from jobtable.db import tables
 
@@ -26,30 +26,23 @@ QUEUE = "mixed"
 def mixed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
     empty_tables(url)
-    saved = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
-    api, tasks = load_api("celery", url)
-    from compat_tests import jobs
-
     tmp = tmp_path_factory.mktemp(f"mixed-{request.param}")
-    env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
-    # Each also has a queue of its own, to place a job on one kind of worker.
-    workers = [
-        Worker("celery", env, tmp / "celery.log", f"{QUEUE},only_celery", 2, name="celery", app="compat_tests.mixed_app"),
-        Worker("native", env, tmp / "native.log", f"{QUEUE},only_native", 2, name="native", app="compat_tests.jobs"),
-    ]
-    try:
-        yield SimpleNamespace(api=api, t=tasks, jobs=jobs, url=url)
-    finally:
-        for worker in workers:
-            worker.stop()
-        from kombu import pools
+    with api_loaded("celery", url) as (api, tasks):
+        from compat_tests import jobs
 
-        pools.reset()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
+        # Each also has a queue of its own, to place a job on one kind of worker.
+        workers = [
+            Worker("celery", env, tmp / "celery.log", f"{QUEUE},only_celery", 2, name="celery",
+                   app="compat_tests.mixed_app"),
+            Worker("native", env, tmp / "native.log", f"{QUEUE},only_native", 2, name="native",
+                   app="compat_tests.jobs"),
+        ]
+        try:
+            yield SimpleNamespace(api=api, t=tasks, jobs=jobs, url=url)
+        finally:
+            for worker in workers:
+                worker.stop()
 
 
 def request_rows(url: str, **where: Any) -> list[Any]:
