@@ -248,7 +248,7 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def read_latencies(path: Path, skip_tags: set[str] | None = None) -> list[float]:
+def read_latencies(path: Path) -> list[float]:
     """Start - enqueue, in milliseconds, of the recorded jobs (warm-up jobs,
     whose sent time is negative, excluded)."""
     out = []
@@ -259,16 +259,21 @@ def read_latencies(path: Path, skip_tags: set[str] | None = None) -> list[float]
     return out
 
 
-def send_paced(send: Callable[[float], Any], n: int, interval: float) -> None:
+def send_paced(send: Callable[[float], Any], n: int, interval: float) -> list[float]:
     """Call ``send(time.time())`` ``n`` times, one every ``interval`` seconds
-    (on a fixed schedule, so a slow send does not shift the later ones)."""
+    (on a fixed schedule, so a slow send does not shift the later ones).
+    Returns how long each send took, in milliseconds."""
     t0 = time.perf_counter()
+    took = []
     for i in range(n):
         target = t0 + i * interval
         delay = target - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        start = time.perf_counter()
         send(time.time())
+        took.append((time.perf_counter() - start) * 1000)
+    return took
 
 
 @dataclass
