@@ -41,7 +41,7 @@ def main() -> None:
 
     print("Running the worker until the queue is empty...")
     subprocess.run(
-        [sys.executable, "-m", "jobtable", "--app", "jobs", "worker", "--burst", "--max-processes", "2", "--log-level", "warning"],
+        [sys.executable, "-m", "jobtable", "--app", "jobs", "worker", "--burst", "--max-processes", "2", "--stats-every", "0", "--log-level", "warning"],
         cwd=HERE,
         check=True,
     )
