@@ -172,9 +172,12 @@ def api_loaded(mode: str, url: str) -> Iterator[tuple[Any, Any]]:
     saved_env = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
     saved_shim = shim_app._current
     saved_celery = (celery_state.default_app, getattr(celery_state._tls, "current_app", None))
+    loaded = load_api(mode, url)
     try:
-        yield load_api(mode, url)
+        yield loaded
     finally:
+        if api_for(mode) == "celery":
+            loaded[0].app.close()  # its broker connections and producer pool
         from kombu import pools
 
         pools.reset()
