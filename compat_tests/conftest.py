@@ -16,17 +16,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from jobtable.db import engine as db_engine
-from jobtable.db import migrate
 from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
-    PG_ADMIN_URL,
     ROOT,
-    _drop_stale_databases,
     _restore_jobtable_environment,
-    _worker_name,
+    fresh_pg_database,
     db_url,
     dialect,
     empty_tables,
@@ -40,21 +33,11 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="session")
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """tests/conftest.py's ``pg_url`` under another database name: when
-    tests/ and compat_tests/ run in one session each directory has its own
-    session fixture, and the two must not create the same database."""
-    name = f"jobtable_test_compat_{_worker_name(request)}_{os.getpid()}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        _drop_stale_databases(conn)
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(db_engine.create_jobtable_engine(url))
-    yield url
-    db_engine.reset_engines()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """tests/conftest.py's database under another name: when tests/ and
+    compat_tests/ run in one session, each directory has its own session
+    fixture, and the two must not create the same database."""
+    yield from fresh_pg_database(request, "jobtable_test_compat")
+
 
 #: The three ways of running compat_tests/tasks.py.
 MODES = ("celery", "native", "shim")

@@ -41,10 +41,13 @@ def _drop_stale_databases(conn: Any) -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    # The pid keeps concurrent test runs on one server apart.
-    name = f"jobtable_test_{_worker_name(request)}_{os.getpid()}"
+def fresh_pg_database(request: pytest.FixtureRequest, prefix: str = "jobtable_test") -> Iterator[str]:
+    """A migrated PostgreSQL database for one test process, dropped at the end.
+
+    The pid in the name keeps concurrent test runs on one server apart; the
+    prefix keeps two directories' session fixtures in one run apart.
+    """
+    name = f"{prefix}_{_worker_name(request)}_{os.getpid()}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         _drop_stale_databases(conn)
@@ -56,6 +59,11 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from fresh_pg_database(request)
 
 
 @pytest.fixture(scope="session")
