@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import params as _params  # noqa: E402
+from . import transport as _transport  # noqa: E402
 from .enqueue import run_in_worker_many
 from .exceptions import (
     ConfigurationError,
@@ -24,8 +25,10 @@ from .jobs import DeferJob, Job, JobRequest
 from .registry import jobs_registry, register_job
 from .settings import configure, get_settings
 
+# Importing jobtable is what makes Celery and Kombu understand it: the JSON
+# markers of job parameters, and the jobtable+... broker URLs.
 _params.register_with_kombu()
-from .transport import register as _register_transport; _register_transport()  # noqa: E402,E702
+_transport.register()
 
 __all__ = [
     "ConfigurationError",
