@@ -104,7 +104,12 @@ def test_retries_are_one_row_per_attempt(celery_app: Any) -> None:
     assert result.get(timeout=30) == 2
     # Celery sends the retry before it stores the RETRY state, so with
     # countdown=0 a later attempt can finish first.
-    rows = _wait(lambda: len(result_rows(result.id)) == 3 and result_rows(result.id))
+    # (task_track_started: an attempt's row says STARTED until its final state.)
+    def finished() -> list[Any]:
+        rows = result_rows(result.id)
+        return rows if len(rows) == 3 and all(r.status != "STARTED" for r in rows) else []
+
+    rows = _wait(finished)
     assert [(r.attempt, r.status, r.retried) for r in rows] == [
         (1, "ERRORED", True),
         (2, "ERRORED", True),
