@@ -28,6 +28,10 @@ app.conf.update(
     task_ignore_result=True,
     worker_hijack_root_logger=False,
     worker_send_task_events=True,
+    # Celery gives event messages a 5 s TTL; on a loaded machine a buffered
+    # task-received event can outlive it and be dropped by the broker (as
+    # RabbitMQ would drop it).
+    event_queue_ttl=120,
     task_default_priority=0,
     worker_prefetch_multiplier=int(os.environ.get("JT_PREFETCH", "4")),
     # Not "celery": other tests' workers on the same database must not
