@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from types import SimpleNamespace
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Union
@@ -120,21 +121,7 @@ def _enqueue(
         if row_id is None:
             out.append(None)
             continue
-        out.append(
-            JobRequest(
-                id=row_id,
-                uuid=row["task_id"],
-                job_class=row["task_name"],
-                queue=row["queue"],
-                priority=row["priority"],
-                state=row["state"],
-                start_at=row["run_at"],
-                concurrency_key=row["concurrency_key"] or "",
-                attempt=row["attempt"],
-                retries=row["retries"],
-                created_at=row["created_at"],
-            )
-        )
+        out.append(JobRequest.from_row(SimpleNamespace(id=row_id, **row)))
     return out
 
 
