@@ -3,10 +3,9 @@ with a million results and a hundred thousand waiting jobs:
 
 - lists use keyset pagination (a cursor of the last row's sort key, no OFFSET)
   on the order of an existing index;
-- result counts are limited to a time window (an index range on
-  ``ended_at``), and the chart's closed buckets are cached (they never change
-  once past, except by ``jobtable clear``);
-- queue wait is measured on a bounded sample per bucket.
+- the overview never counts result rows: it reads ``jobtable_result_stats``,
+  which triggers keep as the aggregate of ``jobtable_result`` (per bucket,
+  queue and status), in one index range per window.
 
 The request table is the small hot table (only waiting and running jobs), so
 its per-queue counts are exact.
@@ -15,13 +14,12 @@ its per-queue counts are exact.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, literal, or_, select, text, union_all, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -31,6 +29,7 @@ request = tables.request
 result = tables.result
 worker = tables.worker
 schedule = tables.schedule
+stats = tables.result_stats
 
 #: Rows per list page.
 PAGE_SIZE = 50
@@ -275,7 +274,8 @@ class Bucket:
     counts: dict[str, int] = field(default_factory=dict)
     #: Attempts that ended in the bucket and were followed by a retry.
     retried: int = 0
-    #: Median queue wait (seconds) of a sample of the bucket's results.
+    #: Estimated median queue wait (seconds) of the bucket's successful
+    #: results (see ``median_wait``).
     wait: float | None = None
 
     @property
@@ -289,103 +289,79 @@ class Bucket:
 
 def window_totals(buckets: Sequence[Bucket]) -> tuple[dict[str, int], int]:
     """Results per status, and retried attempts, over all ``buckets``: the
-    overview's cards count the chart's buckets, so a refresh only counts the
-    open bucket (closed ones come from the cache)."""
+    overview's cards sum the chart's buckets (one read for both)."""
     counts = {status: sum(b.counts.get(status, 0) for b in buckets) for status in tables.RESULT_STATUSES}
     return counts, sum(b.retried for b in buckets)
 
 
-#: Closed buckets never change (results are written with ended_at = now), so
-#: they are cached by (database, start, end).  Bounded: oldest entries drop.
-_bucket_cache: dict[tuple[str, datetime, datetime], Bucket] = {}
-_bucket_lock = threading.Lock()
-_BUCKET_CACHE_MAX = 2000
-#: Results sampled per bucket to estimate queue wait.
-WAIT_SAMPLE = 50
+def stats_span(step: timedelta) -> int:
+    """The pre-aggregated bucket width (``tables.STATS_SPANS``) to read for
+    chart buckets of ``step``: the widest one that divides it."""
+    seconds = step.total_seconds()
+    for span in sorted(tables.STATS_SPANS, reverse=True):
+        if seconds % span == 0:
+            return span
+    raise ValueError(f"chart buckets of {seconds} s are not a multiple of {min(tables.STATS_SPANS)} s")
 
 
 def buckets(conn: Connection, *, now: datetime, window: timedelta, count: int = 24) -> list[Bucket]:
     """Results per status and queue wait over ``window``, in ``count``
-    buckets; the last one ends after ``now`` (edges are aligned so that closed
-    buckets keep their cache key), so they cover the window rounded up to a
-    bucket."""
+    buckets; the last one ends after ``now`` (edges are aligned to the step),
+    so they cover the window rounded up to a bucket.
+
+    One range read of ``jobtable_result_stats`` (its primary key starts with
+    span and bucket start), summed over queues and shards: no result row is
+    read, however many the window holds."""
     step = window / count
-    # Align bucket edges to the step so closed buckets keep the same key.
+    span = stats_span(step)
     epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
     end = epoch + step * ((now - epoch) // step + 1)
     start = end - step * count
-    db = str(conn.engine.url)
-    edges = [(start + step * i, start + step * (i + 1)) for i in range(count)]
-    found = {edge: _bucket_cache.get((db, *edge)) for edge in edges}
-    missing = [edge for edge, bucket in found.items() if bucket is None]
-    for bucket in _compute_buckets(conn, missing):
-        found[(bucket.start, bucket.end)] = bucket
-        # A bucket is closed once its end is a little in the past (late
-        # commits of results that ended just before the edge).
-        if bucket.end < now - timedelta(seconds=30):
-            with _bucket_lock:
-                if len(_bucket_cache) >= _BUCKET_CACHE_MAX:
-                    for old in sorted(_bucket_cache)[: _BUCKET_CACHE_MAX // 4]:
-                        del _bucket_cache[old]
-                _bucket_cache[(db, bucket.start, bucket.end)] = bucket
-    return [found[edge] for edge in edges]  # type: ignore[misc]
-
-
-def clear_cache() -> None:
-    with _bucket_lock:
-        _bucket_cache.clear()
-
-
-def _compute_buckets(conn: Connection, edges: Sequence[tuple[datetime, datetime]]) -> list[Bucket]:
-    """Counts of several buckets in one statement: per bucket and status an
-    index-only range count on (status, ended_at), and the retried count on
-    the partial index (the bare column matches its ``WHERE retried`` on both
-    dialects).  No GROUP BY: that would read every row's status from the table."""
-    if not edges:
-        return []
-    from ..db.types import UTCDateTime
-
-    spans = union_all(
-        *[
-            select(
-                literal(a, UTCDateTime()).label("b_start"), literal(b, UTCDateTime()).label("b_end")
-            )
-            for a, b in edges
-        ]
-    ).subquery("spans")
-    in_span = (result.c.ended_at >= spans.c.b_start, result.c.ended_at < spans.c.b_end)
-    columns = [
-        select(func.count()).where(result.c.status == status, *in_span).scalar_subquery().label(status.lower())
-        for status in tables.RESULT_STATUSES
-    ]
-    columns.append(
-        select(func.count()).where(text("jobtable_result.retried"), *in_span).scalar_subquery().label("retried")
+    out = [Bucket(start + step * i, start + step * (i + 1)) for i in range(count)]
+    first, last, step_s = int(start.timestamp()), int(end.timestamp()), int(step.total_seconds())
+    classes = range(tables.WAIT_CLASSES)
+    columns = [func.sum(stats.c[name]) for name in tables.STATS_COUNTERS]
+    stmt = (
+        select(stats.c.bucket_start, stats.c.status, *columns)
+        .where(stats.c.span == span, stats.c.bucket_start >= first, stats.c.bucket_start < last)
+        .group_by(stats.c.bucket_start, stats.c.status)
     )
-    out = []
-    by_start = {a: (a, b) for a, b in edges}
-    for row in conn.execute(select(spans.c.b_start, *columns)):
-        start, end = by_start[_as_utc(row.b_start)]
-        bucket = Bucket(start, end, {s: int(row._mapping[s.lower()]) for s in tables.RESULT_STATUSES}, int(row.retried))
-        bucket.wait = _median_wait(conn, start, end) if bucket.successful else None
-        out.append(bucket)
+    wait_counts = [[0] * tables.WAIT_CLASSES for _ in out]
+    wait_sums = [[0.0] * tables.WAIT_CLASSES for _ in out]
+    for row in conn.execute(stmt):
+        i = (int(row[0]) - first) // step_s
+        bucket, values = out[i], row[2:]
+        bucket.counts[row.status] = bucket.counts.get(row.status, 0) + int(values[0])
+        bucket.retried += int(values[1])
+        for k in classes:
+            wait_counts[i][k] += int(values[2 + k])
+            wait_sums[i][k] += float(values[2 + tables.WAIT_CLASSES + k])
+    for bucket, counts, sums in zip(out, wait_counts, wait_sums):
+        bucket.wait = median_wait(counts, sums)
     return out
 
 
-def _median_wait(conn: Connection, start: datetime, end: datetime) -> float | None:
-    """Median wait between enqueue and start of the bucket's last
-    ``WAIT_SAMPLE`` successful results (a bounded sample, via the index)."""
-    sample = conn.execute(
-        select(result.c.requested_at, result.c.started_at)
-        .where(result.c.status == tables.SUCCESSFUL, result.c.ended_at >= start, result.c.ended_at < end)
-        .order_by(result.c.ended_at.desc())
-        .limit(WAIT_SAMPLE)
-    )
-    waits = sorted(
-        (r.started_at - r.requested_at).total_seconds()
-        for r in sample
-        if r.started_at is not None and r.requested_at is not None
-    )
-    return max(0.0, waits[len(waits) // 2]) if waits else None
+def median_wait(counts: Sequence[int], sums: Sequence[float]) -> float | None:
+    """Estimated median queue wait from per-class counts and sums (classes
+    bounded by ``tables.WAIT_EDGES``): the mean wait of the class that holds
+    the median.  Exact when that class's waits are alike; never off by more
+    than the class's width (a factor of ten); a minority of long waits (a
+    delayed or backed-off job waits its delay too) does not move it, as it
+    would move a plain mean."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    seen = 0
+    for n, wait_sum in zip(counts, sums):
+        seen += n
+        if n > 0 and 2 * seen >= total:
+            return max(0.0, wait_sum / n)
+    return None
+
+
+def clear_cache() -> None:
+    """Nothing is cached any more (the database keeps the counts); kept for
+    callers of the former in-process bucket cache."""
 
 
 # -- workers ----------------------------------------------------------------------

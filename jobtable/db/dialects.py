@@ -337,3 +337,170 @@ def upsert_insert(conn: Connection, table: Any) -> Any:
     ``on_conflict_do_nothing`` (same API on both dialects)."""
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     return module.insert(table)
+
+
+# -- result stats (dashboard overview) --
+# jobtable_result_stats is kept by triggers on jobtable_result, so that every
+# writer is covered without its cooperation.  The same aggregate statement
+# serves every trigger and the backfill: it reads "delta" rows (sign +1 for a
+# row that now exists, -1 for one that no longer does) and upserts their sums
+# per (span, bucket, queue, status, shard).  Keys are upserted in sorted
+# order, so two statements lock the rows they share in the same order.
+
+STATS_TABLE = tables.result_stats.name
+#: Transaction advisory lock taken by the PostgreSQL delete trigger: deletions
+#: of results (retention, dashboard, forget) prune stats rows of every shard,
+#: so two of them must not run their pruning at once (they would wait on each
+#: other's rows).  Writers that only insert never take it.
+_STATS_PRUNE_LOCK = 0x6A6F627374617473  # "jobstats"
+#: Fine buckets only serve the 1-hour window: rows older than this go.
+STATS_FINE_KEEP = 7200
+
+
+def _stats_exprs(dialect: str) -> dict[str, str]:
+    if dialect == "postgresql":
+        return {
+            "bucket": "(floor(extract(epoch FROM w.ended_at) / sp.span) * sp.span)::bigint",
+            "wait": "greatest(0, extract(epoch FROM d.started_at - d.requested_at))::float8",
+            "shard": f"(pg_backend_pid() % {tables.STATS_SHARDS})::smallint",
+        }
+    return {
+        # ended_at is SQLAlchemy's text form of a naive UTC datetime.
+        "bucket": "(CAST(strftime('%s', w.ended_at) AS INTEGER) / sp.span) * sp.span",
+        "wait": "max(0.0, (julianday(d.started_at) - julianday(d.requested_at)) * 86400.0)",
+        # One writer at a time (BEGIN IMMEDIATE): no contention to spread.
+        "shard": "0",
+    }
+
+
+def result_stats_upsert(dialect: str, source: str) -> str:
+    """The aggregate upsert of ``source``: a SELECT of (sign, queue, status,
+    ended_at, retried, requested_at, started_at) rows."""
+    e = _stats_exprs(dialect)
+    classes = " ".join(f"WHEN v.wait < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
+    sums = [
+        "sum(w.sign)",
+        "sum(CASE WHEN w.retried THEN w.sign ELSE 0 END)",
+        *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
+        *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign * w.wait ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
+    ]
+    counters = tables.STATS_COUNTERS
+    spans = " UNION ALL ".join(f"SELECT {span} AS span" for span in tables.STATS_SPANS)
+    return f"""
+INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
+SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(sums)}
+FROM (
+    SELECT v.*, CASE WHEN v.wait IS NULL THEN NULL {classes} ELSE {len(tables.WAIT_EDGES)} END AS wait_class
+    FROM (
+        SELECT d.sign, d.queue, d.status, d.ended_at, d.retried,
+               CASE WHEN d.status = '{tables.SUCCESSFUL}' AND d.started_at IS NOT NULL
+                         AND d.requested_at IS NOT NULL THEN {e["wait"]} END AS wait
+        FROM ({source}) AS d
+    ) AS v
+) AS w CROSS JOIN ({spans}) AS sp
+WHERE true
+GROUP BY sp.span, {e["bucket"]}, w.queue, w.status
+HAVING {" OR ".join(f"{s} <> 0" for s in sums)}
+ORDER BY 1, 2, 3, 4
+ON CONFLICT (span, bucket_start, queue, status, shard) DO UPDATE SET
+    {", ".join(f"{c} = {STATS_TABLE}.{c} + excluded.{c}" for c in counters)}
+"""
+
+
+_STATS_SOURCE_COLUMNS = "queue, status, ended_at, retried, requested_at, started_at"
+
+
+def _source(sign: int, relation: str) -> str:
+    return f"SELECT {sign} AS sign, {_STATS_SOURCE_COLUMNS} FROM {relation}"
+
+
+def _sqlite_row(sign: int, ref: str) -> str:
+    return f"SELECT {sign} AS sign, " + ", ".join(f"{ref}.{c} AS {c}" for c in _STATS_SOURCE_COLUMNS.split(", "))
+
+
+def result_stats_backfill(dialect: str) -> str:
+    """Aggregate every existing result (the migration, on a live table)."""
+    return result_stats_upsert(dialect, _source(1, "jobtable_result"))
+
+
+def result_stats_ddl(dialect: str) -> list[str]:
+    """Functions and triggers that keep jobtable_result_stats (migration 0002)."""
+    if dialect == "postgresql":
+        return _pg_stats_ddl()
+    return _sqlite_stats_ddl()
+
+
+def drop_result_stats_ddl(dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        return [
+            *(f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op} ON jobtable_result" for op in _OPS),
+            *(f"DROP FUNCTION IF EXISTS jobtable_result_stats_{op}()" for op in _OPS),
+        ]
+    return [f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op}" for op in _OPS]
+
+
+_OPS = ("insert", "update", "delete")
+
+
+def _pg_stats_ddl() -> list[str]:
+    # Statement-level triggers with transition tables: one aggregate upsert per
+    # statement, however many rows it wrote (the worker writes a batch of
+    # results in one statement).  An INSERT ... ON CONFLICT DO UPDATE (the
+    # Celery backend's upsert) fires the insert trigger with the rows it
+    # inserted and the update trigger with the rows it updated.
+    now = "extract(epoch FROM now())::bigint"
+    prune = f"""
+        PERFORM pg_advisory_xact_lock({_STATS_PRUNE_LOCK});
+        {result_stats_upsert("postgresql", _source(-1, "old_rows"))};
+        -- Buckets that end before the oldest remaining result (and over an
+        -- hour ago, so that no writer is still adding to them) sum to zero
+        -- over their shards: drop every shard's row.
+        horizon := least(
+            coalesce(extract(epoch FROM (SELECT min(ended_at) FROM jobtable_result))::bigint, {now}),
+            {now} - 3600);
+        DELETE FROM {STATS_TABLE} WHERE span = 3600 AND bucket_start <= horizon - 3600;
+        DELETE FROM {STATS_TABLE} WHERE span = 30 AND bucket_start < {now} - {STATS_FINE_KEEP};"""
+    bodies = {
+        "insert": f"{result_stats_upsert('postgresql', _source(1, 'new_rows'))};",
+        "update": result_stats_upsert(
+            "postgresql", _source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows")
+        ) + ";",
+        "delete": prune,
+    }
+    referencing = {
+        "insert": "REFERENCING NEW TABLE AS new_rows",
+        "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        "delete": "REFERENCING OLD TABLE AS old_rows",
+    }
+    out = []
+    for op in _OPS:
+        out.append(
+            f"CREATE FUNCTION jobtable_result_stats_{op}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+            f"DECLARE horizon bigint;\nBEGIN\n{bodies[op]}\nRETURN NULL;\nEND $$"
+        )
+        out.append(
+            f"CREATE TRIGGER jobtable_result_stats_{op} AFTER {op.upper()} ON jobtable_result "
+            f"{referencing[op]} FOR EACH STATEMENT EXECUTE FUNCTION jobtable_result_stats_{op}()"
+        )
+    return out
+
+
+def _sqlite_stats_ddl() -> list[str]:
+    # Row-level triggers: SQLite has no statement-level ones.  Writes are
+    # serialised by the database lock (BEGIN IMMEDIATE), so one shard.
+    now = "CAST(strftime('%s', 'now') AS INTEGER)"
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _STATS_SOURCE_COLUMNS.split(", "))
+    horizon = (
+        f"min(coalesce((SELECT CAST(strftime('%s', min(ended_at)) AS INTEGER) FROM jobtable_result), {now}), "
+        f"{now} - 3600)"
+    )
+    return [
+        f"CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result BEGIN\n"
+        f"{result_stats_upsert('sqlite', _sqlite_row(1, 'NEW'))};\nEND",
+        f"CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result WHEN {changed} BEGIN\n"
+        f"{result_stats_upsert('sqlite', _sqlite_row(1, 'NEW') + ' UNION ALL ' + _sqlite_row(-1, 'OLD'))};\nEND",
+        f"CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result BEGIN\n"
+        f"{result_stats_upsert('sqlite', _sqlite_row(-1, 'OLD'))};\n"
+        f"DELETE FROM {STATS_TABLE} WHERE span = 3600 AND bucket_start <= {horizon} - 3600;\n"
+        f"DELETE FROM {STATS_TABLE} WHERE span = 30 AND bucket_start < {now} - {STATS_FINE_KEEP};\nEND",
+    ]

@@ -5,6 +5,7 @@ create them; this module is what the code queries.  Keep the two in step.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -147,6 +148,50 @@ result = Table(
         postgresql_where=text("retried"),
         sqlite_where=text("retried"),
     ),
+)
+
+#: Pre-aggregated result counts for the dashboard's overview, kept by the
+#: database itself: triggers on ``jobtable_result`` (db/dialects.py) add every
+#: inserted row, move updated ones and subtract deleted ones, so the table is
+#: the aggregate of ``jobtable_result`` whoever writes it (native worker,
+#: Celery result backend, CLI, dashboard, SQL by hand).  Rows are per
+#: ``span``-second bucket (``STATS_SPANS``: fine buckets for the 1-hour
+#: window, hourly ones for the longer windows), queue, status and ``shard``:
+#: on PostgreSQL each connection adds into the shard ``pg_backend_pid() %
+#: STATS_SHARDS``, so concurrent writers rarely wait on the same row; readers
+#: sum the shards (a shard's own row may even be negative after deletions).
+STATS_SPANS = (30, 3600)
+STATS_SHARDS = 8
+#: Queue-wait classes (seconds): a successful attempt's wait (start minus
+#: enqueue) is counted in the first class whose upper edge exceeds it; the
+#: last class is open.  Each class keeps a count and a sum, so the dashboard
+#: estimates the median wait as the mean of the class holding the median.
+WAIT_EDGES = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+WAIT_CLASSES = len(WAIT_EDGES) + 1
+#: The counter columns, in the order the triggers write them.
+STATS_COUNTERS = (
+    "results",
+    "retried",
+    *(f"wait_count_{i}" for i in range(WAIT_CLASSES)),
+    *(f"wait_sum_{i}" for i in range(WAIT_CLASSES)),
+)
+
+result_stats = Table(
+    "jobtable_result_stats",
+    metadata,
+    # Bucket width in seconds (one of STATS_SPANS).
+    Column("span", Integer, primary_key=True, autoincrement=False),
+    # Bucket start in seconds since the Unix epoch (UTC), a multiple of span:
+    # an integer computes the same way in both dialects' trigger SQL.
+    Column("bucket_start", BigInteger, primary_key=True, autoincrement=False),
+    Column("queue", String(255), primary_key=True),
+    Column("status", String(16), primary_key=True),
+    Column("shard", SmallInteger, primary_key=True, autoincrement=False),
+    # Results that ended in the bucket, and those of them with retried = true.
+    Column("results", BigInteger, nullable=False, server_default=text("0")),
+    Column("retried", BigInteger, nullable=False, server_default=text("0")),
+    *(Column(f"wait_count_{i}", BigInteger, nullable=False, server_default=text("0")) for i in range(WAIT_CLASSES)),
+    *(Column(f"wait_sum_{i}", Float, nullable=False, server_default=text("0")) for i in range(WAIT_CLASSES)),
 )
 
 worker = Table(
