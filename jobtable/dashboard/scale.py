@@ -5,7 +5,9 @@
 
 The database is created (and migrated) if needed and emptied first.  Results
 are spread over the last 7 days (the default retention), so the 24-hour
-window holds about a seventh of them.  Each page is requested several times
+window holds about a seventh of them.  They are inserted by 8 connections at
+once through the triggers that keep ``jobtable_result_stats`` (as workers
+would write them), and the fill checks that the stats add up to the table.  Each page is requested several times
 in-process (Starlette's TestClient, so the time is server time without the
 network); the report gives the first (cold caches) and the median of the rest.
 Not a test: numbers depend on the machine.
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from ..db import engine as db_engine
@@ -38,6 +41,35 @@ _MESSAGE = (
 )
 
 
+WRITERS = 8
+#: One writer's share of the results (``g % writers = k``).
+RESULTS_SQL = """
+    INSERT INTO jobtable_result (task_id, task_name, queue, priority, attempt, retries, status,
+        requested_at, started_at, ended_at, worker_id, message, return_value, error_type,
+        error_message, traceback, retried)
+    SELECT tid, task, queue, 0, 1, 0, status,
+           ended - interval '2 seconds' - (g % 7) * interval '1 second',
+           ended - interval '1 second', ended, 'native:host-' || (g % 5), '{message}',
+           CASE WHEN status = 'SUCCESSFUL' THEN '{{"ok": true, "n": ' || g || '}}' END,
+           CASE WHEN status <> 'SUCCESSFUL' THEN 'ValueError' END,
+           CASE WHEN status <> 'SUCCESSFUL' THEN 'bad input ' || g END,
+           CASE WHEN status = 'ERRORED' THEN
+             'Traceback (most recent call last):' || chr(10) || '  File "app/jobs.py", line 12, in run'
+             || chr(10) || 'ValueError: bad input ' || g END,
+           status = 'ERRORED' AND g % 3 = 0
+    FROM (
+        SELECT g, gen_random_uuid()::text AS tid,
+               ({jobs})[1 + g % {n_jobs}] AS task,
+               ({queues})[1 + (g / 7) % {n_queues}] AS queue,
+               CASE WHEN g % 100 < 90 THEN 'SUCCESSFUL' WHEN g % 100 < 97 THEN 'ERRORED'
+                    WHEN g % 100 < 99 THEN 'LOST' ELSE 'CANCELLED' END AS status,
+               now() - (interval '7 days') * (g::float8 / :n) AS ended
+        FROM generate_series(1, :n) AS g
+        WHERE g % :writers = :k
+    ) s
+"""
+
+
 def _ensure_database(url: str, recreate: bool = False) -> None:
     parsed = make_url(url)
     admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -51,7 +83,7 @@ def _ensure_database(url: str, recreate: bool = False) -> None:
 
 
 def fill(url: str, results: int, pending: int, scheduled: int, running: int, recreate: bool = False) -> None:
-    """Bulk-insert the rows with generate_series (seconds, not hours)."""
+    """Bulk-insert the rows with generate_series (a minute, not hours)."""
     _ensure_database(url, recreate)
     engine = db_engine.create_jobtable_engine(url)
     migrate.upgrade(engine)
@@ -62,37 +94,43 @@ def fill(url: str, results: int, pending: int, scheduled: int, running: int, rec
     with engine.begin() as conn:
         names = ", ".join(t.name for t in reversed(tables.metadata.sorted_tables))
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
-        started = time.perf_counter()
-        conn.execute(
-            text(
-                f"""
-                INSERT INTO jobtable_result (task_id, task_name, queue, priority, attempt, retries, status,
-                    requested_at, started_at, ended_at, worker_id, message, return_value, error_type,
-                    error_message, traceback, retried)
-                SELECT tid, task, queue, 0, 1, 0, status,
-                       ended - interval '2 seconds' - (g % 7) * interval '1 second',
-                       ended - interval '1 second', ended, 'native:host-' || (g % 5), '{message}',
-                       CASE WHEN status = 'SUCCESSFUL' THEN '{{"ok": true, "n": ' || g || '}}' END,
-                       CASE WHEN status <> 'SUCCESSFUL' THEN 'ValueError' END,
-                       CASE WHEN status <> 'SUCCESSFUL' THEN 'bad input ' || g END,
-                       CASE WHEN status = 'ERRORED' THEN
-                         'Traceback (most recent call last):' || chr(10) || '  File "app/jobs.py", line 12, in run'
-                         || chr(10) || 'ValueError: bad input ' || g END,
-                       status = 'ERRORED' AND g % 3 = 0
-                FROM (
-                    SELECT g, gen_random_uuid()::text AS tid,
-                           ({jobs})[1 + g % {len(JOBS)}] AS task,
-                           ({queues})[1 + (g / 7) % {len(QUEUES)}] AS queue,
-                           CASE WHEN g % 100 < 90 THEN 'SUCCESSFUL' WHEN g % 100 < 97 THEN 'ERRORED'
-                                WHEN g % 100 < 99 THEN 'LOST' ELSE 'CANCELLED' END AS status,
-                           now() - (interval '7 days') * (g::float8 / :n) AS ended
-                    FROM generate_series(1, :n) AS g
-                ) s
-                """
-            ),
-            {"n": results},
-        )
-        print(f"{results:,} results in {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    # The results go in through the triggers that keep jobtable_result_stats,
+    # as in a deployment: WRITERS connections at once, each writing every
+    # WRITERS-th result, so every bucket is written by several connections
+    # (several shards to sum, rows shared between concurrent upserts).
+    errors: list[BaseException] = []
+
+    def write_slice(k: int) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    text(RESULTS_SQL.format(message=message, jobs=jobs, queues=queues, n_jobs=len(JOBS),
+                                            n_queues=len(QUEUES))),
+                    {"n": results, "k": k, "writers": WRITERS},
+                )
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write_slice, args=(k,)) for k in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    with engine.connect() as conn:
+        counted = conn.execute(select(func.count()).select_from(tables.result)).scalar_one()
+        stats = tables.result_stats
+        aggregated = conn.execute(
+            select(func.coalesce(func.sum(stats.c.results), 0), func.count()).where(stats.c.span == 3600)
+        ).one()
+        fine_rows = conn.execute(select(func.count()).select_from(stats).where(stats.c.span == 30)).scalar_one()
+    print(f"{results:,} results in {time.perf_counter() - started:.1f} s by {WRITERS} connections "
+          f"(stats: {aggregated[1]:,} hourly rows summing to {int(aggregated[0]):,}, {fine_rows:,} 30-second rows)")
+    if int(aggregated[0]) != counted:
+        raise SystemExit(f"jobtable_result_stats counts {aggregated[0]} results, the table holds {counted}")
+    with engine.begin() as conn:
         started = time.perf_counter()
         for state, count, run_at in (
             ("pending", pending, "now() - (g % 3600) * interval '1 second'"),
@@ -130,6 +168,7 @@ def fill(url: str, results: int, pending: int, scheduled: int, running: int, rec
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE jobtable_result"))
         conn.execute(text("VACUUM ANALYZE jobtable_request"))
+        conn.execute(text("VACUUM ANALYZE jobtable_result_stats"))
     engine.dispose()
 
 

@@ -360,8 +360,8 @@ STATS_FINE_KEEP = 7200
 def _stats_exprs(dialect: str) -> dict[str, str]:
     if dialect == "postgresql":
         return {
-            "bucket": "(floor(extract(epoch FROM w.ended_at) / sp.span) * sp.span)::bigint",
-            "wait": "greatest(0, extract(epoch FROM d.started_at - d.requested_at))::float8",
+            # date_part: double precision (extract() computes in numeric).
+            "wait": "greatest(0, date_part('epoch', d.started_at - d.requested_at))",
             "shard": f"(pg_backend_pid() % {tables.STATS_SHARDS})::smallint",
         }
     return {
@@ -373,37 +373,86 @@ def _stats_exprs(dialect: str) -> dict[str, str]:
     }
 
 
-def result_stats_upsert(dialect: str, source: str) -> str:
-    """The aggregate upsert of ``source``: a SELECT of (sign, queue, status,
-    ended_at, retried, requested_at, started_at) rows."""
-    e = _stats_exprs(dialect)
-    classes = " ".join(f"WHEN v.wait < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
-    sums = [
+def _stats_sums(prefix: str = "") -> list[str]:
+    """The counter sums over delta rows ``w`` (in STATS_COUNTERS order)."""
+    return [
         "sum(w.sign)",
         "sum(CASE WHEN w.retried THEN w.sign ELSE 0 END)",
         *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
         *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign * w.wait ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
     ]
-    counters = tables.STATS_COUNTERS
-    spans = " UNION ALL ".join(f"SELECT {span} AS span" for span in tables.STATS_SPANS)
+
+
+def _stats_delta_rows(dialect: str, source: str) -> str:
+    """``source`` rows with their queue wait and wait class."""
+    e = _stats_exprs(dialect)
+    classes = " ".join(f"WHEN v.wait < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
     return f"""
-INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
-SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(sums)}
-FROM (
     SELECT v.*, CASE WHEN v.wait IS NULL THEN NULL {classes} ELSE {len(tables.WAIT_EDGES)} END AS wait_class
     FROM (
         SELECT d.sign, d.queue, d.status, d.ended_at, d.retried,
                CASE WHEN d.status = '{tables.SUCCESSFUL}' AND d.started_at IS NOT NULL
                          AND d.requested_at IS NOT NULL THEN {e["wait"]} END AS wait
         FROM ({source}) AS d
-    ) AS v
-) AS w CROSS JOIN ({spans}) AS sp
+    ) AS v"""
+
+
+def _stats_on_conflict() -> str:
+    counters = tables.STATS_COUNTERS
+    return (
+        "ON CONFLICT (span, bucket_start, queue, status, shard) DO UPDATE SET\n    "
+        + ", ".join(f"{c} = {STATS_TABLE}.{c} + excluded.{c}" for c in counters)
+    )
+
+
+def result_stats_upsert(dialect: str, source: str) -> str:
+    """The aggregate upsert of ``source``: a SELECT of (sign, queue, status,
+    ended_at, retried, requested_at, started_at) rows."""
+    if dialect == "postgresql":
+        return _pg_stats_upsert(source)
+    e = _stats_exprs(dialect)
+    sums = _stats_sums()
+    spans = " UNION ALL ".join(f"SELECT {span} AS span" for span in tables.STATS_SPANS)
+    # No WITH clause: SQLite refuses one inside a trigger.
+    return f"""
+INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(tables.STATS_COUNTERS)})
+SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(sums)}
+FROM ({_stats_delta_rows(dialect, source)}) AS w CROSS JOIN ({spans}) AS sp
 WHERE true
 GROUP BY sp.span, {e["bucket"]}, w.queue, w.status
 HAVING {" OR ".join(f"{s} <> 0" for s in sums)}
 ORDER BY 1, 2, 3, 4
-ON CONFLICT (span, bucket_start, queue, status, shard) DO UPDATE SET
-    {", ".join(f"{c} = {STATS_TABLE}.{c} + excluded.{c}" for c in counters)}
+{_stats_on_conflict()}
+"""
+
+
+def _pg_stats_upsert(source: str) -> str:
+    # Rows are summed once into the finest buckets, which are then rolled up
+    # into the wider ones: the per-row work (the trigger's cost on every
+    # batch of results) is done once, in double precision.
+    spans = sorted(tables.STATS_SPANS)
+    fine = spans[0]
+    counters = tables.STATS_COUNTERS
+    nonzero = " OR ".join(f"{c} <> 0" for c in counters)
+    rollups = [f"SELECT {fine} AS span, f.bucket_start, f.queue, f.status, {', '.join(counters)} FROM f WHERE {nonzero}"]
+    for span in spans[1:]:
+        rollups.append(
+            f"SELECT {span}, f.bucket_start - f.bucket_start % {span}, f.queue, f.status, "
+            + ", ".join(f"sum({c})" for c in counters)
+            + f" FROM f GROUP BY 2, 3, 4 HAVING {' OR '.join(f'sum({c}) <> 0' for c in counters)}"
+        )
+    sums = ", ".join(f"{s} AS {c}" for s, c in zip(_stats_sums(), counters))
+    return f"""
+WITH f AS (
+    SELECT (floor(date_part('epoch', w.ended_at) / {fine}) * {fine})::bigint AS bucket_start, w.queue, w.status, {sums}
+    FROM ({_stats_delta_rows("postgresql", source)}) AS w
+    GROUP BY 1, 2, 3
+)
+INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
+SELECT r.span, r.bucket_start, r.queue, r.status, {_stats_exprs("postgresql")["shard"]}, {", ".join(f"r.{c}" for c in counters)}
+FROM ({" UNION ALL ".join(rollups)}) AS r(span, bucket_start, queue, status, {", ".join(counters)})
+ORDER BY 1, 2, 3, 4
+{_stats_on_conflict()}
 """
 
 
