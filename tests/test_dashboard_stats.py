@@ -1,0 +1,286 @@
+"""jobtable_result_stats: the database keeps it equal to the aggregate of
+jobtable_result whoever writes results, and the overview reads it."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from jobtable.dashboard import queries
+from jobtable.db import dialects, store, tables
+from jobtable.db import engine as db_engine
+
+from . import dashboard_support as support
+from .dashboard_client import client
+from .test_dashboard_routes import _card
+from .worker_jobs import Add, Boom, results, start_worker, stop, wait_for, worker_env
+
+stats = tables.result_stats
+result = tables.result
+
+Key = tuple[int, int, str, str]
+
+
+def _bucket(when: datetime, span: int) -> int:
+    return math.floor(when.timestamp() / span) * span
+
+
+def _fine_from(now: datetime) -> float:
+    return now.timestamp() - dialects.STATS_FINE_KEEP + 60
+
+
+def _expected(rows: Iterable[Any], now: datetime) -> dict[Key, tuple[int, int, int]]:
+    """(results, retried, waits counted) per (span, bucket, queue, status),
+    computed from result rows in Python."""
+    out: Counter[tuple[Key, str]] = Counter()
+    for r in rows:
+        for span in tables.STATS_SPANS:
+            key = (span, _bucket(r.ended_at, span), r.queue, r.status)
+            if span == 30 and key[1] < _fine_from(now):
+                continue  # fine buckets are pruned after two hours
+            out[(key, "results")] += 1
+            out[(key, "retried")] += bool(r.retried)
+            waited = r.status == tables.SUCCESSFUL and r.started_at is not None and r.requested_at is not None
+            out[(key, "waits")] += waited
+    keys = {k for k, _ in out}
+    return {k: (out[(k, "results")], out[(k, "retried")], out[(k, "waits")]) for k in keys}
+
+
+def _stored(now: datetime) -> dict[Key, tuple[int, int, int]]:
+    """The same from jobtable_result_stats, summed over shards."""
+    waits = sum(stats.c[f"wait_count_{i}"] for i in range(tables.WAIT_CLASSES))
+    stmt = select(
+        stats.c.span, stats.c.bucket_start, stats.c.queue, stats.c.status,
+        func.sum(stats.c.results), func.sum(stats.c.retried), func.sum(waits),
+    ).group_by(stats.c.span, stats.c.bucket_start, stats.c.queue, stats.c.status)
+    fine_from = _fine_from(now)
+    out = {}
+    with db_engine.connect() as conn:
+        for span, start, queue, status, n, retried, waited in conn.execute(stmt):
+            if span == 30 and start < fine_from:
+                continue
+            values = (int(n), int(retried), int(waited))
+            if values != (0, 0, 0):
+                out[(int(span), int(start), queue, status)] = values
+    return out
+
+
+def _all_results() -> list[Any]:
+    with db_engine.connect() as conn:
+        return list(conn.execute(select(result)))
+
+
+def assert_stats_match() -> None:
+    now = datetime.now(timezone.utc)
+    assert _stored(now) == _expected(_all_results(), now)
+
+
+def _result_row(*, ended_at: datetime, status: str = tables.SUCCESSFUL, queue: str = "default",
+                retried: bool = False, wait: float = 2.0) -> dict[str, Any]:
+    return {
+        "task_id": str(uuid.uuid4()), "task_name": "tests.stats.Job", "queue": queue, "priority": 0, "attempt": 1,
+        "retries": 0, "concurrency_key": None, "status": status, "requested_at": ended_at - timedelta(seconds=wait + 1),
+        "started_at": ended_at - timedelta(seconds=1), "ended_at": ended_at, "worker_id": "native:stats",
+        "message": None, "return_value": None, "error_type": None, "error_message": None, "traceback": None,
+        "retried": retried, "meta": None,
+    }
+
+
+def _insert(rows: list[dict[str, Any]]) -> None:
+    with db_engine.connect() as conn, conn.begin():
+        store.insert_results(conn, rows)
+
+
+def test_stats_follow_the_native_worker(db_url: str, subprocess_env: dict[str, str]) -> None:
+    for i in range(5):
+        Add(i, 1).run_in_worker()
+    Add(1, 1).run_in_worker(queue="other")
+    Boom().run_in_worker(retries=2)
+    proc = start_worker(worker_env(subprocess_env), "--max-processes", "2", "--queue", "default", "--queue", "other")
+    try:
+        # The worker's own results table is the event: its retries are due later.
+        wait_for(lambda: len(results()) == 9, timeout=30, what="nine results")
+    finally:
+        stop(proc)
+    rows = _all_results()
+    assert Counter((r.status, r.retried) for r in rows) == {
+        (tables.SUCCESSFUL, False): 6, (tables.ERRORED, True): 2, (tables.ERRORED, False): 1,
+    }
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        buckets = queries.buckets(conn, now=store.utcnow(), window=timedelta(hours=1))
+    counts, retried = queries.window_totals(buckets)
+    assert (counts[tables.SUCCESSFUL], counts[tables.ERRORED], retried) == (6, 3, 2)
+    assert any(b.wait is not None for b in buckets)
+
+
+def test_stats_follow_the_celery_result_backend(db_url: str) -> None:
+    """The backend's writes: a STARTED row replaced by the final state (an
+    upsert: the insert and the update triggers), RETRY states (ERRORED and
+    retried), and forget() (a delete)."""
+    pytest.importorskip("celery")
+    from types import SimpleNamespace
+
+    from celery import Celery
+
+    from jobtable.shim.backend import JobtableBackend
+
+    app = Celery("stats", broker="memory://", backend="jobtable+" + db_url)
+    app.conf.update(result_extended=True)
+    backend = JobtableBackend(app=app, url="jobtable+" + db_url)
+
+    def request(task_id: str, retries: int = 0, queue: str = "celery") -> Any:
+        return SimpleNamespace(id=task_id, task="tests.stats.task", retries=retries, hostname="celery@h",
+                               delivery_info={"routing_key": queue}, args=[], kwargs={})
+
+    ok, flaky, gone = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    backend.store_result(ok, None, "STARTED", request=request(ok))
+    assert_stats_match()
+    backend.store_result(ok, 3, "SUCCESS", request=request(ok))
+    backend.store_result(flaky, ValueError("again"), "RETRY", request=request(flaky, 0, "q2"))
+    backend.store_result(flaky, ValueError("again"), "RETRY", request=request(flaky, 1, "q2"))
+    backend.store_result(flaky, 7, "SUCCESS", request=request(flaky, 2, "q2"))
+    backend.store_result(gone, 1, "SUCCESS", request=request(gone))
+    backend.forget(gone)
+    rows = _all_results()
+    assert Counter((r.queue, r.status, r.retried) for r in rows) == {
+        ("celery", tables.SUCCESSFUL, False): 1, ("q2", tables.ERRORED, True): 2, ("q2", tables.SUCCESSFUL, False): 1,
+    }
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        counts, retried = queries.window_totals(queries.buckets(conn, now=store.utcnow(), window=timedelta(hours=1)))
+    assert (counts[tables.SUCCESSFUL], counts[tables.ERRORED], counts.get("STARTED", 0), retried) == (2, 2, 0, 2)
+
+
+def test_concurrent_writers_give_exact_totals(db_url: str) -> None:
+    """Several connections insert results into the same buckets at once while
+    another deletes old results (retention): nothing is lost or counted twice."""
+    now = store.utcnow()
+    old = [_result_row(ended_at=now - timedelta(days=3, seconds=i)) for i in range(60)]
+    _insert(old)
+    writers, batches, per_batch = 4, 10, 20
+    barrier = threading.Barrier(writers + 1)
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            for b in range(batches):
+                ended = store.utcnow()
+                _insert([
+                    _result_row(ended_at=ended, status=(tables.SUCCESSFUL, tables.ERRORED)[(k + i) % 2],
+                                queue=f"q{(b + i) % 3}", retried=i % 5 == 0)
+                    for i in range(per_batch)
+                ])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def retention() -> None:
+        try:
+            barrier.wait(timeout=60)
+            while True:
+                with db_engine.connect() as conn, conn.begin():
+                    if not store.clear_results(conn, now - timedelta(days=1), batch=7):
+                        return
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    threads.append(threading.Thread(target=retention))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    rows = _all_results()
+    assert len(rows) == writers * batches * per_batch
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        total = conn.execute(select(func.sum(stats.c.results)).where(stats.c.span == 3600)).scalar_one()
+        oldest = conn.execute(select(func.min(stats.c.bucket_start))).scalar_one()
+    assert int(total) == len(rows)
+    # The buckets of the deleted results are pruned, not kept at zero.
+    assert oldest >= _bucket(now - timedelta(days=1), 3600)
+
+
+def test_retried_follows_updates_and_deletions_are_subtracted(db_url: str) -> None:
+    dash = client()
+    failed = support.add_result(tables.ERRORED, error_type="ValueError", ago=timedelta(minutes=10))
+    support.add_result(tables.SUCCESSFUL, ago=timedelta(minutes=10))
+    extra = support.add_result(tables.SUCCESSFUL, ago=timedelta(minutes=10))
+    page = dash.get("/?window=1h").text
+    assert (_card(page, "errored"), _card(page, "retried"), _card(page, "successful")) == ("1", "0", "2")
+    # Retrying from the dashboard marks the earlier attempt retried (an UPDATE).
+    assert dash.act("retry", [failed]).status_code == 303
+    page = dash.get("/?window=1h").text
+    assert (_card(page, "errored"), _card(page, "retried")) == ("1", "1")
+    # Deleting a result removes it from the counts: the overview matches the results list.
+    assert dash.act("delete-results", [extra]).status_code == 303
+    assert _card(dash.get("/?window=1h").text, "successful") == "1"
+    # An update that moves a result (status, end time) moves its count.
+    with db_engine.connect() as conn, conn.begin():
+        conn.execute(update(result).where(result.c.id == failed).values(
+            status=tables.LOST, ended_at=store.utcnow() - timedelta(hours=3)))
+    page = dash.get("/?window=1h").text
+    assert (_card(page, "errored"), _card(page, "lost"), _card(page, "retried")) == ("0", "0", "0")
+    page = dash.get("/?window=24h").text
+    assert (_card(page, "lost"), _card(page, "retried")) == ("1", "1")
+    assert_stats_match()
+
+
+@pytest.mark.parametrize("window", ["1h", "24h", "7d"])
+def test_overview_equals_a_direct_count_of_results(db_url: str, window: str) -> None:
+    now = store.utcnow()
+    rng = random.Random(7)
+    statuses = [tables.SUCCESSFUL] * 6 + [tables.ERRORED, tables.LOST, tables.CANCELLED, tables.DEFERRED]
+    rows = [
+        _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 8 * 86400 if i % 2 else 7200)),
+                    status=rng.choice(statuses), queue=rng.choice(["a", "b", "c"]), retried=rng.random() < 0.2,
+                    wait=rng.choice([0.005, 0.3, 0.4, 4.0, 3000.0]))
+        for i in range(400)
+    ]
+    _insert(rows)
+    assert_stats_match()
+    span = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}[window]
+    with db_engine.connect() as conn:
+        buckets = queries.buckets(conn, now=now, window=span)
+    for bucket in buckets:
+        inside = [r for r in rows if bucket.start <= r["ended_at"] < bucket.end]
+        direct = Counter(r["status"] for r in inside)
+        assert {s: n for s, n in bucket.counts.items() if n} == dict(direct)
+        assert bucket.retried == sum(r["retried"] for r in inside)
+    page = client().get(f"/?window={window}").text
+    cards = {key: _card(page, key) for key in ("successful", "errored", "lost", "retried")}
+    # The page takes its own "now", a moment later: its window may have moved
+    # on by one bucket.
+    expected = []
+    for moment in (now, store.utcnow()):
+        with db_engine.connect() as conn:
+            edges = queries.buckets(conn, now=moment, window=span)
+        inside = [r for r in rows if edges[0].start <= r["ended_at"] < edges[-1].end]
+        expected.append({
+            **{s.lower(): str(sum(r["status"] == s for r in inside)) for s in (tables.SUCCESSFUL, tables.ERRORED,
+                                                                              tables.LOST)},
+            "retried": str(sum(r["retried"] for r in inside)),
+        })
+    assert cards in expected
+
+
+def test_median_wait_is_robust_to_a_few_long_waits(db_url: str) -> None:
+    now = store.utcnow()
+    waits = [0.2, 0.3, 0.4, 0.5, 0.6, 3600.0, 86400.0]  # two delayed jobs
+    _insert([_result_row(ended_at=now - timedelta(minutes=1), wait=w) for w in waits])
+    with db_engine.connect() as conn:
+        buckets = queries.buckets(conn, now=now, window=timedelta(hours=1))
+    (wait,) = [b.wait for b in buckets if b.wait is not None]
+    assert wait == pytest.approx(0.4, abs=0.01)  # the mean of the 0.1-1 s class, which holds the median
+    assert queries.median_wait([0] * tables.WAIT_CLASSES, [0.0] * tables.WAIT_CLASSES) is None
