@@ -17,7 +17,7 @@ from jobtable.db import tables
 from jobtable.exceptions import DatabaseUnavailable, SchemaNotMigrated
 from jobtable.transport import Transport
 
-from .transport_helpers import FAST_OPTIONS, broker_url, connect, drain, rows, states, wait_for
+from .transport_helpers import FAST_OPTIONS, acked, broker_url, connect, drain, rows, states, wait_for
 
 
 # -- selecting the transport ---------------------------------------------------------
@@ -112,7 +112,7 @@ def test_non_celery_messages_keep_body_headers_and_properties(db_url: str) -> No
         assert got[0].body == b"\x00\xffbinary"
         assert got[0].headers["h"] == "v"
         assert got[1].decode() == "texte accentué"
-        assert rows(db_url) == []
+        assert acked(db_url) == []
 
 
 def test_purge_and_delete(db_url: str) -> None:
@@ -141,7 +141,7 @@ def test_one_consumer_several_queues(db_url: str) -> None:
             producer.publish({"q": queue.name}, exchange=queue.exchange, routing_key=queue.name, declare=[queue])
         got = drain(conn, queues, 3)
         assert sorted(m.payload["q"] for m in got) == ["qa", "qb", "qc"]
-        assert rows(db_url) == []
+        assert acked(db_url) == []
 
 
 def test_batch_fetch_respects_prefetch(db_url: str) -> None:
@@ -158,7 +158,7 @@ def test_batch_fetch_respects_prefetch(db_url: str) -> None:
             assert running == len(held)
             for message in held:
                 message.ack()
-        assert len(rows(db_url)) == 10 - len(held)
+        assert len(acked(db_url, 10 - len(held))) == 10 - len(held)
 
 
 # -- acks, requeues, recovery ---------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_ack_deletes_reject_requeue_and_recover_flip_in_place(db_url: str) -> No
         assert [(r.id, r.state) for r in rows(db_url)] == [(original.id, tables.PENDING)]
         third = queue.get(timeout=5)
         third.reject()  # no requeue: dropped
-        assert rows(db_url) == []
+        assert acked(db_url) == []
         queue.close()
 
 
@@ -220,7 +220,7 @@ def test_held_messages_keep_their_lease(db_url: str) -> None:
             with pytest.raises(other_queue.Empty):
                 other_queue.get(timeout=0.2)
         message.ack()
-        assert rows(db_url) == []
+        assert acked(db_url) == []
         other_queue.close()
         queue.close()
 
@@ -277,7 +277,7 @@ def test_expired_messages_are_not_delivered(db_url: str) -> None:
         _publish(conn, queue, {"fine": True}, headers={"expires": (past + timedelta(hours=1)).isoformat()})
         got = drain(conn, queue, 2)
         assert [m.payload for m in got] == [{"expires": "never"}, {"fine": True}]
-        assert rows(db_url) == []
+        assert acked(db_url) == []
 
 
 def test_priority_higher_first_fifo_within_priority(db_url: str) -> None:
@@ -338,7 +338,7 @@ def test_direct_topic_and_fanout_exchanges_across_connections(db_url: str) -> No
         bound[3](channel).unbind_from(fanout)
         publisher.transport.bindings.invalidate()
         producer.publish("again", exchange="ex.fanout", routing_key="")
-        assert [r.queue for r in rows(db_url)] == ["f2"]
+        assert [r.queue for r in acked(db_url, 1)] == ["f2"]
 
 
 # -- threads, forks, processes ---------------------------------------------------------------
@@ -466,7 +466,7 @@ def test_queue_ttl_no_ack_and_auto_delete(db_url: str) -> None:
             assert 59 <= (row.expires_at - row.created_at).total_seconds() <= 61
             consumer_conn.drain_events(timeout=5)
             assert got == [{"e": 1}]
-            assert rows(db_url) == []  # no_ack: gone on delivery
+            assert acked(db_url) == []  # no_ack: gone on delivery
         # The consumer was cancelled: the auto_delete queue is unbound.
         publisher.transport.bindings.invalidate()
         producer.publish({"e": 2}, exchange="events", routing_key="task.sent")
@@ -482,3 +482,98 @@ def test_expired_messages_in_abandoned_queues_are_swept(db_url: str) -> None:
         wait_for(lambda: conn.transport._keeper.sweep() >= 0 and len(rows(db_url)) == 1, what="sweep")
         (left,) = rows(db_url)
         assert "fresh" in left.message
+
+
+# -- batched acks, quiet channels ------------------------------------------------------------
+
+
+def _count_statements(db_url: str, prefix: str) -> tuple[list[tuple[str, object]], object]:
+    """Record the transport's statements starting with ``prefix`` (those
+    naming the consumer) that this process runs on the real engine."""
+    from sqlalchemy import event
+
+    from jobtable.db import engine as db_engine
+
+    seen: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, *args: object) -> None:
+        if statement.lstrip().upper().startswith(prefix) and "worker" in statement:
+            seen.append((statement, parameters))
+
+    engine = db_engine.get_engine(db_url)
+    event.listen(engine, "before_cursor_execute", record)
+    return seen, lambda: event.remove(engine, "before_cursor_execute", record)
+
+
+def test_acks_pile_up_into_one_delete_while_the_writer_is_busy(db_url: str) -> None:
+    # The first ack's DELETE is held up by a lock; the acks made meanwhile
+    # (from several threads) go out together in the next statement.
+    from jobtable.db import engine as db_engine
+
+    with connect(db_url) as conn:
+        queue = conn.SimpleQueue("piled")
+        for i in range(40):
+            queue.put(i)
+        got = [queue.get(timeout=5) for _ in range(40)]
+        deletes, stop_counting = _count_statements(db_url, "DELETE FROM JOBTABLE_REQUEST")
+        blocker = db_engine.get_engine(db_url).connect()
+        try:
+            if blocker.dialect.name == "postgresql":
+                blocker.exec_driver_sql("SELECT 1 FROM jobtable_request WHERE id = %(id)s FOR UPDATE",
+                                        {"id": rows(db_url)[0].id})
+            else:
+                blocker.exec_driver_sql("DELETE FROM jobtable_request WHERE 0")  # takes the write lock
+            got[0].ack()
+            if blocker.dialect.name == "postgresql":
+                wait_for(lambda: blocker.engine.connect().exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'DELETE FROM jobtable_request%%'").scalar(), timeout=5, what="a blocked DELETE")
+            acking = [threading.Thread(target=m.ack) for m in got[1:]]
+            for thread in acking:
+                thread.start()
+            for thread in acking:
+                thread.join()
+            # Nothing written while blocked (read through the blocker: on
+            # SQLite any other transaction would wait for its lock too).
+            assert blocker.exec_driver_sql("SELECT count(*) FROM jobtable_request").scalar() == 40
+        finally:
+            blocker.rollback()
+            blocker.close()
+        acked(db_url)
+        stop_counting()  # type: ignore[operator]
+        assert 1 <= len(deletes) <= 2
+        queue.close()
+
+
+def test_a_quiet_channel_does_not_query_each_cycle_yet_wakes_on_a_publish(pg_url: str) -> None:
+    # Celery's control channel sits idle while its task channel is busy:
+    # once found empty, a channel is not claimed from again until a NOTIFY
+    # names its queue (or the polling interval passes).
+    with connect(pg_url, polling_interval=30) as conn, connect(pg_url) as publisher:
+        busy = Queue("busy", Exchange("busy"), "busy")
+        idle = Queue("idle", Exchange("idle"), "idle")
+        producer = Producer(publisher.default_channel)
+        for i in range(300):
+            producer.publish(i, exchange=busy.exchange, routing_key="busy", declare=[busy])
+        idle(publisher.default_channel).declare()
+        got: list[object] = []
+        claims, stop_counting = _count_statements(pg_url, "UPDATE JOBTABLE_REQUEST R SET STATE = 'RUNNING'")
+        try:
+            busy_channel, idle_channel = conn.channel(), conn.channel()
+            on_message = lambda body, message: (got.append(body), message.ack())  # noqa: E731
+            with Consumer(busy_channel, [busy], callbacks=[on_message], prefetch_count=1), \
+                    Consumer(idle_channel, [idle], callbacks=[on_message]):
+                while len(got) < 300:
+                    conn.drain_events(timeout=5)
+                idle_claims = [p for _, p in claims if p["q0"] == "idle"]  # type: ignore[index]
+                # One claim per busy message (prefetch 1), and a handful for
+                # the idle queue instead of one per cycle.
+                assert len(idle_claims) <= 5
+                assert len(claims) <= 300 + 10
+                producer.publish("wake", exchange=idle.exchange, routing_key="idle")
+                started = time.monotonic()
+                while "wake" not in got:
+                    conn.drain_events(timeout=5)
+                assert time.monotonic() - started < 5  # not the 30 s polling interval
+        finally:
+            stop_counting()  # type: ignore[operator]

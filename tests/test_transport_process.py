@@ -12,7 +12,7 @@ from kombu import Exchange, Queue
 
 from jobtable.db import tables
 
-from .transport_helpers import FAST_OPTIONS, connect, drain, rows, states, wait_for
+from .transport_helpers import FAST_OPTIONS, acked, connect, drain, rows, states, wait_for
 
 
 def test_killed_consumer_messages_come_back_after_the_lease(
@@ -50,7 +50,7 @@ def test_killed_consumer_messages_come_back_after_the_lease(
         assert all(m.delivery_info["redelivered"] for m in got)
         assert time.monotonic() - started < 3 * FAST_OPTIONS["lease_seconds"] + 5
         # Same rows, never copied; acked now.
-        assert rows(db_url) == []
+        assert acked(db_url) == []
         assert len(ids) == 3
 
 

@@ -55,6 +55,19 @@ def rows(db_url: str, queue: str | None = None) -> list[Any]:
         return list(conn.execute(stmt))
 
 
+def acked(db_url: str, left: int = 0, queue: str | None = None, timeout: float = 5.0) -> list[Any]:
+    """The rows once ``left`` remain: acks are deleted by the consumer's ack
+    writer, within a round trip or two of ``ack()`` (transport/acks.py)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows(db_url, queue)
+        if len(found) == left:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(found)} rows left after {timeout}s, expected {left}: acks not written")
+        time.sleep(0.01)
+
+
 def states(db_url: str, queue: str | None = None) -> list[str]:
     return [row.state for row in rows(db_url, queue)]
 

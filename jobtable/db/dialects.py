@@ -339,6 +339,71 @@ def upsert_insert(conn: Connection, table: Any) -> Any:
     return module.insert(table)
 
 
+# -- transport hot path (PostgreSQL) --
+#
+# Kombu consumers claim and ack on every message: these statements are
+# driver SQL, built once per shape, so nothing is compiled per call and
+# PostgreSQL sees the same (prepared) statement every time.
+
+#: Turns synchronous_commit off for the statement's own autocommit
+#: transaction, in the same round trip (see store._sync_commit_off).
+_PG_ASYNC = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+_PG_TRANSPORT_CLAIM_SQL: dict[tuple[int, bool], str] = {}
+
+
+def _pg_transport_claim_sql(queues: int, async_commit: bool) -> str:
+    # One index range scan per queue (ix_jobtable_request_claim), merged;
+    # each locking SELECT in its own subquery (FOR UPDATE is refused under
+    # UNION).  Returns only what a delivery needs.
+    branches = [
+        f"SELECT id, priority FROM (SELECT id, priority FROM jobtable_request "
+        f"WHERE state = 'pending' AND queue = %(q{i})s ORDER BY priority DESC, id "
+        f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) b{i}"
+        for i in range(queues)
+    ]
+    picked = branches[0]
+    if queues > 1:
+        picked = f"SELECT id FROM ({' UNION ALL '.join(branches)}) u ORDER BY priority DESC, id LIMIT %(limit)s"
+    return (
+        "UPDATE jobtable_request r SET state = 'running', worker_id = %(worker)s, started_at = %(now)s, "
+        "lease_expires_at = %(lease)s, deliveries = r.deliveries + 1 "
+        f"FROM ({picked}) p WHERE r.id = p.id{_PG_ASYNC if async_commit else ''} "
+        "RETURNING r.id, r.queue, r.priority, r.deliveries, r.expires_at, r.message"
+    )
+
+
+def transport_claim_pg(
+    conn: Connection,
+    queues: Sequence[str],
+    limit: int,
+    *,
+    consumer_id: str,
+    now: Any,
+    lease_expires_at: Any,
+    async_commit: bool,
+) -> list[Row[Any]]:
+    key = (len(queues), async_commit)
+    sql = _PG_TRANSPORT_CLAIM_SQL.get(key)
+    if sql is None:
+        sql = _PG_TRANSPORT_CLAIM_SQL[key] = _pg_transport_claim_sql(*key)
+    params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
+    params.update(limit=limit, worker=consumer_id, now=now, lease=lease_expires_at)
+    rows = list(conn.exec_driver_sql(sql, params))
+    rows.sort(key=lambda row: (-row.priority, row.id))
+    return rows
+
+
+_PG_TRANSPORT_DELETE = (
+    "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'"
+)
+
+
+def transport_delete_pg(conn: Connection, ids: Sequence[int], consumer_id: str, async_commit: bool) -> int:
+    """Acks: the rows this consumer still holds leave the table."""
+    sql = _PG_TRANSPORT_DELETE + (_PG_ASYNC if async_commit else "")
+    return int(conn.exec_driver_sql(sql, {"ids": list(ids), "worker": consumer_id}).rowcount)
+
+
 # -- result stats (dashboard overview) --
 # jobtable_result_stats is kept by triggers on jobtable_result, so that every
 # writer is covered without its cooperation.  The same aggregate statement

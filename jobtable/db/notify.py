@@ -80,6 +80,13 @@ class Listener:
         Call it now and then while busy: a listener that never reads keeps
         PostgreSQL from trimming its notification queue."""
 
+    def mark(self, queues: Iterable[str]) -> tuple[int, ...] | None:
+        """A value that changes whenever a notification for one of
+        ``queues`` arrives (reading what has arrived first), or None when
+        this listener cannot tell queues apart.  Equal marks before and after
+        an empty claim mean nothing was added to those queues since."""
+        return None
+
     def interrupt(self) -> None:
         """End the current (or next) wait at once.  Safe from signal handlers."""
         try:
@@ -129,6 +136,10 @@ class PgListener(Listener):
         self._engine = engine
         self._channel = channel
         self._conn: Any = None
+        #: Notifications seen per queue of interest, and a counter bumped when
+        #: notifications may have been missed (reconnect) or name no queue.
+        self._seen: dict[str, int] = {}
+        self._epoch = 0
         self._connect_quietly()
 
     def _connect_quietly(self) -> bool:
@@ -139,6 +150,7 @@ class PgListener(Listener):
             conn.autocommit = True
             conn.execute(f"LISTEN {self._channel}")
             self._conn = conn
+            self._epoch += 1  # what was sent while not listening is unknown
             return True
         except Exception as exc:  # the database is down: the caller polls meanwhile
             logger.warning("LISTEN failed (%s); polling until the database is back.", _first_line(exc))
@@ -163,7 +175,13 @@ class PgListener(Listener):
             if note is None:
                 return matched
             payload = note.extra.decode("utf-8", "replace")
-            if not self.queues or payload in self.queues or payload == "*":
+            if payload == "*":
+                self._epoch += 1
+                matched = True
+            elif payload in self.queues:
+                self._seen[payload] = self._seen.get(payload, 0) + 1
+                matched = True
+            elif not self.queues:
                 matched = True
 
     def consume(self) -> None:
@@ -175,6 +193,20 @@ class PgListener(Listener):
             logger.warning("LISTEN connection lost (%s); reconnecting.", _first_line(exc))
             self._drop()
             self._connect_quietly()
+
+    def mark(self, queues: Iterable[str]) -> tuple[int, ...] | None:
+        wanted = frozenset(queues)
+        if not wanted <= self.queues:
+            # Count them from now on; earlier notifications were not counted.
+            self.queues = self.queues | wanted
+            self._epoch += 1
+        if len(self._seen) > 10_000:  # e.g. many short-lived reply queues
+            self._seen.clear()
+            self._epoch += 1
+        self.consume()
+        if self._conn is None:
+            return None
+        return (self._epoch, *(self._seen.get(queue, 0) for queue in sorted(wanted)))
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import Select
 
 from .. import messages
-from . import tables
+from . import dialects, tables
 from .dialects import INSERT_BATCH, dialect_of
 
 request = tables.request
@@ -285,12 +285,17 @@ def transport_claim(
 ) -> list[Row[Any]]:
     """Claim up to ``limit`` pending messages of ``queues`` for a consumer,
     counting the delivery (``deliveries > 1`` means redelivered)."""
-    from sqlalchemy import bindparam, case
-
-    lease: Any = lease_expires_at
-    if async_commit and conn.dialect.name == "postgresql":
-        # The claim statement is the dialect's; the switch rides in a value.
-        lease = case((_sync_commit_off(), bindparam("lease", lease_expires_at, type_=request.c.lease_expires_at.type)))
+    if conn.dialect.name == "postgresql":
+        return dialects.transport_claim_pg(
+            conn,
+            queues,
+            limit,
+            consumer_id=consumer_id,
+            now=now,
+            lease_expires_at=lease_expires_at,
+            async_commit=async_commit,
+        )
+    # SQLite: the portable claim (its commits have no asynchronous mode).
     return dialect_of(conn).claim(
         conn,
         queues,
@@ -298,7 +303,7 @@ def transport_claim(
         {
             "worker_id": consumer_id,
             "started_at": now,
-            "lease_expires_at": lease,
+            "lease_expires_at": lease_expires_at,
             "deliveries": request.c.deliveries + 1,
         },
     )
@@ -329,6 +334,8 @@ def _held(ids: Sequence[int], consumer_id: str) -> Any:
 
 def transport_delete(conn: Connection, ids: Sequence[int], consumer_id: str, async_commit: bool = False) -> int:
     """Ack (or reject without requeue): the message leaves the table."""
+    if conn.dialect.name == "postgresql":
+        return dialects.transport_delete_pg(conn, ids, consumer_id, async_commit)
     stmt = delete(request).where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
     return conn.execute(stmt).rowcount
 

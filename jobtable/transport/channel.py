@@ -7,8 +7,9 @@ A message is one row; its state is the broker state:
   Celery worker never holds a countdown in memory; ``pending`` otherwise);
 - a consumer claims rows (``running``, its id in ``worker_id``, a lease in
   ``lease_expires_at``) in batches up to the QoS prefetch;
-- ack deletes the row; requeue, recover and closing with unacked messages
-  flip it back to ``pending`` in place — no copy, no duplicate.
+- ack deletes the row (in batches, by the process's ack writer: acks.py);
+  requeue, recover and closing with unacked messages flip it back to
+  ``pending`` in place — no copy, no duplicate.
 
 Delivery tags are ``"<row id>:<delivery number>"``, so an ack from any
 thread needs no lookup.  Every database operation takes its own pooled
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from queue import Empty
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import ChannelError
@@ -90,6 +91,20 @@ class QoS(virtual.QoS):
         return []
 
 
+class Quiet:
+    """Queues found empty, and the notification mark taken before that claim."""
+
+    def __init__(self, queues: list[str], mark: object, until: float) -> None:
+        self.queues = queues
+        self.mark = mark
+        #: Look anyway after the polling interval (ETAs promoted elsewhere
+        #: send no notification).
+        self.until = until
+
+    def holds(self, queues: list[str], transport: Transport) -> bool:
+        return queues == self.queues and monotonic() < self.until and transport.mark(queues) == self.mark
+
+
 class Channel(virtual.Channel):
     QoS = QoS
     connection: Transport
@@ -105,11 +120,12 @@ class Channel(virtual.Channel):
         # Kept past close(): QoS restores unacked messages after Kombu has
         # detached the channel from its transport.
         self._transport = connection
-        # The thread delivering a claimed batch, and the acks it made meanwhile.
-        self._batching: int | None = None
-        self._pending_acks: list[int] = []
         #: Queues declared auto_delete by this channel.
         self._auto_delete: set[str] = set()
+        #: Set after an empty claim: no need to look again until a wake-up
+        #: names one of those queues (Celery's control channel is idle
+        #: while the task channel is busy: a query per cycle for nothing).
+        self._quiet: Quiet | None = None
 
     # -- database access -------------------------------------------------------------
 
@@ -226,26 +242,29 @@ class Channel(virtual.Channel):
             limit = min(limit, room)
         if limit <= 0:
             raise Empty()
-        claimed = self._claim(list(dict.fromkeys(queues)), limit)
-        if not claimed:
+        wanted = list(dict.fromkeys(queues))
+        transport = self._transport
+        transport.before_claim()  # due ETAs become ready (and change the mark)
+        if self._quiet is not None and self._quiet.holds(wanted, transport):
             raise Empty()
+        mark = transport.mark(wanted)  # before the claim: nothing added later goes unseen
+        claimed = self._claim(wanted, limit)
+        if not claimed:
+            if mark is not None:
+                self._quiet = Quiet(wanted, mark, monotonic() + transport.options.polling_interval)
+            raise Empty()
+        self._quiet = None
         deliver = self.connection._deliver
-        self._batching = threading.get_ident()
-        try:
-            for index, (payload, queue) in enumerate(claimed):
-                try:
-                    deliver(payload, queue)
-                except BaseException:
-                    # Not handed to the application: give the rest back now
-                    # rather than after the lease.
-                    rest = [p["properties"]["delivery_tag"] for p, _ in claimed[index + 1 :]]
-                    if rest:
-                        self._batching = None
-                        self._settle(rest, requeue=True)
-                    raise
-        finally:
-            self._batching = None
-            self._flush_acks()
+        for index, (payload, queue) in enumerate(claimed):
+            try:
+                deliver(payload, queue)
+            except BaseException:
+                # Not handed to the application: give the rest back now
+                # rather than after the lease.
+                rest = [p["properties"]["delivery_tag"] for p, _ in claimed[index + 1 :]]
+                if rest:
+                    self._settle(rest, requeue=True)
+                raise
 
     def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> None:
         # As virtual.Channel.basic_consume, except that a no_ack delivery
@@ -278,28 +297,24 @@ class Channel(virtual.Channel):
         ids = [row_id(tag) for tag in tags]
         if not ids:
             return
-        if not requeue and self._batching == threading.get_ident():
-            # An ack made while this thread delivers a batch (Celery's early
-            # acks, no_ack consumers): one DELETE for the batch, at its end.
-            self._pending_acks.extend(ids)
-            return
         transport = self._transport
-        with transport.write_connection() as conn:
-            if requeue:
+        if requeue:
+            with transport.write_connection() as conn:
                 queues = store.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
                 notify_queues(conn, queues)
-            else:
-                store.transport_delete(conn, ids, transport.consumer_id, transport.async_commit)
+        else:
+            # Deleted in batches by the process's ack writer (acks.py).
+            transport.acks.add(ids)
         # Either way QoS has room again: a consumer waiting in drain_events
         # (acks come from Celery's pool threads) claims at once.
         transport.wake()
 
-    def _flush_acks(self) -> None:
-        ids, self._pending_acks = self._pending_acks, []
-        if ids:
-            transport = self._transport
-            with transport.write_connection() as conn:
-                store.transport_delete(conn, ids, transport.consumer_id, transport.async_commit)
+    def close(self) -> None:
+        try:
+            self._transport.acks.flush()
+        except Exception as exc:  # the ack writer retries; leases cover the rest
+            logger.warning("jobtable: could not write acks while closing a channel: %s", exc)
+        super().close()
 
     def _restore(self, message: Any) -> None:
         self._settle([message.delivery_tag], requeue=True)
@@ -346,10 +361,12 @@ class Channel(virtual.Channel):
             return store.transport_queue_exists(conn, queue)
 
     def _size(self, queue: str) -> int:
+        self._transport.acks.flush()  # this connection reads its own acks
         with self._read() as conn:
             return store.transport_queue_size(conn, queue)
 
     def _purge(self, queue: str) -> int:
+        self._transport.acks.flush()
         with self._write() as conn:
             return store.purge(conn, queue)
 
@@ -359,6 +376,7 @@ class Channel(virtual.Channel):
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> int:
         if if_empty and self._size(queue):
             return 0
+        self._transport.acks.flush()
         with self._write() as conn:
             removed = store.purge(conn, queue)
             store.transport_unbind_queue(conn, queue)

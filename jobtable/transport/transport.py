@@ -10,6 +10,7 @@ operations.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -29,11 +30,14 @@ from sqlalchemy.engine import URL, Connection, Engine
 from ..db import engine as db_engine
 from ..db import store, tables
 from ..exceptions import ConfigurationError, DatabaseUnavailable
+from .acks import AckBuffer
 from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .options import TransportOptions
 from .wakeup import Waiter, make_waiter
+
+logger = logging.getLogger(__name__)
 
 SCHEME_PREFIX = "jobtable+"
 
@@ -123,6 +127,10 @@ class Transport(virtual.Transport):
         self._next_promote = 0.0
         #: x-message-ttl (seconds) of queues declared through this connection.
         self.queue_ttl: dict[str, float] = {}
+        #: Bumped when this process promotes due messages (no notification).
+        self._promotions = 0
+        #: Acked row ids waiting for their (batched) DELETE.
+        self.acks = AckBuffer(self._delete_acked)
 
     # -- database -------------------------------------------------------------------------
 
@@ -162,6 +170,10 @@ class Transport(virtual.Transport):
         flush (see ``store._sync_commit_off``); publishes stay durable."""
         return self.options.async_commit
 
+    def _delete_acked(self, ids: Sequence[int]) -> None:
+        with self.write_connection() as conn:
+            store.transport_delete(conn, ids, self.consumer_id, self.async_commit)
+
     def read_connection(self) -> Connection:
         # Reads must not take SQLite's write lock.
         return self.engine.connect().execution_options(sqlite_begin="DEFERRED")
@@ -176,6 +188,10 @@ class Transport(virtual.Transport):
         try:
             super().close_connection(connection)  # channels requeue their unacked messages
         finally:
+            try:
+                self.acks.close()
+            except Exception as exc:  # the leases bring those messages back
+                logger.warning("jobtable: could not write the last acks: %s", exc)
             self._keeper.stop()
             waiter, self._waiter = self._waiter, None
             if waiter is not None and self._waiter_pid == os.getpid():
@@ -206,6 +222,12 @@ class Transport(virtual.Transport):
                     self._waiter_pid = os.getpid()
         return self._waiter
 
+    def mark(self, queues: Sequence[str]) -> object | None:
+        """Changes when messages may have been added to ``queues`` (None:
+        cannot tell, look every time).  See Channel._get_many."""
+        waiter_mark = self.waiter.mark(queues)
+        return None if waiter_mark is None else (self._promotions, waiter_mark)
+
     def wake(self) -> None:
         if self._waiter is not None and self._waiter_pid == os.getpid():
             self._waiter.wake()
@@ -231,7 +253,8 @@ class Transport(virtual.Transport):
         try:
             with self.write_connection() as conn:
                 now = store.utcnow()
-                store.promote_due(conn, now)
+                if store.promote_due(conn, now):
+                    self._promotions += 1
                 next_due = store.next_due_at(conn)
             wait = self.options.eta_interval
             if next_due is not None:

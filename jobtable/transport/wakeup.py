@@ -25,6 +25,8 @@ class Waiter(Protocol):
 
     def wait(self, queues: Sequence[str], timeout: float) -> None: ...
 
+    def mark(self, queues: Sequence[str]) -> object | None: ...
+
     def wake(self) -> None: ...
 
     def close(self) -> None: ...
@@ -41,6 +43,9 @@ class LocalWaiter:
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         if timeout > 0 and self._event.wait(timeout):
             self._event.clear()
+
+    def mark(self, queues: Sequence[str]) -> object | None:
+        return None  # cannot tell: always look
 
     def wake(self) -> None:
         self._event.set()
@@ -63,6 +68,9 @@ class ListenerWaiter:
             # Kombu consumers add and cancel queues at any time.
             self._listener.queues = wanted
         self._listener.wait(timeout)
+
+    def mark(self, queues: Sequence[str]) -> object | None:
+        return self._listener.mark(queues)
 
     def wake(self) -> None:
         self._listener.interrupt()
