@@ -66,7 +66,9 @@ def throughput(buckets: Sequence[Bucket]) -> Markup:
 
 
 def queue_wait(buckets: Sequence[Bucket]) -> Markup:
-    """Median wait between enqueue and start, as a line with dots."""
+    """Median wait between enqueue and start (estimated from the wait
+    classes of ``jobtable_result_stats``, see queries.median_wait), as a line
+    with dots."""
     waits = [b.wait for b in buckets]
     y_max = max([w for w in waits if w is not None] + [0.001])
     plot_w = WIDTH - PAD_LEFT - 8
@@ -80,7 +82,7 @@ def queue_wait(buckets: Sequence[Bucket]) -> Markup:
         x = PAD_LEFT + plot_w * (i + 0.5) / n
         y = PAD_TOP + plot_h - plot_h * b.wait / y_max
         points.append(f"{x:.1f},{y:.1f}")
-        tip = f"{b.start:%Y-%m-%d %H:%M} UTC: median wait {b.wait:.3f} s"
+        tip = f"{b.start:%Y-%m-%d %H:%M} UTC: median wait ≈ {b.wait:.3f} s"
         body.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="3"><title>{escape(tip)}</title></circle>')
     if len(points) > 1:
         body.insert(0, f'<polyline class="line" points="{" ".join(points)}"/>')
