@@ -284,3 +284,29 @@ def test_median_wait_is_robust_to_a_few_long_waits(db_url: str) -> None:
     (wait,) = [b.wait for b in buckets if b.wait is not None]
     assert wait == pytest.approx(0.4, abs=0.01)  # the mean of the 0.1-1 s class, which holds the median
     assert queries.median_wait([0] * tables.WAIT_CLASSES, [0.0] * tables.WAIT_CLASSES) is None
+
+
+def test_open_transactions_never_wait_on_each_others_stats_rows(db_url: str, dialect: str) -> None:
+    """Two transactions write results into the same buckets in opposite
+    orders and stay open: each holds its own shard, so neither waits (with
+    shared rows the second statement of one would wait for the other, and
+    the last one deadlock).  One thread drives both: a wait would hang, so a
+    lock timeout turns it into an error."""
+    if dialect != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    engine = db_engine.get_engine()
+    now = store.utcnow()
+    with engine.connect() as a, engine.connect() as b:
+        txa, txb = a.begin(), b.begin()
+        for conn in (a, b):
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '3s'")
+        store.insert_results(a, [_result_row(ended_at=now, queue="x")])
+        store.insert_results(b, [_result_row(ended_at=now, queue="y")])
+        store.insert_results(a, [_result_row(ended_at=now, queue="y"), _result_row(ended_at=now, queue="z")])
+        store.insert_results(b, [_result_row(ended_at=now, queue="x"), _result_row(ended_at=now, queue="z")])
+        txa.commit()
+        txb.commit()
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        shards = conn.execute(select(stats.c.shard).distinct()).scalars().all()
+    assert len(shards) == 2

@@ -409,8 +409,7 @@ def transport_delete_pg(conn: Connection, ids: Sequence[int], consumer_id: str, 
 # writer is covered without its cooperation.  The same aggregate statement
 # serves every trigger and the backfill: it reads "delta" rows (sign +1 for a
 # row that now exists, -1 for one that no longer does) and upserts their sums
-# per (span, bucket, queue, status, shard).  Keys are upserted in sorted
-# order, so two statements lock the rows they share in the same order.
+# per (span, bucket, queue, status, shard), in key order.
 
 STATS_TABLE = tables.result_stats.name
 #: Transaction advisory lock taken by the PostgreSQL delete trigger: deletions
@@ -427,7 +426,9 @@ def _stats_exprs(dialect: str) -> dict[str, str]:
         return {
             # date_part: double precision (extract() computes in numeric).
             "wait": "greatest(0, date_part('epoch', d.started_at - d.requested_at))",
-            "shard": f"(pg_backend_pid() % {tables.STATS_SHARDS})::smallint",
+            # Outside a trigger (the backfill): one shard.  The triggers
+            # pass the shard their transaction holds (_pg_stats_ddl).
+            "shard": "0",
         }
     return {
         # ended_at is SQLAlchemy's text form of a naive UTC datetime.
@@ -491,7 +492,7 @@ ORDER BY 1, 2, 3, 4
 """
 
 
-def _pg_stats_upsert(source: str) -> str:
+def _pg_stats_upsert(source: str, shard: str = "0") -> str:
     # Rows are summed once into the finest buckets, which are then rolled up
     # into the wider ones: the per-row work (the trigger's cost on every
     # batch of results) is done once, in double precision.
@@ -514,7 +515,7 @@ WITH f AS (
     GROUP BY 1, 2, 3
 )
 INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
-SELECT r.span, r.bucket_start, r.queue, r.status, {_stats_exprs("postgresql")["shard"]}, {", ".join(f"r.{c}" for c in counters)}
+SELECT r.span, r.bucket_start, r.queue, r.status, {shard}, {", ".join(f"r.{c}" for c in counters)}
 FROM ({" UNION ALL ".join(rollups)}) AS r(span, bucket_start, queue, status, {", ".join(counters)})
 ORDER BY 1, 2, 3, 4
 {_stats_on_conflict()}
@@ -549,11 +550,18 @@ def drop_result_stats_ddl(dialect: str) -> list[str]:
         return [
             *(f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op} ON jobtable_result" for op in _OPS),
             *(f"DROP FUNCTION IF EXISTS jobtable_result_stats_{op}()" for op in _OPS),
+            "DROP FUNCTION IF EXISTS jobtable_result_stats_shard()",
         ]
     return [f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op}" for op in _OPS]
 
 
 _OPS = ("insert", "update", "delete")
+
+
+#: Advisory lock class of the shards (``pg_try_advisory_xact_lock(class, shard)``).
+_STATS_SHARD_LOCK_CLASS = 0x6A6F6273  # "jobs"
+#: Transaction-local setting remembering the shard a transaction holds.
+_STATS_SHARD_SETTING = "jobtable.stats_shard"
 
 
 def _pg_stats_ddl() -> list[str]:
@@ -562,10 +570,40 @@ def _pg_stats_ddl() -> list[str]:
     # results in one statement).  An INSERT ... ON CONFLICT DO UPDATE (the
     # Celery backend's upsert) fires the insert trigger with the rows it
     # inserted and the update trigger with the rows it updated.
+    #
+    # Shards: a transaction that writes results first takes a free shard --
+    # a transaction-level advisory lock, tried from pg_backend_pid() % N on --
+    # and keeps it until it ends.  No two open transactions therefore ever
+    # write the same stats row: writers never wait on each other's rows and
+    # cannot deadlock on them, whatever order their statements touch buckets
+    # in.  Only when every shard is held does a writer wait for one (holding
+    # no stats row itself, so it closes no cycle).
+    shards = tables.STATS_SHARDS
+    shard_function = f"""CREATE FUNCTION jobtable_result_stats_shard() RETURNS smallint LANGUAGE plpgsql AS $$
+DECLARE
+    held text := current_setting('{_STATS_SHARD_SETTING}', true);
+    first int := pg_backend_pid() % {shards};
+    candidate int;
+BEGIN
+    IF held IS NOT NULL AND held <> '' THEN
+        RETURN held::smallint;
+    END IF;
+    FOR i IN 0..{shards - 1} LOOP
+        candidate := (first + i) % {shards};
+        IF pg_try_advisory_xact_lock({_STATS_SHARD_LOCK_CLASS}, candidate) THEN
+            PERFORM set_config('{_STATS_SHARD_SETTING}', candidate::text, true);
+            RETURN candidate;
+        END IF;
+    END LOOP;
+    PERFORM pg_advisory_xact_lock({_STATS_SHARD_LOCK_CLASS}, first);
+    PERFORM set_config('{_STATS_SHARD_SETTING}', first::text, true);
+    RETURN first;
+END $$"""
     now = "extract(epoch FROM now())::bigint"
     prune = f"""
         PERFORM pg_advisory_xact_lock({_STATS_PRUNE_LOCK});
-        {result_stats_upsert("postgresql", _source(-1, "old_rows"))};
+        my_shard := jobtable_result_stats_shard();
+        {_pg_stats_upsert(_source(-1, "old_rows"), "my_shard")};
         -- Buckets that end before the oldest remaining result (and over an
         -- hour ago, so that no writer is still adding to them) sum to zero
         -- over their shards: drop every shard's row.
@@ -575,10 +613,11 @@ def _pg_stats_ddl() -> list[str]:
         DELETE FROM {STATS_TABLE} WHERE span = 3600 AND bucket_start <= horizon - 3600;
         DELETE FROM {STATS_TABLE} WHERE span = 30 AND bucket_start < {now} - {STATS_FINE_KEEP};"""
     bodies = {
-        "insert": f"{result_stats_upsert('postgresql', _source(1, 'new_rows'))};",
-        "update": result_stats_upsert(
-            "postgresql", _source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows")
-        ) + ";",
+        "insert": f"my_shard := jobtable_result_stats_shard();\n"
+        f"{_pg_stats_upsert(_source(1, 'new_rows'), 'my_shard')};",
+        "update": f"my_shard := jobtable_result_stats_shard();\n"
+        + _pg_stats_upsert(_source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows"), "my_shard")
+        + ";",
         "delete": prune,
     }
     referencing = {
@@ -586,11 +625,11 @@ def _pg_stats_ddl() -> list[str]:
         "update": "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
         "delete": "REFERENCING OLD TABLE AS old_rows",
     }
-    out = []
+    out = [shard_function]
     for op in _OPS:
         out.append(
             f"CREATE FUNCTION jobtable_result_stats_{op}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-            f"DECLARE horizon bigint;\nBEGIN\n{bodies[op]}\nRETURN NULL;\nEND $$"
+            f"DECLARE horizon bigint; my_shard smallint;\nBEGIN\n{bodies[op]}\nRETURN NULL;\nEND $$"
         )
         out.append(
             f"CREATE TRIGGER jobtable_result_stats_{op} AFTER {op.upper()} ON jobtable_result "

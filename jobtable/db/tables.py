@@ -157,9 +157,10 @@ result = Table(
 #: Celery result backend, CLI, dashboard, SQL by hand).  Rows are per
 #: ``span``-second bucket (``STATS_SPANS``: fine buckets for the 1-hour
 #: window, hourly ones for the longer windows), queue, status and ``shard``:
-#: on PostgreSQL each connection adds into the shard ``pg_backend_pid() %
-#: STATS_SHARDS``, so concurrent writers rarely wait on the same row; readers
-#: sum the shards (a shard's own row may even be negative after deletions).
+#: on PostgreSQL a transaction that writes results holds one of STATS_SHARDS
+#: shards (an advisory lock) until it ends, so open transactions never write
+#: the same row; readers sum the shards (a shard's own row may even be
+#: negative after deletions).
 STATS_SPANS = (30, 3600)
 STATS_SHARDS = 8
 #: Queue-wait classes (seconds): a successful attempt's wait (start minus
