@@ -493,12 +493,23 @@ ORDER BY 1, 2, 3, 4
 
 
 def _pg_stats_upsert(source: str, shard: str = "0") -> str:
-    # Rows are summed once into the finest buckets, which are then rolled up
-    # into the wider ones: the per-row work (the trigger's cost on every
-    # batch of results) is done once, in double precision.
+    # The per-row work (the trigger's cost on every batch of results) is kept
+    # small: rows are grouped once by (finest bucket, queue, status, wait
+    # class) with three sums, in double precision; the wait classes are then
+    # spread into their columns and the fine buckets rolled up into the wider
+    # ones, both on the few grouped rows.
     spans = sorted(tables.STATS_SPANS)
     fine = spans[0]
     counters = tables.STATS_COUNTERS
+    classes = range(tables.WAIT_CLASSES)
+    pivot = ", ".join(
+        [
+            "sum(g.n) AS results",
+            "sum(g.r) AS retried",
+            *(f"coalesce(sum(g.n) FILTER (WHERE g.wait_class = {i}), 0) AS wait_count_{i}" for i in classes),
+            *(f"coalesce(sum(g.ws) FILTER (WHERE g.wait_class = {i}), 0) AS wait_sum_{i}" for i in classes),
+        ]
+    )
     nonzero = " OR ".join(f"{c} <> 0" for c in counters)
     rollups = [f"SELECT {fine} AS span, f.bucket_start, f.queue, f.status, {', '.join(counters)} FROM f WHERE {nonzero}"]
     for span in spans[1:]:
@@ -507,11 +518,16 @@ def _pg_stats_upsert(source: str, shard: str = "0") -> str:
             + ", ".join(f"sum({c})" for c in counters)
             + f" FROM f GROUP BY 2, 3, 4 HAVING {' OR '.join(f'sum({c}) <> 0' for c in counters)}"
         )
-    sums = ", ".join(f"{s} AS {c}" for s, c in zip(_stats_sums(), counters))
     return f"""
-WITH f AS (
-    SELECT (floor(date_part('epoch', w.ended_at) / {fine}) * {fine})::bigint AS bucket_start, w.queue, w.status, {sums}
+WITH g AS (
+    SELECT (floor(date_part('epoch', w.ended_at) / {fine}) * {fine})::bigint AS bucket_start, w.queue, w.status,
+           w.wait_class, sum(w.sign) AS n, sum(CASE WHEN w.retried THEN w.sign ELSE 0 END) AS r,
+           sum(w.sign * w.wait) AS ws
     FROM ({_stats_delta_rows("postgresql", source)}) AS w
+    GROUP BY 1, 2, 3, 4
+), f AS (
+    SELECT g.bucket_start, g.queue, g.status, {pivot}
+    FROM g
     GROUP BY 1, 2, 3
 )
 INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
