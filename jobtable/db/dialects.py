@@ -477,17 +477,22 @@ def result_stats_upsert(dialect: str, source: str) -> str:
     if dialect == "postgresql":
         return _pg_stats_upsert(source)
     e = _stats_exprs(dialect)
-    sums = _stats_sums()
+    values = [
+        "w.sign",
+        "CASE WHEN w.retried THEN w.sign ELSE 0 END",
+        *(f"CASE WHEN w.wait_class = {i} THEN w.sign ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
+        *(f"CASE WHEN w.wait_class = {i} THEN w.sign * w.wait ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
+    ]
     spans = " UNION ALL ".join(f"SELECT {span} AS span" for span in tables.STATS_SPANS)
-    # No WITH clause: SQLite refuses one inside a trigger.
+    # SQLite's row triggers see one row (two for an update: the new one and
+    # the old one subtracted): no grouping, each source row is upserted in
+    # turn, which SQLite allows even when two rows share a key.  No WITH
+    # clause: SQLite refuses one inside a trigger.
     return f"""
 INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(tables.STATS_COUNTERS)})
-SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(sums)}
+SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(values)}
 FROM ({_stats_delta_rows(dialect, source)}) AS w CROSS JOIN ({spans}) AS sp
 WHERE true
-GROUP BY sp.span, {e["bucket"]}, w.queue, w.status
-HAVING {" OR ".join(f"{s} <> 0" for s in sums)}
-ORDER BY 1, 2, 3, 4
 {_stats_on_conflict()}
 """
 
