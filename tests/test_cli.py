@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
 from jobtable.cli import main
-from jobtable.db import store, tables
+from jobtable.db import migrate, store, tables
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
 
@@ -49,7 +49,7 @@ def test_console_script_is_installed(subprocess_env: dict[str, str]) -> None:
 def test_migrate_is_idempotent(db_url: str) -> None:
     result = cli("migrate")
     assert result.exit_code == 0
-    assert "schema is up to date (revision 0001)" in result.output
+    assert f"schema is up to date (revision {migrate.head_revision()})" in result.output
 
 
 def test_migrate_creates_schema(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +58,7 @@ def test_migrate_creates_schema(tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("JOBTABLE_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
     settings.reset()
     result = cli("migrate")
-    assert "migrated from empty to revision 0001" in result.output
+    assert f"migrated from empty to revision {migrate.head_revision()}" in result.output
     settings.reset()
 
 
