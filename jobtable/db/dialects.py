@@ -406,10 +406,10 @@ def transport_delete_pg(conn: Connection, ids: Sequence[int], consumer_id: str, 
 
 # -- result stats (dashboard overview) --
 # jobtable_result_stats is kept by triggers on jobtable_result, so that every
-# writer is covered without its cooperation.  The same aggregate statement
-# serves every trigger and the backfill: it reads "delta" rows (sign +1 for a
-# row that now exists, -1 for one that no longer does) and upserts their sums
-# per (span, bucket, queue, status, shard), in key order.
+# writer is covered without its cooperation.  Every trigger (and the
+# migration's backfill) runs one upsert over "delta" rows: sign +1 for a row
+# that now exists, -1 for one that no longer does, added into the counters of
+# (span, bucket, queue, status, shard).
 
 STATS_TABLE = tables.result_stats.name
 #: Transaction advisory lock taken by the PostgreSQL delete trigger: deletions
@@ -437,16 +437,6 @@ def _stats_exprs(dialect: str) -> dict[str, str]:
         # One writer at a time (BEGIN IMMEDIATE): no contention to spread.
         "shard": "0",
     }
-
-
-def _stats_sums(prefix: str = "") -> list[str]:
-    """The counter sums over delta rows ``w`` (in STATS_COUNTERS order)."""
-    return [
-        "sum(w.sign)",
-        "sum(CASE WHEN w.retried THEN w.sign ELSE 0 END)",
-        *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
-        *(f"sum(CASE WHEN w.wait_class = {i} THEN w.sign * w.wait ELSE 0 END)" for i in range(tables.WAIT_CLASSES)),
-    ]
 
 
 def _stats_delta_rows(dialect: str, source: str) -> str:
@@ -623,8 +613,12 @@ END $$"""
     now = "extract(epoch FROM now())::bigint"
     prune = f"""
         PERFORM pg_advisory_xact_lock({_STATS_PRUNE_LOCK});
-        my_shard := jobtable_result_stats_shard();
-        {_pg_stats_upsert(_source(-1, "old_rows"), "my_shard")};
+        IF EXISTS (SELECT 1 FROM old_rows) THEN
+            my_shard := jobtable_result_stats_shard();
+            {_pg_stats_upsert(_source(-1, "old_rows"), "my_shard")};
+        END IF;
+        -- Pruning runs even after an empty delete: the worker's retention
+        -- runs every minute, deleting something or not.
         -- Buckets that end before the oldest remaining result (and over an
         -- hour ago, so that no writer is still adding to them) sum to zero
         -- over their shards: drop every shard's row.
@@ -633,10 +627,13 @@ END $$"""
             {now} - 3600);
         DELETE FROM {STATS_TABLE} WHERE span = 3600 AND bucket_start <= horizon - 3600;
         DELETE FROM {STATS_TABLE} WHERE span = 30 AND bucket_start < {now} - {STATS_FINE_KEEP};"""
+    # A statement that wrote no row (statement triggers fire anyway) takes no
+    # shard: it would hold it, for nothing, until its transaction ends.
+    skip_empty = "IF NOT EXISTS (SELECT 1 FROM {}) THEN RETURN NULL; END IF;\n"
     bodies = {
-        "insert": f"my_shard := jobtable_result_stats_shard();\n"
+        "insert": skip_empty.format("new_rows") + "my_shard := jobtable_result_stats_shard();\n"
         f"{_pg_stats_upsert(_source(1, 'new_rows'), 'my_shard')};",
-        "update": f"my_shard := jobtable_result_stats_shard();\n"
+        "update": skip_empty.format("new_rows") + "my_shard := jobtable_result_stats_shard();\n"
         + _pg_stats_upsert(_source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows"), "my_shard")
         + ";",
         "delete": prune,
