@@ -78,34 +78,48 @@ class PostgresDialect(Dialect):
     def claim(
         self, conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
     ) -> list[Row[Any]]:
-        # One index range scan per queue (ix_jobtable_request_claim), merged;
-        # SKIP LOCKED hands each row to one claimer without waiting.
-        # Each locking SELECT sits in its own subquery: PostgreSQL refuses
-        # FOR UPDATE directly under UNION.
-        branches = [
-            select(t.c.id, t.c.priority)
-            .where(t.c.state == tables.PENDING, t.c.queue == queue)
-            .order_by(t.c.priority.desc(), t.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .subquery()
-            for queue in queues
-        ]
-        picked = [select(branch.c.id, branch.c.priority) for branch in branches]
-        if len(picked) == 1:
-            ids = picked[0].subquery()
-        else:
-            union = picked[0].union_all(*picked[1:]).subquery()
-            ids = select(union.c.id).order_by(union.c.priority.desc(), union.c.id).limit(limit).subquery()
-        stmt = (
-            update(t)
-            .where(t.c.id == ids.c.id)
-            .values(state=tables.RUNNING, **values)
-            .returning(*t.c)
-        )
-        rows = list(conn.execute(stmt))
+        # Textual SQL built once per number of queues (see _pg_pick_sql):
+        # building and compiling the equivalent Core statement on every
+        # claim cost more client time than PostgreSQL takes to run it.
+        stmt = _PG_CLAIM.get(len(queues))
+        if stmt is None:
+            stmt = _PG_CLAIM[len(queues)] = (
+                text(
+                    "UPDATE jobtable_request r SET state = 'running', worker_id = :worker_id, "
+                    "started_at = :started_at, lease_expires_at = :lease_expires_at "
+                    f"FROM ({_pg_pick_sql(len(queues))}) p WHERE r.id = p.id RETURNING r.*"
+                )
+                .bindparams(
+                    bindparam("started_at", type_=t.c.started_at.type),
+                    bindparam("lease_expires_at", type_=t.c.lease_expires_at.type),
+                )
+                .columns(*t.c)
+            )
+        params = {f"q{i}": queue for i, queue in enumerate(queues)}
+        params.update(limit=limit, **values)
+        rows = list(conn.execute(stmt, params))
         rows.sort(key=lambda row: (-row.priority, row.id))
         return rows
+
+
+_PG_CLAIM: dict[int, Any] = {}
+
+
+def _pg_pick_sql(queues: int) -> str:
+    """The ids (and priorities) of up to ``:limit`` pending jobs of the
+    queues ``:q0``, ``:q1``..., locked with SKIP LOCKED so that each goes to
+    one claimer: one index range scan per queue (ix_jobtable_request_claim),
+    merged.  Each locking SELECT sits in its own subquery: PostgreSQL refuses
+    FOR UPDATE directly under UNION."""
+    branches = [
+        f"SELECT id, priority FROM (SELECT id, priority FROM jobtable_request "
+        f"WHERE state = 'pending' AND queue = :q{i} ORDER BY priority DESC, id "
+        f"LIMIT :limit FOR UPDATE SKIP LOCKED) b{i}"
+        for i in range(queues)
+    ]
+    if queues == 1:
+        return branches[0]
+    return f"SELECT id FROM ({' UNION ALL '.join(branches)}) u ORDER BY priority DESC, id LIMIT :limit"
 
 
 _PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "priority": "int2", "state": "varchar",
@@ -342,34 +356,13 @@ def upsert_insert(conn: Connection, table: Any) -> Any:
 # -- transport hot path (PostgreSQL) --
 #
 # Kombu consumers claim and ack on every message: these statements are
-# driver SQL, built once per shape, so nothing is compiled per call and
+# textual SQL built once per shape, so nothing is compiled per call and
 # PostgreSQL sees the same (prepared) statement every time.
 
 #: Turns synchronous_commit off for the statement's own autocommit
 #: transaction, in the same round trip (see store._sync_commit_off).
 _PG_ASYNC = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
-_PG_TRANSPORT_CLAIM_SQL: dict[tuple[int, bool], str] = {}
-
-
-def _pg_transport_claim_sql(queues: int, async_commit: bool) -> str:
-    # One index range scan per queue (ix_jobtable_request_claim), merged;
-    # each locking SELECT in its own subquery (FOR UPDATE is refused under
-    # UNION).  Returns only what a delivery needs.
-    branches = [
-        f"SELECT id, priority FROM (SELECT id, priority FROM jobtable_request "
-        f"WHERE state = 'pending' AND queue = %(q{i})s ORDER BY priority DESC, id "
-        f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) b{i}"
-        for i in range(queues)
-    ]
-    picked = branches[0]
-    if queues > 1:
-        picked = f"SELECT id FROM ({' UNION ALL '.join(branches)}) u ORDER BY priority DESC, id LIMIT %(limit)s"
-    return (
-        "UPDATE jobtable_request r SET state = 'running', worker_id = %(worker)s, started_at = %(now)s, "
-        "lease_expires_at = %(lease)s, deliveries = r.deliveries + 1 "
-        f"FROM ({picked}) p WHERE r.id = p.id{_PG_ASYNC if async_commit else ''} "
-        "RETURNING r.id, r.queue, r.priority, r.deliveries, r.expires_at, r.message"
-    )
+_PG_TRANSPORT_CLAIM: dict[tuple[int, bool], Any] = {}
 
 
 def transport_claim_pg(
@@ -382,13 +375,24 @@ def transport_claim_pg(
     lease_expires_at: Any,
     async_commit: bool,
 ) -> list[Row[Any]]:
+    """The Kombu consumer's claim: counts the delivery, returns only what a
+    delivery needs."""
     key = (len(queues), async_commit)
-    sql = _PG_TRANSPORT_CLAIM_SQL.get(key)
-    if sql is None:
-        sql = _PG_TRANSPORT_CLAIM_SQL[key] = _pg_transport_claim_sql(*key)
+    stmt = _PG_TRANSPORT_CLAIM.get(key)
+    if stmt is None:
+        stmt = _PG_TRANSPORT_CLAIM[key] = (
+            text(
+                "UPDATE jobtable_request r SET state = 'running', worker_id = :worker, started_at = :now, "
+                "lease_expires_at = :lease, deliveries = r.deliveries + 1 "
+                f"FROM ({_pg_pick_sql(len(queues))}) p WHERE r.id = p.id{_PG_ASYNC if async_commit else ''} "
+                "RETURNING r.id, r.queue, r.priority, r.deliveries, r.expires_at, r.message"
+            )
+            .bindparams(bindparam("now", type_=t.c.started_at.type), bindparam("lease", type_=t.c.lease_expires_at.type))
+            .columns(t.c.id, t.c.queue, t.c.priority, t.c.deliveries, t.c.expires_at, t.c.message)
+        )
     params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
     params.update(limit=limit, worker=consumer_id, now=now, lease=lease_expires_at)
-    rows = list(conn.exec_driver_sql(sql, params))
+    rows = list(conn.execute(stmt, params))
     rows.sort(key=lambda row: (-row.priority, row.id))
     return rows
 
