@@ -577,3 +577,32 @@ def test_a_quiet_channel_does_not_query_each_cycle_yet_wakes_on_a_publish(pg_url
                 assert time.monotonic() - started < 5  # not the 30 s polling interval
         finally:
             stop_counting()  # type: ignore[operator]
+
+
+def test_a_promotion_by_another_process_wakes_a_quiet_consumer(db_url: str) -> None:
+    # A countdown message becomes due; whoever promotes it (here: another
+    # connection, as a native worker would) wakes the consumer, which has
+    # found its queue empty and would otherwise wait out its 30 s poll.
+    from jobtable.db import engine as db_engine
+    from jobtable.db import store
+
+    with connect(db_url, polling_interval=30, eta_interval=30) as conn, connect(db_url) as publisher:
+        queue = Queue("promoted", Exchange("promoted"), "promoted")
+        queue(conn.default_channel).declare()
+        due = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+        Producer(publisher.default_channel).publish(
+            {"due": True}, exchange=queue.exchange, routing_key="promoted", headers={"eta": due.isoformat()}
+        )
+        assert states(db_url) == [tables.SCHEDULED]
+        got: list[object] = []
+        with Consumer(conn, [queue], callbacks=[lambda body, message: (got.append(body), message.ack())]):
+            with pytest.raises(TimeoutError):
+                conn.drain_events(timeout=0.2)  # found empty: quiet until woken
+            wait_for(lambda: datetime.now(timezone.utc) >= due, timeout=5, what="the ETA")
+            engine = db_engine.get_engine(db_url)
+            with engine.begin() as other:
+                assert store.promote_due(other, store.utcnow()) == 1
+            started = time.monotonic()
+            conn.drain_events(timeout=10)
+            assert got == [{"due": True}]
+            assert time.monotonic() - started < 5

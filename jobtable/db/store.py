@@ -66,8 +66,17 @@ def promote_due(conn: Connection, now: datetime, limit: int = 1000) -> int:
     )
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    stmt = update(request).where(request.c.id.in_(due.scalar_subquery())).values(state=tables.PENDING)
-    return conn.execute(stmt).rowcount
+    stmt = (
+        update(request)
+        .where(request.c.id.in_(due.scalar_subquery()))
+        .values(state=tables.PENDING)
+        .returning(request.c.queue)
+    )
+    queues = [row.queue for row in conn.execute(stmt)]
+    # Wake the consumers of those queues (PostgreSQL, at commit): idle
+    # workers, and Kombu channels that found their queues empty.
+    dialects.wake_queues(conn, queues)
+    return len(queues)
 
 
 def next_due_at(conn: Connection) -> datetime | None:

@@ -97,8 +97,8 @@ class Quiet:
     def __init__(self, queues: list[str], mark: object, until: float) -> None:
         self.queues = queues
         self.mark = mark
-        #: Look anyway after the polling interval (ETAs promoted elsewhere
-        #: send no notification).
+        #: Look anyway after the polling interval: notifications are hints
+        #: (``wakeups=False``, a LISTEN connection that dropped).
         self.until = until
 
     def holds(self, queues: list[str], transport: Transport) -> bool:
