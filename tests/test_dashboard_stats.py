@@ -34,7 +34,13 @@ def _bucket(when: datetime, span: int) -> int:
     return math.floor(when.timestamp() / span) * span
 
 
+def _dialect() -> str:
+    return db_engine.get_engine().dialect.name
+
+
 def _fine_from(now: datetime) -> float:
+    """Fine buckets older than this may be gone: pruned (PostgreSQL) or
+    folded into hourly rows (SQLite)."""
     return now.timestamp() - dialects.STATS_FINE_KEEP + 60
 
 
@@ -56,22 +62,29 @@ def _expected(rows: Iterable[Any], now: datetime) -> dict[Key, tuple[int, int, i
 
 
 def _stored(now: datetime) -> dict[Key, tuple[int, int, int]]:
-    """The same from jobtable_result_stats, summed over shards."""
+    """The same from jobtable_result_stats, summed over shards, each span
+    read from the stored rows the dashboard reads for it (on SQLite an
+    hour is its hourly row plus its 30-second rows)."""
     waits = sum(stats.c[f"wait_count_{i}"] for i in range(tables.WAIT_CLASSES))
     stmt = select(
         stats.c.span, stats.c.bucket_start, stats.c.queue, stats.c.status,
         func.sum(stats.c.results), func.sum(stats.c.retried), func.sum(waits),
     ).group_by(stats.c.span, stats.c.bucket_start, stats.c.queue, stats.c.status)
     fine_from = _fine_from(now)
-    out = {}
     with db_engine.connect() as conn:
-        for span, start, queue, status, n, retried, waited in conn.execute(stmt):
-            if span == 30 and start < fine_from:
+        stored = list(conn.execute(stmt))
+    sums: Counter[tuple[Key, int]] = Counter()
+    for span in tables.STATS_SPANS:
+        sources = dialects.stats_read_spans(_dialect(), span)
+        for row_span, start, queue, status, n, retried, waited in stored:
+            if row_span not in sources or (span == 30 and start < fine_from):
                 continue
-            values = (int(n), int(retried), int(waited))
-            if values != (0, 0, 0):
-                out[(int(span), int(start), queue, status)] = values
-    return out
+            key = (span, int(start) - int(start) % span, queue, status)
+            for i, value in enumerate((n, retried, waited)):
+                sums[(key, i)] += int(value)
+    keys = {k for k, _ in sums}
+    out = {k: (sums[(k, 0)], sums[(k, 1)], sums[(k, 2)]) for k in keys}
+    return {k: v for k, v in out.items() if v != (0, 0, 0)}
 
 
 def _all_results() -> list[Any]:
@@ -205,7 +218,8 @@ def test_concurrent_writers_give_exact_totals(db_url: str) -> None:
     assert len(rows) == writers * batches * per_batch
     assert_stats_match()
     with db_engine.connect() as conn:
-        total = conn.execute(select(func.sum(stats.c.results)).where(stats.c.span == 3600)).scalar_one()
+        total = conn.execute(select(func.sum(stats.c.results)).where(
+            stats.c.span.in_(dialects.stats_read_spans(_dialect(), 3600)))).scalar_one()
         oldest = conn.execute(select(func.min(stats.c.bucket_start))).scalar_one()
     assert int(total) == len(rows)
     # The buckets of the deleted results are pruned, not kept at zero.
@@ -284,6 +298,130 @@ def test_median_wait_is_robust_to_a_few_long_waits(db_url: str) -> None:
     (wait,) = [b.wait for b in buckets if b.wait is not None]
     assert wait == pytest.approx(0.4, abs=0.01)  # the mean of the 0.1-1 s class, which holds the median
     assert queries.median_wait([0] * tables.WAIT_CLASSES, [0.0] * tables.WAIT_CLASSES) is None
+
+
+def _direct_wait(rows: Iterable[dict[str, Any]]) -> float | None:
+    """The overview's wait estimate computed from result rows."""
+    counts, sums = [0] * tables.WAIT_CLASSES, [0.0] * tables.WAIT_CLASSES
+    for r in rows:
+        if r["status"] != tables.SUCCESSFUL:
+            continue
+        wait = (r["started_at"] - r["requested_at"]).total_seconds()
+        k = next((i for i, edge in enumerate(tables.WAIT_EDGES) if wait < edge), len(tables.WAIT_EDGES))
+        counts[k] += 1
+        sums[k] += wait
+    return queries.median_wait(counts, sums)
+
+
+@pytest.mark.parametrize("window", [timedelta(hours=24), timedelta(days=7)])
+def test_wide_buckets_equal_a_direct_count_at_their_edges(db_url: str, window: timedelta) -> None:
+    """Results on both sides of every chart-bucket edge, and of hour edges
+    inside buckets: each lands in its bucket, with its retried flag and wait.
+    On SQLite the hours are summed from 30-second rows at read time (the
+    triggers write no other span, nothing was folded yet); on PostgreSQL the
+    hourly rows are read."""
+    now = store.utcnow()
+    with db_engine.connect() as conn:
+        edges = [b.start for b in queries.buckets(conn, now=now, window=window)]
+    rng = random.Random(11)
+    rows = []
+    for i, edge in enumerate(edges[1:] + [edges[0] + timedelta(hours=1)]):
+        for offset in (timedelta(milliseconds=-1), timedelta(0), timedelta(seconds=29, microseconds=999000)):
+            ended = edge + offset
+            if ended < now:
+                rows.append(_result_row(ended_at=ended, status=rng.choice([tables.SUCCESSFUL, tables.ERRORED]),
+                                        queue=f"q{i % 2}", retried=rng.random() < 0.3,
+                                        wait=rng.choice([0.002, 0.05, 0.5, 5.0, 50.0])))
+    _insert(rows)
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        spans = set(conn.execute(select(stats.c.span).distinct()).scalars())
+        buckets = queries.buckets(conn, now=now, window=window)
+    assert spans <= set(tables.STATS_SPANS)
+    for bucket in buckets:
+        inside = [r for r in rows if bucket.start <= r["ended_at"] < bucket.end]
+        assert {s: n for s, n in bucket.counts.items() if n} == dict(Counter(r["status"] for r in inside))
+        assert bucket.retried == sum(r["retried"] for r in inside)
+        expected = _direct_wait(inside)
+        # SQLite computes waits with julianday(): about 10 us of error.
+        assert bucket.wait == (None if expected is None else pytest.approx(expected, rel=1e-3, abs=1e-4))
+    assert sum(sum(b.counts.values()) for b in buckets) == len(rows)
+
+
+def test_retention_prunes_the_stats_of_deleted_results(db_url: str) -> None:
+    """Retention (batches of results) subtracts what it deletes and drops
+    the stats rows of buckets older than the oldest remaining result; other
+    deletions only subtract."""
+    now = store.utcnow()
+    old = [_result_row(ended_at=now - timedelta(days=5, seconds=37 * i), queue=f"q{i % 3}") for i in range(2500)]
+    kept = [_result_row(ended_at=now - timedelta(hours=30, seconds=i)) for i in range(5)]
+    _insert(old + kept)
+    assert_stats_match()
+    batches = 0
+    with db_engine.connect() as conn, conn.begin():
+        while store.clear_results(conn, now - timedelta(days=2), batch=1000):
+            batches += 1
+    assert batches == 3
+    assert_stats_match()
+    oldest_kept = min(r["ended_at"] for r in kept)
+    with db_engine.connect() as conn:
+        rows = list(conn.execute(select(stats.c.span, stats.c.bucket_start, stats.c.results)))
+    assert rows and all(start + span > oldest_kept.timestamp() for span, start, _ in rows)
+    assert sum(n for span, _, n in rows if span in dialects.stats_read_spans(_dialect(), 3600)) == len(kept)
+    # Deleting the kept results by hand (not retention) leaves their rows at
+    # zero: counts are right, the rows go with the next retention run.
+    with db_engine.connect() as conn, conn.begin():
+        conn.execute(result.delete())
+    assert_stats_match()
+    with db_engine.connect() as conn, conn.begin():
+        assert store.clear_results(conn, now - timedelta(days=2)) == 0
+        assert conn.execute(select(func.count()).select_from(stats)).scalar_one() == 0
+
+
+@pytest.mark.parametrize("window", [timedelta(hours=1), timedelta(hours=24), timedelta(days=7)])
+def test_retention_folds_old_fine_rows_into_hours(db_url: str, window: timedelta) -> None:
+    """SQLite's triggers write 30-second rows; each retention batch folds
+    those of buckets older than the fine window into hourly rows.  Counts
+    stay exact, also when a result of an already folded hour is updated or
+    deleted afterwards (its fine row is then negative until the next fold).
+    On PostgreSQL, whose triggers write hourly rows, the same holds."""
+    now = store.utcnow()
+    rng = random.Random(3)
+    rows = [
+        _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 3 * 86400 if i % 3 else 3 * 3600)),
+                    status=rng.choice([tables.SUCCESSFUL, tables.ERRORED, tables.LOST]),
+                    queue=rng.choice(["a", "b"]), retried=rng.random() < 0.2, wait=rng.choice([0.05, 3.0]))
+        for i in range(600)
+    ]
+    _insert(rows)
+    with db_engine.connect() as conn, conn.begin():
+        assert store.clear_results(conn, now - timedelta(days=30)) == 0
+    fold_before = now.timestamp() - dialects.STATS_FINE_KEEP
+    with db_engine.connect() as conn:
+        oldest_fine = conn.execute(select(func.min(stats.c.bucket_start)).where(stats.c.span == 30)).scalar_one()
+    if _dialect() == "sqlite":
+        assert oldest_fine >= _bucket(datetime.fromtimestamp(fold_before, timezone.utc), 3600)
+    else:
+        assert oldest_fine > fold_before - 120  # the delete trigger's own pruning
+    assert_stats_match()
+    # Move one old result, delete another: after the fold, before the next.
+    old = sorted((r for r in rows if r["ended_at"] < now - timedelta(hours=5)), key=lambda r: r["ended_at"])
+    with db_engine.connect() as conn, conn.begin():
+        conn.execute(update(result).where(result.c.task_id == old[0]["task_id"]).values(
+            status=tables.CANCELLED, retried=True, ended_at=old[-1]["ended_at"]))
+        conn.execute(result.delete().where(result.c.task_id == old[1]["task_id"]))
+    old[0].update(status=tables.CANCELLED, retried=True, ended_at=old[-1]["ended_at"])
+    rows.remove(old[1])
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        buckets = queries.buckets(conn, now=now, window=window)
+    for bucket in buckets:
+        inside = [r for r in rows if bucket.start <= r["ended_at"] < bucket.end]
+        assert {s: n for s, n in bucket.counts.items() if n} == dict(Counter(r["status"] for r in inside))
+        assert bucket.retried == sum(r["retried"] for r in inside)
+    with db_engine.connect() as conn, conn.begin():
+        store.clear_results(conn, now - timedelta(days=30))
+    assert_stats_match()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])  # SQLite has one writer at a time

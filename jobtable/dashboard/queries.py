@@ -23,7 +23,7 @@ from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
-from ..db import store, tables
+from ..db import dialects, store, tables
 
 request = tables.request
 result = tables.result
@@ -294,42 +294,37 @@ def window_totals(buckets: Sequence[Bucket]) -> tuple[dict[str, int], int]:
     return counts, sum(b.retried for b in buckets)
 
 
-def stats_span(step: timedelta) -> int:
-    """The pre-aggregated bucket width (``tables.STATS_SPANS``) to read for
-    chart buckets of ``step``: the widest one that divides it."""
-    seconds = step.total_seconds()
-    for span in sorted(tables.STATS_SPANS, reverse=True):
-        if seconds % span == 0:
-            return span
-    raise ValueError(f"chart buckets of {seconds} s are not a multiple of {min(tables.STATS_SPANS)} s")
-
-
 def buckets(conn: Connection, *, now: datetime, window: timedelta, count: int = 24) -> list[Bucket]:
     """Results per status and queue wait over ``window``, in ``count``
     buckets; the last one ends after ``now`` (edges are aligned to the step),
     so they cover the window rounded up to a bucket.
 
     One range read of ``jobtable_result_stats`` (its primary key starts with
-    span and bucket start), summed over queues and shards: no result row is
-    read, however many the window holds."""
+    span and bucket start), summed per chart bucket and status over queues
+    and shards: no result row is read, however many the window holds.  The
+    span read is the widest one the dialect's triggers write that divides the
+    chart's step (``dialects.stats_read_spans``): hourly rows for 24 h and
+    7 d on PostgreSQL; on SQLite, which writes only 30-second rows, the
+    hours are rolled up here, in the same statement."""
     step = window / count
-    span = stats_span(step)
     epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
     end = epoch + step * ((now - epoch) // step + 1)
     start = end - step * count
     out = [Bucket(start + step * i, start + step * (i + 1)) for i in range(count)]
     first, last, step_s = int(start.timestamp()), int(end.timestamp()), int(step.total_seconds())
+    spans = dialects.stats_read_spans(conn.dialect.name, step_s)
     classes = range(tables.WAIT_CLASSES)
+    index = ((stats.c.bucket_start - first) // step_s).label("i")
     columns = [func.sum(stats.c[name]) for name in tables.STATS_COUNTERS]
     stmt = (
-        select(stats.c.bucket_start, stats.c.status, *columns)
-        .where(stats.c.span == span, stats.c.bucket_start >= first, stats.c.bucket_start < last)
-        .group_by(stats.c.bucket_start, stats.c.status)
+        select(index, stats.c.status, *columns)
+        .where(stats.c.span.in_(spans), stats.c.bucket_start >= first, stats.c.bucket_start < last)
+        .group_by(index, stats.c.status)
     )
     wait_counts = [[0] * tables.WAIT_CLASSES for _ in out]
     wait_sums = [[0.0] * tables.WAIT_CLASSES for _ in out]
     for row in conn.execute(stmt):
-        i = (int(row[0]) - first) // step_s
+        i = int(row[0])
         bucket, values = out[i], row[2:]
         bucket.counts[row.status] = bucket.counts.get(row.status, 0) + int(values[0])
         bucket.retried += int(values[1])

@@ -7,9 +7,10 @@ that cannot be portable: conflict handling, locks, and claiming.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, delete, func, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
@@ -425,30 +426,51 @@ _STATS_PRUNE_LOCK = 0x6A6F627374617473  # "jobstats"
 STATS_FINE_KEEP = 7200
 
 
-def _stats_exprs(dialect: str) -> dict[str, str]:
+def stats_spans(dialect: str) -> tuple[int, ...]:
+    """The spans the triggers write.  PostgreSQL: every span of
+    ``tables.STATS_SPANS`` (statement triggers upsert a few grouped rows, so
+    the wider spans cost little).  SQLite: the finest only, since its row
+    triggers pay for each upsert on every result row; retention folds fine
+    rows older than ``STATS_FINE_KEEP`` into hourly ones
+    (``compact_result_stats``)."""
     if dialect == "postgresql":
-        return {
-            # date_part: double precision (extract() computes in numeric).
-            "wait": "greatest(0, date_part('epoch', d.started_at - d.requested_at))",
-            # Outside a trigger (the backfill): one shard.  The triggers
-            # pass the shard their transaction holds (_pg_stats_ddl).
-            "shard": "0",
-        }
+        return tables.STATS_SPANS
+    return (min(tables.STATS_SPANS),)
+
+
+def stats_read_spans(dialect: str, step: int) -> tuple[int, ...]:
+    """The stored spans whose rows, summed into buckets of ``step`` seconds,
+    give the counts.  PostgreSQL: the widest span that divides ``step``.
+    SQLite: every span that divides it -- an hour's count is its hourly row
+    (folded fine rows) plus the fine rows written since, for instance by a
+    later update or deletion of one of its results."""
+    spans = sorted((s for s in tables.STATS_SPANS if step % s == 0), reverse=True)
+    if not spans:
+        raise ValueError(f"chart buckets of {step} s are not a multiple of {min(tables.STATS_SPANS)} s")
+    return tuple(spans[:1]) if dialect == "postgresql" else tuple(spans)
+
+
+def _stats_exprs(dialect: str) -> dict[str, str]:
+    assert dialect == "postgresql"
     return {
-        # ended_at is SQLAlchemy's text form of a naive UTC datetime.
-        "bucket": "(CAST(strftime('%s', w.ended_at) AS INTEGER) / sp.span) * sp.span",
-        "wait": "max(0.0, (julianday(d.started_at) - julianday(d.requested_at)) * 86400.0)",
-        # One writer at a time (BEGIN IMMEDIATE): no contention to spread.
+        # date_part: double precision (extract() computes in numeric).
+        "wait": "greatest(0, date_part('epoch', d.started_at - d.requested_at))",
+        # Outside a trigger (the backfill): one shard.  The triggers
+        # pass the shard their transaction holds (_pg_stats_ddl).
         "shard": "0",
     }
+
+
+def _wait_class(wait: str) -> str:
+    classes = " ".join(f"WHEN {wait} < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
+    return f"CASE WHEN {wait} IS NULL THEN NULL {classes} ELSE {len(tables.WAIT_EDGES)} END"
 
 
 def _stats_delta_rows(dialect: str, source: str) -> str:
     """``source`` rows with their queue wait and wait class."""
     e = _stats_exprs(dialect)
-    classes = " ".join(f"WHEN v.wait < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
     return f"""
-    SELECT v.*, CASE WHEN v.wait IS NULL THEN NULL {classes} ELSE {len(tables.WAIT_EDGES)} END AS wait_class
+    SELECT v.*, {_wait_class("v.wait")} AS wait_class
     FROM (
         SELECT d.sign, d.queue, d.status, d.ended_at, d.retried,
                CASE WHEN d.status = '{tables.SUCCESSFUL}' AND d.started_at IS NOT NULL
@@ -465,30 +487,39 @@ def _stats_on_conflict() -> str:
     )
 
 
-def result_stats_upsert(dialect: str, source: str) -> str:
-    """The aggregate upsert of ``source``: a SELECT of (sign, queue, status,
-    ended_at, retried, requested_at, started_at) rows."""
-    if dialect == "postgresql":
-        return _pg_stats_upsert(source)
-    e = _stats_exprs(dialect)
+def _sqlite_stats_upsert(sign: int, ref: str, source: str = "") -> str:
+    """One fine-bucket upsert per row of ``ref``: a trigger's NEW or OLD row
+    (``source`` empty), or the rows of ``source`` (``FROM ... AS ref``, the
+    backfill).  Measured on the native worker's path, this statement's shape
+    is most of a row trigger's cost, so it is kept flat: the bucket, the wait
+    and its class are computed once per row in a subquery, and the counters
+    are plain CASEs on them.  No grouping (each row is upserted in turn,
+    which SQLite allows even when two rows share a key); no WITH clause
+    (SQLite refuses one inside a trigger)."""
+    span = min(tables.STATS_SPANS)
+    wait = (
+        f"CASE WHEN {ref}.status = '{tables.SUCCESSFUL}' AND {ref}.started_at IS NOT NULL "
+        f"AND {ref}.requested_at IS NOT NULL "
+        f"THEN max(0.0, (julianday({ref}.started_at) - julianday({ref}.requested_at)) * 86400.0) END"
+    )
+    # ended_at is SQLAlchemy's text form of a naive UTC datetime.
+    row = (
+        f"SELECT {ref}.queue AS queue, {ref}.status AS status, {ref}.retried AS retried, "
+        f"CAST(strftime('%s', {ref}.ended_at) AS INTEGER) AS t, {wait} AS w {source}"
+    )
     values = [
-        "w.sign",
-        "CASE WHEN w.retried THEN w.sign ELSE 0 END",
-        *(f"CASE WHEN w.wait_class = {i} THEN w.sign ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
-        *(f"CASE WHEN w.wait_class = {i} THEN w.sign * w.wait ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
+        f"{sign}",
+        f"CASE WHEN v.retried THEN {sign} ELSE 0 END",
+        *(f"CASE WHEN v.k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
+        *(f"CASE WHEN v.k = {i} THEN {'' if sign > 0 else '-'}v.w ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
     ]
-    spans = " UNION ALL ".join(f"SELECT {span} AS span" for span in tables.STATS_SPANS)
-    # SQLite's row triggers see one row (two for an update: the new one and
-    # the old one subtracted): no grouping, each source row is upserted in
-    # turn, which SQLite allows even when two rows share a key.  No WITH
-    # clause: SQLite refuses one inside a trigger.
+    # One writer at a time (BEGIN IMMEDIATE): one shard, 0.
     return f"""
 INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(tables.STATS_COUNTERS)})
-SELECT sp.span, {e["bucket"]}, w.queue, w.status, {e["shard"]}, {", ".join(values)}
-FROM ({_stats_delta_rows(dialect, source)}) AS w CROSS JOIN ({spans}) AS sp
+SELECT {span}, v.t - v.t % {span}, v.queue, v.status, 0, {", ".join(values)}
+FROM (SELECT r.*, {_wait_class("r.w")} AS k FROM ({row}) AS r) AS v
 WHERE true
-{_stats_on_conflict()}
-"""
+{_stats_on_conflict()}"""
 
 
 def _pg_stats_upsert(source: str, shard: str = "0") -> str:
@@ -544,13 +575,11 @@ def _source(sign: int, relation: str) -> str:
     return f"SELECT {sign} AS sign, {_STATS_SOURCE_COLUMNS} FROM {relation}"
 
 
-def _sqlite_row(sign: int, ref: str) -> str:
-    return f"SELECT {sign} AS sign, " + ", ".join(f"{ref}.{c} AS {c}" for c in _STATS_SOURCE_COLUMNS.split(", "))
-
-
 def result_stats_backfill(dialect: str) -> str:
     """Aggregate every existing result (the migration, on a live table)."""
-    return result_stats_upsert(dialect, _source(1, "jobtable_result"))
+    if dialect == "postgresql":
+        return _pg_stats_upsert(_source(1, "jobtable_result"))
+    return _sqlite_stats_upsert(1, "x", "FROM jobtable_result AS x")
 
 
 def result_stats_ddl(dialect: str) -> list[str]:
@@ -662,20 +691,56 @@ END $$"""
 
 def _sqlite_stats_ddl() -> list[str]:
     # Row-level triggers: SQLite has no statement-level ones.  Writes are
-    # serialised by the database lock (BEGIN IMMEDIATE), so one shard.
-    now = "CAST(strftime('%s', 'now') AS INTEGER)"
+    # serialised by the database lock (BEGIN IMMEDIATE), so one shard.  Each
+    # writes the row's fine bucket only (stats_spans); the delete trigger
+    # only subtracts: folding and pruning are a few statements per retention
+    # batch (compact_result_stats), not queries per deleted row.
     changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _STATS_SOURCE_COLUMNS.split(", "))
-    horizon = (
-        f"min(coalesce((SELECT CAST(strftime('%s', min(ended_at)) AS INTEGER) FROM jobtable_result), {now}), "
-        f"{now} - 3600)"
-    )
     return [
         f"CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result BEGIN\n"
-        f"{result_stats_upsert('sqlite', _sqlite_row(1, 'NEW'))};\nEND",
+        f"{_sqlite_stats_upsert(1, 'NEW')};\nEND",
         f"CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result WHEN {changed} BEGIN\n"
-        f"{result_stats_upsert('sqlite', _sqlite_row(1, 'NEW') + ' UNION ALL ' + _sqlite_row(-1, 'OLD'))};\nEND",
+        f"{_sqlite_stats_upsert(-1, 'OLD')};\n{_sqlite_stats_upsert(1, 'NEW')};\nEND",
         f"CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result BEGIN\n"
-        f"{result_stats_upsert('sqlite', _sqlite_row(-1, 'OLD'))};\n"
-        f"DELETE FROM {STATS_TABLE} WHERE span = 3600 AND bucket_start <= {horizon} - 3600;\n"
-        f"DELETE FROM {STATS_TABLE} WHERE span = 30 AND bucket_start < {now} - {STATS_FINE_KEEP};\nEND",
+        f"{_sqlite_stats_upsert(-1, 'OLD')};\nEND",
     ]
+
+
+def compact_result_stats(conn: Connection, now: datetime) -> None:
+    """SQLite, after each retention batch (``store.clear_results``) and the
+    migration's backfill: fold the 30-second rows of buckets that started
+    before the fine window (``STATS_FINE_KEEP``, whole hours) into hourly
+    rows, then drop the rows of buckets that end before the oldest remaining
+    result (and over an hour ago), which sum to zero.  A few statements per
+    batch instead of the per-row pruning of a trigger.  PostgreSQL: nothing,
+    its triggers write hourly rows and the delete trigger prunes."""
+    if conn.dialect.name == "postgresql":
+        return
+    fine, wide = min(tables.STATS_SPANS), max(tables.STATS_SPANS)
+    stats = tables.result_stats
+    fold_before = int(now.timestamp()) - STATS_FINE_KEEP
+    fold_before -= fold_before % wide
+    counters = tables.STATS_COUNTERS
+    folded = select(
+        literal(wide),
+        stats.c.bucket_start - stats.c.bucket_start % wide,
+        stats.c.queue,
+        stats.c.status,
+        stats.c.shard,
+        *(func.sum(stats.c[c]) for c in counters),
+    ).where(stats.c.span == fine, stats.c.bucket_start < fold_before).group_by(
+        stats.c.bucket_start - stats.c.bucket_start % wide, stats.c.queue, stats.c.status, stats.c.shard
+    )
+    insert = sqlite.insert(stats).from_select(["span", "bucket_start", "queue", "status", "shard", *counters], folded)
+    insert = insert.on_conflict_do_update(
+        index_elements=["span", "bucket_start", "queue", "status", "shard"],
+        set_={c: stats.c[c] + insert.excluded[c] for c in counters},
+    )
+    conn.execute(insert)
+    conn.execute(delete(stats).where(stats.c.span == fine, stats.c.bucket_start < fold_before))
+    oldest = conn.execute(select(func.min(tables.result.c.ended_at))).scalar()
+    horizon = int(now.timestamp()) - 3600
+    if oldest is not None:
+        horizon = min(horizon, int(oldest.timestamp()))
+    for span in tables.STATS_SPANS:
+        conn.execute(delete(stats).where(stats.c.span == span, stats.c.bucket_start <= horizon - span))

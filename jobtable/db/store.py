@@ -271,9 +271,14 @@ def purge(conn: Connection, queue: str | None = None) -> int:
 
 
 def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
-    """Delete up to ``batch`` results that ended before ``before``."""
+    """Delete up to ``batch`` results that ended before ``before``; on
+    SQLite, then fold old 30-second stats rows into hourly ones and prune
+    those left at zero (``dialects.compact_result_stats``; PostgreSQL's
+    triggers do both)."""
     ids = select(result.c.id).where(result.c.ended_at < before).order_by(result.c.ended_at).limit(batch)
-    return conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+    deleted = conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+    dialects.compact_result_stats(conn, utcnow())
+    return deleted
 
 
 # -- transport -------------------------------------------------------------------

@@ -8,6 +8,8 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -44,6 +46,9 @@ def upgrade() -> None:
     for statement in dialects.result_stats_ddl(name):
         op.execute(statement)
     op.execute(dialects.result_stats_backfill(name))
+    # SQLite's backfill writes 30-second rows only (as its triggers do): fold
+    # the old ones into hours now rather than at the first retention run.
+    dialects.compact_result_stats(op.get_bind(), datetime.now(timezone.utc))
 
 
 def downgrade() -> None:
