@@ -310,6 +310,29 @@ def test_workers_live_and_stale(dash: DashboardClient) -> None:
     assert ">stale<" in page.split("native:dead", 1)[1].split("</tr>", 1)[0]
 
 
+def test_workers_page_lists_a_celery_style_kombu_consumer(dash: DashboardClient, db_url: str) -> None:
+    # A Kombu consumer on the jobtable transport (what a Celery worker is)
+    # keeps a heartbeat row: it is listed with its queues and held messages.
+    from kombu import Connection, Consumer, Exchange, Queue
+
+    import jobtable  # noqa: F401  (the transport alias)
+
+    held: list[Any] = []
+    with Connection("jobtable+" + db_url) as conn:
+        queue = Queue("celery", Exchange("celery"), "celery")
+        conn.SimpleQueue("celery").put({"task": "x"})
+        with Consumer(conn, [queue], callbacks=[lambda body, message: held.append(message)]):
+            conn.drain_events(timeout=10)
+            consumer_id = conn.transport.consumer_id
+            page = dash.get("/workers").text
+            assert consumer_id in page
+            row = page.split(consumer_id, 1)[1].split("</tr>", 1)[0]
+            assert ">kombu<" in row and ">celery<" in row and ">1</a>" in row and ">live<" in row
+            held[0].ack()
+    # Closed: the row is gone.
+    assert consumer_id not in dash.get("/workers").text
+
+
 def test_schedules_page_and_run_now(dash: DashboardClient) -> None:
     import jobtable
 

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -606,3 +607,46 @@ def test_a_promotion_by_another_process_wakes_a_quiet_consumer(db_url: str) -> N
             conn.drain_events(timeout=10)
             assert got == [{"due": True}]
             assert time.monotonic() - started < 5
+
+
+# -- consumers in jobtable_worker ----------------------------------------------------------
+
+
+def _worker_rows(db_url: str) -> list[Any]:
+    from sqlalchemy import select
+
+    from jobtable.db import engine as db_engine
+
+    with db_engine.get_engine(db_url).connect() as conn:
+        return list(conn.execute(select(tables.worker).order_by(tables.worker.c.id)))
+
+
+def test_consumers_keep_a_heartbeat_row_and_stale_ones_are_forgotten(db_url: str) -> None:
+    import json
+
+    from sqlalchemy import insert
+
+    from jobtable.db import engine as db_engine
+    from jobtable.db import store
+
+    old = store.utcnow() - timedelta(days=1)
+    with db_engine.get_engine(db_url).begin() as conn:
+        conn.execute(insert(tables.worker).values(
+            id="kombu:gone:1:x", kind="kombu", hostname="gone", pid=1, queues="[]", processes=0,
+            started_at=old, heartbeat_at=old))
+    with connect(db_url) as conn:
+        publisher_only = conn.SimpleQueue("beat")
+        publisher_only.put(1)
+        assert [w.id for w in _worker_rows(db_url)] == ["kombu:gone:1:x"]  # publishing registers nothing
+        message = publisher_only.get(timeout=5)  # consuming does
+        (row,) = [w for w in _worker_rows(db_url) if w.id == conn.transport.consumer_id]
+        assert (row.kind, json.loads(row.queues)) == ("kombu", ["beat"])
+        first = row.heartbeat_at
+        conn.transport._keeper.heartbeat()
+        (row,) = [w for w in _worker_rows(db_url) if w.id == conn.transport.consumer_id]
+        assert row.heartbeat_at > first
+        conn.transport._keeper.recover()  # also forgets consumers silent for an hour
+        assert "kombu:gone:1:x" not in [w.id for w in _worker_rows(db_url)]
+        message.ack()
+        publisher_only.close()
+    assert _worker_rows(db_url) == []

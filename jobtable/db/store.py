@@ -682,12 +682,21 @@ def lose(
 
 
 def register_worker(
-    conn: Connection, worker_id: str, *, hostname: str, pid: int, queues: Sequence[str], processes: int, now: datetime
+    conn: Connection,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    queues: Sequence[str],
+    processes: int,
+    now: datetime,
+    kind: str = "native",
 ) -> None:
-    """Insert (or refresh) a worker's heartbeat row."""
+    """Insert (or refresh) a worker's heartbeat row (``kind`` "kombu": a
+    Kombu/Celery consumer of the transport, whose queues may change)."""
     values = {
         "id": worker_id,
-        "kind": "native",
+        "kind": kind,
         "hostname": hostname,
         "pid": pid,
         "queues": json.dumps(list(queues)),
@@ -701,9 +710,16 @@ def register_worker(
     module: Any = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
     stmt = module.insert(worker_table).values(values)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[worker_table.c.id], set_={"heartbeat_at": now, "pid": pid}
+        index_elements=[worker_table.c.id], set_={"heartbeat_at": now, "pid": pid, "queues": values["queues"]}
     )
     conn.execute(stmt)
+
+
+def delete_stale_consumers(conn: Connection, before: datetime) -> int:
+    """Forget Kombu consumers silent since ``before`` (killed ones: their
+    messages came back through the leases long ago)."""
+    stmt = delete(worker_table).where(worker_table.c.kind == "kombu", worker_table.c.heartbeat_at < before)
+    return conn.execute(stmt).rowcount
 
 
 def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set[str]:

@@ -270,9 +270,9 @@ class Channel(virtual.Channel):
         # As virtual.Channel.basic_consume, except that a no_ack delivery
         # (Celery's pidbox, replies, events) leaves the table at once instead
         # of waiting for an ack that never comes.
-        self._transport.consuming()
         self._tag_to_queue[consumer_tag] = queue
         self._active_queues.append(queue)
+        self._transport.consuming()  # after the queue is listed: the heartbeat row names it
 
         def _callback(raw_message: dict[str, Any]) -> Any:
             message = self.Message(raw_message, channel=self)

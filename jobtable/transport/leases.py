@@ -5,13 +5,16 @@ background thread extends the leases of the messages it still holds
 (acks_late and long tasks keep theirs); when it dies — even by kill -9 —
 the renewals stop and any other live consumer puts the rows back to
 pending once the lease has passed.  The same thread sweeps away waiting
-messages past their expiry (queues nobody consumes any more).
+messages past their expiry (queues nobody consumes any more), and keeps the
+consumer's heartbeat row in ``jobtable_worker`` (kind "kombu"), so that the
+dashboard lists Celery workers beside native ones.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from datetime import timedelta
 from time import monotonic
@@ -27,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 #: Most ids per renewal statement (bound parameters stay well under limits).
 RENEW_CHUNK = 500
+#: Seconds between heartbeats (the dashboard calls a worker stale after
+#: ``worker_lost_after``, 30 s by default).
+HEARTBEAT_INTERVAL = 10.0
+#: A consumer row silent this long is deleted by any live consumer.
+FORGET_AFTER = timedelta(hours=1)
 
 
 class LeaseKeeper:
@@ -46,6 +54,10 @@ class LeaseKeeper:
                 return
             self._stop = threading.Event()
             self._pid = os.getpid()
+            try:
+                self.heartbeat()  # listed before the first message is taken
+            except Exception as exc:  # the database is down: the thread retries
+                logger.warning("jobtable: consumer heartbeat failed: %s", exc)
             self._thread = threading.Thread(target=self._run, name="jobtable-kombu-leases", daemon=True)
             self._thread.start()
 
@@ -54,15 +66,21 @@ class LeaseKeeper:
         thread = self._thread
         if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
             thread.join(timeout=5)
+            try:
+                with self._transport.write_connection() as conn:
+                    store.delete_workers(conn, [self._transport.consumer_id])
+            except Exception as exc:  # the database is down: the row goes stale
+                logger.warning("jobtable: could not remove the consumer's heartbeat row: %s", exc)
         self._thread = None
 
     def _run(self) -> None:
         options = self._transport.options
-        tick = min(options.renew_interval, options.recover_every)
+        tick = min(options.renew_interval, options.recover_every, HEARTBEAT_INTERVAL)
         next_recover = monotonic()
         next_sweep = monotonic() + options.expired_sweep_interval
         while not self._stop.wait(tick):
             try:
+                self.heartbeat()
                 self.renew()
                 now = monotonic()
                 if now >= next_recover:
@@ -87,12 +105,30 @@ class LeaseKeeper:
                 renewed += store.transport_renew(conn, chunk, transport.consumer_id, until, transport.async_commit)
         return renewed
 
+    def heartbeat(self) -> None:
+        """Refresh this consumer's row in ``jobtable_worker``."""
+        transport = self._transport
+        queues = sorted({q for channel in list(transport.channels) for q in channel._active_queues})
+        with transport.write_connection() as conn:
+            store.register_worker(
+                conn,
+                transport.consumer_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=queues,
+                processes=0,
+                now=store.utcnow(),
+                kind="kombu",
+            )
+
     def recover(self) -> list[str]:
         """Requeue the messages of consumers whose lease lapsed."""
         transport = self._transport
         with transport.write_connection() as conn:
-            queues = store.transport_recover(conn, store.utcnow())
+            now = store.utcnow()
+            queues = store.transport_recover(conn, now)
             notify_queues(conn, queues)
+            store.delete_stale_consumers(conn, now - FORGET_AFTER)
         if queues:
             logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
             transport.wake()
