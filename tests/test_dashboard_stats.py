@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from jobtable.dashboard import queries
-from jobtable.db import dialects, store, tables
+from jobtable.db import dialects, migrate, store, tables
 from jobtable.db import engine as db_engine
 
 from . import dashboard_support as support
@@ -421,6 +421,37 @@ def test_retention_folds_old_fine_rows_into_hours(db_url: str, window: timedelta
         assert bucket.retried == sum(r["retried"] for r in inside)
     with db_engine.connect() as conn, conn.begin():
         store.clear_results(conn, now - timedelta(days=30))
+    assert_stats_match()
+
+
+def test_the_migration_counts_existing_results(db_url: str) -> None:
+    """Migration 0002 on a table that already holds results: the backfill
+    counts them once (and on SQLite folds the old 30-second rows into hours
+    at once), then the triggers take over."""
+    engine = db_engine.get_engine()
+    now = store.utcnow()
+    rng = random.Random(5)
+    rows = [
+        _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 4 * 86400 if i % 2 else 3600)),
+                    status=rng.choice([tables.SUCCESSFUL, tables.ERRORED]), queue=rng.choice(["a", "b"]),
+                    retried=rng.random() < 0.2)
+        for i in range(300)
+    ]
+    migrate.downgrade(engine, "0001")
+    try:
+        with engine.begin() as conn:  # not db_engine.connect(): it wants the head revision
+            store.insert_results(conn, rows)
+    finally:
+        migrate.upgrade(engine)
+    assert_stats_match()
+    with db_engine.connect() as conn:
+        oldest_fine = conn.execute(select(func.min(stats.c.bucket_start)).where(stats.c.span == 30)).scalar_one()
+        buckets = queries.buckets(conn, now=now, window=timedelta(days=7))
+    if _dialect() == "sqlite":
+        assert oldest_fine >= _bucket(now - timedelta(seconds=dialects.STATS_FINE_KEEP + 3600), 3600)
+    assert sum(b.counts.get(tables.SUCCESSFUL, 0) for b in buckets) == sum(
+        r["status"] == tables.SUCCESSFUL for r in rows)
+    _insert([_result_row(ended_at=now)])
     assert_stats_match()
 
 

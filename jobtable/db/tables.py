@@ -160,7 +160,10 @@ result = Table(
 #: on PostgreSQL a transaction that writes results holds one of STATS_SHARDS
 #: shards (an advisory lock) until it ends, so open transactions never write
 #: the same row; readers sum the shards (a shard's own row may even be
-#: negative after deletions).
+#: negative after deletions).  SQLite's row triggers write only the finest
+#: span; retention folds those rows into hourly ones once they are two hours
+#: old, so an hour there is its hourly row plus its fine rows
+#: (``dialects.stats_spans``, ``stats_read_spans``, ``compact_result_stats``).
 STATS_SPANS = (30, 3600)
 STATS_SHARDS = 8
 #: Queue-wait classes (seconds): a successful attempt's wait (start minus
