@@ -490,10 +490,11 @@ def _stats_on_conflict() -> str:
 def _sqlite_stats_upsert(sign: int, ref: str, source: str = "") -> str:
     """One fine-bucket upsert per row of ``ref``: a trigger's NEW or OLD row
     (``source`` empty), or the rows of ``source`` (``FROM ... AS ref``, the
-    backfill).  Measured on the native worker's path, this statement's shape
-    is most of a row trigger's cost, so it is kept flat: the bucket, the wait
-    and its class are computed once per row in a subquery, and the counters
-    are plain CASEs on them.  No grouping (each row is upserted in turn,
+    backfill).  Kept flat, as measured (raw inserts of 100 rows per
+    transaction: 13 us per row, as much as an upsert of one counter; the
+    former form, two spans through grouped delta rows, 37 us): the bucket,
+    the wait and its class are computed once per row in a subquery, and the
+    counters are plain CASEs on them.  No grouping (each row is upserted in turn,
     which SQLite allows even when two rows share a key); no WITH clause
     (SQLite refuses one inside a trigger)."""
     span = min(tables.STATS_SPANS)
