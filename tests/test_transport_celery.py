@@ -155,6 +155,40 @@ def test_celery_inspect_ping_and_revoke(db_url: str, celery_env: dict[str, str],
         worker.stop()
 
 
+def test_a_busy_prefork_worker_still_answers_remote_control(
+    db_url: str, dialect: str, celery_env: dict[str, str], app: Any, tmp_path: Path
+) -> None:
+    # Both processes busy and more tasks prefetched: on PostgreSQL Celery
+    # runs its event loop on this transport, so the consumer is not stuck
+    # handing the next task to a full pool and still reads its control queue.
+    from jobtable.transport import Transport
+
+    if dialect == "postgresql":
+        from kombu import Connection
+
+        assert Connection(app.app.conf.broker_url).transport.implements.asynchronous
+    gate = tmp_path / "gate"
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), "prefork")
+    try:
+        for i in range(4):
+            app.gated.delay(f"g{i}", str(gate))
+        wait_for(lambda: len(worker.lines("started")) == 2, what="both processes busy")
+        if dialect == "postgresql":
+            out = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "tests.transport_celery_app", "inspect", "ping", "--timeout", "5"],
+                env=celery_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )
+            assert "pong" in out.stdout, out.stdout + out.stderr
+        else:
+            # SQLite has no fd to watch: Celery's blocking loop (documented).
+            assert not Transport.implements.asynchronous
+        gate.touch()
+        wait_for(lambda: len(worker.lines("gated")) == 4, what="all gated tasks")
+    finally:
+        gate.touch()
+        worker.stop()
+
+
 def test_celery_task_events_reach_a_monitor(db_url: str, celery_env: dict[str, str], app: Any) -> None:
     # What Flower relies on: task events over the (topic) event exchange.
     import threading

@@ -650,3 +650,47 @@ def test_consumers_keep_a_heartbeat_row_and_stale_ones_are_forgotten(db_url: str
         message.ack()
         publisher_only.close()
     assert _worker_rows(db_url) == []
+
+
+def test_celery_gets_an_event_loop_where_there_is_a_descriptor_to_watch(db_url: str, dialect: str) -> None:
+    # Celery reads implements.asynchronous to choose its event loop (asynloop)
+    # over its blocking one: only PostgreSQL with LISTEN/NOTIFY has an fd.
+    def asynchronous(**options: object) -> bool:
+        return bool(Connection(broker_url(db_url), transport_options=options).transport.implements.asynchronous)
+
+    assert asynchronous() is (dialect == "postgresql")
+    assert asynchronous(wakeups=False) is False
+    assert asynchronous(event_loop=False) is False
+    assert Transport.implements.asynchronous is False  # the class default is untouched
+
+
+def test_an_event_loop_consumer_gets_messages_acks_and_countdowns(pg_url: str) -> None:
+    # Kombu's own hub drives the transport as Celery's asynloop does.
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    got: list[object] = []
+    with connect(pg_url) as conn, connect(pg_url) as publisher:
+        queue = Queue("hubbed", Exchange("hubbed"), "hubbed")
+        producer = Producer(publisher.default_channel)
+        producer.publish("first", exchange=queue.exchange, routing_key="hubbed", declare=[queue])
+        with Consumer(conn, [queue], callbacks=[lambda body, message: (got.append(body), message.ack())],
+                      prefetch_count=2):
+            conn.transport.register_with_event_loop(conn.connection, hub)
+            loop = hub.create_loop()
+
+            def spin(until: object) -> None:
+                deadline = time.monotonic() + 10
+                while not until() and time.monotonic() < deadline:  # type: ignore[operator]
+                    next(loop)
+
+            spin(lambda: got == ["first"])
+            for i in range(5):  # more than the prefetch window: acks make room
+                producer.publish(i, exchange=queue.exchange, routing_key="hubbed")
+            producer.publish("later", exchange=queue.exchange, routing_key="hubbed",
+                             headers={"eta": (datetime.now(timezone.utc) + timedelta(seconds=0.5)).isoformat()})
+            spin(lambda: len(got) == 7)
+            conn.transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
+    assert got[:6] == ["first", 0, 1, 2, 3, 4] and got[6] == "later"
+    acked(pg_url)

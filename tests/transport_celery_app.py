@@ -70,6 +70,16 @@ def slow(tag: str, seconds: float) -> None:
     record("slow", tag)
 
 
+@app.task
+def gated(tag: str, gate: str) -> None:
+    """Runs until the file ``gate`` exists (at most a minute)."""
+    record("started", tag)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record("gated", tag)
+
+
 @register_job
 class RecordJob(Job):
     def __init__(self, tag: str) -> None:

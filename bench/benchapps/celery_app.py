@@ -31,6 +31,10 @@ def make_app(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if os.environ.get("BENCH_TRANSPORT_OPTIONS"):
+        import json
+
+        app.conf.broker_transport_options = json.loads(os.environ["BENCH_TRANSPORT_OPTIONS"])
 
     @app.task(name="bench.noop")
     def noop() -> None:

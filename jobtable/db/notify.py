@@ -87,6 +87,18 @@ class Listener:
         an empty claim mean nothing was added to those queues since."""
         return None
 
+    def fds(self) -> list[int]:
+        """File descriptors that turn readable when a wait would end (for an
+        event loop, e.g. Celery's hub).  The connection's may change after a
+        reconnect: ask again after ``clear``."""
+        return [self._wake_r]
+
+    def clear(self) -> None:
+        """Read what made the fds readable (wake-ups, notifications), without
+        waiting."""
+        self._drain_pipe()
+        self.consume()
+
     def interrupt(self) -> None:
         """End the current (or next) wait at once.  Safe from signal handlers."""
         try:
@@ -183,6 +195,11 @@ class PgListener(Listener):
                 matched = True
             elif not self.queues:
                 matched = True
+
+    def fds(self) -> list[int]:
+        if self._conn is None:
+            self._connect_quietly()
+        return [self._wake_r] + ([self._conn.pgconn.socket] if self._conn is not None else [])
 
     def consume(self) -> None:
         if self._conn is None:

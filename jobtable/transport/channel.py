@@ -126,6 +126,8 @@ class Channel(virtual.Channel):
         #: names one of those queues (Celery's control channel is idle
         #: while the task channel is busy: a query per cycle for nothing).
         self._quiet: Quiet | None = None
+        #: When this channel last claimed (see Transport.refill_now).
+        self.last_claim = 0.0
 
     # -- database access -------------------------------------------------------------
 
@@ -242,12 +244,15 @@ class Channel(virtual.Channel):
             limit = min(limit, room)
         if limit <= 0:
             raise Empty()
+        if room is not None and not self._transport.refill_now(self, room):
+            raise Empty()  # the transport comes back once more room is free
         wanted = list(dict.fromkeys(queues))
         transport = self._transport
         transport.before_claim()  # due ETAs become ready (and change the mark)
         if self._quiet is not None and self._quiet.holds(wanted, transport):
             raise Empty()
         mark = transport.mark(wanted)  # before the claim: nothing added later goes unseen
+        self.last_claim = monotonic()
         claimed = self._claim(wanted, limit)
         if not claimed:
             if mark is not None:
@@ -285,6 +290,10 @@ class Channel(virtual.Channel):
         self.connection._callbacks[queue] = _callback
         self._consumers.add(consumer_tag)
         self._reset_cycle()
+
+    def basic_qos(self, *args: Any, **kwargs: Any) -> None:
+        super().basic_qos(*args, **kwargs)
+        self._transport.wake()  # a larger prefetch: claim more now
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         self._transport.consuming()

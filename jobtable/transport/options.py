@@ -42,6 +42,9 @@ class TransportOptions:
     async_commit: bool = True
     #: How often waiting messages past their expiry are swept away.
     expired_sweep_interval: float = 60.0
+    #: Let Celery run its event loop on this transport (PostgreSQL with
+    #: wake-ups only): the prefork pool then needs no helper threads.
+    event_loop: bool = True
 
     @classmethod
     def from_mapping(cls, options: dict[str, Any] | None) -> TransportOptions:

@@ -40,6 +40,9 @@ from .wakeup import Waiter, make_waiter
 logger = logging.getLogger(__name__)
 
 SCHEME_PREFIX = "jobtable+"
+#: Under Celery's event loop, claim a partly free prefetch window after this
+#: long at the latest (seconds; see Transport.refill_now).
+REFILL_AFTER = 0.005
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -131,6 +134,16 @@ class Transport(virtual.Transport):
         self._promotions = 0
         #: Acked row ids waiting for their (batched) DELETE.
         self.acks = AckBuffer(self._delete_acked)
+        # With LISTEN/NOTIFY there is a file descriptor to watch, so Celery
+        # can run its event loop (asynloop, the prefork AsynPool without pool
+        # threads) on this transport: see register_with_event_loop.  Celery
+        # reads this before connecting, hence per instance, from the URL.
+        if self.options.event_loop and self.options.wakeups and not self.db_url.startswith("sqlite"):
+            self.implements = type(self).implements.extend(asynchronous=True)
+        self._hub: Any = None
+        self._watched: list[int] = []
+        self._promote_timer: Any = None
+        self._refill_timer: Any = None
 
     # -- database -------------------------------------------------------------------------
 
@@ -193,6 +206,9 @@ class Transport(virtual.Transport):
             except Exception as exc:  # the leases bring those messages back
                 logger.warning("jobtable: could not write the last acks: %s", exc)
             self._keeper.stop()
+            if self._hub is not None:
+                self._unwatch(self._hub)
+                self._hub = None
             waiter, self._waiter = self._waiter, None
             if waiter is not None and self._waiter_pid == os.getpid():
                 waiter.close()
@@ -262,6 +278,91 @@ class Transport(virtual.Transport):
             self._next_promote = monotonic() + wait
         finally:
             self._promote_lock.release()
+
+    # -- Celery's event loop ---------------------------------------------------------------
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Consume from Celery's hub instead of a blocking drain_events: the
+        hub watches the wake-up fds (NOTIFY socket, the wake pipe that acks
+        and local publishes write to) and a timer covers ETAs and missed
+        wake-ups; each event claims what QoS allows, from the hub's thread."""
+        self._hub = loop
+        self._watch(loop)
+        loop.call_repeatedly(min(self._poll_interval(), self.options.eta_interval), self._on_event, loop)
+        loop.call_soon(self._on_event, loop)
+
+    def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
+        self._unwatch(loop)
+        self._hub = None
+
+    def _watch(self, loop: Any) -> None:
+        fds = self.waiter.fds()
+        if fds != self._watched:
+            self._unwatch(loop)
+            for fd in fds:
+                loop.add_reader(fd, self._on_event, loop)
+            self._watched = fds
+
+    def _unwatch(self, loop: Any) -> None:
+        for fd in self._watched:
+            try:
+                loop.remove_reader(fd)
+            except Exception:  # already gone with a closed poller
+                pass
+        self._watched = []
+
+    def _on_event(self, loop: Any) -> None:
+        if self._hub is not loop:
+            return  # a callback left over from before a reconnect
+        self.waiter.clear()
+        self._watch(loop)  # the LISTEN connection may have been replaced
+        self._drain_nowait(loop)
+
+    def _drain_nowait(self, loop: Any) -> None:
+        assert self.cycle is not None
+        for _ in range(len(self.channels) + 1):
+            try:
+                self.cycle.get(self._deliver, timeout=0)
+            except Empty:
+                break
+        else:
+            # More may be ready: let the loop run the pool in between.
+            loop.call_soon(self._drain_nowait, loop)
+        delay = self._next_promote - monotonic()
+        if 0 < delay < self.options.eta_interval and self._promote_timer is None:
+            # A countdown published here comes due before the next tick.
+            def promote() -> None:
+                self._promote_timer = None
+                self._on_event(loop)
+
+            self._promote_timer = loop.call_later(delay, promote)
+
+    def refill_now(self, channel: Any, room: int) -> bool:
+        """Under Celery's event loop, whether to claim ``room`` more messages
+        now.  A claim blocks the loop for a round trip, and each ack frees one
+        place: refilled one by one, the loop would spend its time claiming.
+        So while the channel still holds enough work, wait until half the
+        prefetch window is free -- or REFILL_AFTER has passed, so that long
+        acks_late tasks still get their idle neighbours fed."""
+        if self._hub is None:
+            return True  # drain_events: the pool blocks the loop anyway
+        qos = channel.qos
+        prefetch = qos.prefetch_count or 0
+        held = prefetch - room
+        if held <= 0 or room * 2 >= prefetch:
+            return True
+        wait = channel.last_claim + REFILL_AFTER - monotonic()
+        if wait <= 0:
+            return True
+        if self._refill_timer is None:
+            hub = self._hub
+
+            def refill() -> None:
+                self._refill_timer = None
+                self._on_event(hub)
+
+            self._refill_timer = hub.call_later(wait, refill)
+        return False
 
     def _poll_interval(self) -> float:
         listens = self._waiter is not None and self._waiter.listens

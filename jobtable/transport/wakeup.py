@@ -27,6 +27,10 @@ class Waiter(Protocol):
 
     def mark(self, queues: Sequence[str]) -> object | None: ...
 
+    def fds(self) -> list[int]: ...
+
+    def clear(self) -> None: ...
+
     def wake(self) -> None: ...
 
     def close(self) -> None: ...
@@ -46,6 +50,12 @@ class LocalWaiter:
 
     def mark(self, queues: Sequence[str]) -> object | None:
         return None  # cannot tell: always look
+
+    def fds(self) -> list[int]:
+        return []
+
+    def clear(self) -> None:
+        self._event.clear()
 
     def wake(self) -> None:
         self._event.set()
@@ -71,6 +81,12 @@ class ListenerWaiter:
 
     def mark(self, queues: Sequence[str]) -> object | None:
         return self._listener.mark(queues)
+
+    def fds(self) -> list[int]:
+        return self._listener.fds()
+
+    def clear(self) -> None:
+        self._listener.clear()
 
     def wake(self) -> None:
         self._listener.interrupt()
