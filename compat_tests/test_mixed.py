@@ -134,6 +134,9 @@ def test_celery_early_ack_releases_the_key(mixed: Any, tmp_path: Path, worker_fa
     try:
         first = mixed.t.hold.apply_async((str(path), str(release)), queue="early_ack", headers={"concurrency_key": key})
         wait_for(lambda: lines(path), what="holder running")
+        # The early ack is written by the transport's ack writer a moment
+        # after the task started: from then on the key is free.
+        wait_for(lambda: not request_rows(mixed.url, concurrency_key=key), what="the early ack written")
         mixed.t.hold.apply_async((str(path), str(release)), queue="nobody", headers={"concurrency_key": key})
         # Expected: the running holder keeps the key, so the duplicate is not stored.
         assert [r.task_id for r in request_rows(mixed.url, concurrency_key=key)] == [first.id]
