@@ -228,3 +228,33 @@ def _bindings(db_url: str) -> list[Any]:
 
     with db_engine.get_engine(db_url).connect() as conn:
         return list(conn.execute(select(tables.binding)))
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])  # a server that can drop connections
+def test_celery_worker_survives_the_database_dropping_its_connections(
+    db_url: str, celery_env: dict[str, str], app: Any
+) -> None:
+    # As when PostgreSQL restarts: every backend of the database is
+    # terminated under a running prefork worker (event loop, LISTEN
+    # connection included).  Celery's reconnect logic takes over (the
+    # transport declares database errors as connection errors) and the
+    # worker goes on with tasks sent afterwards.
+    from sqlalchemy import create_engine, text
+
+    worker = Worker(celery_env, Path(celery_env["JT_RECORD"]), "prefork")
+    try:
+        app.note.delay("before")
+        wait_for(lambda: worker.lines("note") == [["before"]], what="a task before")
+        admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            killed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).scalar()
+        admin.dispose()
+        assert killed >= 2  # at least the worker's claim and LISTEN connections
+        app.note.delay("after")
+        wait_for(lambda: ["after"] in worker.lines("note"), timeout=60, what="a task after the restart")
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
