@@ -694,3 +694,25 @@ def test_an_event_loop_consumer_gets_messages_acks_and_countdowns(pg_url: str) -
     hub.close()
     assert got[:6] == ["first", 0, 1, 2, 3, 4] and got[6] == "later"
     acked(pg_url)
+
+
+def test_a_new_binding_reaches_consuming_publishers_at_once(pg_url: str) -> None:
+    # A Celery worker publishes task events while it consumes; a monitor
+    # binding its queue to the event exchange must get the next event, not
+    # only once the worker's binding cache (30 s here) expires.  Binding
+    # changes are NOTIFYed; a consumer's listener drops the cache.
+    with connect(pg_url, binding_cache_seconds=30) as worker, connect(pg_url) as monitor:
+        events = Exchange("evts", "topic")
+        first = Queue("evts.first", events, "task.#")
+        first(monitor.default_channel).declare()
+        own = Queue("own", Exchange("own"), "own")
+        with Consumer(worker, [own], callbacks=[lambda body, message: message.ack()]):
+            with pytest.raises(TimeoutError):
+                worker.drain_events(timeout=0.2)  # the worker's loop is listening
+            producer = Producer(worker.default_channel)
+            producer.publish({"n": 1}, exchange="evts", routing_key="task.sent")  # caches [evts.first]
+            Queue("evts.second", events, "task.#")(monitor.default_channel).declare()
+            with pytest.raises(TimeoutError):
+                worker.drain_events(timeout=0.5)  # its loop reads the notification meanwhile
+            producer.publish({"n": 2}, exchange="evts", routing_key="task.sent")
+        assert [r.message for r in rows(pg_url, "evts.second")] and len(rows(pg_url, "evts.first")) == 2

@@ -210,10 +210,22 @@ INSERT_BATCH = 1000
 # -- transport --
 
 
-def insert_binding(conn: Connection, values: dict[str, Any]) -> None:
-    """Add a Kombu exchange binding unless the same one exists."""
+def insert_binding(conn: Connection, values: dict[str, Any]) -> bool:
+    """Add a Kombu exchange binding unless the same one exists (True: added)."""
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(module.insert(tables.binding).values(values).on_conflict_do_nothing())
+    return bool(conn.execute(module.insert(tables.binding).values(values).on_conflict_do_nothing()).rowcount)
+
+
+#: NOTIFY payload telling transports that exchange bindings changed.
+BINDINGS_CHANGED = "*bindings"
+
+
+def notify_bindings_changed(conn: Connection) -> None:
+    """Tell listening Kombu consumers (PostgreSQL, at commit) to drop their
+    cached bindings, so a queue bound now gets what their process publishes
+    next rather than after ``binding_cache_seconds``."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
 
 
 def notify_queues(conn: Connection, queues: Sequence[str]) -> None:

@@ -29,12 +29,12 @@ import logging
 import os
 import select
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .dialects import NOTIFY_CHANNEL
+from .dialects import BINDINGS_CHANGED, NOTIFY_CHANNEL
 
 logger = logging.getLogger("jobtable.notify")
 
@@ -152,6 +152,9 @@ class PgListener(Listener):
         #: notifications may have been missed (reconnect) or name no queue.
         self._seen: dict[str, int] = {}
         self._epoch = 0
+        #: Called (with no argument) when a BINDINGS_CHANGED notification
+        #: arrives; the Kombu transport drops its binding cache.
+        self.on_bindings_changed: Callable[[], None] | None = None
         self._connect_quietly()
 
     def _connect_quietly(self) -> bool:
@@ -187,7 +190,10 @@ class PgListener(Listener):
             if note is None:
                 return matched
             payload = note.extra.decode("utf-8", "replace")
-            if payload == "*":
+            if payload == BINDINGS_CHANGED:
+                if self.on_bindings_changed is not None:
+                    self.on_bindings_changed()
+            elif payload == "*":
                 self._epoch += 1
                 matched = True
             elif payload in self.queues:

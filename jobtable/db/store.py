@@ -464,10 +464,11 @@ def transport_bind(
     pattern: str,
     queue: str,
     message_ttl: float | None = None,
-) -> None:
+) -> bool:
+    """Bind ``queue`` (True: the binding is new)."""
     from .dialects import insert_binding
 
-    insert_binding(
+    return insert_binding(
         conn,
         {
             "exchange": exchange,

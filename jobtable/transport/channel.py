@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Row
 
 from .. import messages
 from ..db import store, tables
-from ..db.dialects import notify_queues
+from ..db.dialects import notify_bindings_changed, notify_queues
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -388,7 +388,8 @@ class Channel(virtual.Channel):
         self._transport.acks.flush()
         with self._write() as conn:
             removed = store.purge(conn, queue)
-            store.transport_unbind_queue(conn, queue)
+            if store.transport_unbind_queue(conn, queue):
+                notify_bindings_changed(conn)
         self.state.queue_bindings_delete(queue)
         self._transport.bindings.invalidate()
         return removed
@@ -416,7 +417,8 @@ class Channel(virtual.Channel):
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         with self._write() as conn:
-            store.transport_unbind_exchange(conn, exchange)
+            if store.transport_unbind_exchange(conn, exchange):
+                notify_bindings_changed(conn)
         self.state.exchanges.pop(exchange, None)
         self._transport.bindings.invalidate(exchange)
 
@@ -429,7 +431,8 @@ class Channel(virtual.Channel):
         routing_key, pattern, queue = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
         ttl = self._transport.queue_ttl.get(queue)
         with self._write() as conn:
-            store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl)
+            if store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl):
+                notify_bindings_changed(conn)
         self.state.binding_declare(queue, exchange, routing_key, arguments)
         self._transport.bindings.invalidate(exchange)
 
@@ -438,7 +441,8 @@ class Channel(virtual.Channel):
     ) -> None:
         exchange = exchange or "amq.direct"
         with self._write() as conn:
-            store.transport_unbind(conn, exchange, routing_key or "", queue)
+            if store.transport_unbind(conn, exchange, routing_key or "", queue):
+                notify_bindings_changed(conn)
         self.state.binding_delete(queue, exchange, routing_key)
         self._transport.bindings.invalidate(exchange)
 

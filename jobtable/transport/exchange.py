@@ -5,7 +5,9 @@ and events need this).
 Publishers cache an exchange's bindings for ``binding_cache_seconds``.  A
 lookup that finds no queue re-reads the table (at most every
 ``_MISS_REFRESH`` seconds), so a reply queue bound a moment ago by another
-process — ``celery inspect`` — still gets its reply.
+process — ``celery inspect`` — still gets its reply.  On PostgreSQL every
+binding change sends a NOTIFY, and a process that listens (a consumer: a
+Celery worker publishing its task events) drops its cache on it.
 """
 
 from __future__ import annotations

@@ -234,7 +234,7 @@ class Transport(virtual.Transport):
         if self._waiter is None or self._waiter_pid != os.getpid():
             with self._waiter_lock:
                 if self._waiter is None or self._waiter_pid != os.getpid():
-                    self._waiter = make_waiter(self.engine, self.options.wakeups)
+                    self._waiter = make_waiter(self.engine, self.options.wakeups, self.bindings.invalidate)
                     self._waiter_pid = os.getpid()
         return self._waiter
 

@@ -11,12 +11,12 @@ the same process always ends the wait at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
-from ..db.notify import Listener
+from ..db.notify import Listener, PgListener
 
 
 class Waiter(Protocol):
@@ -95,7 +95,10 @@ class ListenerWaiter:
         self._listener.close()
 
 
-def make_waiter(engine: Engine, wakeups: bool) -> Waiter:
+def make_waiter(engine: Engine, wakeups: bool, on_bindings_changed: Callable[[], None] | None = None) -> Waiter:
     if not wakeups:
         return LocalWaiter()
-    return ListenerWaiter(Listener.create(engine, [], use_notify=True))
+    listener = Listener.create(engine, [], use_notify=True)
+    if isinstance(listener, PgListener):
+        listener.on_bindings_changed = on_bindings_changed
+    return ListenerWaiter(listener)
