@@ -130,7 +130,8 @@ class Transport(virtual.Transport):
         self._next_promote = 0.0
         #: x-message-ttl (seconds) of queues declared through this connection.
         self.queue_ttl: dict[str, float] = {}
-        #: Bumped when this process promotes due messages (no notification).
+        #: Bumped when this process promotes due messages (their NOTIFY comes
+        #: back later: the mark changes at once).
         self._promotions = 0
         #: Acked row ids waiting for their (batched) DELETE.
         self.acks = AckBuffer(self._delete_acked)
