@@ -96,7 +96,7 @@ class PostgresDialect(Dialect):
                 )
                 .columns(*t.c)
             )
-        params = {f"q{i}": queue for i, queue in enumerate(queues)}
+        params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
         params.update(limit=limit, **values)
         rows = list(conn.execute(stmt, params))
         rows.sort(key=lambda row: (-row.priority, row.id))
