@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from types import SimpleNamespace
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Union
 
@@ -133,7 +133,7 @@ def _should_enqueue(job: Job, row: dict[str, Any], conn: Connection) -> bool:
         job._enqueue_connection = None
 
 
-def _in_transaction(connection: Any, write: Any, *, autocommit: bool) -> dict[str, int]:
+def _in_transaction(connection: Any, write: Callable[[Connection], dict[str, int]], *, autocommit: bool) -> dict[str, int]:
     if connection is None:
         engine = db_engine.get_engine()
         with db_engine.connect(engine, autocommit=autocommit) as conn:

@@ -8,10 +8,10 @@ either runs unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from .enqueue import Delay
+
+_T = TypeVar("_T")
 
 
 class DeferJob(Exception):
@@ -97,7 +99,7 @@ class JobQuery:
             task_name=job.job_name(), concurrency_key=concurrency_key, states=states
         )
 
-    def _run(self, fn: Any) -> Any:
+    def _run(self, fn: Callable[[Connection], _T]) -> _T:
         conn = self._job._enqueue_connection
         if conn is not None:
             return fn(conn)

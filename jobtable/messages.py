@@ -152,7 +152,7 @@ def decode_task(message: str | dict[str, Any]) -> TaskCall:
     """Parse a stored message into the call it describes (JSON bodies only)."""
     envelope = json.loads(message) if isinstance(message, str) else message
     headers = envelope.get("headers") or {}
-    body = envelope.get("body")
+    body: Any = envelope.get("body")  # any JSON value: a string, or the decoded [args, kwargs, embed]
     encoding = (envelope.get("properties") or {}).get("body_encoding")
     if encoding == "base64":
         import base64

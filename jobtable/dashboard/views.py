@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.templating import Jinja2Templates
 
 from ..db import engine as db_engine
 from ..db import tables
@@ -118,8 +119,9 @@ def render(request: Request, template: str, context: dict[str, Any], *, live: st
         **context,
     }
     fragment = live is not None and request.headers.get("x-jobtable-fragment") == "1"
-    templates = request.app.state.templates
-    response = templates.TemplateResponse(request, live if fragment else template, ctx)
+    page = live if fragment and live is not None else template  # fragment implies live
+    templates: Jinja2Templates = request.app.state.templates
+    response = templates.TemplateResponse(request, page, ctx)
     if security.csrf_token_of(request) != csrf:
         response.set_cookie(
             security.CSRF_COOKIE,
@@ -134,7 +136,7 @@ def render(request: Request, template: str, context: dict[str, Any], *, live: st
 
 
 def error_page(request: Request, status: int, message: str) -> Response:
-    templates = request.app.state.templates
+    templates: Jinja2Templates = request.app.state.templates
     return templates.TemplateResponse(
         request,
         "error.html",

@@ -45,6 +45,11 @@ class Dialect:
         Each job goes to exactly one caller."""
         raise NotImplementedError
 
+    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+        """DELETE the rows of ``ids`` still running under ``worker_id`` (the
+        guard of a worker's completion); returns the ids deleted."""
+        raise NotImplementedError
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -101,6 +106,9 @@ class PostgresDialect(Dialect):
         rows = list(conn.execute(stmt, params))
         rows.sort(key=lambda row: (-row.priority, row.id))
         return rows
+
+    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+        return _take_running_pg(conn, worker_id, ids)
 
 
 _PG_CLAIM: dict[int, Any] = {}
@@ -193,6 +201,9 @@ class SqliteDialect(Dialect):
         rows = list(conn.execute(stmt, {"queues": list(queues)}))
         rows.sort(key=lambda row: (-row.priority, row.id))
         return rows
+
+    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+        return _take_running_sqlite(conn, worker_id, ids)
 
 
 _DIALECTS: dict[str, Dialect] = {d.name: d for d in (PostgresDialect(), SqliteDialect())}
@@ -346,10 +357,8 @@ def finish_pg(conn: Connection, worker_id: str, outcomes: Sequence[Any]) -> set[
 
 
 def _install_worker_methods() -> None:
-    # Attached here rather than in the classes above so that this section
-    # stays one appended block (the transport appends its own).
-    PostgresDialect.take_running = staticmethod(_take_running_pg)  # type: ignore[attr-defined]
-    SqliteDialect.take_running = staticmethod(_take_running_sqlite)  # type: ignore[attr-defined]
+    # take_running is declared on the dialect classes above (so that it is
+    # typed) and implemented by the functions of this section.
     _PG_CASTS.setdefault("deliveries", "int4")
 
 

@@ -162,6 +162,7 @@ class PgListener(Listener):
             raw = self._engine.raw_connection()
             conn = raw.driver_connection
             raw.detach()  # ours alone: the pool must never hand it out
+            assert conn is not None, "no DBAPI connection"  # a fresh pool connection always has one
             conn.autocommit = True
             conn.execute(f"LISTEN {self._channel}")
             self._conn = conn

@@ -47,7 +47,7 @@ from .states import task_meta as _shared_task_meta
 logger = get_logger(__name__)
 
 
-class JobtableBackend(BaseBackend):
+class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no type hints: BaseBackend is Any
     """Celery result backend storing into ``jobtable_result``."""
 
     persistent = True
@@ -157,7 +157,7 @@ class JobtableBackend(BaseBackend):
         listener = self._listener()  # listening before the first read: no lost wake-up
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            meta = self.get_task_meta(task_id, cache=False)
+            meta: dict[str, Any] = self.get_task_meta(task_id, cache=False)
             if meta["status"] in states.READY_STATES:
                 return meta
             if on_interval:
@@ -180,7 +180,7 @@ class JobtableBackend(BaseBackend):
             encoded = db_results.load_group(conn, group_id)
         if encoded is None:
             return None
-        meta = self.decode(encoded)
+        meta: dict[str, Any] = self.decode(encoded)
         meta["result"] = result_from_tuple(meta["result"], self.app)
         return meta
 

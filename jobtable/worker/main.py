@@ -207,9 +207,9 @@ class Supervisor:
                 break
             if pid == 0:
                 break
-            handle = by_pid.pop(pid, None)
-            if handle is not None:
-                self._ended(handle, os.waitstatus_to_exitcode(status))
+            ended = by_pid.pop(pid, None)
+            if ended is not None:
+                self._ended(ended, os.waitstatus_to_exitcode(status))
 
     def _ended(self, handle: Handle, code: int) -> None:
         del self.handles[handle.index]

@@ -31,7 +31,7 @@ class Slots:
 class Slot:
     __slots__ = ("_view", "_base")
 
-    def __init__(self, view: memoryview, base: int) -> None:
+    def __init__(self, view: memoryview[float], base: int) -> None:
         self._view = view
         self._base = base
 

@@ -7,6 +7,8 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,7 +21,15 @@ BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 
 
-def _partial(where: str) -> dict[str, sa.TextClause]:
+class _Where(TypedDict):
+    """create_index() keywords of a partial index, typed per key so that mypy
+    sees they fill none of its named parameters."""
+
+    postgresql_where: sa.TextClause
+    sqlite_where: sa.TextClause
+
+
+def _partial(where: str) -> _Where:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
