@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -26,9 +25,9 @@ from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this dire
     sqlite_url,
     subprocess_env,
 )
+from tests.polling import wait_for  # noqa: F401  (re-exported for this directory)
 from tests.shim_support import BLOCK_CELERY
 
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +40,6 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 #: The three ways of running compat_tests/tasks.py.
 MODES = ("celery", "native", "shim")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 def lines(path: str | Path) -> list[list[str]]:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +21,7 @@ from sqlalchemy import select
 from jobtable.db import store, tables
 from jobtable.db.engine import get_engine
 from tests.conftest import ROOT, empty_tables
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tests.polling import wait_for
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -109,7 +99,7 @@ def test_retries_are_one_row_per_attempt(celery_app: Any) -> None:
         rows = result_rows(result.id)
         return rows if len(rows) == 3 and all(r.status != "STARTED" for r in rows) else []
 
-    rows = _wait(finished)
+    rows = wait_for(finished, timeout=20)
     assert [(r.attempt, r.status, r.retried) for r in rows] == [
         (1, "ERRORED", True),
         (2, "ERRORED", True),
@@ -122,7 +112,7 @@ def test_pending_started_and_timeout(celery_app: Any, tmp_path: Path) -> None:
     assert AsyncResult("no-such-id", app=celery_app.app).state == states.PENDING
     gate = tmp_path / "gate"
     result = celery_app.wait_for_file.delay(str(gate))
-    _wait(lambda: result.state == states.STARTED)
+    wait_for(lambda: result.state == states.STARTED, timeout=20)
     with pytest.raises(CeleryTimeout):
         result.get(timeout=0.3)
     gate.touch()
@@ -136,7 +126,7 @@ def test_forget(celery_app: Any) -> None:
     assert result_rows(result.id) == []
     # The worker's ack (which deletes the message row, read as STARTED) is
     # written by the transport's ack writer, a moment after the task ran.
-    _wait(lambda: AsyncResult(result.id, app=celery_app.app).state == states.PENDING)
+    wait_for(lambda: AsyncResult(result.id, app=celery_app.app).state == states.PENDING, timeout=20)
 
 
 def test_group(celery_app: Any) -> None:
@@ -168,7 +158,7 @@ def test_chord_with_a_failing_part_fails_the_body(celery_app: Any) -> None:
     with pytest.raises((ValueError, ChordError), match="part failed"):
         result.get(timeout=30, propagate=True)
     # ... and the body itself fails with a ChordError naming the culprit.
-    _wait(lambda: AsyncResult(result.id, app=celery_app.app).state == states.FAILURE)
+    wait_for(lambda: AsyncResult(result.id, app=celery_app.app).state == states.FAILURE, timeout=20)
     body = AsyncResult(result.id, app=celery_app.app)
     assert "part failed" in str(body.result) and type(body.result).__name__ == "ChordError"
 

@@ -4,8 +4,7 @@ for a state with a deadline (no fixed sleeps), and a look at the table."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from kombu import Connection
 from sqlalchemy import select
@@ -13,7 +12,8 @@ from sqlalchemy import select
 from jobtable.db import engine as db_engine
 from jobtable.db import tables
 
-T = TypeVar("T")
+from .polling import wait_for  # noqa: F401  (re-exported for the transport tests)
+
 
 #: Fast settings for tests: short leases and polls.
 FAST_OPTIONS: dict[str, Any] = {
@@ -35,18 +35,6 @@ def connect(db_url: str, **options: Any) -> Connection:
     return conn
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
 def rows(db_url: str, queue: str | None = None) -> list[Any]:
     stmt = select(tables.request).order_by(tables.request.c.id)
     if queue is not None:
@@ -58,14 +46,14 @@ def rows(db_url: str, queue: str | None = None) -> list[Any]:
 def acked(db_url: str, left: int = 0, queue: str | None = None, timeout: float = 5.0) -> list[Any]:
     """The rows once ``left`` remain: acks are deleted by the consumer's ack
     writer, within a round trip or two of ``ack()`` (transport/acks.py)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = rows(db_url, queue)
-        if len(found) == left:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(found)} rows left after {timeout}s, expected {left}: acks not written")
-        time.sleep(0.01)
+    latest: list[Any] = []
+
+    def settled() -> bool:
+        latest[:] = rows(db_url, queue)
+        return len(latest) == left
+
+    wait_for(settled, timeout, interval=0.01, what=f"{left} row(s) left once the acks are written")
+    return latest
 
 
 def states(db_url: str, queue: str | None = None) -> list[str]:

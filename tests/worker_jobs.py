@@ -23,6 +23,7 @@ from jobtable.db import engine as db_engine
 from jobtable.db import tables
 from jobtable.middleware import JobMiddleware, JobRun
 from jobtable.worker import DeferJob
+from tests import polling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,15 +201,8 @@ def run_burst(env: dict[str, str], *args: str, timeout: float = 60) -> str:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 45, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    """``polling.wait_for`` with the longer default worker tests need."""
+    return polling.wait_for(predicate, timeout, what=what)
 
 
 def query(sql: str, **params: Any) -> list[Any]:
