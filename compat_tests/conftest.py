@@ -5,7 +5,6 @@ databases) and a launcher for the three kinds of worker."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this dire
     sqlite_url,
     subprocess_env,
 )
-from tests.polling import wait_for  # noqa: F401  (re-exported for this directory)
+from tests.polling import terminate, wait_for  # noqa: F401  (wait_for re-exported for this directory)
 from tests.shim_support import BLOCK_CELERY
 
 
@@ -100,13 +99,7 @@ class Worker:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=30)
         print(f"--- {self.mode} worker log ---\n{self.text()[-4000:]}", file=sys.stderr)  # shown on failure
 
 

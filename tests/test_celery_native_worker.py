@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from sqlalchemy import select
 from jobtable.db import tables
 from jobtable.db.engine import get_engine
 from tests.conftest import ROOT, empty_tables
-from tests.transport_helpers import wait_for
+from tests.polling import terminate, wait_for
 from tests.worker_jobs import lines
 
 APP = "tests.celery_native_app:app"
@@ -47,13 +46,7 @@ class NativeWorker:
         return self.log.read_text() if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=30)
         print(self.text()[-5000:], file=sys.stderr)  # shown when a test fails
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -21,7 +20,7 @@ from sqlalchemy import select
 from jobtable.db import store, tables
 from jobtable.db.engine import get_engine
 from tests.conftest import ROOT, empty_tables
-from tests.polling import wait_for
+from tests.polling import terminate, wait_for
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -50,12 +49,7 @@ def celery_app(request: pytest.FixtureRequest) -> Iterator[Any]:
         assert module.add.delay(1, 1).get(timeout=60) == 2
         yield module
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        terminate(worker, timeout=20)
         pools.reset()
         if previous is None:
             os.environ.pop("JOBTABLE_DATABASE_URL", None)

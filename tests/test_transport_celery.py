@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from jobtable.db import tables
 
+from .polling import terminate
 from .transport_helpers import FAST_OPTIONS, rows, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,13 +44,7 @@ class Worker:
         return [line.split()[1:] for line in self.text().splitlines() if line.split()[0] == kind]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=20)
         # Shown by pytest when the test fails.
         print(self.log.read_text()[-5000:], file=sys.stderr)
 
