@@ -513,8 +513,8 @@ def run_requests_now(conn: Connection, request_ids: Sequence[int], now: datetime
         )
         report.done.append(f"{row.task_name} {row.task_id}")
     if report.done:
-        from ..db.dialects import notify_queues
+        from ..db.dialects import wake_queues
 
         queues = [r.queue for r in conn.execute(select(request.c.queue).where(request.c.id.in_(list(request_ids))))]
-        notify_queues(conn, sorted(set(queues)))
+        wake_queues(conn, queues)
     return report

@@ -239,16 +239,6 @@ def notify_bindings_changed(conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
 
 
-def notify_queues(conn: Connection, queues: Sequence[str]) -> None:
-    """Wake consumers of ``queues`` (PostgreSQL NOTIFY, sent at commit)
-    after rows went back to pending.  SQLite consumers poll."""
-    if conn.dialect.name != "postgresql" or not queues:
-        return
-    channel = globals().get("NOTIFY_CHANNEL", "jobtable")
-    for queue in sorted(set(queues)):
-        conn.execute(text("SELECT pg_notify(:channel, :queue)"), {"channel": channel, "queue": queue})
-
-
 # -- worker --
 
 
@@ -276,8 +266,9 @@ def _take_running_sqlite(conn: Connection, worker_id: str, ids: Sequence[int]) -
 
 
 def wake_queues(conn: Connection, queues: Sequence[str]) -> None:
-    """NOTIFY listeners of ``queues`` (at commit) after rows went back to
-    pending.  SQLite listeners notice the commit by themselves."""
+    """NOTIFY listeners of ``queues`` (at commit) after rows became pending
+    there (requeued, recovered, promoted); one statement for all queues.
+    SQLite listeners notice the commit by themselves."""
     if conn.dialect.name == "postgresql" and queues:
         conn.exec_driver_sql(
             "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q",

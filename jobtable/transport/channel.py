@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Row
 
 from .. import messages
 from ..db import store, tables
-from ..db.dialects import notify_bindings_changed, notify_queues
+from ..db.dialects import notify_bindings_changed, wake_queues
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -310,7 +310,7 @@ class Channel(virtual.Channel):
         if requeue:
             with transport.write_connection() as conn:
                 queues = store.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
-                notify_queues(conn, queues)
+                wake_queues(conn, queues)
         else:
             # Deleted in batches by the process's ack writer (acks.py).
             transport.acks.add(ids)

@@ -21,7 +21,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..db import store
-from ..db.dialects import notify_queues
+from ..db.dialects import wake_queues
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -127,7 +127,7 @@ class LeaseKeeper:
         with transport.write_connection() as conn:
             now = store.utcnow()
             queues = store.transport_recover(conn, now)
-            notify_queues(conn, queues)
+            wake_queues(conn, queues)
             store.delete_stale_consumers(conn, now - FORGET_AFTER)
         if queues:
             logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
