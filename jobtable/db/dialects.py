@@ -242,13 +242,16 @@ def notify_bindings_changed(conn: Connection) -> None:
 # -- worker --
 
 
+#: The rows of ``ids`` that ``worker`` still runs (a native member finishing
+#: them, a Kombu consumer acking them) leave the table.  One statement
+#: whatever the number of ids (an array, not an IN list).
+_PG_DELETE_HELD = (
+    "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'"
+)
+
+
 def _take_running_pg(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-    # exec_driver_sql: one cached statement whatever the number of ids.
-    rows = conn.exec_driver_sql(
-        "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s "
-        "AND state = 'running' RETURNING id",
-        {"ids": list(ids), "worker": worker_id},
-    )
+    rows = conn.exec_driver_sql(_PG_DELETE_HELD + " RETURNING id", {"ids": list(ids), "worker": worker_id})
     return {row[0] for row in rows}
 
 
@@ -410,14 +413,9 @@ def transport_claim_pg(
     return rows
 
 
-_PG_TRANSPORT_DELETE = (
-    "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'"
-)
-
-
 def transport_delete_pg(conn: Connection, ids: Sequence[int], consumer_id: str, async_commit: bool) -> int:
     """Acks: the rows this consumer still holds leave the table."""
-    sql = _PG_TRANSPORT_DELETE + (_PG_ASYNC if async_commit else "")
+    sql = _PG_DELETE_HELD + (_PG_ASYNC if async_commit else "")
     return int(conn.exec_driver_sql(sql, {"ids": list(ids), "worker": consumer_id}).rowcount)
 
 
