@@ -69,6 +69,12 @@ class Settings:
     worker_shutdown_grace: int = 30
     #: Seconds past a job's timeout after which its process is killed (LOST).
     worker_timeout_grace: int = 10
+    #: A job whose run killed its worker process this many times (attempts
+    #: recorded LOST) is QUARANTINED: recorded, never claimed again, retryable by hand.
+    worker_quarantine_after: int = 3
+    #: Largest message (the stored row's JSON, in bytes) that enqueue and
+    #: Kombu publish accept; larger ones are refused naming the argument.
+    max_message_size: int = 10 * 1024 * 1024
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

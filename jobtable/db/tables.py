@@ -107,7 +107,13 @@ ERRORED = "ERRORED"
 CANCELLED = "CANCELLED"
 LOST = "LOST"
 DEFERRED = "DEFERRED"
-RESULT_STATUSES = (SUCCESSFUL, ERRORED, CANCELLED, LOST, DEFERRED)
+#: Terminal statuses of poison: a job that killed its worker process
+#: ``worker_quarantine_after`` times, and a row whose message cannot be decoded
+#: (a dead letter).  Both keep the message, are never claimed again, and can be
+#: re-queued by hand (``jobtable retry``, the dashboard).
+QUARANTINED = "QUARANTINED"
+DEAD_LETTER = "DEAD_LETTER"
+RESULT_STATUSES = (SUCCESSFUL, ERRORED, CANCELLED, LOST, DEFERRED, QUARANTINED, DEAD_LETTER)
 
 result = Table(
     "jobtable_result",
