@@ -40,7 +40,7 @@ def move_to_results(conn: Connection, rows: Sequence[Row[Any]], entries: dict[in
     for row in rows:
         status, fields = entries[row.id]
         values.append(
-            store.result_values(row, status, ended_at=now, attempt=_free_attempt(conn, row), **fields)
+            store.result_values(row, status, ended_at=now, attempt=_free_attempt(conn, row), retried=False, **fields)
         )
     for value in values:  # one by one: two rows of one task id need two attempts
         store.insert_results(conn, [value])
