@@ -253,13 +253,40 @@ def retry_result(conn: Connection, previous: Row[Any], now: datetime, delay_unti
     held by another pending or running job.
     """
     attempt = previous.attempt + 1
-    envelope = json.loads(messages.retry_message(previous.message, attempt, delay_until))
-    row = messages.row_values(envelope, previous.queue, now)
+    try:
+        envelope = json.loads(messages.retry_message(previous.message, attempt, delay_until))
+        if not isinstance(envelope, dict):
+            raise ValueError("not an object")
+        row = messages.row_values(envelope, previous.queue, now)
+        row["attempt"] = attempt
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        # A dead letter whose message is still not a JSON envelope: queued
+        # again as it is, its columns taken from the result row; if it is
+        # still bad it comes back as a dead letter.
+        row = _raw_retry_values(previous, attempt, now, delay_until)
     inserted = insert_requests(conn, [row])
     if not inserted:
         return None
     conn.execute(update(result).where(result.c.id == previous.id).values(retried=True))
     return inserted[row["task_id"]]
+
+
+def _raw_retry_values(previous: Row[Any], attempt: int, now: datetime, run_at: datetime | None) -> dict[str, Any]:
+    due = run_at is not None and run_at > now
+    return {
+        "task_id": previous.task_id,
+        "task_name": previous.task_name,
+        "queue": previous.queue,
+        "priority": previous.priority,
+        "state": tables.SCHEDULED if due else tables.PENDING,
+        "run_at": run_at if due else now,
+        "expires_at": None,
+        "concurrency_key": previous.concurrency_key,
+        "attempt": attempt,
+        "retries": previous.retries,
+        "created_at": now,
+        "message": previous.message if previous.message is not None else "",
+    }
 
 
 def purge(conn: Connection, queue: str | None = None) -> int:
@@ -400,7 +427,13 @@ def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> lis
     stmt = (
         update(request)
         .where(request.c.id.in_(lapsed.scalar_subquery()))
-        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .values(
+            state=tables.PENDING,
+            worker_id=None,
+            started_at=None,
+            lease_expires_at=None,
+            crashes=request.c.crashes + 1,
+        )
         .returning(request.c.queue)
     )
     return sorted({row.queue for row in conn.execute(stmt)})

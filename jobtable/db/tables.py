@@ -67,6 +67,10 @@ request = Table(
     # How many times the row was claimed: the Kombu transport marks a
     # message ``redelivered`` when it is above 1 (after a requeue or a crash).
     Column("deliveries", Integer, nullable=False, server_default=text("0")),
+    # How many times a Kombu consumer died holding the row (its lease lapsed
+    # and was recovered); unlike ``deliveries``, rejects and requeues do not
+    # count.  At ``worker_quarantine_after`` the message is QUARANTINED.
+    Column("crashes", Integer, nullable=False, server_default=text("0")),
     # The whole Kombu message (Celery task protocol v2) as JSON.
     Column("message", Text, nullable=False),
     Index(

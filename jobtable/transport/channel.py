@@ -19,7 +19,6 @@ connection: channel methods are safe to call from several threads
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -33,7 +32,7 @@ from kombu.transport import virtual
 from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
-from .. import messages
+from .. import badrows, messages
 from ..db import store, tables
 from ..db.dialects import notify_bindings_changed, wake_queues
 
@@ -227,7 +226,29 @@ class Channel(virtual.Channel):
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
                 store.transport_delete(conn, expired, consumer, transport.async_commit)
-        return [(_payload(row), row.queue) for row in rows if row.id not in expired], len(rows)
+            # Each row decoded on its own: an undecodable one becomes a dead
+            # letter (badrows.py) and the rest of the batch is delivered.
+            delivered: list[tuple[dict[str, Any], str]] = []
+            bad: list[tuple[int, str]] = []
+            for row in rows:
+                if row.id in expired:
+                    continue
+                envelope = badrows.decode_envelope(row.message)
+                if isinstance(envelope, badrows.BadRow):
+                    bad.append((row.id, envelope.reason))
+                else:
+                    delivered.append((_payload(row, envelope), row.queue))
+        if bad:
+            # One transaction (the claim's connection autocommits on
+            # PostgreSQL): the row leaves the queue only with its result.
+            with transport.engine.begin() as tx:
+                buried = badrows.bury(tx, consumer, bad, now)
+            logger.error(
+                "jobtable: %d undecodable message(s) moved to DEAD_LETTER results: %s",
+                len(buried),
+                "; ".join(reason for _, reason in bad)[:500],
+            )
+        return delivered, len(rows)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         claimed = self._claim([queue], 1)
@@ -476,9 +497,8 @@ class Channel(virtual.Channel):
         return set(self.typeof(exchange).lookup(self.get_table(exchange), exchange, routing_key, None) or ())
 
 
-def _payload(row: Row[Any]) -> dict[str, Any]:
-    """The stored envelope as Kombu's virtual Message expects it."""
-    payload: dict[str, Any] = json.loads(row.message)
+def _payload(row: Row[Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The stored envelope (decoded by badrows) as Kombu's virtual Message expects it."""
     properties = payload.get("properties") or {}
     payload["properties"] = properties
     properties["delivery_tag"] = f"{row.id}:{row.deliveries}"

@@ -20,7 +20,8 @@ from datetime import timedelta
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ..db import store
+from ..db import deadletters, store
+from ..settings import get_settings
 from ..db.dialects import wake_queues
 
 if TYPE_CHECKING:
@@ -35,6 +36,17 @@ RENEW_CHUNK = 500
 HEARTBEAT_INTERVAL = 10.0
 #: A consumer row silent this long is deleted by any live consumer.
 FORGET_AFTER = timedelta(hours=1)
+
+
+def _quarantine_after() -> int:
+    """``worker_quarantine_after`` (default 3); the default when the
+    settings of this process do not load (a Celery app configures Kombu, not
+    jobtable)."""
+    try:
+        return max(1, int(get_settings().worker_quarantine_after))
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("jobtable: could not read worker_quarantine_after (%s); using 3", exc)
+        return 3
 
 
 class LeaseKeeper:
@@ -124,6 +136,24 @@ class LeaseKeeper:
     def recover(self) -> list[str]:
         """Requeue the messages of consumers whose lease lapsed."""
         transport = self._transport
+        after = _quarantine_after()
+        with transport.engine.begin() as tx:
+            # Before the recovery, in one transaction: a message whose
+            # consumer died holding it ``after`` times is not delivered again.
+            quarantined = deadletters.quarantine_lapsed(
+                tx,
+                store.utcnow(),
+                after,
+                f"Quarantined: a consumer died (its lease lapsed) while holding this message {after} times; "
+                "it is not delivered again. Re-queue it by hand with `jobtable retry <uuid>` or the dashboard.",
+            )
+        if quarantined:
+            logger.error(
+                "jobtable: quarantined %d message(s) whose consumers died holding them %d times: %s",
+                len(quarantined),
+                after,
+                ", ".join(f"{row.task_name or '?'} {row.task_id}" for row in quarantined)[:500],
+            )
         with transport.write_connection() as conn:
             now = store.utcnow()
             queues = store.transport_recover(conn, now)

@@ -9,7 +9,7 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import messages, otel, params
+from .. import badrows, messages, otel, params
 from ..db import tables
 from ..db.store import Outcome
 from ..exceptions import UnknownJob
@@ -64,7 +64,8 @@ class Executor:
     def run(self, row: Any) -> Outcome:
         if not otel.enabled():
             return self._run(row)
-        headers = json.loads(row.message).get("headers") or {}
+        envelope = badrows.decode_envelope(row.message)
+        headers = {} if isinstance(envelope, badrows.BadRow) else envelope.get("headers") or {}
         with otel.process_span(
             queue=row.queue,
             task_name=row.task_name,
@@ -98,9 +99,15 @@ class Executor:
                     "before a worker started it.",
                 },
             )
+        call = badrows.decode_call(row.message)
+        if isinstance(call, badrows.BadRow):
+            # Same verdict as the Kombu transport's (badrows.py): never retried.
+            logger.error("%s %s attempt %s DEAD_LETTER: %s", row.task_name, row.task_id, row.attempt, call.reason)
+            fields = badrows.dead_letter_fields(call.reason)
+            fields["started_at"] = started
+            return Outcome(row, tables.DEAD_LETTER, _now(), fields)
         row_token = dispatch.current_row.set(row)
         try:
-            call = messages.decode_task(row.message)
             prepared = dispatch.prepare(call)
         except Exception as exc:
             # Permanent: retrying an unknown or undecodable job cannot help.
