@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtable
 from jobtable import otel
+from jobtable.telemetry import process_span
 from jobtable.db import store
 from jobtable.db.engine import get_engine
 from jobtable.messages import decode_task
@@ -96,7 +97,7 @@ def test_process_span_links_to_the_producer(db_url: str, telemetry: Telemetry) -
     assert request is not None
     headers = stored_headers(request.uuid)
     (producer,) = telemetry.spans.get_finished_spans()
-    with pytest.raises(ValueError), otel.process_span(
+    with pytest.raises(ValueError), process_span(
         queue="default",
         task_name=request.job_class,
         task_id=request.uuid,

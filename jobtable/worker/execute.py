@@ -9,7 +9,7 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import messages, otel, params
+from .. import messages, params, telemetry
 from ..db import tables
 from ..db.store import Outcome
 from ..exceptions import UnknownJob
@@ -62,10 +62,10 @@ class Executor:
         self.default_timeout = default_timeout
 
     def run(self, row: Any) -> Outcome:
-        if not otel.enabled():
+        if not telemetry.enabled():
             return self._run(row)
         headers = json.loads(row.message).get("headers") or {}
-        with otel.process_span(
+        with telemetry.process_span(
             queue=row.queue,
             task_name=row.task_name,
             task_id=row.task_id,
