@@ -21,6 +21,7 @@ jobtable`` does not load the instrumentation machinery.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -205,6 +206,40 @@ class ProcessSpan:
         self.span.set_attribute("error.type", error_type)
 
 
+def message_headers(message: Any) -> dict[str, Any]:
+    """The headers of a stored message, ``{}`` when it has none.
+
+    A row holds whatever a Kombu client published: not JSON, not an object,
+    headers that are not an object.  The worker's own decoding turns such a
+    message into a recorded failure; reading its trace context must not
+    raise first and take the job's pool member down instead.
+    """
+    try:
+        envelope = json.loads(message)
+    except (TypeError, ValueError, RecursionError):  # not text, not JSON, nested too deep
+        return {}
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    return headers if isinstance(headers, dict) else {}
+
+
+def producer_links(headers: Any) -> list[Link]:
+    """A link to the span that enqueued the message, if its headers carry one.
+
+    Only string headers are offered to the propagators (a ``traceparent`` of
+    5 makes the W3C one raise ``TypeError``), and a propagator that raises
+    anyway (a lone surrogate, a third-party format configured by
+    ``OTEL_PROPAGATORS``) costs the link, not the job.
+    """
+    if not isinstance(headers, dict):
+        return []
+    carrier = {key: value for key, value in headers.items() if isinstance(key, str) and isinstance(value, str)}
+    try:
+        producer = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    except Exception:
+        return []
+    return [Link(producer)] if producer.is_valid else []
+
+
 @contextmanager
 def process_span(
     *,
@@ -220,8 +255,7 @@ def process_span(
     if not _state.enabled:
         yield ProcessSpan(None)
         return
-    producer = trace.get_current_span(propagate.extract(headers or {})).get_span_context()
-    links = [Link(producer)] if producer.is_valid else []
+    links = producer_links(headers)
     attributes = _attributes(queue, "process", task_name, task_id)
     attributes["jobtable.job.attempt"] = attempt
     # A fresh root context: the job's span is not a child of whatever the

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,7 +18,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtable
 from jobtable import otel
-from jobtable.telemetry import process_span
+from jobtable import messages
+from jobtable.telemetry import message_headers, process_span, producer_links
 from jobtable.db import store
 from jobtable.db.engine import get_engine
 from jobtable.messages import decode_task
@@ -172,3 +175,90 @@ def test_worker_runs_are_consumer_spans_linked_to_their_producers(db_url: str, t
         p.attributes["jobtable.job.outcome"]: p.value for p in telemetry.metric_points("messaging.client.consumed.messages")
     }
     assert outcomes == {"SUCCESSFUL": 1, "ERRORED": 1}
+
+
+def _raw_row(message: str, task_id: str, queue: str) -> dict:
+    """A row as the Kombu transport would store what any client published."""
+    envelope = messages.task_message(
+        task_name="tests.sample_jobs.Echo", task_id=task_id, args=[], kwargs={}, queue=queue, priority=0, eta=None
+    )
+    row = messages.row_values(envelope, queue, store.utcnow())
+    row["message"] = message
+    return row
+
+
+def _with_headers(task_id: str, **headers: object) -> str:
+    envelope = messages.task_message(
+        task_name="tests.sample_jobs.Echo", task_id=task_id, args=[], kwargs={}, queue="poison", priority=0, eta=None
+    )
+    envelope["headers"].update(headers)
+    # ASCII-escaped, as Kombu's JSON serializer writes it: a lone surrogate
+    # travels as "\udcff" and comes back whole from json.loads.
+    return json.dumps(envelope)
+
+
+def test_bad_trace_headers_cost_the_link_not_the_job(db_url: str, telemetry: Telemetry) -> None:
+    from jobtable.worker.config import WorkerConfig
+    from jobtable.worker.main import run_worker
+
+    bad = {
+        "int-traceparent": _with_headers("int-traceparent", traceparent=5),
+        "list-traceparent": _with_headers("list-traceparent", traceparent=[1, 2]),
+        "surrogate": _with_headers("surrogate", traceparent="\udcff", tracestate="\udcff", baggage="\udcff"),
+        "nul": _with_headers("nul", traceparent="00-\x00-\x00-01"),
+        "nested": _with_headers("nested", traceparent=json.loads("[" * 200 + "]" * 200)),
+        "headers-not-object": json.dumps({"headers": ["traceparent"], "body": "[[], {}, {}]"}),
+        "not-an-object": "[1, 2, 3]",
+        "not-json": "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    with get_engine().begin() as conn:
+        store.insert_requests(conn, [_raw_row(message, task_id, "poison") for task_id, message in bad.items()])
+    good = Echo("after the poison").run_in_worker(queue="poison")
+    assert good is not None
+    assert run_worker(WorkerConfig(queues=["poison"], processes=1, pool="threads", burst=True, stats_every=0)) == 0
+    consumers = {
+        s.attributes["messaging.message.id"]: s for s in telemetry.spans.get_finished_spans() if s.kind == SpanKind.CONSUMER
+    }
+    # Every message was run and recorded, one span each; only the good one links.
+    assert set(consumers) == set(bad) | {good.uuid}
+    assert all(consumers[task_id].links == () for task_id in bad)
+    assert len(consumers[good.uuid].links) == 1
+    assert consumers[good.uuid].attributes["jobtable.job.outcome"] == "SUCCESSFUL"
+    # The undecodable ones fail as they would uninstrumented.
+    for task_id in ("headers-not-object", "not-an-object", "not-json"):
+        assert consumers[task_id].attributes["jobtable.job.outcome"] == "ERRORED", task_id
+    with get_engine().connect() as conn:
+        assert [r for r in store.list_requests(conn) if r.queue == "poison"] == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+HEADER_NAMES = st.sampled_from(["traceparent", "tracestate", "baggage"]) | st.text(max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(HEADER_NAMES, JSON | st.text(alphabet=st.characters(codec=None)), max_size=5))
+def test_producer_links_never_raise(headers: dict) -> None:
+    links = producer_links(headers)
+    assert len(links) <= 1
+    if links:  # only a well-formed W3C traceparent string makes one
+        (link,) = links
+        traceparent = headers["traceparent"]
+        assert isinstance(traceparent, str)
+        assert traceparent.split("-")[1] == format(link.context.trace_id, "032x")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(), st.binary(), JSON.map(json.dumps), st.integers(min_value=1, max_value=5000).map(lambda n: "[" * n)))
+def test_message_headers_is_a_dict_for_any_message(message: object) -> None:
+    assert isinstance(message_headers(message), dict)
+
+
+def test_message_headers_reads_the_stored_envelope() -> None:
+    message = _with_headers("x", traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert message_headers(message)["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert message_headers("[" * 100_000) == {}
+    assert message_headers(None) == {}

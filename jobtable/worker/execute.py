@@ -64,7 +64,7 @@ class Executor:
     def run(self, row: Any) -> Outcome:
         if not telemetry.enabled():
             return self._run(row)
-        headers = json.loads(row.message).get("headers") or {}
+        headers = telemetry.message_headers(row.message)
         with telemetry.process_span(
             queue=row.queue,
             task_name=row.task_name,
