@@ -51,6 +51,7 @@ class Printed:
 
     spans: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [s for s in self.spans if s["name"] == name]
@@ -67,11 +68,13 @@ class Printed:
         ]
 
 
-def parse_console(text: str) -> Printed:
+def parse_console(text: str, *, still_writing: bool = False) -> Printed:
     """The JSON documents of the console exporters, one after another.
 
-    Anything else on stdout is an error: the program printed where the
-    exporter writes, or an export was cut.
+    A line outside them that does not open a document is kept in ``other``
+    (Celery prints its shutdown there); a document cut short is an error.
+    ``still_writing``: the program runs on, so its last document may be half
+    written; it is left out.
     """
     printed = Printed()
     decoder = json.JSONDecoder()
@@ -81,7 +84,18 @@ def parse_console(text: str) -> Printed:
             index += 1
         if index == len(text):
             return printed
-        document, index = decoder.raw_decode(text, index)
+        if text[index] != "{":
+            end = text.find("\n", index)
+            end = len(text) if end < 0 else end
+            printed.other.append(text[index:end])
+            index = end
+            continue
+        try:
+            document, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            if still_writing:
+                return printed
+            raise
         if "resource_metrics" in document:
             printed.metrics.append(document)
         else:
@@ -89,8 +103,8 @@ def parse_console(text: str) -> Printed:
             printed.spans.append(document)
 
 
-def read_console(path: Path) -> Printed:
-    return parse_console(path.read_text())
+def read_console(path: Path, *, still_writing: bool = False) -> Printed:
+    return parse_console(path.read_text(), still_writing=still_writing)
 
 
 def hex_id(value: str | None) -> int | None:
