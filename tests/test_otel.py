@@ -17,9 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtable
-from jobtable import otel
-from jobtable import messages
-from jobtable.telemetry import message_headers, process_span, producer_links
+from jobtable import messages, otel
+from jobtable.telemetry import enabled, flush, message_headers, process_span, producer_links
 from jobtable.db import store
 from jobtable.db.engine import get_engine
 from jobtable.messages import decode_task
@@ -262,3 +261,57 @@ def test_message_headers_reads_the_stored_envelope() -> None:
     assert message_headers(message)["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert message_headers("[" * 100_000) == {}
     assert message_headers(None) == {}
+
+
+def test_the_instrumentor_follows_base_instrumentor(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = otel.JobtableInstrumentor()
+    assert instrumentor is otel.JobtableInstrumentor()  # one instance, as every BaseInstrumentor
+    assert not instrumentor.is_instrumented_by_opentelemetry and not enabled()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        assert instrumentor.is_instrumented_by_opentelemetry and enabled()
+        # A second call is the base class's logged no-op: the first provider stays.
+        instrumentor.instrument(tracer_provider=TracerProvider())
+        assert "already instrumented" in caplog.text
+        Echo().run_in_worker()
+        assert [s.name for s in exporter.get_finished_spans()] == ["send default"]
+    finally:
+        instrumentor.uninstrument()
+    assert not instrumentor.is_instrumented_by_opentelemetry and not enabled()
+    request = Echo().run_in_worker()
+    assert request is not None and "traceparent" not in stored_headers(request.uuid)
+    assert len(exporter.get_finished_spans()) == 1
+
+
+class _FailingFlush(SimpleSpanProcessor):
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        raise OSError("collector unreachable")
+
+
+def test_flush_exports_what_is_buffered_and_survives_a_failing_exporter(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    # A batch processor holds spans for seconds: what a member ending with
+    # os._exit would lose without flush().
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    reader = InMemoryMetricReader()
+    instrumentor = otel.JobtableInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        Echo().run_in_worker()
+        assert exporter.get_finished_spans() == ()
+        flush()
+        assert [s.name for s in exporter.get_finished_spans()] == ["send default"]
+        provider.add_span_processor(_FailingFlush(InMemorySpanExporter()))
+        flush()  # logged, not raised: the member must still exit
+        assert "Could not flush TracerProvider" in caplog.text
+    finally:
+        instrumentor.uninstrument()
+    flush()  # not instrumented: nothing to do
