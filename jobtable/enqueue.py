@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from sqlalchemy.engine import Connection
 
-from . import messages, otel, params
+from . import messages, params, telemetry
 from .db import engine as db_engine
 from .db import store, tables
 from .exceptions import EnqueueError
@@ -73,7 +73,7 @@ def enqueue(
         return []
     task_ids = [messages.new_task_id() for _ in jobs]
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
-    with otel.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
+    with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
         return _enqueue(jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection)
 
 

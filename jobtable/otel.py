@@ -1,252 +1,64 @@
-"""OpenTelemetry tracing and metrics, following the messaging semantic conventions.
+"""``JobtableInstrumentor``: OpenTelemetry for jobtable, as the ecosystem does it.
 
-Off until ``JobtableInstrumentor().instrument()`` is called: until then every
-hook returns at its first line, so an application without OpenTelemetry pays
-one attribute check per enqueue and per job.
+A ``BaseInstrumentor`` of ``opentelemetry-instrumentation``, registered under
+the ``opentelemetry_instrumentor`` entry point ``jobtable``, so that
 
-- Enqueue: a PRODUCER span ``send {queue}``; its context is stored in the
-  message headers (``traceparent``), so it survives in the row.
-- Processing: a CONSUMER span ``process {queue}`` that *links* to the producer
-  span instead of being its child, so a job run hours later (or an idle
-  worker's polling) does not stretch or pollute the request's trace.
-- Metrics: sent and consumed messages (by outcome), operation duration,
-  queue wait time, and queue depth (an observable gauge that queries the
-  database only when a meter reader collects).
+    opentelemetry-instrument jobtable worker
+
+(with ``opentelemetry-distro`` and an exporter installed) traces enqueues and
+job runs with no code change, and ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=jobtable``
+leaves them off.  Programmatically::
+
+    JobtableInstrumentor().instrument()   # optional: tracer_provider=..., meter_provider=...
+
+The spans and metrics themselves live in ``jobtable.telemetry``, below this
+module, which the enqueue path and the worker import: only an application
+that instruments jobtable loads ``opentelemetry-instrumentation``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Collection
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+# The module opens with a file-wide ``# type: ignore``, so mypy sees none of
+# its names: BaseInstrumentor is untyped here.
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-SYSTEM = "jobtable"
-_SCOPE = "jobtable"
-try:
-    _VERSION = importlib.metadata.version("jobtable")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    _VERSION = "0"
+from . import telemetry
 
-
-class _State:
-    enabled = False
-    tracer: trace.Tracer = trace.NoOpTracer()
-    sent: Any = None
-    consumed: Any = None
-    duration: Any = None
-    wait: Any = None
-    depth: Any = None
+#: What this instrumentor instruments: the jobtable distribution whose
+#: enqueue path and worker call the hooks of ``jobtable.telemetry``.
+REQUIREMENT = "jobtable >= 0.1"
 
 
-_state = _State()
+def _installed() -> bool:
+    try:
+        importlib.metadata.distribution("jobtable")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
-def enabled() -> bool:
-    return _state.enabled
+class JobtableInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Traces and meters jobtable's enqueues and job runs.
 
-
-def _attributes(queue: str, operation: str, task_name: str, task_id: str | None = None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "messaging.system": SYSTEM,
-        "messaging.destination.name": queue,
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-        "jobtable.job.class": task_name,
-    }
-    if task_id is not None:
-        attributes["messaging.message.id"] = task_id
-    return attributes
-
-
-# -- producer ----------------------------------------------------------------------
-
-
-@contextmanager
-def send_span(queue: str, task_name: str, task_ids: Sequence[str]) -> Iterator[dict[str, str]]:
-    """Span around an enqueue; yields the headers that carry its context.
-
-    One span per call: a bulk enqueue is one ``send`` with
-    ``messaging.batch.message_count``, as the conventions describe batches.
+    ``instrument(tracer_provider=..., meter_provider=...)``; without them the
+    global providers.  As every ``BaseInstrumentor``, it is a singleton and a
+    second ``instrument()`` before ``uninstrument()`` is a logged no-op.
     """
-    if not _state.enabled:
-        yield {}
-        return
-    attributes = _attributes(queue, "send", task_name, task_ids[0] if len(task_ids) == 1 else None)
-    if len(task_ids) > 1:
-        attributes["messaging.batch.message_count"] = len(task_ids)
-    started = time.perf_counter()
-    with _state.tracer.start_as_current_span(
-        f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes, record_exception=True
-    ):
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        error: BaseException | None = None
-        try:
-            yield carrier
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            metric_attributes = {
-                "messaging.system": SYSTEM,
-                "messaging.destination.name": queue,
-                "messaging.operation.name": "send",
-            }
-            if error is not None:
-                metric_attributes["error.type"] = type(error).__qualname__
-            _state.sent.add(len(task_ids), metric_attributes)
-            _state.duration.record(time.perf_counter() - started, metric_attributes)
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        # Run from a source tree (no installed distribution), the check would
+        # call jobtable missing while it is the very package running it.
+        return (REQUIREMENT,) if _installed() else ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        telemetry.enable(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        telemetry.disable()
 
 
-# -- consumer ---------------------------------------------------------------------
-
-
-class ProcessSpan:
-    """What the worker tells the span about the job's outcome."""
-
-    def __init__(self, span: trace.Span | None) -> None:
-        self.span = span
-        self.outcome = "SUCCESSFUL"
-
-    def failed(self, exc: BaseException, outcome: str = "ERRORED") -> None:
-        self.outcome = outcome
-        if self.span is not None:
-            self.span.record_exception(exc)
-            self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__qualname__}: {exc}"))
-            self.span.set_attribute("error.type", type(exc).__qualname__)
-
-    def set_outcome(self, outcome: str) -> None:
-        self.outcome = outcome
-
-    def record_failure(self, error_type: str, message: str, stacktrace: str | None) -> None:
-        """A failure the worker caught and recorded (no exception object left)."""
-        if self.span is None:
-            return
-        attributes = {"exception.type": error_type, "exception.message": message}
-        if stacktrace:
-            attributes["exception.stacktrace"] = stacktrace
-        self.span.add_event("exception", attributes)
-        self.span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}"))
-        self.span.set_attribute("error.type", error_type)
-
-
-@contextmanager
-def process_span(
-    *,
-    queue: str,
-    task_name: str,
-    task_id: str,
-    attempt: int,
-    headers: dict[str, Any],
-    run_at: datetime | None,
-    started_at: datetime | None,
-) -> Iterator[ProcessSpan]:
-    """Span around one job run.  Exceptions escaping it are recorded too."""
-    if not _state.enabled:
-        yield ProcessSpan(None)
-        return
-    producer = trace.get_current_span(propagate.extract(headers or {})).get_span_context()
-    links = [Link(producer)] if producer.is_valid else []
-    attributes = _attributes(queue, "process", task_name, task_id)
-    attributes["jobtable.job.attempt"] = attempt
-    # A fresh root context: the job's span is not a child of whatever the
-    # worker thread happened to have current.
-    token = otel_context.attach(otel_context.Context())
-    started = time.perf_counter()
-    try:
-        with _state.tracer.start_as_current_span(
-            f"process {queue}",
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            handle = ProcessSpan(span)
-            try:
-                yield handle
-            except BaseException as exc:
-                handle.failed(exc)
-                raise
-            finally:
-                span.set_attribute("jobtable.job.outcome", handle.outcome)
-                metric_attributes = {
-                    "messaging.system": SYSTEM,
-                    "messaging.destination.name": queue,
-                    "messaging.operation.name": "process",
-                    "jobtable.job.outcome": handle.outcome,
-                }
-                _state.consumed.add(1, metric_attributes)
-                _state.duration.record(time.perf_counter() - started, metric_attributes)
-                if run_at is not None and started_at is not None:
-                    _state.wait.record(
-                        max(0.0, (started_at - run_at).total_seconds()),
-                        {"messaging.system": SYSTEM, "messaging.destination.name": queue},
-                    )
-    finally:
-        otel_context.detach(token)
-
-
-# -- queue depth --------------------------------------------------------------------
-
-
-def _observe_depth(_options: Any) -> Iterator[metrics.Observation]:
-    from .db import engine as db_engine
-    from .db import store
-
-    try:
-        with db_engine.connect() as conn, conn.begin():
-            queues, _results = store.stats(conn)
-    except Exception:  # a collection must not crash the app; no data this round
-        return
-    for queue in queues:
-        for state in ("pending", "scheduled", "running"):
-            yield metrics.Observation(
-                getattr(queue, state),
-                {"messaging.system": SYSTEM, "messaging.destination.name": queue.queue, "jobtable.state": state},
-            )
-
-
-# -- instrumentor --------------------------------------------------------------------
-
-
-class JobtableInstrumentor:
-    """``JobtableInstrumentor().instrument(tracer_provider=..., meter_provider=...)``,
-    in the style of the opentelemetry-instrumentation packages."""
-
-    def instrument(self, **kwargs: Any) -> None:
-        tracer_provider = kwargs.get("tracer_provider")
-        meter_provider = kwargs.get("meter_provider")
-        _state.tracer = trace.get_tracer(_SCOPE, _VERSION, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider=meter_provider)
-        _state.sent = meter.create_counter(
-            "messaging.client.sent.messages", unit="{message}", description="Jobs enqueued."
-        )
-        _state.consumed = meter.create_counter(
-            "messaging.client.consumed.messages", unit="{message}", description="Jobs run, by outcome."
-        )
-        _state.duration = meter.create_histogram(
-            "messaging.client.operation.duration", unit="s", description="Duration of enqueues and job runs."
-        )
-        _state.wait = meter.create_histogram(
-            "jobtable.queue.wait_time", unit="s", description="Time from due to started."
-        )
-        _state.depth = meter.create_observable_gauge(
-            "jobtable.queue.depth", callbacks=[_observe_depth], unit="{job}", description="Jobs by queue and state."
-        )
-        _state.enabled = True
-
-    def uninstrument(self, **kwargs: Any) -> None:
-        _state.enabled = False
-        _state.tracer = trace.NoOpTracer()
-
-    @property
-    def is_instrumented_by_opentelemetry(self) -> bool:
-        return _state.enabled
+__all__ = ["JobtableInstrumentor"]

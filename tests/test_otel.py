@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -15,7 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import jobtable
-from jobtable import otel
+from jobtable import messages, otel
+from jobtable.telemetry import enabled, flush, message_headers, process_span, producer_links
 from jobtable.db import store
 from jobtable.db.engine import get_engine
 from jobtable.messages import decode_task
@@ -96,7 +99,7 @@ def test_process_span_links_to_the_producer(db_url: str, telemetry: Telemetry) -
     assert request is not None
     headers = stored_headers(request.uuid)
     (producer,) = telemetry.spans.get_finished_spans()
-    with pytest.raises(ValueError), otel.process_span(
+    with pytest.raises(ValueError), process_span(
         queue="default",
         task_name=request.job_class,
         task_id=request.uuid,
@@ -171,3 +174,144 @@ def test_worker_runs_are_consumer_spans_linked_to_their_producers(db_url: str, t
         p.attributes["jobtable.job.outcome"]: p.value for p in telemetry.metric_points("messaging.client.consumed.messages")
     }
     assert outcomes == {"SUCCESSFUL": 1, "ERRORED": 1}
+
+
+def _raw_row(message: str, task_id: str, queue: str) -> dict:
+    """A row as the Kombu transport would store what any client published."""
+    envelope = messages.task_message(
+        task_name="tests.sample_jobs.Echo", task_id=task_id, args=[], kwargs={}, queue=queue, priority=0, eta=None
+    )
+    row = messages.row_values(envelope, queue, store.utcnow())
+    row["message"] = message
+    return row
+
+
+def _with_headers(task_id: str, **headers: object) -> str:
+    envelope = messages.task_message(
+        task_name="tests.sample_jobs.Echo", task_id=task_id, args=[], kwargs={}, queue="poison", priority=0, eta=None
+    )
+    envelope["headers"].update(headers)
+    # ASCII-escaped, as Kombu's JSON serializer writes it: a lone surrogate
+    # travels as "\udcff" and comes back whole from json.loads.
+    return json.dumps(envelope)
+
+
+def test_bad_trace_headers_cost_the_link_not_the_job(db_url: str, telemetry: Telemetry) -> None:
+    from jobtable.worker.config import WorkerConfig
+    from jobtable.worker.main import run_worker
+
+    bad = {
+        "int-traceparent": _with_headers("int-traceparent", traceparent=5),
+        "list-traceparent": _with_headers("list-traceparent", traceparent=[1, 2]),
+        "surrogate": _with_headers("surrogate", traceparent="\udcff", tracestate="\udcff", baggage="\udcff"),
+        "nul": _with_headers("nul", traceparent="00-\x00-\x00-01"),
+        "nested": _with_headers("nested", traceparent=json.loads("[" * 200 + "]" * 200)),
+        "headers-not-object": json.dumps({"headers": ["traceparent"], "body": "[[], {}, {}]"}),
+        "not-an-object": "[1, 2, 3]",
+        "not-json": "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    with get_engine().begin() as conn:
+        store.insert_requests(conn, [_raw_row(message, task_id, "poison") for task_id, message in bad.items()])
+    good = Echo("after the poison").run_in_worker(queue="poison")
+    assert good is not None
+    assert run_worker(WorkerConfig(queues=["poison"], processes=1, pool="threads", burst=True, stats_every=0)) == 0
+    consumers = {
+        s.attributes["messaging.message.id"]: s for s in telemetry.spans.get_finished_spans() if s.kind == SpanKind.CONSUMER
+    }
+    # Every message was run and recorded, one span each; only the good one links.
+    assert set(consumers) == set(bad) | {good.uuid}
+    assert all(consumers[task_id].links == () for task_id in bad)
+    assert len(consumers[good.uuid].links) == 1
+    assert consumers[good.uuid].attributes["jobtable.job.outcome"] == "SUCCESSFUL"
+    # The undecodable ones fail as they would uninstrumented.
+    for task_id in ("headers-not-object", "not-an-object", "not-json"):
+        assert consumers[task_id].attributes["jobtable.job.outcome"] == "ERRORED", task_id
+    with get_engine().connect() as conn:
+        assert [r for r in store.list_requests(conn) if r.queue == "poison"] == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+HEADER_NAMES = st.sampled_from(["traceparent", "tracestate", "baggage"]) | st.text(max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(HEADER_NAMES, JSON | st.text(alphabet=st.characters(codec=None)), max_size=5))
+def test_producer_links_never_raise(headers: dict) -> None:
+    links = producer_links(headers)
+    assert len(links) <= 1
+    if links:  # only a well-formed W3C traceparent string makes one
+        (link,) = links
+        traceparent = headers["traceparent"]
+        assert isinstance(traceparent, str)
+        assert traceparent.split("-")[1] == format(link.context.trace_id, "032x")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(), st.binary(), JSON.map(json.dumps), st.integers(min_value=1, max_value=5000).map(lambda n: "[" * n)))
+def test_message_headers_is_a_dict_for_any_message(message: object) -> None:
+    assert isinstance(message_headers(message), dict)
+
+
+def test_message_headers_reads_the_stored_envelope() -> None:
+    message = _with_headers("x", traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert message_headers(message)["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert message_headers("[" * 100_000) == {}
+    assert message_headers(None) == {}
+
+
+def test_the_instrumentor_follows_base_instrumentor(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = otel.JobtableInstrumentor()
+    assert instrumentor is otel.JobtableInstrumentor()  # one instance, as every BaseInstrumentor
+    assert not instrumentor.is_instrumented_by_opentelemetry and not enabled()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        assert instrumentor.is_instrumented_by_opentelemetry and enabled()
+        # A second call is the base class's logged no-op: the first provider stays.
+        instrumentor.instrument(tracer_provider=TracerProvider())
+        assert "already instrumented" in caplog.text
+        Echo().run_in_worker()
+        assert [s.name for s in exporter.get_finished_spans()] == ["send default"]
+    finally:
+        instrumentor.uninstrument()
+    assert not instrumentor.is_instrumented_by_opentelemetry and not enabled()
+    request = Echo().run_in_worker()
+    assert request is not None and "traceparent" not in stored_headers(request.uuid)
+    assert len(exporter.get_finished_spans()) == 1
+
+
+class _FailingFlush(SimpleSpanProcessor):
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        raise OSError("collector unreachable")
+
+
+def test_flush_exports_what_is_buffered_and_survives_a_failing_exporter(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    # A batch processor holds spans for seconds: what a member ending with
+    # os._exit would lose without flush().
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    reader = InMemoryMetricReader()
+    instrumentor = otel.JobtableInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        Echo().run_in_worker()
+        assert exporter.get_finished_spans() == ()
+        flush()
+        assert [s.name for s in exporter.get_finished_spans()] == ["send default"]
+        provider.add_span_processor(_FailingFlush(InMemorySpanExporter()))
+        flush()  # logged, not raised: the member must still exit
+        assert "Could not flush TracerProvider" in caplog.text
+    finally:
+        instrumentor.uninstrument()
+    flush()  # not instrumented: nothing to do

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import messages, otel, params
+from .. import messages, params, telemetry
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import store, tables
@@ -241,7 +241,7 @@ def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, d
     if dedupe:
         known = db_results.task_ids_known(conn, [row["task_id"] for row in rows])
         rows = [row for row in rows if row["task_id"] not in known]
-    with otel.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:
+    with telemetry.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:
         if trace:
             for row in rows:
                 envelope = json.loads(row["message"])

@@ -9,7 +9,7 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import badrows, messages, otel, params
+from .. import badrows, messages, params, telemetry
 from ..db import tables
 from ..db.store import Outcome
 from ..exceptions import UnknownJob
@@ -62,11 +62,10 @@ class Executor:
         self.default_timeout = default_timeout
 
     def run(self, row: Any) -> Outcome:
-        if not otel.enabled():
+        if not telemetry.enabled():
             return self._run(row)
-        envelope = badrows.decode_envelope(row.message)
-        headers = {} if isinstance(envelope, badrows.BadRow) else envelope.get("headers") or {}
-        with otel.process_span(
+        headers = telemetry.message_headers(row.message)
+        with telemetry.process_span(
             queue=row.queue,
             task_name=row.task_name,
             task_id=row.task_id,

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from .. import telemetry
 from ..db import engine as db_engine
 from ..db import store
 from . import rescue
@@ -405,6 +406,7 @@ def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int) -> None
         code = 1
     finally:
         try:
+            telemetry.flush()  # os._exit skips the SDK's atexit export
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
