@@ -223,9 +223,9 @@ def test_bad_trace_headers_cost_the_link_not_the_job(db_url: str, telemetry: Tel
     assert all(consumers[task_id].links == () for task_id in bad)
     assert len(consumers[good.uuid].links) == 1
     assert consumers[good.uuid].attributes["jobtable.job.outcome"] == "SUCCESSFUL"
-    # The undecodable ones fail as they would uninstrumented.
+    # The undecodable ones end as they would uninstrumented: dead letters.
     for task_id in ("headers-not-object", "not-an-object", "not-json"):
-        assert consumers[task_id].attributes["jobtable.job.outcome"] == "ERRORED", task_id
+        assert consumers[task_id].attributes["jobtable.job.outcome"] == "DEAD_LETTER", task_id
     with get_engine().connect() as conn:
         assert [r for r in store.list_requests(conn) if r.queue == "poison"] == []
 

@@ -76,7 +76,7 @@ class Executor:
         ) as span:
             outcome = self._run(row)
             span.set_outcome(outcome.status)
-            if outcome.status in (tables.ERRORED, tables.LOST):
+            if outcome.status in (tables.ERRORED, tables.LOST, tables.DEAD_LETTER, tables.QUARANTINED):
                 span.record_failure(
                     outcome.fields.get("error_type") or "Error",
                     outcome.fields.get("error_message") or "",
