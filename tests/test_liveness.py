@@ -188,3 +188,82 @@ def test_result_backend_write_succeeds_on_the_first_call_after_the_server_droppe
     assert _terminate_all(db_url) >= 1
     backend.store_result("t-after", 2, states.SUCCESS)
     assert backend.get_task_meta("t-after")["result"] == 2
+
+
+# -- a dead worker is known at once ---------------------------------------------
+
+
+def _gate_started(log: str) -> bool:
+    from tests.worker_jobs import lines
+
+    return "started" in lines(log)
+
+
+def test_a_worker_killed_as_a_whole_is_rescued_by_a_peer_at_once(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """worker_lost_after=300: only the lock (PostgreSQL) or the pid
+    (SQLite) can tell the peer within seconds."""
+    import os
+    import signal
+    import time
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    victim = start_worker(env, "--max-processes", "1", start_new_session=True)
+    peer = None
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=10)
+        killed_at = time.monotonic()
+        peer = start_worker(env, "--max-processes", "1")
+        lost = wait_for(lambda: [r for r in results(job.uuid) if r.status == tables.LOST], timeout=20,
+                        what="the killed worker's job to be recorded LOST")
+        took = time.monotonic() - killed_at
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+        out = stop(peer) if peer is not None else ""
+    assert took < 10, f"rescued after {took:.1f} s\n{out[-2000:]}"
+    assert "died" in (lost[0].error_message or ""), lost[0].error_message
+    assert len(results(job.uuid)) == 1
+
+
+def test_a_live_but_frozen_worker_is_never_rescued(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """SIGSTOP: the process exists and its database session lives on."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    slow = start_worker(env, "--max-processes", "1", start_new_session=True)
+    peer = start_worker(env, "--max-processes", "1")
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        os.killpg(slow.pid, signal.SIGSTOP)
+        # Many liveness rounds of the peer (every 0.25 s, CONFIRM 0.5 s).
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert results(job.uuid) == []
+            time.sleep(0.2)
+        os.killpg(slow.pid, signal.SIGCONT)
+        Path(release).touch()
+        wait_for(lambda: results(job.uuid), what="the gate job's result")
+    finally:
+        os.killpg(slow.pid, signal.SIGCONT)
+        out = stop(slow) + stop(peer)
+    rows = results(job.uuid)
+    assert [r.status for r in rows] == [tables.SUCCESSFUL], out[-3000:]

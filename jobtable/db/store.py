@@ -788,6 +788,26 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
     return list(conn.execute(stmt).scalars())
 
 
+def native_workers(conn: Connection) -> list[Row[Any]]:
+    """Every native worker row (id, hostname, pid, started_at): the
+    candidates of fast death detection (``worker/liveness.py``)."""
+    stmt = select(worker_table.c.id, worker_table.c.hostname, worker_table.c.pid, worker_table.c.started_at).where(
+        worker_table.c.kind == "native"
+    )
+    return list(conn.execute(stmt))
+
+
+def lock_workers(conn: Connection, worker_ids: Sequence[str]) -> list[str]:
+    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED on
+    PostgreSQL), so that two rescuers never take the same worker."""
+    if not worker_ids:
+        return []
+    stmt = select(worker_table.c.id).where(worker_table.c.id.in_(list(worker_ids)))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(conn.execute(stmt).scalars())
+
+
 def orphan_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:
     """Native worker ids that run jobs (started before ``before``) but have no
     heartbeat row at all, e.g. rows left by a worker rescued while it claimed."""
