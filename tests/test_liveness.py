@@ -267,3 +267,48 @@ def test_a_live_but_frozen_worker_is_never_rescued(
         out = stop(slow) + stop(peer)
     rows = results(job.uuid)
     assert [r.status for r in rows] == [tables.SUCCESSFUL], out[-3000:]
+
+
+_HOLDER = """
+import sys, time
+import jobtable  # registers the jobtable+ transport
+from kombu import Connection
+with Connection(sys.argv[1]) as conn:
+    queue = conn.SimpleQueue("liveness-held")
+    message = queue.get(timeout=30)
+    print("holding", message.payload["n"], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_kombu_consumer_s_message_is_redelivered_within_seconds(
+    db_url: str, subprocess_env: dict[str, str]
+) -> None:
+    """The default 60 s lease: only the lock (PostgreSQL) or the pid
+    (SQLite) can bring the message back this fast."""
+    import subprocess
+    import sys
+    import time
+
+    broker = "jobtable+" + db_url
+    with Connection(broker) as conn:
+        queue = conn.SimpleQueue("liveness-held")
+        queue.put({"n": 7})
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, broker], env=subprocess_env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().split() == ["holding", "7"]
+            holder.kill()
+            holder.wait(timeout=10)
+            killed_at = time.monotonic()
+            message = queue.get(timeout=20)
+            took = time.monotonic() - killed_at
+            assert message.payload == {"n": 7}
+            message.ack()
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+            queue.close()
+    assert took < 10, f"redelivered after {took:.1f} s"

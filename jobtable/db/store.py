@@ -438,6 +438,26 @@ def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> lis
     return sorted({row.queue for row in conn.execute(stmt)})
 
 
+def transport_release_consumers(conn: Connection, consumer_ids: Sequence[str]) -> list[str]:
+    """Put every message held by ``consumer_ids`` (consumers known to be
+    dead) back to pending at once, and forget their rows; returns the queues."""
+    if not consumer_ids:
+        return []
+    stmt = (
+        update(request)
+        .where(
+            request.c.worker_id.in_(list(consumer_ids)),
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at.is_not(None),
+        )
+        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .returning(request.c.queue)
+    )
+    queues = sorted({row.queue for row in conn.execute(stmt)})
+    delete_workers(conn, consumer_ids)
+    return queues
+
+
 def transport_delete_expired(conn: Connection, now: datetime, limit: int = 1000) -> int:
     """Drop waiting messages past their ``expires``/``expiration`` (e.g. in
     queues nobody consumes any more, such as a dead worker's pidbox)."""
@@ -788,11 +808,12 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
     return list(conn.execute(stmt).scalars())
 
 
-def native_workers(conn: Connection) -> list[Row[Any]]:
-    """Every native worker row (id, hostname, pid, started_at): the
-    candidates of fast death detection (``worker/liveness.py``)."""
+def native_workers(conn: Connection, kind: str = "native") -> list[Row[Any]]:
+    """Every worker row of ``kind`` (id, hostname, pid, started_at): the
+    candidates of fast death detection (``worker/liveness.py``,
+    ``transport/liveness.py``)."""
     stmt = select(worker_table.c.id, worker_table.c.hostname, worker_table.c.pid, worker_table.c.started_at).where(
-        worker_table.c.kind == "native"
+        worker_table.c.kind == kind
     )
     return list(conn.execute(stmt))
 

@@ -35,6 +35,7 @@ from .acks import AckBuffer
 from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
+from .liveness import LOCK_MARK
 from .options import TransportOptions
 from .wakeup import Waiter, make_waiter
 
@@ -122,7 +123,11 @@ class Transport(virtual.Transport):
         self.db_url = database_url(client)
         db_engine.normalize_url(self.db_url)  # a bad URL fails here, clearly
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
-        self._token = uuid.uuid4().hex[:12]
+        # The mark tells peers that this consumer holds its liveness lock
+        # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
+        # PgBouncer in transaction mode.
+        locks = self.options.wakeups and not self.db_url.startswith("sqlite")
+        self._token = (LOCK_MARK if locks else "") + uuid.uuid4().hex[:12]
         self._keeper = LeaseKeeper(self)
         self._waiter: Waiter | None = None
         self._waiter_pid = 0
