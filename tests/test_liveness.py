@@ -312,3 +312,34 @@ def test_a_killed_kombu_consumer_s_message_is_redelivered_within_seconds(
                 holder.kill()
             queue.close()
     assert took < 10, f"redelivered after {took:.1f} s"
+
+
+@PG_ONLY
+def test_live_workers_are_not_rescued_when_the_server_drops_every_session(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """pg_terminate_backend of every session frees every lock at once, as a
+    restart does: the live workers take theirs again before a peer's second
+    look (CONFIRM), so the running job is not recorded LOST."""
+    import time
+    from pathlib import Path
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    workers = [start_worker(env, "--max-processes", "1") for _ in range(2)]
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        for _ in range(3):
+            assert _terminate_all(db_url) >= 2
+            db_engine.get_engine().dispose()
+            time.sleep(1.5)  # several liveness rounds of both peers
+            assert results(job.uuid) == []
+        Path(release).touch()
+        wait_for(lambda: results(job.uuid), what="the gate job's result")
+    finally:
+        out = "".join(stop(w) for w in workers)
+    assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL], out[-3000:]
