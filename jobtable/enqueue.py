@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from . import messages, params, telemetry
 from .db import engine as db_engine
+from .db import retry as db_retry
 from .db import store, tables
 from .exceptions import EnqueueError
 
@@ -100,16 +101,22 @@ def _enqueue(
     # should_enqueue() needs its lock only when a job class overrides it.
     checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
 
-    def write(conn: Connection) -> dict[str, int]:
+    def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
+        # retrying: the first attempt's connection died, maybe after its
+        # commit; what it wrote is found by task id and not written again.
+        written = store.written_task_ids(conn, task_ids) if retrying else {}
+        todo = [(job, row) for job, row in zip(jobs, rows) if row["task_id"] not in written]
+        if not todo:
+            return written
         if not checked:
-            return store.insert_requests(conn, rows)
-        store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for row in rows])
+            written.update(store.insert_requests(conn, [row for _, row in todo]))
+            return written
+        store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
-        inserted: dict[str, int] = {}
-        for job, row in zip(jobs, rows):
+        for job, row in todo:
             if type(job).should_enqueue is Job.should_enqueue or _should_enqueue(job, row, conn):
-                inserted.update(store.insert_requests(conn, [row]))
-        return inserted
+                written.update(store.insert_requests(conn, [row]))
+        return written
 
     inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
 
@@ -133,18 +140,17 @@ def _should_enqueue(job: Job, row: dict[str, Any], conn: Connection) -> bool:
         job._enqueue_connection = None
 
 
-def _in_transaction(connection: Any, write: Callable[[Connection], dict[str, int]], *, autocommit: bool) -> dict[str, int]:
+def _in_transaction(
+    connection: Any, write: Callable[[Connection, bool], dict[str, int]], *, autocommit: bool
+) -> dict[str, int]:
     if connection is None:
-        engine = db_engine.get_engine()
-        with db_engine.connect(engine, autocommit=autocommit) as conn:
-            if autocommit and engine.dialect.name == "postgresql":
-                return write(conn)  # a single statement: its own transaction
-            with conn.begin():
-                return write(conn)
+        # Our own transaction (a single statement in autocommit mode): one
+        # retry if the pooled connection was dead, e.g. after a restart.
+        return db_retry.write_retrying(db_engine.get_engine(), write, autocommit=autocommit)
     conn = _as_connection(connection)
     # The caller's transaction: commit and rollback are theirs.
     db_engine.check_schema(conn.engine, conn)
-    return write(conn)
+    return write(conn, False)
 
 
 def _as_connection(connection: Any) -> Connection:

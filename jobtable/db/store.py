@@ -49,6 +49,38 @@ def insert_requests(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[st
     return inserted
 
 
+def written_task_ids(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """``{task_id: id}`` of the enqueues already in the table: a request row
+    (its id), or -- already run -- a result row (the result's id).  The
+    check before a retried enqueue (see ``db/retry.py``)."""
+    if not task_ids:
+        return {}
+    found: dict[str, int] = {}
+    stmt = select(request.c.task_id, request.c.id).where(request.c.task_id.in_(list(task_ids)))
+    for row in conn.execute(stmt):
+        found[row.task_id] = row.id
+    missing = [task_id for task_id in task_ids if task_id not in found]
+    if missing:
+        stmt = select(result.c.task_id, result.c.id).where(result.c.task_id.in_(missing))
+        for row in conn.execute(stmt):
+            found.setdefault(row.task_id, row.id)
+    return found
+
+
+def written_messages(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The ``(task_id, queue)`` pairs of ``keys`` already published: a waiting
+    or held row, or a result of that task (a fanout publish writes one row
+    per queue under one task id).  The check before a retried publish."""
+    if not keys:
+        return set()
+    task_ids = sorted({task_id for task_id, _ in keys})
+    stmt = select(request.c.task_id, request.c.queue).where(request.c.task_id.in_(task_ids))
+    found = {(row.task_id, row.queue) for row in conn.execute(stmt)}
+    stmt = select(result.c.task_id, result.c.queue).where(result.c.task_id.in_(task_ids))
+    found |= {(row.task_id, row.queue) for row in conn.execute(stmt)}
+    return found & set(keys)
+
+
 def lock_for_enqueue(conn: Connection, keys: Sequence[str]) -> None:
     dialect_of(conn).lock_for_enqueue(conn, keys)
 
@@ -439,6 +471,26 @@ def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> lis
     return sorted({row.queue for row in conn.execute(stmt)})
 
 
+def transport_release_consumers(conn: Connection, consumer_ids: Sequence[str]) -> list[str]:
+    """Put every message held by ``consumer_ids`` (consumers known to be
+    dead) back to pending at once, and forget their rows; returns the queues."""
+    if not consumer_ids:
+        return []
+    stmt = (
+        update(request)
+        .where(
+            request.c.worker_id.in_(list(consumer_ids)),
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at.is_not(None),
+        )
+        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .returning(request.c.queue)
+    )
+    queues = sorted({row.queue for row in conn.execute(stmt)})
+    delete_workers(conn, consumer_ids)
+    return queues
+
+
 def transport_delete_expired(conn: Connection, now: datetime, limit: int = 1000) -> int:
     """Drop waiting messages past their ``expires``/``expiration`` (e.g. in
     queues nobody consumes any more, such as a dead worker's pidbox)."""
@@ -784,6 +836,27 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
         .order_by(worker_table.c.heartbeat_at)
         .limit(limit)
     )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(conn.execute(stmt).scalars())
+
+
+def native_workers(conn: Connection, kind: str = "native") -> list[Row[Any]]:
+    """Every worker row of ``kind`` (id, hostname, pid, started_at): the
+    candidates of fast death detection (``worker/liveness.py``,
+    ``transport/liveness.py``)."""
+    stmt = select(worker_table.c.id, worker_table.c.hostname, worker_table.c.pid, worker_table.c.started_at).where(
+        worker_table.c.kind == kind
+    )
+    return list(conn.execute(stmt))
+
+
+def lock_workers(conn: Connection, worker_ids: Sequence[str]) -> list[str]:
+    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED on
+    PostgreSQL), so that two rescuers never take the same worker."""
+    if not worker_ids:
+        return []
+    stmt = select(worker_table.c.id).where(worker_table.c.id.in_(list(worker_ids)))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     return list(conn.execute(stmt).scalars())

@@ -34,6 +34,7 @@ from celery.utils.log import get_logger
 from kombu.utils.url import maybe_sanitize_url
 
 from ..db import engine as db_engine
+from ..db import retry as db_retry
 from ..db import results as db_results
 from ..db import store, tables
 from ..db.notify import Listener
@@ -126,8 +127,11 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             values["error_type"] = ".".join(filter(None, [result.get("exc_module"), result.get("exc_type")]))
             values["error_message"] = " ".join(map(str, message)) if isinstance(message, (list, tuple)) else str(message)
             values["traceback"] = traceback
-        with self._connect() as conn, conn.begin():
-            db_results.upsert_result(conn, values, only_new=state == states.STARTED)
+        # An upsert on (task_id, attempt): a retry after a dropped
+        # connection (db/retry.py) cannot write the result twice.
+        db_retry.write_retrying(
+            self.engine, lambda conn, _retrying: db_results.upsert_result(conn, values, only_new=state == states.STARTED)
+        )
         return result
 
     def _forget(self, task_id: str) -> None:

@@ -192,8 +192,7 @@ class Channel(virtual.Channel):
                 # Copies of one broadcast must not collide on the key.
                 row["concurrency_key"] = None
             rows.append(row)
-        with self._write() as conn:
-            store.insert_requests(conn, rows)
+        self._transport.insert_published(rows)
         self._transport.published(rows)
 
     # -- consuming ----------------------------------------------------------------------

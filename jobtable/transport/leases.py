@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..db import deadletters, store
 from ..settings import get_settings
 from ..db.dialects import wake_queues
+from . import liveness
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -56,6 +57,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._liveness: liveness.ConsumerLiveness | None = None
 
     def start(self) -> None:
         """Start the thread in this process (once; again after a fork)."""
@@ -66,7 +68,13 @@ class LeaseKeeper:
                 return
             self._stop = threading.Event()
             self._pid = os.getpid()
+            transport = self._transport
+            # The lock first: peers must never see this consumer's row unlocked.
+            self._liveness = liveness.ConsumerLiveness(
+                transport.engine, use_locks=liveness.holds_lock(transport.consumer_id)
+            )
             try:
+                self._liveness.hold(transport.consumer_id)
                 self.heartbeat()  # listed before the first message is taken
             except Exception as exc:  # the database is down: the thread retries
                 logger.warning("jobtable: consumer heartbeat failed: %s", exc)
@@ -78,6 +86,9 @@ class LeaseKeeper:
         thread = self._thread
         if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
             thread.join(timeout=5)
+            if self._liveness is not None:
+                self._liveness.close()
+                self._liveness = None
             try:
                 with self._transport.write_connection() as conn:
                     store.delete_workers(conn, [self._transport.consumer_id])
@@ -90,8 +101,14 @@ class LeaseKeeper:
         tick = min(options.renew_interval, options.recover_every, HEARTBEAT_INTERVAL)
         next_recover = monotonic()
         next_sweep = monotonic() + options.expired_sweep_interval
-        while not self._stop.wait(tick):
+        next_upkeep = monotonic() + tick
+        while not self._stop.wait(min(tick, liveness.EVERY)):
             try:
+                self.recover_dead()
+                now = monotonic()
+                if now < next_upkeep:
+                    continue
+                next_upkeep = now + tick
                 self.heartbeat()
                 self.renew()
                 now = monotonic()
@@ -161,6 +178,20 @@ class LeaseKeeper:
             store.delete_stale_consumers(conn, now - FORGET_AFTER)
         if queues:
             logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
+            transport.wake()
+        return queues
+
+    def recover_dead(self) -> list[str]:
+        """Requeue at once the messages of consumers known to be dead."""
+        keeper = self._liveness
+        if keeper is None:
+            return []
+        transport = self._transport
+        with transport.write_connection() as conn:
+            queues = keeper.recover(conn, transport.consumer_id)
+            wake_queues(conn, queues)
+        if queues:
+            logger.info("jobtable: requeued messages of a dead consumer in %s", ", ".join(queues))
             transport.wake()
         return queues
 

@@ -28,12 +28,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from ..db import engine as db_engine
+from ..db import retry as db_retry
 from ..db import store, tables
 from ..exceptions import ConfigurationError, DatabaseUnavailable
 from .acks import AckBuffer
 from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
+from .liveness import LOCK_MARK
 from .options import TransportOptions
 from .wakeup import Waiter, make_waiter
 
@@ -121,7 +123,11 @@ class Transport(virtual.Transport):
         self.db_url = database_url(client)
         db_engine.normalize_url(self.db_url)  # a bad URL fails here, clearly
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
-        self._token = uuid.uuid4().hex[:12]
+        # The mark tells peers that this consumer holds its liveness lock
+        # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
+        # PgBouncer in transaction mode.
+        locks = self.options.wakeups and not self.db_url.startswith("sqlite")
+        self._token = (LOCK_MARK if locks else "") + uuid.uuid4().hex[:12]
         self._keeper = LeaseKeeper(self)
         self._waiter: Waiter | None = None
         self._waiter_pid = 0
@@ -135,6 +141,8 @@ class Transport(virtual.Transport):
         self._promotions = 0
         #: Acked row ids waiting for their (batched) DELETE.
         self.acks = AckBuffer(self._delete_acked)
+        #: (task_id, queue) of publishes whose commit outcome is unknown.
+        self._uncertain_publishes: set[tuple[str, str]] = set()
         # With LISTEN/NOTIFY there is a file descriptor to watch, so Celery
         # can run its event loop (asynloop, the prefork AsynPool without pool
         # threads) on this transport: see register_with_event_loop.  Celery
@@ -183,6 +191,34 @@ class Transport(virtual.Transport):
         """Claims, acks and requeues commit without waiting for the WAL
         flush (see ``store._sync_commit_off``); publishes stay durable."""
         return self.options.async_commit
+
+    def insert_published(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert published rows; once more on a fresh connection when the
+        pooled one was dead (a database restart), skipping the rows the
+        first attempt may have committed (see ``db/retry.py``).  Kombu's own
+        ``ensure`` retry of a failed publish goes through here again: rows
+        whose outcome stayed unknown are checked first then too."""
+        keys = [(row["task_id"], row["queue"]) for row in rows]
+        uncertain = self._uncertain_publishes
+
+        def write(conn: Connection, retrying: bool) -> None:
+            todo = list(rows)
+            if retrying or (uncertain and any(key in uncertain for key in keys)):
+                written = store.written_messages(conn, keys)
+                todo = [row for row, key in zip(rows, keys) if key not in written]
+            if todo:
+                store.insert_requests(conn, todo)
+
+        try:
+            db_retry.write_retrying(self.engine, write, autocommit=True, check=False)
+        except sa_exc.DBAPIError as exc:
+            if db_retry.is_disconnect(exc):
+                if len(uncertain) > 10_000:
+                    uncertain.clear()
+                uncertain.update(keys)
+            raise
+        if uncertain:
+            uncertain.difference_update(keys)
 
     def _delete_acked(self, ids: Sequence[int]) -> None:
         with self.write_connection() as conn:

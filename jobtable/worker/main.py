@@ -34,6 +34,7 @@ from .. import telemetry
 from ..db import engine as db_engine
 from ..db import store
 from . import rescue
+from .liveness import Liveness
 from .config import WorkerConfig
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
@@ -44,6 +45,9 @@ logger = logging.getLogger("jobtable.worker")
 
 TICK = 0.05
 RETENTION_EVERY = 60.0
+#: How often the supervisor checks its liveness connection and looks for
+#: peers known to be dead (worker/liveness.py).
+LIVENESS_EVERY = 0.25
 
 
 def _now() -> datetime:
@@ -89,6 +93,7 @@ class Supervisor:
         self._due: dict[str, float] = {}
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
+        self.liveness: Liveness | None = None
 
     # -- entry -------------------------------------------------------------------
 
@@ -106,7 +111,10 @@ class Supervisor:
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.scheduler = _make_scheduler()
+        # listen off means PgBouncer in transaction mode: no session locks.
+        self.liveness = Liveness(engine, use_locks=cfg.listen)
         try:
+            self._duty("liveness")
             self._duty("rescue", rescue_first=True)
             for index in range(cfg.processes):
                 self._spawn(index)
@@ -119,6 +127,7 @@ class Supervisor:
                 time.sleep(TICK)
             self._write_pending()
         finally:
+            self.liveness.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         logger.info("jobtable worker %s stopped.", os.getpid())
@@ -154,8 +163,11 @@ class Supervisor:
     # -- members -------------------------------------------------------------------
 
     def _spawn(self, index: int) -> None:
-        worker_id = f"{store.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{secrets.token_hex(3)}"
+        mark = self.liveness.mark if self.liveness is not None else ""
+        worker_id = f"{store.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{mark}{secrets.token_hex(3)}"
         handle = Handle(index=index, worker_id=worker_id)
+        if self.liveness is not None:
+            self.liveness.hold(worker_id)  # before the row exists: peers never see it unlocked
         try:
             with db_engine.connect() as conn, conn.begin():
                 store.register_worker(
@@ -240,6 +252,8 @@ class Supervisor:
                     rescue.rescue_member(
                         conn, item.worker_id, item.running_id, _now(), why=item.why, lose_running=item.lose_running
                     )
+                if self.liveness is not None:
+                    self.liveness.release(item.worker_id)
             except DBAPIError as exc:
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
                 return
@@ -298,6 +312,9 @@ class Supervisor:
             and self.scheduler.seconds_until_due() <= 0
         ):
             self._tick_scheduler()
+        if self.liveness is not None and self._every("liveness", LIVENESS_EVERY):
+            self.liveness.tick()
+            self._duty("liveness")
         if self._every("heartbeat", cfg.heartbeat_every):
             self._duty("heartbeat")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
@@ -319,6 +336,11 @@ class Supervisor:
                             conn, worker_id, hostname=self.hostname, pid=os.getpid(),
                             queues=self.config.queues, processes=1, now=now,
                         )
+                elif name == "liveness" and self.liveness is not None:
+                    own = {h.worker_id for h in self.handles.values()} | {p.worker_id for p in self.pending}
+                    dead = self.liveness.dead(conn, own, self.hostname)
+                    if dead:
+                        rescue.rescue_known_dead(conn, dead, now, why=self.liveness.why)
                 elif name == "rescue":
                     rescue.rescue_dead(conn, self.config.lost_after, now)
                 elif name == "retention":

@@ -75,3 +75,16 @@ def rescue_dead(conn: Connection, lost_after: float, now: datetime) -> int:
         _log_lost(rows, why)
         total += len(rows)
     return total
+
+
+def rescue_known_dead(conn: Connection, worker_ids: list[str], now: datetime, *, why: str) -> int:
+    """Record LOST the running jobs of native workers known to be dead now
+    (see ``liveness.py``), without waiting for their heartbeat to age."""
+    total = 0
+    dead = store.lock_workers(conn, worker_ids)
+    for worker_id in dead:
+        rows = store.lose(conn, worker_id, None, now, message=f"worker {worker_id} {why}", retry_delay=retry_delay)
+        _log_lost(rows, f"worker {worker_id} {why}")
+        total += len(rows)
+    store.delete_workers(conn, dead)
+    return total

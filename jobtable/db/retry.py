@@ -1,0 +1,68 @@
+"""One safe retry of a write whose pooled connection the database dropped.
+
+After PostgreSQL restarts (or ``pg_terminate_backend``), every connection
+in a process's pool is dead, and the first statement sent on one fails
+(``AdminShutdown``, "server closed the connection").  SQLAlchemy then marks
+the connection invalidated (``DBAPIError.connection_invalidated``) and
+recycles the rest of the pool, so a second attempt gets a fresh connection.
+
+Why a retry instead of a pre-ping: a pre-ping costs a round trip on every
+checkout, and the single enqueue is one round trip in all.  The retry costs
+nothing until a connection actually died.
+
+Why a retry never writes twice: the caller's ``write(conn, retrying)`` is
+told when it runs again, and then first looks for what the first attempt may
+have committed (by task id, unique per enqueue; result writes are upserts on
+``(task_id, attempt)``, so they are idempotent anyway).  The first attempt's
+outcome is unknown only if the connection died after its COMMIT (or its
+autocommit statement) was sent; PostgreSQL ends a dead connection's backend,
+which either committed before it ended -- the rows are then visible to the
+second attempt -- or rolls back.  Only disconnects are retried, once; any
+other error, or a second disconnect, reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from . import engine as db_engine
+
+logger = logging.getLogger("jobtable.db")
+
+T = TypeVar("T")
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def write_retrying(
+    engine: Engine,
+    write: Callable[[Connection, bool], T],
+    *,
+    autocommit: bool = False,
+    check: bool = True,
+) -> T:
+    """Run ``write(conn, retrying)`` in a transaction (or, with
+    ``autocommit`` on PostgreSQL, as its own single-statement transaction),
+    once more on a fresh connection if the first one had been dropped."""
+    for retrying in (False, True):
+        try:
+            with db_engine.connect(engine, autocommit=autocommit, check=check) as conn:
+                if autocommit and engine.dialect.name == "postgresql":
+                    return write(conn, retrying)
+                with conn.begin():
+                    return write(conn, retrying)
+        except DBAPIError as exc:
+            if retrying or not is_disconnect(exc):
+                raise
+            logger.info(
+                "The database dropped a pooled connection (%s); retrying once on a new one.",
+                str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__,
+            )
+    raise AssertionError("unreachable")  # pragma: no cover

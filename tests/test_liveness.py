@@ -1,0 +1,345 @@
+"""Surviving a database restart and a crash at the speed of the crash.
+
+Enqueue (Job API), Kombu publish and the Celery result backend succeed on
+the first call after the server dropped every connection (PostgreSQL:
+``pg_terminate_backend`` of this database's backends, which is what a
+restart does to a client's pool), and a retry after an unknown commit
+outcome never writes a job twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import create_engine, func, select, text
+
+from jobtable import run_in_worker_many
+from jobtable.db import engine as db_engine
+from jobtable.db import store, tables
+
+from tests.sample_jobs import Echo
+
+PG_ONLY = pytest.mark.parametrize("dialect", ["postgresql"])
+
+
+def _terminate_all(db_url: str) -> int:
+    """End every client backend of the test database but the admin's own."""
+    admin = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return int(
+                conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND backend_type = 'client backend'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        admin.dispose()
+
+
+def _request_count() -> int:
+    with db_engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(tables.request)).scalar_one())
+
+
+def _pool_warm(n: int = 3) -> None:
+    # Several pooled connections, all of which the "restart" kills.
+    conns = [db_engine.get_engine().connect() for _ in range(n)]
+    for conn in conns:
+        conn.execute(text("SELECT 1"))
+    for conn in conns:
+        conn.close()
+
+
+@PG_ONLY
+@pytest.mark.parametrize("count", [1, 3])
+def test_enqueue_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str, count: int) -> None:
+    run_in_worker_many([Echo("warm")])
+    _pool_warm()
+    assert _terminate_all(db_url) >= 1
+    jobs = run_in_worker_many([Echo(f"after-{i}") for i in range(count)])
+    assert all(job is not None for job in jobs)
+    assert _request_count() == 1 + count
+
+
+@PG_ONLY
+def test_enqueue_after_an_unknown_commit_outcome_writes_the_job_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The single enqueue is committed, then its connection dies before the
+    answer arrives: the retry finds the row by task id and inserts nothing."""
+    real = store.insert_requests
+    calls: list[int] = []
+
+    def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
+        inserted = real(conn, rows)  # autocommit: committed here
+        calls.append(len(rows))
+        if len(calls) == 1:
+            # The server ends this very session after the commit.
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return inserted
+
+    monkeypatch.setattr(store, "insert_requests", insert_then_die)
+    [job] = run_in_worker_many([Echo("once")])
+    assert job is not None
+    assert calls == [1]  # the retry found the row and did not insert again
+    with db_engine.connect() as conn:
+        rows = list(conn.execute(select(tables.request.c.id, tables.request.c.task_id)))
+    assert [(r.id, r.task_id) for r in rows] == [(job.id, job.uuid)]
+
+
+@PG_ONLY
+def test_enqueue_in_a_transaction_retries_when_the_connection_died_before_commit(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three jobs go in one BEGIN ... COMMIT; the connection dies before the
+    COMMIT: nothing was written, the retry writes all three once."""
+    real = store.insert_requests
+    calls: list[int] = []
+
+    def die_before_commit(conn: Any, rows: Any) -> dict[str, int]:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return real(conn, rows)
+
+    monkeypatch.setattr(store, "insert_requests", die_before_commit)
+    jobs = run_in_worker_many([Echo(str(i)) for i in range(3)])
+    assert calls == [3, 3]
+    with db_engine.connect() as conn:
+        task_ids = sorted(conn.execute(select(tables.request.c.task_id)).scalars())
+    assert task_ids == sorted(job.uuid for job in jobs if job is not None)
+
+
+@PG_ONLY
+def test_enqueue_is_not_retried_for_errors_other_than_a_dropped_connection(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def failing(conn: Any, rows: Any) -> dict[str, int]:
+        calls.append(1)
+        conn.exec_driver_sql("SELECT 1/0")
+        return {}
+
+    monkeypatch.setattr(store, "insert_requests", failing)
+    with pytest.raises(Exception, match="division by zero"):
+        run_in_worker_many([Echo("x")])
+    assert calls == [1]
+
+
+@PG_ONLY
+def test_kombu_publish_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str) -> None:
+    with Connection("jobtable+" + db_url) as conn:
+        queue = conn.SimpleQueue("liveness")
+        queue.put({"n": 1})
+        _pool_warm()
+        assert _terminate_all(db_url) >= 1
+        queue.put({"n": 2})
+        got = []
+        for _ in range(2):
+            message = queue.get(timeout=5)
+            got.append(message.payload["n"])
+            message.ack()
+        got.sort()
+        queue.close()
+    assert got == [1, 2]
+    assert _request_count() == 0
+
+
+@PG_ONLY
+def test_kombu_publish_retry_after_an_unknown_commit_publishes_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = store.insert_requests
+    calls: list[int] = []
+
+    def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
+        inserted = real(conn, rows)
+        calls.append(len(rows))
+        if len(calls) == 1:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return inserted
+
+    with Connection("jobtable+" + db_url) as conn:
+        queue = conn.SimpleQueue("liveness-once")
+        monkeypatch.setattr(store, "insert_requests", insert_then_die)
+        queue.put({"n": 1})
+        monkeypatch.setattr(store, "insert_requests", real)
+        assert calls == [1]
+        assert _request_count() == 1
+        assert queue.get(timeout=5).payload == {"n": 1}
+        queue.close()
+
+
+@PG_ONLY
+def test_result_backend_write_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str) -> None:
+    from celery import Celery, states
+
+    app = Celery("liveness", backend="jobtable+" + db_url, broker="memory://")
+    backend = app.backend
+    backend.store_result("t-before", 1, states.SUCCESS)
+    _pool_warm()
+    assert _terminate_all(db_url) >= 1
+    backend.store_result("t-after", 2, states.SUCCESS)
+    assert backend.get_task_meta("t-after")["result"] == 2
+
+
+# -- a dead worker is known at once ---------------------------------------------
+
+
+def _gate_started(log: str) -> bool:
+    from tests.worker_jobs import lines
+
+    return "started" in lines(log)
+
+
+def test_a_worker_killed_as_a_whole_is_rescued_by_a_peer_at_once(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """worker_lost_after=300: only the lock (PostgreSQL) or the pid
+    (SQLite) can tell the peer within seconds."""
+    import os
+    import signal
+    import time
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    victim = start_worker(env, "--max-processes", "1", start_new_session=True)
+    peer = None
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=10)
+        killed_at = time.monotonic()
+        peer = start_worker(env, "--max-processes", "1")
+        lost = wait_for(lambda: [r for r in results(job.uuid) if r.status == tables.LOST], timeout=20,
+                        what="the killed worker's job to be recorded LOST")
+        took = time.monotonic() - killed_at
+    finally:
+        if victim.poll() is None:
+            os.killpg(victim.pid, signal.SIGKILL)
+        out = stop(peer) if peer is not None else ""
+    assert took < 10, f"rescued after {took:.1f} s\n{out[-2000:]}"
+    assert "died" in (lost[0].error_message or ""), lost[0].error_message
+    assert len(results(job.uuid)) == 1
+
+
+def test_a_live_but_frozen_worker_is_never_rescued(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """SIGSTOP: the process exists and its database session lives on."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    slow = start_worker(env, "--max-processes", "1", start_new_session=True)
+    peer = start_worker(env, "--max-processes", "1")
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        os.killpg(slow.pid, signal.SIGSTOP)
+        # Many liveness rounds of the peer (every 0.25 s, CONFIRM 0.5 s).
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert results(job.uuid) == []
+            time.sleep(0.2)
+        os.killpg(slow.pid, signal.SIGCONT)
+        Path(release).touch()
+        wait_for(lambda: results(job.uuid), what="the gate job's result")
+    finally:
+        os.killpg(slow.pid, signal.SIGCONT)
+        out = stop(slow) + stop(peer)
+    rows = results(job.uuid)
+    assert [r.status for r in rows] == [tables.SUCCESSFUL], out[-3000:]
+
+
+_HOLDER = """
+import sys, time
+import jobtable  # registers the jobtable+ transport
+from kombu import Connection
+with Connection(sys.argv[1]) as conn:
+    queue = conn.SimpleQueue("liveness-held")
+    message = queue.get(timeout=30)
+    print("holding", message.payload["n"], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_kombu_consumer_s_message_is_redelivered_within_seconds(
+    db_url: str, subprocess_env: dict[str, str]
+) -> None:
+    """The default 60 s lease: only the lock (PostgreSQL) or the pid
+    (SQLite) can bring the message back this fast."""
+    import subprocess
+    import sys
+    import time
+
+    broker = "jobtable+" + db_url
+    with Connection(broker) as conn:
+        queue = conn.SimpleQueue("liveness-held")
+        queue.put({"n": 7})
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, broker], env=subprocess_env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().split() == ["holding", "7"]
+            holder.kill()
+            holder.wait(timeout=10)
+            killed_at = time.monotonic()
+            message = queue.get(timeout=20)
+            took = time.monotonic() - killed_at
+            assert message.payload == {"n": 7}
+            message.ack()
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+            queue.close()
+    assert took < 10, f"redelivered after {took:.1f} s"
+
+
+@PG_ONLY
+def test_live_workers_are_not_rescued_when_the_server_drops_every_session(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Any
+) -> None:
+    """pg_terminate_backend of every session frees every lock at once, as a
+    restart does: the live workers take theirs again before a peer's second
+    look (CONFIRM), so the running job is not recorded LOST."""
+    import time
+    from pathlib import Path
+
+    from tests.worker_jobs import Gate, results, start_worker, stop, wait_for, worker_env
+
+    env = worker_env(subprocess_env, worker_lost_after=300)
+    log, release = str(tmp_path / "gate.log"), str(tmp_path / "release")
+    [job] = run_in_worker_many([Gate(log, release)])
+    assert job is not None
+    workers = [start_worker(env, "--max-processes", "1") for _ in range(2)]
+    try:
+        wait_for(lambda: _gate_started(log), what="the gate job to start")
+        for _ in range(3):
+            assert _terminate_all(db_url) >= 2
+            db_engine.get_engine().dispose()
+            time.sleep(1.5)  # several liveness rounds of both peers
+            assert results(job.uuid) == []
+        Path(release).touch()
+        wait_for(lambda: results(job.uuid), what="the gate job's result")
+    finally:
+        out = "".join(stop(w) for w in workers)
+    assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL], out[-3000:]
