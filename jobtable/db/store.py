@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -471,24 +471,21 @@ def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> lis
     return sorted({row.queue for row in conn.execute(stmt)})
 
 
-def transport_release_consumers(conn: Connection, consumer_ids: Sequence[str]) -> list[str]:
-    """Put every message held by ``consumer_ids`` (consumers known to be
-    dead) back to pending at once, and forget their rows; returns the queues."""
+def transport_expire_consumers(conn: Connection, consumer_ids: Sequence[str], now: datetime) -> int:
+    """End at once the leases of every message held by ``consumer_ids``
+    (consumers known to be dead) and forget their rows; the lease recovery
+    that follows (``transport_recover``, after the quarantine check) then
+    counts the crash and puts the messages back, as for a lapsed lease."""
     if not consumer_ids:
-        return []
-    stmt = (
-        update(request)
-        .where(
-            request.c.worker_id.in_(list(consumer_ids)),
-            request.c.state == tables.RUNNING,
-            request.c.lease_expires_at.is_not(None),
-        )
-        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
-        .returning(request.c.queue)
+        return 0
+    stmt = update(request).where(
+        request.c.worker_id.in_(list(consumer_ids)),
+        request.c.state == tables.RUNNING,
+        request.c.lease_expires_at.is_not(None),
     )
-    queues = sorted({row.queue for row in conn.execute(stmt)})
+    ended = conn.execute(stmt.values(lease_expires_at=now - timedelta(seconds=1))).rowcount
     delete_workers(conn, consumer_ids)
-    return queues
+    return int(ended)
 
 
 def transport_delete_expired(conn: Connection, now: datetime, limit: int = 1000) -> int:
@@ -587,7 +584,6 @@ def transport_unbind_exchange(conn: Connection, exchange: str) -> int:
 # results with ``finish``, and gives back what it did not start with
 # ``release``.  Rows of a dead member are rescued with ``lose``.
 
-from datetime import timedelta  # noqa: E402
 
 worker_table = tables.worker
 

@@ -182,18 +182,19 @@ class LeaseKeeper:
         return queues
 
     def recover_dead(self) -> list[str]:
-        """Requeue at once the messages of consumers known to be dead."""
+        """Requeue at once the messages of consumers known to be dead: their
+        leases end now, and the usual recovery counts the crash (and
+        quarantines a message whose consumers died holding it too often)."""
         keeper = self._liveness
         if keeper is None:
             return []
         transport = self._transport
         with transport.write_connection() as conn:
-            queues = keeper.recover(conn, transport.consumer_id)
-            wake_queues(conn, queues)
-        if queues:
-            logger.info("jobtable: requeued messages of a dead consumer in %s", ", ".join(queues))
-            transport.wake()
-        return queues
+            held = keeper.expire(conn, transport.consumer_id)
+        if not held:
+            return []
+        logger.info("jobtable: %d message(s) of a dead consumer are recovered at once", held)
+        return self.recover()
 
     def sweep(self) -> int:
         with self._transport.write_connection() as conn:

@@ -49,8 +49,9 @@ class ConsumerLiveness:
         if self.session is not None:
             self.session.close()
 
-    def recover(self, conn: Connection, own: str) -> list[str]:
-        """Requeue the messages of consumers known dead; returns the queues."""
+    def expire(self, conn: Connection, own: str) -> int:
+        """End the leases of consumers known dead; returns how many messages
+        they held (the caller's lease recovery requeues or quarantines them)."""
         if self.session is not None:
             self.session.ensure()
         rows = [row for row in store.native_workers(conn, kind="kombu") if row.id != own]
@@ -73,5 +74,5 @@ class ConsumerLiveness:
             else:
                 self._free_since.clear()
         if not dead:
-            return []
-        return store.transport_release_consumers(conn, store.lock_workers(conn, dead))
+            return 0
+        return store.transport_expire_consumers(conn, store.lock_workers(conn, dead), store.utcnow())
