@@ -304,3 +304,56 @@ def test_a_lost_connection_is_not_a_refusal(pg_url: str) -> None:
         assert not refusals.is_refusal(lost.value), repr(lost.value)
     finally:
         engine.dispose()
+
+
+# -- Celery -P solo with the jobtable broker and result backend --------------------------------
+
+
+def test_celery_solo_worker_survives_poison_results(
+    db_url: str, dialect: str, subprocess_env: dict[str, str], tmp_path: Path, refusing_trigger: None
+) -> None:
+    import importlib
+    import os
+
+    from kombu import pools
+
+    previous = os.environ.get("JOBTABLE_DATABASE_URL")
+    os.environ["JOBTABLE_DATABASE_URL"] = db_url  # read by the app module at import
+    from tests import celery_backend_app
+
+    module = importlib.reload(celery_backend_app)
+    pools.reset()
+    log = tmp_path / "celery.log"
+    with log.open("wb") as sink:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.celery_backend_app", "worker", "-P", "solo",
+             "-l", "warning", "-n", f"poison-{dialect}-{os.getpid()}@%h"],
+            env=subprocess_env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        assert module.add.delay(1, 1).get(timeout=60) == 2
+        kinds = ["nul-error", "surrogate-error", "huge-error", "refuse-me", "nul-return"]
+        sent = {kind: module.poison.delay(kind) for kind in kinds}
+        for kind, handle in sent.items():
+            wait_for(lambda: handle.ready() or worker.poll() is not None, timeout=60, what=kind)
+            assert worker.poll() is None, log.read_text(errors="replace")[-5000:]
+        assert sent["nul-return"].get(timeout=10) == "nul\x00 return"
+        with pytest.raises(ValueError, match="before\\\\x00after"):
+            sent["nul-error"].get(timeout=10)
+        assert sent["huge-error"].state == "FAILURE"
+        assert sent["refuse-me"].state == "FAILURE"
+        # The worker goes on.
+        assert module.add.delay(2, 3).get(timeout=60) == 5 and worker.poll() is None
+    finally:
+        terminate(worker, timeout=20)
+        pools.reset()
+        if previous is None:
+            os.environ.pop("JOBTABLE_DATABASE_URL", None)
+        else:
+            os.environ["JOBTABLE_DATABASE_URL"] = previous
+    rows = {row.task_id: row for row in results()}
+    for kind, handle in sent.items():
+        row = rows[handle.id]
+        assert_storable(row)
+    note = rows[sent["refuse-me"].id]
+    assert note.error_type == refusals.REFUSED_TYPE and "secret-detail" not in note.error_message
