@@ -53,3 +53,17 @@ def wait_for_file(path: str) -> str:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "released"
+
+
+@app.task
+def poison(kind: str) -> object:
+    """Results hostile to a result row (tests/test_poison_results.py)."""
+    if kind == "nul-error":
+        raise ValueError("before\x00after")
+    if kind == "surrogate-error":
+        raise ValueError("lone \ud800")
+    if kind == "huge-error":
+        raise ValueError("x" * (20 * 1024 * 1024))
+    if kind == "refuse-me":
+        raise ValueError("please refuse-me")
+    return "nul\x00 return"

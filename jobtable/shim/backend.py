@@ -20,7 +20,6 @@ completes the count sends the body -- no ``chord_unlock`` task polling.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import timedelta
@@ -33,10 +32,11 @@ from celery.result import GroupResult, allow_join_result, result_from_tuple
 from celery.utils.log import get_logger
 from kombu.utils.url import maybe_sanitize_url
 
+from .. import params, safetext
 from ..db import engine as db_engine
+from ..db import refusals, store, tables
 from ..db import retry as db_retry
 from ..db import results as db_results
-from ..db import store, tables
 from ..db.notify import Listener
 from ..exceptions import ConfigurationError
 
@@ -46,6 +46,42 @@ from .states import meta_of as _shared_meta_of
 from .states import task_meta as _shared_task_meta
 
 logger = get_logger(__name__)
+
+
+def _name(value: Any) -> str | None:
+    """A name column (255 characters) from a value task code controls."""
+    return None if value is None else safetext.safe_str(value, safetext.NAME_LIMIT)
+
+
+def _encode_return(value: Any) -> Any:
+    return params.encode(value, "the task's return value")
+
+
+def _max_return_bytes() -> int:
+    from ..settings import get_settings
+
+    return get_settings().max_message_size
+
+
+def _safe_exception_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Celery's exception dict (``exc_type``, ``exc_message``, ``exc_module``)
+    with its texts made storable; the message arguments stay a list."""
+    safe = dict(result)
+    for key in ("exc_type", "exc_module"):
+        if result.get(key) is not None:
+            safe[key] = safetext.safe_str(result[key], safetext.NAME_LIMIT)
+    message = result.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        safe["exc_message"] = [_safe_argument(item) for item in message]
+    elif message is not None:
+        safe["exc_message"] = _safe_argument(message)
+    return safe
+
+
+def _safe_argument(value: Any) -> Any:
+    if isinstance(value, str):
+        return safetext.clean(value)
+    return value
 
 
 class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no type hints: BaseBackend is Any
@@ -104,35 +140,78 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         if status is None:
             # PENDING and custom states: the request row's state tells.
             return result
+        # Task code controls the texts: made storable (no NUL, no lone
+        # surrogates, capped) before they reach the row or Celery's meta.
+        if isinstance(traceback, str):
+            traceback = safetext.clean(traceback, safetext.TRACEBACK_LIMIT, keep_end=True)
+        elif traceback is not None:
+            traceback = safetext.safe_str(traceback, safetext.TRACEBACK_LIMIT)
+        if isinstance(result, dict) and "exc_type" in result:
+            result = _safe_exception_result(result)
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = task_id
         now = store.utcnow()
         delivery_info = getattr(request, "delivery_info", None) or {}
         values: dict[str, Any] = {
             "task_id": task_id,
-            "task_name": getattr(request, "task", None) or meta.get("name") or "",
-            "queue": delivery_info.get("routing_key") or getattr(request, "queue", None) or "celery",
+            "task_name": _name(getattr(request, "task", None) or meta.get("name") or ""),
+            "queue": _name(delivery_info.get("routing_key") or getattr(request, "queue", None) or "celery"),
             "attempt": int(getattr(request, "retries", 0) or 0) + 1,
             "status": status,
             "started_at": now if state == states.STARTED else None,
             "ended_at": now,
-            "worker_id": getattr(request, "hostname", None),
+            "worker_id": _name(getattr(request, "hostname", None)),
             "retried": state == states.RETRY,
             "meta": self.encode(meta),
         }
         if state == states.SUCCESS:
-            values["return_value"] = json.dumps(result)
+            values["return_value"] = safetext.encode_json(
+                result, _encode_return, max_bytes=_max_return_bytes()
+            )
         elif isinstance(result, dict) and "exc_type" in result:
             message = result.get("exc_message")
-            values["error_type"] = ".".join(filter(None, [result.get("exc_module"), result.get("exc_type")]))
-            values["error_message"] = " ".join(map(str, message)) if isinstance(message, (list, tuple)) else str(message)
+            values["error_type"] = _name(".".join(filter(None, [result.get("exc_module"), result.get("exc_type")])))
+            values["error_message"] = safetext.clean(
+                " ".join(map(safetext.safe_str, message)) if isinstance(message, (list, tuple)) else safetext.safe_str(message)
+            )
             values["traceback"] = traceback
-        # An upsert on (task_id, attempt): a retry after a dropped
-        # connection (db/retry.py) cannot write the result twice.
-        db_retry.write_retrying(
-            self.engine, lambda conn, _retrying: db_results.upsert_result(conn, values, only_new=state == states.STARTED)
-        )
+        self._write(values, only_new=state == states.STARTED)
         return result
+
+    def _write(self, values: dict[str, Any], *, only_new: bool) -> None:
+        """Upsert the row; a row the database refuses (bad data, not a lost
+        connection, which raises as before) is replaced by a note naming why,
+        and a refused note is logged: a refusal never reaches Celery, whose
+        worker would otherwise lose the task (``-P solo`` exits)."""
+        try:
+            # An upsert on (task_id, attempt): a retry after a dropped
+            # connection (db/retry.py) cannot write the result twice.
+            db_retry.write_retrying(
+                self.engine, lambda conn, _retrying: db_results.upsert_result(conn, values, only_new=only_new)
+            )
+            return
+        except Exception as exc:
+            if not refusals.is_refusal(exc):
+                raise
+            why = refusals.describe(exc)
+        logger.error(
+            "The database refused the result of task %s (%s); storing a note instead.",
+            safetext.clean(str(values.get("task_id")), 255),
+            why,
+        )
+        if only_new:
+            return  # a STARTED mark: the final state writes the row
+        try:
+            with self._connect() as conn, conn.begin():
+                db_results.upsert_result(conn, refusals.backend_note(values, why))
+        except Exception as exc:
+            if not refusals.is_refusal(exc):
+                raise
+            logger.error(
+                "The database refused even the note for task %s (%s); its result is not stored.",
+                safetext.clean(str(values.get("task_id")), 255),
+                refusals.describe(exc),
+            )
 
     def _forget(self, task_id: str) -> None:
         with self._connect() as conn, conn.begin():

@@ -13,12 +13,11 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import messages, params
+from .. import messages, params, safetext
 from ..jobs import Job
 from .exceptions import MaxRetriesExceededError, NotRegistered, NotSupported, Retry
 from .states import FAILURE, SUCCESS
@@ -454,7 +453,9 @@ class _ExceptionInfo:
     def __init__(self, exc: BaseException) -> None:
         self.exception = exc
         self.type = type(exc)
-        self.traceback = "".join(traceback.format_exception(exc))
+        # Never raises (a hostile exception would otherwise replace the
+        # task's own error with the formatter's).
+        self.traceback = safetext.format_traceback(exc)
 
     def __str__(self) -> str:
         return self.traceback

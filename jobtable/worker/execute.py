@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import badrows, messages, params, telemetry
+from .. import badrows, messages, params, safetext, telemetry
 from ..db import tables
 from ..db.store import Outcome
 from ..exceptions import UnknownJob
@@ -31,37 +30,82 @@ def _seconds(value: Any) -> float:
     return max(0.0, float(value or 0))
 
 
-def encode_return(value: Any) -> str | None:
-    if value is None:
-        return "null"
-    try:
-        return messages.dumps(params.encode(value, "the return value"))
-    except (TypeError, ValueError):
-        # Kept readable rather than lost: the job did succeed.
-        return json.dumps(repr(value))
+def _encode_param(value: Any) -> Any:
+    return params.encode(value, "the return value")
+
+
+def encode_return(value: Any, max_bytes: int = safetext.RETURN_LIMIT) -> str:
+    """The stored JSON of a return value; never raises.  One that is too
+    deep, cyclic, too large or not encodable is kept readable rather than
+    lost (the job did succeed): a JSON string with a note and its repr."""
+    return safetext.encode_json(value, _encode_param, max_bytes=max_bytes)
 
 
 def _error_fields(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
-    return {
-        "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}"
-        if type(exc).__module__ not in ("builtins", "__main__")
-        else type(exc).__qualname__,
-        "error_message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)) if with_traceback else None,
-    }
+    return safetext.exception_fields(exc, with_traceback=with_traceback)
+
+
+#: Recorded when even the safe formatting above failed (it is not expected
+#: to): a fixed text, so that writing it cannot fail too.
+OUTCOME_FAILED_TYPE = "jobtable.OutcomeError"
+OUTCOME_FAILED_MESSAGE = (
+    "jobtable could not record how this job ended: building its result raised {kind}. "
+    "The job was not retried, so that it does not run again; see the worker's log."
+)
+
+
+def last_resort(row: Any, exc: BaseException) -> Outcome:
+    """An ERRORED outcome built from fixed text only."""
+    try:
+        kind = safetext.type_name(type(exc))
+    except BaseException:
+        kind = "an exception"
+    return Outcome(
+        row,
+        tables.ERRORED,
+        datetime.now(timezone.utc),
+        {"error_type": OUTCOME_FAILED_TYPE, "error_message": OUTCOME_FAILED_MESSAGE.format(kind=kind)},
+    )
 
 
 class Executor:
     """Runs attempts for one pool member."""
 
-    def __init__(self, *, worker_id: str, chain: RunJob, timer: Any, slot: Slot, default_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        chain: RunJob,
+        timer: Any,
+        slot: Slot,
+        default_timeout: float,
+        max_return_bytes: int = safetext.RETURN_LIMIT,
+    ) -> None:
         self.worker_id = worker_id
         self.chain = chain
         self.timer = timer
         self.slot = slot
         self.default_timeout = default_timeout
+        self.max_return_bytes = max_return_bytes
 
     def run(self, row: Any) -> Outcome:
+        """How the attempt of ``row`` ended; never raises.
+
+        The job may already have run when turning its end into an Outcome
+        fails: raising here would crash the pool member and put the row
+        back to run again (with its side effects), so that case is recorded
+        ERRORED by ``last_resort`` instead.
+        """
+        try:
+            return self._run_traced(row)
+        except BaseException as exc:
+            try:
+                logger.exception("Recording the outcome of %s %s failed.", row.task_name, row.task_id)
+            except BaseException:
+                pass
+            return last_resort(row, exc)
+
+    def _run_traced(self, row: Any) -> Outcome:
         if not telemetry.enabled():
             return self._run(row)
         headers = telemetry.message_headers(row.message)
@@ -111,9 +155,9 @@ class Executor:
         except Exception as exc:
             # Permanent: retrying an unknown or undecodable job cannot help.
             if isinstance(exc, UnknownJob):
-                text = f"Unknown job {row.task_name!r}: {exc}"
+                text = f"Unknown job {row.task_name!r}: {safetext.safe_str(exc)}"
             else:
-                text = f"Could not load {row.task_name!r} ({type(exc).__name__}: {exc})"
+                text = f"Could not load {row.task_name!r} ({safetext.type_name(type(exc))}: {safetext.safe_str(exc)})"
             logger.error("%s %s attempt %s ERRORED: %s", row.task_name, row.task_id, row.attempt, text)
             fields = _error_fields(exc)
             fields["error_message"] = text
@@ -150,7 +194,7 @@ class Executor:
                 row,
                 tables.DEFERRED,
                 ended,
-                {"started_at": started, "error_message": str(defer)},
+                {"started_at": started, "error_message": safetext.safe_str(defer)},
                 retry_at=ended + timedelta(seconds=defer.delay),
                 extra_retries=0 if defer.increment_retries else 1,
             )
@@ -162,30 +206,34 @@ class Executor:
             return self._failed(row, prepared, started, _now(), exc, "failed")
         finally:
             self.slot.end()
-        return Outcome(row, tables.SUCCESSFUL, _now(), {"started_at": started, "return_value": encode_return(value)})
+        return Outcome(
+            row,
+            tables.SUCCESSFUL,
+            _now(),
+            {"started_at": started, "return_value": encode_return(value, self.max_return_bytes)},
+        )
 
     def _failed(
         self, row: Any, prepared: dispatch.Prepared, started: datetime, ended: datetime, exc: BaseException, what: str
     ) -> Outcome:
         retry_at = None
         if row.attempt <= row.retries:
-            delay = 0.0
+            retry_at = ended
             if prepared.retry_delay is not None:
                 try:
-                    delay = _seconds(prepared.retry_delay(row.attempt))
-                except Exception:
+                    retry_at = ended + timedelta(seconds=_seconds(prepared.retry_delay(row.attempt)))
+                except Exception:  # raised, or not a number of seconds (inf, NaN, too large)
                     logger.exception("calculate_retry_delay of %s failed; retrying at once", row.task_name)
-            retry_at = ended + timedelta(seconds=delay)
+        fields = _error_fields(exc)
+        fields["started_at"] = started
         logger.warning(
             "%s %s attempt %s %s: %s: %s%s",
             row.task_name,
             row.task_id,
             row.attempt,
             what,
-            type(exc).__name__,
-            exc,
+            fields["error_type"],
+            safetext.clean(fields["error_message"], 1000),
             f" (retry at {retry_at.isoformat()})" if retry_at else "",
         )
-        fields = _error_fields(exc)
-        fields["started_at"] = started
         return Outcome(row, tables.ERRORED, ended, fields, retry_at=retry_at)

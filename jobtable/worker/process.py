@@ -16,15 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..db import engine as db_engine
-from ..db import store
+from ..db import refusals, store
 from ..db.notify import Listener
 from ..middleware import build_chain
+from ..settings import get_settings
 from .config import WorkerConfig
 from .execute import Executor
 from .slots import Slot
@@ -41,6 +42,8 @@ FLUSH_AFTER = 0.02
 FLUSH_LATEST = 0.25
 #: Batch size bounds in seconds of work.
 GROW_BELOW, SHRINK_ABOVE = 0.02, 0.1
+
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -69,6 +72,8 @@ class Member:
             timer=timer,
             slot=slot,
             default_timeout=config.timeout,
+            # A return value larger than a message could be is not stored whole.
+            max_return_bytes=get_settings().max_message_size,
         )
         self.conn: Connection | None = None
         self.done: list[store.Outcome] = []
@@ -197,35 +202,60 @@ class Member:
     def _flush_and_claim(self, limit: int) -> list[Any]:
         conn = self._connection()
         now = _now()
+        def claim() -> list[Any]:
+            if limit <= 0:
+                return []
+            return store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
+
         if not self.done and self.autocommit:
-            # A single statement is its own transaction.
-            rows = store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
+            rows = claim()  # a single statement is its own transaction
         else:
-            with self._tx(conn):
-                store.finish(conn, self.worker_id, self.done, now)
-                rows = (
-                    store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
-                )
-        self.done = []
+            rows = self._finish_then(conn, now, claim)
         self.failures = 0
         return rows
+
+    def _finish_then(self, conn: Connection, now: datetime, then: Callable[[], T]) -> T:
+        """One transaction: write the finished results (``self.done``), then
+        ``then()``.  When the database refuses the batch (bad data, not a lost
+        connection) the transaction is rolled back and done again with the
+        results written one by one, so one refused row cannot block the
+        others or make the member retry the same write forever."""
+        refused: Exception | None = None
+        try:
+            with self._tx(conn):
+                try:
+                    store.finish(conn, self.worker_id, self.done, now)
+                except Exception as exc:
+                    if refusals.is_refusal(exc):
+                        refused = exc
+                    raise
+                value = then()
+        except Exception as exc:
+            if refused is None or exc is not refused:
+                raise
+            logger.warning(
+                "Worker %s: the database refused a batch of %d result(s) (%s); writing them one by one.",
+                self.worker_id,
+                len(self.done),
+                refusals.describe(exc),
+            )
+            with self._tx(conn):
+                refusals.finish_each(conn, self.worker_id, self.done, now)
+                value = then()
+        self.done = []
+        return value
 
     def _flush_quietly(self) -> None:
         try:
             conn = self._connection()
-            with self._tx(conn):
-                store.finish(conn, self.worker_id, self.done, _now())
-            self.done = []
+            self._finish_then(conn, _now(), lambda: None)
         except DBAPIError as exc:
             self._database_error(exc)
 
     def _release_quietly(self, ids: list[int]) -> None:
         try:
             conn = self._connection()
-            with self._tx(conn):
-                store.finish(conn, self.worker_id, self.done, _now())
-                released = store.release(conn, self.worker_id, ids)
-            self.done = []
+            released = self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, ids))
             if released:
                 logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
         except DBAPIError as exc:
@@ -282,10 +312,7 @@ class Member:
         for _ in range(5):
             try:
                 conn = self._connection()
-                with self._tx(conn):
-                    store.finish(conn, self.worker_id, self.done, _now())
-                    store.release(conn, self.worker_id, None)
-                self.done = []
+                self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, None))
                 break
             except DBAPIError as exc:
                 self._database_error(exc)
