@@ -27,6 +27,7 @@ from ..db.notify import Listener
 from ..middleware import build_chain
 from .config import WorkerConfig
 from .execute import Executor
+from .ledger import Ledger
 from .slots import Slot
 
 logger = logging.getLogger("jobtable.worker")
@@ -56,10 +57,14 @@ class Member:
         *,
         timer: Any,
         should_stop: Callable[[], bool],
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.slot = slot
+        #: Started-since-the-last-flush row ids, read by the supervisor (and
+        #: by peers) if this member dies: see ledger.py.
+        self.ledger = ledger or Ledger.create(worker_id, config.max_pending_per_process)
         self.should_stop = should_stop
         self.engine = db_engine.get_engine()
         self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
@@ -148,7 +153,11 @@ class Member:
                 # end of the batch, which is near.
                 self._flush_quietly()
             job_started = time.perf_counter()
+            # Before any of the job's code (decoding it builds the job), so
+            # that a member dying from here on records it LOST, never pending.
+            self.ledger.start(row.id)
             outcome = self.executor.run(row)
+            self.ledger.done(retry=outcome.retry_at is not None)
             now = time.perf_counter()
             last_job = now - job_started
             if not self.done:
@@ -207,6 +216,7 @@ class Member:
                     store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now) if limit > 0 else []
                 )
         self.done = []
+        self.ledger.flushed()
         self.failures = 0
         return rows
 
@@ -216,6 +226,7 @@ class Member:
             with self._tx(conn):
                 store.finish(conn, self.worker_id, self.done, _now())
             self.done = []
+            self.ledger.flushed()
         except DBAPIError as exc:
             self._database_error(exc)
 
@@ -226,6 +237,7 @@ class Member:
                 store.finish(conn, self.worker_id, self.done, _now())
                 released = store.release(conn, self.worker_id, ids)
             self.done = []
+            self.ledger.flushed()
             if released:
                 logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
         except DBAPIError as exc:
@@ -278,14 +290,19 @@ class Member:
             self.listener.wait(delay)
 
     def _shutdown(self) -> None:
-        # Results first; then anything claimed and not started goes back.
+        # Results first; then anything claimed and not started goes back --
+        # but not a job that started and never returned (the member is
+        # crashing out of it): the supervisor records that one LOST.
         for _ in range(5):
             try:
                 conn = self._connection()
+                unfinished = self.ledger.state()
+                keep = unfinished.running if unfinished.complete else [row.id for row in self.current]
                 with self._tx(conn):
                     store.finish(conn, self.worker_id, self.done, _now())
-                    store.release(conn, self.worker_id, None)
+                    store.release(conn, self.worker_id, None, keep=keep)
                 self.done = []
+                self.ledger.flushed()
                 break
             except DBAPIError as exc:
                 self._database_error(exc)
