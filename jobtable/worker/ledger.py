@@ -38,8 +38,10 @@ from pathlib import Path
 logger = logging.getLogger("jobtable.worker")
 
 MAGIC = b"JTLEDGR1"
-#: magic, capacity, supervisor pid, count, done, overflow, boot id, worker id
-_HEADER = struct.Struct("=8sqqqqq48s416s")
+#: magic, capacity, supervisor pid, count, done, overflow, boot id, scope
+#: (which database: workers of other databases on this machine are not ours
+#: to sweep), worker id
+_HEADER = struct.Struct("=8sqqqqq48s32s384s")
 HEADER_SIZE = 512
 assert _HEADER.size == HEADER_SIZE
 # int64 indexes of the header fields in the mapped view
@@ -129,13 +131,21 @@ class Ledger:
         self.path = path
 
     @classmethod
-    def create(cls, worker_id: str, capacity: int) -> Ledger:
+    def create(cls, worker_id: str, capacity: int, scope: str = "") -> Ledger:
         """A file-backed ledger (an anonymous one if no runtime directory is
         usable: members are still rescued exactly, whole workers conservatively)."""
         capacity = max(1, capacity)
         size = HEADER_SIZE + capacity * 8
         header = _HEADER.pack(
-            MAGIC, capacity, os.getpid(), 0, 0, 0, boot_id().encode(), worker_id.encode("utf-8", "replace")[:416]
+            MAGIC,
+            capacity,
+            os.getpid(),
+            0,
+            0,
+            0,
+            boot_id().encode(),
+            scope.encode()[:32],
+            worker_id.encode("utf-8", "replace")[:384],
         )
         for directory in _candidate_dirs():
             if not _private_dir(directory, create=True):
@@ -244,13 +254,14 @@ class _Parsed:
     worker_id: str
     pid: int
     boot: str
+    scope: str
     state: LedgerState
 
 
 def _parse(data: bytes) -> _Parsed | None:
     if len(data) < HEADER_SIZE:
         return None
-    magic, capacity, pid, count, done, overflow, boot, worker = _HEADER.unpack_from(data)
+    magic, capacity, pid, count, done, overflow, boot, scope, worker = _HEADER.unpack_from(data)
     if magic != MAGIC or capacity < 1 or len(data) != HEADER_SIZE + capacity * 8:
         return None
     view = memoryview(data).cast("q")
@@ -258,6 +269,7 @@ def _parse(data: bytes) -> _Parsed | None:
         worker.rstrip(b"\0").decode("utf-8", "replace"),
         pid,
         boot.rstrip(b"\0").decode("ascii", "replace"),
+        scope.rstrip(b"\0").decode("ascii", "replace"),
         _state(count, done, overflow, capacity, view),
     )
 
@@ -293,10 +305,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stale_files() -> tuple[list[Path], dict[str, Path]]:
-    """Ledgers nobody will need: (files to delete now, {worker id: file}
-    whose supervisor is gone -- delete those once the database no longer
-    knows the worker, i.e. after it was rescued)."""
+def scope_of(database_url: str) -> str:
+    """The ledger scope of a database (a digest of its URL, password hidden)."""
+    return hashlib.sha256(database_url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def stale_files(scope: str) -> tuple[list[Path], dict[str, Path]]:
+    """Ledgers nobody will need: (files to delete now, {worker id: file} of
+    ``scope`` whose supervisor is gone -- delete those once the database no
+    longer knows the worker, i.e. after it was rescued)."""
     now = time.time()
     junk: list[Path] = []
     dead: dict[str, Path] = {}
@@ -326,7 +343,7 @@ def stale_files() -> tuple[list[Path], dict[str, Path]]:
                     junk.append(path)
             elif parsed.boot != me:
                 junk.append(path)
-            elif not _alive(parsed.pid):
+            elif parsed.scope == scope and not _alive(parsed.pid):
                 dead[parsed.worker_id] = path
     return junk, dead
 

@@ -98,12 +98,14 @@ class Supervisor:
         self._due: dict[str, float] = {}
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
+        self.ledger_scope = ""
 
     # -- entry -------------------------------------------------------------------
 
     def run(self) -> int:
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
+        self.ledger_scope = ledgers.scope_of(engine.url.render_as_string(hide_password=True))
         cfg = self.config
         logger.info(
             "jobtable worker %s: %d %s, queues %s, database %s",
@@ -183,7 +185,7 @@ class Supervisor:
         slot = self.slots.slot(index)
         slot.clear()
         # Made before fork(): the member writes it, we read it if it dies.
-        handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process)
+        handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.config.pool == "threads":
             member = Member(
                 self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
@@ -376,7 +378,7 @@ class Supervisor:
     def _sweep_ledgers(self, conn: Any) -> None:
         """Delete ledger files left by dead workers of this machine once the
         database no longer knows them (rescued), and unusable ones."""
-        junk, dead = ledgers.stale_files()
+        junk, dead = ledgers.stale_files(self.ledger_scope)
         referenced = store.workers_referenced(conn, sorted(dead))
         ledgers.remove(junk + [path for worker_id, path in dead.items() if worker_id not in referenced])
 
