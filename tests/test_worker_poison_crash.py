@@ -276,7 +276,7 @@ def test_rescue_falls_back_when_the_ledger_is_unusable(db_url: str, how: str) ->
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=2048), st.integers(min_value=0, max_value=2047))
 def test_reading_any_bytes_never_raises(tmp_path: Path, data: bytes, cut: int) -> None:
-    worker_id = "native:fuzz:1:0:x"
+    worker_id = f"native:fuzz:{os.getpid()}:0:x"
     book = ledgers.Ledger.create(worker_id, 4)
     assert book.path is not None
     try:
@@ -298,7 +298,7 @@ def test_reading_any_bytes_never_raises(tmp_path: Path, data: bytes, cut: int) -
 
 
 def test_ledger_flush_keeps_a_job_that_never_returned() -> None:
-    book = ledgers.Ledger.create("native:unit:1:0:y", 3)
+    book = ledgers.Ledger.create(f"native:unit:{os.getpid()}:0:y", 3)
     try:
         for row_id in (1, 2, 3, 4):  # one more than it holds
             book.start(row_id)
@@ -337,3 +337,33 @@ def test_dashboard_shows_and_retries_a_quarantined_job(db_url: str) -> None:
     assert "killed its worker process 1 times" in page.text and 'data-action="retry"' in page.text
     assert dash.act("retry", [q.id], next=f"/results/{q.id}").status_code == 303
     assert [(r.task_id, r.attempt, r.state) for r in requests()] == [(q.task_id, 2, tables.PENDING)]
+
+
+def test_sweep_finds_only_rescued_ledgers_of_its_database(db_url: str, tmp_path: Path) -> None:
+    scope = ledgers.scope_of(db_url)
+    tag = f"{os.getpid()}-{tmp_path.name}"  # tests in parallel share the directory
+    gone = f"native:gone:1:0:{tag}"
+    made = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from jobtable.worker.ledger import Ledger; print(Ledger.create(sys.argv[1], 4, sys.argv[2]).path)",
+         gone, scope],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True,
+    )
+    path = Path(made.stdout.strip())
+    live = ledgers.Ledger.create(f"native:live:1:0:{tag}", 4, scope)  # our pid: alive
+    junk = path.parent / f"garbage-{tag}{ledgers.SUFFIX}"
+    junk.write_bytes(b"\x00garbage")
+    os.utime(junk, (0, 0))
+    try:
+        old, dead = ledgers.stale_files(scope)
+        assert dead.get(gone) == path and f"native:live:1:0:{tag}" not in dead
+        assert junk in old and path not in old
+        assert gone not in ledgers.stale_files("another database")[1]
+        with db_engine.connect() as conn, conn.begin():
+            assert store.workers_referenced(conn, [gone]) == set()
+            store.register_worker(conn, gone, hostname="h", pid=1, queues=["default"], processes=1, now=store.utcnow())
+            assert store.workers_referenced(conn, [gone]) == {gone}
+    finally:
+        ledgers.remove([path, junk])
+        live.close()
+    assert not path.exists() and not junk.exists()

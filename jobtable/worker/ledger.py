@@ -131,9 +131,10 @@ class Ledger:
         self.path = path
 
     @classmethod
-    def create(cls, worker_id: str, capacity: int, scope: str = "") -> Ledger:
-        """A file-backed ledger (an anonymous one if no runtime directory is
-        usable: members are still rescued exactly, whole workers conservatively)."""
+    def create(cls, worker_id: str, capacity: int, scope: str = "", *, file: bool = True) -> Ledger:
+        """A file-backed ledger (``file`` False, or no usable runtime
+        directory: an anonymous one -- members are still rescued exactly by
+        their supervisor, a killed worker conservatively)."""
         capacity = max(1, capacity)
         size = HEADER_SIZE + capacity * 8
         header = _HEADER.pack(
@@ -147,7 +148,7 @@ class Ledger:
             scope.encode()[:32],
             worker_id.encode("utf-8", "replace")[:384],
         )
-        for directory in _candidate_dirs():
+        for directory in _candidate_dirs() if file else []:
             if not _private_dir(directory, create=True):
                 continue
             path = directory / file_name(worker_id)
@@ -171,7 +172,10 @@ class Ledger:
                     pass
                 continue
             return cls(mm, capacity, path)
-        logger.warning("No writable runtime directory for the worker's ledger; a killed worker is rescued conservatively.")
+        if file:
+            logger.warning(
+                "No writable runtime directory for the worker's ledger; a killed worker is rescued conservatively."
+            )
         mm = mmap.mmap(-1, size)
         mm[:HEADER_SIZE] = header
         return cls(mm, capacity, None)

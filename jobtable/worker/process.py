@@ -64,7 +64,7 @@ class Member:
         self.slot = slot
         #: Started-since-the-last-flush row ids, read by the supervisor (and
         #: by peers) if this member dies: see ledger.py.
-        self.ledger = ledger or Ledger.create(worker_id, config.max_pending_per_process)
+        self.ledger = ledger or Ledger.create(worker_id, config.max_pending_per_process, file=False)
         self.should_stop = should_stop
         self.engine = db_engine.get_engine()
         self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
