@@ -4,9 +4,10 @@ Processes pool (default): N forked members, each with its own claim loop,
 connection and worker id.  The supervisor never touches jobs itself: it
 heartbeats for its members, notices a member that died (``waitpid``) and,
 from the member's ledger (``ledger.py``), records what it had started LOST
-(or QUARANTINED) and gives back what it had not, kills a member stuck past its job's timeout +
-grace, rescues other workers that stopped heartbeating, trims old results and
-prints stats.  Threads pool: the same with members as threads of one process.
+(or QUARANTINED) and gives back what it had not, kills a member stuck past
+its job's timeout + grace, rescues other workers that stopped heartbeating,
+trims old results, sweeps ledger files nobody needs and prints stats.
+Threads pool: the same with members as threads of one process.
 
 Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
 have not started and finish their running job within

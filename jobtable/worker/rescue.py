@@ -112,7 +112,9 @@ def _lose_started(
         quarantine_message=quarantine,
     )
     _log_lost(quarantine.lost(lost), why)
-    done = store.lose(conn, worker_id, state.finished, now, message=why_finished, error_type=store.RESULT_LOST, retry=False)
+    done = store.lose(
+        conn, worker_id, state.finished, now, message=why_finished, error_type=store.RESULT_LOST, retry=False
+    )
     _log_lost(done, why_finished, retry=False)
     again = store.lose(
         conn, worker_id, state.finished_retry, now, message=why_finished, error_type=store.RESULT_LOST,
