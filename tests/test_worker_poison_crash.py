@@ -205,6 +205,14 @@ def test_killed_worker_is_rescued_from_its_ledger(
     assert lines(gate_log) == ["started"]
     for job, path in after:
         assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL] and len(lines(path)) == 1
+    # The killed worker's ledger goes with the sweep once the database no
+    # longer knows the worker (the second worker's first sweep may already
+    # have come after the rescue).
+    _, dead = ledgers.stale_files(ledgers.scope_of(db_url))
+    mine = {worker_id: path for worker_id, path in dead.items() if f":{first.pid}:" in worker_id}
+    with db_engine.connect() as conn:
+        assert store.workers_referenced(conn, list(mine)) == set()
+    ledgers.remove(list(mine.values()))
 
 
 # -- the ledger as a rescuer reads it (real files, real database) ---------------

@@ -51,6 +51,9 @@ SUFFIX = ".ledger"
 #: A file whose header cannot be read (never one of ours once renamed into
 #: place) or a half-made temporary file is swept after this long.
 STALE_UNREADABLE = 60.0
+#: A dead worker's ledger that no worker of its database swept (the database
+#: is gone, or none of its workers runs here) goes after a day.
+STALE_DEAD = 86400.0
 
 
 @dataclass
@@ -347,8 +350,11 @@ def stale_files(scope: str) -> tuple[list[Path], dict[str, Path]]:
                     junk.append(path)
             elif parsed.boot != me:
                 junk.append(path)
-            elif parsed.scope == scope and not _alive(parsed.pid):
-                dead[parsed.worker_id] = path
+            elif not _alive(parsed.pid):
+                if parsed.scope == scope:
+                    dead[parsed.worker_id] = path
+                elif age > STALE_DEAD:
+                    junk.append(path)
     return junk, dead
 
 
