@@ -172,7 +172,7 @@ def test_quarantine_after_one(db_url: str, subprocess_env: dict[str, str], tmp_p
     finally:
         stop(proc)
     assert [r.status for r in results(job.uuid)] == [tables.QUARANTINED]
-    assert "killed its worker process 1 times" in results(job.uuid)[0].error_message
+    assert "killed its worker process 1 time " in results(job.uuid)[0].error_message
     assert lines(log) == ["ran"]
 
 
@@ -342,7 +342,7 @@ def test_dashboard_shows_and_retries_a_quarantined_job(db_url: str) -> None:
     assert 'data-card="quarantined"' in overview and "/results?status=QUARANTINED" in overview
     page = dash.get(f"/results/{q.id}")
     assert page.status_code == 200 and "QUARANTINED" in page.text
-    assert "killed its worker process 1 times" in page.text and 'data-action="retry"' in page.text
+    assert "killed its worker process 1 time " in page.text and 'data-action="retry"' in page.text
     assert dash.act("retry", [q.id], next=f"/results/{q.id}").status_code == 303
     assert [(r.task_id, r.attempt, r.state) for r in requests()] == [(q.task_id, 2, tables.PENDING)]
 

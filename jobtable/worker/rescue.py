@@ -74,7 +74,7 @@ class Quarantine:
             row.task_name, row.task_id, row.attempt, times, self.why,
         )
         return (
-            f"Quarantined: this job killed its worker process {times} times "
+            f"Quarantined: this job killed its worker process {times} time{'' if times == 1 else 's'} "
             f"(JOBTABLE_WORKER_QUARANTINE_AFTER={self.quarantine_after}); it is not retried or claimed again. "
             f"Last time: {self.why}. Once fixed, run it again with `jobtable retry {row.task_id}` "
             "(or the Retry button of its dashboard page)."
