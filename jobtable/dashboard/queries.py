@@ -283,7 +283,7 @@ class Bucket:
 
     @property
     def failed(self) -> int:
-        return self.counts.get(tables.ERRORED, 0) + self.counts.get(tables.LOST, 0)
+        return sum(self.counts.get(s, 0) for s in (tables.ERRORED, tables.LOST, tables.QUARANTINED))
 
 
 def window_totals(buckets: Sequence[Bucket]) -> tuple[dict[str, int], int]:

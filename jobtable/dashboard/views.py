@@ -190,6 +190,7 @@ def overview(request: Request) -> Response:
         ("successful", "Successful", counts[tables.SUCCESSFUL], "/results?status=SUCCESSFUL"),
         ("errored", "Errored", counts[tables.ERRORED], "/results?status=ERRORED"),
         ("lost", "Lost", counts[tables.LOST], "/results?status=LOST"),
+        ("quarantined", "Quarantined", counts[tables.QUARANTINED], "/results?status=QUARANTINED"),
         ("dead-letter", "Dead letters", counts[tables.DEAD_LETTER], "/results?status=DEAD_LETTER"),
         ("retried", "Retried", retried, "/results?retried=1"),
     ]

@@ -9,7 +9,7 @@ Dialect-specific parts come from ``dialects.py``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -732,6 +732,15 @@ def release(
     return len(queues)
 
 
+#: ``error_type`` of LOST attempts: the process died while the job ran (or,
+#: when nobody could tell, may have run).  These count towards quarantine.
+WORKER_LOST = "WorkerLost"
+#: The job had finished; its process died before the result was written.
+RESULT_LOST = "ResultLost"
+#: The worker was stopped (shutdown grace over, a second signal) mid-job.
+WORKER_STOPPED = "WorkerStopped"
+
+
 def lose(
     conn: Connection,
     worker_id: str,
@@ -740,27 +749,76 @@ def lose(
     *,
     message: str,
     retry_delay: Any = None,
+    error_type: str = WORKER_LOST,
+    retry: bool = True,
+    quarantine_after: int = 0,
+    quarantine_message: Callable[[Row[Any], int], str] | None = None,
 ) -> list[Row[Any]]:
     """Record running jobs of ``worker_id`` (those ``ids``, or all) LOST, and
-    retry those with retries left after ``retry_delay(row)`` seconds."""
+    retry those with retries left after ``retry_delay(row)`` seconds
+    (``retry`` False: never).
+
+    ``quarantine_after`` > 0: an attempt that makes its task's WorkerLost
+    attempts reach that many is recorded QUARANTINED instead (message from
+    ``quarantine_message(row, times)``) and not retried.  Only rows still
+    running under ``worker_id`` are touched, so rows already finished are safe.
+    """
     stmt = delete(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
     if ids is not None:
         if not ids:
             return []
         stmt = stmt.where(request.c.id.in_(list(ids)))
     rows = list(conn.execute(stmt.returning(*request.c)))
+    earlier: dict[str, int] = {}
+    if rows and quarantine_after > 0 and error_type == WORKER_LOST:
+        earlier = worker_lost_counts(conn, [row.task_id for row in rows])
     outcomes = []
     for row in rows:
+        times = earlier.get(row.task_id, 0) + 1
+        if quarantine_after > 0 and error_type == WORKER_LOST and times >= quarantine_after:
+            text = quarantine_message(row, times) if quarantine_message is not None else message
+            outcomes.append(
+                Outcome(row, tables.QUARANTINED, now, {"error_type": error_type, "error_message": text})
+            )
+            continue
         retry_at = None
-        if row.attempt <= row.retries:
+        if retry and row.attempt <= row.retries:
             delay = retry_delay(row) if retry_delay is not None else 0
             retry_at = now + timedelta(seconds=max(0.0, float(delay)))
-        outcomes.append(
-            Outcome(row, tables.LOST, now, {"error_type": "WorkerLost", "error_message": message}, retry_at)
-        )
+        outcomes.append(Outcome(row, tables.LOST, now, {"error_type": error_type, "error_message": message}, retry_at))
     if outcomes:
         write_outcomes(conn, outcomes, now)
     return rows
+
+
+def worker_lost_counts(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """How many recorded attempts of each task ended with its process dying
+    (LOST or QUARANTINED with error_type WorkerLost)."""
+    stmt = (
+        select(result.c.task_id, func.count())
+        .where(
+            result.c.task_id.in_(sorted(set(task_ids))),
+            result.c.status.in_([tables.LOST, tables.QUARANTINED]),
+            result.c.error_type == WORKER_LOST,
+        )
+        .group_by(result.c.task_id)
+    )
+    return {task_id: int(n) for task_id, n in conn.execute(stmt)}
+
+
+def workers_referenced(conn: Connection, worker_ids: Sequence[str]) -> set[str]:
+    """Those of ``worker_ids`` that still have a heartbeat row or running jobs
+    (not rescued yet)."""
+    if not worker_ids:
+        return set()
+    ids = list(worker_ids)
+    found = set(conn.execute(select(worker_table.c.id).where(worker_table.c.id.in_(ids))).scalars())
+    stmt = (
+        select(request.c.worker_id)
+        .where(request.c.worker_id.in_(ids), request.c.state == tables.RUNNING)
+        .distinct()
+    )
+    return found | set(conn.execute(stmt).scalars())
 
 
 def register_worker(

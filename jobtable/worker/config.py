@@ -28,6 +28,9 @@ class WorkerConfig:
     timeout: float = 86400
     timeout_grace: float = 10
     results_retention: float = 604800
+    #: Attempts that killed their worker process before a job is QUARANTINED
+    #: (0: never).
+    quarantine_after: int = 3
     middleware: list[str] = field(default_factory=list)
 
     @property
@@ -53,6 +56,7 @@ class WorkerConfig:
             "timeout": s.timeout,
             "timeout_grace": s.worker_timeout_grace,
             "results_retention": s.results_retention,
+            "quarantine_after": s.worker_quarantine_after,
             "middleware": list(s.middleware),
         }
         values.update({key: value for key, value in flags.items() if value is not None})
@@ -73,5 +77,9 @@ class WorkerConfig:
             )
         if self.lost_after <= 0:
             raise ConfigurationError(f"JOBTABLE_WORKER_LOST_AFTER must be positive, got {self.lost_after}.")
+        if self.quarantine_after < 0:
+            raise ConfigurationError(
+                f"JOBTABLE_WORKER_QUARANTINE_AFTER must be 0 (never quarantine) or more, got {self.quarantine_after}."
+            )
         if not self.queues:
             raise ConfigurationError("The worker needs at least one queue (--queue).")

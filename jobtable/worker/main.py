@@ -2,10 +2,12 @@
 
 Processes pool (default): N forked members, each with its own claim loop,
 connection and worker id.  The supervisor never touches jobs itself: it
-heartbeats for its members, notices a member that died (``waitpid``) and
-records its running job LOST, kills a member stuck past its job's timeout +
-grace, rescues other workers that stopped heartbeating, trims old results and
-prints stats.  Threads pool: the same with members as threads of one process.
+heartbeats for its members, notices a member that died (``waitpid``) and,
+from the member's ledger (``ledger.py``), records what it had started LOST
+(or QUARANTINED) and gives back what it had not, kills a member stuck past
+its job's timeout + grace, rescues other workers that stopped heartbeating,
+trims old results, sweeps ledger files nobody needs and prints stats.
+Threads pool: the same with members as threads of one process.
 
 Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
 have not started and finish their running job within
@@ -33,9 +35,11 @@ from sqlalchemy.exc import DBAPIError
 from .. import telemetry
 from ..db import engine as db_engine
 from ..db import store
+from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
 from .config import WorkerConfig
+from .ledger import Ledger, LedgerState
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
 from .stats import StatsReporter
@@ -64,7 +68,11 @@ class Handle:
     member: Member | None = None
     exit_code: int | None = None
     kill_reason: str = ""
+    #: The kill was the operator's (shutdown grace over, second signal), not
+    #: the job's: its LOST attempt does not count towards quarantine.
+    operator_kill: bool = False
     timed_out_row: int = 0
+    ledger: Ledger | None = None
 
 
 @dataclass
@@ -75,6 +83,10 @@ class Pending:
     running_id: int
     why: str
     lose_running: bool
+    state: LedgerState | None = None
+    why_finished: str = ""
+    poison: bool = True
+    ledger: Ledger | None = None
 
 
 class Supervisor:
@@ -94,12 +106,14 @@ class Supervisor:
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
+        self.ledger_scope = ""
 
     # -- entry -------------------------------------------------------------------
 
     def run(self) -> int:
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
+        self.ledger_scope = ledgers.scope_of(engine.url.render_as_string(hide_password=True))
         cfg = self.config
         logger.info(
             "jobtable worker %s: %d %s, queues %s, database %s",
@@ -143,6 +157,7 @@ class Supervisor:
             self.stop_deadline = 0.0  # threads cannot be killed: give up on them now
             for handle in self.handles.values():
                 handle.kill_reason = f"the worker was stopped at once (second {name})"
+                handle.operator_kill = True
                 if handle.pid:
                     _kill(handle.pid, signal.SIGKILL)
             return
@@ -184,8 +199,12 @@ class Supervisor:
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
         slot = self.slots.slot(index)
         slot.clear()
+        # Made before fork(): the member writes it, we read it if it dies.
+        handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.config.pool == "threads":
-            member = Member(self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set)
+            member = Member(
+                self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
+            )
             handle.member = member
 
             def target() -> None:
@@ -202,7 +221,7 @@ class Supervisor:
             sys.stderr.flush()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
-                _child(self.config, worker_id, slot, os.getppid())
+                _child(self.config, worker_id, slot, os.getppid(), handle.ledger)
             handle.pid = pid
         self.handles[index] = handle
 
@@ -237,7 +256,19 @@ class Supervisor:
         crashed = code != 0 and code != EXIT_BURST_DONE
         if crashed:
             logger.warning("Worker %s %s.", handle.worker_id, how)
-        self.pending.append(Pending(handle.worker_id, running_id, why, lose_running=crashed or bool(handle.kill_reason)))
+        state = handle.ledger.state() if handle.ledger is not None else None
+        self.pending.append(
+            Pending(
+                handle.worker_id,
+                running_id,
+                why,
+                lose_running=crashed or bool(handle.kill_reason),
+                state=state,
+                why_finished=f"the worker process {how} after the job had finished, before its result was written",
+                poison=not handle.operator_kill,
+                ledger=handle.ledger,
+            )
+        )
         self._write_pending()
         if code == EXIT_BURST_DONE:
             self.finished.add(handle.index)
@@ -250,14 +281,26 @@ class Supervisor:
             try:
                 with db_engine.connect() as conn, conn.begin():
                     rescue.rescue_member(
-                        conn, item.worker_id, item.running_id, _now(), why=item.why, lose_running=item.lose_running
+                        conn,
+                        item.worker_id,
+                        item.running_id,
+                        _now(),
+                        why=item.why,
+                        lose_running=item.lose_running,
+                        ledger=item.state,
+                        why_finished=item.why_finished,
+                        poison=item.poison,
+                        quarantine_after=self.config.quarantine_after,
                     )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
             except DBAPIError as exc:
+                # The ledger file stays: should we die too, a peer rescues from it.
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
                 return
             self.pending.pop(0)
+            if item.ledger is not None:
+                item.ledger.close()
 
     def _enforce_deadlines(self) -> None:
         now = time.time()
@@ -268,13 +311,16 @@ class Supervisor:
                     handle.kill_reason = (
                         f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
                     )
+                    handle.operator_kill = True
                     _kill(handle.pid, signal.SIGKILL)
             if self.config.pool == "threads" and self.handles:
                 # Threads cannot be killed: record their jobs and leave.
                 for handle in list(self.handles.values()):
-                    handle.kill_reason = handle.kill_reason or (
-                        f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
-                    )
+                    if not handle.kill_reason:
+                        handle.kill_reason = (
+                            f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
+                        )
+                        handle.operator_kill = True
                     self._ended(handle, 1)
         for handle in list(self.handles.values()):
             slot = self.slots.slot(handle.index)
@@ -342,16 +388,24 @@ class Supervisor:
                     if dead:
                         rescue.rescue_known_dead(conn, dead, now, why=self.liveness.why)
                 elif name == "rescue":
-                    rescue.rescue_dead(conn, self.config.lost_after, now)
+                    rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
                 elif name == "retention":
                     before = now - timedelta(seconds=self.config.results_retention)
                     store.clear_results(conn, before, batch=500)
+                    self._sweep_ledgers(conn)
                 elif name == "stats":
                     line = self.stats.report(conn, self.slots.done_total())
                     print(line, flush=True)
         except DBAPIError as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
 
+
+    def _sweep_ledgers(self, conn: Any) -> None:
+        """Delete ledger files left by dead workers of this machine once the
+        database no longer knows them (rescued), and unusable ones."""
+        junk, dead = ledgers.stale_files(self.ledger_scope)
+        referenced = store.workers_referenced(conn, sorted(dead))
+        ledgers.remove(junk + [path for worker_id, path in dead.items() if worker_id not in referenced])
 
     def _tick_scheduler(self) -> None:
         # Every supervisor ticks; the ledger makes each slot fire once.
@@ -401,7 +455,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int) -> None:  # pragma: no cover
+def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int, ledger: Ledger) -> None:  # pragma: no cover
     """Body of a forked member; never returns."""
     code = 1
     try:
@@ -420,7 +474,7 @@ def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int) -> None
         # leave SIGINT to the supervisor, which sends SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, on_term)
-        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set)
+        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         code = member.run()
     except BaseException:

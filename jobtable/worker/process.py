@@ -28,6 +28,7 @@ from ..middleware import build_chain
 from ..settings import get_settings
 from .config import WorkerConfig
 from .execute import Executor
+from .ledger import Ledger
 from .slots import Slot
 
 logger = logging.getLogger("jobtable.worker")
@@ -59,10 +60,14 @@ class Member:
         *,
         timer: Any,
         should_stop: Callable[[], bool],
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self.slot = slot
+        #: Started-since-the-last-flush row ids, read by the supervisor (and
+        #: by peers) if this member dies: see ledger.py.
+        self.ledger = ledger or Ledger.create(worker_id, config.max_pending_per_process, file=False)
         self.should_stop = should_stop
         self.engine = db_engine.get_engine()
         self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
@@ -153,7 +158,11 @@ class Member:
                 # end of the batch, which is near.
                 self._flush_quietly()
             job_started = time.perf_counter()
+            # Before any of the job's code (decoding it builds the job), so
+            # that a member dying from here on records it LOST, never pending.
+            self.ledger.start(row.id)
             outcome = self.executor.run(row)
+            self.ledger.done(retry=outcome.retry_at is not None)
             now = time.perf_counter()
             last_job = now - job_started
             if not self.done:
@@ -209,6 +218,7 @@ class Member:
 
         if not self.done and self.autocommit:
             rows = claim()  # a single statement is its own transaction
+            self.ledger.flushed()
         else:
             rows = self._finish_then(conn, now, claim)
         self.failures = 0
@@ -243,6 +253,7 @@ class Member:
                 refusals.finish_each(conn, self.worker_id, self.done, now)
                 value = then()
         self.done = []
+        self.ledger.flushed()
         return value
 
     def _flush_quietly(self) -> None:
@@ -308,11 +319,15 @@ class Member:
             self.listener.wait(delay)
 
     def _shutdown(self) -> None:
-        # Results first; then anything claimed and not started goes back.
+        # Results first; then anything claimed and not started goes back --
+        # but not a job that started and never returned (the member is
+        # crashing out of it): the supervisor records that one LOST.
         for _ in range(5):
             try:
                 conn = self._connection()
-                self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, None))
+                unfinished = self.ledger.state()
+                keep = unfinished.running if unfinished.complete else [row.id for row in self.current]
+                self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, None, keep=keep))
                 break
             except DBAPIError as exc:
                 self._database_error(exc)

@@ -1,5 +1,12 @@
 """LOST jobs: members that died, and workers that stopped heartbeating.
 
+What is rescued comes from the dead member's ledger (``ledger.py``): jobs it
+had started are recorded LOST (never silently pending again), jobs it had
+claimed but not started go back to pending.  A job whose attempts killed
+their worker process ``worker_quarantine_after`` times is QUARANTINED
+instead: recorded, not retried, re-run only by hand.  A dead worker of
+another machine has no readable ledger: all its running rows are LOST.
+
 Every supervisor rescues on a timer.  ``dead_workers`` locks the rows it
 picks (SKIP LOCKED on PostgreSQL; SQLite transactions hold the write lock),
 so several workers rescuing at once never record a job LOST twice -- and the
@@ -17,6 +24,8 @@ from sqlalchemy.engine import Connection
 
 from ..db import store
 from ..messages import decode_task
+from . import ledger
+from .ledger import LedgerState
 
 logger = logging.getLogger("jobtable.worker")
 
@@ -36,44 +45,178 @@ def retry_delay(row: Any) -> float:
         return 0.0
 
 
-def _log_lost(rows: list[Any], why: str) -> None:
+def _log_lost(rows: list[Any], why: str, retry: bool = True) -> None:
     for row in rows:
-        retry = "; retrying" if row.attempt <= row.retries else ""
-        logger.warning("%s %s attempt %s LOST: %s%s", row.task_name, row.task_id, row.attempt, why, retry)
+        again = "; retrying" if retry and row.attempt <= row.retries else ""
+        logger.warning("%s %s attempt %s LOST: %s%s", row.task_name, row.task_id, row.attempt, why, again)
+
+
+def _quarantine_after(value: int | None) -> int:
+    if value is not None:
+        return value
+    from ..settings import get_settings
+
+    return get_settings().worker_quarantine_after
+
+
+class Quarantine:
+    """The QUARANTINED message for ``store.lose``; remembers whom it quarantined."""
+
+    def __init__(self, why: str, quarantine_after: int) -> None:
+        self.why = why
+        self.quarantine_after = quarantine_after
+        self.task_ids: set[str] = set()
+
+    def __call__(self, row: Any, times: int) -> str:
+        self.task_ids.add(row.task_id)
+        logger.error(
+            "%s %s attempt %s QUARANTINED: its worker process died %d times (last: %s).",
+            row.task_name, row.task_id, row.attempt, times, self.why,
+        )
+        return (
+            f"Quarantined: this job killed its worker process {times} time{'' if times == 1 else 's'} "
+            f"(JOBTABLE_WORKER_QUARANTINE_AFTER={self.quarantine_after}); it is not retried or claimed again. "
+            f"Last time: {self.why}. Once fixed, run it again with `jobtable retry {row.task_id}` "
+            "(or the Retry button of its dashboard page)."
+        )
+
+    def lost(self, rows: list[Any]) -> list[Any]:
+        return [row for row in rows if row.task_id not in self.task_ids]
+
+
+def _lose_started(
+    conn: Connection,
+    worker_id: str,
+    state: LedgerState,
+    now: datetime,
+    *,
+    why: str,
+    why_finished: str,
+    poison: bool,
+    quarantine_after: int,
+) -> int:
+    """What a ledger knows: started and unfinished rows LOST (they may have
+    killed the process: they count towards quarantine unless the operator
+    stopped the worker); finished rows whose result was not written LOST
+    without running them again (unless their outcome asked for a retry)."""
+    quarantine = Quarantine(why, quarantine_after)
+    lost = store.lose(
+        conn,
+        worker_id,
+        state.running,
+        now,
+        message=why,
+        retry_delay=retry_delay,
+        error_type=store.WORKER_LOST if poison else store.WORKER_STOPPED,
+        quarantine_after=quarantine_after if poison else 0,
+        quarantine_message=quarantine,
+    )
+    _log_lost(quarantine.lost(lost), why)
+    done = store.lose(
+        conn, worker_id, state.finished, now, message=why_finished, error_type=store.RESULT_LOST, retry=False
+    )
+    _log_lost(done, why_finished, retry=False)
+    again = store.lose(
+        conn, worker_id, state.finished_retry, now, message=why_finished, error_type=store.RESULT_LOST,
+        retry_delay=retry_delay,
+    )
+    _log_lost(again, why_finished)
+    return len(lost) + len(done) + len(again)
 
 
 def rescue_member(
-    conn: Connection, worker_id: str, running_id: int, now: datetime, *, why: str, lose_running: bool = True
+    conn: Connection,
+    worker_id: str,
+    running_id: int,
+    now: datetime,
+    *,
+    why: str,
+    lose_running: bool = True,
+    ledger: LedgerState | None = None,
+    why_finished: str = "",
+    poison: bool = True,
+    quarantine_after: int | None = None,
 ) -> tuple[int, int]:
-    """A member of ours ended: its running job is LOST, the jobs it had
-    claimed but not started go back to pending, its row goes.
+    """A member of ours ended: what it started and did not write is LOST
+    (``ledger``: see ``_lose_started``; without one, its running job), the
+    jobs it had claimed but not started go back to pending, its row goes.
     Returns (lost, released)."""
-    lost: list[Any] = []
-    if running_id and lose_running:
-        lost = store.lose(conn, worker_id, [running_id], now, message=why, retry_delay=retry_delay)
-        _log_lost(lost, why)
+    limit = _quarantine_after(quarantine_after)
+    if ledger is not None and ledger.complete:
+        lost = _lose_started(
+            conn,
+            worker_id,
+            ledger,
+            now,
+            why=why,
+            why_finished=why_finished or f"{why} (after the job had finished, before its result was written)",
+            poison=poison,
+            quarantine_after=limit,
+        )
+    else:
+        rows: list[Any] = []
+        if running_id and lose_running:
+            quarantine = Quarantine(why, limit)
+            rows = store.lose(
+                conn, worker_id, [running_id], now, message=why, retry_delay=retry_delay,
+                error_type=store.WORKER_LOST if poison else store.WORKER_STOPPED,
+                quarantine_after=limit if poison else 0, quarantine_message=quarantine,
+            )
+            _log_lost(quarantine.lost(rows), why)
+        lost = len(rows)
     released = store.release(conn, worker_id, None)
     store.delete_workers(conn, [worker_id])
-    return len(lost), released
+    return lost, released
 
 
-def rescue_dead(conn: Connection, lost_after: float, now: datetime) -> int:
-    """Record LOST the running jobs of native workers silent for ``lost_after``
-    seconds (and of ids with no worker row at all); returns how many."""
+def rescue_worker(
+    conn: Connection, worker_id: str, now: datetime, *, why: str, quarantine_after: int | None = None
+) -> int:
+    """Rescue the rows of one dead worker.  With its ledger (a worker of this
+    machine): exactly -- started ones LOST, unstarted ones pending again.
+    Without (another host, or the file is gone or damaged): every running
+    row LOST, retried when it has retries left."""
+    limit = _quarantine_after(quarantine_after)
+    state = ledger.read(worker_id)
+    if state is not None:
+        lost = _lose_started(
+            conn,
+            worker_id,
+            state,
+            now,
+            why=f"{why}, while running the job",
+            why_finished=f"{why}, after the job had finished and before its result was written",
+            poison=True,
+            quarantine_after=limit,
+        )
+        released = store.release(conn, worker_id, None)
+        if released:
+            logger.warning("Gave back %d job(s) that %s had claimed but not started.", released, worker_id)
+        return lost
+    why = f"{why}; which of its claimed jobs had started is unknown here (no ledger on this machine)"
+    quarantine = Quarantine(why, limit)
+    rows = store.lose(
+        conn, worker_id, None, now, message=why, retry_delay=retry_delay,
+        quarantine_after=limit, quarantine_message=quarantine,
+    )
+    _log_lost(quarantine.lost(rows), why)
+    return len(rows)
+
+
+def rescue_dead(conn: Connection, lost_after: float, now: datetime, *, quarantine_after: int | None = None) -> int:
+    """Rescue (``rescue_worker``) the rows of native workers silent for
+    ``lost_after`` seconds (and of ids with no worker row at all); returns
+    how many rows were recorded LOST."""
     before = now - timedelta(seconds=lost_after)
     total = 0
     dead = store.dead_workers(conn, before)
     for worker_id in dead:
         why = f"worker {worker_id} stopped sending heartbeats (none for {lost_after:g} s)"
-        rows = store.lose(conn, worker_id, None, now, message=why, retry_delay=retry_delay)
-        _log_lost(rows, why)
-        total += len(rows)
+        total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
     store.delete_workers(conn, dead)
     for worker_id in store.orphan_workers(conn, before):
         why = f"worker {worker_id} has no heartbeat row"
-        rows = store.lose(conn, worker_id, None, now, message=why, retry_delay=retry_delay)
-        _log_lost(rows, why)
-        total += len(rows)
+        total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
     return total
 
 
