@@ -13,7 +13,9 @@ from typing import Any
 from jobtable import Job, register_job
 from tests.worker_jobs import Gate, Log, append, lines  # noqa: F401 - registered for the worker
 
-SLOTS_FILE = os.path.join("worker", "slots.py")
+# The member's ledger is the first worker module called after the executor
+# returns (the executor itself turns any error into an outcome).
+LEDGER_FILE = os.path.join("worker", "ledger.py")
 
 
 @register_job
@@ -36,7 +38,7 @@ class Crash(Job):
 @register_job
 class BreakMember(Job):
     """Returns normally, then makes its pool member die of an uncaught error
-    on the way out (the next call into the worker's slots, outside the
+    on the way out (the next call into the member's ledger, outside the
     executor's exception handling): what a bug in the worker itself does, in
     a thread member as in a process member."""
 
@@ -47,7 +49,7 @@ class BreakMember(Job):
         append(self.path, "ran")
 
         def tracer(frame: FrameType, event: str, arg: Any) -> None:
-            if event == "call" and frame.f_code.co_filename.endswith(SLOTS_FILE):
+            if event == "call" and frame.f_code.co_filename.endswith(LEDGER_FILE):
                 sys.settrace(None)
                 raise RuntimeError("the member breaks")
 

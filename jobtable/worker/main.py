@@ -386,7 +386,9 @@ class Supervisor:
                     own = {h.worker_id for h in self.handles.values()} | {p.worker_id for p in self.pending}
                     dead = self.liveness.dead(conn, own, self.hostname)
                     if dead:
-                        rescue.rescue_known_dead(conn, dead, now, why=self.liveness.why)
+                        rescue.rescue_known_dead(
+                            conn, dead, now, why=self.liveness.why, quarantine_after=self.config.quarantine_after
+                        )
                 elif name == "rescue":
                     rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
                 elif name == "retention":

@@ -220,14 +220,15 @@ def rescue_dead(conn: Connection, lost_after: float, now: datetime, *, quarantin
     return total
 
 
-def rescue_known_dead(conn: Connection, worker_ids: list[str], now: datetime, *, why: str) -> int:
-    """Record LOST the running jobs of native workers known to be dead now
+def rescue_known_dead(
+    conn: Connection, worker_ids: list[str], now: datetime, *, why: str, quarantine_after: int | None = None
+) -> int:
+    """Rescue (``rescue_worker``: exactly, from its ledger, when the worker
+    ran on this machine) the rows of native workers known to be dead now
     (see ``liveness.py``), without waiting for their heartbeat to age."""
     total = 0
     dead = store.lock_workers(conn, worker_ids)
     for worker_id in dead:
-        rows = store.lose(conn, worker_id, None, now, message=f"worker {worker_id} {why}", retry_delay=retry_delay)
-        _log_lost(rows, f"worker {worker_id} {why}")
-        total += len(rows)
+        total += rescue_worker(conn, worker_id, now, why=f"worker {worker_id} {why}", quarantine_after=quarantine_after)
     store.delete_workers(conn, dead)
     return total
