@@ -69,8 +69,8 @@ def test_env_lists_as_json_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("JOBTABLE_TIMEOUT", "soon", "JOBTABLE_TIMEOUT must be a whole number"),
-        ("JOBTABLE_SCHEDULE", "[oops", "JOBTABLE_SCHEDULE is not valid JSON"),
+        ("JOBTABLE_TIMEOUT", "soon", "JOBTABLE_TIMEOUT='soon' .*not a whole number"),
+        ("JOBTABLE_SCHEDULE", "[oops", "JOBTABLE_SCHEDULE='\\[oops' .*not valid JSON"),
     ],
 )
 def test_bad_environment_values_are_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
