@@ -99,7 +99,8 @@ class Rule:
     def requirement(self) -> str:
         if self.kind in ("int", "number"):
             unit = f" of {self.unit}" if self.unit else ""
-            return f"a whole number{unit} from {self.low} to {self.high}"
+            what = "a number" if self.kind == "number" else "a whole number"
+            return f"{what}{unit} from {self.low} to {self.high}"
         if self.kind == "flag":
             return "1 (on) or 0 (off)"
         if self.kind == "choice":
@@ -356,7 +357,8 @@ def _url(rule: Rule, value: Any, source: Source) -> str:
     try:
         parsed = normalize_url(text)
     except ConfigurationError as exc:
-        raise _Invalid(str(exc).rstrip(".")) from None
+        # Its message masks the user:password part; a password= query parameter too.
+        raise _Invalid(re.sub(r"(?i)(password=)[^&'\s]*", r"\1***", str(exc)).rstrip(".")) from None
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
         raise _Invalid(f"the port {parsed.port} is not between 1 and 65535")
     return text
