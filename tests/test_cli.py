@@ -208,3 +208,9 @@ def test_worker_refuses_bad_flags_before_starting(db_url: str) -> None:
     assert "Invalid setting --max-processes -1 (on the command line): it must be at least 0" in result.output
     result = CliRunner().invoke(main, [*APP, "worker", "--burst", "--stats-every", "inf"])
     assert result.exit_code == 1 and "--stats-every inf" in result.output and "finite" in result.output
+
+
+def test_limits_out_of_range_are_refused(db_url: str) -> None:
+    for command in ("requests", "results"):
+        result = CliRunner().invoke(main, [command, "--limit", "-1"])
+        assert result.exit_code == 2 and "--limit" in result.output and "1<=x<=100000" in result.output
