@@ -93,7 +93,8 @@ class Schedule:
         timezone: str | tzinfo | None = None,
     ) -> None:
         # raw="" is an empty (invalid) expression, not "every minute".
-        self.cron = CronExpression.parse(f"{minute} {hour} {day_of_month} {month} {day_of_week}" if raw is None else raw)
+        fields = f"{minute} {hour} {day_of_month} {month} {day_of_week}"
+        self.cron = CronExpression.parse(fields if raw is None else raw)
         self.raw = self.cron.text
         self.timezone = timezone
         if timezone is not None:
@@ -373,7 +374,9 @@ def _entry(item: Any) -> ScheduleEntry:
         if job.startswith("cmd:"):
             command = job[len("cmd:") :].strip()
             if not command:
-                raise ConfigurationError(f"JOBTABLE_SCHEDULE entry {safe_repr(item)}: 'cmd:' needs a shell command after it.")
+                raise ConfigurationError(
+                    f"JOBTABLE_SCHEDULE entry {safe_repr(item)}: 'cmd:' needs a shell command after it."
+                )
             job = ScheduledCommand(command)
         else:
             job = _import_job(job)
@@ -428,7 +431,8 @@ def class_entries() -> list[ScheduleEntry]:
                 raise CronError(f"{name}.schedule: {exc}") from None
         if not isinstance(schedule, Schedule):
             raise ConfigurationError(
-                f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); got {safe_repr(schedule)}."
+                f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); "
+                f"got {safe_repr(schedule)}."
             )
         try:
             job = job_class()
@@ -439,7 +443,8 @@ def class_entries() -> list[ScheduleEntry]:
             ) from None
         except Exception as exc:
             raise ConfigurationError(
-                f"{name} has a schedule but {job_class.__qualname__}() failed ({safe_str(exc)}); fix it or remove the schedule."
+                f"{name} has a schedule but {job_class.__qualname__}() failed ({safe_str(exc)}); "
+                "fix it or remove the schedule."
             ) from exc
         entries.append(ScheduleEntry(entry_name(job, schedule), job, schedule))
     return entries

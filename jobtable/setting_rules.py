@@ -111,7 +111,10 @@ class Rule:
         if self.kind == "schedule":
             return "a JSON list of [job, cron] pairs"
         if self.kind == "url":
-            return "a SQLAlchemy URL such as postgresql+psycopg://user:password@localhost/dbname or sqlite:///path/to/jobtable.sqlite3"
+            return (
+                "a SQLAlchemy URL such as postgresql+psycopg://user:password@localhost/dbname "
+                "or sqlite:///path/to/jobtable.sqlite3"
+            )
         if self.kind == "timezone":
             return "an IANA time zone name"
         return "a string"
@@ -190,7 +193,8 @@ def invalid(name: str, rule: Rule, value: Any, source: Source, problem: str, def
 def _example(rule: Rule, default: Any, source: Source) -> str:
     if rule.kind in ("schedule", "url") or default in ("", [], None):
         if rule.kind == "schedule":
-            return '[["app.jobs.DailyReport", "0 9 * * *"]]' if source.kind == "env" else "[['app.jobs.DailyReport', '0 9 * * *']]"
+            pair = ["app.jobs.DailyReport", "0 9 * * *"]
+            return json.dumps([pair]) if source.kind == "env" else repr([pair])
         return ""
     if isinstance(default, list):
         text = ",".join(default) if source.kind == "env" else json.dumps(default)
@@ -371,7 +375,9 @@ def _timezone(rule: Rule, value: Any, source: Source) -> str:
     try:
         ZoneInfo(text)
     except Exception:
-        raise _Invalid("it is not a time zone of the IANA database (e.g. 'UTC', 'Europe/Berlin', 'America/New_York')") from None
+        raise _Invalid(
+            "it is not a time zone of the IANA database (e.g. 'UTC', 'Europe/Berlin', 'America/New_York')"
+        ) from None
     return text
 
 

@@ -121,7 +121,8 @@ class Settings:
         # Settings(...) and .replace(...) are checked like every other source.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            checked = _check(f.name, _RULES[f.name], value, Source("argument", f"Settings({f.name}=...)"), _DEFAULTS[f.name])
+            source = Source("argument", f"Settings({f.name}=...)")
+            checked = _check(f.name, _RULES[f.name], value, source, _DEFAULTS[f.name])
             object.__setattr__(self, f.name, checked)
 
     def replace(self, **changes: Any) -> Settings:
