@@ -28,6 +28,12 @@ ENV_PREFIX = "JOBTABLE_"
 #: Longest value shown in an error message.
 SHOWN_LIMIT = 120
 
+#: Longest text of a setting (a URL, a path, a list item).
+MAX_TEXT = 4096
+
+#: Longest text of a list setting in the environment (JSON or commas).
+MAX_LIST_TEXT = 1024 * 1024
+
 #: Longest queue name (the queue columns are VARCHAR(255)).
 MAX_QUEUE_NAME = 255
 
@@ -265,12 +271,23 @@ def _flag(rule: Rule, value: Any, source: Source) -> int:
     raise _Invalid("it must be 1 or 0 (true/false, yes/no and on/off are accepted too)")
 
 
-def _string(value: Any) -> str:
+def _string(value: Any, what: str = "it") -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"it must be a string, not a {type(value).__name__}")
-    if "\x00" in value:
-        raise _Invalid("it contains a NUL character")
+        raise _Invalid(f"{what} must be a string, not a {type(value).__name__}")
+    _text_problem(value, what)
     return value
+
+
+def _text_problem(value: str, what: str) -> None:
+    if len(value) > MAX_TEXT:
+        raise _Invalid(f"{what} is {len(value)} characters long, at most {MAX_TEXT}")
+    if "\x00" in value:
+        raise _Invalid(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (e.g. from undecodable bytes): no database stores it.
+        raise _Invalid(f"{what} contains a character that is not valid Unicode text (a lone surrogate)") from None
 
 
 def _str(rule: Rule, value: Any, source: Source) -> str:
@@ -291,6 +308,8 @@ def _choice(rule: Rule, value: Any, source: Source) -> str:
 
 def _parse_list(value: Any, source: Source, commas: bool) -> list[Any]:
     if isinstance(value, str):
+        if len(value) > MAX_LIST_TEXT:
+            raise _Invalid(f"it is {len(value)} characters long, at most {MAX_LIST_TEXT}")
         text = value.strip()
         if text.startswith("[") or not commas:
             try:
@@ -316,8 +335,7 @@ def _names(rule: Rule, value: Any, source: Source) -> list[Any]:
         text = item.strip()
         if not text:
             raise _Invalid(f"item {index} is an empty name")
-        if "\x00" in text:
-            raise _Invalid(f"item {index} contains a NUL character")
+        _text_problem(text, f"item {index}")
         problem = rule.shape(text) if rule.shape is not None else None
         if problem:
             raise _Invalid(f"item {index} ({safe_repr(text)}): {problem}")
@@ -338,11 +356,11 @@ def _schedule(rule: Rule, value: Any, source: Source) -> list[Any]:
             text = job.strip()
             if not text or text == "cmd:" or (text.startswith("cmd:") and not text[4:].strip()):
                 raise _Invalid(f"{what}: the job is empty; give a dotted path or 'cmd:<shell command>'")
-            if "\x00" in text:
-                raise _Invalid(f"{what}: the job contains a NUL character")
+            _text_problem(text, f"{what}: the job")
         elif job is None or isinstance(job, (bool, int, float, list, tuple, dict)):
             raise _Invalid(f"{what}: the job must be a dotted path, 'cmd:...' or a Job instance")
         if isinstance(cron, str):
+            _text_problem(cron, f"{what}: the cron expression")
             try:
                 CronExpression.parse(cron)
             except CronError as exc:

@@ -508,3 +508,34 @@ def test_any_configure_value_is_accepted_or_a_configuration_error(name: str, val
     finally:
         settings.reset()
         db_engine.reset_engines()
+
+
+class _Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+    __str__ = __repr__
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+ADVERSARIAL = ["a\x00b", "\udc80", "\ud800x", "x" * 100_000, _Hostile(), [_Hostile()], _nested(10_000), b"\xff", {"a": 1}]
+
+
+@pytest.mark.parametrize("name", sorted(settings._RULES))
+def test_adversarial_values_get_a_configuration_error(clean: Path, name: str) -> None:
+    for value in ADVERSARIAL:
+        try:
+            jobtable.configure(**{name: value})
+        except ConfigurationError as exc:
+            message = str(exc)
+            assert f"configure({name}=" in message and len(message) < 3000, message[:300]
+        else:  # accepted: only a value the setting can really use
+            assert name == "schedule" and value == [] or isinstance(getattr(jobtable.get_settings(), name), str)
+        finally:
+            settings.reset()
