@@ -87,11 +87,13 @@ def _value(text: str, spec: _Field, expression: str, raw: str) -> int:
         if text in ("?", "L", "W") or "#" in text or text.upper().endswith(("L", "W")):
             hint = f"; {text!r} is a Quartz extension standard cron does not have, use * or explicit values"
         raise _fail(expression, f"{spec.name} field {raw!r}: {text!r} is not a number{hint}")
-    value = int(text)
+    # Compared as text first: a number thousands of digits long is out of
+    # range too, not an error of int().
+    value = int(text) if len(text.lstrip("0")) <= 4 else spec.high + 1
     if not spec.low <= value <= spec.high:
         raise _fail(
             expression,
-            f"{spec.name} field {raw!r}: {value} is out of range, use {spec.low}-{spec.high} (e.g. {spec.example})",
+            f"{spec.name} field {raw!r}: {text} is out of range, use {spec.low}-{spec.high} (e.g. {spec.example})",
         )
     return value
 
@@ -104,11 +106,11 @@ def _parse_field(raw: str, spec: _Field, expression: str) -> frozenset[int]:
         body, _, step_text = part.partition("/")
         step = 1
         if _:
-            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or not step_text.strip("0"):
                 raise _fail(
                     expression, f"{spec.name} field {raw!r}: the step after / must be a whole number above 0"
                 )
-            step = int(step_text)
+            step = int(step_text) if len(step_text.lstrip("0")) <= 4 else spec.high + 1
         if body == "*":
             low, high = spec.low, spec.high
             if spec.name == "day of week":
@@ -155,6 +157,9 @@ class CronExpression:
         if not isinstance(expression, str):
             raise CronError(f"A cron expression must be a string such as {_EXAMPLES}; got {expression!r}.")
         text = " ".join(expression.split())
+        if not text:
+            # Not "every minute": an empty setting is a mistake, not a schedule.
+            raise _fail(expression, "it is empty")
         if text.startswith("@"):
             if text.lower() not in ALIASES:
                 raise _fail(

@@ -19,6 +19,10 @@ class SchemaNotMigrated(JobtableError):
     """The database has no jobtable tables, or older ones than this version needs."""
 
 
+class SchemaTooNew(SchemaNotMigrated):
+    """The database was migrated by a newer jobtable than this one (an unknown schema revision)."""
+
+
 class UnknownJob(JobtableError, LookupError):
     """A job name that no ``@register_job`` registered."""
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import ConfigurationError
+from .setting_rules import safe_repr, safe_str
 
 logger = logging.getLogger("jobtable.job")
 
@@ -109,11 +110,32 @@ def load(path: str) -> type[JobMiddleware]:
     module_name, _, name = path.replace(":", ".").rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except Exception as exc:  # the module itself may fail: SyntaxError, NameError...
         raise ConfigurationError(
-            f"Cannot load the job middleware {path!r} ({exc}). Check JOBTABLE_MIDDLEWARE: dotted paths of classes."
+            f"Cannot load the job middleware {path!r} ({safe_str(exc)}). "
+            "Fix JOBTABLE_MIDDLEWARE: dotted paths of importable classes, e.g. 'myproject.middleware.Timing'."
         ) from None
+    _check_class(obj, path)
     return obj  # type: ignore[no-any-return]
+
+
+def _check_class(obj: Any, path: str) -> None:
+    if not (isinstance(obj, type) and callable(getattr(obj, "process_job", None))):
+        raise ConfigurationError(
+            f"The job middleware {path!r} is {safe_repr(obj)}, not a middleware class. Fix JOBTABLE_MIDDLEWARE: "
+            "give classes with a process_job(job_run) method, e.g. subclasses of jobtable.middleware.JobMiddleware."
+        )
+
+
+def check_all(paths: Sequence[str | type[JobMiddleware]]) -> None:
+    """Load every middleware class (without making instances), so that a
+    worker with a bad one refuses to start instead of its pool members
+    failing one after the other."""
+    for path in paths:
+        if isinstance(path, str):
+            load(path)
+        else:
+            _check_class(path, safe_repr(path))
 
 
 def build_chain(paths: Sequence[str | type[JobMiddleware]], inner: RunJob = run_job) -> RunJob:

@@ -58,6 +58,9 @@ log = logging.getLogger("jobtable.scheduler")
 #: After an entry failed to enqueue (bad arguments, import error...), try again after this.
 RETRY_AFTER = timedelta(seconds=30)
 
+#: Longest catch-up window (the setting's bound: a year).
+MAX_WINDOW = 366 * 86400
+
 
 @dataclass(frozen=True)
 class Fired:
@@ -117,16 +120,7 @@ class Scheduler:
             from .settings import get_settings
 
             catch_up_window = get_settings().schedule_catch_up_window
-        if not isinstance(catch_up_window, timedelta):
-            catch_up_window = timedelta(seconds=catch_up_window)
-        if catch_up_window < timedelta(0):
-            from .exceptions import ConfigurationError
-
-            raise ConfigurationError(
-                f"The schedule catch-up window must be 0 seconds or more, got {catch_up_window}. "
-                "Set JOBTABLE_SCHEDULE_CATCH_UP_WINDOW to a number of seconds."
-            )
-        self.catch_up_window = catch_up_window
+        self.catch_up_window = _window(catch_up_window)
         self.prune = prune
         self._next_due: dict[str, datetime] | None = None
 
@@ -224,6 +218,20 @@ class Scheduler:
             self._next_due[entry.name] = now + RETRY_AFTER
             return
         self._next_due[entry.name] = entry.schedule.next(slot)
+
+
+def _window(value: Any) -> timedelta:
+    """The catch-up window as a timedelta: 0 seconds or more, and finite."""
+    from .exceptions import ConfigurationError
+
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_WINDOW:
+        raise ConfigurationError(
+            f"Scheduler(catch_up_window={value!r}): the schedule catch-up window must be 0 seconds or more "
+            f"(at most {MAX_WINDOW}), as seconds or a timedelta. Set it, or JOBTABLE_SCHEDULE_CATCH_UP_WINDOW, "
+            "to a number of seconds such as 3600."
+        )
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 def ledger(engine: Engine | None = None) -> dict[str, Any]:

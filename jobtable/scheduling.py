@@ -38,6 +38,7 @@ from .cron import CronError, CronExpression
 from .exceptions import ConfigurationError
 from .jobs import Job
 from .registry import jobs_registry, register_job
+from .setting_rules import safe_repr, safe_str
 
 __all__ = ["CronError", "Schedule", "ScheduleEntry", "ScheduledCommand", "schedule_entries", "load_schedule"]
 
@@ -88,11 +89,13 @@ class Schedule:
         day_of_month: str = "*",
         month: str = "*",
         day_of_week: str = "*",
-        raw: str = "",
+        raw: str | None = None,
         timezone: str | tzinfo | None = None,
     ) -> None:
-        self.raw = raw or f"{minute} {hour} {day_of_month} {month} {day_of_week}"
-        self.cron = CronExpression.parse(self.raw)
+        # raw="" is an empty (invalid) expression, not "every minute".
+        fields = f"{minute} {hour} {day_of_month} {month} {day_of_week}"
+        self.cron = CronExpression.parse(fields if raw is None else raw)
+        self.raw = self.cron.text
         self.timezone = timezone
         if timezone is not None:
             resolve_timezone(timezone)  # fail at definition time, not at the first tick
@@ -104,7 +107,7 @@ class Schedule:
             return cron
         if not isinstance(cron, str):
             raise CronError(f"A schedule is a cron string such as '0 9 * * *' or a Schedule; got {cron!r}.")
-        return cls(raw=" ".join(cron.split()), timezone=timezone)
+        return cls(raw=cron, timezone=timezone)
 
     @property
     def tz(self) -> tzinfo:
@@ -340,9 +343,9 @@ def _import_job(path: str) -> Job:
             import importlib
 
             job_class = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as exc:
+        except Exception as exc:  # the module itself may fail (SyntaxError, NameError...)
             raise ConfigurationError(
-                f"JOBTABLE_SCHEDULE entry {path!r}: cannot import it ({exc}). Give the dotted path of a "
+                f"JOBTABLE_SCHEDULE entry {path!r}: cannot import it ({safe_str(exc)}). Give the dotted path of a "
                 "registered Job class, e.g. 'app.jobs.DailyReport', or 'cmd:<shell command>'."
             ) from None
     if not (isinstance(job_class, type) and issubclass(job_class, Job)):
@@ -364,20 +367,22 @@ def _entry(item: Any) -> ScheduleEntry:
     if not isinstance(item, (list, tuple)) or len(item) != 2:
         raise ConfigurationError(
             f"JOBTABLE_SCHEDULE entries are [job, schedule] pairs, e.g. ['app.jobs.DailyReport', '0 9 * * *'] "
-            f"or ['cmd:./backup.sh', '@daily']; got {item!r}."
+            f"or ['cmd:./backup.sh', '@daily']; got {safe_repr(item)}."
         )
     job, schedule = item
     if isinstance(job, str):
         if job.startswith("cmd:"):
             command = job[len("cmd:") :].strip()
             if not command:
-                raise ConfigurationError(f"JOBTABLE_SCHEDULE entry {item!r}: 'cmd:' needs a shell command after it.")
+                raise ConfigurationError(
+                    f"JOBTABLE_SCHEDULE entry {safe_repr(item)}: 'cmd:' needs a shell command after it."
+                )
             job = ScheduledCommand(command)
         else:
             job = _import_job(job)
     elif not isinstance(job, Job):
         raise ConfigurationError(
-            f"JOBTABLE_SCHEDULE entry {item!r}: the job must be a dotted path, 'cmd:...', or a Job instance."
+            f"JOBTABLE_SCHEDULE entry {safe_repr(item)}: the job must be a dotted path, 'cmd:...', or a Job instance."
         )
     if isinstance(schedule, str):
         try:
@@ -386,7 +391,7 @@ def _entry(item: Any) -> ScheduleEntry:
             raise CronError(f"JOBTABLE_SCHEDULE entry for {_job_label(job)!r}: {exc}") from None
     elif not isinstance(schedule, Schedule):
         raise ConfigurationError(
-            f"JOBTABLE_SCHEDULE entry {item!r}: the schedule must be a cron string or a Schedule."
+            f"JOBTABLE_SCHEDULE entry {safe_repr(item)}: the schedule must be a cron string or a Schedule."
         )
     return ScheduleEntry(entry_name(job, schedule), job, schedule)
 
@@ -397,7 +402,18 @@ def load_schedule(items: Iterable[Any] | None = None) -> list[ScheduleEntry]:
         from .settings import get_settings
 
         items = get_settings().schedule
-    return [_entry(item) for item in items]
+    entries = []
+    for index, item in enumerate(items, 1):
+        try:
+            entries.append(_entry(item))
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # a job whose arguments cannot be encoded, a failing import...
+            raise ConfigurationError(
+                f"JOBTABLE_SCHEDULE entry {index} ({safe_repr(item)}) cannot be loaded: {safe_str(exc)}. "
+                "Fix the entry or remove it."
+            ) from exc
+    return entries
 
 
 def class_entries() -> list[ScheduleEntry]:
@@ -409,10 +425,14 @@ def class_entries() -> list[ScheduleEntry]:
         if schedule is None:
             continue
         if isinstance(schedule, str):
-            schedule = Schedule.from_cron(schedule)
+            try:
+                schedule = Schedule.from_cron(schedule)
+            except CronError as exc:
+                raise CronError(f"{name}.schedule: {exc}") from None
         if not isinstance(schedule, Schedule):
             raise ConfigurationError(
-                f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); got {schedule!r}."
+                f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); "
+                f"got {safe_repr(schedule)}."
             )
         try:
             job = job_class()
@@ -421,6 +441,11 @@ def class_entries() -> list[ScheduleEntry]:
                 f"{name} has a schedule but {job_class.__qualname__}() needs arguments ({exc}). "
                 "Give the arguments defaults, or schedule an instance through JOBTABLE_SCHEDULE."
             ) from None
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{name} has a schedule but {job_class.__qualname__}() failed ({safe_str(exc)}); "
+                "fix it or remove the schedule."
+            ) from exc
         entries.append(ScheduleEntry(entry_name(job, schedule), job, schedule))
     return entries
 

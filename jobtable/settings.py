@@ -4,106 +4,186 @@ Precedence, highest first: ``JOBTABLE_*`` environment variables,
 ``jobtable.configure(...)``, ``[tool.jobtable]`` in the nearest
 ``pyproject.toml`` (searched from the working directory upwards), and the
 defaults below.  The seeds' ``JOBS_*`` settings map to ``JOBTABLE_*`` here.
+
+Every value is checked when it is read (``setting_rules``): a wrong type or
+a value out of range fails at once, naming the setting, where it came from,
+the value and the fix -- never half way through a worker's life.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import difflib
+import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from .exceptions import ConfigurationError
+from .setting_rules import ENV_PREFIX, Rule, Source, env_source, module_name, object_path, queue_name, show
+from .setting_rules import check as _check
 
-ENV_PREFIX = "JOBTABLE_"
+__all__ = ["ENV_PREFIX", "Settings", "configure", "get_settings", "reset", "check_value", "setting_source"]
+
+logger = logging.getLogger("jobtable.settings")
+
+DAY = 86400
+YEAR = 366 * DAY
+
+
+def _setting(default: Any, rule: Rule) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def _seconds(meaning: str, low: int, high: int, why_low: str = "", hint: str = "") -> Rule:
+    return Rule("int", meaning, low, high, unit="seconds", why_low=why_low, hint=hint)
 
 
 @dataclass(frozen=True)
 class Settings:
-    #: SQLAlchemy URL of the queue database.
-    database_url: str = "sqlite:///jobtable.sqlite3"
-    #: Seconds a JobResult is kept before ``jobtable clear`` removes it.
-    results_retention: int = 604800
-    #: Seconds a job may run before the worker stops it.
-    timeout: int = 86400
-    #: Dotted paths of middleware classes wrapping each job run.
-    middleware: list[str] = field(default_factory=lambda: ["jobtable.middleware.LogContextMiddleware"])
+    database_url: str = _setting("sqlite:///jobtable.sqlite3", Rule(
+        "url", "the SQLAlchemy URL of the queue database", secret=True))
+    results_retention: int = _setting(604800, _seconds(
+        "the seconds a finished job's result is kept before the worker (or `jobtable clear`) deletes it",
+        1, 100 * YEAR, why_low="0 or less would delete every result as soon as it is written",
+        hint="To keep results for long, use a large value such as 31536000 (a year)."))
+    timeout: int = _setting(86400, _seconds(
+        "the seconds a job may run before the worker stops it", 1, YEAR,
+        why_low="0 or less would stop every job at once"))
+    middleware: list[str] = _setting(["jobtable.middleware.LogContextMiddleware"], Rule(
+        "names", "the dotted paths of the middleware classes wrapping each job run, outermost first",
+        shape=object_path, classes_too=True))
     #: Cron entries: ``[job path or instance, cron string or Schedule]`` pairs.
-    schedule: list[Any] = field(default_factory=list)
-    #: IANA time zone in which cron schedules read their wall times.
-    schedule_timezone: str = "UTC"
-    #: Seconds after its time a missed schedule slot may still run (after
-    #: downtime only the latest missed slot runs, and only within this window).
-    schedule_catch_up_window: int = 3600
-    #: Module imported to register jobs (``--app`` on the command line).
-    app: str = ""
-    #: Packages whose ``jobs.py`` (and ``chores.py``) are imported automatically.
-    packages: list[str] = field(default_factory=list)
-    #: Dotted path of a callable returning a SQLAlchemy Session, used to load
-    #: ORM instances passed as job parameters.
-    session_factory: str = ""
-    #: Default queues a worker consumes.
-    worker_queues: list[str] = field(default_factory=lambda: ["default"])
-    #: Default number of worker processes (0: one per CPU).
-    worker_max_processes: int = 0
-    #: Seconds without a heartbeat after which a worker's jobs are LOST.
-    worker_lost_after: int = 30
-    #: Seconds between stats lines of the worker (0: never).
-    worker_stats_every: int = 60
-    #: Jobs a worker process runs before it is replaced (0: no limit).
-    worker_max_jobs_per_process: int = 0
-    #: Most jobs a worker process claims at once (the batch adapts below it
-    #: so that a batch holds about 50 ms of work).
-    worker_max_pending_per_process: int = 100
-    #: "processes" (CPU-bound jobs, the default) or "threads" (I/O-bound jobs).
-    worker_pool: str = "processes"
-    #: Milliseconds between polls when no notification arrives (PostgreSQL
-    #: LISTEN/NOTIFY and SQLite data-version checks usually wake sooner).
-    worker_poll_interval_ms: int = 1000
-    #: 0 to poll only (no LISTEN), e.g. behind PgBouncer in transaction mode.
-    worker_listen: int = 1
-    #: Seconds running jobs get to finish after SIGTERM/SIGINT.
-    worker_shutdown_grace: int = 30
-    #: Seconds past a job's timeout after which its process is killed (LOST).
-    worker_timeout_grace: int = 10
-    #: A job whose run killed its worker process this many times (attempts
-    #: recorded LOST) is QUARANTINED: recorded, never claimed again, retryable by hand.
-    worker_quarantine_after: int = 3
-    #: Largest message (the stored row's JSON, in bytes) that enqueue and
-    #: Kombu publish accept; larger ones are refused naming the argument.
-    max_message_size: int = 10 * 1024 * 1024
+    schedule: list[Any] = _setting([], Rule(
+        "schedule", "the scheduled jobs: [job, cron] pairs such as ['app.jobs.DailyReport', '0 9 * * *']"))
+    schedule_timezone: str = _setting("UTC", Rule(
+        "timezone", "the IANA time zone in which cron schedules read their wall times"))
+    schedule_catch_up_window: int = _setting(3600, _seconds(
+        "the seconds after its time a missed schedule slot may still run (after downtime only the "
+        "latest missed slot runs, and only within this window; 0: never catch up)", 0, YEAR))
+    app: str = _setting("", Rule(
+        "str", "the module imported to register jobs (--app on the command line)", shape=module_name))
+    packages: list[str] = _setting([], Rule(
+        "names", "the packages whose jobs.py (and chores.py) are imported automatically", shape=module_name))
+    session_factory: str = _setting("", Rule(
+        "str", "the dotted path of a callable returning a SQLAlchemy Session, used to load ORM "
+        "instances passed as job parameters", shape=object_path))
+    worker_queues: list[str] = _setting(["default"], Rule(
+        "names", "the queues a worker consumes by default", shape=queue_name, min_items=1))
+    worker_max_processes: int = _setting(0, Rule(
+        "int", "the default number of worker processes (0: one per CPU)", 0, 1024))
+    # A heartbeat goes every lost_after/5 seconds (at least every 0.2 s): from
+    # 1 s on, five beats fit in the window, so one slow beat is not a death.
+    worker_lost_after: int = _setting(30, _seconds(
+        "the seconds without a heartbeat after which a worker's jobs are recorded LOST", 1, DAY,
+        why_low="below 1 s, fewer than five heartbeats fit in the window and one slow beat "
+        "declares a healthy worker dead",
+        hint="Values below 5 seconds suit tests; in production a busy database can delay heartbeats."))
+    worker_stats_every: int = _setting(60, _seconds(
+        "the seconds between stats lines of the worker (0: never)", 0, DAY))
+    worker_max_jobs_per_process: int = _setting(0, Rule(
+        "int", "the jobs a worker process runs before it is replaced (0: no limit)", 0, 1_000_000_000))
+    worker_max_pending_per_process: int = _setting(100, Rule(
+        "int", "the most jobs a worker process claims at once (the batch adapts below it so that a "
+        "batch holds about 50 ms of work)", 1, 10000))
+    worker_pool: str = _setting("processes", Rule(
+        "choice", "the worker pool: 'processes' (CPU-bound jobs, the default) or 'threads' (I/O-bound jobs)",
+        choices=("processes", "threads")))
+    # 10 ms: an idle worker polls the database at most 100 times a second per
+    # process; below that (0 is a busy loop) it burns a CPU and the database
+    # for nothing, since notifications wake it sooner anyway.
+    worker_poll_interval_ms: int = _setting(1000, Rule(
+        "int", "the milliseconds between polls when no notification arrives (PostgreSQL LISTEN/NOTIFY "
+        "and SQLite data-version checks usually wake the worker sooner)", 10, 3_600_000, unit="milliseconds",
+        why_low="below 10 ms an idle worker queries the database hundreds of times a second per process; "
+        "0 is a busy loop"))
+    worker_listen: int = _setting(1, Rule(
+        "flag", "1 to wake on PostgreSQL notifications, 0 to poll only (e.g. behind PgBouncer in transaction mode)"))
+    worker_shutdown_grace: int = _setting(30, _seconds(
+        "the seconds running jobs get to finish after SIGTERM/SIGINT", 0, DAY))
+    worker_timeout_grace: int = _setting(10, _seconds(
+        "the seconds past a job's timeout after which its process is killed (the job is LOST)", 0, DAY))
+    worker_quarantine_after: int = _setting(3, Rule(
+        "int", "how many times a job may kill its worker process (attempts recorded LOST) before it is "
+        "QUARANTINED: recorded, never claimed again, retryable by hand", 1, 1000))
+    # 1 GiB: PostgreSQL cannot store a larger value in one column.
+    max_message_size: int = _setting(10 * 1024 * 1024, Rule(
+        "int", "the largest message (the stored row's JSON, in bytes) that enqueue and Kombu publish accept",
+        1024, 1024 * 1024 * 1024, unit="bytes",
+        why_low="a smaller limit would refuse the envelope of an ordinary job"))
+
+    def __post_init__(self) -> None:
+        # Settings(...) and .replace(...) are checked like every other source.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            source = Source("argument", f"Settings({f.name}=...)")
+            checked = _check(f.name, _RULES[f.name], value, source, _DEFAULTS[f.name])
+            object.__setattr__(self, f.name, checked)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
-_FIELD_TYPES: dict[str, Any] = get_type_hints(Settings)
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_RULES: dict[str, Rule] = {name: f.metadata["rule"] for name, f in _FIELDS.items()}
+_DEFAULTS: dict[str, Any] = {
+    name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    for name, f in _FIELDS.items()
+}
+
+#: Other JOBTABLE_* variables jobtable reads (command-line options; a test in
+#: tests/test_settings_validation.py checks that every click envvar is here).
+OTHER_VARIABLES = frozenset({
+    "JOBTABLE_CELERY_APP",
+    "JOBTABLE_DASHBOARD_BASIC_AUTH",
+    "JOBTABLE_DASHBOARD_TOKEN",
+    "JOBTABLE_DASHBOARD_READ_ONLY",
+})
+#: Prefix of variables reserved for jobtable's own test suite.
+TEST_PREFIX = "JOBTABLE_TEST_"
+
 _configured: dict[str, Any] = {}
 _cached: Settings | None = None
+_sources: dict[str, Source] = {}
+_pyproject_path: Path | None = None
+_warned: set[str] = set()
 
 
 def configure(**options: Any) -> Settings:
     """Set options in code (``jobtable.configure(database_url=...)``).
 
+    Each value is checked here (a bad one is refused and not kept).
     Environment variables still win, so a deployment can override code.
     """
     global _cached
-    unknown = set(options) - set(_FIELD_TYPES)
+    unknown = sorted(set(options) - set(_RULES))
     if unknown:
         raise ConfigurationError(
-            f"Unknown jobtable setting(s): {', '.join(sorted(unknown))}. "
-            f"Known settings: {', '.join(sorted(_FIELD_TYPES))}."
+            f"Unknown jobtable setting(s): {', '.join(_with_suggestions(unknown, _RULES))}. "
+            f"Known settings: {', '.join(sorted(_RULES))}."
         )
-    _configured.update(options)
+    checked = {name: check_value(name, value, Source("configure", name)) for name, value in options.items()}
+    _configured.update(checked)
     _cached = None
     # A new database URL needs a new engine.
     from .db import engine as _engine
 
     _engine.reset_engines()
     return get_settings()
+
+
+def check_value(name: str, value: Any, source: Source, kind: str | None = None) -> Any:
+    """``value`` checked as setting ``name`` (``kind="number"``: seconds with a
+    fraction, as some command-line flags take), or a ConfigurationError."""
+    rule = _RULES[name]
+    if kind is not None:
+        rule = dataclasses.replace(rule, kind=kind)
+    return _check(name, rule, value, source, _DEFAULTS[name])
 
 
 def reset() -> None:
@@ -120,12 +200,58 @@ def get_settings() -> Settings:
     return _cached
 
 
-def _load() -> Settings:
+def setting_source(name: str) -> Source:
+    """Where the current value of setting ``name`` came from."""
+    get_settings()
+    return _sources.get(name, Source("default", name))
+
+
+def settings_file() -> Path | None:
+    """The pyproject.toml whose [tool.jobtable] the settings were read from, if any."""
+    get_settings()
+    return _pyproject_path
+
+
+def describe_sources() -> str:
+    """Which file and sources set which settings, for the worker's start-up
+    log (the database URL with its password masked)."""
+    settings = get_settings()
+    by_kind: dict[str, list[str]] = {}
+    for name, source in sorted(_sources.items()):
+        by_kind.setdefault(source.kind, []).append(f"{name}={show(getattr(settings, name), _RULES[name].secret)}")
+    parts = []
+    if "pyproject" in by_kind:
+        parts.append(f"[tool.jobtable] of {_pyproject_path}: " + ", ".join(by_kind["pyproject"]))
+    if "configure" in by_kind:
+        parts.append("configure(): " + ", ".join(by_kind["configure"]))
+    if "env" in by_kind:
+        parts.append("environment: " + ", ".join(by_kind["env"]))
+    if not parts:
+        return "Settings: all defaults (no [tool.jobtable] in a pyproject.toml, no configure(), no JOBTABLE_* variables)."
+    return "Settings: " + "; ".join(parts) + "; the rest are defaults."
+
+
+def _load(environ: Mapping[str, str] | None = None) -> Settings:
+    global _pyproject_path
+    environ = os.environ if environ is None else environ
+    sources: dict[str, Source] = {}
     values: dict[str, Any] = {}
-    values.update(_from_pyproject())
-    values.update(_configured)
-    values.update(_from_env())
-    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    path, from_file = _from_pyproject()
+    for name, value in from_file.items():
+        values[name], sources[name] = value, Source("pyproject", name, str(path))
+    for name, value in _configured.items():
+        values[name], sources[name] = value, Source("configure", name)
+    for name in _RULES:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name], sources[name] = raw, env_source(name)
+    warn_unknown_environment(environ)
+    checked = {name: check_value(name, value, sources[name]) for name, value in values.items()}
+    settings = Settings(**checked)
+    _sources.clear()
+    _sources.update(sources)
+    _pyproject_path = path
+    return settings
 
 
 def _find_pyproject(start: Path) -> Path | None:
@@ -136,59 +262,62 @@ def _find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _from_pyproject() -> dict[str, Any]:
-    path = _find_pyproject(Path.cwd())
-    if path is None:
-        return {}
+def _read_section(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"Cannot read {path}: {exc}. Fix the file or remove it.") from exc
     section = data.get("tool", {}).get("jobtable", {})
+    if not isinstance(section, dict):
+        raise ConfigurationError(f"[tool.jobtable] of {path} must be a table of settings, e.g. timeout = 600.")
+    return section
+
+
+def _from_pyproject() -> tuple[Path | None, dict[str, Any]]:
+    path = _find_pyproject(Path.cwd())
+    if path is None:
+        return None, {}
+    section = _read_section(path)
     values = {key.replace("-", "_"): value for key, value in section.items()}
-    unknown = set(values) - set(_FIELD_TYPES)
+    unknown = sorted(set(values) - set(_RULES))
     if unknown:
         raise ConfigurationError(
-            f"Unknown key(s) in [tool.jobtable] of {path}: {', '.join(sorted(unknown))}. "
-            f"Known settings: {', '.join(sorted(_FIELD_TYPES))}."
+            f"Unknown key(s) in [tool.jobtable] of {path}: {', '.join(_with_suggestions(unknown, _RULES))}. "
+            f"Known settings: {', '.join(sorted(_RULES))}."
         )
-    return values
+    return (path if values else None), values
 
 
-def _from_env() -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in _FIELD_TYPES:
-        raw = os.environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = raw
-    return values
+def _with_suggestions(names: list[str], known: Any) -> list[str]:
+    out = []
+    for name in names:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn strings from the environment into the field's type."""
-    kind = _FIELD_TYPES[name]
-    env_name = ENV_PREFIX + name.upper()
-    if kind is int or kind == "int":
-        if isinstance(value, bool):
-            raise ConfigurationError(f"{env_name} must be a whole number, got {value!r}.")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"{env_name} must be a whole number of seconds or a count, got {value!r}.") from None
-    if kind is str or kind == "str":
-        if not isinstance(value, str):
-            raise ConfigurationError(f"{env_name} must be a string, got {value!r}.")
-        return value
-    # list[...] fields: JSON in the environment, or comma-separated for lists of strings.
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(f"{env_name} is not valid JSON ({exc}): {value!r}.") from None
-        else:
-            value = [item.strip() for item in text.split(",") if item.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ConfigurationError(f"{env_name} must be a list, got {value!r}.")
-    return list(value)
+def known_variables() -> set[str]:
+    return {ENV_PREFIX + name.upper() for name in _RULES} | set(OTHER_VARIABLES)
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``JOBTABLE_*`` variables jobtable does not read, each with the closest known name."""
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TEST_PREFIX):
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            found.append((name, close[0] if close else None))
+    return found
+
+
+def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Log a warning, once per process and name, for each unknown ``JOBTABLE_*`` variable:
+    a misspelled setting would otherwise be ignored silently."""
+    for name, close in unknown_environment(environ):
+        if name in _warned:
+            continue
+        _warned.add(name)
+        hint = f"did you mean {close}?" if close else f"known ones: {', '.join(sorted(known_variables()))}"
+        logger.warning("Unknown environment variable %s is ignored (%s).", name, hint)

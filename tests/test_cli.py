@@ -166,3 +166,51 @@ def test_run_unknown_job_is_a_clear_error(db_url: str) -> None:
     assert "No job is registered as 'nope.Job'" in result.output
     result = CliRunner().invoke(main, ["--app", "no_such_module", "list"])
     assert result.exit_code == 1 and "Cannot import the app module 'no_such_module'" in result.output
+
+
+def test_migrate_refuses_a_database_of_a_newer_jobtable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    from jobtable import settings
+    from jobtable.db.engine import create_jobtable_engine
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    engine = create_jobtable_engine(url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '0999'"))
+    engine.dispose()
+    monkeypatch.setenv("JOBTABLE_DATABASE_URL", url)
+    settings.reset()
+    for command in ("migrate", "stats"):
+        result = CliRunner().invoke(main, [command])
+        assert result.exit_code == 1, result.output
+        assert "was migrated by a newer jobtable (schema revision '0999')" in result.output
+        assert "Upgrade jobtable" in result.output
+    settings.reset()
+
+
+def test_results_on_a_missing_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobtable import settings
+
+    monkeypatch.setenv("JOBTABLE_DATABASE_URL", f"sqlite:///{tmp_path / 'nothing.db'}")
+    settings.reset()
+    result = CliRunner().invoke(main, ["results"])
+    assert result.exit_code == 1
+    assert "nothing.db does not exist. Create it with `jobtable migrate`" in result.output
+    assert not (tmp_path / "nothing.db").exists()
+    settings.reset()
+
+
+def test_worker_refuses_bad_flags_before_starting(db_url: str) -> None:
+    result = CliRunner().invoke(main, [*APP, "worker", "--burst", "--max-processes", "-1"])
+    assert result.exit_code == 1
+    assert "Invalid setting --max-processes -1 (on the command line): it must be at least 0" in result.output
+    result = CliRunner().invoke(main, [*APP, "worker", "--burst", "--stats-every", "inf"])
+    assert result.exit_code == 1 and "--stats-every inf" in result.output and "finite" in result.output
+
+
+def test_limits_out_of_range_are_refused(db_url: str) -> None:
+    for command in ("requests", "results"):
+        result = CliRunner().invoke(main, [command, "--limit", "-1"])
+        assert result.exit_code == 2 and "--limit" in result.output and "1<=x<=100000" in result.output

@@ -37,16 +37,16 @@ def fresh() -> Iterator[None]:
     ],
 )
 def test_malformed_urls(url: str, message: str) -> None:
-    jobtable.configure(database_url=url)
+    # Refused by configure() when it cannot be parsed, else at the first use.
     with pytest.raises(ConfigurationError, match=message):
+        jobtable.configure(database_url=url)
         Echo().run_in_worker()
 
 
 def test_password_is_not_shown() -> None:
-    jobtable.configure(database_url="mysql://user:s3cret@localhost/db")
     with pytest.raises(ConfigurationError) as info:
-        Echo().run_in_worker()
-    assert "s3cret" not in str(info.value)
+        jobtable.configure(database_url="mysql://user:s3cret@localhost/db")
+    assert "s3cret" not in str(info.value) and "user:***@localhost" in str(info.value)
 
 
 def test_unreachable_postgres() -> None:
@@ -57,6 +57,7 @@ def test_unreachable_postgres() -> None:
 
 
 def test_unmigrated_sqlite(tmp_path: Path) -> None:
+    (tmp_path / "new.db").touch()  # an empty file (a missing one: tests/test_settings_validation.py)
     jobtable.configure(database_url=f"sqlite:///{tmp_path / 'new.db'}")
     with pytest.raises(SchemaNotMigrated, match="has no jobtable tables. Run `jobtable migrate`"):
         Echo().run_in_worker()

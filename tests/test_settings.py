@@ -69,8 +69,8 @@ def test_env_lists_as_json_or_commas(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("JOBTABLE_TIMEOUT", "soon", "JOBTABLE_TIMEOUT must be a whole number"),
-        ("JOBTABLE_SCHEDULE", "[oops", "JOBTABLE_SCHEDULE is not valid JSON"),
+        ("JOBTABLE_TIMEOUT", "soon", "JOBTABLE_TIMEOUT='soon' .*not a whole number"),
+        ("JOBTABLE_SCHEDULE", "[oops", "JOBTABLE_SCHEDULE='\\[oops' .*not valid JSON"),
     ],
 )
 def test_bad_environment_values_are_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
@@ -86,3 +86,37 @@ def test_unknown_settings_are_refused(clean: Path) -> None:
     settings.reset()
     with pytest.raises(ConfigurationError, match=r"Unknown key\(s\) in \[tool.jobtable\].*retention"):
         jobtable.get_settings()
+
+
+def test_each_value_knows_its_source(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean / "pyproject.toml").write_text("[tool.jobtable]\ntimeout = 5\nresults-retention = 9\nworker_pool = 'threads'\n")
+    monkeypatch.setenv("JOBTABLE_TIMEOUT", "7")
+    jobtable.configure(results_retention=11)
+    where = {name: settings.setting_source(name) for name in ("timeout", "results_retention", "worker_pool", "app")}
+    assert where["timeout"].kind == "env" and where["timeout"].key == "JOBTABLE_TIMEOUT"
+    assert where["results_retention"].kind == "configure"
+    assert where["worker_pool"].kind == "pyproject" and where["worker_pool"].path == str(clean / "pyproject.toml")
+    assert where["app"].kind == "default"
+    assert settings.settings_file() == clean / "pyproject.toml"
+
+
+def test_a_pyproject_without_the_section_is_not_a_settings_file(clean: Path) -> None:
+    (clean / "pyproject.toml").write_text("[project]\nname = 'app'\n")
+    assert settings.settings_file() is None
+    (clean / "pyproject.toml").write_text("[tool]\njobtable = 3\n")
+    settings.reset()
+    with pytest.raises(ConfigurationError, match=r"\[tool.jobtable\] of .* must be a table"):
+        jobtable.get_settings()
+
+
+def test_a_refused_configure_value_is_not_kept(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobtable.configure(timeout=60)
+    with pytest.raises(ConfigurationError, match=r"configure\(timeout=-1\)"):
+        jobtable.configure(timeout=-1)
+    assert jobtable.get_settings().timeout == 60
+    # A bad value is refused even where the environment would override it.
+    monkeypatch.setenv("JOBTABLE_TIMEOUT", "30")
+    settings.reset()
+    with pytest.raises(ConfigurationError, match=r"configure\(timeout='x'\)"):
+        jobtable.configure(timeout="x")
+    assert jobtable.get_settings().timeout == 30

@@ -67,7 +67,7 @@ def stats() -> None:
     multiple=True,
     help="Only these states (repeatable).",
 )
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:
     """Jobs waiting or running, highest priority first."""
     with db_engine.connect() as conn, conn.begin():
@@ -88,7 +88,7 @@ def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ..
 @click.option("--job", "job_class", default=None, help="Only this job class (registered name).")
 @click.option("--status", type=click.Choice(tables.RESULT_STATUSES, case_sensitive=False), default=None)
 @click.option("--uuid", "task_id", default=None, help="Only the attempts of this job.")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_results(queue: str | None, job_class: str | None, status: str | None, task_id: str | None, limit: int) -> None:
     """Finished attempts, newest first."""
     with db_engine.connect() as conn, conn.begin():

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..middleware import JobContextFilter
-from . import main, with_app
+from . import main
 
 
 def _setup_logging(level: str) -> None:
@@ -37,7 +37,6 @@ def _setup_logging(level: str) -> None:
     help="Also run the tasks of this Celery app (module:attribute) through Celery's tracer. Also JOBTABLE_CELERY_APP.",
 )
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
-@with_app
 def worker(
     queues: tuple[str, ...],
     max_processes: int | None,
@@ -51,9 +50,14 @@ def worker(
     log_level: str,
 ) -> None:
     """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
+    from ..discovery import load_app
+    from ..settings import describe_sources
     from ..worker.config import WorkerConfig
 
+    # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
     _setup_logging(log_level)
+    load_app(click.get_current_context().find_root().obj.get("app"))
+    logging.getLogger("jobtable.worker").info("%s", describe_sources())
     config = WorkerConfig.from_settings(
         queues=list(queues) or None,
         processes=max_processes,

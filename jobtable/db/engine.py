@@ -41,7 +41,7 @@ def normalize_url(url: str | URL) -> URL:
         raw = "postgresql://" + raw[len("postgres://") :]
     try:
         parsed = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigurationError(
             f"{_hide_password(raw)!r} is not a database URL. Use {URL_EXAMPLES}."
         ) from None
@@ -176,11 +176,12 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     key = (os.getpid(), str(engine.url))
     if key in _checked:
         return
-    from .migrate import current_revision, head_revision
+    from .migrate import current_revision, head_revision, known_revisions, too_new
 
     if conn is not None:
         current = current_revision(conn)
     else:
+        _check_sqlite_file(engine)
         try:
             own = engine.connect().execution_options(sqlite_begin="DEFERRED")
         except DBAPIError as exc:
@@ -192,12 +193,39 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
         raise SchemaNotMigrated(
             f"The database {describe(engine)} has no jobtable tables. Run `jobtable migrate` to create them."
         )
+    if current not in known_revisions():
+        raise too_new(describe(engine), current)
     if current != head:
         raise SchemaNotMigrated(
             f"The jobtable schema of {describe(engine)} is at revision {current}, this version needs {head}. "
             "Run `jobtable migrate` to upgrade it."
         )
     _checked.add(key)
+
+
+def _check_sqlite_file(engine: Engine) -> None:
+    """A missing SQLite file is an error, not an empty database to create:
+    connecting would leave an empty file behind (``jobtable migrate``
+    creates it)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.query.get("uri"):
+        return
+    path = os.path.abspath(url.database)
+    if os.path.exists(path):
+        return
+    from ..settings import setting_source
+
+    unset = ""
+    if url.database == "jobtable.sqlite3" and setting_source("database_url").kind == "default":
+        unset = (
+            " No database is configured (JOBTABLE_DATABASE_URL, jobtable.configure(database_url=...) or "
+            "database_url in [tool.jobtable]), so jobtable uses the default sqlite:///jobtable.sqlite3 of the "
+            "current directory."
+        )
+    raise SchemaNotMigrated(
+        f"The SQLite database file {path} does not exist.{unset} Create it with `jobtable migrate`, "
+        f"or point JOBTABLE_DATABASE_URL at your database ({URL_EXAMPLES})."
+    )
 
 
 def connect(engine: Engine | None = None, *, autocommit: bool = False, check: bool = True) -> Connection:

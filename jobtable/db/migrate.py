@@ -15,6 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from ..exceptions import SchemaTooNew
+
 VERSION_TABLE = "jobtable_alembic_version"
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 # Serialises concurrent `jobtable migrate` runs on PostgreSQL.
@@ -34,6 +36,19 @@ def head_revision() -> str:
     return head
 
 
+def known_revisions() -> set[str]:
+    """Every schema revision this version of jobtable has a migration for."""
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def too_new(where: str, revision: str) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"The database {where} was migrated by a newer jobtable (schema revision {revision!r}); this jobtable "
+        f"only knows revisions up to {head_revision()!r}. Upgrade jobtable (pip install -U jobtable) where this "
+        "command runs; `jobtable migrate` cannot go back from a schema it does not know."
+    )
+
+
 def current_revision(conn: Connection) -> str | None:
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
@@ -45,6 +60,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
         before = current_revision(conn)
+        if before is not None and before not in known_revisions():
+            raise too_new(engine.url.render_as_string(hide_password=True), before)
         command.upgrade(alembic_config(conn), revision)
         after = current_revision(conn)
     assert after is not None

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import ConfigurationError
-from ..settings import Settings, get_settings
+from ..setting_rules import Source
+from ..settings import Settings, check_value, get_settings
 
 POOLS = ("processes", "threads")
 
@@ -40,7 +41,10 @@ class WorkerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **flags: Any) -> WorkerConfig:
-        """Typed settings, overridden by the flags that were given (not None)."""
+        """Typed settings, overridden by the flags that were given (not None).
+
+        A flag is checked like the setting it overrides, and named in the error.
+        """
         s = settings or get_settings()
         values: dict[str, Any] = {
             "queues": list(s.worker_queues) or ["default"],
@@ -59,7 +63,13 @@ class WorkerConfig:
             "quarantine_after": s.worker_quarantine_after,
             "middleware": list(s.middleware),
         }
-        values.update({key: value for key, value in flags.items() if value is not None})
+        for key, value in flags.items():
+            if value is None:
+                continue
+            if key in FLAGS:
+                flag, setting, kind = FLAGS[key]
+                value = check_value(setting, value, Source("flag", flag), kind=kind)
+            values[key] = value
         if values["processes"] == 0:
             values["processes"] = os.cpu_count() or 1
         config = cls(**values)
@@ -67,19 +77,50 @@ class WorkerConfig:
         return config
 
     def check(self) -> None:
-        if self.pool not in POOLS:
-            raise ConfigurationError(f"Unknown worker pool {self.pool!r}: use one of {', '.join(POOLS)}.")
+        """Every field in its setting's range (a WorkerConfig made in code too)."""
+        for name, (setting, kind) in CHECKED.items():
+            check_value(setting, getattr(self, name), Source("argument", f"WorkerConfig({name}=...)"), kind=kind)
         if self.processes < 1:
-            raise ConfigurationError(f"--max-processes must be 1 or more, got {self.processes}.")
-        if self.max_pending_per_process < 1:
             raise ConfigurationError(
-                f"--max-pending-per-process must be 1 or more, got {self.max_pending_per_process}."
+                f"WorkerConfig(processes={self.processes}): a worker needs 1 process or more "
+                "(--max-processes 0 means one per CPU)."
             )
-        if self.lost_after <= 0:
-            raise ConfigurationError(f"JOBTABLE_WORKER_LOST_AFTER must be positive, got {self.lost_after}.")
-        if self.quarantine_after < 0:
+        poll = self.poll_interval
+        if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not MIN_POLL <= poll <= MAX_POLL:
             raise ConfigurationError(
-                f"JOBTABLE_WORKER_QUARANTINE_AFTER must be 0 (never quarantine) or more, got {self.quarantine_after}."
+                f"WorkerConfig(poll_interval={poll!r}): the poll interval must be from {MIN_POLL} to {MAX_POLL} "
+                "seconds (below 10 ms an idle worker keeps the database busy for nothing). "
+                "Set JOBTABLE_WORKER_POLL_INTERVAL_MS, e.g. 1000."
             )
-        if not self.queues:
-            raise ConfigurationError("The worker needs at least one queue (--queue).")
+
+
+#: Worker flags -> (command-line name, the setting they override, the kind of number).
+FLAGS: dict[str, tuple[str, str, str | None]] = {
+    "queues": ("--queue", "worker_queues", None),
+    "processes": ("--max-processes", "worker_max_processes", None),
+    "max_jobs_per_process": ("--max-jobs-per-process", "worker_max_jobs_per_process", None),
+    "max_pending_per_process": ("--max-pending-per-process", "worker_max_pending_per_process", None),
+    "stats_every": ("--stats-every", "worker_stats_every", "number"),
+    "pool": ("--pool", "worker_pool", None),
+}
+
+#: WorkerConfig fields -> (the setting whose rule they follow, the kind of number).
+CHECKED: dict[str, tuple[str, str | None]] = {
+    "queues": ("worker_queues", None),
+    "processes": ("worker_max_processes", None),
+    "pool": ("worker_pool", None),
+    "max_jobs_per_process": ("worker_max_jobs_per_process", None),
+    "max_pending_per_process": ("worker_max_pending_per_process", None),
+    "stats_every": ("worker_stats_every", "number"),
+    "lost_after": ("worker_lost_after", "number"),
+    "shutdown_grace": ("worker_shutdown_grace", "number"),
+    "timeout": ("timeout", "number"),
+    "timeout_grace": ("worker_timeout_grace", "number"),
+    "results_retention": ("results_retention", "number"),
+    "quarantine_after": ("worker_quarantine_after", None),
+    "middleware": ("middleware", None),
+}
+
+#: Seconds: the bounds of JOBTABLE_WORKER_POLL_INTERVAL_MS.
+MIN_POLL = 0.01
+MAX_POLL = 3600.0

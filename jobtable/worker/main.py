@@ -32,9 +32,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from .. import telemetry
+from .. import middleware, telemetry
 from ..db import engine as db_engine
 from ..db import store
+from ..exceptions import ConfigurationError
+from ..setting_rules import safe_str
 from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
@@ -111,10 +113,15 @@ class Supervisor:
     # -- entry -------------------------------------------------------------------
 
     def run(self) -> int:
+        cfg = self.config
+        # Refuse to start on what cannot load, before any member is forked:
+        # members would fail one after the other (and --burst never end),
+        # and a worker without its schedule would look healthy.
+        middleware.check_all(cfg.middleware)
+        scheduler = _make_scheduler()
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
         self.ledger_scope = ledgers.scope_of(engine.url.render_as_string(hide_password=True))
-        cfg = self.config
         logger.info(
             "jobtable worker %s: %d %s, queues %s, database %s",
             os.getpid(),
@@ -124,7 +131,7 @@ class Supervisor:
             db_engine.describe(engine),
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        self.scheduler = _make_scheduler()
+        self.scheduler = scheduler
         # listen off means PgBouncer in transaction mode: no session locks.
         self.liveness = Liveness(engine, use_locks=cfg.listen)
         try:
@@ -421,13 +428,17 @@ class Supervisor:
 def _make_scheduler() -> Any:
     """The schedule of JOBTABLE_SCHEDULE and of registered jobs' ``schedule``
     attributes, or None when there is nothing to schedule."""
-    try:
-        from ..scheduler import Scheduler
+    from ..scheduler import Scheduler
 
+    try:
         scheduler = Scheduler()
-    except Exception:
-        logger.exception("Cannot load the schedule; the worker runs without it.")
-        return None
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"The worker does not start: its schedule cannot load. {exc}") from exc
+    except Exception as exc:  # a job module failing to import, a schedule attribute raising...
+        raise ConfigurationError(
+            f"The worker does not start: its schedule (JOBTABLE_SCHEDULE and the schedule attributes of "
+            f"registered jobs) cannot load: {safe_str(exc)}. Fix or remove the entry."
+        ) from exc
     if not scheduler.entries:
         return None
     logger.info("Scheduling %d entr%s.", len(scheduler.entries), "y" if len(scheduler.entries) == 1 else "ies")
