@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from sqlalchemy.engine import Connection
 
-from . import messages, params, telemetry
+from . import limits, message_checks, messages, params, telemetry
 from .db import engine as db_engine
 from .db import retry as db_retry
 from .db import store, tables
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 Delay = Union[int, float, timedelta, datetime, None]
 
-MAX_NAME = 255
+MAX_NAME = limits.MAX_NAME
+
+
+def _source(jobs: list[Job]) -> str:
+    """How errors about the whole call name it."""
+    return type(jobs[0]).__qualname__ if len(jobs) == 1 else "run_in_worker_many()"
 
 
 def run_in_worker_many(
@@ -92,7 +97,7 @@ def _enqueue(
     from .jobs import Job
 
     now = store.utcnow()
-    run_at = _run_at(delay, now)
+    run_at = _run_at(delay, now, _source(jobs))
     rows = [
         _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key)
         for job, task_id in zip(jobs, task_ids)
@@ -169,39 +174,12 @@ def _as_connection(connection: Any) -> Connection:
 # -- validation and encoding ---------------------------------------------------
 
 
-def _run_at(delay: Delay, now: datetime) -> datetime:
+def _run_at(delay: Delay, now: datetime, source: str) -> datetime:
     if delay is None:
         return now
-    if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta, datetime)):
-        raise EnqueueError(
-            f"delay={delay!r} is not a delay: pass seconds (a number >= 0), a timedelta, or an aware datetime."
-        )
     if isinstance(delay, datetime):
-        if delay.tzinfo is None:
-            raise EnqueueError(
-                f"delay={delay!r} is a naive datetime: pass an aware one, e.g. datetime.now(timezone.utc) + ..."
-            )
-        return max(delay, now)
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds != seconds or seconds < 0:  # NaN or negative
-        raise EnqueueError(f"delay={delay!r} is negative: pass 0 or more seconds (or a future datetime).")
-    return now + timedelta(seconds=seconds)
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise EnqueueError(f"{name}={value!r} must be an integer between {low} and {high}.")
-    if not low <= value <= high:
-        raise EnqueueError(f"{name}={value} is out of range: use an integer between {low} and {high}.")
-    return value
-
-
-def _check_name(name: str, value: Any, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not value and not allow_empty):
-        raise EnqueueError(f"{name}={value!r} must be a non-empty string.")
-    if len(value) > MAX_NAME:
-        raise EnqueueError(f"{name} is {len(value)} characters long; the limit is {MAX_NAME}.")
-    return value
+        return max(limits.check_time("delay", delay, source=source), now)
+    return limits.time_after(now, "delay", delay, source=source)
 
 
 def _row(
@@ -216,17 +194,22 @@ def _row(
     concurrency_key: str | None,
 ) -> dict[str, Any]:
     task_name = job.job_name()
-    queue = _check_name("queue", queue if queue is not None else job.resolved_queue())
-    priority = _check_int(
+    source = type(job).__qualname__
+    queue = limits.check_name("queue", queue if queue is not None else job.resolved_queue(), source=source)
+    priority = limits.check_int(
         "priority",
         priority if priority is not None else job.resolved_priority(),
         tables.PRIORITY_MIN,
         tables.PRIORITY_MAX,
+        source=source,
     )
-    retries = _check_int("retries", retries if retries is not None else job.resolved_retries(), 0, 2**31 - 1)
-    key = _check_name(
+    retries = limits.check_int(
+        "retries", retries if retries is not None else job.resolved_retries(), 0, limits.INT32_MAX, source=source
+    )
+    key = limits.check_name(
         "concurrency_key",
         concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
+        source=source,
         allow_empty=True,
     )
     args, kwargs = encode_arguments(job)
@@ -242,7 +225,7 @@ def _row(
         concurrency_key=key or None,
         extra_headers=trace_headers,
     )
-    return messages.row_values(envelope, queue, now)
+    return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))
 
 
 def encode_arguments(job: Job) -> tuple[list[Any], dict[str, Any]]:

@@ -28,11 +28,31 @@ class UnknownJob(JobtableError, LookupError):
 
 
 class EnqueueError(JobtableError, ValueError):
-    """``run_in_worker`` was given an option it cannot store."""
+    """An enqueue or publish was given something it cannot store: an option
+    (delay, priority, queue...), a header, or a message too large.  Nothing
+    was stored."""
+
+
+class ParameterError(EnqueueError, TypeError):
+    """A job argument that jobtable cannot store, or a stored one it cannot
+    read back.  Also a TypeError, what it was before it became an EnqueueError."""
+
+
+class MessageTooLarge(EnqueueError):
+    """The message is larger than the ``max_message_size`` setting."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class ModelNotFound(JobtableError, LookupError):
     """An ORM instance passed as a job parameter was deleted before the job ran."""
+
+
+class UnknownModel(JobtableError, LookupError):
+    """An ORM reference in a job message names no model this process has loaded."""
 
 
 class JobNotFound(JobtableError, LookupError):

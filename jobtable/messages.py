@@ -113,8 +113,10 @@ def parse_time(value: Any) -> datetime | None:
     return parsed
 
 
-def row_values(envelope: dict[str, Any], queue: str, now: datetime) -> dict[str, Any]:
-    """The ``jobtable_request`` columns for a message published to ``queue``."""
+def row_values(envelope: dict[str, Any], queue: str, now: datetime, message: str | None = None) -> dict[str, Any]:
+    """The ``jobtable_request`` columns for a message published to ``queue``
+    (``message``: the envelope already dumped).  New messages go through
+    ``checks.checked_row``, which refuses what these columns cannot hold."""
     headers = envelope.get("headers") or {}
     properties = envelope.get("properties") or {}
     eta = parse_time(headers.get("eta"))
@@ -133,7 +135,7 @@ def row_values(envelope: dict[str, Any], queue: str, now: datetime) -> dict[str,
         "attempt": int(headers.get("retries") or 0) + 1,
         "retries": int(headers.get(RETRIES_HEADER) or 0),
         "created_at": now,
-        "message": dumps(envelope),
+        "message": dumps(envelope) if message is None else message,
     }
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import base64
 import importlib
+import inspect
+import math
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,10 +24,19 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .exceptions import ConfigurationError, ModelNotFound
+from . import limits
+from .exceptions import ConfigurationError, ModelNotFound, UnknownModel
+from .exceptions import ParameterError as ParameterError  # its old home: params.ParameterError
 
-JSON_SCALARS = (str, int, float, bool, type(None))
 MODEL_MARKER = "jobtable.model"
+
+
+def _decode_float(value: Any) -> float:
+    # Only non-finite floats are stored this way: JSON has no Infinity or NaN.
+    if not isinstance(value, str):
+        raise ValueError("expected 'inf', '-inf' or 'nan'")
+    return float(value)
+
 
 # name -> (type, encode, decode).  datetime before date: a datetime is a date.
 _TYPES: list[tuple[str, type, Callable[[Any], Any], Callable[[Any], Any]]] = [
@@ -38,33 +50,66 @@ _TYPES: list[tuple[str, type, Callable[[Any], Any], Callable[[Any], Any]]] = [
 _DECODERS: dict[str, Callable[[Any], Any]] = {name: decode for name, _t, _e, decode in _TYPES}
 _DECODERS["bytes"] = lambda v: v.encode("utf-8")
 _DECODERS["base64"] = lambda v: base64.b64decode(v.encode("utf-8"))
+_DECODERS["float"] = _decode_float
 
 
 def _as(marker: str, value: Any) -> dict[str, Any]:
     return {"__type__": marker, "__value__": value}
 
 
-class ParameterError(TypeError):
-    """A job argument that jobtable cannot store."""
-
-
 def encode(value: Any, where: str) -> Any:
-    """A JSON-compatible form of ``value``; ``where`` names it in errors."""
-    if isinstance(value, JSON_SCALARS):
+    """A JSON-compatible form of ``value``; ``where`` names it in errors.
+
+    Raises ``ParameterError`` (an ``EnqueueError`` and a ``TypeError``) for a
+    value that cannot be stored: an unknown type, a non-string dict key, text
+    with a lone surrogate (not Unicode: UTF-8 cannot hold it), an integer too
+    long for JSON, nesting deeper than ``limits.MAX_DEPTH`` (or a value that
+    contains itself).  Infinite and NaN floats, which JSON lacks, are stored
+    as ``float`` markers and come back as they were.  NUL characters are
+    fine: JSON writes them as ``\\u0000``.
+    """
+    return _encode(value, where, 0)
+
+
+def _encode(value: Any, where: str, depth: int) -> Any:
+    if isinstance(value, str):
+        if not value.isascii():
+            _check_text(value, where)
         return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if limits.int_too_long(value):
+            raise ParameterError(
+                f"{where} is an integer of {value.bit_length():,} bits, too long to write as JSON "
+                f"(over sys.get_int_max_str_digits() = {sys.get_int_max_str_digits()} digits). Pass it as a string."
+            )
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return _as("float", "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, (list, tuple, dict)) and depth >= limits.MAX_DEPTH:
+        raise ParameterError(
+            f"{_trim(where)} is nested more than {limits.MAX_DEPTH} levels deep, or contains itself: job parameters "
+            "are stored as JSON, which workers decode level by level. Flatten the value, or store it "
+            "elsewhere and pass a reference (an id, a path)."
+        )
     if isinstance(value, list):
-        return [encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_encode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, tuple):
-        return _as("tuple", [encode(item, f"{where}[{i}]") for i, item in enumerate(value)])
+        return _as("tuple", [_encode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)])
     if isinstance(value, dict):
         encoded: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ParameterError(
-                    f"{where} has a key {key!r} of type {type(key).__name__}: job parameters are stored as JSON, "
-                    "whose object keys are strings. Convert the keys to str."
+                    f"{where} has a key {limits.short(key)} of type {type(key).__name__}: job parameters are "
+                    "stored as JSON, whose object keys are strings. Convert the keys to str."
                 )
-            encoded[key] = encode(item, f"{where}[{key!r}]")
+            if not key.isascii():
+                _check_text(key, f"{where} key {limits.short(key)}")
+            encoded[key] = _encode(item, f"{where}[{key!r}]", depth + 1)
         if encoded.keys() == {"__type__", "__value__"}:
             # A user dict that looks like a marker must not decode as one.
             return _as("dict", encoded)
@@ -76,7 +121,9 @@ def encode(value: Any, where: str) -> Any:
         return _as("base64", base64.b64encode(value).decode("ascii"))
     reference = _model_reference(value)
     if reference is not None:
-        return _as(MODEL_MARKER, reference)
+        model, identity = reference
+        pk = [_encode(item, f"{where} primary key", depth + 1) for item in identity]
+        return _as(MODEL_MARKER, {"model": model, "pk": pk})
     raise ParameterError(
         f"{where} is of type {type(value).__module__}.{type(value).__qualname__}, which jobtable cannot store: "
         "job parameters are JSON (str, int, float, bool, None, list, tuple, dict), datetime, date, time, "
@@ -84,25 +131,74 @@ def encode(value: Any, where: str) -> Any:
     )
 
 
-def decode(value: Any) -> Any:
-    """Inverse of ``encode``; ORM references become ``ModelReference`` objects."""
+def _trim(where: str) -> str:
+    # A path 100 levels deep ("x[0][0][0]...") says nothing more than its start.
+    return where if len(where) <= 120 else where[:100] + "..."
+
+
+def _check_text(value: str, where: str) -> None:
+    at = limits.surrogate_at(value)
+    if at is not None:
+        raise ParameterError(
+            f"{where} contains a lone surrogate ({value[at]!r}) at position {at}: it is not valid Unicode "
+            "text, and job parameters are stored as UTF-8 JSON. Decode the bytes it came from with "
+            "errors='replace', or pass the bytes themselves."
+        )
+
+
+def decode(value: Any, where: str = "a job parameter") -> Any:
+    """Inverse of ``encode``; ORM references become ``ModelReference`` objects.
+
+    A stored value that is malformed (an unknown or broken marker, nesting
+    deeper than ``limits.MAX_DEPTH``) raises ``ParameterError`` naming it.
+    """
+    return _decode(value, where, 0)
+
+
+def _decode(value: Any, where: str, depth: int) -> Any:
+    if not isinstance(value, (list, dict)):
+        return value
+    if depth >= limits.MAX_DEPTH:
+        raise ParameterError(
+            f"{_trim(where)} is nested more than {limits.MAX_DEPTH} levels deep; jobtable does not decode it."
+        )
     if isinstance(value, list):
-        return [decode(item) for item in value]
-    if isinstance(value, dict):
-        if value.keys() == {"__type__", "__value__"}:
-            marker, inner = value["__type__"], value["__value__"]
-            if marker == "tuple":
-                return tuple(decode(item) for item in inner)
-            if marker == "dict":
-                return {key: decode(item) for key, item in inner.items()}
-            if marker == MODEL_MARKER:
-                return ModelReference(inner["model"], tuple(inner["pk"]))
-            decoder = _DECODERS.get(marker)
-            if decoder is None:
-                raise ValueError(f"Unknown parameter type marker {marker!r} in a job message.")
-            return decoder(inner)
-        return {key: decode(item) for key, item in value.items()}
-    return value
+        return [_decode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+    if value.keys() != {"__type__", "__value__"}:
+        return {key: _decode(item, f"{where}[{key!r}]", depth + 1) for key, item in value.items()}
+    marker, inner = value["__type__"], value["__value__"]
+    try:
+        if marker == "tuple":
+            if not isinstance(inner, list):
+                raise ValueError("expected a list")
+            return tuple(_decode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(inner))
+        if marker == "dict":
+            if not isinstance(inner, dict):
+                raise ValueError("expected an object")
+            return {key: _decode(item, f"{where}[{key!r}]", depth + 1) for key, item in inner.items()}
+        if marker == MODEL_MARKER:
+            return _reference(inner, where, depth)
+        decoder = _DECODERS.get(marker) if isinstance(marker, str) else None
+        if decoder is None:
+            raise ParameterError(
+                f"{where} has an unknown type marker {limits.short(marker)}: the message was written by "
+                "something other than jobtable or Kombu's JSON. Send the value as plain JSON."
+            )
+        return decoder(inner)
+    except ParameterError:
+        raise
+    except Exception as exc:
+        text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+        raise ParameterError(
+            f"{where}: the stored {marker} value {limits.short(inner)} is malformed ({type(exc).__name__}: {text})."
+        ) from None
+
+
+def _reference(inner: Any, where: str, depth: int) -> ModelReference:
+    model, pk = (inner.get("model"), inner.get("pk")) if isinstance(inner, dict) else (None, None)
+    if not isinstance(model, str) or not isinstance(pk, list) or not pk:
+        raise ValueError("expected {'model': 'module:Class', 'pk': [...]}")
+    return ModelReference(model, tuple(_decode(item, f"{where} primary key", depth + 1) for item in pk))
 
 
 # -- ORM references -------------------------------------------------------
@@ -127,8 +223,19 @@ class ModelReference:
         return hash((self.model, self.pk))
 
     def load(self, session: Any, where: str) -> Any:
-        model = _import(self.model)
-        instance = session.get(model, self.pk if len(self.pk) > 1 else self.pk[0])
+        model = loaded_model(self.model, where)
+        try:
+            instance = session.get(model, self.pk if len(self.pk) > 1 else self.pk[0])
+        except Exception as exc:
+            # A key of the wrong arity or type: say so without the SQL text
+            # (a DBAPIError's str() quotes the statement and its parameters).
+            session.rollback()
+            orig = getattr(exc, "orig", None) or exc
+            text = str(orig).splitlines()[0][:200] if str(orig) else ""
+            raise ModelNotFound(
+                f"{where}: cannot load {model.__name__} with primary key {limits.short(self.pk)}: "
+                f"{type(orig).__name__}: {text}"
+            ) from None
         if instance is None:
             raise ModelNotFound(
                 f"{where}: {model.__name__} with primary key {', '.join(map(repr, self.pk))} no longer exists; "
@@ -138,7 +245,7 @@ class ModelReference:
         return instance
 
 
-def _model_reference(value: Any) -> dict[str, Any] | None:
+def _model_reference(value: Any) -> tuple[str, tuple[Any, ...]] | None:
     try:
         from sqlalchemy import inspect as sa_inspect
         from sqlalchemy.orm import InstanceState
@@ -154,7 +261,43 @@ def _model_reference(value: Any) -> dict[str, Any] | None:
             "that takes it, so the worker can load it."
         )
     cls = state.class_
-    return {"model": f"{cls.__module__}:{cls.__qualname__}", "pk": list(identity)}
+    return f"{cls.__module__}:{cls.__qualname__}", tuple(identity)
+
+
+def loaded_model(path: str, where: str = "a job parameter") -> type:
+    """The mapped class ``path`` ("module:Class") names, looked up among the
+    modules this process has already imported -- never imported on behalf of
+    a message, which anyone who can write to the queue can craft.  The job
+    modules and the session factory's module (imported first) bring in the
+    models jobs take."""
+    module_name, colon, attribute = path.partition(":")
+    if not colon:
+        module_name, _, attribute = path.rpartition(".")
+    obj: Any = sys.modules.get(module_name)
+    for part in attribute.split("."):
+        if obj is None or not part.isidentifier() or part.startswith("__"):
+            obj = None
+            break
+        # Static lookup: no module __getattr__ hook (which may import) runs.
+        obj = inspect.getattr_static(obj, part, None)
+    if isinstance(obj, type) and _is_mapped(obj):
+        return obj
+    raise UnknownModel(
+        f"{where} refers to the model {limits.short(path)}, which is not a SQLAlchemy model loaded in this "
+        "worker. jobtable loads models only from modules the worker has imported (its job modules and the "
+        "session factory's module), never from a module a message names. If the model is yours, import its "
+        "module in the job's module."
+    )
+
+
+def _is_mapped(cls: type) -> bool:
+    from sqlalchemy import inspect as sa_inspect
+    from sqlalchemy.orm import Mapper
+
+    try:
+        return isinstance(sa_inspect(cls, raiseerr=False), Mapper)
+    except Exception:
+        return False
 
 
 def _import(path: str) -> Any:
@@ -227,3 +370,6 @@ def register_with_kombu() -> None:
         lambda ref: {"model": ref.model, "pk": list(ref.pk)},
         lambda v: ModelReference(v["model"], tuple(v["pk"])),
     )
+    # Kombu's encoder writes floats itself (it never asks for these); its
+    # decoder needs the marker that stands for inf, -inf and NaN.
+    register_type(float, "float", float, _decode_float)

@@ -432,3 +432,63 @@ def test_cli_dashboard_command_is_registered() -> None:
     assert result.exit_code == 0 and "--port" in result.output and "--token" in result.output
     bad = CliRunner().invoke(main, ["dashboard", "--basic-auth", "nocolon"])
     assert bad.exit_code != 0 and "USER:PASSWORD" in bad.output
+
+
+# -- big parts: shown cut, whole at .../full/<part> ----------------------------------------
+
+
+def test_big_parameters_and_traceback_are_cut_with_a_link_to_the_full_text(dash: DashboardClient) -> None:
+    from jobtable.dashboard.formatting import PREVIEW_CHARS
+
+    big = "<b>" + "x" * (3 * PREVIEW_CHARS) + "ZZENDZZ"
+    request = support.Noop(big).run_in_worker()
+    assert request is not None
+    page = dash.get(f"/requests/{request.id}").text
+    shown = html.unescape(page.split('id="args">', 1)[1].split("</pre>", 1)[0])
+    assert "ZZENDZZ" not in shown and len(shown) == PREVIEW_CHARS and "<b>x" not in page and "&lt;b&gt;x" in page
+    assert len(page) < 2 * PREVIEW_CHARS  # not the 30,000-character argument
+    assert f"/requests/{request.id}/full/args" in page and "Full text" in page
+    full = dash.get(f"/requests/{request.id}/full/args")
+    assert full.status_code == 200 and full.headers["content-type"].startswith("text/plain")
+    assert full.headers["x-content-type-options"] == "nosniff"
+    assert "ZZENDZZ" in full.text and "<b>" in full.text  # text/plain: nothing to escape, nothing rendered
+
+    # PostgreSQL text cannot hold NUL; SQLite's can, and the route escapes it.
+    nul = "\x00" if db_engine.get_engine().dialect.name == "sqlite" else "<0>"
+    trace = "Traceback\n" + f"frame{nul}\n" * (PREVIEW_CHARS // 3) + "LAST LINE"
+    result_id = support.add_result(tables.ERRORED, error_type="ValueError", error_message="m" * (2 * PREVIEW_CHARS) + "ZZTAILZZ",
+                                   traceback=trace, return_value=None)
+    page = dash.get(f"/results/{result_id}").text
+    assert "LAST LINE" not in page and "ZZTAILZZ" not in page
+    assert f"/results/{result_id}/full/traceback" in page and f"/results/{result_id}/full/error-message" in page
+    text = dash.get(f"/results/{result_id}/full/traceback").text
+    assert text.endswith("LAST LINE") and "\x00" not in text and ("\\x00" in text or nul == "<0>")
+    assert dash.get(f"/results/{result_id}/full/error-message").text.endswith("ZZTAILZZ")
+
+
+def test_full_text_routes_refuse_unknown_parts_and_rows(dash: DashboardClient) -> None:
+    request = support.Noop(1).run_in_worker()
+    assert request is not None
+    assert dash.get(f"/requests/{request.id}/full/message").status_code == 404
+    assert dash.get(f"/requests/{request.id}/full/traceback").status_code == 404
+    assert dash.get("/results/999999/full/traceback").status_code == 404
+    assert dash.get(f"/other/{request.id}/full/args").status_code == 404
+
+
+def test_full_text_follows_the_dashboard_access_rules(db_url: str) -> None:
+    queries.clear_cache()
+    request = support.Noop("x").run_in_worker()
+    assert request is not None
+    guarded = client(authorize=None, token="s3cret-token")
+    assert guarded.get(f"/requests/{request.id}/full/args").status_code in (401, 403)
+    assert guarded.get(f"/requests/{request.id}/full/args", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+
+
+def test_live_refresh_does_not_reload_the_big_parts(dash: DashboardClient) -> None:
+    request = support.Noop("BIGPART" * 1000).run_in_worker()
+    assert request is not None
+    fragment = dash.get(f"/requests/{request.id}", headers={"X-Jobtable-Fragment": "1"}).text
+    assert "BIGPART" not in fragment and "Queue" in fragment
+    result_id = support.add_result(tables.ERRORED, traceback="TRACEBACKTEXT" * 1000, error_type="E", error_message="e")
+    fragment = dash.get(f"/results/{result_id}", headers={"X-Jobtable-Fragment": "1"}).text
+    assert "TRACEBACKTEXT" not in fragment and "Attempts" in fragment

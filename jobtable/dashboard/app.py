@@ -195,6 +195,7 @@ def create_app(
         Route("/processes", views.processes, name="processes"),
         Route("/results", views.results_list, name="results"),
         Route("/results/{result_id:int}", views.result_detail, name="result"),
+        Route("/{kind:str}/{row_id:int}/full/{part:str}", views.full_text, name="full_text"),
         Route("/workers", views.workers_list, name="workers"),
         Route("/schedules", views.schedules_list, name="schedules"),
         Route("/actions/{action}", actions.perform, methods=["POST"], name="action"),

@@ -85,6 +85,17 @@ def parameters(message: str | None) -> dict[str, Any]:
     }
 
 
+#: Characters of a big text (parameters, return value, traceback) shown on a
+#: page; the rest is one click away, as text/plain (views.full_text).
+PREVIEW_CHARS = 10_000
+
+
+def clip(text: str | None) -> dict[str, Any]:
+    """The start of ``text`` for a page, and whether (and how much) was cut."""
+    text = text or ""
+    return {"text": text[:PREVIEW_CHARS], "cut": len(text) > PREVIEW_CHARS, "total": len(text)}
+
+
 def number(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -96,4 +107,5 @@ FILTERS = {
     "ago": ago,
     "pretty_stored": pretty_stored,
     "number": number,
+    "clip": clip,
 }

@@ -245,8 +245,53 @@ def request_detail(request: Request) -> Response:
     return render(
         request,
         "request_detail.html",
-        {"active": "requests", "row": row, "params": formatting.parameters(row.message), "attempts": attempts},
+        {"active": "requests", "row": row, "params": _parameters(request, row.message), "attempts": attempts},
         live="live_request_detail.html",
+    )
+
+
+def _is_fragment(request: Request) -> bool:
+    return request.headers.get("x-jobtable-fragment") == "1"
+
+
+def _parameters(request: Request, message: str | None) -> dict[str, Any]:
+    # The live refresh re-renders only the small facts: decoding (and
+    # indenting) a 10 MB message every few seconds would be for nothing.
+    return {} if _is_fragment(request) else formatting.parameters(message)
+
+
+#: Parts shown cut on a detail page, in full at .../full/<part>.
+FULL_PARTS = {"args", "kwargs", "headers", "return-value", "error-message", "traceback"}
+
+
+@guarded
+def full_text(request: Request) -> Response:
+    """One big part of a request or result, whole, as text/plain (never
+    HTML: the browser shows it as text, ``nosniff`` keeps it so)."""
+    kind = request.path_params["kind"]
+    row_id = int(request.path_params["row_id"])
+    part = request.path_params["part"]
+    if kind not in ("requests", "results") or part not in FULL_PARTS:
+        return error_page(request, 404, "No such part.")
+    with reading(request) as conn:
+        row = queries.request_by_id(conn, row_id) if kind == "requests" else queries.result_by_id(conn, row_id)
+    if row is None:
+        return error_page(request, 404, f"Nothing has id {row_id}; it may have finished or been cleared.")
+    if part in ("args", "kwargs", "headers"):
+        decoded = formatting.parameters(row.message)
+        text = decoded["error"] or decoded[part]
+    elif kind == "requests":
+        return error_page(request, 404, "A waiting job has no outcome yet.")
+    elif part == "return-value":
+        text = formatting.pretty_stored(row.return_value)
+    else:
+        text = (row.error_message if part == "error-message" else row.traceback) or ""
+    # NUL and lone surrogates cannot go out as UTF-8 text: shown escaped.
+    body = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
+    return Response(
+        body,
+        media_type="text/plain; charset=utf-8",
+        headers={"cache-control": "no-store", "content-disposition": "inline"},
     )
 
 
@@ -313,7 +358,7 @@ def result_detail(request: Request) -> Response:
         {
             "active": "results",
             "row": row,
-            "params": formatting.parameters(row.message),
+            "params": _parameters(request, row.message),
             "attempts": attempts,
             "waiting": waiting,
             # Only the latest attempt of a task that is not waiting again can be retried.

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from .. import messages, params, telemetry
+from .. import limits, message_checks, messages, params, telemetry
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import store, tables
+from ..exceptions import EnqueueError, ParameterError
 from .exceptions import NotSupported
 
 if TYPE_CHECKING:
@@ -88,8 +90,28 @@ def _seconds(name: str, value: Any) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}={value!r}: pass a number of seconds (or a datetime for eta/expires).")
-    return float(value)
+        raise ParameterError(f"{name}={limits.short(value)}: pass a number of seconds (or a datetime for eta/expires).")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf if value > 0 else -math.inf
+
+
+def _after(now: datetime, name: str, value: Any, source: str) -> datetime:
+    """``now`` plus ``value`` seconds.  Negative is allowed, as in Celery (a
+    countdown in the past runs now; an expiry in the past has expired)."""
+    seconds = _seconds(name, value)
+    if math.isnan(seconds):
+        raise EnqueueError(f"{source}: {name}=nan is not a number of seconds.")
+    try:
+        if math.isinf(seconds):
+            raise OverflowError
+        return now + timedelta(seconds=seconds)
+    except OverflowError:
+        raise EnqueueError(
+            f"{source}: {name}={limits.short(value)} is out of range: the time it gives falls outside years "
+            "1-9999. Pass a smaller number of seconds."
+        ) from None
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -159,6 +181,8 @@ def build_row(
     from .task import registry
 
     check_options(options)
+    source = f"task {limits.short(name)}"
+    limits.check_name("the task name", name, source=source)
     task = registry.tasks.get(name)
     queue = route(app, name, task, args, kwargs, options)
     priority = options.get("priority")
@@ -166,28 +190,27 @@ def build_row(
         priority = task.priority
     if priority is None:
         priority = app.conf.task_default_priority or 0
-    if (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not (tables.PRIORITY_MIN <= priority <= tables.PRIORITY_MAX)
-    ):
-        raise ValueError(f"priority={priority!r}: use an integer (higher runs first, as on RabbitMQ).")
+    # Higher runs first, as on RabbitMQ.
+    priority = limits.check_int("priority", priority, tables.PRIORITY_MIN, tables.PRIORITY_MAX, source=source)
     eta: datetime | None = None
     if options.get("countdown") is not None:
-        eta = now + timedelta(seconds=_seconds("countdown", options["countdown"]))
+        eta = _after(now, "countdown", options["countdown"], source)
     elif options.get("eta") is not None:
         if not isinstance(options["eta"], datetime):
-            raise TypeError(f"eta={options['eta']!r}: pass a datetime (or countdown= in seconds).")
-        eta = _aware(options["eta"])
+            raise ParameterError(f"eta={limits.short(options['eta'])}: pass a datetime (or countdown= in seconds).")
+        eta = limits.check_time("eta", _aware(options["eta"]), source=source)
     expires = options.get("expires")
     if expires is None and task is not None:
         expires = task.expires
     expires_at: datetime | None = None
     if isinstance(expires, datetime):
-        expires_at = _aware(expires)
+        expires_at = limits.check_time("expires", _aware(expires), source=source)
     elif expires is not None:
-        expires_at = now + timedelta(seconds=_seconds("expires", expires))
-    headers = dict(options.get("headers") or {})
+        expires_at = _after(now, "expires", expires, source)
+    given_headers = options.get("headers") or {}
+    if not isinstance(given_headers, dict):
+        raise EnqueueError(f"{source}: headers= must be a dict, not {type(given_headers).__name__}.")
+    headers = dict(given_headers)
     key = options.get("concurrency_key") or headers.pop(messages.CONCURRENCY_KEY_HEADER, None)
     if key is None and task is not None and task.concurrency_key is not None:
         key = (
@@ -224,8 +247,8 @@ def build_row(
             s.to_dict() if hasattr(s, "to_dict") else dict(s)
             for s in (links if isinstance(links, (list, tuple)) else [links])
         ]
-    envelope["body"] = messages.dumps([args, kwargs, full])
-    return messages.row_values(envelope, queue, now)
+    envelope["body"] = message_checks.dump_body([args, kwargs, full], source)
+    return message_checks.checked_row(envelope, queue, now, source=source)
 
 
 def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, dedupe: bool = False) -> set[str]:

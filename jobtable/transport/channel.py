@@ -32,7 +32,7 @@ from kombu.transport import virtual
 from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
-from .. import badrows, messages
+from .. import badrows, limits, message_checks, messages
 from ..db import store, tables
 from ..db.dialects import notify_bindings_changed, wake_queues
 
@@ -176,18 +176,24 @@ class Channel(virtual.Channel):
         ttl: dict[str, float] | None = None,
     ) -> None:
         now = store.utcnow()
+        # Checked before anything is written: a message the table cannot
+        # hold (headers that are not JSON, a lone surrogate, a time past
+        # year 9999, over max_message_size) is refused to the publisher with
+        # an EnqueueError naming the part, and no copy of it is stored.
         expires_at = _expires_at(message, now)
         rows = []
         for queue in queues:
-            row = messages.row_values(message, queue, now)
+            # Priorities are SMALLINT; AMQP's go 0-255: clamped, not refused.
+            source = f"Kombu publish to queue {limits.short(queue)}"
+            row = message_checks.checked_row(
+                message, queue, now, source=source, clamp_priority=True, escape_surrogates=True
+            )
             row["expires_at"] = expires_at
             queue_ttl = (ttl or {}).get(queue)
             if queue_ttl is not None:
                 # The queue's x-message-ttl: counted from now, like AMQP.
                 limit = now + timedelta(seconds=queue_ttl)
                 row["expires_at"] = limit if expires_at is None else min(expires_at, limit)
-            # Priorities are SMALLINT; AMQP's go 0-255.
-            row["priority"] = max(tables.PRIORITY_MIN, min(tables.PRIORITY_MAX, row["priority"]))
             if fanout:
                 # Copies of one broadcast must not collide on the key.
                 row["concurrency_key"] = None
@@ -360,6 +366,7 @@ class Channel(virtual.Channel):
 
     def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
         name = queue or f"amq.gen-{uuid()}"
+        limits.check_name("queue", name, source="Kombu queue_declare")
         arguments = kwargs.get("arguments") or {}
         ttl = arguments.get("x-message-ttl")
         if ttl is not None:
@@ -446,6 +453,11 @@ class Channel(virtual.Channel):
         self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kwargs: Any
     ) -> None:
         exchange = exchange or "amq.direct"
+        # Bindings are rows too: names the columns cannot hold are refused
+        # here, not by the database with its SQL text.
+        limits.check_name("queue", queue, source="Kombu queue_bind")
+        limits.check_name("exchange", exchange, source="Kombu queue_bind")
+        limits.check_name("routing_key", routing_key or "", source="Kombu queue_bind", allow_empty=True)
         kind = self._exchange_type(exchange)
         exchange_type: Any = self.exchange_types[kind]  # instances, whatever Kombu's annotation says
         routing_key, pattern, queue = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
@@ -521,13 +533,13 @@ def _expires_at(message: dict[str, Any], now: datetime) -> datetime | None:
     if expires not in (None, "", 0, 0.0):
         try:
             candidates.append(messages.parse_time(expires))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, OSError):
             pass
     expiration = (message.get("properties") or {}).get("expiration")
     if expiration not in (None, ""):
         try:
             candidates.append(now + timedelta(milliseconds=float(expiration)))
-        except (TypeError, ValueError):
-            pass
+        except (TypeError, ValueError, OverflowError):
+            pass  # not a number, or too far away to be anything but "never"
     found = [c for c in candidates if c is not None]
     return min(found) if found else None
