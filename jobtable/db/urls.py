@@ -38,6 +38,15 @@ Query = dict[str, str | tuple[str, ...]]
 def parse(raw: str, what: str = "The database URL") -> URL:
     """``raw`` as a SQLAlchemy URL; ConfigurationError (naming ``what``, never
     echoing a password) when it is ambiguous or malformed."""
+    if "\x00" in raw:
+        raise ConfigurationError(f"{what} contains a NUL character (\\x00): remove it.")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate: bytes that were not UTF-8 (os.environ keeps them so).
+        raise ConfigurationError(
+            f"{what} is not valid UTF-8 text: percent-encode the bytes of its password (e.g. %C3%A9)."
+        ) from None
     check_text(raw, what)
     try:
         url = make_url(raw)
@@ -121,7 +130,9 @@ def _redact_query_text(query: str) -> str:
 
 def secret_free(url: URL) -> URL:
     """``url`` without its password and secret query parameters."""
-    return url.set(password=None, query={k: v for k, v in url.query.items() if k.lower() not in SECRET_QUERY_KEYS})
+    # Not set(password=None): set() ignores None.
+    query = {k: v for k, v in url.query.items() if k.lower() not in SECRET_QUERY_KEYS}
+    return url._replace(password=None).set(query=query)
 
 
 def render(url: URL, *, hide_password: bool = True, mask: str = MASK) -> str:

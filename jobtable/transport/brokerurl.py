@@ -12,21 +12,26 @@ fields.
 * ``virtual_host`` is the database (a SQLite path, ``/`` for none), followed
   by ``?query`` when the URL has one (``?sslmode=require``): Kombu has no
   field for it, and the query must survive failover and ``clone()``.
-* Failover alternates (``url1;url2``) are rewritten without their secrets
-  and in a form Kombu's ``switch()`` parses back into the same fields; their
-  secrets stay in this process (``_SECRETS``) and come back when the
-  transport of an alternate is created.  ``info()['alternates']`` is
-  broadcast too.
-* ``?password=`` becomes the password; ``?sslpassword=`` is kept in
-  ``_KNOWN`` only.
+* Secrets that would land in a broadcast field other than ``password`` --
+  the passwords of failover alternates (``url1;url2``, shown by
+  ``info()['alternates']``) and secret query values (``?sslpassword=``) --
+  are written as references (``jobtable-secret-<process>-<n>``) that only
+  this process and its forks resolve.  Alternates are also rewritten so that
+  Kombu's ``switch()`` parses them back into the same fields.
+* ``?password=`` becomes the password.
+
+The fields are set when the connection's transport is created (the first
+``connect()``, ``info()``, ``as_uri()``, ``repr()``, channel...): Kombu gives
+a transport no earlier hook.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy.engine import URL
 
@@ -39,11 +44,17 @@ WHAT = "The broker URL"
 #: Kombu's virtual_host when the URL names no database.
 NO_DATABASE = "/"
 
-#: The URLs this process adopted, by the fields that identify them (``_key``):
-#: their driver and secrets, for failover alternates (whose rewritten text
-#: has no secrets) and clones.
-_KNOWN: dict[tuple[Any, ...], tuple[str, str | None, dict[str, Any]]] = {}
-_known_lock = threading.Lock()
+#: Secrets behind the references written into broadcast fields, and back.
+_SECRETS: dict[str, str] = {}
+_REFERENCES: dict[str, str] = {}
+_REFERENCE_PREFIX = f"jobtable-secret-{uuid.uuid4().hex[:8]}-"
+#: Driver names by the fields that identify a URL (``_key``), for a clone()
+#: made before the transport existed (see ``_from_fields``).  Not secret.
+_DRIVERS: dict[tuple[Any, ...], str] = {}
+#: Alternates as ``alternate_text`` wrote them (SQLAlchemy would read their
+#: path, the virtual_host, as the database).
+_REWRITTEN: set[str] = set()
+_lock = threading.Lock()
 
 
 def adopt(client: Any) -> URL:
@@ -56,7 +67,8 @@ def adopt(client: Any) -> URL:
         url = _explicit_fill(client, _with_query_password(db_engine.normalize_url(raw, WHAT)))
     else:
         url = _from_fields(client)
-    _remember(url)
+    with _lock:
+        _DRIVERS[_key(url)] = url.drivername
     _write_fields(client, url)
     _adopt_alternates(client)
     return url
@@ -74,14 +86,16 @@ def _with_query_password(url: URL) -> URL:
     if isinstance(password, str):
         query = {k: v for k, v in url.query.items() if k != "password"}
         url = url.set(password=url.password or password, query=query)
-    return url
+    # An empty password is no password (for libpq too).
+    return url if url.password != "" else url._replace(password=None)
 
 
 def _explicit_fill(client: Any, url: URL) -> URL:
     """Connection(url, userid=..., password=..., port=...) (Celery's
     broker_user, broker_password...): as in Kombu, the URL's own parts win."""
     password = client.password if isinstance(client.password, str) else None
-    return url.set(
+    # _replace, not set(): set() ignores None.
+    return url._replace(
         username=url.username or client.userid or None,
         password=url.password or password or None,
         port=url.port or client.port or None,
@@ -94,43 +108,68 @@ def _from_fields(client: Any) -> URL:
     scheme = client.transport_cls if isinstance(client.transport_cls, str) else ""
     database, query = split_virtual_host(client.virtual_host)
     password = client.password if isinstance(client.password, str) else None
-    fields: dict[str, Any] = dict(
+    url = URL.create(
+        "x",
         username=client.userid or None,
-        password=password or None,
+        password=_resolve(password) if password else None,
         host=client.hostname or None,
         port=client.port or None,
         database=database,
-        query=query,
+        query={k: _resolve(v) if k.lower() in urls.SECRET_QUERY_KEYS and isinstance(v, str) else v for k, v in query.items()},
     )
-    known = _KNOWN.get(_key(URL.create("x", **fields)))
     if scheme.startswith(PREFIX):
         drivername = scheme[len(PREFIX) :]
-    elif known is not None:
+    elif _key(url) in _DRIVERS:
         # clone() of a connection whose transport did not exist yet: Kombu
         # read transport_cls ("jobtable") before the fields were adopted.
-        drivername = known[0]
+        drivername = _DRIVERS[_key(url)]
     else:
         raise ConfigurationError(
             "The jobtable transport needs a database URL: use a broker URL such as "
             "jobtable+postgresql+psycopg://user:password@host/dbname or jobtable+sqlite:////path/to/jobtable.sqlite3."
         )
-    url = db_engine.normalize_url(URL.create(drivername, **fields), WHAT)
-    if known is not None and known[0] == url.drivername:
-        _, known_password, secret_query = known
-        url = url.set(password=url.password or known_password, query={**secret_query, **url.query})
-    return url
+    return _with_query_password(db_engine.normalize_url(url.set(drivername=drivername), WHAT))
+
+
+def _reference(secret: str) -> str:
+    if secret.startswith(_REFERENCE_PREFIX):
+        return secret
+    with _lock:
+        reference = _REFERENCES.get(secret)
+        if reference is None:
+            reference = f"{_REFERENCE_PREFIX}{len(_SECRETS) + 1}"
+            _SECRETS[reference] = secret
+            _REFERENCES[secret] = reference
+    return reference
+
+
+def _resolve(value: str) -> str:
+    if not value.startswith("jobtable-secret-"):
+        return value
+    secret = _SECRETS.get(value)
+    if secret is None:
+        raise ConfigurationError(
+            f"{WHAT} holds {value!r}, a reference to a password that another process read from the "
+            "original URL: give this process the original broker URL."
+        )
+    return secret
 
 
 def split_virtual_host(virtual_host: str | None) -> tuple[str | None, urls.Query]:
-    """(database, query) of a virtual_host written by ``_write_fields``."""
+    """(database, query) of a virtual_host written by ``virtual_host_of``."""
     database, _, query = (virtual_host or "").partition("?")
+    database = unquote(database)
     return (database if database not in ("", NO_DATABASE) else None), urls.parse_query_text(query)
 
 
 def virtual_host_of(url: URL) -> str:
-    public = urls.secret_free(url)
-    query = urls.query_text(public.query)
-    return ((public.database or "") + (f"?{query}" if query else "")) or NO_DATABASE
+    """``url``'s Kombu virtual_host: the database and the query, secret
+    query values as references."""
+    query = {k: _reference(v) if k.lower() in urls.SECRET_QUERY_KEYS and isinstance(v, str) else v for k, v in url.query.items()}
+    text = urls.query_text(query)
+    # Only "%" and "?" escaped: paths stay readable, "?" ends the database.
+    database = (url.database or "").replace("%", "%25").replace("?", "%3F")
+    return (database + (f"?{text}" if text else "")) or NO_DATABASE
 
 
 def _write_fields(client: Any, url: URL) -> None:
@@ -148,36 +187,36 @@ def _write_fields(client: Any, url: URL) -> None:
 def _key(url: URL) -> tuple[Any, ...]:
     # Host names in lower case: Kombu's parser (urllib) lowers them.
     public = urls.secret_free(url)
-    return (public.username, (public.host or "").lower(), public.port, virtual_host_of(public))
-
-
-def _remember(url: URL) -> None:
-    secret_query = {k: v for k, v in url.query.items() if k.lower() in urls.SECRET_QUERY_KEYS}
-    with _known_lock:
-        _KNOWN[_key(url)] = (url.drivername, url.password, secret_query)
+    return (public.username, (public.host or "").lower(), public.port, public.database, urls.query_text(public.query))
 
 
 def alternate_text(url: URL) -> str:
-    """``url`` without secrets, written so that Kombu's parser
-    (``kombu.utils.url.parse_url``, used by ``Connection.switch``) reads back
-    the fields ``_write_fields`` sets: the query goes into the path,
-    percent-encoded, because Kombu would pass query keys to
+    """``url`` with its secrets as references, written so that Kombu's
+    parser (``kombu.utils.url.parse_url``, used by ``Connection.switch``)
+    reads back the fields ``_write_fields`` sets: the query goes into the
+    path, percent-encoded, because Kombu would pass query keys to
     ``Connection._init_params`` as arguments."""
-    public = urls.secret_free(url)
-    netloc = quote(public.username, safe="") + "@" if public.username else ""
-    host = public.host or ""
+    netloc = quote(url.username, safe="") if url.username else ""
+    if url.password:
+        netloc += ":" + quote(_reference(url.password), safe="")
+    netloc += "@" if netloc else ""
+    host = url.host or ""
     netloc += f"[{host}]" if ":" in host else quote(host, safe="")
-    if public.port:
-        netloc += f":{public.port}"
-    return f"{PREFIX}{public.drivername}://{netloc}/{quote(virtual_host_of(public), safe='/')}"
+    if url.port:
+        netloc += f":{url.port}"
+    text = f"{PREFIX}{url.drivername}://{netloc}/{quote(virtual_host_of(url), safe='/')}"
+    with _lock:
+        _REWRITTEN.add(text)
+    return text
 
 
 def _alternate(alternate: Any) -> Any:
     if not isinstance(alternate, str) or not alternate.startswith(PREFIX) or "://" not in alternate:
         return alternate
-    url = _with_query_password(db_engine.normalize_url(alternate[len(PREFIX) :], f"{WHAT} (a failover alternate)"))
-    _remember(url)
-    return alternate_text(url)
+    if alternate in _REWRITTEN:
+        return alternate
+    url = db_engine.normalize_url(alternate[len(PREFIX) :], f"{WHAT} (a failover alternate)")
+    return alternate_text(_with_query_password(url))
 
 
 def _adopt_alternates(client: Any) -> None:
