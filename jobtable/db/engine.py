@@ -12,72 +12,58 @@ import threading
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from . import urls
 
-#: Example URLs shown in error messages.
-URL_EXAMPLES = "postgresql+psycopg://user:password@localhost/dbname or sqlite:///path/to/jobtable.sqlite3"
+URL_EXAMPLES = urls.URL_EXAMPLES
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _checked: set[tuple[int, str]] = set()
 
 
-def normalize_url(url: str | URL) -> URL:
+def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABASE_URL)") -> URL:
     """Parse a database URL and pick the driver jobtable supports.
 
     ``postgresql://`` and ``postgres://`` mean psycopg 3; a ``jobtable+``
-    prefix (Kombu broker URLs) is dropped.
+    prefix (Kombu broker URLs) is dropped.  Errors name ``what`` and never
+    show the password (see ``urls``).
     """
-    raw = str(url) if isinstance(url, URL) else url
+    # str(URL) masks the password (SQLAlchemy 2): render it whole.
+    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     if not isinstance(raw, str) or not raw.strip():
-        raise ConfigurationError(f"The database URL is empty. Set JOBTABLE_DATABASE_URL to {URL_EXAMPLES}.")
+        raise ConfigurationError(f"{what} is empty. Set it to {URL_EXAMPLES}.")
     raw = raw.strip()
     if raw.startswith("jobtable+"):
         raw = raw[len("jobtable+") :]
     if raw.startswith("postgres://"):
         raw = "postgresql://" + raw[len("postgres://") :]
-    try:
-        parsed = make_url(raw)
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ConfigurationError(
-            f"{_hide_password(raw)!r} is not a database URL. Use {URL_EXAMPLES}."
-        ) from None
+    parsed = urls.parse(raw, what)
     backend = parsed.get_backend_name()
     driver = parsed.get_driver_name()
     if backend == "postgresql":
         if driver not in ("psycopg", "psycopg2", "") and "+" in parsed.drivername:
             raise ConfigurationError(
                 f"jobtable talks to PostgreSQL through psycopg 3, not {driver!r}: "
-                f"write postgresql+psycopg://... (got {parsed.render_as_string(hide_password=True)!r})."
+                f"write postgresql+psycopg://... (got {urls.render(parsed)!r} in {what})."
             )
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ConfigurationError(
-                "jobtable needs a SQLite file that workers can share, not an in-memory database: "
+                f"jobtable needs a SQLite file that workers can share, not an in-memory database ({what}): "
                 "use sqlite:///path/to/jobtable.sqlite3."
             )
         parsed = parsed.set(drivername="sqlite")
     else:
         raise ConfigurationError(
             f"jobtable supports PostgreSQL and SQLite, not {backend!r} "
-            f"({parsed.render_as_string(hide_password=True)!r}). Use {URL_EXAMPLES}."
+            f"({urls.render(parsed)!r} in {what}). Use {URL_EXAMPLES}."
         )
     return parsed
-
-
-def _hide_password(raw: str) -> str:
-    # Best effort for strings SQLAlchemy could not parse.
-    if "@" in raw and "://" in raw:
-        scheme, rest = raw.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            creds = creds.split(":", 1)[0] + ":***"
-        return f"{scheme}://{creds}@{host}"
-    return raw
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -144,7 +130,9 @@ def get_engine(url: str | URL | None = None) -> Engine:
         from ..settings import get_settings
 
         url = get_settings().database_url
-    key = (os.getpid(), str(url))
+    # Keyed by the whole URL: str(URL) would mask the password, and two
+    # URLs that differ only in it would share an engine.
+    key = (os.getpid(), url.render_as_string(hide_password=False) if isinstance(url, URL) else url)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
@@ -156,14 +144,26 @@ def get_engine(url: str | URL | None = None) -> Engine:
 
 
 def describe(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    """The engine's URL for messages and logs: no password, not even in
+    the query (``?password=``)."""
+    return urls.render(engine.url)
 
 
 def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return DatabaseUnavailable(
-        f"Cannot connect to the jobtable database {describe(engine)}: {str(exc).strip().splitlines()[0]}. "
+        f"Cannot connect to the jobtable database {describe(engine)}: {scrub(engine, reason)}. "
         f"Check that the server is running and JOBTABLE_DATABASE_URL is right ({URL_EXAMPLES})."
     )
+
+
+def scrub(engine: Engine, text: str) -> str:
+    """``text`` (a driver's message) with the engine's password masked, in
+    case the driver quoted its connection string."""
+    for secret in (engine.url.password, *(engine.url.query.get(k) for k in urls.SECRET_QUERY_KEYS)):
+        if isinstance(secret, str) and secret:
+            text = text.replace(secret, urls.MASK)
+    return text
 
 
 def check_schema(engine: Engine, conn: Connection | None = None) -> None:
@@ -173,7 +173,7 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     caller's connection (on SQLite a second connection could wait on the
     caller's own write lock).
     """
-    key = (os.getpid(), str(engine.url))
+    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
     if key in _checked:
         return
     from .migrate import current_revision, head_revision, known_revisions, too_new

@@ -25,12 +25,13 @@ from typing import Any
 
 from kombu.transport import virtual
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 
 from ..db import engine as db_engine
 from ..db import retry as db_retry
 from ..db import store, tables
-from ..exceptions import ConfigurationError, DatabaseUnavailable
+from ..exceptions import DatabaseUnavailable
+from . import brokerurl
 from .acks import AckBuffer
 from .channel import Channel
 from .exchange import BindingCache
@@ -41,7 +42,6 @@ from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
 
-SCHEME_PREFIX = "jobtable+"
 #: Under Celery's event loop, claim a partly free prefetch window after this
 #: long at the latest (seconds; see Transport.refill_now).
 REFILL_AFTER = 0.005
@@ -64,44 +64,15 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def database_url(client: Any) -> str:
-    """The SQLAlchemy URL behind a Kombu connection.
-
-    ``Connection("jobtable+postgresql+psycopg://u@h/db")`` arrives as
-    hostname ``postgresql+psycopg://u@h/db``; Kombu's failover (``switch``)
-    parses the URL instead, leaving the whole scheme as the transport name
-    and the parts in userid/hostname/port/virtual_host.
-    """
-    hostname = client.hostname or ""
-    if "://" in hostname:
-        return str(hostname[len(SCHEME_PREFIX) :] if hostname.startswith(SCHEME_PREFIX) else hostname)
-    scheme = client.transport_cls if isinstance(client.transport_cls, str) else ""
-    if not scheme.startswith(SCHEME_PREFIX):
-        raise ConfigurationError(
-            "The jobtable transport needs a database URL: use a broker URL such as "
-            "jobtable+postgresql+psycopg://user@host/dbname or jobtable+sqlite:////path/to/jobtable.sqlite3."
-        )
-    database = client.virtual_host
-    if database in ("", "/"):
-        database = None
-    url = URL.create(
-        scheme[len(SCHEME_PREFIX) :],
-        username=client.userid or None,
-        password=client.password or None,
-        host=hostname or None,
-        port=client.port or None,
-        database=database,
-    )
-    return url.render_as_string(hide_password=False)
-
-
 class Transport(virtual.Transport):
     Channel = Channel
 
     #: Not "sql": Celery turns task events off for that driver type.
     driver_type = "jobtable"
     driver_name = "jobtable"
-    #: The URL is a database URL, Kombu must not take it apart.
+    #: Kombu must not take a database URL apart with its AMQP rules, and
+    #: Connection.as_uri() must ask this class (as_uri below).  The fields
+    #: are set by brokerurl.adopt instead.
     can_parse_url = True
     default_port = None
 
@@ -120,8 +91,9 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.options = TransportOptions.from_mapping(client.transport_options)
-        self.db_url = database_url(client)
-        db_engine.normalize_url(self.db_url)  # a bad URL fails here, clearly
+        # A bad URL fails here, clearly; the client's fields lose the URL.
+        self.url = brokerurl.adopt(client)
+        self.db_url = self.url.render_as_string(hide_password=False)
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
         # The mark tells peers that this consumer holds its liveness lock
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
@@ -153,6 +125,18 @@ class Transport(virtual.Transport):
         self._watched: list[int] = []
         self._promote_timer: Any = None
         self._refill_timer: Any = None
+
+    # -- the URL -----------------------------------------------------------------------------
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # Not virtual's {"hostname": "localhost"}: a SQLite URL has no host.
+        return {}
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        """Connection.as_uri() (the worker banner, ``repr(connection)``,
+        Celery's censored ``broker_url``): rebuilt from the fields."""
+        return brokerurl.as_uri(self.url, include_password, mask)
 
     # -- database -------------------------------------------------------------------------
 
