@@ -57,7 +57,7 @@ def _as(marker: str, value: Any) -> dict[str, Any]:
     return {"__type__": marker, "__value__": value}
 
 
-def encode(value: Any, where: str) -> Any:
+def encode(value: Any, where: str, *, allow_surrogates: bool = False) -> Any:
     """A JSON-compatible form of ``value``; ``where`` names it in errors.
 
     Raises ``ParameterError`` (an ``EnqueueError`` and a ``TypeError``) for a
@@ -67,13 +67,17 @@ def encode(value: Any, where: str) -> Any:
     contains itself).  Infinite and NaN floats, which JSON lacks, are stored
     as ``float`` markers and come back as they were.  NUL characters are
     fine: JSON writes them as ``\\u0000``.
+
+    ``allow_surrogates``: keep lone surrogates (for return values, which the
+    result writer stores as ``\\udXXX`` escapes that read back exactly; a
+    job's return value must be recorded, not refused).
     """
-    return _encode(value, where, 0)
+    return _encode(value, where, 0, allow_surrogates)
 
 
-def _encode(value: Any, where: str, depth: int) -> Any:
+def _encode(value: Any, where: str, depth: int, surrogates: bool = False) -> Any:
     if isinstance(value, str):
-        if not value.isascii():
+        if not surrogates and not value.isascii():
             _check_text(value, where)
         return value
     if value is None or isinstance(value, bool):
@@ -96,9 +100,9 @@ def _encode(value: Any, where: str, depth: int) -> Any:
             "elsewhere and pass a reference (an id, a path)."
         )
     if isinstance(value, list):
-        return [_encode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [_encode(item, f"{where}[{i}]", depth + 1, surrogates) for i, item in enumerate(value)]
     if isinstance(value, tuple):
-        return _as("tuple", [_encode(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)])
+        return _as("tuple", [_encode(item, f"{where}[{i}]", depth + 1, surrogates) for i, item in enumerate(value)])
     if isinstance(value, dict):
         encoded: dict[str, Any] = {}
         for key, item in value.items():
@@ -107,9 +111,9 @@ def _encode(value: Any, where: str, depth: int) -> Any:
                     f"{where} has a key {limits.short(key)} of type {type(key).__name__}: job parameters are "
                     "stored as JSON, whose object keys are strings. Convert the keys to str."
                 )
-            if not key.isascii():
+            if not surrogates and not key.isascii():
                 _check_text(key, f"{where} key {limits.short(key)}")
-            encoded[key] = _encode(item, f"{where}[{key!r}]", depth + 1)
+            encoded[key] = _encode(item, f"{where}[{key!r}]", depth + 1, surrogates)
         if encoded.keys() == {"__type__", "__value__"}:
             # A user dict that looks like a marker must not decode as one.
             return _as("dict", encoded)
@@ -122,7 +126,7 @@ def _encode(value: Any, where: str, depth: int) -> Any:
     reference = _model_reference(value)
     if reference is not None:
         model, identity = reference
-        pk = [_encode(item, f"{where} primary key", depth + 1) for item in identity]
+        pk = [_encode(item, f"{where} primary key", depth + 1, surrogates) for item in identity]
         return _as(MODEL_MARKER, {"model": model, "pk": pk})
     raise ParameterError(
         f"{where} is of type {type(value).__module__}.{type(value).__qualname__}, which jobtable cannot store: "

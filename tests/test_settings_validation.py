@@ -80,7 +80,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("schedule_catch_up_window", "-1", -1, "at least 0"),
     ("database_url", "mysql://u:s3cret@h/db", "mysql://u:s3cret@h/db", "supports PostgreSQL and SQLite"),
     ("database_url", "postgresql://u:s3cret@h:99999/db", "postgresql://u:s3cret@h:99999/db", "port 99999"),
-    ("database_url", "sqlite://u:s3cret@h:port/x", "sqlite://u:s3cret@h:port/x", "not a database URL"),
+    ("database_url", "sqlite://u:s3cret@h:port/x", "sqlite://u:s3cret@h:port/x", "port that is not a number"),
     ("database_url", " ", " ", "it is empty"),
     ("middleware", "nodots", ["nodots"], "not a dotted path"),
     ("middleware", '["a.B", ""]', ["a.B", ""], "item 2 is an empty name"),

@@ -69,7 +69,8 @@ def test_expired_unknown_and_undecodable(db_url: str, subprocess_env: dict[str, 
     (row,) = results(unknown)
     assert row.status == tables.ERRORED and "Unknown job 'nobody.registered.This'" in row.error_message
     (row,) = results(broken)
-    assert row.status == tables.ERRORED and "Could not load" in row.error_message
+    assert row.status == tables.DEAD_LETTER and row.error_type == "UndecodableMessage"
+    assert "Dead letter" in row.error_message and "jobtable retry" in row.error_message
     assert results(after.uuid)[0].status == tables.SUCCESSFUL
     assert requests() == []
 

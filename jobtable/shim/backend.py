@@ -54,7 +54,7 @@ def _name(value: Any) -> str | None:
 
 
 def _encode_return(value: Any) -> Any:
-    return params.encode(value, "the task's return value")
+    return params.encode(value, "the task's return value", allow_surrogates=True)
 
 
 def _max_return_bytes() -> int:

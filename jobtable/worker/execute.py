@@ -31,7 +31,7 @@ def _seconds(value: Any) -> float:
 
 
 def _encode_param(value: Any) -> Any:
-    return params.encode(value, "the return value")
+    return params.encode(value, "the return value", allow_surrogates=True)
 
 
 def encode_return(value: Any, max_bytes: int = safetext.RETURN_LIMIT) -> str:
