@@ -46,7 +46,14 @@ def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Res
     return PlainTextResponse(text, status_code=status, headers=headers)
 
 
-def _host_refused(value: str | None) -> Response:
+def _host_refused(value: str | None, local_only: bool) -> Response:
+    why = (
+        "Without a password it answers only to loopback names (localhost, 127.0.0.1, [::1]), "
+        "so that a web page cannot re-point its own name at this machine (DNS rebinding) and "
+        "read or change your jobs."
+        if local_only
+        else "It answers only to the names in its allowed hosts."
+    )
     if value is None:
         return _plain(400, "Bad request: no Host header.")
     shown = value[:100].encode("ascii", "backslashreplace").decode()
@@ -55,9 +62,7 @@ def _host_refused(value: str | None) -> Response:
     return _plain(
         400,
         f"Bad request: the jobtable dashboard does not answer to the host name {shown!r}. "
-        "Without a password it answers only to loopback names (localhost, 127.0.0.1, [::1]), "
-        "so that a web page cannot re-point its own name at this machine (DNS rebinding) and "
-        f"read or change your jobs. If this is your dashboard's address, allow it: "
+        f"{why} If this is your dashboard's address, allow it: "
         f"jobtable dashboard --allowed-host {name} (or JOBTABLE_DASHBOARD_ALLOWED_HOSTS={name}), "
         f"or create_app(allowed_hosts=[{name!r}]).",
     )
@@ -122,7 +127,7 @@ class _Guard:
             return
         host = values[0] if values else None
         if not self.policy.permits_header(host):
-            await _host_refused(host)(scope, receive, send)
+            await _host_refused(host, self.policy.local_only)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
