@@ -30,5 +30,5 @@ class DashboardClient(TestClient):
 def client(**options: Any) -> DashboardClient:
     options.setdefault("authorize", lambda request: True)
     options.setdefault("refresh_seconds", 0)
-    kwargs = {k: options.pop(k) for k in ("client", "root_path") if k in options}
+    kwargs = {k: options.pop(k) for k in ("client", "root_path", "base_url", "headers") if k in options}
     return DashboardClient(create_app(**options), **kwargs)

@@ -25,11 +25,27 @@ from . import main, with_app
     help="Require this token: 'Authorization: Bearer TOKEN', or as the basic-auth password "
     "(also JOBTABLE_DASHBOARD_TOKEN).",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    envvar="JOBTABLE_DASHBOARD_ALLOWED_HOSTS",
+    metavar="NAME[:PORT]",
+    help="Also answer to this host name (repeatable; '*.example.com' for subdomains; "
+    "JOBTABLE_DASHBOARD_ALLOWED_HOSTS takes a comma- or space-separated list). Without a password "
+    "only loopback names are served, against DNS rebinding.",
+)
 @click.option("--read-only", is_flag=True, envvar="JOBTABLE_DASHBOARD_READ_ONLY", help="Show, never change.")
 @click.option("--refresh", default=5.0, show_default=True, help="Seconds between live updates (0: off).")
 @with_app
 def dashboard(
-    host: str, port: int, basic_auth: str | None, token: str | None, read_only: bool, refresh: float
+    host: str,
+    port: int,
+    basic_auth: str | None,
+    token: str | None,
+    allowed_hosts: tuple[str, ...],
+    read_only: bool,
+    refresh: float,
 ) -> None:
     """Serve the jobs dashboard (pip install 'jobtable[dashboard]').
 
@@ -51,11 +67,18 @@ def dashboard(
         if not sep or not user or not password:
             raise click.BadParameter("write USER:PASSWORD", param_hint="--basic-auth")
         credentials = (user, password)
-    app = create_app(basic_auth=credentials, token=token, read_only=read_only, refresh_seconds=refresh)
+    names = [name for value in allowed_hosts for name in value.replace(",", " ").split()]
+    try:
+        app = create_app(
+            basic_auth=credentials, token=token, read_only=read_only, refresh_seconds=refresh, allowed_hosts=names
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allowed-host / JOBTABLE_DASHBOARD_ALLOWED_HOSTS") from None
     if credentials is None and not token and host not in ("127.0.0.1", "::1", "localhost"):
         click.echo(
             f"Listening on {host}, but without --basic-auth or --token only requests from this machine are allowed.",
             err=True,
         )
-    click.echo(f"jobtable dashboard on http://{host}:{port}/ (Ctrl+C to stop)")
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"jobtable dashboard on http://{shown}:{port}/ (Ctrl+C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

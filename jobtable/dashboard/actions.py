@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..db import engine as db_engine
 from ..exceptions import JobtableError
-from . import formatting, queries, schedules, security
+from . import formatting, hosts, queries, schedules, security
 from .app import config_of
 from .views import base_path, error_page, reading, render
 
@@ -110,10 +110,7 @@ def _ids(kind: str, values: list[str]) -> list[Any]:
 
 def _safe_next(request: Request, value: str | None, default: str) -> str:
     """Only paths inside the dashboard: no open redirect."""
-    base = base_path(request)
-    if value and value.startswith(base + "/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+    return value if value and hosts.safe_path(value, base_path(request)) else default
 
 
 def _labels(conn: Connection, kind: str, ids: list[Any]) -> list[str]:
@@ -150,7 +147,7 @@ async def perform(request: Request) -> Response:
     if config.read_only:
         return error_page(request, 403, "The dashboard is read-only.")
     form = await request.form()
-    if not security.csrf_ok(request, str(form.get(security.CSRF_FIELD) or "")):
+    if not security.csrf_ok(request, str(form.get(security.CSRF_FIELD) or ""), config.hosts):
         return error_page(
             request, 403, "The form expired or did not come from this dashboard (CSRF check failed). Reload the page."
         )

@@ -8,6 +8,7 @@ it alone with ``jobtable dashboard``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import formatting, security
+from . import formatting, hosts, ratelimit, security
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,37 +38,96 @@ class DashboardConfig:
     #: A worker without a heartbeat for this long is shown as stale.
     stale_after: timedelta
     title: str
+    #: Which Host names are served and which Origins may POST.
+    hosts: hosts.HostPolicy
+
+
+def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(text, status_code=status, headers=headers)
+
+
+def _host_refused(value: str | None, local_only: bool) -> Response:
+    why = (
+        "Without a password it answers only to loopback names (localhost, 127.0.0.1, [::1]), "
+        "so that a web page cannot re-point its own name at this machine (DNS rebinding) and "
+        "read or change your jobs."
+        if local_only
+        else "It answers only to the names in its allowed hosts."
+    )
+    if value is None:
+        return _plain(400, "Bad request: no Host header.")
+    shown = value[:100].encode("ascii", "backslashreplace").decode()
+    host = hosts.parse_host(value)
+    name = host.netloc() if host else "NAME"
+    return _plain(
+        400,
+        f"Bad request: the jobtable dashboard does not answer to the host name {shown!r}. "
+        f"{why} If this is your dashboard's address, allow it: "
+        f"jobtable dashboard --allowed-host {name} (or JOBTABLE_DASHBOARD_ALLOWED_HOSTS={name}), "
+        f"or create_app(allowed_hosts=[{name!r}]).",
+    )
 
 
 class _Guard:
-    """Runs ``authorize`` before anything else, static files included."""
+    """Runs before anything else, static files included: too many failed
+    logins (429), ``authorize`` (401/403), then the Host name (400) -- after
+    authorize, so a stranger is told "forbidden", not which names to use."""
 
-    def __init__(self, app: ASGIApp, authorize: security.Authorize) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authorize: security.Authorize,
+        policy: hosts.HostPolicy,
+        limiter: ratelimit.FailureLimiter,
+    ) -> None:
         self.app = app
         self.authorize = authorize
+        self.policy = policy
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        address = request.client.host if request.client else ""
+        wait = self.limiter.retry_after(address)
+        if wait:
+            await _plain(
+                429,
+                f"Too many failed logins from this address; try again in {wait} seconds.",
+                {"Retry-After": str(wait)},
+            )(scope, receive, send)
+            return
         allowed = self.authorize(request)
         if inspect.isawaitable(allowed):
             allowed = await allowed
         if not allowed:
+            if "authorization" in request.headers:
+                # Credentials given and refused: a guess.  A request without
+                # any is the browser's first try, before it shows the prompt.
+                self.limiter.failed(address)
             if getattr(self.authorize, "challenge", False):
-                response: Response = PlainTextResponse(
+                response = _plain(
+                    401,
                     "Authentication required.",
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Basic realm="jobtable dashboard", charset="UTF-8"'},
+                    {"WWW-Authenticate": 'Basic realm="jobtable dashboard", charset="UTF-8"'},
                 )
             else:
-                response = PlainTextResponse(
+                response = _plain(
+                    403,
                     "Forbidden: the jobtable dashboard allows only local requests unless it is given an "
                     "authorize hook, basic auth or a token.",
-                    status_code=403,
                 )
             await response(scope, receive, send)
+            return
+        values = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"host"]
+        if len(values) > 1:
+            await _plain(400, "Bad request: more than one Host header.")(scope, receive, send)
+            return
+        host = values[0] if values else None
+        if not self.policy.permits_header(host):
+            await _host_refused(host, self.policy.local_only)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -147,6 +207,7 @@ def create_app(
     refresh_seconds: float = 5.0,
     stale_after: float | None = None,
     title: str = "jobtable",
+    allowed_hosts: Iterable[str] = (),
     debug: bool = False,
 ) -> Starlette:
     """The dashboard as an ASGI app.
@@ -155,6 +216,12 @@ def create_app(
     ``basic_auth=(user, password)`` or ``token=`` (Bearer header, or the
     basic-auth password); else only direct loopback requests are allowed.
     Several of them: any one allows.
+
+    Host names: with no ``authorize``/``basic_auth``/``token`` (or with
+    ``authorize=security.loopback_only``) only loopback names are served
+    (localhost, ``*.localhost``, 127.0.0.0/8, [::1]) plus ``allowed_hosts``
+    (``"name"``, ``"name:port"``, ``"*.domain"``); otherwise any name unless
+    ``allowed_hosts`` is given.  A POST's Origin must name an allowed host.
 
     ``read_only``: no action buttons, and POSTs are refused.
     ``database_url``: the queue database (default: jobtable's settings).
@@ -166,6 +233,12 @@ def create_app(
         hooks.append(security.basic_auth(*basic_auth))
     if token:
         hooks.append(security.token_auth(token))
+    # Loopback admits a request without any secret: only then can a
+    # rebound page get in, so only then are host names restricted by default.
+    policy = hosts.HostPolicy(
+        local_only=not hooks or authorize is security.loopback_only,
+        allowed=hosts.parse_allowed(allowed_hosts),
+    )
     if not hooks:
         guard: security.Authorize = security.loopback_only
     elif len(hooks) == 1:
@@ -184,6 +257,7 @@ def create_app(
         refresh_seconds=refresh_seconds,
         stale_after=timedelta(seconds=stale_after),
         title=title,
+        hosts=policy,
     )
 
     from . import actions, views
@@ -204,7 +278,9 @@ def create_app(
     app = Starlette(debug=debug, routes=routes)
     app.state.config = config
     app.state.templates = _templates()
-    app.add_middleware(_Guard, authorize=guard)
+    #: Failed logins per client address (reachable for tests and embedders).
+    app.state.auth_limiter = limiter = ratelimit.FailureLimiter()
+    app.add_middleware(_Guard, authorize=guard, policy=policy, limiter=limiter)
     app.add_middleware(_SecurityHeaders)
     app.add_middleware(_FullPath)
     return app

@@ -7,8 +7,9 @@ every visitor look local).  ``basic_auth`` and ``token`` build such a
 callable.
 
 CSRF: a random token lives in a cookie (SameSite=Strict, HttpOnly) and is
-repeated in every form; a POST must carry both, equal, and an Origin header,
-when the browser sends one, naming this host.
+repeated in every form; a POST must carry both, equal, and an Origin header
+(else a Referer), when the browser sends one, naming a permitted host (see
+``hosts``), the very one the request went to.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Union
-from urllib.parse import urlsplit
-
 from starlette.requests import Request
+
+from . import hosts
 
 #: ``authorize`` may be sync or async.
 Authorize = Callable[[Request], Union[bool, Awaitable[bool]]]
@@ -118,19 +119,20 @@ def csrf_token_of(request: Request) -> str | None:
     return token if token and len(token) >= 32 else None
 
 
-def same_origin(request: Request) -> bool:
-    """A browser's Origin (or Referer) must name the host it posts to."""
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin:
+def same_origin(request: Request, policy: hosts.HostPolicy) -> bool:
+    """A browser's Origin (else Referer) must name a permitted host, the one
+    it posts to; the Host header alone proves nothing (DNS rebinding)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        origin = request.headers.get("referer")
+    if origin is None:
         # Non-browser clients send neither; the token check still applies.
         return True
-    if origin == "null":
-        return False
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    return hosts.origin_matches(origin, request.headers.get("host"), str(request.scope.get("scheme", "http")), policy)
 
 
-def csrf_ok(request: Request, submitted: str | None) -> bool:
+def csrf_ok(request: Request, submitted: str | None, policy: hosts.HostPolicy) -> bool:
     cookie = csrf_token_of(request)
     if not cookie or not submitted:
         return False
-    return hmac.compare_digest(cookie.encode(), submitted.encode()) and same_origin(request)
+    return hmac.compare_digest(cookie.encode(), submitted.encode()) and same_origin(request, policy)
