@@ -143,6 +143,7 @@ OTHER_VARIABLES = frozenset({
     "JOBTABLE_DASHBOARD_BASIC_AUTH",
     "JOBTABLE_DASHBOARD_TOKEN",
     "JOBTABLE_DASHBOARD_READ_ONLY",
+    "JOBTABLE_DASHBOARD_ALLOWED_HOSTS",
 })
 #: Prefix of variables reserved for jobtable's own test suite.
 TEST_PREFIX = "JOBTABLE_TEST_"
