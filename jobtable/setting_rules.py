@@ -7,7 +7,7 @@ or raises a ``ConfigurationError`` that names the setting, where the value
 came from, the value (database URLs with their password masked) and the fix.
 
 This module imports nothing of jobtable's above ``exceptions`` and ``cron``
-(the database URL check imports ``db.engine`` lazily, as ``settings`` does).
+(the database URL check imports ``db.urls`` lazily).
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def _url(rule: Rule, value: Any, source: Source) -> str:
     text = _string(value).strip()
     if not text:
         raise _Invalid("it is empty")
-    from .db.engine import normalize_url
+    from .db.urls import normalize_url
 
     try:
         parsed = normalize_url(text)

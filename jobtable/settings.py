@@ -17,7 +17,7 @@ import difflib
 import logging
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,7 @@ OTHER_VARIABLES = frozenset({
 TEST_PREFIX = "JOBTABLE_TEST_"
 
 _configured: dict[str, Any] = {}
+_on_configure: list[Callable[[], None]] = []
 _cached: Settings | None = None
 _sources: dict[str, Source] = {}
 _pyproject_path: Path | None = None
@@ -171,11 +172,17 @@ def configure(**options: Any) -> Settings:
     checked = {name: check_value(name, value, Source("configure", name)) for name, value in options.items()}
     _configured.update(checked)
     _cached = None
-    # A new database URL needs a new engine.
-    from .db import engine as _engine
-
-    _engine.reset_engines()
+    # A new database URL needs a new engine: db/engine.py registers here,
+    # so that settings (below the database layer) never imports it.
+    for callback in _on_configure:
+        callback()
     return get_settings()
+
+
+def on_configure(callback: Callable[[], None]) -> None:
+    """Call ``callback`` after every ``configure()`` (the engine cache uses it)."""
+    if callback not in _on_configure:
+        _on_configure.append(callback)
 
 
 def check_value(name: str, value: Any, source: Source, kind: str | None = None) -> Any:

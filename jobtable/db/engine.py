@@ -15,55 +15,17 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
+from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from . import urls
 
 URL_EXAMPLES = urls.URL_EXAMPLES
+# Parsing lives in urls.py (below settings); kept here for callers.
+normalize_url = urls.normalize_url
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _checked: set[tuple[int, str]] = set()
-
-
-def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABASE_URL)") -> URL:
-    """Parse a database URL and pick the driver jobtable supports.
-
-    ``postgresql://`` and ``postgres://`` mean psycopg 3; a ``jobtable+``
-    prefix (Kombu broker URLs) is dropped.  Errors name ``what`` and never
-    show the password (see ``urls``).
-    """
-    # str(URL) masks the password (SQLAlchemy 2): render it whole.
-    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
-    if not isinstance(raw, str) or not raw.strip():
-        raise ConfigurationError(f"{what} is empty. Set it to {URL_EXAMPLES}.")
-    raw = raw.strip()
-    if raw.startswith("jobtable+"):
-        raw = raw[len("jobtable+") :]
-    if raw.startswith("postgres://"):
-        raw = "postgresql://" + raw[len("postgres://") :]
-    parsed = urls.parse(raw, what)
-    backend = parsed.get_backend_name()
-    driver = parsed.get_driver_name()
-    if backend == "postgresql":
-        if driver not in ("psycopg", "psycopg2", "") and "+" in parsed.drivername:
-            raise ConfigurationError(
-                f"jobtable talks to PostgreSQL through psycopg 3, not {driver!r}: "
-                f"write postgresql+psycopg://... (got {urls.render(parsed)!r} in {what})."
-            )
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif backend == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise ConfigurationError(
-                f"jobtable needs a SQLite file that workers can share, not an in-memory database ({what}): "
-                "use sqlite:///path/to/jobtable.sqlite3."
-            )
-        parsed = parsed.set(drivername="sqlite")
-    else:
-        raise ConfigurationError(
-            f"jobtable supports PostgreSQL and SQLite, not {backend!r} "
-            f"({urls.render(parsed)!r} in {what}). Use {URL_EXAMPLES}."
-        )
-    return parsed
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -122,14 +84,13 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+settings.on_configure(reset_engines)
 
 
 def get_engine(url: str | URL | None = None) -> Engine:
     """The engine for ``url`` (default: the configured database URL)."""
     if url is None:
-        from ..settings import get_settings
-
-        url = get_settings().database_url
+        url = settings.get_settings().database_url
     # Keyed by the whole URL: str(URL) would mask the password, and two
     # URLs that differ only in it would share an engine.
     key = (os.getpid(), url.render_as_string(hide_password=False) if isinstance(url, URL) else url)

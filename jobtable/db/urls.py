@@ -166,3 +166,44 @@ def parse_query_text(text: str) -> Query:
     for key, value in parse_qsl(text, keep_blank_values=True):
         query.setdefault(key, []).append(value)
     return {k: v[0] if len(v) == 1 else tuple(v) for k, v in query.items()}
+
+
+def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABASE_URL)") -> URL:
+    """Parse a database URL and pick the driver jobtable supports.
+
+    ``postgresql://`` and ``postgres://`` mean psycopg 3; a ``jobtable+``
+    prefix (Kombu broker URLs) is dropped.  Errors name ``what`` and never
+    show the password (see ``urls``).
+    """
+    # str(URL) masks the password (SQLAlchemy 2): render it whole.
+    raw = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigurationError(f"{what} is empty. Set it to {URL_EXAMPLES}.")
+    raw = raw.strip()
+    if raw.startswith("jobtable+"):
+        raw = raw[len("jobtable+") :]
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://") :]
+    parsed = parse(raw, what)
+    backend = parsed.get_backend_name()
+    driver = parsed.get_driver_name()
+    if backend == "postgresql":
+        if driver not in ("psycopg", "psycopg2", "") and "+" in parsed.drivername:
+            raise ConfigurationError(
+                f"jobtable talks to PostgreSQL through psycopg 3, not {driver!r}: "
+                f"write postgresql+psycopg://... (got {render(parsed)!r} in {what})."
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                f"jobtable needs a SQLite file that workers can share, not an in-memory database ({what}): "
+                "use sqlite:///path/to/jobtable.sqlite3."
+            )
+        parsed = parsed.set(drivername="sqlite")
+    else:
+        raise ConfigurationError(
+            f"jobtable supports PostgreSQL and SQLite, not {backend!r} "
+            f"({render(parsed)!r} in {what}). Use {URL_EXAMPLES}."
+        )
+    return parsed
