@@ -154,12 +154,15 @@ class LeaseKeeper:
         """Requeue the messages of consumers whose lease lapsed."""
         transport = self._transport
         after = _quarantine_after()
+        # One "now" for both steps: with two, a lease lapsing between them
+        # would be recovered without the quarantine check (and escape it).
+        now = store.utcnow()
         with transport.engine.begin() as tx:
             # Before the recovery, in one transaction: a message whose
             # consumer died holding it ``after`` times is not delivered again.
             quarantined = deadletters.quarantine_lapsed(
                 tx,
-                store.utcnow(),
+                now,
                 after,
                 f"Quarantined: a consumer died (its lease lapsed) while holding this message {after} times; "
                 "it is not delivered again. Re-queue it by hand with `jobtable retry <uuid>` or the dashboard.",
@@ -172,7 +175,6 @@ class LeaseKeeper:
                 ", ".join(f"{row.task_name or '?'} {row.task_id}" for row in quarantined)[:500],
             )
         with transport.write_connection() as conn:
-            now = store.utcnow()
             queues = store.transport_recover(conn, now)
             wake_queues(conn, queues)
             store.delete_stale_consumers(conn, now - FORGET_AFTER)
