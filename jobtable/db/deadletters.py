@@ -68,18 +68,7 @@ def quarantine_lapsed(conn: Connection, now: datetime, after: int, message: str,
     """Lapsed transport leases of messages already recovered ``after - 1``
     times: their consumer died holding them once more, so they become
     QUARANTINED results instead of being delivered again."""
-    lapsed = (
-        select(request.c.id)
-        .where(
-            request.c.state == tables.RUNNING,
-            request.c.lease_expires_at.is_not(None),
-            request.c.lease_expires_at < now,
-            request.c.crashes >= after - 1,
-        )
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        lapsed = lapsed.with_for_update(skip_locked=True)
+    lapsed = store.lapsed_leases(conn, now, limit, request.c.crashes >= after - 1)
     rows = list(conn.execute(delete(request).where(request.c.id.in_(lapsed.scalar_subquery())).returning(*request.c)))
     fields = {
         "error_type": "Quarantined",

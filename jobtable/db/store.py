@@ -439,23 +439,31 @@ def transport_renew(
     return conn.execute(stmt).rowcount
 
 
-def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
-    """Put messages whose consumer's lease ran out back to pending.
-
-    Returns the queues of the recovered messages (to wake their consumers).
-    Rows claimed by the native worker have no lease and are left alone.
-    """
+def lapsed_leases(conn: Connection, now: datetime, limit: int, *extra: Any) -> Select[Any]:
+    """Ids of transport rows whose lease ran out (and match ``extra``), locked
+    so that concurrent recoveries skip each other's rows on PostgreSQL."""
     lapsed = (
         select(request.c.id)
         .where(
             request.c.state == tables.RUNNING,
             request.c.lease_expires_at.is_not(None),
             request.c.lease_expires_at < now,
+            *extra,
         )
         .limit(limit)
     )
     if conn.dialect.name == "postgresql":
         lapsed = lapsed.with_for_update(skip_locked=True)
+    return lapsed
+
+
+def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
+    """Put messages whose consumer's lease ran out back to pending.
+
+    Returns the queues of the recovered messages (to wake their consumers).
+    Rows claimed by the native worker have no lease and are left alone.
+    """
+    lapsed = lapsed_leases(conn, now, limit)
     stmt = (
         update(request)
         .where(request.c.id.in_(lapsed.scalar_subquery()))

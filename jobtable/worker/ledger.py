@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..pids import pid_alive
+
 logger = logging.getLogger("jobtable.worker")
 
 MAGIC = b"JTLEDGR1"
@@ -300,18 +302,6 @@ def read(worker_id: str) -> LedgerState | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, not ours
-    return True
-
-
 def scope_of(database_url: str) -> str:
     """The ledger scope of a database (a digest of its URL, password hidden)."""
     return hashlib.sha256(database_url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -350,7 +340,7 @@ def stale_files(scope: str) -> tuple[list[Path], dict[str, Path]]:
                     junk.append(path)
             elif parsed.boot != me:
                 junk.append(path)
-            elif not _alive(parsed.pid):
+            elif not pid_alive(parsed.pid, None):
                 if parsed.scope == scope:
                     dead[parsed.worker_id] = path
                 elif age > STALE_DEAD:
