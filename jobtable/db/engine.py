@@ -2,7 +2,10 @@
 
 Engines are never shared across ``fork()``: a forked child (Celery prefork,
 the native worker's pool) gets a fresh engine on first use, and the parent's
-pooled connections are left alone.
+pooled connections are left alone.  A child that is the parent's own
+helper (a native pool member) may ``adopt_parent_engines()`` instead: the
+parent's engines, their pools emptied, and its schema checks -- no new
+dialect set-up, no second schema check per member.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ normalize_url = urls.normalize_url
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _checked: set[tuple[int, str]] = set()
+#: In a forked child: the parent's engines (pools emptied, connections left
+#: to the parent) and the URLs whose schema it had checked, until adopted.
+_inherited: dict[str, Engine] = {}
+_inherited_checked: set[str] = set()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -73,14 +80,34 @@ def reset_engines() -> None:
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
         _checked.clear()
+        _inherited.clear()
+        _inherited_checked.clear()
 
 
 def _after_fork_in_child() -> None:
     with _lock:
-        for engine in _engines.values():
+        _inherited.clear()
+        _inherited_checked.clear()
+        for (_pid, url), engine in _engines.items():
             engine.dispose(close=False)
+            _inherited[url] = engine
+        _inherited_checked.update(url for _pid, url in _checked)
         _engines.clear()
         _checked.clear()
+
+
+def adopt_parent_engines() -> None:
+    """In a forked child: use the parent's engines (their pools were emptied
+    at fork, so no connection is shared) and trust its schema checks.  Saves
+    a member the first-connect dialect queries and the schema check's own
+    connection: what a restarted pool member pays before its first claim."""
+    with _lock:
+        pid = os.getpid()
+        for url, engine in _inherited.items():
+            _engines.setdefault((pid, url), engine)
+        _checked.update((pid, url) for url in _inherited_checked)
+        _inherited.clear()
+        _inherited_checked.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

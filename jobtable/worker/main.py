@@ -21,6 +21,7 @@ import ctypes
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import sys
@@ -109,6 +110,13 @@ class Supervisor:
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
         self.ledger_scope = ""
+        # A self-pipe the loop sleeps on: SIGCHLD (a member died) and a
+        # thread member's end write to it, so a death is handled at once
+        # rather than on the next tick.
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
 
     # -- entry -------------------------------------------------------------------
 
@@ -131,6 +139,7 @@ class Supervisor:
             db_engine.describe(engine),
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
         self.scheduler = scheduler
         # listen off means PgBouncer in transaction mode: no session locks.
         self.liveness = Liveness(engine, use_locks=cfg.listen)
@@ -145,16 +154,40 @@ class Supervisor:
                     break
                 self._enforce_deadlines()
                 self._periodic()
-                time.sleep(TICK)
+                self._sleep(TICK)
             self._write_pending()
         finally:
             self.liveness.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
         logger.info("jobtable worker %s stopped.", os.getpid())
         return self.exit_code
 
     # -- signals -------------------------------------------------------------------
+
+    def _on_child(self, signum: int, frame: Any) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending already) or closed
+
+    def _sleep(self, timeout: float) -> None:
+        """Up to ``timeout`` seconds, less when a member ends."""
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except OSError:
+                pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -220,6 +253,8 @@ class Supervisor:
                 except BaseException:
                     logger.exception("Worker thread %s crashed.", worker_id)
                     handle.exit_code = 1
+                finally:
+                    self._wake()
 
             handle.thread = threading.Thread(target=target, name=f"jobtable-{index}", daemon=True)
             handle.thread.start()
@@ -276,11 +311,13 @@ class Supervisor:
                 ledger=handle.ledger,
             )
         )
-        self._write_pending()
+        # The replacement first: it claims while the dead member's jobs are
+        # recorded (its unstarted ones go back to pending for anyone).
         if code == EXIT_BURST_DONE:
             self.finished.add(handle.index)
         elif not self.stopping:
             self._spawn(handle.index)
+        self._write_pending()
 
     def _write_pending(self) -> None:
         while self.pending:
@@ -473,6 +510,10 @@ def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int, ledger:
     code = 1
     try:
         _die_with_parent(parent)
+        # The supervisor's SIGCHLD handler is not ours (a job's subprocesses
+        # would wake the supervisor); its engines and schema check are.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        db_engine.adopt_parent_engines()
         stop = threading.Event()
         member_ref: list[Member] = []
 
