@@ -162,7 +162,7 @@ class Member:
             # that a member dying from here on records it LOST, never pending.
             self.ledger.start(row.id)
             outcome = self.executor.run(row)
-            self.ledger.done(retry=outcome.retry_at is not None)
+            self.ledger.done(retry=outcome.retry_at is not None, status=outcome.status)
             now = time.perf_counter()
             last_job = now - job_started
             if not self.done:
