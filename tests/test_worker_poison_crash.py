@@ -24,8 +24,8 @@ from jobtable.worker import ledger as ledgers
 from jobtable.worker import rescue
 
 from tests.dashboard_client import client
-from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log
-from tests.worker_jobs import ROOT, Boom, lines, requests, results, stop, wait_for, worker_env
+from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log, Pid
+from tests.worker_jobs import ROOT, Boom, lines, query, requests, results, stop, wait_for, worker_env
 
 
 def start(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen[str]:
@@ -75,6 +75,62 @@ def test_crash_is_lost_once_and_its_neighbours_run_once(
         assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL]
         assert len(lines(path)) == 1
     assert ("SIGKILL" if how == "sigkill" else "exited with code 13") in out
+
+
+def native_workers() -> set[str]:
+    return {row.id for row in query("SELECT id FROM jobtable_worker WHERE kind = 'native'")}
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_spare_member_takes_the_place_of_one_that_died(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc = start(worker_env(subprocess_env))  # one member; a spare once one had to be replaced
+    try:
+        first = Pid(str(tmp_path / "first")).run_in_worker()
+        assert first is not None
+        wait_for(lambda: results(first.uuid), what="the first job")
+        assert len(children(proc.pid)) == 1  # no spare while no member was lost
+        earlier = Crash(str(tmp_path / "earlier")).run_in_worker()
+        assert earlier is not None
+        wait_for(lambda: results(earlier.uuid), what="the first crash")
+        second = Pid(str(tmp_path / "second")).run_in_worker()
+        assert second is not None
+        wait_for(lambda: results(second.uuid) and len(children(proc.pid)) == 2, what="the member and its spare")
+        (member,) = map(int, lines(tmp_path / "second"))
+        before = children(proc.pid)
+        (spare,) = before - {member}
+        assert len(native_workers()) == 1  # a spare is no worker until it takes a place
+        crash = Crash(str(tmp_path / "crash")).run_in_worker()
+        assert crash is not None
+        wait_for(lambda: results(crash.uuid), what="the crash")
+        late = Pid(str(tmp_path / "late")).run_in_worker()
+        assert late is not None
+        wait_for(lambda: results(late.uuid), what="a job after the crash")
+        # The job after the crash ran in the spare, forked before it: no
+        # fork, import or connection stood between the death and the next job.
+        assert list(map(int, lines(tmp_path / "late"))) == [spare]
+        (lost,) = results(crash.uuid)
+        (ok,) = results(late.uuid)
+        assert lost.status == tables.LOST and ok.status == tables.SUCCESSFUL and ok.worker_id != lost.worker_id
+        # ... a new spare is forked; the dead member's row is gone, the spare's is there.
+        wait_for(lambda: len(children(proc.pid) - before) == 1, what="a new spare")
+        assert native_workers() == {ok.worker_id}
+    finally:
+        stop(proc)
+    assert native_workers() == set()
 
 
 def test_finished_but_unwritten_jobs_keep_their_status_and_are_not_run_again(
