@@ -133,6 +133,26 @@ def test_a_spare_member_takes_the_place_of_one_that_died(
     assert native_workers() == set()
 
 
+def test_deaths_in_a_row_are_each_recorded(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """Members dying one after the other, each before the supervisor is done
+    recording the one before (a replacement forked while it reaps can die
+    within the same reaping): every death is recorded, nothing stays running."""
+    crashes = [Crash(str(tmp_path / f"c{i}")).run_in_worker() for i in range(6)]
+    after = neighbours(tmp_path, 2)
+    proc = start(worker_env(subprocess_env))
+    try:
+        wait_for(lambda: finished(*(c.uuid for c in crashes if c), *(j.uuid for j, _ in after)), what="every result")
+    finally:
+        out = stop(proc)
+    for i, crash in enumerate(crashes):
+        assert crash is not None
+        assert [(r.status, r.error_type) for r in results(crash.uuid)] == [(tables.LOST, "WorkerLost")]
+        assert lines(tmp_path / f"c{i}") == ["ran"]
+    assert out.count("exited with code 13.") == 6  # one death logged per crash
+    for job, path in after:
+        assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL] and len(lines(path)) == 1
+
+
 def test_finished_but_unwritten_jobs_keep_their_status_and_are_not_run_again(
     db_url: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:

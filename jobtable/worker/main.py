@@ -363,17 +363,18 @@ class Supervisor:
                 if handle.thread is not None and not handle.thread.is_alive():
                     self._ended(handle, handle.exit_code if handle.exit_code is not None else 1)
             return
-        by_pid = {h.pid: h for h in self._members()} | self.orphans
-        while by_pid:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-            ended = by_pid.pop(pid, None)
+            # Looked up per pid, not once per call: _ended forks (a
+            # replacement, a spare), and such a child can die before this
+            # loop ends -- a death missed here would never be recorded.
+            ended = self.orphans.pop(pid, None) or next((h for h in self._members() if h.pid == pid), None)
             if ended is not None:
-                self.orphans.pop(pid, None)
                 self._ended(ended, os.waitstatus_to_exitcode(status))
 
     def _ended(self, handle: Handle, code: int) -> None:
@@ -418,6 +419,7 @@ class Supervisor:
         elif not self.stopping:
             self._spawn(handle.index, batch)
             self.spare_wanted = self.use_spare
+            self._keep_spare()  # the next spare before the write: ready sooner for deaths in a row
         self._write_pending()
 
     def _spare_ended(self, handle: Handle, code: int) -> None:
