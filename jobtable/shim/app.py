@@ -1,7 +1,9 @@
-"""``Celery``: the app object of the Celery-free API, and its configuration.
+"""``Celery``: the app object of the Celery-free API.
 
-The app holds configuration (``app.conf``) and creates tasks
-(``@app.task``).  The queue is jobtable's database: ``broker``/``backend``
+The app holds configuration (``app.conf``, see ``conf.py``) and creates tasks
+(``@app.task``); a new app becomes the current one (``current.py``).  It is
+the top of the shim: every other module knows an app only by the ``App``
+protocol.  The queue is jobtable's database: ``broker``/``backend``
 may be omitted (JOBTABLE_DATABASE_URL is used) or given as jobtable URLs
 (``jobtable+postgresql+psycopg://...``, ``jobtable+sqlite:///...``), which
 then become jobtable's ``database_url``.
