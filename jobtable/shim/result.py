@@ -10,18 +10,16 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import store, tables
 from ..db.notify import Listener
 from . import exceptions as shim_exceptions
+from .current import App
 from .exceptions import NotSupported, TaskRevokedError, TimeoutError
 from .states import EXCEPTION_STATES, FAILURE, PROPAGATE_STATES, READY_STATES, REVOKED, SUCCESS, task_meta
-
-if TYPE_CHECKING:
-    from .app import Celery
 
 #: Longest single wait: bounds the cost of a lost notification.
 WAIT_CAP = 5.0
@@ -70,7 +68,7 @@ class AsyncResult:
         id: str,  # noqa: A002  (Celery's name)
         backend: Any = None,
         task_name: str | None = None,
-        app: Celery | None = None,
+        app: App | None = None,
         parent: Any = None,
     ) -> None:
         if backend is not None:
@@ -293,7 +291,7 @@ class GroupResult:
         self,
         id: str | None = None,
         results: list[AsyncResult] | None = None,
-        app: Celery | None = None,
+        app: App | None = None,
         parent: Any = None,
     ) -> None:  # noqa: A002
         self.id = id
@@ -362,7 +360,7 @@ class GroupResult:
         return self
 
     @classmethod
-    def restore(cls, group_id: str, backend: Any = None, app: Celery | None = None) -> GroupResult | None:
+    def restore(cls, group_id: str, backend: Any = None, app: App | None = None) -> GroupResult | None:
         with db_engine.connect() as conn, conn.begin():
             encoded = db_results.load_group(conn, group_id)
         if encoded is None:
