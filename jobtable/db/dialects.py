@@ -586,15 +586,11 @@ def _source(sign: int, relation: str) -> str:
     return f"SELECT {sign} AS sign, {_STATS_SOURCE_COLUMNS} FROM {relation}"
 
 
-def result_stats_backfill(dialect: str) -> str:
-    """Aggregate every existing result (the migration, on a live table)."""
-    if dialect == "postgresql":
-        return _pg_stats_upsert(_source(1, "jobtable_result"))
-    return _sqlite_stats_upsert(1, "x", "FROM jobtable_result AS x")
-
-
 def result_stats_ddl(dialect: str) -> list[str]:
-    """Functions and triggers that keep jobtable_result_stats (migration 0002)."""
+    """Functions and triggers that keep jobtable_result_stats, as the stats
+    readers and retention expect them.  Migrations carry their own frozen
+    copy (0002 created these); tests/test_migrations.py checks that this SQL
+    is what a database at head has, so a change here needs a migration."""
     if dialect == "postgresql":
         return _pg_stats_ddl()
     return _sqlite_stats_ddl()
