@@ -119,7 +119,9 @@ def _sqlite_fold(conn: sa.Connection, now: datetime) -> None:
 # PostgreSQL: statement-level triggers with transition tables; a transaction
 # that writes results holds one of 8 shards (advisory lock class 1785684595)
 # until it ends; the delete trigger prunes.  SQLite: row-level triggers
-# writing the 30-second bucket only.
+# writing the 30-second bucket only.  A line ending in a backslash continues
+# on the next (Python drops the break: the SQL has none there); \x20 is a
+# trailing space of the original, kept where editors would strip it.
 
 _POSTGRESQL_DDL = (
 """\
