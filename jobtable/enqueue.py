@@ -7,7 +7,7 @@ import inspect
 from types import SimpleNamespace
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from sqlalchemy.engine import Connection
 
@@ -17,21 +17,22 @@ from .db import retry as db_retry
 from .db import store, tables
 from .exceptions import EnqueueError
 
-if TYPE_CHECKING:
-    from .jobs import Job, JobRequest
+# BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
+# Job lives below both (jobbase.py).  Every jobtable.Job is a BaseJob.
+from .jobbase import BaseJob, JobRequest
 
 Delay = Union[int, float, timedelta, datetime, None]
 
 MAX_NAME = limits.MAX_NAME
 
 
-def _source(jobs: list[Job]) -> str:
+def _source(jobs: list[BaseJob]) -> str:
     """How errors about the whole call name it."""
     return type(jobs[0]).__qualname__ if len(jobs) == 1 else "run_in_worker_many()"
 
 
 def run_in_worker_many(
-    jobs: Sequence[Job],
+    jobs: Sequence[BaseJob],
     *,
     queue: str | None = None,
     delay: Delay = None,
@@ -61,7 +62,7 @@ def run_in_worker_many(
 
 
 def enqueue(
-    jobs: list[Job],
+    jobs: list[BaseJob],
     *,
     queue: str | None,
     delay: Delay,
@@ -70,10 +71,8 @@ def enqueue(
     concurrency_key: str | None,
     connection: Any,
 ) -> list[JobRequest | None]:
-    from .jobs import Job
-
     for job in jobs:
-        if not isinstance(job, Job):
+        if not isinstance(job, BaseJob):
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
     if not jobs:
         return []
@@ -84,7 +83,7 @@ def enqueue(
 
 
 def _enqueue(
-    jobs: list[Job],
+    jobs: list[BaseJob],
     task_ids: list[str],
     trace_headers: dict[str, str],
     queue: str | None,
@@ -94,8 +93,6 @@ def _enqueue(
     concurrency_key: str | None,
     connection: Any,
 ) -> list[JobRequest | None]:
-    from .jobs import Job
-
     now = store.utcnow()
     run_at = _run_at(delay, now, _source(jobs))
     rows = [
@@ -104,7 +101,7 @@ def _enqueue(
     ]
 
     # should_enqueue() needs its lock only when a job class overrides it.
-    checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
+    checked = [job for job in jobs if type(job).should_enqueue is not BaseJob.should_enqueue]
 
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
@@ -119,13 +116,11 @@ def _enqueue(
         store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
         for job, row in todo:
-            if type(job).should_enqueue is Job.should_enqueue or _should_enqueue(job, row, conn):
+            if type(job).should_enqueue is BaseJob.should_enqueue or _should_enqueue(job, row, conn):
                 written.update(store.insert_requests(conn, [row]))
         return written
 
     inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
-
-    from .jobs import JobRequest
 
     out: list[JobRequest | None] = []
     for row in rows:
@@ -137,7 +132,7 @@ def _enqueue(
     return out
 
 
-def _should_enqueue(job: Job, row: dict[str, Any], conn: Connection) -> bool:
+def _should_enqueue(job: BaseJob, row: dict[str, Any], conn: Connection) -> bool:
     job._enqueue_connection = conn
     try:
         return bool(job.should_enqueue(row["concurrency_key"] or ""))
@@ -183,7 +178,7 @@ def _run_at(delay: Delay, now: datetime, source: str) -> datetime:
 
 
 def _row(
-    job: Job,
+    job: BaseJob,
     task_id: str,
     trace_headers: dict[str, str],
     now: datetime,
@@ -228,7 +223,7 @@ def _row(
     return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))
 
 
-def encode_arguments(job: Job) -> tuple[list[Any], dict[str, Any]]:
+def encode_arguments(job: BaseJob) -> tuple[list[Any], dict[str, Any]]:
     """The job's ``__init__`` arguments as JSON-safe values, with errors that
     name the argument."""
     cls = type(job)

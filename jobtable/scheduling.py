@@ -434,6 +434,9 @@ def class_entries() -> list[ScheduleEntry]:
                 f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); "
                 f"got {safe_repr(schedule)}."
             )
+        if not issubclass(job_class, Job):
+            # The registry holds jobbase.BaseJob classes; only a Job can be enqueued.
+            raise ConfigurationError(f"{name} has a schedule but is not a jobtable.Job subclass.")
         try:
             job = job_class()
         except TypeError as exc:

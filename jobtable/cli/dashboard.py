@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import main, with_app
+from .group import main, with_app
 
 
 @main.command()

@@ -13,7 +13,7 @@ from ..db import migrate as db_migrate
 from ..db import store, tables
 from ..exceptions import JobNotFound
 from ..settings import get_settings
-from . import main, with_app
+from .group import main, with_app
 
 
 def _ts(value: Any) -> str:

@@ -9,7 +9,7 @@ import click
 from ..db import engine as db_engine
 from ..db import store
 from ..scheduling import schedule_entries
-from . import main, with_app
+from .group import main, with_app
 from .queue import _table
 
 

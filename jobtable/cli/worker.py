@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..middleware import JobContextFilter
-from . import main
+from .group import main
 
 
 def _setup_logging(level: str) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from queue import Empty
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport.base import to_rabbitmq_queue_arguments
@@ -35,15 +35,11 @@ from sqlalchemy.engine import Connection, Row
 from .. import badrows, limits, message_checks, messages
 from ..db import store, tables
 from ..db.dialects import notify_bindings_changed, wake_queues
+from .protocol import TransportAPI, row_id
 
-if TYPE_CHECKING:
-    from .transport import Transport
+__all__ = ["Channel", "QoS", "row_id"]
 
 logger = logging.getLogger(__name__)
-
-
-def row_id(delivery_tag: Any) -> int:
-    return int(str(delivery_tag).split(":", 1)[0])
 
 
 class QoS(virtual.QoS):
@@ -100,13 +96,13 @@ class Quiet:
         #: (``wakeups=False``, a LISTEN connection that dropped).
         self.until = until
 
-    def holds(self, queues: list[str], transport: Transport) -> bool:
+    def holds(self, queues: list[str], transport: TransportAPI) -> bool:
         return queues == self.queues and monotonic() < self.until and transport.mark(queues) == self.mark
 
 
 class Channel(virtual.Channel):
     QoS = QoS
-    connection: Transport
+    connection: TransportAPI
 
     #: Fanout exchanges store one row per bound queue (bindings are in the DB).
     supports_fanout = True
@@ -114,7 +110,7 @@ class Channel(virtual.Channel):
     min_priority = tables.PRIORITY_MIN
     max_priority = tables.PRIORITY_MAX
 
-    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+    def __init__(self, connection: TransportAPI, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         # Kept past close(): QoS restores unacked messages after Kombu has
         # detached the channel from its transport.

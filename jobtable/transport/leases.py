@@ -18,15 +18,12 @@ import socket
 import threading
 from datetime import timedelta
 from time import monotonic
-from typing import TYPE_CHECKING
 
 from ..db import deadletters, store
 from ..settings import get_settings
 from ..db.dialects import wake_queues
 from . import liveness
-
-if TYPE_CHECKING:
-    from .transport import Transport
+from .protocol import TransportAPI
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +48,7 @@ def _quarantine_after() -> int:
 
 
 class LeaseKeeper:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: TransportAPI) -> None:
         self._transport = transport
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,7 +134,7 @@ class LeaseKeeper:
     def heartbeat(self) -> None:
         """Refresh this consumer's row in ``jobtable_worker``."""
         transport = self._transport
-        queues = sorted({q for channel in list(transport.channels) for q in channel._active_queues})
+        queues = transport.active_queues()
         with transport.write_connection() as conn:
             store.register_worker(
                 conn,

@@ -5,7 +5,7 @@
 Laid out like Kombu's Redis transport: this Transport owns what is shared by
 a connection's channels (engine, options, binding cache, lease keeper, the
 wake-up waiter) and runs the consume loop; ``channel.py`` has the message
-operations.
+operations.  Channels and the lease keeper see it as ``protocol.TransportAPI``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
 from .options import TransportOptions
+from .protocol import row_id
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
@@ -241,14 +242,16 @@ class Transport(virtual.Transport):
         self._keeper.start()
 
     def held_row_ids(self) -> list[int]:
-        from .channel import row_id
-
         ids: list[int] = []
         for channel in list(self.channels):
             qos = channel._qos
             if qos is not None:
                 ids.extend(row_id(tag) for tag in qos.held_tags())
         return sorted(set(ids))
+
+    def active_queues(self) -> list[str]:
+        """The queues this connection's channels consume, sorted."""
+        return sorted({q for channel in list(self.channels) for q in channel._active_queues})
 
     @property
     def waiter(self) -> Waiter:
@@ -408,6 +411,5 @@ class Transport(virtual.Transport):
                 if now >= deadline:
                     raise socket.timeout()
                 wait = min(wait, deadline - now)
-            queues = [q for channel in list(self.channels) for q in channel._active_queues]
-            self.waiter.wait(sorted(set(queues)), wait)
+            self.waiter.wait(self.active_queues(), wait)
 
