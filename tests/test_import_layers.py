@@ -24,21 +24,12 @@ from __future__ import annotations
 
 import ast
 import textwrap
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "jobtable"
 
-# Packages whose own cycles another change is removing right now: a cycle
-# all of whose modules lie inside one of these packages is reported (as a
-# warning) but tolerated, so that change can land in steps; a cycle with any
-# module outside them fails.  Empty this set once the shim's layering has
-# landed (test_known_cycles_still_exist fails as a reminder when it has).
-KNOWN_CYCLES_BEING_FIXED: set[str] = {
-    "jobtable.shim",  # shim/app, canvas, runner, send, task...: issue 19, the shim's part
-}
 
 
 # -- reading the modules -------------------------------------------------------
@@ -186,36 +177,11 @@ def describe(cycle: frozenset[str], graph: dict[str, set[str]]) -> str:
 # -- the tests -----------------------------------------------------------------
 
 
-def _inside(package: str, cycle: frozenset[str]) -> bool:
-    return all(module == package or module.startswith(package + ".") for module in cycle)
-
-
-def tolerated(cycle: frozenset[str], known: set[str] = KNOWN_CYCLES_BEING_FIXED) -> bool:
-    """Whether the cycle lies wholly inside one package of ``known``."""
-    return any(_inside(package, cycle) for package in known)
-
-
 def test_no_import_cycles_inside_jobtable() -> None:
     graph = import_graph(ROOT, PACKAGE)
-    assert "jobtable.jobs" in graph and "jobtable.db.store" in graph  # the checker saw the package
+    assert "jobtable.jobs" in graph and "jobtable.shim.app" in graph  # the checker saw the package
     found = cycles(graph)
-    for cycle in found:
-        if tolerated(cycle):
-            warnings.warn("known import cycle, being fixed: " + describe(cycle, graph), stacklevel=1)
-    unexpected = [cycle for cycle in found if not tolerated(cycle)]
-    assert not unexpected, "import cycles inside jobtable/:\n" + "\n".join(describe(c, graph) for c in unexpected)
-
-
-def test_known_cycles_still_exist() -> None:
-    """A package of KNOWN_CYCLES_BEING_FIXED without a cycle left inside it is
-    stale: remove it, so that a new cycle there cannot come in unnoticed."""
-    found = cycles(import_graph(ROOT, PACKAGE))
-    stale = sorted(
-        package
-        for package in KNOWN_CYCLES_BEING_FIXED
-        if not any(_inside(package, cycle) for cycle in found)
-    )
-    assert not stale, f"KNOWN_CYCLES_BEING_FIXED lists packages without a cycle any more (remove them): {stale}"
+    assert not found, "import cycles inside jobtable/:\n" + "\n".join(describe(c, graph) for c in found)
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -276,13 +242,3 @@ def test_checker_accepts_a_layered_package(tmp_path: Path) -> None:
     assert graph["pkg.top"] == {"pkg.mid", "pkg.low"}
     assert graph["pkg.low"] == set()
     assert cycles(graph) == []
-
-
-def test_only_cycles_wholly_inside_a_known_package_are_tolerated() -> None:
-    known = {"jobtable.shim"}
-    assert tolerated(frozenset({"jobtable.shim.app", "jobtable.shim.task"}), known)
-    assert tolerated(frozenset({"jobtable.shim", "jobtable.shim.task"}), known)
-    # One module outside the package: the cycle fails, whoever else is in it.
-    assert not tolerated(frozenset({"jobtable.shim.app", "jobtable.jobs"}), known)
-    assert not tolerated(frozenset({"jobtable.shimmer.a", "jobtable.shimmer.b"}), known)
-    assert not tolerated(frozenset({"jobtable.jobs", "jobtable.enqueue"}), set())
