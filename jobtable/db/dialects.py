@@ -1,7 +1,7 @@
 """Everything that differs between PostgreSQL and SQLite, in one place.
 
-store.py writes portable SQLAlchemy Core and asks this module for the parts
-that cannot be portable: conflict handling, locks, and claiming.
+The ``*_sql.py`` modules write portable SQLAlchemy Core and ask this module
+for the parts that cannot be portable: conflict handling, locks, and claiming.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def upsert_insert(conn: Connection, table: Any) -> Any:
 # PostgreSQL sees the same (prepared) statement every time.
 
 #: Turns synchronous_commit off for the statement's own autocommit
-#: transaction, in the same round trip (see store._sync_commit_off).
+#: transaction, in the same round trip (see transport_sql._sync_commit_off).
 _PG_ASYNC = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
 _PG_TRANSPORT_CLAIM: dict[tuple[int, bool], Any] = {}
 
@@ -718,7 +718,7 @@ def _sqlite_stats_ddl() -> list[str]:
 
 
 def compact_result_stats(conn: Connection, now: datetime) -> None:
-    """SQLite, after each retention batch (``store.clear_results``) and the
+    """SQLite, after each retention batch (``operations_sql.clear_results``) and the
     migration's backfill: fold the 30-second rows of buckets that started
     before the fine window (``STATS_FINE_KEEP``, whole hours) into hourly
     rows, then drop the rows of buckets that end before the oldest remaining

@@ -23,7 +23,7 @@ from typing import Any
 from .. import params
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import clock, tables
 from ..messages import TaskCall
 from ..middleware import current_job
 from ..worker.dispatch import RUNNERS, Prepared, current_row
@@ -155,7 +155,7 @@ def _follow(request: Context, encoded: Any) -> None:
     from .canvas import rows_for
 
     app = current_app()
-    now = store.utcnow()
+    now = clock.utcnow()
     rows: list[dict[str, Any]] = []
     chain = list(request.chain or [])
     if chain:
@@ -172,7 +172,7 @@ def _follow(request: Context, encoded: Any) -> None:
 def _chord_part(request: Context, *, ok: bool, outcome: Any) -> None:
     from .app import current_app
 
-    now = store.utcnow()
+    now = clock.utcnow()
     try:
         with db_engine.connect() as conn, conn.begin():
             _count_part(conn, current_app(), request, ok=ok, outcome=outcome, now=now)
