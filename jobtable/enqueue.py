@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from . import limits, message_checks, messages, params, telemetry
 from .db import engine as db_engine
 from .db import retry as db_retry
-from .db import store, tables
+from .db import clock, enqueue_sql, tables
 from .exceptions import EnqueueError
 
 # BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
@@ -93,7 +93,7 @@ def _enqueue(
     concurrency_key: str | None,
     connection: Any,
 ) -> list[JobRequest | None]:
-    now = store.utcnow()
+    now = clock.utcnow()
     run_at = _run_at(delay, now, _source(jobs))
     rows = [
         _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key)
@@ -106,18 +106,18 @@ def _enqueue(
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
         # commit; what it wrote is found by task id and not written again.
-        written = store.written_task_ids(conn, task_ids) if retrying else {}
+        written = enqueue_sql.written_task_ids(conn, task_ids) if retrying else {}
         todo = [(job, row) for job, row in zip(jobs, rows) if row["task_id"] not in written]
         if not todo:
             return written
         if not checked:
-            written.update(store.insert_requests(conn, [row for _, row in todo]))
+            written.update(enqueue_sql.insert_requests(conn, [row for _, row in todo]))
             return written
-        store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
+        enqueue_sql.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
         for job, row in todo:
             if type(job).should_enqueue is BaseJob.should_enqueue or _should_enqueue(job, row, conn):
-                written.update(store.insert_requests(conn, [row]))
+                written.update(enqueue_sql.insert_requests(conn, [row]))
         return written
 
     inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)

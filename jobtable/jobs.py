@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .db import store, tables
+from .db import reads_sql, tables
 from .enqueue import Delay, enqueue
 from .jobbase import BaseJob, JobRequest, JobType
 from .registry import jobs_registry
@@ -57,7 +57,7 @@ class JobQuery:
 
     def __init__(self, job: Job, states: tuple[str, ...], concurrency_key: str | None) -> None:
         self._job = job
-        self._stmt = store.requests_select(
+        self._stmt = reads_sql.requests_select(
             task_name=job.job_name(), concurrency_key=concurrency_key, states=states
         )
 
@@ -71,7 +71,7 @@ class JobQuery:
             return fn(conn)
 
     def count(self) -> int:
-        return int(self._run(lambda conn: store.count(conn, self._stmt)))
+        return int(self._run(lambda conn: reads_sql.count(conn, self._stmt)))
 
     def exists(self) -> bool:
         return bool(self._run(lambda conn: conn.execute(select(self._stmt.exists())).scalar()))

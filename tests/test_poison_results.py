@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from jobtable import run_in_worker_many, safetext
 from jobtable.db import engine as db_engine
-from jobtable.db import refusals, store, tables
+from jobtable.db import claims_sql, clock, finish_sql, refusals, tables
 from tests import poison_result_jobs as pj
 from tests.conftest import ROOT
 from tests.polling import terminate
@@ -246,11 +246,11 @@ def test_a_refused_row_is_written_alone_and_the_batch_goes_on(
 
 
 def claim_all(conn: Any, worker_id: str) -> list[Any]:
-    return store.claim(conn, ["default"], 100, worker_id=worker_id, now=store.utcnow())
+    return claims_sql.claim(conn, ["default"], 100, worker_id=worker_id, now=clock.utcnow())
 
 
-def outcome(row: Any, status: str, **fields: Any) -> store.Outcome:
-    return store.Outcome(row, status, store.utcnow(), {"started_at": store.utcnow(), **fields})
+def outcome(row: Any, status: str, **fields: Any) -> finish_sql.Outcome:
+    return finish_sql.Outcome(row, status, clock.utcnow(), {"started_at": clock.utcnow(), **fields})
 
 
 def test_finish_each_writes_neighbours_and_a_note(db_url: str, dialect: str, tmp_path: Path) -> None:
@@ -271,12 +271,12 @@ def test_finish_each_writes_neighbours_and_a_note(db_url: str, dialect: str, tmp
         outcome(claimed[2], tables.SUCCESSFUL, return_value='"ok too"'),
     ]
     with pytest.raises(Exception) as refused, engine.begin() as conn:
-        store.finish(conn, worker, outcomes, store.utcnow())
+        finish_sql.finish(conn, worker, outcomes, clock.utcnow())
     assert refusals.is_refusal(refused.value), repr(refused.value)
     assert results() == [] and len(requests()) == 3  # rolled back whole
 
     with engine.begin() as conn:
-        refusals.finish_each(conn, worker, outcomes, store.utcnow())
+        refusals.finish_each(conn, worker, outcomes, clock.utcnow())
     rows = {row.task_id: row for row in results()}
     assert requests() == [] and len(rows) == 3
     assert rows[claimed[0].task_id].return_value == '"ok"'

@@ -11,7 +11,7 @@ import pytest
 
 from jobtable import messages
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import clock, enqueue_sql, tables
 from jobtable.shim import AsyncResult, TaskRevokedError, states
 from tests import shim_tasks as t
 from tests.shim_support import run_burst, start_worker
@@ -197,7 +197,7 @@ def test_rows_written_by_a_celery_client_run_too(db_url: str, subprocess_env: di
     args, kwargs, _embed = json.loads(envelope["body"])
     envelope["body"] = json.dumps([args, kwargs, {"callbacks": None, "errbacks": None, "chain": [step], "chord": None}])
     with db_engine.connect() as conn, conn.begin():
-        store.insert_requests(conn, [messages.row_values(envelope, "celery", store.utcnow())])
+        enqueue_sql.insert_requests(conn, [messages.row_values(envelope, "celery", clock.utcnow())])
     run_burst(subprocess_env)
     assert AsyncResult(task_id).get(timeout=10) == 42
     assert AsyncResult(next_id).get(timeout=10) == 42

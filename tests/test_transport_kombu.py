@@ -585,7 +585,7 @@ def test_a_promotion_by_another_process_wakes_a_quiet_consumer(db_url: str) -> N
     # connection, as a native worker would) wakes the consumer, which has
     # found its queue empty and would otherwise wait out its 30 s poll.
     from jobtable.db import engine as db_engine
-    from jobtable.db import store
+    from jobtable.db import claims_sql, clock
 
     with connect(db_url, polling_interval=30, eta_interval=30) as conn, connect(db_url) as publisher:
         queue = Queue("promoted", Exchange("promoted"), "promoted")
@@ -602,7 +602,7 @@ def test_a_promotion_by_another_process_wakes_a_quiet_consumer(db_url: str) -> N
             wait_for(lambda: datetime.now(timezone.utc) >= due, timeout=5, what="the ETA")
             engine = db_engine.get_engine(db_url)
             with engine.begin() as other:
-                assert store.promote_due(other, store.utcnow()) == 1
+                assert claims_sql.promote_due(other, clock.utcnow()) == 1
             started = time.monotonic()
             conn.drain_events(timeout=10)
             assert got == [{"due": True}]
@@ -627,9 +627,9 @@ def test_consumers_keep_a_heartbeat_row_and_stale_ones_are_forgotten(db_url: str
     from sqlalchemy import insert
 
     from jobtable.db import engine as db_engine
-    from jobtable.db import store
+    from jobtable.db import clock
 
-    old = store.utcnow() - timedelta(days=1)
+    old = clock.utcnow() - timedelta(days=1)
     with db_engine.get_engine(db_url).begin() as conn:
         conn.execute(insert(tables.worker).values(
             id="kombu:gone:1:x", kind="kombu", hostname="gone", pid=1, queues="[]", processes=0,

@@ -10,7 +10,7 @@ import click
 
 from ..db import engine as db_engine
 from ..db import migrate as db_migrate
-from ..db import store, tables
+from ..db import clock, operations_sql, reads_sql, tables
 from ..exceptions import JobNotFound
 from ..settings import get_settings
 from .group import main, with_app
@@ -44,12 +44,12 @@ def migrate() -> None:
 def stats() -> None:
     """Pending, scheduled and running jobs, and results by status, per queue."""
     with db_engine.connect() as conn, conn.begin():
-        queues, results = store.stats(conn)
+        queues, results = reads_sql.stats(conn)
     names = sorted({q.queue for q in queues} | set(results))
     by_queue = {q.queue: q for q in queues}
     rows = []
     for name in names:
-        q = by_queue.get(name, store.QueueStats(name))
+        q = by_queue.get(name, reads_sql.QueueStats(name))
         r = results.get(name, {})
         rows.append([name, q.pending, q.scheduled, q.running] + [r.get(s, 0) for s in tables.RESULT_STATUSES])
     if not rows:
@@ -71,8 +71,8 @@ def stats() -> None:
 def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:
     """Jobs waiting or running, highest priority first."""
     with db_engine.connect() as conn, conn.begin():
-        rows = store.list_requests(
-            conn, queue=queue, task_name=job_class, states=state or store.ACTIVE_STATES, limit=limit
+        rows = reads_sql.list_requests(
+            conn, queue=queue, task_name=job_class, states=state or reads_sql.ACTIVE_STATES, limit=limit
         )
     _table(
         ["uuid", "job", "queue", "priority", "state", "start_at", "attempt", "concurrency_key"],
@@ -92,7 +92,7 @@ def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ..
 def list_results(queue: str | None, job_class: str | None, status: str | None, task_id: str | None, limit: int) -> None:
     """Finished attempts, newest first."""
     with db_engine.connect() as conn, conn.begin():
-        rows = store.list_results(
+        rows = reads_sql.list_results(
             conn, queue=queue, task_name=job_class, status=status.upper() if status else None, task_id=task_id, limit=limit
         )
     _table(
@@ -109,13 +109,13 @@ def list_results(queue: str | None, job_class: str | None, status: str | None, t
 def retry(uuid: str) -> None:
     """Run a finished job again (its next attempt, same uuid)."""
     with db_engine.connect() as conn, conn.begin():
-        active = store.active_request(conn, uuid)
+        active = reads_sql.active_request(conn, uuid)
         if active is not None:
             raise click.ClickException(f"Job {uuid} is {active.state}; only finished jobs can be retried.")
-        previous = store.latest_result(conn, uuid)
+        previous = reads_sql.latest_result(conn, uuid)
         if previous is None:
             raise JobNotFound(f"No result has uuid {uuid}. List results with `jobtable results`.")
-        new_id = store.retry_result(conn, previous, store.utcnow())
+        new_id = operations_sql.retry_result(conn, previous, clock.utcnow())
     if new_id is None:
         raise click.ClickException(
             f"Not retried: another {previous.task_name} job with concurrency key "
@@ -129,8 +129,8 @@ def retry(uuid: str) -> None:
 def cancel(uuid: str) -> None:
     """Cancel a job that has not started; it is recorded as CANCELLED."""
     with db_engine.connect() as conn, conn.begin():
-        removed = store.cancel_pending(conn, uuid, store.utcnow())
-        active = None if removed is not None else store.active_request(conn, uuid)
+        removed = operations_sql.cancel_pending(conn, uuid, clock.utcnow())
+        active = None if removed is not None else reads_sql.active_request(conn, uuid)
     if removed is not None:
         click.echo(f"Cancelled {uuid}.")
     elif active is not None:
@@ -148,7 +148,7 @@ def purge(queue: str | None, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete every pending and scheduled job of {what}?", abort=True)
     with db_engine.connect() as conn, conn.begin():
-        deleted = store.purge(conn, queue)
+        deleted = operations_sql.purge(conn, queue)
     click.echo(f"Deleted {deleted} job(s) from {what}.")
 
 
@@ -156,12 +156,12 @@ def purge(queue: str | None, yes: bool) -> None:
 def clear() -> None:
     """Delete results older than JOBTABLE_RESULTS_RETENTION seconds."""
     retention = get_settings().results_retention
-    before = store.utcnow() - timedelta(seconds=retention)
+    before = clock.utcnow() - timedelta(seconds=retention)
     total = 0
     while True:
         # Small batches: short transactions that do not stall the workers.
         with db_engine.connect() as conn, conn.begin():
-            deleted = store.clear_results(conn, before)
+            deleted = operations_sql.clear_results(conn, before)
         total += deleted
         if not deleted:
             break

@@ -23,7 +23,7 @@ from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
-from ..db import dialects, store, tables
+from ..db import dialects, operations_sql, reads_sql, tables
 
 request = tables.request
 result = tables.result
@@ -436,14 +436,14 @@ def retry_results(conn: Connection, result_ids: Sequence[int], now: datetime) ->
             report.skipped.append(f"result {rid}: not found")
             continue
         label = f"{row.task_name} {row.task_id}"
-        if store.active_request(conn, row.task_id) is not None:
+        if reads_sql.active_request(conn, row.task_id) is not None:
             report.skipped.append(f"{label}: already waiting or running")
             continue
-        latest = store.latest_result(conn, row.task_id)
+        latest = reads_sql.latest_result(conn, row.task_id)
         if latest is None or latest.message is None:
             report.skipped.append(f"{label}: no stored message to retry")
             continue
-        if store.retry_result(conn, latest, now) is None:
+        if operations_sql.retry_result(conn, latest, now) is None:
             report.skipped.append(f"{label}: its concurrency key is held by another job")
             continue
         report.done.append(f"{label} (attempt {latest.attempt + 1})")
@@ -461,7 +461,7 @@ def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime)
         if row.state == tables.RUNNING:
             report.skipped.append(f"{row.task_name} {row.task_id}: already running")
             continue
-        removed = store.cancel_pending(conn, row.task_id, now)
+        removed = operations_sql.cancel_pending(conn, row.task_id, now)
         (report.done if removed is not None else report.skipped).append(f"{row.task_name} {row.task_id}")
     return report
 

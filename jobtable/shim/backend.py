@@ -34,7 +34,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .. import params, safetext
 from ..db import engine as db_engine
-from ..db import refusals, store, tables
+from ..db import clock, refusals, tables
 from ..db import retry as db_retry
 from ..db import results as db_results
 from ..db.notify import Listener
@@ -150,7 +150,7 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             result = _safe_exception_result(result)
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = task_id
-        now = store.utcnow()
+        now = clock.utcnow()
         delivery_info = getattr(request, "delivery_info", None) or {}
         values: dict[str, Any] = {
             "task_id": task_id,
@@ -255,7 +255,7 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
 
     def _save_group(self, group_id: str, result: Any) -> Any:
         with self._connect() as conn, conn.begin():
-            db_results.save_group(conn, group_id, self.encode({"result": result.as_tuple()}), store.utcnow())
+            db_results.save_group(conn, group_id, self.encode({"result": result.as_tuple()}), clock.utcnow())
         return result
 
     def _restore_group(self, group_id: str) -> dict[str, Any] | None:
@@ -277,7 +277,7 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         self.ensure_chords_allowed()
         header = self.app.GroupResult(*header_result_args)
         with self._connect() as conn, conn.begin():
-            db_results.start_chord(conn, header.id, self.encode({"result": header.as_tuple()}), store.utcnow())
+            db_results.start_chord(conn, header.id, self.encode({"result": header.as_tuple()}), clock.utcnow())
 
     def set_chord_size(self, group_id: str, chord_size: int) -> None:
         with self._connect() as conn, conn.begin():
@@ -325,7 +325,7 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         ``celery.backend_cleanup`` calls this daily), in small batches."""
         if not self.expires:
             return
-        before = store.utcnow() - timedelta(seconds=self.expires)
+        before = clock.utcnow() - timedelta(seconds=self.expires)
         while True:
             with self._connect() as conn, conn.begin():
                 if not db_results.delete_results_before(conn, before):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import clock, tables
 from . import send
 from .canvas import result_task, rows_for
 from .context import Context
@@ -43,7 +43,7 @@ def follow(request: Context, encoded: Any) -> None:
     """Next chain step, link callbacks and chord counting, in one
     transaction; ``encoded`` is the task's return value as stored."""
     app = current_app()
-    now = store.utcnow()
+    now = clock.utcnow()
     rows: list[dict[str, Any]] = []
     chain = list(request.chain or [])
     if chain:
@@ -59,7 +59,7 @@ def follow(request: Context, encoded: Any) -> None:
 
 def count_failed_part(request: Context, outcome: str) -> None:
     """Count a chord part that failed for good (``outcome`` describes the error)."""
-    now = store.utcnow()
+    now = clock.utcnow()
     try:
         with db_engine.connect() as conn, conn.begin():
             _count_part(conn, current_app(), request, ok=False, outcome=outcome, now=now)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import clock, operations_sql, tables
 from ..db.notify import Listener
 from . import exceptions as shim_exceptions
 from .current import App
@@ -219,7 +219,7 @@ class AsyncResult:
                 "A running task cannot be killed from outside; give it a time_limit, or check a flag in the task.",
             )
         with db_engine.connect() as conn, conn.begin():
-            store.cancel_pending(conn, self.id, store.utcnow())
+            operations_sql.cancel_pending(conn, self.id, clock.utcnow())
 
     def then(self, *args: Any, **kwargs: Any) -> Any:
         raise NotSupported("AsyncResult.then()", "Chain a task instead: chain(a.s(), b.s()).")
@@ -356,7 +356,7 @@ class GroupResult:
     def save(self) -> GroupResult:
         """Store the group (as Celery's backend does) so ``GroupResult.restore(id)`` finds it."""
         with db_engine.connect() as conn, conn.begin():
-            db_results.save_group(conn, str(self.id), json.dumps({"result": self.as_tuple()}), store.utcnow())
+            db_results.save_group(conn, str(self.id), json.dumps({"result": self.as_tuple()}), clock.utcnow())
         return self
 
     @classmethod

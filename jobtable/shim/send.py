@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import limits, message_checks, messages, params, telemetry
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import enqueue_sql, tables
 from ..exceptions import EnqueueError, ParameterError
 from .current import App
 from .exceptions import NotSupported
@@ -268,4 +268,4 @@ def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, d
                 envelope = json.loads(row["message"])
                 envelope["headers"].update(trace)
                 row["message"] = messages.dumps(envelope)
-        return set(store.insert_requests(conn, rows))
+        return set(enqueue_sql.insert_requests(conn, rows))

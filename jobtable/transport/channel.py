@@ -33,7 +33,7 @@ from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
 from .. import badrows, limits, message_checks, messages
-from ..db import store, tables
+from ..db import bindings_sql, clock, operations_sql, tables, transport_sql
 from ..db.dialects import notify_bindings_changed, wake_queues
 from .protocol import TransportAPI, row_id
 
@@ -171,7 +171,7 @@ class Channel(virtual.Channel):
         fanout: bool = False,
         ttl: dict[str, float] | None = None,
     ) -> None:
-        now = store.utcnow()
+        now = clock.utcnow()
         # Checked before anything is written: a message the table cannot
         # hold (headers that are not JSON, a lone surrogate, a time past
         # year 9999, over max_message_size) is refused to the publisher with
@@ -211,11 +211,11 @@ class Channel(virtual.Channel):
     def _claim_once(self, queues: Sequence[str], limit: int) -> tuple[list[tuple[dict[str, Any], str]], int]:
         transport = self._transport
         transport.before_claim()
-        now = store.utcnow()
+        now = clock.utcnow()
         lease = now + timedelta(seconds=transport.options.lease_seconds)
         consumer = transport.consumer_id
         with transport.write_connection() as conn:
-            rows = store.transport_claim(
+            rows = transport_sql.transport_claim(
                 conn,
                 queues,
                 limit,
@@ -226,7 +226,7 @@ class Channel(virtual.Channel):
             )
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
-                store.transport_delete(conn, expired, consumer, transport.async_commit)
+                transport_sql.transport_delete(conn, expired, consumer, transport.async_commit)
             # Each row decoded on its own: an undecodable one becomes a dead
             # letter (badrows.py) and the rest of the batch is delivered.
             delivered: list[tuple[dict[str, Any], str]] = []
@@ -331,7 +331,7 @@ class Channel(virtual.Channel):
         transport = self._transport
         if requeue:
             with transport.write_connection() as conn:
-                queues = store.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
+                queues = transport_sql.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
                 wake_queues(conn, queues)
         else:
             # Deleted in batches by the process's ack writer (acks.py).
@@ -390,17 +390,17 @@ class Channel(virtual.Channel):
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         with self._read() as conn:
-            return store.transport_queue_exists(conn, queue)
+            return transport_sql.transport_queue_exists(conn, queue)
 
     def _size(self, queue: str) -> int:
         self._transport.acks.flush()  # this connection reads its own acks
         with self._read() as conn:
-            return store.transport_queue_size(conn, queue)
+            return transport_sql.transport_queue_size(conn, queue)
 
     def _purge(self, queue: str) -> int:
         self._transport.acks.flush()
         with self._write() as conn:
-            return store.purge(conn, queue)
+            return operations_sql.purge(conn, queue)
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         self.queue_delete(queue)
@@ -410,8 +410,8 @@ class Channel(virtual.Channel):
             return 0
         self._transport.acks.flush()
         with self._write() as conn:
-            removed = store.purge(conn, queue)
-            if store.transport_unbind_queue(conn, queue):
+            removed = operations_sql.purge(conn, queue)
+            if bindings_sql.transport_unbind_queue(conn, queue):
                 notify_bindings_changed(conn)
         self.state.queue_bindings_delete(queue)
         self._transport.bindings.invalidate()
@@ -440,7 +440,7 @@ class Channel(virtual.Channel):
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         with self._write() as conn:
-            if store.transport_unbind_exchange(conn, exchange):
+            if bindings_sql.transport_unbind_exchange(conn, exchange):
                 notify_bindings_changed(conn)
         self.state.exchanges.pop(exchange, None)
         self._transport.bindings.invalidate(exchange)
@@ -459,7 +459,7 @@ class Channel(virtual.Channel):
         routing_key, pattern, queue = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
         ttl = self._transport.queue_ttl.get(queue)
         with self._write() as conn:
-            if store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl):
+            if bindings_sql.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl):
                 notify_bindings_changed(conn)
         self.state.binding_declare(queue, exchange, routing_key, arguments)
         self._transport.bindings.invalidate(exchange)
@@ -469,14 +469,14 @@ class Channel(virtual.Channel):
     ) -> None:
         exchange = exchange or "amq.direct"
         with self._write() as conn:
-            if store.transport_unbind(conn, exchange, routing_key or "", queue):
+            if bindings_sql.transport_unbind(conn, exchange, routing_key or "", queue):
                 notify_bindings_changed(conn)
         self.state.binding_delete(queue, exchange, routing_key)
         self._transport.bindings.invalidate(exchange)
 
     def list_bindings(self) -> Iterator[tuple[str, str, str]]:
         with self._read() as conn:
-            rows = store.transport_all_bindings(conn)
+            rows = bindings_sql.transport_all_bindings(conn)
         return iter([(row.queue, row.exchange, row.routing_key) for row in rows])
 
     def get_table(self, exchange: str) -> list[tuple[str, str | None, str]]:

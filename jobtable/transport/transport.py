@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..db import engine as db_engine
 from ..db import retry as db_retry
-from ..db import store, tables
+from ..db import claims_sql, clock, enqueue_sql, tables, transport_sql
 from ..exceptions import DatabaseUnavailable
 from . import brokerurl
 from .acks import AckBuffer
@@ -174,7 +174,7 @@ class Transport(virtual.Transport):
     @property
     def async_commit(self) -> bool:
         """Claims, acks and requeues commit without waiting for the WAL
-        flush (see ``store._sync_commit_off``); publishes stay durable."""
+        flush (see ``transport_sql._sync_commit_off``); publishes stay durable."""
         return self.options.async_commit
 
     def insert_published(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -189,10 +189,10 @@ class Transport(virtual.Transport):
         def write(conn: Connection, retrying: bool) -> None:
             todo = list(rows)
             if retrying or (uncertain and any(key in uncertain for key in keys)):
-                written = store.written_messages(conn, keys)
+                written = enqueue_sql.written_messages(conn, keys)
                 todo = [row for row, key in zip(rows, keys) if key not in written]
             if todo:
-                store.insert_requests(conn, todo)
+                enqueue_sql.insert_requests(conn, todo)
 
         try:
             db_retry.write_retrying(self.engine, write, autocommit=True, check=False)
@@ -207,7 +207,7 @@ class Transport(virtual.Transport):
 
     def _delete_acked(self, ids: Sequence[int]) -> None:
         with self.write_connection() as conn:
-            store.transport_delete(conn, ids, self.consumer_id, self.async_commit)
+            transport_sql.transport_delete(conn, ids, self.consumer_id, self.async_commit)
 
     def read_connection(self) -> Connection:
         # Reads must not take SQLite's write lock.
@@ -280,7 +280,7 @@ class Transport(virtual.Transport):
             if row["state"] == tables.SCHEDULED:
                 due = row["run_at"] if due is None else min(due, row["run_at"])
         if due is not None:
-            delay = (due - store.utcnow()).total_seconds()
+            delay = (due - clock.utcnow()).total_seconds()
             self._next_promote = min(self._next_promote, monotonic() + max(delay, 0.0))
         else:
             self.wake()
@@ -292,13 +292,13 @@ class Transport(virtual.Transport):
             return
         try:
             with self.write_connection() as conn:
-                now = store.utcnow()
-                if store.promote_due(conn, now):
+                now = clock.utcnow()
+                if claims_sql.promote_due(conn, now):
                     self._promotions += 1
-                next_due = store.next_due_at(conn)
+                next_due = claims_sql.next_due_at(conn)
             wait = self.options.eta_interval
             if next_due is not None:
-                wait = min(wait, max((next_due - store.utcnow()).total_seconds(), 0.0))
+                wait = min(wait, max((next_due - clock.utcnow()).total_seconds(), 0.0))
             self._next_promote = monotonic() + wait
         finally:
             self._promote_lock.release()

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .. import middleware, telemetry
 from ..db import engine as db_engine
-from ..db import store
+from ..db import operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
 from . import ledger as ledgers
@@ -186,13 +186,13 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         mark = self.liveness.mark if self.liveness is not None else ""
-        worker_id = f"{store.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{mark}{secrets.token_hex(3)}"
+        worker_id = f"{workers_sql.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{mark}{secrets.token_hex(3)}"
         handle = Handle(index=index, worker_id=worker_id)
         if self.liveness is not None:
             self.liveness.hold(worker_id)  # before the row exists: peers never see it unlocked
         try:
             with db_engine.connect() as conn, conn.begin():
-                store.register_worker(
+                workers_sql.register_worker(
                     conn,
                     worker_id,
                     hostname=self.hostname,
@@ -383,9 +383,9 @@ class Supervisor:
                 now = _now()
                 if name == "heartbeat":
                     ids = [h.worker_id for h in self.handles.values()]
-                    for worker_id in store.heartbeat(conn, ids, now):
+                    for worker_id in workers_sql.heartbeat(conn, ids, now):
                         logger.warning("Worker %s had been declared lost; registering it again.", worker_id)
-                        store.register_worker(
+                        workers_sql.register_worker(
                             conn, worker_id, hostname=self.hostname, pid=os.getpid(),
                             queues=self.config.queues, processes=1, now=now,
                         )
@@ -400,7 +400,7 @@ class Supervisor:
                     rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
                 elif name == "retention":
                     before = now - timedelta(seconds=self.config.results_retention)
-                    store.clear_results(conn, before, batch=500)
+                    operations_sql.clear_results(conn, before, batch=500)
                     self._sweep_ledgers(conn)
                 elif name == "stats":
                     line = self.stats.report(conn, self.slots.done_total())
@@ -413,7 +413,7 @@ class Supervisor:
         """Delete ledger files left by dead workers of this machine once the
         database no longer knows them (rescued), and unusable ones."""
         junk, dead = ledgers.stale_files(self.ledger_scope)
-        referenced = store.workers_referenced(conn, sorted(dead))
+        referenced = workers_sql.workers_referenced(conn, sorted(dead))
         ledgers.remove(junk + [path for worker_id, path in dead.items() if worker_id not in referenced])
 
     def _tick_scheduler(self) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..db import engine as db_engine
-from ..db import refusals, store
+from ..db import claims_sql, finish_sql, refusals
 from ..db.notify import Listener
 from ..middleware import build_chain
 from ..settings import get_settings
@@ -81,7 +81,7 @@ class Member:
             max_return_bytes=get_settings().max_message_size,
         )
         self.conn: Connection | None = None
-        self.done: list[store.Outcome] = []
+        self.done: list[finish_sql.Outcome] = []
         self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
         self.batch = min(4, config.max_pending_per_process)
@@ -202,7 +202,7 @@ class Member:
                 # our hearing of it: give back every row we hold but do not know.
                 known = [o.row.id for o in self.done] + [row.id for row in self.current]
                 with self._tx(self.conn):
-                    released = store.release(self.conn, self.worker_id, None, keep=known)
+                    released = finish_sql.release(self.conn, self.worker_id, None, keep=known)
                 if released:
                     logger.warning("Worker %s gave back %d job(s) claimed during a disconnect.", self.worker_id, released)
                 self.resync = False
@@ -214,7 +214,7 @@ class Member:
         def claim() -> list[Any]:
             if limit <= 0:
                 return []
-            return store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
+            return claims_sql.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
 
         if not self.done and self.autocommit:
             rows = claim()  # a single statement is its own transaction
@@ -234,7 +234,7 @@ class Member:
         try:
             with self._tx(conn):
                 try:
-                    store.finish(conn, self.worker_id, self.done, now)
+                    finish_sql.finish(conn, self.worker_id, self.done, now)
                 except Exception as exc:
                     if refusals.is_refusal(exc):
                         refused = exc
@@ -266,7 +266,7 @@ class Member:
     def _release_quietly(self, ids: list[int]) -> None:
         try:
             conn = self._connection()
-            released = self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, ids))
+            released = self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, ids))
             if released:
                 logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
         except DBAPIError as exc:
@@ -283,8 +283,8 @@ class Member:
         conn = self._connection()
         with self._tx(conn):
             # Cheap when nothing is due: a range scan of the partial due index.
-            promoted = store.promote_due(conn, _now())
-            self.next_due = store.next_due_at(conn)
+            promoted = claims_sql.promote_due(conn, _now())
+            self.next_due = claims_sql.next_due_at(conn)
         self.next_due_checked = time.monotonic()
         return promoted
 
@@ -327,7 +327,7 @@ class Member:
                 conn = self._connection()
                 unfinished = self.ledger.state()
                 keep = unfinished.running if unfinished.complete else [row.id for row in self.current]
-                self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, None, keep=keep))
+                self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, None, keep=keep))
                 break
             except DBAPIError as exc:
                 self._database_error(exc)

@@ -3,7 +3,9 @@
 ``base.py`` is the interface (``Dialect``: every operation whose SQL is not
 the same everywhere) and the lookup (``dialect_of``, ``for_name``); each
 database has one module implementing it.  The names below are the API the
-rest of ``jobtable.db`` uses.  A new database is one more module, imported
+rest of ``jobtable.db`` uses: the ``*_sql.py`` modules write portable
+SQLAlchemy Core and ask this package for the parts that cannot be portable
+(conflict handling, locks, claiming).  A new database is one more module, imported
 here so that it registers itself.
 """
 

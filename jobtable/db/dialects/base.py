@@ -109,7 +109,7 @@ class Dialect(ABC):
 
     @abstractmethod
     def compact_result_stats(self, conn: Connection, now: datetime) -> None:
-        """After each retention batch (``store.clear_results``): whatever
+        """After each retention batch (``operations_sql.clear_results``): whatever
         upkeep the stats rows need beyond their triggers."""
 
 

@@ -261,7 +261,7 @@ def finish_pg(conn: Connection, worker_id: str, outcomes: Sequence[Any]) -> set[
 # PostgreSQL sees the same (prepared) statement every time.
 
 #: Turns synchronous_commit off for the statement's own autocommit
-#: transaction, in the same round trip (see store._sync_commit_off).
+#: transaction, in the same round trip (see transport_sql._sync_commit_off).
 _PG_ASYNC = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
 _PG_TRANSPORT_CLAIM: dict[tuple[int, bool], Any] = {}
 
