@@ -12,7 +12,7 @@ from ..db import engine as db_engine
 from ..db import migrate as db_migrate
 from ..db import store, tables
 from ..exceptions import JobNotFound
-from ..settings import get_settings
+from ..settings import get_settings, setting_source
 from . import main, with_app
 
 
@@ -38,6 +38,13 @@ def migrate() -> None:
         click.echo(f"{where}: schema is up to date (revision {after}).")
     else:
         click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}.")
+    if setting_source("database_url").kind == "default":
+        # The zero-config default is a file of the current directory: say so,
+        # so that a later command run elsewhere is not a surprise.
+        click.echo(
+            f"No database is configured, so this is the default SQLite file {engine.url.database} of the "
+            "current directory; set JOBTABLE_DATABASE_URL (or database_url in [tool.jobtable]) to use another."
+        )
 
 
 @main.command()
