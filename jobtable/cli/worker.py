@@ -22,7 +22,7 @@ def _setup_logging(level: str) -> None:
 
 
 @main.command()
-@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES.")
+@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES, else the queues the registered tasks route to.")
 @click.option("--max-processes", type=int, default=None, help="Pool size (0: one per CPU). Default: JOBTABLE_WORKER_MAX_PROCESSES.")
 @click.option("--max-jobs-per-process", type=int, default=None, help="Replace a pool member after this many jobs (0: never).")
 @click.option("--max-pending-per-process", type=int, default=None, help="Most jobs a pool member claims at once.")
@@ -51,15 +51,17 @@ def worker(
 ) -> None:
     """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
     from ..discovery import load_app
-    from ..settings import describe_sources
+    from ..settings import describe_sources, get_settings
+    from .queues import choose_queues
     from ..worker.config import WorkerConfig
 
     # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
     _setup_logging(log_level)
     load_app(click.get_current_context().find_root().obj.get("app"))
     logging.getLogger("jobtable.worker").info("%s", describe_sources())
+    chosen, how = choose_queues(queues, get_settings())
     config = WorkerConfig.from_settings(
-        queues=list(queues) or None,
+        queues=chosen,
         processes=max_processes,
         max_jobs_per_process=max_jobs_per_process,
         max_pending_per_process=max_pending_per_process,
@@ -67,6 +69,7 @@ def worker(
         pool=pool,
         burst=burst or None,
     )
+    logging.getLogger("jobtable.worker").info("Consuming %s: %s", ", ".join(config.queues), how)
     if celery_app:
         # Loaded before the pool forks: members inherit the app and its tasks.
         from ..shim import celery_runner
