@@ -30,6 +30,7 @@ works around its misreadings (see ``_croniter_item``).
 from __future__ import annotations
 
 import calendar
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -55,6 +56,8 @@ _EXAMPLES = '"0 9 * * *" (9:00 every day), "*/15 * * * *" (every 15 minutes), "0
 #: How far ahead (or back) a search goes before concluding nothing matches.
 #: Feb 29 on a given weekday recurs within 28 years; 400 covers any pattern.
 SEARCH_YEARS = 400
+
+_local = threading.local()
 
 
 class CronError(ConfigurationError, ValueError):
@@ -247,9 +250,21 @@ class CronExpression:
         return len(self.hours) == 24
 
     def _croniter(self, start: datetime) -> croniter:
-        return croniter(
-            self.croniter_text, start, day_or=self.croniter_day_or, max_years_between_matches=SEARCH_YEARS
-        )
+        # Building a croniter re-parses the expression (most of a lookup's
+        # cost), so each thread keeps one per expression and moves it to
+        # ``start``; a croniter is stateful, hence not shared across threads.
+        cache: dict[tuple[str, bool], croniter] = _local.__dict__.setdefault("iterators", {})
+        key = (self.croniter_text, self.croniter_day_or)
+        it = cache.get(key)
+        if it is None:
+            if len(cache) >= 1024:
+                cache.clear()
+            it = cache[key] = croniter(
+                self.croniter_text, start, day_or=self.croniter_day_or, max_years_between_matches=SEARCH_YEARS
+            )
+        else:
+            it.set_current(start, force=True)
+        return it
 
     def next_after(self, after: datetime) -> datetime:
         """The first matching naive minute strictly after ``after`` (naive)."""
