@@ -97,3 +97,23 @@ def test_a_job_app_without_routes_keeps_the_default_queue(db_url: str, subproces
     )
     assert done.returncode == 0, done.stderr
     assert "Consuming default: the default queue" in done.stderr
+
+
+def test_a_celery_app_counts_by_celerys_router(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    env = worker_env(subprocess_env, celery_app="tests.celery_native_app:app")
+    env["JT_RECORD"] = str(tmp_path / "record.txt")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobtable", "worker", "--burst", "--max-processes", "1", *args],
+            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    # The app's task_default_queue is "celery_native" (tests/celery_native_app.py);
+    # it imports tests.worker_jobs, whose Jobs go to "default".
+    assert "Consuming celery_native, default: the queues of the registered tasks" in run()
+    (warning,) = _warnings(run("--queue", "default"))
+    assert "routed to queue 'celery_native', which this worker does not consume (--queue default)" in warning
+    assert "tests.celery_native_app." in warning and " more. Add --queue celery_native" in warning

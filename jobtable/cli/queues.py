@@ -8,8 +8,9 @@ loaded app's registered tasks route to, and a worker told its queues warns
 about registered tasks routed elsewhere.
 
 Only what can be known without a message is used: a Job's
-``default_queue()`` called on a bare instance, a shim task's route for empty
-arguments, a schedule entry's job.  A router or ``default_queue()`` that
+``default_queue()`` called on a bare instance, a shim task's route (or a
+``--celery-app`` task's, by Celery's router) for empty arguments, a schedule
+entry's job.  A router or ``default_queue()`` that
 needs real arguments (or raises) is left out, and logged at debug level.
 """
 
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
 
+from ..jobs import Job
 from ..settings import Settings, setting_source
-
-if TYPE_CHECKING:
-    from ..jobs import Job
 
 logger = logging.getLogger("jobtable.worker")
 
@@ -31,8 +29,6 @@ JOB_DEFAULT_QUEUE = "default"
 
 
 def _job_queue(job_class: type[Job]) -> str | None:
-    from ..jobs import Job
-
     if job_class.default_queue is Job.default_queue:
         return JOB_DEFAULT_QUEUE
     try:
@@ -57,6 +53,28 @@ def _shim_routes() -> dict[str, str]:
             routes[name] = route(task._app(), name, task, (), {}, {})
         except Exception as exc:  # noqa: BLE001  (a router of the user's: unknown)
             logger.debug("Queue of task %s unknown before a message: %s", name, exc)
+    return routes
+
+
+def _celery_routes() -> dict[str, str]:
+    """The tasks of the Celery app loaded with --celery-app, routed by
+    Celery's own router (task_routes, task_default_queue, the task's queue)."""
+    if "jobtable.shim.celery_runner" not in sys.modules:
+        return {}
+    from ..shim import celery_runner
+
+    app = getattr(celery_runner, "_app", None)  # set by celery_runner.install()
+    if app is None:
+        return {}
+    routes: dict[str, str] = {}
+    for name in list(app.tasks):
+        if name.startswith("celery."):  # Celery's built-in tasks (chord_unlock, backend_cleanup...)
+            continue
+        try:
+            queue = app.amqp.router.route({}, name, (), {})["queue"]
+            routes[name] = str(getattr(queue, "name", queue))
+        except Exception as exc:  # noqa: BLE001  (a router of the user's: unknown)
+            logger.debug("Queue of Celery task %s unknown before a message: %s", name, exc)
     return routes
 
 
@@ -91,6 +109,7 @@ def task_routes() -> dict[str, str]:
         if queue is not None:
             routes[name] = queue
     routes.update(_shim_routes())
+    routes.update(_celery_routes())
     routes.update(_schedule_routes())
     return routes
 

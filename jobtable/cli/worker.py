@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -59,9 +60,8 @@ def worker(
     _setup_logging(log_level)
     load_app(click.get_current_context().find_root().obj.get("app"))
     logging.getLogger("jobtable.worker").info("%s", describe_sources())
-    chosen, how = choose_queues(queues, get_settings())
     config = WorkerConfig.from_settings(
-        queues=chosen,
+        queues=list(queues) or None,
         processes=max_processes,
         max_jobs_per_process=max_jobs_per_process,
         max_pending_per_process=max_pending_per_process,
@@ -69,12 +69,17 @@ def worker(
         pool=pool,
         burst=burst or None,
     )
-    logging.getLogger("jobtable.worker").info("Consuming %s: %s", ", ".join(config.queues), how)
     if celery_app:
         # Loaded before the pool forks: members inherit the app and its tasks.
         from ..shim import celery_runner
 
         celery_runner.install(celery_app, pool=config.pool)
+    # After every app is loaded: the queues their tasks route to.
+    chosen, how = choose_queues(queues, get_settings())
+    if chosen is not None and chosen != config.queues:
+        config = dataclasses.replace(config, queues=chosen)
+        config.check()
+    logging.getLogger("jobtable.worker").info("Consuming %s: %s", ", ".join(config.queues), how)
     if reload_:
         from ..worker.reload import run_with_reload
 
