@@ -271,7 +271,9 @@ class CronExpression:
         try:
             found: datetime = self._croniter(after).get_next(datetime)
         except CroniterBadDateError:
-            raise CronError(f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years of {after}.") from None
+            raise CronError(
+                f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years of {after}."
+            ) from None
         return found
 
     def previous_before(self, before: datetime) -> datetime:

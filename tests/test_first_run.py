@@ -63,7 +63,8 @@ def test_migrate_creates_the_default_file_and_says_so_then_commands_work(empty_d
     done = _run(empty_dir, "migrate")
     assert done.returncode == 0, done.stderr
     assert "migrated from empty" in done.stdout
-    assert "No database is configured, so this is the default SQLite file jobtable.sqlite3" in " ".join(done.stdout.split())
+    said = " ".join(done.stdout.split())
+    assert "No database is configured, so this is the default SQLite file jobtable.sqlite3" in said
     assert (empty_dir / "jobtable.sqlite3").is_file()
     done = _run(empty_dir, "stats")
     assert done.returncode == 0, done.stderr

@@ -29,10 +29,8 @@ def _enqueue(n: int, **options: Any) -> None:
 
 def _old_results(n: int) -> None:
     ended = store.utcnow() - timedelta(days=30)
-    rows = [
-        {"task_id": str(uuid.uuid4()), "task_name": "x", "queue": "default", "status": tables.SUCCESSFUL, "ended_at": ended}
-        for _ in range(n)
-    ]
+    row = {"task_name": "x", "queue": "default", "status": tables.SUCCESSFUL, "ended_at": ended}
+    rows = [dict(row, task_id=str(uuid.uuid4())) for _ in range(n)]
     with get_engine().begin() as conn:
         conn.execute(insert(tables.result), rows)
 

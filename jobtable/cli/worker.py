@@ -23,7 +23,13 @@ def _setup_logging(level: str) -> None:
 
 
 @main.command()
-@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES, else the queues the registered tasks route to.")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES, else the queues the registered tasks route to.",
+)
 @click.option("--max-processes", type=int, default=None, help="Pool size (0: one per CPU). Default: JOBTABLE_WORKER_MAX_PROCESSES.")
 @click.option("--max-jobs-per-process", type=int, default=None, help="Replace a pool member after this many jobs (0: never).")
 @click.option("--max-pending-per-process", type=int, default=None, help="Most jobs a pool member claims at once.")
