@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -10,10 +11,12 @@ import click
 
 from ..db import engine as db_engine
 from ..db import migrate as db_migrate
+from ..db import purge as db_purge
 from ..db import clock, operations_sql, reads_sql, tables
 from ..exceptions import JobNotFound
-from ..settings import get_settings
+from ..settings import get_settings, setting_source
 from .group import main, with_app
+from .progress import note, progress
 
 
 def _ts(value: Any) -> str:
@@ -32,12 +35,24 @@ def migrate() -> None:
     """Create or upgrade the jobtable tables."""
     engine = db_engine.get_engine()
     db_engine.ping(engine)
+    started = time.monotonic()
+    # Alembic runs a revision as one step: no count to show, but a person at
+    # a terminal learns that a long wait (a big jobtable_result) is expected.
+    note(f"Migrating {db_engine.describe(engine)} (on millions of results this can take minutes)...")
     before, after = db_migrate.upgrade(engine)
+    note(f"Done in {time.monotonic() - started:.1f}s.")
     where = db_engine.describe(engine)
     if before == after:
         click.echo(f"{where}: schema is up to date (revision {after}).")
     else:
         click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}.")
+    if setting_source("database_url").kind == "default":
+        # The zero-config default is a file of the current directory: say so,
+        # so that a later command run elsewhere is not a surprise.
+        click.echo(
+            f"No database is configured, so this is the default SQLite file {engine.url.database} of the "
+            "current directory; set JOBTABLE_DATABASE_URL (or database_url in [tool.jobtable]) to use another."
+        )
 
 
 @main.command()
@@ -139,32 +154,58 @@ def cancel(uuid: str) -> None:
         raise JobNotFound(f"No pending job has uuid {uuid}. List them with `jobtable requests`.")
 
 
+_batch_size = click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Rows deleted per transaction (short transactions do not stall the workers).",
+)
+
+
 @main.command()
 @click.option("--queue", "-q", default=None, help="Only this queue (default: all queues).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def purge(queue: str | None, yes: bool) -> None:
-    """Delete jobs that have not started (running jobs finish)."""
+@_batch_size
+def purge(queue: str | None, yes: bool, batch_size: int | None) -> None:
+    """Delete jobs that have not started (running jobs finish).
+
+    Jobs enqueued while it runs are kept: it deletes those waiting when it
+    started, a batch of ids per transaction (progress on a terminal)."""
     what = f"queue {queue!r}" if queue else "all queues"
     if not yes:
         click.confirm(f"Delete every pending and scheduled job of {what}?", abort=True)
     with db_engine.connect() as conn, conn.begin():
-        deleted = operations_sql.purge(conn, queue)
+        plan = db_purge.plan_purge(conn, queue)
+    deleted, after = 0, 0
+    with progress(plan.total, "Deleting jobs") as advance:
+        while True:
+            with db_engine.connect() as conn, conn.begin():
+                count, last = db_purge.purge_batch(conn, plan, queue, after, batch_size or db_purge.PURGE_BATCH)
+            if last is None:
+                break
+            deleted, after = deleted + count, last
+            advance(count)
     click.echo(f"Deleted {deleted} job(s) from {what}.")
 
 
 @main.command()
-def clear() -> None:
-    """Delete results older than JOBTABLE_RESULTS_RETENTION seconds."""
+@_batch_size
+def clear(batch_size: int | None) -> None:
+    """Delete results older than JOBTABLE_RESULTS_RETENTION seconds (progress on a terminal)."""
     retention = get_settings().results_retention
     before = clock.utcnow() - timedelta(seconds=retention)
     total = 0
-    while True:
-        # Small batches: short transactions that do not stall the workers.
-        with db_engine.connect() as conn, conn.begin():
-            deleted = operations_sql.clear_results(conn, before)
-        total += deleted
-        if not deleted:
-            break
+    with db_engine.connect() as conn, conn.begin():
+        expected = db_purge.count_results_before(conn, before)
+    with progress(expected, "Deleting results") as advance:
+        while True:
+            # Small batches: short transactions that do not stall the workers.
+            with db_engine.connect() as conn, conn.begin():
+                deleted = operations_sql.clear_results(conn, before, batch_size or 1000)
+            total += deleted
+            advance(deleted)
+            if not deleted:
+                break
     click.echo(f"Deleted {total} result(s) older than {retention} seconds.")
 
 

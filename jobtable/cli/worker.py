@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -22,7 +23,13 @@ def _setup_logging(level: str) -> None:
 
 
 @main.command()
-@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES.")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES, else the queues the registered tasks route to.",
+)
 @click.option("--max-processes", type=int, default=None, help="Pool size (0: one per CPU). Default: JOBTABLE_WORKER_MAX_PROCESSES.")
 @click.option("--max-jobs-per-process", type=int, default=None, help="Replace a pool member after this many jobs (0: never).")
 @click.option("--max-pending-per-process", type=int, default=None, help="Most jobs a pool member claims at once.")
@@ -51,7 +58,8 @@ def worker(
 ) -> None:
     """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
     from ..discovery import load_app
-    from ..settings import describe_sources
+    from ..settings import describe_sources, get_settings
+    from .queues import choose_queues
     from ..worker.config import WorkerConfig
 
     # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
@@ -72,6 +80,12 @@ def worker(
         from ..shim import celery_runner
 
         celery_runner.install(celery_app, pool=config.pool)
+    # After every app is loaded: the queues their tasks route to.
+    chosen, how = choose_queues(queues, get_settings())
+    if chosen is not None and chosen != config.queues:
+        config = dataclasses.replace(config, queues=chosen)
+        config.check()
+    logging.getLogger("jobtable.worker").info("Consuming %s: %s", ", ".join(config.queues), how)
     if reload_:
         from ..worker.reload import run_with_reload
 
