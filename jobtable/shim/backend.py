@@ -137,9 +137,14 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
     ) -> Any:
         status = JOBTABLE_STATUS.get(state)
-        if status is None:
-            # PENDING and custom states: the request row's state tells.
-            return result
+        custom = status is None and state not in (states.PENDING, states.RECEIVED)
+        if status is None and not custom:
+            return result  # PENDING: the request row's state tells
+        if custom:
+            # update_state(state="PROGRESS", meta=...): an unfinished row
+            # (status STARTED, like task_track_started's) whose meta keeps
+            # the state's name -- any name, of any length -- and its meta.
+            status = STARTED
         # Task code controls the texts: made storable (no NUL, no lone
         # surrogates, capped) before they reach the row or Celery's meta.
         if isinstance(traceback, str):
@@ -175,10 +180,10 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
                 " ".join(map(safetext.safe_str, message)) if isinstance(message, (list, tuple)) else safetext.safe_str(message)
             )
             values["traceback"] = traceback
-        self._write(values, only_new=state == states.STARTED)
+        self._write(values, only_new=state == states.STARTED, only_unfinished=custom)
         return result
 
-    def _write(self, values: dict[str, Any], *, only_new: bool) -> None:
+    def _write(self, values: dict[str, Any], *, only_new: bool, only_unfinished: bool = False) -> None:
         """Upsert the row; a row the database refuses (bad data, not a lost
         connection, which raises as before) is replaced by a note naming why,
         and a refused note is logged: a refusal never reaches Celery, whose
@@ -187,7 +192,10 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             # An upsert on (task_id, attempt): a retry after a dropped
             # connection (db/retry.py) cannot write the result twice.
             db_retry.write_retrying(
-                self.engine, lambda conn, _retrying: db_results.upsert_result(conn, values, only_new=only_new)
+                self.engine,
+                lambda conn, _retrying: db_results.upsert_result(
+                    conn, values, only_new=only_new, only_unfinished=only_unfinished
+                ),
             )
             return
         except Exception as exc:
@@ -199,8 +207,8 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             safetext.clean(str(values.get("task_id")), 255),
             why,
         )
-        if only_new:
-            return  # a STARTED mark: the final state writes the row
+        if only_new or only_unfinished:
+            return  # a STARTED mark or a custom state: the final state writes the row
         try:
             with self._connect() as conn, conn.begin():
                 db_results.upsert_result(conn, refusals.backend_note(values, why))
@@ -222,7 +230,20 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         with self._connect() as conn, conn.begin():
             found = db_results.job_state(conn, task_id)
-        return _shared_task_meta(task_id, found, self.decode, self.meta_from_decoded)
+        return _shared_task_meta(task_id, found, self.decode, self.meta_from_decoded, self._reads_started)
+
+    def _reads_started(self, active: Any) -> bool:
+        """Whether a running request row reads STARTED, as Celery would say.
+
+        A Celery worker's claim (``kombu:`` consumer ids) never does: the row
+        is claimed while the message is only prefetched, and the worker
+        stores STARTED itself for a task that tracks it.  A native worker's
+        follows the task's ``track_started`` (``task_track_started`` for a
+        name this app does not know, such as a Job)."""
+        if str(active.worker_id or "").startswith("kombu:"):
+            return False
+        task = self.app.tasks.get(active.task_name)
+        return bool(task.track_started if task is not None else self.app.conf.task_track_started)
 
     def _meta_of(self, row: Any) -> dict[str, Any]:
         return _shared_meta_of(row, self.decode, self.meta_from_decoded)
