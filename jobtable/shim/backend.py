@@ -34,6 +34,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .. import params, safetext
 from ..db import engine as db_engine
+from ..db import chords as db_chords
 from ..db import refusals, store, tables
 from ..db import retry as db_retry
 from ..db import results as db_results
@@ -296,20 +297,36 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
 
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
         self.ensure_chords_allowed()
+        # The header's results are saved whole: as_tuple() freezes a header
+        # built from a generator (a _regen) at once, before its tasks are sent.
         header = self.app.GroupResult(*header_result_args)
         with self._connect() as conn, conn.begin():
+            # A frozen chord applied again is a new run: its old parts go.
+            db_chords.delete_parts(conn, header.id)
             db_results.start_chord(conn, header.id, self.encode({"result": header.as_tuple()}), store.utcnow())
 
     def set_chord_size(self, group_id: str, chord_size: int) -> None:
         with self._connect() as conn, conn.begin():
             db_results.set_chord_size(conn, group_id, chord_size)
 
-    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
-        group_id = request.group
-        if not group_id or not request.chord:
-            return
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        """``Task.add_to_chord``: the chord counts one more part (as Redis's)."""
         with self._connect() as conn, conn.begin():
-            counted = db_results.chord_part_done(conn, group_id)
+            db_chords.add_part(conn, group_id)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        """Record a finished header part; the part completing the count calls
+        the body -- or fails it, as Celery's Redis backend does: a failed part
+        gives ``ChordError("Dependency <id> raised ...")`` (its cause the
+        part's exception), stored as the body's result, passed to the body's
+        ``link_error`` callbacks and to what is chained after it, and to each
+        task of a group body (base.chord_error_from_stack)."""
+        tid, gid = request.id, request.group
+        if not gid or not tid or not request.chord:
+            return
+        encoded = self.encode([tid, state, self.encode_result(result, state)])
+        with self._connect() as conn, conn.begin():
+            counted = db_chords.record_part(conn, gid, request.group_index, tid, encoded, store.utcnow())
         if counted is None:
             return
         done, size = counted
@@ -318,26 +335,49 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         from celery.canvas import maybe_signature
 
         callback = maybe_signature(request.chord, app=self.app)
-        deps = GroupResult.restore(group_id, backend=self)
-        if deps is None:
-            self.chord_error_from_stack(callback, ChordError(f"GroupResult {group_id} no longer exists"))
-            return
         try:
-            with allow_join_result():
-                values = deps.join(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
-        except Exception as exc:
-            culprit = next(deps._failed_join_report(), None)
-            reason = f"Dependency {culprit.id} raised {exc!r}" if culprit is not None else repr(exc)
-            logger.exception("Chord %r raised: %r", group_id, reason)
-            self.chord_error_from_stack(callback, ChordError(reason))
-        else:
+            values = self._chord_values(gid)
             try:
                 self.app.amqp._retry_publish(callback.delay, values)
             except Exception as exc:
-                logger.exception("Chord %r raised: %r", group_id, exc)
+                logger.exception("Chord callback for %r raised: %r", gid, exc)
                 self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        except ChordError as exc:
+            logger.exception("Chord %r raised: %r", gid, exc)
+            self.chord_error_from_stack(callback, exc)
+        except Exception as exc:
+            logger.exception("Chord %r raised: %r", gid, exc)
+            self.chord_error_from_stack(callback, ChordError(f"Join error: {exc!r}"))
         finally:
-            self.delete_group(group_id)
+            with self._connect() as conn, conn.begin():
+                db_chords.delete_parts(conn, gid)
+                db_results.delete_group(conn, gid)
+
+    def _chord_values(self, group_id: str) -> list[Any]:
+        """The header's results for the body, in header order; a failed part
+        raises ChordError naming it."""
+        header = GroupResult.restore(group_id, backend=self)
+        if header is not None and any(isinstance(part, GroupResult) for part in header.results):
+            # A header with groups in it: joined for the nested structure
+            # (as Redis does); every part has returned, so nothing waits.
+            header.on_ready()
+            with allow_join_result():
+                joined: list[Any] = header.join(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
+            return joined
+        with self._connect() as conn, conn.begin():
+            recorded = db_chords.parts(conn, group_id)
+        return [self._unpack_part(encoded) for encoded in recorded]
+
+    def _unpack_part(self, encoded: str) -> Any:
+        tid, state, value = self.decode(encoded)
+        if state in states.EXCEPTION_STATES:
+            value = self.exception_to_python(value)
+        if state in states.PROPAGATE_STATES:
+            error = ChordError(f"Dependency {tid} raised {value!r}")
+            if isinstance(value, Exception):
+                error.__cause__ = value  # a group body's tasks fail with the part's own exception
+            raise error
+        return value
 
     # -- expiry ----------------------------------------------------------------------------
 
