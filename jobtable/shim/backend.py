@@ -7,15 +7,19 @@ entry point).  Results of Celery tasks and of Jobs live in one table,
 both:
 
 - ``PENDING``/``RETRY``/``STARTED`` come from the request row while the job is
-  waiting or running (RETRY: waiting for an attempt after the first);
+  waiting or running (RETRY: waiting for an attempt after the first;
+  STARTED only as Celery would report it, see ``_reads_started``);
 - ``SUCCESS``/``FAILURE``/``REVOKED`` (and ``RETRY`` for a failed attempt that
-  was retried) come from the newest result row.
+  was retried) come from the newest result row, and so do custom states
+  (``update_state(state="PROGRESS", meta=...)``).
 
 ``get(timeout=)`` waits on a LISTEN connection on PostgreSQL (a trigger
 notifies when results are written) and on SQLite's data version, instead of
-Celery's 0.5 s polling.  Chords are counted in the database: each finished
-part increments a counter in one ``UPDATE ... RETURNING`` and the part that
-completes the count sends the body -- no ``chord_unlock`` task polling.
+Celery's 0.5 s polling.  Chords are counted in the database as Celery's
+Redis backend counts them (``db/chords.py``): each finished part is recorded
+once and increments a counter in one ``UPDATE ... RETURNING``, and the part
+that completes the count sends the body, or fails it with a ChordError
+naming the failed part -- no ``chord_unlock`` task polling.
 """
 
 from __future__ import annotations
