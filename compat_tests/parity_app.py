@@ -93,8 +93,9 @@ def define_tasks(app: Celery) -> None:
         wait_for_file(release)
         return "finished"
 
-    @app.task(name="parity.hold")
+    @app.task(name="parity.hold", acks_late=True)
     def hold(path: str, release: str) -> str:
+        """acks_late: its message stays claimed while it runs."""
         append(path, "running")
         wait_for_file(release)
         return "released"

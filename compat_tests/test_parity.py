@@ -111,7 +111,9 @@ def test_running_task_is_pending_without_track_started(parity: Any, tmp_path: Pa
     tracked = parity.t.hold_tracked.delay(str(path), str(release))
     try:
         wait_for(lambda: len(lines(path)) == 2, what="both running")
-        assert untracked.state == states.PENDING  # the app leaves task_track_started off
+        # The app leaves task_track_started off: PENDING although its message
+        # is claimed (acks_late) and it runs.
+        assert untracked.state == states.PENDING
         wait_for(lambda: tracked.state != states.PENDING, what="tracked task's state")
         assert tracked.state == states.STARTED  # the task's own track_started=True
     finally:
