@@ -249,9 +249,8 @@ def test_retry_attempt_sets_the_attempt(db_url: str) -> None:
 def test_retry_attempt_leaves_the_remaining_retries(
     db_url: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from tests.worker_jobs import Boom, run_burst, worker_env, wait_for, results, start_worker, stop
+    from tests.worker_jobs import Boom, results, start_worker, stop, wait_for, worker_env
 
-    del run_burst
     log = str(tmp_path / "log")
     request = Boom(log).run_in_worker(retries=3, retry_attempt=2)  # one retry left
     assert request is not None
