@@ -9,11 +9,16 @@ down.  Users subclass ``jobtable.Job``, never ``BaseJob``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
+
+from .db import enqueue_sql
+from .exceptions import EnqueueError
 
 
 class JobType(type):
@@ -63,6 +68,16 @@ def _overrides(job: BaseJob, name: str) -> bool:
     return getattr(type(job), name) is not getattr(BaseJob, name)
 
 
+def overrides(job: BaseJob, name: str) -> bool:
+    """Whether ``job``'s class replaces BaseJob's method ``name``."""
+    return _overrides(job, name)
+
+
+def enqueue_lock_name(job_name: str, concurrency_key: str) -> str:
+    """What the database lock of one (job class, key) is taken on."""
+    return f"{job_name}:{concurrency_key}"
+
+
 class BaseJob(metaclass=JobType):
     """What enqueue and the registry need of a Job: its stored arguments,
     defaults, hooks and their resolved values.  ``jobs.Job`` adds the rest
@@ -100,8 +115,41 @@ class BaseJob(metaclass=JobType):
         return 0
 
     def should_enqueue(self, concurrency_key: str) -> bool:
-        """Return False to skip this enqueue.  Runs atomically with the insert."""
+        """Return False to skip this enqueue.  Runs atomically with the insert,
+        under ``get_enqueue_lock(concurrency_key)``.
+
+        Kept as is, the database allows one pending-or-running job per
+        (job class, key).  Overridden, it is the limit: jobs of a key are
+        grouped by it but no longer unique (``Job.count_active_jobs``,
+        ``Job.count_recent_jobs`` help write limits)."""
         return True
+
+    def get_enqueue_lock(self, concurrency_key: str) -> AbstractContextManager[object]:
+        """The lock under which ``should_enqueue`` and the insert run, when
+        this class overrides ``should_enqueue``.
+
+        The default is the database's: a transaction-scoped advisory lock on
+        (job class, key) on PostgreSQL, the database write lock on SQLite;
+        it is taken inside the enqueue's transaction and held until that
+        transaction ends.  Override it (a Redis lock, a lock over every key
+        for a global limit...) with any context manager: jobtable enters it
+        before the enqueue's transaction begins and leaves it after the
+        commit, so the next enqueue's check sees this one's row.  With
+        ``connection=`` the commit is the caller's, after the lock is left.
+        """
+        return self._database_enqueue_lock(concurrency_key)
+
+    @contextmanager
+    def _database_enqueue_lock(self, concurrency_key: str) -> Iterator[None]:
+        conn = self._enqueue_connection
+        if conn is None:
+            raise EnqueueError(
+                f"{type(self).__qualname__}: the default get_enqueue_lock() is the database's lock of the "
+                "enqueue transaction and can only be taken inside it (run_in_worker does that)."
+            )
+        enqueue_sql.lock_for_enqueue(conn, [enqueue_lock_name(self.job_name(), concurrency_key)])
+        # Released with the transaction, not here.
+        yield
 
     @classmethod
     def job_name(cls) -> str:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from . import tables
 
@@ -32,18 +33,56 @@ def requests_select(
     if task_name is not None:
         stmt = stmt.where(request.c.task_name == task_name)
     if concurrency_key is not None:
-        stmt = stmt.where(
-            request.c.concurrency_key == concurrency_key
-            if concurrency_key
-            else request.c.concurrency_key.is_(None)
-        )
+        stmt = stmt.where(key_filter(concurrency_key))
     if queue is not None:
         stmt = stmt.where(request.c.queue == queue)
     return stmt
 
 
+def key_filter(concurrency_key: str) -> ColumnElement[bool]:
+    """Rows of ``concurrency_key`` ("": rows without a key).
+
+    The same as ``concurrency_key = :key`` (``unique_key`` is NULL or equal
+    to it), spelt so that each branch matches one of the two partial indexes
+    (``uq_jobtable_request_unique_key`` for jobs under the default limit,
+    ``ix_jobtable_request_custom_key`` for the others): the counts a
+    ``should_enqueue`` makes under the enqueue lock stay index lookups."""
+    if not concurrency_key:
+        return request.c.concurrency_key.is_(None)
+    return or_(
+        request.c.unique_key == concurrency_key,
+        and_(request.c.unique_key.is_(None), request.c.concurrency_key == concurrency_key),
+    )
+
+
 def count(conn: Connection, stmt: Select[Any]) -> int:
     return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
+def count_enqueued_since(conn: Connection, task_name: str, concurrency_key: str, since: datetime) -> int:
+    """Jobs of ``task_name`` and ``concurrency_key`` ("": no key) enqueued at
+    or after ``since``, whether they wait, run or have finished: first
+    attempts, so a job counts once however often it was retried.  A first
+    attempt is a request row or (finished) a result row, never both."""
+    waiting = select(func.count()).where(
+        request.c.task_name == task_name,
+        key_filter(concurrency_key),
+        request.c.attempt == 1,
+        request.c.created_at >= since,
+    )
+    result_key = (
+        result.c.concurrency_key == concurrency_key if concurrency_key else result.c.concurrency_key.is_(None)
+    )
+    finished = select(func.count()).where(
+        result.c.task_name == task_name,
+        result_key,
+        result.c.attempt == 1,
+        result.c.requested_at >= since,
+        # Implied (a job ends after it was enqueued): lets the
+        # (task_name, ended_at) index bound the scan.
+        result.c.ended_at >= since,
+    )
+    return int(conn.execute(waiting).scalar_one()) + int(conn.execute(finished).scalar_one())
 
 
 def list_requests(
