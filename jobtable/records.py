@@ -520,6 +520,9 @@ def retry_latest(conn: Connection, uuid: str, now: datetime, *, result_id: int |
         raise JobStateError(
             f"Attempt {previous.attempt} of job {uuid} is newer than this result; only the newest attempt can be retried."
         )
+    if previous.message is None:
+        # A result the Celery result backend wrote: the message stayed with Celery.
+        raise JobStateError(f"Job {uuid} has no stored message to retry (its result came from a Celery worker).")
     if operations_sql.retry_result(conn, previous, now) is None:
         raise JobStateError(
             f"Not retried: another {previous.task_name} job with concurrency key "

@@ -260,3 +260,21 @@ def test_wait_with_a_real_worker_follows_retries(db_url: str, subprocess_env: di
         assert JobResult.query.filter(uuid=failing.uuid).count() == 3
     finally:
         stop(proc)
+
+
+def test_cli_uses_the_same_path(db_url: str) -> None:
+    from click.testing import CliRunner
+
+    from jobtable.cli import main
+
+    running = Echo().run_in_worker()
+    waiting = Echo().run_in_worker(queue="slow")
+    assert running and waiting
+    claim(running.uuid)
+    out = CliRunner().invoke(main, ["cancel", running.uuid])
+    assert out.exit_code == 1 and "already running; it cannot be cancelled" in out.output
+    listed = CliRunner().invoke(main, ["requests"]).output.splitlines()
+    # Newest first, as JobRequest.query reads them.
+    assert [line.split()[0] for line in listed[1:]] == [waiting.uuid, running.uuid]
+    out = CliRunner().invoke(main, ["retry", running.uuid])
+    assert out.exit_code == 1 and "is running; only finished jobs can be retried" in out.output
