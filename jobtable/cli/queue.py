@@ -195,7 +195,7 @@ def list_jobs() -> None:
 
     names = jobs_registry.names()
     if not names:
-        click.echo("No jobs registered. Pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
+        click.echo("No jobs registered. Put them in app/jobs.py, or pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
         return
     for name in names:
         doc = (jobs_registry.get(name).__doc__ or "").strip().splitlines()
