@@ -22,12 +22,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Table
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import Select
 
 from .db import clock, operations_sql, reads_sql, tables
@@ -61,6 +62,17 @@ _Q = TypeVar("_Q", bound="_Query[Any]")
 
 
 # -- shared ----------------------------------------------------------------------------
+@contextmanager
+def _reading(engine: Engine | None = None) -> Iterator[Connection]:
+    """A read transaction.  On SQLite it is DEFERRED: reading (a ``wait()``
+    woken by every commit, a walk through the results) must not take the
+    writers' lock that jobtable's own transactions take at BEGIN."""
+    with db_engine.connect(engine) as conn:
+        conn = conn.execution_options(sqlite_begin="DEFERRED")
+        with conn.begin():
+            yield conn
+
+
 
 
 class _QueryAttribute(Generic[_Q]):
@@ -80,7 +92,7 @@ class _ByUuid:
 
     def result(self) -> JobResult | None:
         """The newest finished attempt of this job, if any (no waiting)."""
-        with db_engine.connect() as conn, conn.begin():
+        with _reading() as conn:
             row = reads_sql.latest_result(conn, self.uuid)
         return None if row is None else JobResult.from_row(row)
 
@@ -166,7 +178,7 @@ class _Query(Generic[_T]):
     def _run(self, fn: Callable[[Connection], Any]) -> Any:
         if self._connection is not None:
             return fn(self._connection)
-        with db_engine.connect() as conn, conn.begin():
+        with _reading() as conn:
             return fn(conn)
 
     def count(self) -> int:
@@ -346,7 +358,7 @@ class JobRequest(_ByUuid):
         """This job as the table has it now (its state, or its retry: the
         same uuid, a later attempt), or None once it has finished -- then
         ``result()`` tells how."""
-        with db_engine.connect() as conn, conn.begin():
+        with _reading() as conn:
             row = reads_sql.active_request(conn, self.uuid)
         return None if row is None else JobRequest.from_row(row)
 
@@ -388,7 +400,7 @@ class JobProcess(_ByUuid):
 
     def refresh(self) -> JobRequest | None:
         """The job as the table has it now (None once it has finished)."""
-        with db_engine.connect() as conn, conn.begin():
+        with _reading() as conn:
             row = reads_sql.active_request(conn, self.uuid)
         return None if row is None else JobRequest.from_row(row)
 
@@ -581,7 +593,7 @@ def wait_for(uuid: str, timeout: float | None = None) -> JobResult:
     listener: Listener | None = None
     try:
         while True:
-            with db_engine.connect(engine) as conn, conn.begin():
+            with _reading(engine) as conn:
                 row = _final_result(conn, uuid)
             if row is not None:
                 return JobResult.from_row(row)
