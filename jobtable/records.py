@@ -530,7 +530,8 @@ def retry_latest(conn: Connection, uuid: str, now: datetime, *, result_id: int |
         raise JobStateError(f"Job {uuid} has a newer attempt than the one asked for; retry that one.")
     if result_id is not None and result_id != previous.id:
         raise JobStateError(
-            f"Attempt {previous.attempt} of job {uuid} is newer than this result; only the newest attempt can be retried."
+            f"Attempt {previous.attempt} of job {uuid} is newer than this result; "
+            "only the newest attempt can be retried."
         )
     if previous.message is None:
         # A result the Celery result backend wrote: the message stayed with Celery.

@@ -107,7 +107,10 @@ def list_results(queue: str | None, job_class: str | None, status: str | None, t
     query = JobResult.query.filter(queue=queue, job_class=job_class, status=status, uuid=task_id)
     _table(
         ["uuid", "attempt", "job", "queue", "status", "ended_at", "error"],
-        [[r.uuid, r.attempt, r.job_class, r.queue, r.status, _ts(r.ended_at), r.error_type] for r in query.page(limit=limit)],
+        [
+            [r.uuid, r.attempt, r.job_class, r.queue, r.status, _ts(r.ended_at), r.error_type]
+            for r in query.page(limit=limit)
+        ],
     )
 
 
