@@ -278,3 +278,21 @@ def test_cli_uses_the_same_path(db_url: str) -> None:
     assert [line.split()[0] for line in listed[1:]] == [waiting.uuid, running.uuid]
     out = CliRunner().invoke(main, ["retry", running.uuid])
     assert out.exit_code == 1 and "is running; only finished jobs can be retried" in out.output
+
+
+def test_wait_ends_when_a_retry_was_purged(db_url: str) -> None:
+    from jobtable.db import operations_sql
+
+    request = Echo().run_in_worker()
+    assert request
+    finish(request.uuid)
+    first = request.result()
+    assert first is not None
+    first.retry()
+    with pytest.raises(TimeoutError):
+        request.wait(timeout=0)  # its retry waits
+    with get_engine().begin() as conn:
+        assert operations_sql.purge(conn) == 1
+    # Nothing will run any more: the retried attempt is the last word.
+    final = request.wait(timeout=0)
+    assert (final.id, final.retried) == (first.id, True)
