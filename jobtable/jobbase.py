@@ -1,7 +1,7 @@
 """What a Job is, below everything that enqueues, registers or defines Jobs.
 
 ``BaseJob`` holds a Job's stored arguments, defaults, hooks and resolved
-values; ``JobRequest`` is a queued job as the API returns it.  ``enqueue``
+values; ``JobRequest`` (from ``records``) is a queued job as the API returns it.  ``enqueue``
 and ``registry`` need these types, and ``jobs.Job`` (which calls both)
 builds on them: keeping them here lets every one of those imports point
 down.  Users subclass ``jobtable.Job``, never ``BaseJob``.
@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from .db import enqueue_sql
 from .exceptions import EnqueueError
+
+# JobRequest lives with the other records (it reads and acts on the queue);
+# imported here so that ``jobbase.JobRequest`` stays where enqueue finds it.
+from .records import JobRequest as JobRequest
 
 
 class JobType(type):
@@ -29,39 +32,6 @@ class JobType(type):
         instance._init_args = args
         instance._init_kwargs = kwargs
         return instance
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """A job waiting in, or running from, the queue table."""
-
-    id: int
-    uuid: str
-    job_class: str
-    queue: str
-    priority: int
-    state: str
-    start_at: datetime
-    concurrency_key: str
-    attempt: int
-    retries: int
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> JobRequest:
-        return cls(
-            id=row.id,
-            uuid=row.task_id,
-            job_class=row.task_name,
-            queue=row.queue,
-            priority=row.priority,
-            state=row.state,
-            start_at=row.run_at,
-            concurrency_key=row.concurrency_key or "",
-            attempt=row.attempt,
-            retries=row.retries,
-            created_at=row.created_at,
-        )
 
 
 def _overrides(job: BaseJob, name: str) -> bool:

@@ -12,8 +12,9 @@ import click
 from ..db import engine as db_engine
 from ..db import migrate as db_migrate
 from ..db import purge as db_purge
+from .. import records
 from ..db import clock, operations_sql, reads_sql, tables
-from ..exceptions import JobNotFound
+from ..records import JobRequest, JobResult
 from ..settings import get_settings, setting_source
 from .group import main, with_app
 from .progress import note, progress
@@ -84,16 +85,13 @@ def stats() -> None:
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:
-    """Jobs waiting or running, highest priority first."""
-    with db_engine.connect() as conn, conn.begin():
-        rows = reads_sql.list_requests(
-            conn, queue=queue, task_name=job_class, states=state or reads_sql.ACTIVE_STATES, limit=limit
-        )
+    """Jobs waiting or running, newest first (what ``JobRequest.query`` reads)."""
+    query = JobRequest.query.filter(queue=queue, job_class=job_class, state=state or None)
     _table(
         ["uuid", "job", "queue", "priority", "state", "start_at", "attempt", "concurrency_key"],
         [
-            [r.task_id, r.task_name, r.queue, r.priority, r.state, _ts(r.run_at), r.attempt, r.concurrency_key or ""]
-            for r in rows
+            [r.uuid, r.job_class, r.queue, r.priority, r.state, _ts(r.start_at), r.attempt, r.concurrency_key]
+            for r in query.page(limit=limit)
         ],
     )
 
@@ -105,16 +103,13 @@ def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ..
 @click.option("--uuid", "task_id", default=None, help="Only the attempts of this job.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_results(queue: str | None, job_class: str | None, status: str | None, task_id: str | None, limit: int) -> None:
-    """Finished attempts, newest first."""
-    with db_engine.connect() as conn, conn.begin():
-        rows = reads_sql.list_results(
-            conn, queue=queue, task_name=job_class, status=status.upper() if status else None, task_id=task_id, limit=limit
-        )
+    """Finished attempts, newest first (what ``JobResult.query`` reads)."""
+    query = JobResult.query.filter(queue=queue, job_class=job_class, status=status, uuid=task_id)
     _table(
         ["uuid", "attempt", "job", "queue", "status", "ended_at", "error"],
         [
-            [r.task_id, r.attempt, r.task_name, r.queue, r.status, _ts(r.ended_at), r.error_type or ""]
-            for r in rows
+            [r.uuid, r.attempt, r.job_class, r.queue, r.status, _ts(r.ended_at), r.error_type]
+            for r in query.page(limit=limit)
         ],
     )
 
@@ -124,34 +119,20 @@ def list_results(queue: str | None, job_class: str | None, status: str | None, t
 def retry(uuid: str) -> None:
     """Run a finished job again (its next attempt, same uuid)."""
     with db_engine.connect() as conn, conn.begin():
-        active = reads_sql.active_request(conn, uuid)
-        if active is not None:
-            raise click.ClickException(f"Job {uuid} is {active.state}; only finished jobs can be retried.")
-        previous = reads_sql.latest_result(conn, uuid)
-        if previous is None:
-            raise JobNotFound(f"No result has uuid {uuid}. List results with `jobtable results`.")
-        new_id = operations_sql.retry_result(conn, previous, clock.utcnow())
-    if new_id is None:
-        raise click.ClickException(
-            f"Not retried: another {previous.task_name} job with concurrency key "
-            f"{previous.concurrency_key!r} is pending or running."
-        )
-    click.echo(f"Retrying {uuid} (attempt {previous.attempt + 1}).")
+        request = records.retry_latest(conn, uuid, clock.utcnow())
+    click.echo(f"Retrying {uuid} (attempt {request.attempt}).")
 
 
 @main.command()
 @click.argument("uuid")
 def cancel(uuid: str) -> None:
-    """Cancel a job that has not started; it is recorded as CANCELLED."""
+    """Cancel a job that has not started; it is recorded as CANCELLED.
+
+    A running job is not interrupted: the command says so and the job ends
+    as its code decides."""
     with db_engine.connect() as conn, conn.begin():
-        removed = operations_sql.cancel_pending(conn, uuid, clock.utcnow())
-        active = None if removed is not None else reads_sql.active_request(conn, uuid)
-    if removed is not None:
-        click.echo(f"Cancelled {uuid}.")
-    elif active is not None:
-        raise click.ClickException(f"Job {uuid} is already running; it cannot be cancelled before it ends.")
-    else:
-        raise JobNotFound(f"No pending job has uuid {uuid}. List them with `jobtable requests`.")
+        records.cancel_waiting(conn, uuid, clock.utcnow())
+    click.echo(f"Cancelled {uuid}.")
 
 
 _batch_size = click.option(
@@ -217,7 +198,7 @@ def list_jobs() -> None:
 
     names = jobs_registry.names()
     if not names:
-        click.echo("No jobs registered. Pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
+        click.echo("No jobs registered. Put them in app/jobs.py, or pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
         return
     for name in names:
         doc = (jobs_registry.get(name).__doc__ or "").strip().splitlines()

@@ -23,6 +23,8 @@ def _setup_logging(level: str) -> None:
 
 
 @main.command()
+# plain.worker spells it `worker run`: the word is accepted and means nothing more.
+@click.argument("action", required=False, type=click.Choice(["run"]), metavar="[run]")
 @click.option(
     "--queue",
     "-q",
@@ -45,6 +47,7 @@ def _setup_logging(level: str) -> None:
 )
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def worker(
+    action: str | None,
     queues: tuple[str, ...],
     max_processes: int | None,
     max_jobs_per_process: int | None,
@@ -56,7 +59,9 @@ def worker(
     celery_app: str | None,
     log_level: str,
 ) -> None:
-    """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
+    """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful).
+
+    `jobtable worker run ...` (plain.worker's spelling) is the same command."""
     from ..discovery import load_app
     from ..settings import describe_sources, get_settings
     from .queues import choose_queues

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -28,8 +28,11 @@ def requests_select(
     concurrency_key: str | None = None,
     states: Iterable[str] = ACTIVE_STATES,
     queue: str | None = None,
+    task_id: str | None = None,
 ) -> Select[Any]:
     stmt = select(request).where(request.c.state.in_(list(states)))
+    if task_id is not None:
+        stmt = stmt.where(request.c.task_id == task_id)
     if task_name is not None:
         stmt = stmt.where(request.c.task_name == task_name)
     if concurrency_key is not None:
@@ -53,6 +56,47 @@ def key_filter(concurrency_key: str) -> ColumnElement[bool]:
         request.c.unique_key == concurrency_key,
         and_(request.c.unique_key.is_(None), request.c.concurrency_key == concurrency_key),
     )
+
+
+def results_select(
+    *,
+    task_name: str | None = None,
+    concurrency_key: str | None = None,
+    statuses: Iterable[str] | None = None,
+    queue: str | None = None,
+    task_id: str | None = None,
+) -> Select[Any]:
+    """Results filtered as ``requests_select`` filters requests (the Job
+    API's ``JobResult.query``)."""
+    stmt = select(result)
+    if statuses is not None:
+        stmt = stmt.where(result.c.status.in_(list(statuses)))
+    if task_name is not None:
+        stmt = stmt.where(result.c.task_name == task_name)
+    if concurrency_key is not None:
+        stmt = stmt.where(
+            result.c.concurrency_key == concurrency_key if concurrency_key else result.c.concurrency_key.is_(None)
+        )
+    if queue is not None:
+        stmt = stmt.where(result.c.queue == queue)
+    if task_id is not None:
+        stmt = stmt.where(result.c.task_id == task_id)
+    return stmt
+
+
+def newest_page(
+    conn: Connection, stmt: Select[Any], table: Table, *, before_id: int | None, limit: int
+) -> list[Row[Any]]:
+    """Rows of ``stmt`` (a select of ``table``) newest first by id, those
+    below ``before_id`` only: keyset pages on the primary key, no OFFSET."""
+    id_col = table.c.id
+    if before_id is not None:
+        stmt = stmt.where(id_col < before_id)
+    return list(conn.execute(stmt.order_by(id_col.desc()).limit(limit)))
+
+
+def exists(conn: Connection, stmt: Select[Any]) -> bool:
+    return bool(conn.execute(select(stmt.exists())).scalar())
 
 
 def count(conn: Connection, stmt: Select[Any]) -> int:
