@@ -24,7 +24,7 @@ command again at once, and restarts PostgreSQL (``pg_ctl restart -m fast``)
 when half the jobs have ended.  Calm and kill tries alternate.
 
 Throughout both, a separate "web" process enqueues one more job (0 ms) every
-20 ms (``run_in_worker()``; ``.delay()`` for Celery), each with its own token.
+200 ms (``run_in_worker()``; ``.delay()`` for Celery), each with its own token.
 Around the restart it pauses: the bench raises a flag, waits until the client
 says it stopped, restarts the server, drops the flag -- so its first call
 after the restart goes out on a pooled connection the server closed, and must
@@ -72,7 +72,9 @@ PORT = 5439
 DB = "bench_kill"
 QUEUE = "bench"
 KILL_EVERY = 3.0
-PROBE_EVERY = 0.02
+#: The web client's pace: a few jobs a second, so that its jobs are a small
+#: share of the load (5 % of the calm drain) while its calls span the restart.
+PROBE_EVERY = 0.2
 
 
 def db_url(driver: str = "postgresql+psycopg") -> str:
@@ -114,6 +116,7 @@ class Native:
 
 class CeleryTransport:
     name = "celery"
+    app: Any = None
 
     def command(self) -> list[str]:
         return [harness.venv_bin("celery"), "-A", "benchapps.kill_celery_app", "worker", "--pool", "prefork",
@@ -124,7 +127,7 @@ class CeleryTransport:
         return harness.bench_env(BENCH_RUNS_FILE=str(runs_file), BENCH_BROKER_URL="jobtable+" + db_url())
 
     def fill(self, plan: list[tuple[str, float]]) -> None:
-        from benchapps.kill_celery_app import make_app
+        from benchapps import kill_celery_app
         from jobtable.db import engine as db_engine
         from jobtable.db.migrate import upgrade
 
@@ -132,12 +135,13 @@ class CeleryTransport:
         engine = db_engine.create_jobtable_engine(db_url())
         upgrade(engine)
         engine.dispose()
-        app = make_app("jobtable+" + db_url())
-        task = app.tasks["bench.work"]
-        with app.producer_or_acquire() as producer:
+        if self.app is None:  # the module's app: a second one would register bench.work twice
+            self.app = kill_celery_app.app
+        task = self.app.tasks["bench.work"]
+        with self.app.producer_or_acquire() as producer:
             for token, ms in plan:
                 task.apply_async((token, ms), producer=producer)
-        app.close()
+        self.app.pool.force_close_all()  # its connections die with the next database
         db_engine.reset_engines()
 
 
@@ -162,9 +166,9 @@ def probe_main(args: argparse.Namespace) -> int:
         def send(token: str) -> bool:
             return Work(token, 0).run_in_worker() is not None
     else:
-        from benchapps.kill_celery_app import make_app
+        from benchapps.kill_celery_app import app
 
-        task = make_app("jobtable+" + db_url()).tasks["bench.work"]
+        task = app.tasks["bench.work"]
 
         def send(token: str) -> bool:
             task.delay(token, 0)
@@ -284,7 +288,7 @@ def fresh_database() -> None:
 
 
 def run_try(system: Any, cluster: pgcluster.PrivateCluster, plan: list[tuple[str, float]], *, kill: bool,
-            tmp: Path, tag: str, timeout: float, settle: float) -> dict[str, Any]:
+            tmp: Path, tag: str, timeout: float, settle: float, stall: float) -> dict[str, Any]:
     n = len(plan)
     fresh_database()
     system.fill(plan)
@@ -298,7 +302,10 @@ def run_try(system: Any, cluster: pgcluster.PrivateCluster, plan: list[tuple[str
     restart: dict[str, Any] = {}
     workers: list[harness.Worker] = []
 
+    launches: list[float] = []
+
     def launch() -> harness.Worker:
+        launches.append(time.time())
         w = harness.Worker(system.command(), env, tmp / f"worker-{tag}-{len(workers)}.log").start()
         workers.append(w)
         return w
@@ -307,7 +314,7 @@ def run_try(system: Any, cluster: pgcluster.PrivateCluster, plan: list[tuple[str
         try:
             restart["pause_at"] = time.time()
             probe.pause()
-            restart["at"] = time.time()
+            restart["down_at"] = time.time()
             restart["seconds"] = cluster.restart("fast")
             restart["up_at"] = time.time()
         except Exception as exc:  # reported, and fails the try
@@ -320,12 +327,20 @@ def run_try(system: Any, cluster: pgcluster.PrivateCluster, plan: list[tuple[str
     restarter: threading.Thread | None = None
     next_kill = time.perf_counter() + KILL_EVERY
     deadline = time.perf_counter() + timeout
+    last_ended, progress_at, stalled = 0, time.perf_counter(), False
     try:
         while True:
             log.read()
-            if log.ended() >= n:
+            ended = log.ended()
+            if ended >= n:
                 break
             now = time.perf_counter()
+            if ended != last_ended:
+                last_ended, progress_at = ended, now
+            elif now - progress_at > stall:
+                # Jobs that will never end (e.g. quarantined): stop and count them lost.
+                stalled = True
+                break
             if now > deadline:
                 raise harness.BenchError(f"timed out: {log.ended()} of {n} jobs ended\n{worker.tail()}")
             if kill and restarter is None and log.ended() >= n // 2:
@@ -360,12 +375,29 @@ def run_try(system: Any, cluster: pgcluster.PrivateCluster, plan: list[tuple[str
             w.stop(grace=5.0)
         if probe.proc.poll() is None:
             probe.proc.kill()
-    return analyse(system, plan, log, kills, restart, probe_lines, t0, done_at, workers)
+    r = analyse(system, plan, log, kills, restart, probe_lines, t0, done_at, workers, launches)
+    r["stalled_after_s"] = stall if stalled else None
+    return r
 
 
 def analyse(system: Any, plan: list[tuple[str, float]], log: RunLog, kills: list[float], restart: dict[str, Any],
-            probe_lines: list[str], t0: float, done_at: float, workers: list[harness.Worker]) -> dict[str, Any]:
+            probe_lines: list[str], t0: float, done_at: float, workers: list[harness.Worker],
+            launches: list[float]) -> dict[str, Any]:
     n = len(plan)
+    # From each launch to the first job start after it (before the next kill):
+    # interpreter start-up, imports, connecting, the first claim.
+    all_starts = sorted(s for starts in log.starts.values() for s, _ in starts)
+    startup = []
+    for i, at in enumerate(launches):
+        until = kills[i] if i < len(kills) else float("inf")
+        first = next((s for s in all_starts if s >= at), None)
+        startup.append(first - at if first is not None and first < until else None)
+    # The share of the run's wall time in which a worker was up and running
+    # jobs (from its first job start to its kill, or to the end): what is
+    # left once start-up is taken out of every kill window.
+    end = max((e for ends in log.ends.values() for e, _ in ends), default=t0)
+    working = sum(max(0.0, min(kills[i] if i < len(kills) else end, end) - (at + up))
+                  for i, (at, up) in enumerate(zip(launches, startup)) if up is not None)
     tokens = [t for t, _ in plan]
     first_end = sorted(min(t for t, _ in log.ends[tok]) for tok in tokens if tok in log.ends)
     wall = first_end[-1] - t0 if first_end else float("nan")
@@ -421,11 +453,15 @@ def analyse(system: Any, plan: list[tuple[str, float]], log: RunLog, kills: list
     out: dict[str, Any] = {
         "jobs": n,
         "wall_s": wall,
-        "jobs_per_s": n / wall,
+        "jobs_ended": len(first_end),
+        "jobs_per_s": len(first_end) / wall,
         "t99_s": t99,
         "jobs_per_s_99": k99 / t99,
         "kills": len(kills),
         "worker_launches": len(workers),
+        "startup_s": [None if x is None else round(x, 3) for x in startup],
+        "launches_without_a_job": sum(1 for x in startup if x is None),
+        "working_share": working / (end - t0) if end > t0 else float("nan"),
         "restart": {k: (v - t0 if k.endswith("_at") else v) for k, v in restart.items()},
         "lost_never_ran": len(lost_never_ran),
         "lost_unfinished": len(lost_unfinished),
@@ -469,12 +505,10 @@ def probe_report(lines: list[str], log: RunLog, restart: dict[str, Any]) -> dict
 def queue_report(name: str) -> dict[str, Any]:
     with psycopg.connect(conninfo(), autocommit=True) as conn:
         left = conn.execute("SELECT count(*) FROM jobtable_request").fetchone()[0]
-        statuses = {}
-        if name == "native":
-            for status, etype, count in conn.execute(
-                "SELECT status, coalesce(error_type, '-'), count(*) FROM jobtable_result GROUP BY 1, 2 ORDER BY 1, 2"
-            ):
-                statuses[f"{status}/{etype}"] = count
+        # The native worker's results; for Celery (no result backend) only
+        # what the transport itself recorded, e.g. quarantined messages.
+        statuses = {f"{status}/{etype}": count for status, etype, count in conn.execute(
+            "SELECT status, coalesce(error_type, '-'), count(*) FROM jobtable_result GROUP BY 1, 2 ORDER BY 1, 2")}
     return {"queue_rows_left": left, "result_rows": statuses}
 
 
@@ -488,11 +522,17 @@ def ok_of(r: dict[str, Any]) -> bool:
             and r["queue_rows_left"] == 0 and "error" not in r["restart"])
 
 
+def _median(values: list[float | None]) -> str:
+    got = sorted(v for v in values if v is not None)
+    none = len(values) - len(got)
+    return (f"{got[len(got) // 2]:.2f}s" if got else "-") + (f" ({none} launch(es) ran nothing)" if none else "")
+
+
 def line(tag: str, r: dict[str, Any]) -> str:
     p = r["probe"]
     first = p["first_after_restart"]
     return (f"[{tag}] {r['jobs_per_s']:.1f} jobs/s (99 %: {r['jobs_per_s_99']:.1f}), wall {r['wall_s']:.1f}s, "
-            f"kills {r['kills']}, running at kills {r['running_at_kills']}, lost {r['lost_never_ran']}+"
+            f"kills {r['kills']}, startup median {_median(r['startup_s'])}, working share {r['working_share']:.2f}, running at kills {r['running_at_kills']}, lost {r['lost_never_ran']}+"
             f"{r['lost_unfinished']}, dup {r['duplicates_cut_by_kill']} cut/{r['duplicates_other']} other, "
             f"probe {p['ok']}/{p['calls']} ok, {p['errors']} err, dup {p['ran_more_than_once']}, "
             f"first after restart {first}, restart {r['restart'].get('seconds')}, left {r['queue_rows_left']}, "
@@ -548,8 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=400.0)
+    parser.add_argument("--stall", type=float, default=30.0,
+                        help="stop a try when no job ended for this long; the rest count as lost")
+    parser.add_argument("--celery-prefetch", type=int, default=4, help="worker_prefetch_multiplier (default 4)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    os.environ["BENCH_PREFETCH"] = str(args.celery_prefetch)  # the Celery workers and clients inherit it
 
     tmp = harness.tmpdir()
     load = os.getloadavg()
@@ -563,14 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     cluster = pgcluster.PrivateCluster(PORT).create()
     tries: list[dict[str, Any]] = []
     all_ok = True
+    systems = {name: SYSTEMS[name]() for name in args.systems}
     try:
         for i in range(args.repeat):
-            for name in args.systems:
-                system = SYSTEMS[name]()
+            for name, system in systems.items():
                 for mode in args.modes:
                     tag = f"{name}-{mode}-{i + 1}"
                     r = run_try(system, cluster, plan, kill=mode == "kill", tmp=tmp, tag=tag,
-                                timeout=args.timeout, settle=args.settle)
+                                timeout=args.timeout, settle=args.settle, stall=args.stall)
                     r.update(system=name, mode=mode, attempt=i + 1, load1=os.getloadavg()[0], ok=ok_of(r))
                     all_ok &= r["ok"]
                     tries.append(r)

@@ -30,7 +30,9 @@ def make_app(broker_url: str) -> Celery:
         accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
+        # 4 as in the other Celery runs; BENCH_PREFETCH=1 for Celery's advice
+        # with acks_late (hold only what runs).
+        worker_prefetch_multiplier=int(os.environ.get("BENCH_PREFETCH", "4")),
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
