@@ -141,7 +141,7 @@ class CeleryTransport:
         with self.app.producer_or_acquire() as producer:
             for token, ms in plan:
                 task.apply_async((token, ms), producer=producer)
-        self.app.pool.force_close_all()  # its connections die with the next database
+        self.app.close()  # drops its connection pool (a new one next time): they die with the database
         db_engine.reset_engines()
 
 
