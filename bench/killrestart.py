@@ -423,6 +423,7 @@ def analyse(system: Any, plan: list[tuple[str, float]], log: RunLog, kills: list
     lost_unfinished = [t for t in tokens if t in log.starts and t not in log.ends]
     dup_cut, dup_other, dup_examples = 0, 0, []
     cut_gaps: list[float] = []
+    other_gaps: list[float] = []
     extra_runs = 0
     for tok in [*tokens, *[t for t in log.starts if t.startswith("p")]]:
         runs, cut, gaps = classify(tok)
@@ -434,6 +435,12 @@ def analyse(system: Any, plan: list[tuple[str, float]], log: RunLog, kills: list
             dup_cut += 1
         else:
             dup_other += 1
+            # How long before the next kill its first run had ended (the
+            # window in which its result or ack was not yet written).
+            first_end_t = min((e for e, _ in log.ends.get(tok, [])), default=None)
+            nxt = [k for k in kills if first_end_t is not None and k >= first_end_t]
+            if nxt and first_end_t is not None:
+                other_gaps.append(nxt[0] - first_end_t)
             if len(dup_examples) < 5:
                 ends = sorted(log.ends.get(tok, []))
                 starts = sorted(log.starts[tok])
@@ -473,6 +480,7 @@ def analyse(system: Any, plan: list[tuple[str, float]], log: RunLog, kills: list
         "extra_runs": extra_runs,
         "running_at_kills": sum(running_at_kill),
         "running_at_each_kill": running_at_kill,
+        "other_end_to_kill_ms": sorted(round(g * 1000, 1) for g in other_gaps),
         "cut_start_to_kill_ms_max": round(max(cut_gaps) * 1000, 1) if cut_gaps else None,
         "probe": probe,
         "done_after_s": done_at - t0,
