@@ -110,6 +110,12 @@ def describe(engine: Engine) -> str:
     return urls.render(engine.url)
 
 
+#: What a lost or refused connection raises: ``DBAPIError`` from a statement,
+#: ``DatabaseUnavailable`` from ``connect()`` (no connection could be made,
+#: e.g. while the server restarts).  Code that waits out an outage catches both.
+ERRORS: tuple[type[Exception], ...] = (DBAPIError, DatabaseUnavailable)
+
+
 def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return DatabaseUnavailable(
