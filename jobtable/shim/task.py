@@ -28,6 +28,17 @@ if TYPE_CHECKING:
     from .result import AsyncResult, EagerResult
 
 
+
+def _call_arguments(name: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args``/``kwargs`` of apply_async and apply, refused as Celery does
+    when they are not a list/tuple and a dict: ``tuple("ab")`` would send
+    the task two arguments 'a' and 'b'."""
+    if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple))):
+        raise TypeError(f"{name}: args must be a list or tuple, got {type(args).__name__}.")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"{name}: kwargs must be a dict, got {type(kwargs).__name__}.")
+    return tuple(args or ()), dict(kwargs or {})
+
 class Context:
     """``self.request``: the call being executed."""
 
@@ -224,7 +235,7 @@ class Task:
         ``task_always_eager``), or None when its concurrency key is taken."""
         from .send import check_options
 
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         self.check_arguments(args, kwargs)
         check_options(options)
         app = self._app()
@@ -252,7 +263,7 @@ class Task:
         be sent fails in tests too.  ``retry()`` runs it again at once."""
         from .result import EagerResult
 
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         task_id = task_id or messages.new_task_id()
         encoded_args, encoded_kwargs = _encode(self.name, args, kwargs)
         args, kwargs = tuple(params.decode(encoded_args)), params.decode(encoded_kwargs)
