@@ -137,7 +137,8 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     key = (os.getpid(), engine.url.render_as_string(hide_password=False))
     if key in _checked:
         return
-    from .migrate import current_revision, head_revision, known_revisions, too_new
+    from .migrate import too_new
+    from .revisions import current_revision, head_revision, known_revisions
 
     if conn is not None:
         current = current_revision(conn)
