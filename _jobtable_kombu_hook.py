@@ -66,7 +66,10 @@ class _Loader:
             register(aliases)
 
     def __getattr__(self, name: str) -> "Any":
-        # get_filename, get_resource_reader, is_package...
+        # get_filename, get_resource_reader, is_package...  (Not _loader
+        # itself, which a copy without __init__ lacks: no endless recursion.)
+        if name == "_loader":
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 
