@@ -49,6 +49,14 @@ def _seconds(meaning: str, low: int, high: int, why_low: str = "", hint: str = "
 class Settings:
     database_url: str = _setting("sqlite:///jobtable.sqlite3", Rule(
         "url", "the SQLAlchemy URL of the queue database", secret=True))
+    # psycopg waits 130 s for a server that accepts and never answers (a
+    # wrong port behind a firewall, a host that hangs): a worker's start
+    # blocked for minutes.  2 s is libpq's own minimum.
+    connect_timeout: int = _setting(10, _seconds(
+        "the seconds jobtable waits for the database server to answer when it opens a connection "
+        "(PostgreSQL and MySQL; a connect_timeout in the URL's query wins; SQLite opens a file and has none)",
+        2, 3600, why_low="PostgreSQL's client library waits at least 2 seconds",
+        hint="A broker connection takes Celery's broker_connection_timeout instead."))
     results_retention: int = _setting(604800, _seconds(
         "the seconds a finished job's result is kept before the worker (or `jobtable clear`) deletes it",
         1, 100 * YEAR, why_low="0 or less would delete every result as soon as it is written",

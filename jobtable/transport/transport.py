@@ -39,6 +39,7 @@ from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
 from .options import TransportOptions
 from .protocol import row_id
+from .options import connect_of
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class Transport(virtual.Transport):
         # A bad URL fails here, clearly; the client's fields lose the URL.
         self.url = brokerurl.adopt(client)
         self.db_url = self.url.render_as_string(hide_password=False)
+        # The connect timeout and SSL options of the Kombu connection
+        # (broker_connection_timeout, broker_use_ssl), for the engine.
+        self.connect = connect_of(self.url, client, self.options)
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
         # The mark tells peers that this consumer holds its liveness lock
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
@@ -144,7 +148,7 @@ class Transport(virtual.Transport):
     @property
     def engine(self) -> Engine:
         # Looked up on each use: a forked child gets its own engine.
-        return db_engine.get_engine(self.db_url)
+        return db_engine.get_engine(self.db_url, self.connect)
 
     @property
     def consumer_id(self) -> str:
