@@ -37,9 +37,8 @@ from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
-from .options import TransportOptions
+from .options import TransportOptions, connect_of
 from .protocol import row_id
-from .options import connect_of
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
