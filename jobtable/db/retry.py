@@ -86,7 +86,13 @@ def _autocommit(conn: Connection) -> Iterator[None]:
     rollback at close finds nothing to roll back.
     """
     driver = conn.connection.driver_connection
-    driver.autocommit = True  # type: ignore[union-attr]
+    try:
+        driver.autocommit = True  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # A connection psycopg already knows to be closed: SQLAlchemy's
+        # handling wraps it in DBAPIError and, for a disconnect, marks it
+        # (and the pool) invalidated, so the retry gets a fresh one.
+        conn._handle_dbapi_exception(exc, None, None, None, None)
     try:
         yield
     finally:
