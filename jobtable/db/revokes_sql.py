@@ -132,20 +132,27 @@ def listed(conn: Connection, now: datetime, kind: str | None = None, limit: int 
     return list(conn.execute(stmt.order_by(revoke.c.created_at.desc()).limit(limit)))
 
 
-def stamps_of(message: str) -> list[tuple[str, str]]:
-    """The ``(header, value)`` pairs a stored message is stamped with (each
-    value of a list separately, as Celery's Request.revoked compares)."""
-    if '"stamped_headers"' not in message:
-        return []  # the usual case: no JSON parsing
+def keys_of(row: Row[Any]) -> tuple[str | None, list[tuple[str, str]]]:
+    """A claimed row's task id and the ``(header, value)`` pairs it is
+    stamped with (each value of a list separately, as Celery's
+    Request.revoked compares).  The message is parsed only when it carries
+    stamps, or when the claim returned no task_id column (the transport's
+    PostgreSQL claim)."""
+    task_id = getattr(row, "task_id", None)
+    message = row.message
+    if task_id is not None and '"stamped_headers"' not in message:
+        return task_id, []  # the usual case: no JSON parsing
     try:
         headers = json.loads(message).get("headers") or {}
     except (ValueError, AttributeError):
-        return []
+        return task_id, []
     if not isinstance(headers, dict):
-        return []
+        return task_id, []
+    if task_id is None and isinstance(headers.get("id"), str):
+        task_id = headers["id"]
     names, stamps = headers.get("stamped_headers") or [], headers.get("stamps") or {}
     if not isinstance(names, list) or not isinstance(stamps, dict):
-        return []
+        return task_id, []
     pairs = []
     for name in names:
         found = stamps.get(name) if isinstance(name, str) else None
@@ -153,7 +160,7 @@ def stamps_of(message: str) -> list[tuple[str, str]]:
             stored = storable(value)
             if stored is not None:
                 pairs.append((name, stored))
-    return pairs
+    return task_id, pairs
 
 
 # Expiry is compared in Python: a condition on expires_at in the SQL can
@@ -175,11 +182,15 @@ def revoked(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> dict[i
         return {}
     wanted: dict[str, list[tuple[int, str, str]]] = {}
     for row in rows:
-        wanted.setdefault(row.task_id, []).append((row.id, TASK, ""))
-        for name, value in stamps_of(row.message):
+        task_id, stamps = keys_of(row)
+        if task_id is not None:
+            wanted.setdefault(task_id, []).append((row.id, TASK, ""))
+        for name, value in stamps:
             wanted.setdefault(value, []).append((row.id, STAMP, name))
     values = list(wanted)
     found: dict[int, str] = {}
+    if not values:  # messages without a task id (Kombu's own: pidbox, replies)
+        return found
     postgresql = conn.dialect.name == "postgresql"
     step = len(values) if postgresql else _CHUNK
     for start in range(0, len(values), step):
@@ -227,3 +238,33 @@ def end_revoked(conn: Connection, rows: Sequence[Row[Any]], worker_id: str, now:
         ],
     )
     return sorted(dialect_of(conn).take_running(conn, worker_id, [row.id for row in rows]))
+
+
+def end_revoked_held(conn: Connection, ids: Sequence[int], consumer_id: str, now: datetime) -> int:
+    """The transport's :func:`end_revoked`, by row id (its claim returns
+    only the columns it delivers): in one transaction, the rows still held
+    by ``consumer_id`` leave the queue with their REVOKED result."""
+    if not ids:
+        return 0
+    stmt = (
+        delete(request)
+        .where(request.c.id.in_(list(ids)), request.c.worker_id == consumer_id, request.c.state == tables.RUNNING)
+        .returning(*request.c)
+    )
+    removed = list(conn.execute(stmt))
+    result_rows.insert_results(
+        conn,
+        [
+            result_rows.result_values(
+                row,
+                tables.CANCELLED,
+                ended_at=now,
+                started_at=None,
+                error_type=REVOKED_ERROR,
+                error_message="revoked",
+                retried=False,
+            )
+            for row in removed
+        ],
+    )
+    return len(removed)
