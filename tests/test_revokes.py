@@ -172,3 +172,30 @@ def test_claim_cost_with_10000_revokes(db_url: str) -> None:
                 )
             )
             assert plan.startswith("SEARCH jobtable_revoke USING"), plan
+
+
+def test_dashboard_revokes_and_unrevokes(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    from tests.dashboard_client import client
+
+    log = str(tmp_path / "ran.log")
+    held = t.record.delay(log, "held")
+    dropped = t.record.delay(log, "dropped")
+    assert held is not None and dropped is not None
+    # As a Celery broadcast records it: the request stays, the revoke holds it.
+    _revoke((revokes_sql.TASK, "", held.id))
+    [held_row] = [r for r in requests() if r.task_id == held.id]
+    [dropped_row] = [r for r in requests() if r.task_id == dropped.id]
+    with client() as dash:
+        page = dash.get(f"/requests/{held_row.id}").text
+        assert "Un-revoke" in page
+        assert "Un-revoke" not in dash.get(f"/requests/{dropped_row.id}").text
+        assert dash.act("revoke", [dropped_row.id], next="/requests").status_code == 303
+        assert dash.act("unrevoke", [held.id], next="/requests").status_code == 303
+        skipped = dash.act("unrevoke", ["never-revoked"])
+        assert "not revoked" in skipped.text
+    run_burst(subprocess_env)
+    assert lines(log) == ["held"]
+    assert AsyncResult(held.id).get(timeout=10) == "held"
+    assert AsyncResult(dropped.id).state == states.REVOKED
+    with db_engine.get_engine().connect() as conn:
+        assert [r.value for r in revokes_sql.listed(conn, clock.utcnow())] == [dropped.id]

@@ -53,6 +53,12 @@ def test_revoked_while_no_worker_runs_is_never_delivered(db_url: str, celery_env
         chained, lone = members.results
         member_ids = [chained.parent.id, lone.id]
         assert AsyncResult(chained.id).state == states.PENDING
+        # `celery inspect revoked` lists the revokes made before the worker started.
+        out = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tests.transport_celery_app", "inspect", "revoked", "--timeout", "10"],
+            env=celery_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert doomed.id in out.stdout and "other-later" in out.stdout, out.stdout + out.stderr
         for task_id in [doomed.id, "later-id", *member_ids]:
             assert AsyncResult(task_id).state == states.REVOKED, task_id
     finally:

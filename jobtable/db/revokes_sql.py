@@ -268,3 +268,12 @@ def end_revoked_held(conn: Connection, ids: Sequence[int], consumer_id: str, now
         ],
     )
     return len(removed)
+
+
+def is_revoked(conn: Connection, task_id: str, now: datetime) -> bool:
+    """Whether ``task_id`` has an unexpired revoke (the dashboard's pages)."""
+    stmt = select(revoke.c.expires_at).where(
+        revoke.c.value == task_id, revoke.c.kind == TASK, revoke.c.name == ""
+    )
+    expires_at = conn.execute(stmt).scalar()
+    return expires_at is not None and _aware(expires_at) > now

@@ -36,7 +36,7 @@ from .. import badrows, limits, message_checks, messages
 from ..db import bindings_sql, clock, operations_sql, revokes_sql, tables, transport_sql
 from ..db.dialects import notify_bindings_changed, wake_queues
 from .protocol import TransportAPI, row_id
-from .revoke_broadcasts import revokes_in
+from .revoke_broadcasts import asks_revoked, merge_into_celery_worker, revokes_in
 
 __all__ = ["Channel", "QoS", "row_id"]
 
@@ -248,6 +248,10 @@ class Channel(virtual.Channel):
                     bad.append((row.id, envelope.reason))
                 else:
                     delivered.append((_payload(row, envelope), row.queue))
+        if any(queue.endswith(".pidbox") and asks_revoked(payload) for payload, queue in delivered):
+            with transport.read_connection() as reader:
+                listed = revokes_sql.listed(reader, now)
+            merge_into_celery_worker([(r.kind, r.name, r.value) for r in listed])
         if revoked:
             with transport.engine.begin() as tx:
                 revokes_sql.end_revoked_held(tx, sorted(revoked), consumer, now)

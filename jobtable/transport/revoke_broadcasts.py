@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import Any
 
 from ..db.revokes_sql import STAMP, TASK
@@ -54,3 +55,31 @@ def revokes_in(exchange: str, message: dict[str, Any]) -> list[tuple[str, str, A
             return []
         return [(STAMP, str(name), value) for name, values in headers.items() for value in _listed(values)]
     return []
+
+
+def asks_revoked(payload: dict[str, Any]) -> bool:
+    """Whether a delivered pidbox message is ``celery inspect revoked``."""
+    try:
+        body = _body(payload)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and body.get("method") == "revoked"
+
+
+def merge_into_celery_worker(revokes: list[tuple[str, str, str]]) -> None:
+    """Give this process's Celery worker state (if it is a Celery worker)
+    the revokes the database holds, before it answers ``inspect revoked``:
+    a worker started after a revoke lists it too.  The transport drops
+    revoked messages itself; this only makes the answer true."""
+    state = sys.modules.get("celery.worker.state")
+    if state is None:
+        return
+    for kind, name, value in revokes:
+        if kind == TASK:
+            if value not in state.revoked:
+                state.revoked.add(value)
+        elif kind == STAMP:
+            known = state.revoked_stamps.get(name)
+            known = list(known) if isinstance(known, (list, tuple)) else ([] if known is None else [known])
+            if value not in known:
+                state.revoked_stamps[name] = [*known, value]
