@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -50,6 +50,15 @@ REVOKE_EXPIRES = _env_float("CELERY_WORKER_REVOKE_EXPIRES", 10800)
 _CHUNK = 500
 #: What the result row of a revoked message says (Celery's TaskRevokedError).
 REVOKED_ERROR = "celery.exceptions.TaskRevokedError"
+
+
+#: Set by a runner that records a revoked task itself, as a Celery worker
+#: does (the native worker's Celery runner: the ``task_revoked`` signal, a
+#: chord part counted as revoked): given a revoked claimed row, True to have
+#: it delivered with its task id in :data:`flagged` instead of ended here.
+runner_revokes: Callable[[Row[Any]], bool] | None = None
+#: Task ids of this process's claims delivered flagged as revoked.
+flagged: set[str] = set()
 
 
 def storable(value: Any) -> str | None:
