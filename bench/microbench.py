@@ -65,11 +65,11 @@ def main() -> None:
 
         engine = db_engine.get_engine()
         upgrade(engine)
-        now = jobtable.db.store.utcnow()  # type: ignore[attr-defined]
+        now = jobtable.db.clock.utcnow()  # type: ignore[attr-defined]
         row = {"task_id": "t", "task_name": "n", "queue": "q", "priority": 0, "attempt": 1, "retries": 0,
                "status": "SUCCESSFUL", "requested_at": now, "started_at": now, "ended_at": now, "worker_id": "w",
                "message": msg, "return_value": "null"}
-        print("\n## 3. PostgreSQL: writing 100 result rows (worker completion, store.insert_results)")
+        print("\n## 3. PostgreSQL: writing 100 result rows (worker completion, result_rows.insert_results)")
         counter = iter(range(10**9))
 
         def rows100() -> list[dict[str, Any]]:

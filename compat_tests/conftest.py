@@ -130,10 +130,10 @@ def api_loaded(mode: str, url: str) -> Iterator[tuple[Any, Any]]:
     modules in this process would otherwise be sent through)."""
     import celery._state as celery_state
 
-    import jobtable.shim.app as shim_app
+    import jobtable.shim.current as shim_current
 
     saved_env = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
-    saved_shim = shim_app._current
+    saved_shim = shim_current._current
     saved_celery = (celery_state.default_app, getattr(celery_state._tls, "current_app", None))
     loaded = load_api(mode, url)
     try:
@@ -144,7 +144,7 @@ def api_loaded(mode: str, url: str) -> Iterator[tuple[Any, Any]]:
         from kombu import pools
 
         pools.reset()
-        shim_app._current = saved_shim
+        shim_current._current = saved_shim
         celery_state.default_app, celery_state._tls.current_app = saved_celery
         for key, value in saved_env.items():
             if value is None:

@@ -193,15 +193,15 @@ class RunChores(Job):
 def clear_results() -> str:
     """Delete job results older than JOBTABLE_RESULTS_RETENTION seconds."""
     from .db import engine as db_engine
-    from .db import store
+    from .db import clock, operations_sql
     from .settings import get_settings
 
     retention = get_settings().results_retention
-    before = store.utcnow() - timedelta(seconds=retention)
+    before = clock.utcnow() - timedelta(seconds=retention)
     total = 0
     while True:
         with db_engine.connect() as conn, conn.begin():
-            deleted = store.clear_results(conn, before, batch=CLEAR_BATCH)
+            deleted = operations_sql.clear_results(conn, before, batch=CLEAR_BATCH)
         total += deleted
         if deleted < CLEAR_BATCH:
             return f"{total} result(s) older than {retention} seconds deleted"

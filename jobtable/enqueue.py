@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import functools
 import inspect
+from contextlib import ExitStack
 from types import SimpleNamespace
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from sqlalchemy.engine import Connection
 
 from . import limits, message_checks, messages, params, telemetry
 from .db import engine as db_engine
 from .db import retry as db_retry
-from .db import store, tables
+from .db import clock, enqueue_sql, tables
 from .exceptions import EnqueueError
 
-if TYPE_CHECKING:
-    from .jobs import Job, JobRequest
+# BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
+# Job lives below both (jobbase.py).  Every jobtable.Job is a BaseJob.
+from .jobbase import BaseJob, JobRequest, enqueue_lock_name, overrides
 
 Delay = Union[int, float, timedelta, datetime, None]
 
 MAX_NAME = limits.MAX_NAME
 
 
-def _source(jobs: list[Job]) -> str:
+def _source(jobs: list[BaseJob]) -> str:
     """How errors about the whole call name it."""
     return type(jobs[0]).__qualname__ if len(jobs) == 1 else "run_in_worker_many()"
 
 
 def run_in_worker_many(
-    jobs: Sequence[Job],
+    jobs: Sequence[BaseJob],
     *,
     queue: str | None = None,
     delay: Delay = None,
@@ -61,7 +63,7 @@ def run_in_worker_many(
 
 
 def enqueue(
-    jobs: list[Job],
+    jobs: list[BaseJob],
     *,
     queue: str | None,
     delay: Delay,
@@ -69,22 +71,23 @@ def enqueue(
     retries: int | None,
     concurrency_key: str | None,
     connection: Any,
+    retry_attempt: int = 0,
 ) -> list[JobRequest | None]:
-    from .jobs import Job
-
     for job in jobs:
-        if not isinstance(job, Job):
+        if not isinstance(job, BaseJob):
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
     if not jobs:
         return []
     task_ids = [messages.new_task_id() for _ in jobs]
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
     with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
-        return _enqueue(jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection)
+        return _enqueue(
+            jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection, retry_attempt
+        )
 
 
 def _enqueue(
-    jobs: list[Job],
+    jobs: list[BaseJob],
     task_ids: list[str],
     trace_headers: dict[str, str],
     queue: str | None,
@@ -93,39 +96,58 @@ def _enqueue(
     retries: int | None,
     concurrency_key: str | None,
     connection: Any,
+    retry_attempt: int,
 ) -> list[JobRequest | None]:
-    from .jobs import Job
-
-    now = store.utcnow()
-    run_at = _run_at(delay, now, _source(jobs))
+    now = clock.utcnow()
+    source = _source(jobs)
+    run_at = _run_at(delay, now, source)
+    attempt = limits.check_int("retry_attempt", retry_attempt, 0, limits.INT32_MAX - 1, source=source) + 1
     rows = [
-        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key)
+        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
         for job, task_id in zip(jobs, task_ids)
     ]
 
-    # should_enqueue() needs its lock only when a job class overrides it.
-    checked = [job for job in jobs if type(job).should_enqueue is not Job.should_enqueue]
+    # should_enqueue() needs its lock only when a job class overrides it:
+    # otherwise the unique index is the limit (one per key), lock-free.
+    checked = [job for job in jobs if overrides(job, "should_enqueue")]
+    # Locks of the class's own (get_enqueue_lock overridden) are held around
+    # the whole transaction; the database's default one is taken inside it.
+    own_locks = {
+        enqueue_lock_name(row["task_name"], row["concurrency_key"] or ""): (job, row["concurrency_key"] or "")
+        for job, row in zip(jobs, rows)
+        if overrides(job, "should_enqueue") and overrides(job, "get_enqueue_lock")
+    }
 
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
         # commit; what it wrote is found by task id and not written again.
-        written = store.written_task_ids(conn, task_ids) if retrying else {}
+        written = enqueue_sql.written_task_ids(conn, task_ids) if retrying else {}
         todo = [(job, row) for job, row in zip(jobs, rows) if row["task_id"] not in written]
         if not todo:
             return written
         if not checked:
-            written.update(store.insert_requests(conn, [row for _, row in todo]))
+            written.update(enqueue_sql.insert_requests(conn, [row for _, row in todo]))
             return written
-        store.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
+        database_locks = [
+            enqueue_lock_name(row["task_name"], row["concurrency_key"] or "")
+            for job, row in todo
+            if overrides(job, "should_enqueue") and not overrides(job, "get_enqueue_lock")
+        ]
+        if database_locks:
+            enqueue_sql.lock_for_enqueue(conn, database_locks)
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
         for job, row in todo:
-            if type(job).should_enqueue is Job.should_enqueue or _should_enqueue(job, row, conn):
-                written.update(store.insert_requests(conn, [row]))
+            if not overrides(job, "should_enqueue") or _should_enqueue(job, row, conn):
+                written.update(enqueue_sql.insert_requests(conn, [row]))
         return written
 
-    inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
-
-    from .jobs import JobRequest
+    with ExitStack() as held:
+        # Sorted, and each (class, key) once: two bulk enqueues cannot
+        # deadlock, and a lock that is not reentrant is not taken twice.
+        for name in sorted(own_locks):
+            job, key = own_locks[name]
+            held.enter_context(job.get_enqueue_lock(key))
+        inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
 
     out: list[JobRequest | None] = []
     for row in rows:
@@ -137,7 +159,7 @@ def _enqueue(
     return out
 
 
-def _should_enqueue(job: Job, row: dict[str, Any], conn: Connection) -> bool:
+def _should_enqueue(job: BaseJob, row: dict[str, Any], conn: Connection) -> bool:
     job._enqueue_connection = conn
     try:
         return bool(job.should_enqueue(row["concurrency_key"] or ""))
@@ -183,7 +205,7 @@ def _run_at(delay: Delay, now: datetime, source: str) -> datetime:
 
 
 def _row(
-    job: Job,
+    job: BaseJob,
     task_id: str,
     trace_headers: dict[str, str],
     now: datetime,
@@ -192,6 +214,7 @@ def _row(
     priority: int | None,
     retries: int | None,
     concurrency_key: str | None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     task_name = job.job_name()
     source = type(job).__qualname__
@@ -221,14 +244,16 @@ def _row(
         queue=queue,
         priority=priority,
         eta=run_at if run_at > now else None,
+        attempt=attempt,
         retries=retries,
         concurrency_key=key or None,
+        custom_limit=overrides(job, "should_enqueue"),
         extra_headers=trace_headers,
     )
     return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))
 
 
-def encode_arguments(job: Job) -> tuple[list[Any], dict[str, Any]]:
+def encode_arguments(job: BaseJob) -> tuple[list[Any], dict[str, Any]]:
     """The job's ``__init__`` arguments as JSON-safe values, with errors that
     name the argument."""
     cls = type(job)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import params
-from .jobs import Job
+from .jobbase import BaseJob
 from .registry import jobs_registry
 
 
-def instantiate(task_name: str, args: list[Any], kwargs: dict[str, Any]) -> Job:
+def instantiate(task_name: str, args: list[Any], kwargs: dict[str, Any]) -> BaseJob:
     """The Job a message describes, with its parameters decoded and any ORM
     instances loaded again (``ModelNotFound`` if one was deleted)."""
     job_class = jobs_registry.get(task_name)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from .exceptions import UnknownJob
+from .jobbase import BaseJob
 
-if TYPE_CHECKING:
-    from .jobs import Job
-
-J = TypeVar("J", bound="type[Job]")
+J = TypeVar("J", bound="type[BaseJob]")
 
 _HOW_TO_REGISTER = (
     "Decorate the class with @register_job, and make sure the process imports its module "
@@ -20,8 +18,8 @@ _HOW_TO_REGISTER = (
 
 class JobRegistry:
     def __init__(self) -> None:
-        self.jobs: dict[str, type[Job]] = {}
-        self._names: dict[type[Job], str] = {}
+        self.jobs: dict[str, type[BaseJob]] = {}
+        self._names: dict[type[BaseJob], str] = {}
 
     @staticmethod
     def default_name(job_class: type) -> str:
@@ -40,13 +38,13 @@ class JobRegistry:
             self.jobs[alias] = job_class
         return job_class
 
-    def name_of(self, job_class: type[Job]) -> str:
+    def name_of(self, job_class: type[BaseJob]) -> str:
         try:
             return self._names[job_class]
         except KeyError:
             raise UnknownJob(f"{job_class.__qualname__} is not a registered job. {_HOW_TO_REGISTER}") from None
 
-    def get(self, name: str) -> type[Job]:
+    def get(self, name: str) -> type[BaseJob]:
         try:
             return self.jobs[name]
         except KeyError:

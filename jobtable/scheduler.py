@@ -48,7 +48,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .db import engine as db_engine
-from .db import store
+from .db import clock, schedules_sql
 from .exceptions import DatabaseUnavailable
 from .jobs import JobRequest
 from .scheduling import ScheduleEntry, schedule_entries
@@ -143,11 +143,11 @@ class Scheduler:
         due = self.next_due
         if due is None:
             return float("inf")
-        return max(0.0, (due - (now or store.utcnow())).total_seconds())
+        return max(0.0, (due - (now or clock.utcnow())).total_seconds())
 
     def tick(self, now: datetime | None = None) -> TickReport:
         """Enqueue every slot due at ``now`` (default: the current time)."""
-        now = now or store.utcnow()
+        now = now or clock.utcnow()
         if self._next_due is None:
             self._next_due = self._start(now)
         report = TickReport()
@@ -165,13 +165,13 @@ class Scheduler:
         latest = {entry.name: entry.schedule.latest(now) for entry in self.entries}
         with db_engine.connect(self.engine) as conn, conn.begin():
             if self.prune:
-                removed = store.schedule_prune(conn, list(latest))
+                removed = schedules_sql.schedule_prune(conn, list(latest))
                 if removed:
                     log.info("Removed schedule ledger rows of entries that no longer exist: %s", ", ".join(removed))
-            rows = store.schedule_rows(conn)
+            rows = schedules_sql.schedule_rows(conn)
             # A new entry's row has no slot yet ("never run"); its updated_at
             # records when it was first seen, which is where it starts.
-            store.schedule_seed(conn, {name: None for name in latest if name not in rows}, now)
+            schedules_sql.schedule_seed(conn, {name: None for name in latest if name not in rows}, now)
         due: dict[str, datetime] = {}
         for entry in self.entries:
             row = rows.get(entry.name)
@@ -193,7 +193,7 @@ class Scheduler:
         late = now - slot > self.catch_up_window
         try:
             with db_engine.connect(self.engine) as conn, conn.begin():
-                if store.schedule_claim(conn, entry.name, slot, now):
+                if schedules_sql.schedule_claim(conn, entry.name, slot, now):
                     if late:
                         report.late.append(Fired(entry.name, slot))
                         log.warning(
@@ -237,4 +237,4 @@ def _window(value: Any) -> timedelta:
 def ledger(engine: Engine | None = None) -> dict[str, Any]:
     """The ledger rows by entry name (for ``jobtable schedule``)."""
     with db_engine.connect(engine) as conn, conn.begin():
-        return store.schedule_rows(conn)
+        return schedules_sql.schedule_rows(conn)

@@ -20,7 +20,9 @@ default).  Across DST changes:
   exists twice (fall back) runs at its first occurrence only.
 
 This is Vixie cron's behaviour, and croniter's except that croniter runs a
-fixed-time schedule twice on the night the clocks fall back.
+fixed-time schedule twice on the night the clocks fall back: so croniter is
+only asked for naive wall times (``cron.py``), and this module maps them to
+instants.
 """
 
 from __future__ import annotations
@@ -434,6 +436,9 @@ def class_entries() -> list[ScheduleEntry]:
                 f"{name}.schedule must be a Schedule, e.g. schedule = Schedule.from_cron('0 9 * * *'); "
                 f"got {safe_repr(schedule)}."
             )
+        if not issubclass(job_class, Job):
+            # The registry holds jobbase.BaseJob classes; only a Job can be enqueued.
+            raise ConfigurationError(f"{name} has a schedule but is not a jobtable.Job subclass.")
         try:
             job = job_class()
         except TypeError as exc:

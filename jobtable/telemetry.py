@@ -301,11 +301,11 @@ def process_span(
 
 def _observe_depth(_options: Any) -> Iterator[metrics.Observation]:
     from .db import engine as db_engine
-    from .db import store
+    from .db import reads_sql
 
     try:
         with db_engine.connect() as conn, conn.begin():
-            queues, _results = store.stats(conn)
+            queues, _results = reads_sql.stats(conn)
     except Exception:  # a collection must not crash the app; no data this round
         return
     for queue in queues:

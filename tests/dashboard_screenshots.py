@@ -21,7 +21,7 @@ from sqlalchemy import insert
 import jobtable
 from jobtable import messages
 from jobtable.db import engine as db_engine
-from jobtable.db import migrate, store, tables
+from jobtable.db import claims_sql, clock, migrate, tables
 
 from . import dashboard_support as support
 from .dashboard_browser import Server, launch_browser
@@ -32,7 +32,7 @@ QUEUES = ["default", "emails", "billing", "media"]
 
 def fill() -> None:
     rng = random.Random(7)
-    now = store.utcnow()
+    now = clock.utcnow()
     rows = []
     for i in range(4000):
         ended = now - timedelta(seconds=rng.uniform(0, 86400))
@@ -75,7 +75,7 @@ def fill() -> None:
         support.Noop(i).run_in_worker(queue="billing", delay=600 + 97 * i)
     with db_engine.connect() as conn, conn.begin():
         for w in range(2):
-            store.claim(conn, QUEUES, 3, worker_id=f"native:web-{w}", now=now - timedelta(seconds=40 * (w + 1)))
+            claims_sql.claim(conn, QUEUES, 3, worker_id=f"native:web-{w}", now=now - timedelta(seconds=40 * (w + 1)))
     support.Flaky.failing = True
     support.Flaky("invoice-2041").run_in_worker(queue="invoices")
     support.run_next(queues=("invoices",), worker_id="native:web-0")

@@ -13,7 +13,7 @@ from sqlalchemy import delete, insert
 
 from jobtable import Job, register_job
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import claims_sql, clock, result_rows, tables
 from jobtable.execution import instantiate
 from jobtable.messages import decode_task
 
@@ -50,10 +50,10 @@ def run_next(queues: tuple[str, ...] = ("default",), worker_id: str = "native:te
     """Claim the next pending job, run it here, write its result.  Returns
     the status, or None when nothing was pending."""
     engine = db_engine.get_engine()
-    now = store.utcnow()
+    now = clock.utcnow()
     with db_engine.connect(engine) as conn, conn.begin():
-        store.promote_due(conn, now)
-        rows = store.claim(conn, list(queues), 1, worker_id=worker_id, now=now)
+        claims_sql.promote_due(conn, now)
+        rows = claims_sql.claim(conn, list(queues), 1, worker_id=worker_id, now=now)
     if not rows:
         return None
     row = rows[0]
@@ -71,7 +71,7 @@ def run_next(queues: tuple[str, ...] = ("default",), worker_id: str = "native:te
         }
     with db_engine.connect(engine) as conn, conn.begin():
         conn.execute(delete(tables.request).where(tables.request.c.id == row.id))
-        conn.execute(insert(tables.result).values(store.result_values(row, status, ended_at=store.utcnow(), **fields)))
+        conn.execute(insert(tables.result).values(result_rows.result_values(row, status, ended_at=clock.utcnow(), **fields)))
     return status
 
 
@@ -82,7 +82,7 @@ def add_result(status: str = tables.SUCCESSFUL, *, task_name: str = "tests.other
 
     from jobtable import messages
 
-    now = store.utcnow()
+    now = clock.utcnow()
     task_id = fields.pop("task_id", None) or str(uuid.uuid4())
     envelope = messages.task_message(task_name=task_name, task_id=task_id, args=[1], kwargs={}, queue=queue,
                                      priority=0, eta=None, attempt=attempt)

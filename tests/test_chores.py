@@ -15,7 +15,7 @@ from sqlalchemy import func, insert, select
 
 from jobtable.chores import CLEAR_BATCH, Chore, ChoresRegistry, RunChores, UnknownChore, chores_registry
 from jobtable.cli import main
-from jobtable.db import store, tables
+from jobtable.db import clock, tables
 from jobtable.db.engine import get_engine
 
 APP = ["--app", "tests.sample_chores"]
@@ -155,7 +155,7 @@ def test_chores_py_of_the_app_and_of_packages_is_discovered(tmp_path: Path, subp
 
 
 def _results(ages_in_days: list[float]) -> None:
-    now = store.utcnow()
+    now = clock.utcnow()
     rows = [
         {
             "task_id": f"t{i}",

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
 from jobtable.cli import main
-from jobtable.db import migrate, store, tables
+from jobtable.db import claims_sql, clock, migrate, reads_sql, result_rows, tables
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
 
@@ -26,10 +26,10 @@ def cli(*args: str, input: str | None = None) -> Result:
 def finish(uuid: str, status: str = tables.ERRORED) -> None:
     """Record a request as finished, the way a worker does."""
     with get_engine().begin() as conn:
-        (row,) = store.claim(conn, ["default"], 1, worker_id="w", now=store.utcnow())
+        (row,) = claims_sql.claim(conn, ["default"], 1, worker_id="w", now=clock.utcnow())
         assert row.task_id == uuid
         conn.execute(tables.request.delete().where(tables.request.c.id == row.id))
-        conn.execute(insert(tables.result).values(store.result_values(row, status, ended_at=store.utcnow())))
+        conn.execute(insert(tables.result).values(result_rows.result_values(row, status, ended_at=clock.utcnow())))
 
 
 def test_every_command_has_help() -> None:
@@ -90,8 +90,8 @@ def test_retry_links_attempts(db_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert "attempt 2" in result.output
     with get_engine().connect() as conn:
-        (retry,) = store.list_requests(conn)
-        (previous,) = store.list_results(conn)
+        (retry,) = reads_sql.list_requests(conn)
+        (previous,) = reads_sql.list_results(conn)
     assert (retry.task_id, retry.attempt, retry.state) == (request.uuid, 2, "pending")
     assert previous.retried is True and previous.attempt == 1
     # A job that is waiting cannot be retried again.
@@ -118,8 +118,8 @@ def test_cancel(db_url: str) -> None:
     assert request is not None
     assert "Cancelled" in cli("cancel", request.uuid).output
     with get_engine().connect() as conn:
-        assert store.list_requests(conn) == []
-        (cancelled,) = store.list_results(conn)
+        assert reads_sql.list_requests(conn) == []
+        (cancelled,) = reads_sql.list_results(conn)
     assert cancelled.status == "CANCELLED"
     result = CliRunner().invoke(main, ["cancel", request.uuid])
     assert result.exit_code == 1 and "No pending job has uuid" in result.output
@@ -144,11 +144,11 @@ def test_clear_removes_results_past_retention(db_url: str, monkeypatch: pytest.M
         conn.execute(
             tables.result.update()
             .where(tables.result.c.task_id == old.uuid)
-            .values(ended_at=store.utcnow() - timedelta(days=8))
+            .values(ended_at=clock.utcnow() - timedelta(days=8))
         )
     assert "Deleted 1 result(s) older than 604800 seconds" in cli("clear").output
     with get_engine().connect() as conn:
-        assert [r.task_id for r in store.list_results(conn)] == [new.uuid]
+        assert [r.task_id for r in reads_sql.list_results(conn)] == [new.uuid]
 
 
 def test_list_and_run(db_url: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import claims_sql, clock, tables
 from jobtable.dashboard import queries
 
 from . import dashboard_support as support
@@ -251,7 +251,7 @@ def test_bulk_cancel_delete_and_run_now(dash: DashboardClient) -> None:
 
     # A running job can be neither cancelled nor deleted.
     with db_engine.connect() as conn, conn.begin():
-        store.claim(conn, ["default"], 10, worker_id="native:w1", now=store.utcnow())
+        claims_sql.claim(conn, ["default"], 10, worker_id="native:w1", now=clock.utcnow())
     skipped = dash.act("cancel", [jobs[3].id])
     assert skipped.status_code == 200 and "already running" in skipped.text
     skipped = dash.act("delete-requests", [jobs[3].id])
@@ -282,8 +282,8 @@ def test_processes_by_worker(dash: DashboardClient) -> None:
     for i in range(3):
         support.Noop(i).run_in_worker()
     with db_engine.connect() as conn, conn.begin():
-        store.claim(conn, ["default"], 2, worker_id="native:alpha", now=store.utcnow() - timedelta(minutes=3))
-        store.claim(conn, ["default"], 1, worker_id="native:beta", now=store.utcnow())
+        claims_sql.claim(conn, ["default"], 2, worker_id="native:alpha", now=clock.utcnow() - timedelta(minutes=3))
+        claims_sql.claim(conn, ["default"], 1, worker_id="native:beta", now=clock.utcnow())
     page = dash.get("/processes").text
     assert "3 job(s) running" in page
     assert page.index("native:alpha") < page.index("native:beta")
@@ -291,7 +291,7 @@ def test_processes_by_worker(dash: DashboardClient) -> None:
 
 
 def test_workers_live_and_stale(dash: DashboardClient) -> None:
-    now = store.utcnow()
+    now = clock.utcnow()
     rows = [
         {"id": "native:live", "kind": "native", "hostname": "h1", "pid": 11, "queues": '["default", "slow"]',
          "processes": 4, "started_at": now - timedelta(hours=1), "heartbeat_at": now},
@@ -302,7 +302,7 @@ def test_workers_live_and_stale(dash: DashboardClient) -> None:
         conn.execute(insert(tables.worker), rows)
     support.Noop(1).run_in_worker()
     with db_engine.connect() as conn, conn.begin():
-        store.claim(conn, ["default"], 1, worker_id="native:live", now=now)
+        claims_sql.claim(conn, ["default"], 1, worker_id="native:live", now=now)
     page = dash.get("/workers").text
     assert "1 live, 1 stale" in page
     live_row = page.split("native:live", 1)[1].split("</tr>", 1)[0]
@@ -342,8 +342,8 @@ def test_schedules_page_and_run_now(dash: DashboardClient) -> None:
     entry = schedule_entries()[0]
     with db_engine.connect() as conn, conn.begin():
         conn.execute(insert(tables.schedule), [
-            {"name": entry.name, "last_slot": store.utcnow() - timedelta(hours=3), "updated_at": store.utcnow()},
-            {"name": "old-entry [@daily]", "last_slot": None, "updated_at": store.utcnow()},
+            {"name": entry.name, "last_slot": clock.utcnow() - timedelta(hours=3), "updated_at": clock.utcnow()},
+            {"name": "old-entry [@daily]", "last_slot": None, "updated_at": clock.utcnow()},
         ])
     page = dash.get("/schedules").text
     row = page.split(f"<td>{html.escape(entry.name, quote=False)}", 1)[1].split("</tr>", 1)[0]

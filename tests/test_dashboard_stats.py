@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from jobtable.dashboard import queries
-from jobtable.db import dialects, migrate, store, tables
+from jobtable.db import clock, dialects, migrate, operations_sql, result_rows, tables
 from jobtable.db import engine as db_engine
 
 from . import dashboard_support as support
@@ -110,7 +110,7 @@ def _result_row(*, ended_at: datetime, status: str = tables.SUCCESSFUL, queue: s
 
 def _insert(rows: list[dict[str, Any]]) -> None:
     with db_engine.connect() as conn, conn.begin():
-        store.insert_results(conn, rows)
+        result_rows.insert_results(conn, rows)
 
 
 def test_stats_follow_the_native_worker(db_url: str, subprocess_env: dict[str, str]) -> None:
@@ -130,7 +130,7 @@ def test_stats_follow_the_native_worker(db_url: str, subprocess_env: dict[str, s
     }
     assert_stats_match()
     with db_engine.connect() as conn:
-        buckets = queries.buckets(conn, now=store.utcnow(), window=timedelta(hours=1))
+        buckets = queries.buckets(conn, now=clock.utcnow(), window=timedelta(hours=1))
     counts, retried = queries.window_totals(buckets)
     assert (counts[tables.SUCCESSFUL], counts[tables.ERRORED], retried) == (6, 3, 2)
     assert any(b.wait is not None for b in buckets)
@@ -170,14 +170,14 @@ def test_stats_follow_the_celery_result_backend(db_url: str) -> None:
     }
     assert_stats_match()
     with db_engine.connect() as conn:
-        counts, retried = queries.window_totals(queries.buckets(conn, now=store.utcnow(), window=timedelta(hours=1)))
+        counts, retried = queries.window_totals(queries.buckets(conn, now=clock.utcnow(), window=timedelta(hours=1)))
     assert (counts[tables.SUCCESSFUL], counts[tables.ERRORED], counts.get("STARTED", 0), retried) == (2, 2, 0, 2)
 
 
 def test_concurrent_writers_give_exact_totals(db_url: str) -> None:
     """Several connections insert results into the same buckets at once while
     another deletes old results (retention): nothing is lost or counted twice."""
-    now = store.utcnow()
+    now = clock.utcnow()
     old = [_result_row(ended_at=now - timedelta(days=3, seconds=i)) for i in range(60)]
     _insert(old)
     writers, batches, per_batch = 4, 10, 20
@@ -188,7 +188,7 @@ def test_concurrent_writers_give_exact_totals(db_url: str) -> None:
         try:
             barrier.wait(timeout=60)
             for b in range(batches):
-                ended = store.utcnow()
+                ended = clock.utcnow()
                 _insert([
                     _result_row(ended_at=ended, status=(tables.SUCCESSFUL, tables.ERRORED)[(k + i) % 2],
                                 queue=f"q{(b + i) % 3}", retried=i % 5 == 0)
@@ -202,7 +202,7 @@ def test_concurrent_writers_give_exact_totals(db_url: str) -> None:
             barrier.wait(timeout=60)
             while True:
                 with db_engine.connect() as conn, conn.begin():
-                    if not store.clear_results(conn, now - timedelta(days=1), batch=7):
+                    if not operations_sql.clear_results(conn, now - timedelta(days=1), batch=7):
                         return
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -243,7 +243,7 @@ def test_retried_follows_updates_and_deletions_are_subtracted(db_url: str) -> No
     # An update that moves a result (status, end time) moves its count.
     with db_engine.connect() as conn, conn.begin():
         conn.execute(update(result).where(result.c.id == failed).values(
-            status=tables.LOST, ended_at=store.utcnow() - timedelta(hours=3)))
+            status=tables.LOST, ended_at=clock.utcnow() - timedelta(hours=3)))
     page = dash.get("/?window=1h").text
     assert (_card(page, "errored"), _card(page, "lost"), _card(page, "retried")) == ("0", "0", "0")
     page = dash.get("/?window=24h").text
@@ -253,7 +253,7 @@ def test_retried_follows_updates_and_deletions_are_subtracted(db_url: str) -> No
 
 @pytest.mark.parametrize("window", ["1h", "24h", "7d"])
 def test_overview_equals_a_direct_count_of_results(db_url: str, window: str) -> None:
-    now = store.utcnow()
+    now = clock.utcnow()
     rng = random.Random(7)
     statuses = [tables.SUCCESSFUL] * 6 + [tables.ERRORED, tables.LOST, tables.CANCELLED, tables.DEFERRED]
     rows = [
@@ -277,7 +277,7 @@ def test_overview_equals_a_direct_count_of_results(db_url: str, window: str) -> 
     # The page takes its own "now", a moment later: its window may have moved
     # on by one bucket.
     expected = []
-    for moment in (now, store.utcnow()):
+    for moment in (now, clock.utcnow()):
         with db_engine.connect() as conn:
             edges = queries.buckets(conn, now=moment, window=span)
         inside = [r for r in rows if edges[0].start <= r["ended_at"] < edges[-1].end]
@@ -290,7 +290,7 @@ def test_overview_equals_a_direct_count_of_results(db_url: str, window: str) -> 
 
 
 def test_median_wait_is_robust_to_a_few_long_waits(db_url: str) -> None:
-    now = store.utcnow()
+    now = clock.utcnow()
     waits = [0.2, 0.3, 0.4, 0.5, 0.6, 3600.0, 86400.0]  # two delayed jobs
     _insert([_result_row(ended_at=now - timedelta(minutes=1), wait=w) for w in waits])
     with db_engine.connect() as conn:
@@ -320,7 +320,7 @@ def test_wide_buckets_equal_a_direct_count_at_their_edges(db_url: str, window: t
     On SQLite the hours are summed from 30-second rows at read time (the
     triggers write no other span, nothing was folded yet); on PostgreSQL the
     hourly rows are read."""
-    now = store.utcnow()
+    now = clock.utcnow()
     with db_engine.connect() as conn:
         edges = [b.start for b in queries.buckets(conn, now=now, window=window)]
     rng = random.Random(11)
@@ -352,14 +352,14 @@ def test_retention_prunes_the_stats_of_deleted_results(db_url: str) -> None:
     """Retention (batches of results) subtracts what it deletes and drops
     the stats rows of buckets older than the oldest remaining result; other
     deletions only subtract."""
-    now = store.utcnow()
+    now = clock.utcnow()
     old = [_result_row(ended_at=now - timedelta(days=5, seconds=37 * i), queue=f"q{i % 3}") for i in range(2500)]
     kept = [_result_row(ended_at=now - timedelta(hours=30, seconds=i)) for i in range(5)]
     _insert(old + kept)
     assert_stats_match()
     batches = 0
     with db_engine.connect() as conn, conn.begin():
-        while store.clear_results(conn, now - timedelta(days=2), batch=1000):
+        while operations_sql.clear_results(conn, now - timedelta(days=2), batch=1000):
             batches += 1
     assert batches == 3
     assert_stats_match()
@@ -374,7 +374,7 @@ def test_retention_prunes_the_stats_of_deleted_results(db_url: str) -> None:
         conn.execute(result.delete())
     assert_stats_match()
     with db_engine.connect() as conn, conn.begin():
-        assert store.clear_results(conn, now - timedelta(days=2)) == 0
+        assert operations_sql.clear_results(conn, now - timedelta(days=2)) == 0
         assert conn.execute(select(func.count()).select_from(stats)).scalar_one() == 0
 
 
@@ -384,19 +384,30 @@ def test_retention_folds_old_fine_rows_into_hours(db_url: str, window: timedelta
     those of buckets older than the fine window into hourly rows.  Counts
     stay exact, also when a result of an already folded hour is updated or
     deleted afterwards (its fine row is then negative until the next fold).
-    On PostgreSQL, whose triggers write hourly rows, the same holds."""
-    now = store.utcnow()
+    On PostgreSQL, whose triggers write hourly rows, the same holds.
+
+    Deterministic whatever the time of day: ``now`` is the last full hour
+    and every result ends in the middle of a 30-second bucket (15 s from
+    any bucket edge of every span and chart step, all multiples of 30 s),
+    so the seeded rows fall in the same hours on every run; only the 7-day
+    chart's grouping of hours into 7-hour steps follows the hour of day."""
+    now = clock.utcnow().replace(minute=0, second=0, microsecond=0)
     rng = random.Random(3)
+
+    def ended(max_age: float) -> datetime:
+        return now - timedelta(seconds=30 * math.floor(rng.uniform(0, max_age) / 30) + 15)
+
     rows = [
-        _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 3 * 86400 if i % 3 else 3 * 3600)),
+        _result_row(ended_at=ended(3 * 86400 if i % 3 else 3 * 3600),
                     status=rng.choice([tables.SUCCESSFUL, tables.ERRORED, tables.LOST]),
                     queue=rng.choice(["a", "b"]), retried=rng.random() < 0.2, wait=rng.choice([0.05, 3.0]))
         for i in range(600)
     ]
     _insert(rows)
     with db_engine.connect() as conn, conn.begin():
-        assert store.clear_results(conn, now - timedelta(days=30)) == 0
-    fold_before = now.timestamp() - dialects.STATS_FINE_KEEP
+        cleared_at = clock.utcnow()  # the fold's own clock, not the rows' hour-aligned now
+        assert operations_sql.clear_results(conn, now - timedelta(days=30)) == 0
+    fold_before = cleared_at.timestamp() - dialects.STATS_FINE_KEEP
     with db_engine.connect() as conn:
         oldest_fine = conn.execute(select(func.min(stats.c.bucket_start)).where(stats.c.span == 30)).scalar_one()
     if _dialect() == "sqlite":
@@ -420,7 +431,7 @@ def test_retention_folds_old_fine_rows_into_hours(db_url: str, window: timedelta
         assert {s: n for s, n in bucket.counts.items() if n} == dict(Counter(r["status"] for r in inside))
         assert bucket.retried == sum(r["retried"] for r in inside)
     with db_engine.connect() as conn, conn.begin():
-        store.clear_results(conn, now - timedelta(days=30))
+        operations_sql.clear_results(conn, now - timedelta(days=30))
     assert_stats_match()
 
 
@@ -429,7 +440,7 @@ def test_the_migration_counts_existing_results(db_url: str) -> None:
     counts them once (and on SQLite folds the old 30-second rows into hours
     at once), then the triggers take over."""
     engine = db_engine.get_engine()
-    now = store.utcnow()
+    now = clock.utcnow()
     rng = random.Random(5)
     rows = [
         _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 4 * 86400 if i % 2 else 3600)),
@@ -440,7 +451,7 @@ def test_the_migration_counts_existing_results(db_url: str) -> None:
     migrate.downgrade(engine, "0001")
     try:
         with engine.begin() as conn:  # not db_engine.connect(): it wants the head revision
-            store.insert_results(conn, rows)
+            result_rows.insert_results(conn, rows)
     finally:
         migrate.upgrade(engine)
     assert_stats_match()
@@ -463,15 +474,15 @@ def test_open_transactions_never_wait_on_each_others_stats_rows(db_url: str, dia
     the last one deadlock).  One thread drives both: a wait would hang, so a
     lock timeout turns it into an error."""
     engine = db_engine.get_engine()
-    now = store.utcnow()
+    now = clock.utcnow()
     with engine.connect() as a, engine.connect() as b:
         txa, txb = a.begin(), b.begin()
         for conn in (a, b):
             conn.exec_driver_sql("SET LOCAL lock_timeout = '3s'")
-        store.insert_results(a, [_result_row(ended_at=now, queue="x")])
-        store.insert_results(b, [_result_row(ended_at=now, queue="y")])
-        store.insert_results(a, [_result_row(ended_at=now, queue="y"), _result_row(ended_at=now, queue="z")])
-        store.insert_results(b, [_result_row(ended_at=now, queue="x"), _result_row(ended_at=now, queue="z")])
+        result_rows.insert_results(a, [_result_row(ended_at=now, queue="x")])
+        result_rows.insert_results(b, [_result_row(ended_at=now, queue="y")])
+        result_rows.insert_results(a, [_result_row(ended_at=now, queue="y"), _result_row(ended_at=now, queue="z")])
+        result_rows.insert_results(b, [_result_row(ended_at=now, queue="x"), _result_row(ended_at=now, queue="z")])
         txa.commit()
         txb.commit()
     assert_stats_match()

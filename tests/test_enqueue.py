@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 import jobtable
 from jobtable import Job, register_job, run_in_worker_many
-from jobtable.db import store, tables
+from jobtable.db import claims_sql, clock, tables
 from jobtable.db.engine import get_engine
 from jobtable.exceptions import EnqueueError, UnknownJob
 from jobtable.messages import decode_task
@@ -116,7 +116,7 @@ def test_concurrency_key_deduplicates(db_url: str) -> None:
     assert Echo().run_in_worker(concurrency_key="user-1") is not None
     # Running jobs hold their key too.
     with get_engine().begin() as conn:
-        store.claim(conn, ["default"], 10, worker_id="w1", now=store.utcnow())
+        claims_sql.claim(conn, ["default"], 10, worker_id="w1", now=clock.utcnow())
     assert Keyed("user-1").run_in_worker() is None
     assert count_rows() == 3
 
@@ -136,7 +136,7 @@ def test_should_enqueue_and_helpers(db_url: str) -> None:
     assert job.get_requested_jobs("").exists()
     assert job.get_processing_jobs().count() == 0
     with get_engine().begin() as conn:
-        store.claim(conn, ["default"], 1, worker_id="w1", now=store.utcnow())
+        claims_sql.claim(conn, ["default"], 1, worker_id="w1", now=clock.utcnow())
     assert job.get_processing_jobs().count() == 1
     assert [r.state for r in job.get_requested_jobs()] == ["pending"]
 

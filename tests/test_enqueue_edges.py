@@ -303,7 +303,7 @@ def test_worker_records_an_unknown_model_errored(db_url: str, subprocess_env: di
     import subprocess
 
     from jobtable.messages import task_message, row_values
-    from jobtable.db import store
+    from jobtable.db import clock, enqueue_sql
 
     record = tmp_path / "imports"
     env = {
@@ -312,13 +312,13 @@ def test_worker_records_an_unknown_model_errored(db_url: str, subprocess_env: di
         "JOBTABLE_SESSION_FACTORY": "tests.orm_models:make_session",
         "JOBTABLE_APP": "tests.sample_jobs",
     }
-    now = store.utcnow()
+    now = clock.utcnow()
     envelope = task_message(
         task_name=Echo.job_name(), task_id="bad-model", args=[_reference("tests.import_recorder:User")], kwargs={},
         queue="default", priority=0, eta=None,
     )
     with get_engine().begin() as conn:
-        store.insert_requests(conn, [row_values(envelope, "default", now)])
+        enqueue_sql.insert_requests(conn, [row_values(envelope, "default", now)])
     subprocess.run(
         [sys.executable, "-m", "jobtable", "worker", "--burst", "--max-processes", "1"],
         env=env, cwd=Path(__file__).resolve().parent.parent, check=True, timeout=120, capture_output=True,

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import DataError
 
 from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import enqueue_sql, tables
 
 from tests.sample_jobs import Echo
 
@@ -73,7 +74,7 @@ def test_enqueue_after_an_unknown_commit_outcome_writes_the_job_once(
 ) -> None:
     """The single enqueue is committed, then its connection dies before the
     answer arrives: the retry finds the row by task id and inserts nothing."""
-    real = store.insert_requests
+    real = enqueue_sql.insert_requests
     calls: list[int] = []
 
     def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
@@ -84,7 +85,7 @@ def test_enqueue_after_an_unknown_commit_outcome_writes_the_job_once(
             conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
         return inserted
 
-    monkeypatch.setattr(store, "insert_requests", insert_then_die)
+    monkeypatch.setattr(enqueue_sql, "insert_requests", insert_then_die)
     [job] = run_in_worker_many([Echo("once")])
     assert job is not None
     assert calls == [1]  # the retry found the row and did not insert again
@@ -99,7 +100,7 @@ def test_enqueue_in_a_transaction_retries_when_the_connection_died_before_commit
 ) -> None:
     """Three jobs go in one BEGIN ... COMMIT; the connection dies before the
     COMMIT: nothing was written, the retry writes all three once."""
-    real = store.insert_requests
+    real = enqueue_sql.insert_requests
     calls: list[int] = []
 
     def die_before_commit(conn: Any, rows: Any) -> dict[str, int]:
@@ -108,7 +109,7 @@ def test_enqueue_in_a_transaction_retries_when_the_connection_died_before_commit
             conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
         return real(conn, rows)
 
-    monkeypatch.setattr(store, "insert_requests", die_before_commit)
+    monkeypatch.setattr(enqueue_sql, "insert_requests", die_before_commit)
     jobs = run_in_worker_many([Echo(str(i)) for i in range(3)])
     assert calls == [3, 3]
     with db_engine.connect() as conn:
@@ -127,8 +128,8 @@ def test_enqueue_is_not_retried_for_errors_other_than_a_dropped_connection(
         conn.exec_driver_sql("SELECT 1/0")
         return {}
 
-    monkeypatch.setattr(store, "insert_requests", failing)
-    with pytest.raises(Exception, match="division by zero"):
+    monkeypatch.setattr(enqueue_sql, "insert_requests", failing)
+    with pytest.raises(DataError, match="division by zero"):
         run_in_worker_many([Echo("x")])
     assert calls == [1]
 
@@ -156,7 +157,7 @@ def test_kombu_publish_succeeds_on_the_first_call_after_the_server_dropped_conne
 def test_kombu_publish_retry_after_an_unknown_commit_publishes_once(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = store.insert_requests
+    real = enqueue_sql.insert_requests
     calls: list[int] = []
 
     def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
@@ -168,9 +169,9 @@ def test_kombu_publish_retry_after_an_unknown_commit_publishes_once(
 
     with Connection("jobtable+" + db_url) as conn:
         queue = conn.SimpleQueue("liveness-once")
-        monkeypatch.setattr(store, "insert_requests", insert_then_die)
+        monkeypatch.setattr(enqueue_sql, "insert_requests", insert_then_die)
         queue.put({"n": 1})
-        monkeypatch.setattr(store, "insert_requests", real)
+        monkeypatch.setattr(enqueue_sql, "insert_requests", real)
         assert calls == [1]
         assert _request_count() == 1
         assert queue.get(timeout=5).payload == {"n": 1}

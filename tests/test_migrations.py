@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import ast
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
 
-from jobtable.db import migrate
-from jobtable.db.engine import get_engine
+from jobtable.db import dialects, migrate
+from jobtable.db.engine import create_jobtable_engine, get_engine
 from jobtable.db.tables import metadata
+from jobtable.db.types import UTCDateTime
+
+from tests.conftest import PG_ADMIN_URL
 
 
 def _compared(dialect: str, name: str | None, type_: str) -> bool:
@@ -38,11 +53,240 @@ def test_head_is_current(db_url: str) -> None:
 
 
 def test_downgrade_and_upgrade_again(tmp_path) -> None:
-    from jobtable.db.engine import create_jobtable_engine
-
     engine = create_jobtable_engine(f"sqlite:///{tmp_path / 'm.db'}")
     assert migrate.upgrade(engine) == (None, migrate.head_revision())
     migrate.downgrade(engine, "base")
     with engine.connect() as conn:
         assert migrate.current_revision(conn) is None
     assert migrate.upgrade(engine)[1] == migrate.head_revision()
+
+
+# -- history: an old database upgraded is a new database --------------------
+#
+# Each test below builds its own databases from nothing (not the session's
+# migrated one): one stepped up from 0001 with rows in it, one created at
+# head, one created from db/tables.py.
+
+
+@pytest.fixture
+def new_database(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+    """Makes empty databases of the test's dialect; drops them at the end."""
+    created: list[tuple[Engine, str | None]] = []
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT") if dialect == "postgresql" else None
+
+    def make() -> Engine:
+        n = len(created)
+        if admin is None:
+            engine = create_jobtable_engine(f"sqlite:///{tmp_path / f'history{n}.sqlite3'}")
+            created.append((engine, None))
+            return engine
+        worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+        # The pid last: conftest drops databases of dead test processes by it.
+        name = f"jobtable_test_history{n}_{worker}_{os.getpid()}"
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine = create_jobtable_engine(make_url(PG_ADMIN_URL).set(database=name))
+        created.append((engine, name))
+        return engine
+
+    yield make
+    for engine, name in created:
+        engine.dispose()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    if admin is not None:
+        admin.dispose()
+
+
+def _revisions() -> list[str]:
+    """Every revision, oldest first."""
+    scripts = ScriptDirectory.from_config(migrate.alembic_config()).walk_revisions()
+    return [script.revision for script in reversed(list(scripts))]
+
+
+def _schema_objects(conn: Connection) -> dict[str, Any]:
+    """Tables (columns with type, nullability and default; keys), indexes
+    (their full definition: columns, order, uniqueness, partial predicate)
+    and triggers with their functions, as the database reports them."""
+    inspector = sa.inspect(conn)
+    names = sorted(n for n in inspector.get_table_names() if n.startswith("jobtable_") and n != migrate.VERSION_TABLE)
+    tables: dict[str, Any] = {}
+    for name in names:
+        tables[name] = {
+            # By name: a column added by a later migration comes last in the
+            # table, wherever tables.py lists it.
+            "columns": {
+                c["name"]: (c["type"].compile(dialect=conn.dialect), c["nullable"], c["default"])
+                for c in inspector.get_columns(name)
+            },
+            "primary key": inspector.get_pk_constraint(name),
+            "unique": sorted((u["name"] or "", tuple(u["column_names"])) for u in inspector.get_unique_constraints(name)),
+        }
+    if conn.dialect.name == "postgresql":
+        indexes = conn.execute(
+            text(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE schemaname = current_schema() AND tablename LIKE 'jobtable\\_%' AND tablename <> :version"
+            ),
+            {"version": migrate.VERSION_TABLE},
+        )
+    else:
+        # SQLite keeps each index's CREATE statement as written; its
+        # automatic indexes (of UNIQUE constraints) are compared above.
+        indexes = conn.execute(
+            text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                "AND tbl_name LIKE 'jobtable%' AND tbl_name <> :version"
+            ),
+            {"version": migrate.VERSION_TABLE},
+        )
+    return {"tables": tables, "indexes": dict(sorted((name, sql) for name, sql in indexes)), "triggers": _triggers(conn)}
+
+
+def _triggers(conn: Connection) -> dict[str, str]:
+    if conn.dialect.name == "postgresql":
+        triggers = conn.execute(
+            text(
+                "SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
+            )
+        )
+        functions = conn.execute(
+            text(
+                "SELECT 'function ' || proname, pg_get_functiondef(oid) FROM pg_proc "
+                "WHERE pronamespace = current_schema()::regnamespace AND proname LIKE 'jobtable\\_%'"
+            )
+        )
+        return dict(sorted((name, sql) for name, sql in [*triggers, *functions]))
+    triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+    return dict(sorted((name, sql) for name, sql in triggers))
+
+
+_UTC = UTCDateTime()
+
+
+def _add_0001_rows(engine: Engine, now: datetime) -> None:
+    """Rows as jobtable wrote them at revision 0001 (its columns only)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobtable_request (task_id, task_name, queue, priority, state, run_at, created_at, "
+                "attempt, retries, deliveries, message) "
+                "VALUES ('t-pending', 'app.job', 'default', 3, 'pending', :now, :now, 1, 2, 0, '{}')"
+            ).bindparams(sa.bindparam("now", type_=_UTC)),
+            {"now": now},
+        )
+        result = text(
+            "INSERT INTO jobtable_result (task_id, task_name, queue, priority, attempt, retries, status, "
+            "requested_at, started_at, ended_at, retried) "
+            "VALUES (:task_id, 'app.job', 'default', 0, 1, 0, :status, :requested, :started, :ended, :retried)"
+        ).bindparams(*(sa.bindparam(name, type_=_UTC) for name in ("requested", "started", "ended")))
+        # Five hours old (SQLite's migration folds its stats into the hour at
+        # once), and a minute old: a successful attempt that waited 0.5 s.
+        old = now - timedelta(hours=5)
+        conn.execute(
+            result,
+            {"task_id": "t-old", "status": "ERRORED", "requested": old, "started": old, "ended": old, "retried": True},
+        )
+        recent = now - timedelta(minutes=1)
+        conn.execute(
+            result,
+            {
+                "task_id": "t-recent",
+                "status": "SUCCESSFUL",
+                "requested": recent - timedelta(seconds=0.5),
+                "started": recent,
+                "ended": recent + timedelta(seconds=1),
+                "retried": False,
+            },
+        )
+
+
+def test_old_database_upgraded_step_by_step_equals_a_new_one(dialect: str, new_database: Callable[[], Engine]) -> None:
+    revisions = _revisions()
+    assert revisions[0] == "0001" and revisions[-1] == migrate.head_revision()
+    old = new_database()
+    assert migrate.upgrade(old, revisions[0]) == (None, revisions[0])
+    now = datetime.now(timezone.utc)
+    _add_0001_rows(old, now)
+    for before, after in zip(revisions, revisions[1:]):
+        assert migrate.upgrade(old, after) == (before, after)
+    new = new_database()
+    assert migrate.upgrade(new) == (None, migrate.head_revision())
+
+    with old.connect() as conn_old, new.connect() as conn_new:
+        upgraded, created = _schema_objects(conn_old), _schema_objects(conn_new)
+        assert upgraded["tables"] == created["tables"]
+        assert upgraded["indexes"] == created["indexes"]
+        assert upgraded["triggers"] == created["triggers"]
+        assert set(created["triggers"]) >= {f"jobtable_result_stats_{op}" for op in ("insert", "update", "delete")}
+        if dialect == "postgresql":
+            # Partial indexes kept their predicates.
+            assert "WHERE ((state)::text = 'pending'::text)" in created["indexes"]["ix_jobtable_request_claim"]
+
+        # The old rows came through: the request got the later columns'
+        # defaults, and 0002 counted the results (the backfill).
+        request = conn_old.execute(text("SELECT task_id, priority, retries, crashes FROM jobtable_request")).one()
+        assert tuple(request) == ("t-pending", 3, 2, 0)
+        stats = conn_old.execute(
+            text(
+                "SELECT span, status, sum(results), sum(retried), sum(wait_count_2) FROM jobtable_result_stats "
+                "GROUP BY span, status"
+            )
+        )
+        if dialect == "postgresql":
+            # Every span, each result in its bucket.
+            expected = {(s, "ERRORED", 1, 1, 0) for s in (30, 3600)} | {(s, "SUCCESSFUL", 1, 0, 1) for s in (30, 3600)}
+        else:
+            # 30-second rows only, the five-hour-old one folded into its hour.
+            expected = {(3600, "ERRORED", 1, 1, 0), (30, "SUCCESSFUL", 1, 0, 1)}
+        assert {tuple(int(v) if not isinstance(v, str) else v for v in row) for row in stats} == expected
+
+
+def test_tables_py_describes_head(dialect: str, new_database: Callable[[], Engine]) -> None:
+    """db/tables.py (what the code queries) is the schema the migrations
+    build: changing tables.py without a migration fails here."""
+    migrated = new_database()
+    migrate.upgrade(migrated)
+    declared = new_database()
+    metadata.create_all(declared)
+    with migrated.connect() as conn_migrated, declared.connect() as conn_declared:
+        head, live = _schema_objects(conn_migrated), _schema_objects(conn_declared)
+    assert live["tables"] == head["tables"]
+    assert live["indexes"] == head["indexes"]
+
+
+def test_live_trigger_sql_is_head(dialect: str, new_database: Callable[[], Engine]) -> None:
+    """The stats triggers db/dialects generates (what the stats readers and
+    retention expect) are those at head: changing that SQL, or the buckets and
+    wait classes in tables.py, without a migration fails here."""
+    engine = new_database()
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        head = _triggers(conn)
+        # Replaced in one transaction, rolled back: DDL is transactional on both.
+        for statement in [*dialects.drop_result_stats_ddl(dialect), *dialects.result_stats_ddl(dialect)]:
+            conn.execute(text(statement))
+        live = _triggers(conn)
+        conn.rollback()
+    assert live == head
+
+
+def test_migrations_import_no_live_code() -> None:
+    """Migrations are history: what they create must not change when
+    jobtable's own modules do."""
+    versions = Path(migrate.SCRIPT_LOCATION) / "versions"
+    for path in sorted(versions.glob("0*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] if node.level == 0 else ["(relative)"]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] in {"__future__", "typing", "datetime", "sqlalchemy", "alembic"}, (
+                    f"{path.name} imports {module}"
+                )

@@ -28,10 +28,10 @@ def users(db_url: str) -> Iterator[None]:
 
 
 def _stored_call(uuid: str) -> tuple[list, dict]:
-    from jobtable.db import store
+    from jobtable.db import reads_sql
 
     with get_engine().connect() as conn:
-        (row,) = [r for r in store.list_requests(conn) if r.task_id == uuid]
+        (row,) = [r for r in reads_sql.list_requests(conn) if r.task_id == uuid]
     call = decode_task(row.message)
     return call.args, call.kwargs
 

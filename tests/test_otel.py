@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import jobtable
 from jobtable import messages, otel
 from jobtable.telemetry import enabled, flush, message_headers, process_span, producer_links
-from jobtable.db import store
+from jobtable.db import clock, enqueue_sql, reads_sql
 from jobtable.db.engine import get_engine
 from jobtable.messages import decode_task
 from tests.sample_jobs import Echo
@@ -56,7 +56,7 @@ def telemetry() -> Iterator[Telemetry]:
 
 def stored_headers(uuid: str) -> dict:
     with get_engine().connect() as conn:
-        (row,) = [r for r in store.list_requests(conn) if r.task_id == uuid]
+        (row,) = [r for r in reads_sql.list_requests(conn) if r.task_id == uuid]
     return json.loads(row.message)["headers"]
 
 
@@ -181,7 +181,7 @@ def _raw_row(message: str, task_id: str, queue: str) -> dict:
     envelope = messages.task_message(
         task_name="tests.sample_jobs.Echo", task_id=task_id, args=[], kwargs={}, queue=queue, priority=0, eta=None
     )
-    row = messages.row_values(envelope, queue, store.utcnow())
+    row = messages.row_values(envelope, queue, clock.utcnow())
     row["message"] = message
     return row
 
@@ -211,7 +211,7 @@ def test_bad_trace_headers_cost_the_link_not_the_job(db_url: str, telemetry: Tel
         "not-json": "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     }
     with get_engine().begin() as conn:
-        store.insert_requests(conn, [_raw_row(message, task_id, "poison") for task_id, message in bad.items()])
+        enqueue_sql.insert_requests(conn, [_raw_row(message, task_id, "poison") for task_id, message in bad.items()])
     good = Echo("after the poison").run_in_worker(queue="poison")
     assert good is not None
     assert run_worker(WorkerConfig(queues=["poison"], processes=1, pool="threads", burst=True, stats_every=0)) == 0
@@ -227,7 +227,7 @@ def test_bad_trace_headers_cost_the_link_not_the_job(db_url: str, telemetry: Tel
     for task_id in ("headers-not-object", "not-an-object", "not-json"):
         assert consumers[task_id].attributes["jobtable.job.outcome"] == "DEAD_LETTER", task_id
     with get_engine().connect() as conn:
-        assert [r for r in store.list_requests(conn) if r.queue == "poison"] == []
+        assert [r for r in reads_sql.list_requests(conn) if r.queue == "poison"] == []
 
 
 JSON = st.recursive(

@@ -152,7 +152,7 @@ def test_task_message_row_values_decode_task_round_trip(
     task_name: str, task_id: str, queue: str, key: str | None, args: list[Any], kwargs: dict[str, Any],
     priority: int, retries: int, attempt: int,
 ) -> None:
-    from jobtable.db.store import utcnow
+    from jobtable.db.clock import utcnow
 
     now = utcnow()
     try:
@@ -181,7 +181,7 @@ def test_task_message_row_values_decode_task_round_trip(
 @SETTINGS
 @given(st.dictionaries(any_text, values, max_size=4))
 def test_kombu_headers_are_stored_or_refused_clearly(headers: dict[str, Any]) -> None:
-    from jobtable.db.store import utcnow
+    from jobtable.db.clock import utcnow
 
     envelope = {"body": "{}", "content-type": "application/json", "content-encoding": "utf-8",
                 "headers": headers, "properties": {"delivery_info": {}, "priority": 0}}

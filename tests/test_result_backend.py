@@ -17,7 +17,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult, GroupResult
 from sqlalchemy import select
 
-from jobtable.db import store, tables
+from jobtable.db import clock, tables
 from jobtable.db.engine import get_engine
 from tests.conftest import ROOT, empty_tables
 from tests.polling import terminate, wait_for
@@ -162,7 +162,7 @@ def test_cleanup_removes_expired_results(celery_app: Any) -> None:
     assert result.get(timeout=20) == 10
     t = tables.result
     with get_engine(os.environ["JOBTABLE_DATABASE_URL"]).begin() as conn:
-        conn.execute(t.update().where(t.c.task_id == result.id).values(ended_at=store.utcnow() - timedelta(days=3)))
+        conn.execute(t.update().where(t.c.task_id == result.id).values(ended_at=clock.utcnow() - timedelta(days=3)))
     celery_app.app.backend.cleanup()  # result_expires: 1 day by default
     assert result_rows(result.id) == []
 

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import delete, event, func, select
 
-from jobtable.db import store, tables
+from jobtable.db import clock, schedules_sql, tables
+from jobtable.exceptions import ConfigurationError
 from jobtable.db.engine import get_engine
 from jobtable.scheduler import Scheduler
 from jobtable.scheduling import ScheduleEntry, load_schedule
@@ -118,7 +119,7 @@ def test_catch_up_window_setting(db_url: str, monkeypatch: pytest.MonkeyPatch) -
     assert Scheduler([]).catch_up_window == timedelta(seconds=60)
     monkeypatch.setenv("JOBTABLE_SCHEDULE_CATCH_UP_WINDOW", "-1")
     settings.reset()
-    with pytest.raises(Exception, match="JOBTABLE_SCHEDULE_CATCH_UP_WINDOW=.-1.*at least 0"):
+    with pytest.raises(ConfigurationError, match="JOBTABLE_SCHEDULE_CATCH_UP_WINDOW=.-1.*at least 0"):
         Scheduler([])
 
 
@@ -295,7 +296,7 @@ def test_schedule_command_lists_last_and_next_runs(db_url: str, scheduled_classe
 
     jobtable.configure(schedule=[EVERY_5, ["cmd:echo hi", "@daily"]])
     scheduler = Scheduler()
-    now = store.utcnow()
+    now = clock.utcnow()
     scheduler.tick(now - timedelta(minutes=10))
     scheduler.tick(now - timedelta(minutes=5))  # runs the slot before that
     out = cli()
@@ -311,7 +312,7 @@ def test_schedule_command_lists_last_and_next_runs(db_url: str, scheduled_classe
     assert any(line.startswith("cmd:echo hi") for line in lines)
 
     with get_engine().begin() as conn:
-        store.schedule_seed(conn, {"app.jobs.Gone [@daily]": None}, now)
+        schedules_sql.schedule_seed(conn, {"app.jobs.Gone [@daily]": None}, now)
     assert "1 ledger row(s) of entries that no longer exist" in cli()
     assert "Pruned the ledger row of removed entry 'app.jobs.Gone [@daily]'" in cli("--prune")
     assert "app.jobs.Gone" not in cli()

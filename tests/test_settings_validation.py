@@ -27,7 +27,7 @@ import jobtable
 from jobtable import settings
 from jobtable.cli import main
 from jobtable.db import engine as db_engine
-from jobtable.db import migrate, store, tables
+from jobtable.db import claims_sql, clock, migrate, result_rows, tables
 from jobtable.exceptions import ConfigurationError, SchemaNotMigrated, SchemaTooNew
 from jobtable.setting_rules import Source
 from jobtable.settings import Settings
@@ -320,9 +320,9 @@ def test_bad_retention_refuses_to_start_and_deletes_nothing(db_url: str, subproc
     request = Log("/dev/null", "x").run_in_worker()
     assert request is not None
     with db_engine.get_engine().begin() as conn:
-        (row,) = store.claim(conn, ["default"], 1, worker_id="w", now=store.utcnow())
+        (row,) = claims_sql.claim(conn, ["default"], 1, worker_id="w", now=clock.utcnow())
         conn.execute(tables.request.delete().where(tables.request.c.id == row.id))
-        conn.execute(tables.result.insert().values(store.result_values(row, tables.SUCCESSFUL, ended_at=store.utcnow())))
+        conn.execute(tables.result.insert().values(result_rows.result_values(row, tables.SUCCESSFUL, ended_at=clock.utcnow())))
     out = _refused(worker_env(subprocess_env, results_retention=-1))
     assert "JOBTABLE_RESULTS_RETENTION='-1'" in out and "would delete every result" in out
     assert [r.task_id for r in results()] == [request.uuid]

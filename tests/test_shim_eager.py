@@ -197,3 +197,24 @@ def test_custom_base_task_and_handlers(eager: Celery) -> None:
     half.delay(2)
     half.delay(0)
     assert seen == ["ok 0.5", "failed division by zero"]
+
+
+def test_current_app_is_the_last_app_created_else_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobtable.shim import current as shim_current
+    from jobtable.shim import current_app
+
+    monkeypatch.setattr(shim_current, "_current", None)  # as in a process that has created no app yet
+    default = current_app()
+    assert isinstance(default, Celery) and default.main == "default" and current_app() is default
+    Celery("hidden", set_as_current=False)
+    assert current_app() is default
+    newer = Celery("newer", task_always_eager=True)
+    assert current_app() is newer
+
+    @shared_task
+    def through_current(x: int) -> int:
+        return x * 2
+
+    # A shared task is sent through the current app: its eager setting runs it inline.
+    result = through_current.delay(21)
+    assert isinstance(result, EagerResult) and result.get() == 42

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import claims_sql, clock, finish_sql, rescue_sql, tables
 
 from tests.worker_jobs import (
     ExitOnce,
@@ -109,17 +109,17 @@ def test_job_stuck_past_timeout_and_grace_is_killed(db_url: str, subprocess_env:
 def test_completion_after_lost_writes_nothing(db_url: str) -> None:
     job = Log("/dev/null", "x").run_in_worker(retries=1)
     assert job is not None
-    now = store.utcnow()
+    now = clock.utcnow()
     with db_engine.connect() as conn, conn.begin():
-        (row,) = store.claim(conn, ["default"], 10, worker_id="native:a", now=now)
+        (row,) = claims_sql.claim(conn, ["default"], 10, worker_id="native:a", now=now)
     # Rescue takes the row away (its worker looked dead) ...
     with db_engine.connect() as conn, conn.begin():
-        lost = store.lose(conn, "native:a", None, now, message="gone")
+        lost = rescue_sql.lose(conn, "native:a", None, now, message="gone")
     assert [r.id for r in lost] == [row.id]
     # ... and the slow worker's late completion is refused.
-    outcome = store.Outcome(row, tables.SUCCESSFUL, now, {"return_value": "1"})
+    outcome = finish_sql.Outcome(row, tables.SUCCESSFUL, now, {"return_value": "1"})
     with db_engine.connect() as conn, conn.begin():
-        written = store.finish(conn, "native:a", [outcome], now)
+        written = finish_sql.finish(conn, "native:a", [outcome], now)
     assert written == []
     rows = results(job.uuid)
     assert [(r.attempt, r.status, r.retried) for r in rows] == [(1, tables.LOST, True)]
@@ -127,7 +127,7 @@ def test_completion_after_lost_writes_nothing(db_url: str) -> None:
     assert [(r.attempt, r.state) for r in requests()] == [(2, tables.PENDING)]
     # A completion by a worker that does not hold the row is refused too.
     with db_engine.connect() as conn, conn.begin():
-        (retry,) = store.claim(conn, ["default"], 10, worker_id="native:b", now=now)
-        assert store.finish(conn, "native:a", [store.Outcome(retry, tables.SUCCESSFUL, now, {})], now) == []
-        assert len(store.finish(conn, "native:b", [store.Outcome(retry, tables.SUCCESSFUL, now, {})], now)) == 1
+        (retry,) = claims_sql.claim(conn, ["default"], 10, worker_id="native:b", now=now)
+        assert finish_sql.finish(conn, "native:a", [finish_sql.Outcome(retry, tables.SUCCESSFUL, now, {})], now) == []
+        assert len(finish_sql.finish(conn, "native:b", [finish_sql.Outcome(retry, tables.SUCCESSFUL, now, {})], now)) == 1
     assert [r.status for r in results(job.uuid)] == [tables.LOST, tables.SUCCESSFUL]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import clock, enqueue_sql, tables
 from jobtable.messages import row_values, task_message
 
 from tests.worker_jobs import (
@@ -30,7 +30,7 @@ from tests.worker_jobs import (
 
 
 def _insert_message(task_name: str, *, expires: object = None, body: str | None = None) -> str:
-    now = store.utcnow()
+    now = clock.utcnow()
     envelope = task_message(
         task_name=task_name, task_id=f"t-{task_name}", args=[], kwargs={}, queue="default", priority=0,
         eta=None, expires=expires,  # type: ignore[arg-type]
@@ -38,7 +38,7 @@ def _insert_message(task_name: str, *, expires: object = None, body: str | None 
     if body is not None:
         envelope["body"] = body
     with db_engine.connect() as conn, conn.begin():
-        store.insert_requests(conn, [row_values(envelope, "default", now)])
+        enqueue_sql.insert_requests(conn, [row_values(envelope, "default", now)])
     return envelope["headers"]["id"]
 
 
@@ -58,7 +58,7 @@ def test_defer_job(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) 
 
 
 def test_expired_unknown_and_undecodable(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
-    expired = _insert_message("tests.worker_jobs.Noop", expires=store.utcnow() - timedelta(seconds=1))
+    expired = _insert_message("tests.worker_jobs.Noop", expires=clock.utcnow() - timedelta(seconds=1))
     unknown = _insert_message("nobody.registered.This")
     broken = _insert_message("tests.worker_jobs.Noop.broken", body="not json")
     after = Log(str(tmp_path / "log"), "after").run_in_worker()
@@ -141,7 +141,7 @@ def test_old_results_are_cleared(db_url: str, subprocess_env: dict[str, str]) ->
     run_burst(worker_env(subprocess_env), "--max-processes", "1")
     with db_engine.connect() as conn, conn.begin():
         conn.execute(
-            tables.result.update().values(ended_at=store.utcnow() - timedelta(seconds=120))
+            tables.result.update().values(ended_at=clock.utcnow() - timedelta(seconds=120))
         )
     fresh = Noop().run_in_worker()
     assert fresh is not None

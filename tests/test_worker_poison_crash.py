@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from jobtable.cli import main as cli
 from jobtable.db import engine as db_engine
-from jobtable.db import store, tables
+from jobtable.db import claims_sql, clock, rescue_sql, tables, workers_sql
 from jobtable.worker import ledger as ledgers
 from jobtable.worker import rescue
 
@@ -303,7 +303,7 @@ def test_killed_worker_is_rescued_from_its_ledger(
     _, dead = ledgers.stale_files(ledgers.scope_of(db_url))
     mine = {worker_id: path for worker_id, path in dead.items() if f":{first.pid}:" in worker_id}
     with db_engine.connect() as conn:
-        assert store.workers_referenced(conn, list(mine)) == set()
+        assert workers_sql.workers_referenced(conn, list(mine)) == set()
     ledgers.remove(list(mine.values()))
 
 
@@ -313,17 +313,17 @@ def test_killed_worker_is_rescued_from_its_ledger(
 def _claimed_by_dead_worker(worker_id: str, n: int = 3) -> list[Any]:
     for i in range(n):
         assert Log("/dev/null", f"j{i}").run_in_worker() is not None
-    long_ago = store.utcnow().replace(year=2000)
+    long_ago = clock.utcnow().replace(year=2000)
     with db_engine.connect() as conn, conn.begin():
-        store.register_worker(conn, worker_id, hostname="h", pid=1, queues=["default"], processes=1, now=long_ago)
-        rows = store.claim(conn, ["default"], n, worker_id=worker_id, now=long_ago)
+        workers_sql.register_worker(conn, worker_id, hostname="h", pid=1, queues=["default"], processes=1, now=long_ago)
+        rows = claims_sql.claim(conn, ["default"], n, worker_id=worker_id, now=long_ago)
     assert len(rows) == n
     return rows
 
 
 def _rescue() -> int:
     with db_engine.connect() as conn, conn.begin():
-        return rescue.rescue_dead(conn, 30, store.utcnow())
+        return rescue.rescue_dead(conn, 30, clock.utcnow())
 
 
 def _damage(path: Path, how: str) -> None:
@@ -472,7 +472,7 @@ def test_dashboard_shows_and_retries_a_quarantined_job(db_url: str) -> None:
     worker_id = "native:dash:1:0:z"
     (row,) = _claimed_by_dead_worker(worker_id, 1)
     with db_engine.connect() as conn, conn.begin():
-        store.lose(conn, worker_id, None, store.utcnow(), message="died", quarantine_after=1,
+        rescue_sql.lose(conn, worker_id, None, clock.utcnow(), message="died", quarantine_after=1,
                    quarantine_message=rescue.Quarantine("it died", 1))
     (q,) = results()
     assert q.status == tables.QUARANTINED
@@ -510,9 +510,9 @@ def test_sweep_finds_only_rescued_ledgers_of_its_database(db_url: str, tmp_path:
         assert junk in old and path not in old
         assert gone not in ledgers.stale_files("another database")[1]
         with db_engine.connect() as conn, conn.begin():
-            assert store.workers_referenced(conn, [gone]) == set()
-            store.register_worker(conn, gone, hostname="h", pid=1, queues=["default"], processes=1, now=store.utcnow())
-            assert store.workers_referenced(conn, [gone]) == {gone}
+            assert workers_sql.workers_referenced(conn, [gone]) == set()
+            workers_sql.register_worker(conn, gone, hostname="h", pid=1, queues=["default"], processes=1, now=clock.utcnow())
+            assert workers_sql.workers_referenced(conn, [gone]) == {gone}
     finally:
         ledgers.remove([path, junk])
         live.close()

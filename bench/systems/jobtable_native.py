@@ -2,7 +2,7 @@
 
 Enqueue goes through the public API (``Job.run_in_worker`` and
 ``jobtable.run_in_worker_many``) in this process; the worker is the real
-CLI in its own process group.  The claim scenario calls ``store.claim``
+CLI in its own process group.  The claim scenario calls ``claims_sql.claim``
 directly, inside a transaction that is rolled back so every repetition
 sees the same table.
 """
@@ -122,10 +122,10 @@ class JobtableNative(System):
         PostgreSQL, a recursive CTE on SQLite), values as bound parameters.
         Returns the seconds it took."""
         from jobtable import messages
-        from jobtable.db import store
+        from jobtable.db import clock
         from jobtable.db.types import UTCDateTime
 
-        now = store.utcnow()
+        now = clock.utcnow()
         run_at = now + timedelta(days=30) if future else now
         envelope = messages.task_message(
             task_name="benchapps.jobtable_jobs.Noop", task_id="00000000-0000-0000-0000-000000000000",
@@ -173,10 +173,10 @@ class JobtableNative(System):
                 conn.execute(text("ANALYZE"))
 
     def time_claim(self, batch: int = 100, repeat: int = 30) -> list[float]:
-        """Seconds of one ``store.claim`` of ``batch`` jobs, ``repeat`` times,
+        """Seconds of one ``claims_sql.claim`` of ``batch`` jobs, ``repeat`` times,
         each in a transaction rolled back afterwards (so the table stays as
         filled).  The first run warms caches and statement compilation."""
-        from jobtable.db import store
+        from jobtable.db import claims_sql, clock
 
         engine = self.engine()
         times = []
@@ -184,7 +184,7 @@ class JobtableNative(System):
             with engine.connect() as conn:
                 trans = conn.begin()
                 t0 = time.perf_counter()
-                rows = store.claim(conn, [QUEUE], batch, worker_id="bench", now=store.utcnow())
+                rows = claims_sql.claim(conn, [QUEUE], batch, worker_id="bench", now=clock.utcnow())
                 elapsed = time.perf_counter() - t0
                 trans.rollback()
             if len(rows) != batch:
@@ -194,9 +194,9 @@ class JobtableNative(System):
         return times
 
     def time_promote(self, repeat: int = 10) -> list[float]:
-        """Seconds of one ``store.promote_due`` (nothing due) -- the other
+        """Seconds of one ``claims_sql.promote_due`` (nothing due) -- the other
         statement a worker's claim loop runs."""
-        from jobtable.db import store
+        from jobtable.db import claims_sql, clock
 
         engine = self.engine()
         times = []
@@ -204,7 +204,7 @@ class JobtableNative(System):
             with engine.connect() as conn:
                 trans = conn.begin()
                 t0 = time.perf_counter()
-                store.promote_due(conn, store.utcnow())
+                claims_sql.promote_due(conn, clock.utcnow())
                 elapsed = time.perf_counter() - t0
                 trans.rollback()
             if i:
@@ -213,7 +213,7 @@ class JobtableNative(System):
 
     def explain_claim(self, batch: int = 100) -> str:
         """The plan PostgreSQL runs for the claim (for RESULTS.md)."""
-        from jobtable.db import store
+        from jobtable.db import claims_sql, clock
 
         engine = self.engine()
         if engine.dialect.name != "postgresql":
@@ -228,7 +228,7 @@ class JobtableNative(System):
         with engine.connect() as conn:
             event.listen(conn, "before_cursor_execute", grab)
             trans = conn.begin()
-            store.claim(conn, [QUEUE], batch, worker_id="bench", now=store.utcnow())
+            claims_sql.claim(conn, [QUEUE], batch, worker_id="bench", now=clock.utcnow())
             event.remove(conn, "before_cursor_execute", grab)
             statement, parameters = captured[-1]
             plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + statement, parameters).fetchall()

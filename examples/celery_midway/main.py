@@ -82,10 +82,10 @@ def main() -> int:
         celery_worker.wait(timeout=30)
         native_worker.wait(timeout=60)
 
-    from jobtable.db import engine, store
+    from jobtable.db import engine, reads_sql
 
     with engine.connect() as conn:
-        rows = store.list_results(conn, limit=100)
+        rows = reads_sql.list_results(conn, limit=100)
     ran_on = {}
     for row in rows:
         ran_on[row.task_id] = "native worker" if (row.worker_id or "").startswith("native:") else "Celery worker"

@@ -54,11 +54,11 @@ def main() -> None:
     jobtable("worker", "--burst", "--queue", "default", "--queue", "slow", "--max-processes", "2",
              "--log-level", "warning")
 
-    from jobtable.db import engine, store
+    from jobtable.db import engine, reads_sql
 
     print("\nResults:")
     with engine.connect() as conn:
-        rows = store.list_results(conn, limit=100)
+        rows = reads_sql.list_results(conn, limit=100)
     for row in sorted(rows, key=lambda r: r.id):
         outcome = row.return_value if row.status == "SUCCESSFUL" else f"{row.error_type}: {row.error_message}"
         print(f"  {row.task_name:<28} attempt {row.attempt}  {row.status:<10}  {outcome}")

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 
 import jobtable
-from jobtable.db import engine, migrate, store
+from jobtable.db import engine, migrate, reads_sql
 
 HERE = Path(__file__).resolve().parent
 DATABASE = HERE / "quickstart.sqlite3"
@@ -48,7 +48,7 @@ def main() -> None:
 
     print("\nResults:")
     with engine.connect() as conn:
-        rows = store.list_results(conn, limit=100)
+        rows = reads_sql.list_results(conn, limit=100)
     for row in sorted(rows, key=lambda r: r.id):
         outcome = row.return_value if row.status == "SUCCESSFUL" else f"{row.error_type}: {row.error_message}"
         print(f"  {row.task_name:<18} attempt {row.attempt}  {row.status:<10}  {outcome}")

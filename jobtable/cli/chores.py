@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..chores import chores_registry, run_chore
-from . import main, with_app
+from .group import main, with_app
 
 
 @main.group("chores")

@@ -7,9 +7,9 @@ from datetime import datetime, tzinfo
 import click
 
 from ..db import engine as db_engine
-from ..db import store
+from ..db import clock, schedules_sql
 from ..scheduling import schedule_entries
-from . import main, with_app
+from .group import main, with_app
 from .queue import _table
 
 
@@ -26,10 +26,10 @@ def schedule(prune: bool) -> None:
     """Scheduled jobs (JOBTABLE_SCHEDULE and schedule attributes) with their
     last and next run."""
     entries = schedule_entries()
-    now = store.utcnow()
+    now = clock.utcnow()
     with db_engine.connect() as conn, conn.begin():
-        pruned = store.schedule_prune(conn, [e.name for e in entries]) if prune else []
-        rows = store.schedule_rows(conn)
+        pruned = schedules_sql.schedule_prune(conn, [e.name for e in entries]) if prune else []
+        rows = schedules_sql.schedule_rows(conn)
     if entries:
         table = []
         for entry in entries:

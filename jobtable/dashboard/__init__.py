@@ -6,7 +6,8 @@ Install with ``pip install jobtable[dashboard]``, then mount
 
 from __future__ import annotations
 
-from .app import DashboardConfig, create_app
+from .app import create_app
+from .config import DashboardConfig
 from .security import basic_auth, is_loopback, token_auth
 
 __all__ = ["DashboardConfig", "basic_auth", "create_app", "is_loopback", "token_auth"]

@@ -1,4 +1,4 @@
-"""Actions (POST): retry, cancel, delete, run now.
+"""Actions (POST): retry, cancel, revoke, un-revoke, delete, run now.
 
 Every action is two steps.  The first POST (from a button, possibly with
 many selected rows) renders a confirmation page naming what will be done;
@@ -8,8 +8,6 @@ is accepted in read-only mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,84 +18,19 @@ from starlette.responses import RedirectResponse, Response
 
 from ..db import engine as db_engine
 from ..exceptions import JobtableError
-from . import formatting, hosts, queries, schedules, security
-from .app import config_of
-from .views import base_path, error_page, reading, render
+from . import hosts, queries, security
+from .action_table import ACTIONS, Action
+from .config import config_of
+from .pages import base_path, error_page, reading, render
 
 #: Most rows one bulk action touches (a page is 50).
 MAX_IDS = 500
 
 
-@dataclass(frozen=True)
-class Action:
-    verb: str
-    #: What the ids are: "result", "request" or "schedule".
-    kind: str
-    question: str
-    danger: bool
-    run: Callable[[Connection, list[Any]], queries.ActionReport]
-
-
-def _schedule_run(conn: Connection, names: list[Any]) -> queries.ActionReport:
-    report = queries.ActionReport()
-    for name in names:
-        try:
-            report.done.append(schedules.run_now(str(name)))
-        except (LookupError, RuntimeError, JobtableError) as exc:
-            report.skipped.append(f"{name}: {exc}")
-    return report
-
-
-ACTIONS: dict[str, Action] = {
-    "retry": Action(
-        "Retry",
-        "result",
-        "Enqueue the next attempt of these jobs?",
-        False,
-        lambda conn, ids: queries.retry_results(conn, ids, formatting.utcnow()),
-    ),
-    "cancel": Action(
-        "Cancel",
-        "request",
-        "Cancel these waiting jobs? Each is recorded as CANCELLED.",
-        True,
-        lambda conn, ids: queries.cancel_requests(conn, ids, formatting.utcnow()),
-    ),
-    "delete-requests": Action(
-        "Delete",
-        "request",
-        "Delete these waiting jobs without recording a result?",
-        True,
-        queries.delete_requests,
-    ),
-    "delete-results": Action(
-        "Delete",
-        "result",
-        "Delete these results? Their history is lost.",
-        True,
-        queries.delete_results,
-    ),
-    "run-now": Action(
-        "Run now",
-        "request",
-        "Make these scheduled jobs due now?",
-        False,
-        lambda conn, ids: queries.run_requests_now(conn, ids, formatting.utcnow()),
-    ),
-    "run-schedule": Action(
-        "Run now",
-        "schedule",
-        "Enqueue these scheduled jobs now, outside their schedule?",
-        False,
-        _schedule_run,
-    ),
-}
-
-
 def _ids(kind: str, values: list[str]) -> list[Any]:
     out: list[Any] = []
     for value in values[:MAX_IDS]:
-        if kind == "schedule":
+        if kind in ("schedule", "task"):
             if value.strip():
                 out.append(value.strip()[:255])
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,23 +22,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import formatting, hosts, ratelimit, security
+from . import actions, formatting, hosts, ratelimit, security, views
+from .config import DashboardConfig
 
 HERE = Path(__file__).resolve().parent
 
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    authorize: security.Authorize
-    read_only: bool
-    database_url: str | None
-    #: Seconds between live refreshes of a page (0: off).
-    refresh_seconds: float
-    #: A worker without a heartbeat for this long is shown as stale.
-    stale_after: timedelta
-    title: str
-    #: Which Host names are served and which Origins may POST.
-    hosts: hosts.HostPolicy
+# DashboardConfig lives in config.py (below the views and actions that read
+# it); it stays importable from here.
+__all__ = ["DashboardConfig", "create_app"]
 
 
 def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -260,8 +250,6 @@ def create_app(
         hosts=policy,
     )
 
-    from . import actions, views
-
     routes = [
         Route("/", views.overview, name="overview"),
         Route("/requests", views.requests_list, name="requests"),
@@ -284,8 +272,4 @@ def create_app(
     app.add_middleware(_SecurityHeaders)
     app.add_middleware(_FullPath)
     return app
-
-
-def config_of(request: Request) -> DashboardConfig:
-    return request.app.state.config  # type: ignore[no-any-return]
 

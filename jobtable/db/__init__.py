@@ -1,1 +1,2 @@
-"""The database layer: tables, engines, dialect SQL, migrations."""
+"""The database layer: tables, engines, dialect SQL, migrations, and the
+queue's statements (the ``*_sql.py`` modules, one per concern)."""

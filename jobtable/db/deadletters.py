@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection, Row
 
-from . import store, tables
+from . import leases_sql, result_rows, tables
 
 request = tables.request
 result = tables.result
@@ -40,10 +40,10 @@ def move_to_results(conn: Connection, rows: Sequence[Row[Any]], entries: dict[in
     for row in rows:
         status, fields = entries[row.id]
         values.append(
-            store.result_values(row, status, ended_at=now, attempt=_free_attempt(conn, row), retried=False, **fields)
+            result_rows.result_values(row, status, ended_at=now, attempt=_free_attempt(conn, row), retried=False, **fields)
         )
     for value in values:  # one by one: two rows of one task id need two attempts
-        store.insert_results(conn, [value])
+        result_rows.insert_results(conn, [value])
 
 
 def bury(
@@ -68,7 +68,7 @@ def quarantine_lapsed(conn: Connection, now: datetime, after: int, message: str,
     """Lapsed transport leases of messages already recovered ``after - 1``
     times: their consumer died holding them once more, so they become
     QUARANTINED results instead of being delivered again."""
-    lapsed = store.lapsed_leases(conn, now, limit, request.c.crashes >= after - 1)
+    lapsed = leases_sql.lapsed_leases(conn, now, limit, request.c.crashes >= after - 1)
     rows = list(conn.execute(delete(request).where(request.c.id.in_(lapsed.scalar_subquery())).returning(*request.c)))
     fields = {
         "error_type": "Quarantined",

@@ -17,7 +17,7 @@ parameters); if even the note is refused the request row is removed alone,
 so that the job that already ran is not run again, and the log says so.
 Every path ends: nothing here loops.
 
-The batched fast path (``store.finish``) pays nothing for this: only a batch
+The batched fast path (``finish_sql.finish``) pays nothing for this: only a batch
 that failed takes the slow path.
 """
 
@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, DataError, IntegrityError, NotSupportedError, ProgrammingError, StatementError
 
 from .. import safetext
-from . import store, tables
+from . import finish_sql, tables
 from .dialects import dialect_of
 
 logger = logging.getLogger("jobtable.worker")
@@ -84,7 +84,7 @@ def describe(exc: BaseException) -> str:
     return ", ".join(parts)
 
 
-def refused_outcome(outcome: store.Outcome, why: str) -> store.Outcome:
+def refused_outcome(outcome: finish_sql.Outcome, why: str) -> finish_sql.Outcome:
     """A note of fixed text standing for a result the database refused.
 
     A success becomes ERRORED (its return value is lost, and a caller
@@ -97,7 +97,7 @@ def refused_outcome(outcome: store.Outcome, why: str) -> store.Outcome:
             f"The job ran and returned, but the database refused to store its result ({why}). "
             "jobtable stored this note instead; the job was not retried."
         )
-        return store.Outcome(
+        return finish_sql.Outcome(
             outcome.row,
             tables.ERRORED,
             outcome.ended_at,
@@ -125,11 +125,11 @@ def savepoint(conn: Connection) -> Iterator[None]:
     conn.exec_driver_sql("RELEASE SAVEPOINT jobtable_row")
 
 
-def _try_finish(conn: Connection, worker_id: str, outcome: store.Outcome, now: datetime) -> tuple[bool, str]:
+def _try_finish(conn: Connection, worker_id: str, outcome: finish_sql.Outcome, now: datetime) -> tuple[bool, str]:
     """(written, why not); errors that are not refusals propagate."""
     try:
         with savepoint(conn):
-            store.finish(conn, worker_id, [outcome], now)
+            finish_sql.finish(conn, worker_id, [outcome], now)
         return True, ""
     except Exception as exc:
         if not is_refusal(exc):
@@ -137,8 +137,8 @@ def _try_finish(conn: Connection, worker_id: str, outcome: store.Outcome, now: d
         return False, describe(exc)
 
 
-def finish_each(conn: Connection, worker_id: str, outcomes: Sequence[store.Outcome], now: datetime) -> None:
-    """``store.finish`` one outcome at a time, after the batch was refused.
+def finish_each(conn: Connection, worker_id: str, outcomes: Sequence[finish_sql.Outcome], now: datetime) -> None:
+    """``finish_sql.finish`` one outcome at a time, after the batch was refused.
 
     Runs inside the caller's (new) transaction; see the module docstring.
     """

@@ -73,6 +73,13 @@ request = Table(
     Column("crashes", Integer, nullable=False, server_default=text("0")),
     # The whole Kombu message (Celery task protocol v2) as JSON.
     Column("message", Text, nullable=False),
+    # The concurrency key when the default limit applies (one pending-or-
+    # running job per key: the job's class keeps the default should_enqueue),
+    # else NULL: a class that overrides should_enqueue sets its own limit
+    # under the enqueue lock.  Always NULL or equal to concurrency_key.
+    # Last, as migration 0004 added it: PostgreSQL's claims return ``r.*``
+    # typed by position against these columns.
+    Column("unique_key", String(255), nullable=True),
     Index(
         "ix_jobtable_request_claim",
         "queue",
@@ -93,14 +100,25 @@ request = Table(
         postgresql_where=text("state = 'running'"),
         sqlite_where=text("state = 'running'"),
     ),
-    # The concurrency-key invariant: one pending-or-running job per key.
+    # The concurrency-key invariant: one pending-or-running job per key,
+    # for the rows the default limit applies to (unique_key not NULL).
     Index(
-        "uq_jobtable_request_concurrency",
+        "uq_jobtable_request_unique_key",
+        "task_name",
+        "unique_key",
+        unique=True,
+        postgresql_where=text("unique_key IS NOT NULL"),
+        sqlite_where=text("unique_key IS NOT NULL"),
+    ),
+    # The other keyed rows (classes with their own limit), which their
+    # should_enqueue counts under the lock: together the two indexes find
+    # every row of a key (reads_sql.key_filter) and each row is in one.
+    Index(
+        "ix_jobtable_request_custom_key",
         "task_name",
         "concurrency_key",
-        unique=True,
-        postgresql_where=text("concurrency_key IS NOT NULL"),
-        sqlite_where=text("concurrency_key IS NOT NULL"),
+        postgresql_where=text("unique_key IS NULL AND concurrency_key IS NOT NULL"),
+        sqlite_where=text("unique_key IS NULL AND concurrency_key IS NOT NULL"),
     ),
     Index("ix_jobtable_request_task_id", "task_id"),
 )
@@ -261,6 +279,28 @@ group = Table(
     Column("chord_done", Integer, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_jobtable_group_created_at", "created_at"),
+)
+
+#: Revokes that last (Celery's ``app.control.revoke``, ``revoke_by_stamped_headers``,
+#: the shim's and the dashboard's revoke), checked at every claim by the
+#: native worker and the Kombu transport, so a worker started after the
+#: revoke honours it too (Celery keeps them in each worker's memory).  A
+#: ``task`` row names a task id (``name`` is ''); a ``stamp`` row a stamped
+#: header ``name`` and one of its values.  The key leads with ``value`` so the
+#: claim's ``value IN (...)`` probe is one index lookup per claimed message.
+REVOKE_TASK = "task"
+REVOKE_STAMP = "stamp"
+
+revoke = Table(
+    "jobtable_revoke",
+    metadata,
+    Column("value", String(255), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True, server_default=text("''")),
+    # Celery forgets a revoke after REVOKE_EXPIRES (3 h); so does the check.
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_jobtable_revoke_expires_at", "expires_at"),
 )
 
 #: PostgreSQL channel notified (by a statement-level trigger) whenever results

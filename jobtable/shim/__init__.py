@@ -24,6 +24,7 @@ import logging
 from . import runner as _runner
 from .app import Celery, current_app
 from .canvas import Signature, chain, chord, group, signature
+from .decorators import shared_task
 from .exceptions import (
     ChordError,
     MaxRetriesExceededError,
@@ -38,7 +39,7 @@ from .exceptions import (
 from .result import AsyncResult, EagerResult, GroupResult
 from .schedules import crontab, schedule
 from .states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
-from .task import Task, shared_task
+from .task import Task
 
 
 def get_task_logger(name: str) -> logging.Logger:

@@ -1,7 +1,9 @@
-"""``Celery``: the app object of the Celery-free API, and its configuration.
+"""``Celery``: the app object of the Celery-free API.
 
-The app holds configuration (``app.conf``) and creates tasks
-(``@app.task``).  The queue is jobtable's database: ``broker``/``backend``
+The app holds configuration (``app.conf``, see ``conf.py``) and creates tasks
+(``@app.task``); a new app becomes the current one (``current.py``).  It is
+the top of the shim: every other module knows an app only by the ``App``
+protocol.  The queue is jobtable's database: ``broker``/``backend``
 may be omitted (JOBTABLE_DATABASE_URL is used) or given as jobtable URLs
 (``jobtable+postgresql+psycopg://...``, ``jobtable+sqlite:///...``), which
 then become jobtable's ``database_url``.
@@ -12,145 +14,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import current
+from .canvas import Signature
+from .conf import Settings, is_setting, jobtable_url
+from .decorators import create_task
 from .exceptions import NotSupported
+from .registry import registry
+from .result import AsyncResult, GroupResult
+from .schedules import beat_entries, install
+from .task import Task
 
 logger = logging.getLogger("jobtable.shim")
-
-#: Celery's defaults for the settings the shim reads.
-DEFAULTS: dict[str, Any] = {
-    "broker_url": None,
-    "result_backend": None,
-    # Celery's default queue, so that tasks keep going where a Celery worker
-    # (or a native worker started with --queue celery) consumes them.
-    "task_default_queue": "celery",
-    "task_default_priority": None,
-    "task_routes": None,
-    "task_always_eager": False,
-    "task_eager_propagates": False,
-    "task_serializer": "json",
-    "result_serializer": "json",
-    "accept_content": ["json"],
-    "task_time_limit": None,
-    "task_soft_time_limit": None,
-    "task_ignore_result": False,
-    "task_acks_late": False,
-    "task_track_started": False,
-    "task_create_missing_queues": True,
-    "result_expires": None,
-    "result_extended": False,
-    "timezone": None,
-    "enable_utc": True,
-    "beat_schedule": {},
-    "imports": (),
-    "include": (),
-}
-
-#: Settings that change behaviour the shim cannot provide -> the alternative.
-UNSUPPORTED_SETTINGS: dict[str, str] = {
-    "task_annotations": "Set the options on the tasks themselves (@app.task(...)).",
-    "task_queues": "Queues need no declaration in jobtable: name them in queue= and start workers with --queue.",
-    "broker_transport_options": "The queue is a table: there is no transport to configure.",
-    "worker_prefetch_multiplier": "Use `jobtable worker --max-pending-per-process`.",
-    "worker_concurrency": "Use `jobtable worker --max-processes`.",
-    "task_reject_on_worker_lost": "The native worker records a lost job LOST (and retries it if it has retries).",
-    "result_backend_transport_options": "Results are rows of jobtable_result.",
-}
-
-#: Values the shim accepts without acting on them (documented differences).
-IGNORED_SETTINGS = {
-    "task_acks_late",
-    "task_track_started",
-    "task_create_missing_queues",
-    "result_expires",
-    "result_extended",
-    "enable_utc",
-    "task_ignore_result",
-    "broker_connection_retry_on_startup",
-    "worker_hijack_root_logger",
-}
-
-
-def _jobtable_url(value: Any, setting: str) -> str | None:
-    """The database URL inside a jobtable broker/backend URL (None: use the default)."""
-    if value in (None, "", "jobtable"):
-        return None
-    if not isinstance(value, str) or not value.startswith("jobtable+"):
-        raise NotSupported(
-            f"{setting}={value!r}",
-            "The Celery-free API keeps tasks and results in jobtable's database: omit it, or give a "
-            "jobtable URL such as 'jobtable+postgresql+psycopg://user@host/db' or 'jobtable+sqlite:///jobs.sqlite3'.",
-        )
-    return value[len("jobtable+") :]
-
-
-class Settings(MutableMapping[str, Any]):
-    """``app.conf``: Celery's settings as a mapping with attribute access."""
-
-    def __init__(self, app: Celery) -> None:
-        object.__setattr__(self, "_app", app)
-        object.__setattr__(self, "_data", dict(DEFAULTS))
-
-    # -- mapping ------------------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._check(key, value)
-        missing = object()
-        previous = self._data.get(key, missing)
-        self._data[key] = value
-        try:
-            self._app._setting_changed(key, value)
-        except BaseException:
-            # A setting that could not take effect is not kept.
-            if previous is missing:
-                del self._data[key]
-            else:
-                self._data[key] = previous
-            raise
-
-    def __delitem__(self, key: str) -> None:
-        self._data[key] = DEFAULTS.get(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._data[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
-
-    # -- Celery's helpers --------------------------------------------------------------
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
-
-    def _check(self, key: str, value: Any) -> None:
-        if key in UNSUPPORTED_SETTINGS and value:
-            raise NotSupported(f"the {key} setting", UNSUPPORTED_SETTINGS[key])
-        if key in ("task_serializer", "result_serializer") and value != "json":
-            raise NotSupported(
-                f"{key}={value!r}",
-                "Messages and results are stored as JSON: use 'json' (pickle would let whoever can write the "
-                "table run code in your workers).",
-            )
-        if key == "accept_content" and value and "json" not in value and "application/json" not in value:
-            raise NotSupported(f"accept_content={value!r}", "Messages are JSON: include 'json'.")
-        if key in ("broker_url", "result_backend"):
-            _jobtable_url(value, key)
-
 
 class Celery:
     """The app.  ``Celery("proj")``, ``Celery("proj", broker="jobtable+sqlite:///jobs.sqlite3")``."""
@@ -171,7 +48,7 @@ class Celery:
                 raise NotSupported(f"Celery({name}=...)", "jobtable has no pluggable Celery components.")
             kwargs.pop(name, None)
         self.main = main
-        self.conf = Settings(self)
+        self.conf = Settings(self._setting_changed)
         self._task_cls = task_cls
         self._pending_packages: list[Callable[[], Iterable[str]] | Iterable[str]] = []
         self._periodic: dict[str, dict[str, Any]] = {}
@@ -184,7 +61,7 @@ class Celery:
         # Celery treats other keyword arguments as settings.
         self.conf.update({key: value for key, value in kwargs.items() if key not in ("autofinalize", "strict_typing")})
         if set_as_current:
-            _set_current(self)
+            current.set_current(self)
 
     def __repr__(self) -> str:
         return f"<Celery {self.main or '__main__'} (jobtable.shim)>"
@@ -193,7 +70,7 @@ class Celery:
 
     def _setting_changed(self, key: str, value: Any) -> None:
         if key in ("broker_url", "result_backend"):
-            url = _jobtable_url(value, key)
+            url = jobtable_url(value, key)
             if url is not None:
                 from .. import settings
 
@@ -231,20 +108,16 @@ class Celery:
             elif name.islower():
                 values[name] = getattr(obj, name)
         # A settings module also holds imports and helpers: keep settings only.
-        self.conf.update({key: value for key, value in values.items() if _is_setting(key)})
+        self.conf.update({key: value for key, value in values.items() if is_setting(key)})
 
     # -- tasks ------------------------------------------------------------------------------
 
     @property
     def Task(self) -> type[Any]:  # noqa: N802  (Celery's name: class MyTask(app.Task))
-        from .task import Task
-
         return self._task_cls or Task
 
     def task(self, *args: Any, **options: Any) -> Any:
         """``@app.task``, ``@app.task(bind=True, name=..., max_retries=...)``."""
-        from .task import create_task
-
         if args and callable(args[0]) and len(args) == 1 and not options:
             return create_task(args[0], app=self, base=self._task_cls)
 
@@ -258,30 +131,20 @@ class Celery:
     @property
     def tasks(self) -> dict[str, Any]:
         """Registered tasks by name (after autodiscovery)."""
-        from .task import registry
-
         self.discover_pending()
         return dict(registry.tasks)
 
     def send_task(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Send a task by name, without importing it (it may live in another code base)."""
-        from .canvas import Signature
-
         return Signature(name, args or (), kwargs or {}, options, app=self).apply_async()
 
     def signature(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        from .canvas import Signature
-
         return Signature(name, args or (), kwargs or {}, options, app=self)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # noqa: N802  (Celery's name)
-        from .result import AsyncResult
-
         return AsyncResult(task_id, app=self, **kwargs)
 
     def GroupResult(self, group_id: str, results: Any = None) -> Any:  # noqa: N802
-        from .result import GroupResult
-
         return GroupResult(group_id, results or [], app=self)
 
     def autodiscover_tasks(
@@ -297,8 +160,7 @@ class Celery:
         if packages is None:
             packages = list(self.conf.include) + list(self.conf.imports)
         self._pending_packages.append(packages)
-        if self not in _discovering:
-            _discovering.append(self)
+        registry.discover_later(self.discover_pending)
         if force:
             self.discover_pending()
 
@@ -339,8 +201,6 @@ class Celery:
     def beat_entries(self) -> list[tuple[Any, Any]]:
         """``beat_schedule`` (and ``add_periodic_task``) as jobtable schedule
         entries: ``(job, Schedule)`` pairs, as JOBTABLE_SCHEDULE takes them."""
-        from .schedules import beat_entries
-
         return beat_entries({**dict(self.conf.beat_schedule or {}), **self._periodic}, app=self)
 
     def install_beat_schedule(self) -> None:
@@ -348,17 +208,15 @@ class Celery:
         ``jobtable``'s scheduler enqueues them.  Called whenever
         ``conf.beat_schedule`` is assigned; call it again after changing the
         dict in place."""
-        from .schedules import install
-
         install(self.beat_entries())
 
     # -- compatibility no-ops -----------------------------------------------------------------
 
     def set_default(self) -> None:
-        _set_current(self)
+        current.set_current(self)
 
     def set_current(self) -> None:
-        _set_current(self)
+        current.set_current(self)
 
     def finalize(self, auto: bool = False) -> None:
         """Nothing to finalize: tasks are registered when they are defined."""
@@ -386,32 +244,16 @@ class Celery:
     on_after_finalize = on_after_configure
 
 
-_current: Celery | None = None
-
-#: Apps with autodiscovery still to do (done when a task name is first not found).
-_discovering: list[Celery] = []
-
-
-def discover_all() -> None:
-    while _discovering:
-        _discovering.pop().discover_pending()
-
-
-def _set_current(app: Celery) -> None:
-    global _current
-    _current = app
-
-
 def current_app() -> Celery:
     """The app created last (a default one if none was)."""
-    global _current
-    if _current is None:
-        _current = Celery("default")
-    return _current
+    app = current.current_app()
+    if not isinstance(app, Celery):  # only Celery.__init__ and set_current make an app current
+        raise TypeError(f"The current app {app!r} is not a jobtable.shim.Celery.")
+    return app
 
 
-_SETTING_PREFIXES = ("task_", "result_", "broker_", "beat_", "worker_", "event_", "security_", "cache_", "database_")
+def _default_app() -> Celery:
+    return Celery("default")
 
 
-def _is_setting(key: str) -> bool:
-    return key in DEFAULTS or key in UNSUPPORTED_SETTINGS or key.startswith(_SETTING_PREFIXES)
+current.set_default_factory(_default_app)

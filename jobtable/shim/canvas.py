@@ -4,7 +4,7 @@ top of jobtable rows.
 Messages carry the steps as Celery does: a chain's first task has the rest
 of the chain (reversed) in its message; a chord's header parts carry the
 group id and the body.  Whoever runs a step sends the next one (the native
-worker through ``runner.py``, or a Celery worker), so no coordinator
+worker through ``followups.py``, or a Celery worker), so no coordinator
 process is needed.  A chord is counted in its ``jobtable_group`` row: it is
 created, sized and its header enqueued in one transaction, so no part can
 finish before the count is known.
@@ -15,22 +15,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import messages, params
 from ..db import engine as db_engine
 from ..db import results as db_results
 from . import send
+from .current import App, current_app
 from .exceptions import NotSupported
-
-if TYPE_CHECKING:
-    from .app import Celery
-    from .result import AsyncResult, GroupResult
+from .registry import registry
+from .result import AsyncResult, GroupResult
 
 
-def _app(app: Celery | None) -> Celery:
-    from .app import current_app
-
+def _app(app: App | None) -> App:
     return app or current_app()
 
 
@@ -50,7 +47,7 @@ class Signature(dict):  # type: ignore[type-arg]
         options: dict[str, Any] | None = None,
         subtask_type: str | None = None,
         immutable: bool = False,
-        app: Celery | None = None,
+        app: App | None = None,
         **extra_options: Any,
     ) -> None:
         options = {**(options or {}), **extra_options}
@@ -81,8 +78,6 @@ class Signature(dict):  # type: ignore[type-arg]
 
     @property
     def type(self) -> Any:
-        from .task import registry
-
         return registry.get(self.task)
 
     def __repr__(self) -> str:
@@ -113,8 +108,6 @@ class Signature(dict):  # type: ignore[type-arg]
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
         """Fix the task id now (the result can be handed out before sending)."""
-        from .result import AsyncResult
-
         if _id is not None:
             self.options["task_id"] = _id
         self.options.setdefault("task_id", messages.new_task_id())
@@ -158,8 +151,6 @@ class Signature(dict):  # type: ignore[type-arg]
         send.check_options(sig.options)
         if app.conf.task_always_eager:
             return sig.apply()
-        from .result import AsyncResult
-
         sig.freeze()
         rows = rows_for(app, sig.to_dict(), [], now=send.utcnow())
         if not send.insert_rows(rows):
@@ -168,8 +159,6 @@ class Signature(dict):  # type: ignore[type-arg]
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Run now, in this process (eager)."""
-        from .task import registry
-
         sig = self.clone(args, kwargs, **options)
         opts = dict(sig.options)
         send.check_options(opts)
@@ -184,8 +173,6 @@ class Signature(dict):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the task function here (not through the queue), as Celery does."""
-        from .task import registry
-
         new_args, new_kwargs, _ = self._merge(args, kwargs, {})
         return registry.get(self.task)(*new_args, **new_kwargs)
 
@@ -221,7 +208,7 @@ class chain(Signature):  # noqa: N801  (Celery's name)
     """``chain(a.s(1), b.s(), c.s())`` or ``a.s(1) | b.s()``: each result is
     the first argument of the next step (unless it is immutable, ``.si``)."""
 
-    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+    def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
         steps: list[Signature] = []
         for task in _flatten(tasks):
             if isinstance(task, chain):
@@ -317,7 +304,7 @@ class group(Signature):  # noqa: N801
     """``group(add.s(i, i) for i in range(10))``: run in parallel; the result
     is a GroupResult whose ``get()`` lists the values in order."""
 
-    def __init__(self, *tasks: Any, app: Celery | None = None, **options: Any) -> None:
+    def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
         steps = []
         for task in _flatten(tasks):
             if isinstance(task, (group, chord)):
@@ -335,8 +322,6 @@ class group(Signature):  # noqa: N801
         return f"group({', '.join(map(repr, self.tasks))})"
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:
-        from .result import GroupResult
-
         app = _app(self._app)
         if options:
             raise NotSupported(
@@ -360,8 +345,6 @@ class group(Signature):  # noqa: N801
         return GroupResult(group_id, results, app=app)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:
-        from .result import GroupResult
-
         steps = [step.clone(args, kwargs) for step in self.tasks]
         return GroupResult(messages.new_task_id(), [step.apply() for step in steps], app=self._app)
 
@@ -379,7 +362,7 @@ class chord(Signature):  # noqa: N801
     """``chord(header)(body)`` / ``chord(header, body).apply_async()``: run the
     header in parallel, then the body with the list of their results."""
 
-    def __init__(self, header: Any, body: Signature | None = None, app: Celery | None = None, **options: Any) -> None:
+    def __init__(self, header: Any, body: Signature | None = None, app: App | None = None, **options: Any) -> None:
         tasks = header.tasks if isinstance(header, group) else _flatten((header,))
         for task in tasks:
             if not isinstance(task, Signature) or isinstance(task, (chain, group, chord)):
@@ -405,8 +388,6 @@ class chord(Signature):  # noqa: N801
         return self.apply_async((), {}, body=body, **options)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, body: Signature | None = None, **options: Any) -> Any:
-        from .result import GroupResult
-
         app = _app(self._app)
         body = body if body is not None else self.body
         if body is None:
@@ -462,7 +443,7 @@ def result_task(sig: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows_for(
-    app: Celery,
+    app: App,
     sig: dict[str, Any],
     prefix: list[Any],
     *,

@@ -10,18 +10,16 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import clock, operations_sql, revokes_sql, tables
 from ..db.notify import Listener
 from . import exceptions as shim_exceptions
+from .current import App
 from .exceptions import NotSupported, TaskRevokedError, TimeoutError
 from .states import EXCEPTION_STATES, FAILURE, PROPAGATE_STATES, READY_STATES, REVOKED, SUCCESS, task_meta
-
-if TYPE_CHECKING:
-    from .app import Celery
 
 #: Longest single wait: bounds the cost of a lost notification.
 WAIT_CAP = 5.0
@@ -70,7 +68,7 @@ class AsyncResult:
         id: str,  # noqa: A002  (Celery's name)
         backend: Any = None,
         task_name: str | None = None,
-        app: Celery | None = None,
+        app: App | None = None,
         parent: Any = None,
     ) -> None:
         if backend is not None:
@@ -214,14 +212,18 @@ class AsyncResult:
         wait: bool = False,
         timeout: Any = None,
     ) -> None:
-        """Cancel the task if it has not started (it ends REVOKED)."""
+        """Cancel the task if it has not started (it ends REVOKED), and
+        record the revoke so that any worker claiming this id later — a
+        retry, or a message sent after the revoke — records it REVOKED."""
         if terminate:
             raise NotSupported(
                 "revoke(terminate=True)",
                 "A running task cannot be killed from outside; give it a time_limit, or check a flag in the task.",
             )
         with db_engine.connect() as conn, conn.begin():
-            store.cancel_pending(conn, self.id, store.utcnow())
+            now = clock.utcnow()
+            operations_sql.cancel_pending(conn, self.id, now)
+            revokes_sql.add(conn, [(revokes_sql.TASK, "", self.id)], now)
 
     def then(self, *args: Any, **kwargs: Any) -> Any:
         raise NotSupported("AsyncResult.then()", "Chain a task instead: chain(a.s(), b.s()).")
@@ -293,7 +295,7 @@ class GroupResult:
         self,
         id: str | None = None,
         results: list[AsyncResult] | None = None,
-        app: Celery | None = None,
+        app: App | None = None,
         parent: Any = None,
     ) -> None:  # noqa: A002
         self.id = id
@@ -358,11 +360,11 @@ class GroupResult:
     def save(self) -> GroupResult:
         """Store the group (as Celery's backend does) so ``GroupResult.restore(id)`` finds it."""
         with db_engine.connect() as conn, conn.begin():
-            db_results.save_group(conn, str(self.id), json.dumps({"result": self.as_tuple()}), store.utcnow())
+            db_results.save_group(conn, str(self.id), json.dumps({"result": self.as_tuple()}), clock.utcnow())
         return self
 
     @classmethod
-    def restore(cls, group_id: str, backend: Any = None, app: Celery | None = None) -> GroupResult | None:
+    def restore(cls, group_id: str, backend: Any = None, app: App | None = None) -> GroupResult | None:
         with db_engine.connect() as conn, conn.begin():
             encoded = db_results.load_group(conn, group_id)
         if encoded is None:

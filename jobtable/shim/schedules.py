@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cron import CronError
 from ..scheduling import Schedule
+from .current import App
 from .exceptions import NotSupported
-
-if TYPE_CHECKING:
-    from .app import Celery
+from .registry import registry
+from .task import Task, TaskJob
 
 logger = logging.getLogger("jobtable.shim")
 
@@ -175,10 +175,8 @@ _ENTRY_OPTIONS = {"queue", "priority"}
 _IGNORED_ENTRY_OPTIONS = {"expires", "ignore_result"}
 
 
-def beat_entries(beat_schedule: dict[str, Any], app: Celery) -> list[tuple[Any, Schedule]]:
+def beat_entries(beat_schedule: dict[str, Any], app: App) -> list[tuple[Any, Schedule]]:
     """``(job, Schedule)`` pairs of the entries of a ``beat_schedule`` dict."""
-    from .task import registry
-
     pairs: list[tuple[Any, Schedule]] = []
     for key, entry in beat_schedule.items():
         if not isinstance(entry, dict) or "task" not in entry or "schedule" not in entry:
@@ -200,7 +198,7 @@ def beat_entries(beat_schedule: dict[str, Any], app: Celery) -> list[tuple[Any, 
                 "Scheduled tasks take queue and priority options; set others on the task.",
             )
         task = registry.find(str(entry["task"]))
-        if task is None:
+        if not isinstance(task, Task):  # None: unknown (every registered task is a Task)
             raise NotSupported(
                 f"beat_schedule[{key!r}] for the unknown task {entry['task']!r}",
                 "Import the module defining the task before setting beat_schedule (the scheduler needs the task "
@@ -217,8 +215,6 @@ def beat_entries(beat_schedule: dict[str, Any], app: Celery) -> list[tuple[Any, 
 
 
 def _is_shim_pair(item: Any) -> bool:
-    from .task import TaskJob
-
     return isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], TaskJob)
 
 

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 from .. import limits, message_checks, messages, params, telemetry
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import store, tables
+from ..db import enqueue_sql, tables
 from ..exceptions import EnqueueError, ParameterError
+from .current import App
 from .exceptions import NotSupported
+from .registry import RegisteredTask, registry
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
-
-    from .app import Celery
 
 #: apply_async options accepted and stored.
 HANDLED = {
@@ -128,7 +128,7 @@ def check_options(options: dict[str, Any]) -> None:
             )
 
 
-def route(app: Celery, name: str, task: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
+def route(app: App, name: str, task: RegisteredTask | None, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
     """The queue: queue= > the task's queue > task_routes > task_default_queue."""
     if options.get("queue"):
         return str(options["queue"])
@@ -168,7 +168,7 @@ def encode_args(args: Sequence[Any], kwargs: dict[str, Any], where: str) -> tupl
 
 
 def build_row(
-    app: Celery,
+    app: App,
     name: str,
     args: list[Any],
     kwargs: dict[str, Any],
@@ -178,8 +178,6 @@ def build_row(
     embed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The request row of one task message.  ``args``/``kwargs`` are encoded."""
-    from .task import registry
-
     check_options(options)
     source = f"task {limits.short(name)}"
     limits.check_name("the task name", name, source=source)
@@ -270,4 +268,4 @@ def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, d
                 envelope = json.loads(row["message"])
                 envelope["headers"].update(trace)
                 row["message"] = messages.dumps(envelope)
-        return set(store.insert_requests(conn, rows))
+        return set(enqueue_sql.insert_requests(conn, rows))

@@ -1,112 +1,49 @@
-"""Tasks: ``@shared_task`` / ``@app.task``, calling them, ``self.request``,
-``self.retry()`` and ``autoretry_for``.
+"""Tasks: the ``Task`` base class (calling a task, ``self.request``,
+``self.retry()``, ``autoretry_for``) and ``TaskJob``, the Job that carries a
+task through jobtable.
 
 A task is registered under Celery's name for it (``module.function``, or
-``name=``), so rows sent by Celery and by the shim are interchangeable.  Each
-task also gets a ``Job`` subclass (``task.job_class``) whose ``job_name()`` is
-that name: jobtable's scheduler enqueues beat entries through it, and the
-native worker runs the task through it (see ``runner.py``).
+``name=``), so rows sent by Celery and by the shim are interchangeable (see
+``decorators.py``, which makes tasks of functions).  Each task also gets a
+``TaskJob`` subclass (``task.job_class``) whose ``job_name()`` is that name:
+jobtable's scheduler enqueues beat entries through it, and the native worker
+runs the task through it (``runner.py`` builds it from the message).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import random
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import messages, params, safetext
 from ..jobs import Job
-from .exceptions import MaxRetriesExceededError, NotRegistered, NotSupported, Retry
+from ..middleware import current_job
+from . import followups
+from .canvas import Signature
+from .context import Context
+from .current import App, current_app
+from .exceptions import MaxRetriesExceededError, NotSupported, Retry
+from .result import AsyncResult, EagerResult
+from .send import check_options, encode_args, route
 from .states import FAILURE, SUCCESS
 
-if TYPE_CHECKING:
-    from .app import Celery
-    from .canvas import Signature
-    from .result import AsyncResult, EagerResult
+logger = logging.getLogger("jobtable.shim")
 
 
-class Context:
-    """``self.request``: the call being executed."""
-
-    id: str | None = None
-    task: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
-    retries: int = 0
-    is_eager: bool = False
-    eta: str | None = None
-    expires: str | None = None
-    headers: dict[str, Any] | None = None
-    root_id: str | None = None
-    parent_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    chord: dict[str, Any] | None = None
-    chain: list[dict[str, Any]] | None = None
-    callbacks: list[dict[str, Any]] | None = None
-    errbacks: list[dict[str, Any]] | None = None
-    delivery_info: dict[str, Any] = {}
-    hostname: str | None = None
-    origin: str | None = None
-    shadow: str | None = None
-    timelimit: tuple[Any, Any] = (None, None)
-    called_directly: bool = True
-    ignore_result: bool = False
-    reply_to: str | None = None
-
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
-        self.correlation_id = self.id
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def __repr__(self) -> str:
-        return f"<Context: {self.__dict__!r}>"
-
-
-class TaskRegistry:
-    """Shim tasks by name (one registry per process, like Celery's shared tasks)."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, Task] = {}
-
-    def register(self, task: Task) -> None:
-        # Re-importing a module (reload, tests) replaces the task.
-        self.tasks[task.name] = task
-
-    def find(self, name: str) -> Task | None:
-        task = self.tasks.get(name)
-        if task is None:
-            from .app import discover_all
-
-            discover_all()
-            task = self.tasks.get(name)
-        return task
-
-    def get(self, name: str) -> Task:
-        task = self.find(name)
-        if task is None:
-            raise NotRegistered(
-                f"No task named {name!r} in this process. Import the module that defines it (jobtable worker "
-                "--app <module>, or app.autodiscover_tasks([...]))."
-            )
-        return task
-
-
-registry = TaskRegistry()
-
-#: Task options that raise NotSupported -> the alternative.
-UNSUPPORTED_OPTIONS = {
-    "rate_limit": "Limit concurrency with a concurrency key (concurrency_key=... on the task or in "
-    "apply_async(headers={'concurrency_key': ...})), or run a dedicated queue with fewer worker processes.",
-    "pydantic": "Validate arguments inside the task.",
-    "reject_on_worker_lost": "A job whose worker dies is recorded LOST; give it retries to run it again.",
-    "base_serializer": "Messages are JSON.",
-}
+def _call_arguments(name: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args``/``kwargs`` of apply_async and apply, refused as Celery does
+    when they are not a list/tuple and a dict: ``tuple("ab")`` would send
+    the task two arguments 'a' and 'b'."""
+    if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple))):
+        raise TypeError(f"{name}: args must be a list or tuple, got {type(args).__name__}.")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"{name}: kwargs must be a dict, got {type(kwargs).__name__}.")
+    return tuple(args or ()), dict(kwargs or {})
 
 
 def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
@@ -121,7 +58,7 @@ class Task:
     """Base class of tasks; ``@app.task(base=MyTask)`` subclasses it."""
 
     name: str = ""
-    app: Celery | None = None
+    app: App | None = None
     typing: bool = True
     max_retries: int | None = 3
     default_retry_delay: float = 180
@@ -196,9 +133,7 @@ class Task:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _app(self) -> Celery:
-        from .app import current_app
-
+    def _app(self) -> App:
         return self.app or current_app()
 
     def check_arguments(self, args: Any, kwargs: Any) -> None:
@@ -222,16 +157,12 @@ class Task:
     ) -> AsyncResult | EagerResult | None:
         """Send the task.  Returns its AsyncResult (an EagerResult with
         ``task_always_eager``), or None when its concurrency key is taken."""
-        from .send import check_options
-
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         self.check_arguments(args, kwargs)
         check_options(options)
         app = self._app()
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, link=options.get("link"))
-        from .canvas import Signature
-
         sent: AsyncResult | None = Signature(
             self.name, args, kwargs, {**options, "task_id": task_id} if task_id else options, app=app
         ).apply_async()
@@ -250,11 +181,9 @@ class Task:
         """Run the task here and now (``task_always_eager``).  The arguments go
         through JSON as they would through the queue, so a task that cannot
         be sent fails in tests too.  ``retry()`` runs it again at once."""
-        from .result import EagerResult
-
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         task_id = task_id or messages.new_task_id()
-        encoded_args, encoded_kwargs = _encode(self.name, args, kwargs)
+        encoded_args, encoded_kwargs = encode_args(args, kwargs, self.name)
         args, kwargs = tuple(params.decode(encoded_args)), params.decode(encoded_kwargs)
         propagate = self._app().conf.task_eager_propagates if throw is None else throw
         while True:
@@ -292,8 +221,6 @@ class Task:
     # -- canvas ------------------------------------------------------------------------
 
     def signature(self, args: Any = None, kwargs: Any = None, *starargs: Any, **options: Any) -> Signature:
-        from .canvas import Signature
-
         return Signature(self.name, args or (), kwargs or {}, options, app=self._app())
 
     subtask = signature
@@ -305,8 +232,6 @@ class Task:
         return self.signature(args, kwargs, immutable=True)
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802  (Celery's name)
-        from .result import AsyncResult
-
         return AsyncResult(task_id, app=self._app(), task_name=self.name, **kwargs)
 
     # -- retrying ----------------------------------------------------------------------
@@ -418,8 +343,6 @@ class TaskJob(Job):
         return cls.task.name
 
     def default_queue(self) -> str:
-        from .send import route
-
         app = self.task._app()
         return route(app, self.task.name, self.task, self.args, self.kwargs, self._entry_options)
 
@@ -436,15 +359,69 @@ class TaskJob(Job):
         return key or ""
 
     def run(self) -> Any:
-        from .runner import run_task
+        """Run the task as the native worker does: with the message's
+        ``self.request``, its handlers, then what follows it (``followups.py``).
+        ``self.retry()`` raises ``Retry``, a ``DeferJob``: the worker records
+        the attempt DEFERRED and enqueues attempt + 1 of the same task id."""
+        task = self.task
+        request = self._message_request()
+        args, kwargs = request.args, request.kwargs
+        try:
+            value = execute(task, request)
+            # Encoded now: a value the next step cannot receive fails this task.
+            encoded = (
+                params.encode(value, f"the return value of {task.name}") if followups.has_followers(request) else None
+            )
+        except Retry as retry:
+            _call_handler(task.on_retry, retry.exc or retry, request.id, args, kwargs, _ExceptionInfo(retry))
+            raise
+        except BaseException as exc:
+            einfo = _ExceptionInfo(exc)
+            _call_handler(task.on_failure, exc, request.id, args, kwargs, einfo)
+            _call_handler(task.after_return, FAILURE, exc, request.id, args, kwargs, einfo)
+            if request.chord and request.group:
+                followups.count_failed_part(request, f"{type(exc).__name__}({str(exc)!r})")
+            raise
+        _call_handler(task.on_success, value, request.id, args, kwargs)
+        _call_handler(task.after_return, SUCCESS, value, request.id, args, kwargs, None)
+        if followups.has_followers(request):
+            followups.follow(request, encoded)
+        return value
 
-        return run_task(self)
-
-
-def _encode(name: str, args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
-    from .send import encode_args
-
-    return encode_args(args, kwargs, name)
+    def _message_request(self) -> Context:
+        """``self.request`` of the task while this job runs: from the
+        message's headers and canvas steps (set by the runner)."""
+        call = self._call
+        if call is None:  # run() called outside a worker
+            return Context(task=self.task.name, args=self.args, kwargs=self.kwargs, called_directly=False)
+        h = call.headers
+        embed = self._embed
+        running = current_job()
+        return Context(
+            id=call.task_id,
+            task=call.task_name,
+            args=self.args,
+            kwargs=self.kwargs,
+            retries=int(h.get("retries") or 0),
+            is_eager=False,
+            eta=h.get("eta"),
+            expires=h.get("expires"),
+            headers=h,
+            root_id=h.get("root_id"),
+            parent_id=h.get("parent_id"),
+            group=h.get("group"),
+            group_index=h.get("group_index"),
+            chord=embed.get("chord"),
+            chain=embed.get("chain"),
+            callbacks=embed.get("callbacks"),
+            errbacks=embed.get("errbacks"),
+            delivery_info={"routing_key": running.queue, "priority": running.priority} if running else {},
+            hostname=running.worker_id if running else None,
+            origin=h.get("origin"),
+            shadow=h.get("shadow"),
+            timelimit=tuple(h.get("timelimit") or (None, None)),
+            called_directly=False,
+        )
 
 
 class _ExceptionInfo:
@@ -466,9 +443,7 @@ def _call_handler(handler: Callable[..., Any], *args: Any) -> None:
     try:
         handler(*args)
     except Exception:
-        import logging
-
-        logging.getLogger("jobtable.shim").exception("Task handler %s failed", getattr(handler, "__name__", handler))
+        logger.exception("Task handler %s failed", getattr(handler, "__name__", handler))
 
 
 def execute(task: Task, request: Context) -> Any:
@@ -498,69 +473,3 @@ def execute(task: Task, request: Context) -> Any:
             raise
     finally:
         task.pop_request()
-
-
-_TASK_ATTRIBUTES = set(vars(Task)) | {"bind", "base", "name", "shared", "lazy", "filter", "trail"}
-
-
-def task_name(fun: Callable[..., Any], app: Celery | None) -> str:
-    """Celery's name: ``module.function`` (``app.main`` for ``__main__``)."""
-    module = fun.__module__
-    if module == "__main__" and app is not None and app.main:
-        module = app.main
-    return f"{module}.{fun.__name__}"
-
-
-def create_task(fun: Callable[..., Any], *, app: Celery | None, base: type[Task] | None = None, **options: Any) -> Task:
-    """The task object for ``fun`` (what ``@app.task(...)`` returns)."""
-    for key in options:
-        if key in UNSUPPORTED_OPTIONS and options[key] is not None:
-            raise NotSupported(f"the task option {key}=", UNSUPPORTED_OPTIONS[key])
-    serializer = options.get("serializer")
-    if serializer not in (None, "json"):
-        raise NotSupported(f"serializer={serializer!r}", "Messages are stored as JSON: use 'json'.")
-    base = options.pop("base", None) or base or Task
-    if not (isinstance(base, type) and issubclass(base, Task)):
-        raise TypeError(f"base={base!r} must be a subclass of jobtable.shim.Task.")
-    bind = bool(options.pop("bind", False))
-    for ignored in ("shared", "lazy", "filter", "trail"):
-        options.pop(ignored, None)
-    if app is None:
-        from .app import _current
-
-        app_for_name = _current
-    else:
-        app_for_name = app
-    name = options.pop("name", None) or task_name(fun, app_for_name)
-    attributes: dict[str, Any] = {
-        "name": name,
-        "app": app,
-        "run": fun if bind else staticmethod(fun),
-        "__module__": fun.__module__,
-        "__doc__": fun.__doc__,
-        "__wrapped__": fun,
-        "__qualname__": fun.__name__,
-    }
-    for key in ("autoretry_for", "dont_autoretry_for", "throws"):
-        if key in options and options[key] is not None:
-            options[key] = tuple(options[key])
-    attributes.update(options)
-    task_class = type(fun.__name__, (base,), attributes)
-    task: Task = task_class()
-    module, _, short = name.rpartition(".")
-    task.job_class = type(
-        f"{short}_job", (TaskJob,), {"task": task, "__module__": module or fun.__module__, "__qualname__": short}
-    )
-    registry.register(task)
-    return task
-
-
-def shared_task(*args: Any, **options: Any) -> Any:
-    """``@shared_task`` / ``@shared_task(bind=True, ...)``: a task of the current app."""
-
-    def decorate(fun: Callable[..., Any]) -> Task:
-        return create_task(fun, app=None, **options)
-
-    if args and callable(args[0]) and len(args) == 1 and not options:
-        return decorate(args[0])
-    return decorate

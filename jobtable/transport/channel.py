@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from queue import Empty
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport.base import to_rabbitmq_queue_arguments
@@ -33,17 +33,14 @@ from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
 from .. import badrows, limits, message_checks, messages
-from ..db import store, tables
+from ..db import bindings_sql, clock, operations_sql, revokes_sql, tables, transport_sql
 from ..db.dialects import notify_bindings_changed, wake_queues
+from .protocol import TransportAPI, row_id
+from .revoke_broadcasts import asks_revoked, merge_into_celery_worker, revokes_in
 
-if TYPE_CHECKING:
-    from .transport import Transport
+__all__ = ["Channel", "QoS", "row_id"]
 
 logger = logging.getLogger(__name__)
-
-
-def row_id(delivery_tag: Any) -> int:
-    return int(str(delivery_tag).split(":", 1)[0])
 
 
 class QoS(virtual.QoS):
@@ -100,13 +97,13 @@ class Quiet:
         #: (``wakeups=False``, a LISTEN connection that dropped).
         self.until = until
 
-    def holds(self, queues: list[str], transport: Transport) -> bool:
+    def holds(self, queues: list[str], transport: TransportAPI) -> bool:
         return queues == self.queues and monotonic() < self.until and transport.mark(queues) == self.mark
 
 
 class Channel(virtual.Channel):
     QoS = QoS
-    connection: Transport
+    connection: TransportAPI
 
     #: Fanout exchanges store one row per bound queue (bindings are in the DB).
     supports_fanout = True
@@ -114,7 +111,7 @@ class Channel(virtual.Channel):
     min_priority = tables.PRIORITY_MIN
     max_priority = tables.PRIORITY_MAX
 
-    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+    def __init__(self, connection: TransportAPI, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
         # Kept past close(): QoS restores unacked messages after Kombu has
         # detached the channel from its transport.
@@ -165,8 +162,11 @@ class Channel(virtual.Channel):
         if not entry.table:
             entry = bindings.refresh_after_miss(exchange) or entry
         queues = sorted({queue for _, _, queue in entry.table})
-        if queues:
-            self._insert(queues, message, fanout=True, ttl=entry.ttl)
+        # A Celery revoke is recorded with its broadcast, and even when no
+        # worker is bound to hear it: workers started later check the table.
+        revokes = revokes_in(exchange, message)
+        if queues or revokes:
+            self._insert(queues, message, fanout=True, ttl=entry.ttl, revokes=revokes)
 
     def _insert(
         self,
@@ -174,8 +174,9 @@ class Channel(virtual.Channel):
         message: dict[str, Any],
         fanout: bool = False,
         ttl: dict[str, float] | None = None,
+        revokes: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
-        now = store.utcnow()
+        now = clock.utcnow()
         # Checked before anything is written: a message the table cannot
         # hold (headers that are not JSON, a lone surrogate, a time past
         # year 9999, over max_message_size) is refused to the publisher with
@@ -198,8 +199,9 @@ class Channel(virtual.Channel):
                 # Copies of one broadcast must not collide on the key.
                 row["concurrency_key"] = None
             rows.append(row)
-        self._transport.insert_published(rows)
-        self._transport.published(rows)
+        self._transport.insert_published(rows, revokes)
+        if rows:
+            self._transport.published(rows)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -215,11 +217,11 @@ class Channel(virtual.Channel):
     def _claim_once(self, queues: Sequence[str], limit: int) -> tuple[list[tuple[dict[str, Any], str]], int]:
         transport = self._transport
         transport.before_claim()
-        now = store.utcnow()
+        now = clock.utcnow()
         lease = now + timedelta(seconds=transport.options.lease_seconds)
         consumer = transport.consumer_id
         with transport.write_connection() as conn:
-            rows = store.transport_claim(
+            rows = transport_sql.transport_claim(
                 conn,
                 queues,
                 limit,
@@ -230,19 +232,30 @@ class Channel(virtual.Channel):
             )
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
-                store.transport_delete(conn, expired, consumer, transport.async_commit)
+                transport_sql.transport_delete(conn, expired, consumer, transport.async_commit)
+            # Revoked messages (db/revokes_sql.py) never reach the consumer:
+            # they end REVOKED below, as a Celery worker records them.
+            revoked = revokes_sql.revoked(conn, [row for row in rows if row.id not in expired], now)
             # Each row decoded on its own: an undecodable one becomes a dead
             # letter (badrows.py) and the rest of the batch is delivered.
             delivered: list[tuple[dict[str, Any], str]] = []
             bad: list[tuple[int, str]] = []
             for row in rows:
-                if row.id in expired:
+                if row.id in expired or row.id in revoked:
                     continue
                 envelope = badrows.decode_envelope(row.message)
                 if isinstance(envelope, badrows.BadRow):
                     bad.append((row.id, envelope.reason))
                 else:
                     delivered.append((_payload(row, envelope), row.queue))
+        if any(queue.endswith(".pidbox") and asks_revoked(payload) for payload, queue in delivered):
+            with transport.read_connection() as reader:
+                listed = revokes_sql.listed(reader, now)
+            merge_into_celery_worker([(r.kind, r.name, r.value) for r in listed])
+        if revoked:
+            with transport.engine.begin() as tx:
+                revokes_sql.end_revoked_held(tx, sorted(revoked), consumer, now)
+            logger.info("jobtable: %d revoked message(s) recorded REVOKED, not delivered", len(revoked))
         if bad:
             # One transaction (the claim's connection autocommits on
             # PostgreSQL): the row leaves the queue only with its result.
@@ -335,7 +348,7 @@ class Channel(virtual.Channel):
         transport = self._transport
         if requeue:
             with transport.write_connection() as conn:
-                queues = store.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
+                queues = transport_sql.transport_requeue(conn, ids, transport.consumer_id, transport.async_commit)
                 wake_queues(conn, queues)
         else:
             # Deleted in batches by the process's ack writer (acks.py).
@@ -394,17 +407,17 @@ class Channel(virtual.Channel):
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         with self._read() as conn:
-            return store.transport_queue_exists(conn, queue)
+            return transport_sql.transport_queue_exists(conn, queue)
 
     def _size(self, queue: str) -> int:
         self._transport.acks.flush()  # this connection reads its own acks
         with self._read() as conn:
-            return store.transport_queue_size(conn, queue)
+            return transport_sql.transport_queue_size(conn, queue)
 
     def _purge(self, queue: str) -> int:
         self._transport.acks.flush()
         with self._write() as conn:
-            return store.purge(conn, queue)
+            return operations_sql.purge(conn, queue)
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         self.queue_delete(queue)
@@ -414,8 +427,8 @@ class Channel(virtual.Channel):
             return 0
         self._transport.acks.flush()
         with self._write() as conn:
-            removed = store.purge(conn, queue)
-            if store.transport_unbind_queue(conn, queue):
+            removed = operations_sql.purge(conn, queue)
+            if bindings_sql.transport_unbind_queue(conn, queue):
                 notify_bindings_changed(conn)
         self.state.queue_bindings_delete(queue)
         self._transport.bindings.invalidate()
@@ -444,7 +457,7 @@ class Channel(virtual.Channel):
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         with self._write() as conn:
-            if store.transport_unbind_exchange(conn, exchange):
+            if bindings_sql.transport_unbind_exchange(conn, exchange):
                 notify_bindings_changed(conn)
         self.state.exchanges.pop(exchange, None)
         self._transport.bindings.invalidate(exchange)
@@ -463,7 +476,7 @@ class Channel(virtual.Channel):
         routing_key, pattern, queue = exchange_type.prepare_bind(queue, exchange, routing_key, arguments)
         ttl = self._transport.queue_ttl.get(queue)
         with self._write() as conn:
-            if store.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl):
+            if bindings_sql.transport_bind(conn, exchange, kind, routing_key or "", pattern or "", queue, ttl):
                 notify_bindings_changed(conn)
         self.state.binding_declare(queue, exchange, routing_key, arguments)
         self._transport.bindings.invalidate(exchange)
@@ -473,14 +486,14 @@ class Channel(virtual.Channel):
     ) -> None:
         exchange = exchange or "amq.direct"
         with self._write() as conn:
-            if store.transport_unbind(conn, exchange, routing_key or "", queue):
+            if bindings_sql.transport_unbind(conn, exchange, routing_key or "", queue):
                 notify_bindings_changed(conn)
         self.state.binding_delete(queue, exchange, routing_key)
         self._transport.bindings.invalidate(exchange)
 
     def list_bindings(self) -> Iterator[tuple[str, str, str]]:
         with self._read() as conn:
-            rows = store.transport_all_bindings(conn)
+            rows = bindings_sql.transport_all_bindings(conn)
         return iter([(row.queue, row.exchange, row.routing_key) for row in rows])
 
     def get_table(self, exchange: str) -> list[tuple[str, str | None, str]]:

@@ -19,7 +19,7 @@ from time import monotonic
 
 from sqlalchemy.engine import Connection
 
-from ..db import store
+from ..db import bindings_sql
 
 _MISS_REFRESH = 0.05
 
@@ -45,7 +45,7 @@ class BindingCache:
 
     def _load(self, exchange: str) -> _Entry:
         with self._read() as conn:
-            rows = store.transport_bindings(conn, exchange)
+            rows = bindings_sql.transport_bindings(conn, exchange)
         entry = _Entry(
             exchange_type=rows[0].exchange_type if rows else None,
             table=[(row.routing_key, row.pattern or None, row.queue) for row in rows],

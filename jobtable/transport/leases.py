@@ -18,15 +18,12 @@ import socket
 import threading
 from datetime import timedelta
 from time import monotonic
-from typing import TYPE_CHECKING
 
-from ..db import deadletters, store
+from ..db import clock, deadletters, leases_sql, transport_sql, workers_sql
 from ..settings import get_settings
 from ..db.dialects import wake_queues
 from . import liveness
-
-if TYPE_CHECKING:
-    from .transport import Transport
+from .protocol import TransportAPI
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +48,7 @@ def _quarantine_after() -> int:
 
 
 class LeaseKeeper:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: TransportAPI) -> None:
         self._transport = transport
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,7 +88,7 @@ class LeaseKeeper:
                 self._liveness = None
             try:
                 with self._transport.write_connection() as conn:
-                    store.delete_workers(conn, [self._transport.consumer_id])
+                    workers_sql.delete_workers(conn, [self._transport.consumer_id])
             except Exception as exc:  # the database is down: the row goes stale
                 logger.warning("jobtable: could not remove the consumer's heartbeat row: %s", exc)
         self._thread = None
@@ -126,27 +123,27 @@ class LeaseKeeper:
         ids = transport.held_row_ids()
         if not ids:
             return 0
-        until = store.utcnow() + timedelta(seconds=transport.options.lease_seconds)
+        until = clock.utcnow() + timedelta(seconds=transport.options.lease_seconds)
         renewed = 0
         with transport.write_connection() as conn:
             for start in range(0, len(ids), RENEW_CHUNK):
                 chunk = ids[start : start + RENEW_CHUNK]
-                renewed += store.transport_renew(conn, chunk, transport.consumer_id, until, transport.async_commit)
+                renewed += transport_sql.transport_renew(conn, chunk, transport.consumer_id, until, transport.async_commit)
         return renewed
 
     def heartbeat(self) -> None:
         """Refresh this consumer's row in ``jobtable_worker``."""
         transport = self._transport
-        queues = sorted({q for channel in list(transport.channels) for q in channel._active_queues})
+        queues = transport.active_queues()
         with transport.write_connection() as conn:
-            store.register_worker(
+            workers_sql.register_worker(
                 conn,
                 transport.consumer_id,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 queues=queues,
                 processes=0,
-                now=store.utcnow(),
+                now=clock.utcnow(),
                 kind="kombu",
             )
 
@@ -156,7 +153,7 @@ class LeaseKeeper:
         after = _quarantine_after()
         # One "now" for both steps: with two, a lease lapsing between them
         # would be recovered without the quarantine check (and escape it).
-        now = store.utcnow()
+        now = clock.utcnow()
         with transport.engine.begin() as tx:
             # Before the recovery, in one transaction: a message whose
             # consumer died holding it ``after`` times is not delivered again.
@@ -175,9 +172,9 @@ class LeaseKeeper:
                 ", ".join(f"{row.task_name or '?'} {row.task_id}" for row in quarantined)[:500],
             )
         with transport.write_connection() as conn:
-            queues = store.transport_recover(conn, now)
+            queues = leases_sql.transport_recover(conn, now)
             wake_queues(conn, queues)
-            store.delete_stale_consumers(conn, now - FORGET_AFTER)
+            workers_sql.delete_stale_consumers(conn, now - FORGET_AFTER)
         if queues:
             logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
             transport.wake()
@@ -200,4 +197,4 @@ class LeaseKeeper:
 
     def sweep(self) -> int:
         with self._transport.write_connection() as conn:
-            return store.transport_delete_expired(conn, store.utcnow())
+            return transport_sql.transport_delete_expired(conn, clock.utcnow())

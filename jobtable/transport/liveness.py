@@ -21,7 +21,7 @@ import time
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import liveness as db_liveness
-from ..db import store
+from ..db import clock, leases_sql, workers_sql
 from ..pids import pid_alive
 
 LOCK_MARK = "L"
@@ -54,7 +54,7 @@ class ConsumerLiveness:
         they held (the caller's lease recovery requeues or quarantines them)."""
         if self.session is not None:
             self.session.ensure()
-        rows = [row for row in store.native_workers(conn, kind="kombu") if row.id != own]
+        rows = [row for row in workers_sql.native_workers(conn, kind="kombu") if row.id != own]
         dead: list[str] = []
         if self.dialect == "sqlite":
             host = socket.gethostname()
@@ -75,4 +75,4 @@ class ConsumerLiveness:
                 self._free_since.clear()
         if not dead:
             return 0
-        return store.transport_expire_consumers(conn, store.lock_workers(conn, dead), store.utcnow())
+        return leases_sql.transport_expire_consumers(conn, workers_sql.lock_workers(conn, dead), clock.utcnow())

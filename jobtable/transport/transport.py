@@ -5,7 +5,7 @@
 Laid out like Kombu's Redis transport: this Transport owns what is shared by
 a connection's channels (engine, options, binding cache, lease keeper, the
 wake-up waiter) and runs the consume loop; ``channel.py`` has the message
-operations.
+operations.  Channels and the lease keeper see it as ``protocol.TransportAPI``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..db import engine as db_engine
 from ..db import retry as db_retry
-from ..db import store, tables
+from ..db import claims_sql, clock, enqueue_sql, revokes_sql, tables, transport_sql
 from ..exceptions import DatabaseUnavailable
 from . import brokerurl
 from .acks import AckBuffer
@@ -37,7 +37,8 @@ from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
-from .options import TransportOptions
+from .options import TransportOptions, connect_of
+from .protocol import row_id
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class Transport(virtual.Transport):
         # A bad URL fails here, clearly; the client's fields lose the URL.
         self.url = brokerurl.adopt(client)
         self.db_url = self.url.render_as_string(hide_password=False)
+        # The connect timeout and SSL options of the Kombu connection
+        # (broker_connection_timeout, broker_use_ssl), for the engine.
+        self.connect = connect_of(self.url, client, self.options)
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
         # The mark tells peers that this consumer holds its liveness lock
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
@@ -143,7 +147,7 @@ class Transport(virtual.Transport):
     @property
     def engine(self) -> Engine:
         # Looked up on each use: a forked child gets its own engine.
-        return db_engine.get_engine(self.db_url)
+        return db_engine.get_engine(self.db_url, self.connect)
 
     @property
     def consumer_id(self) -> str:
@@ -173,10 +177,10 @@ class Transport(virtual.Transport):
     @property
     def async_commit(self) -> bool:
         """Claims, acks and requeues commit without waiting for the WAL
-        flush (see ``store._sync_commit_off``); publishes stay durable."""
+        flush (see ``transport_sql._sync_commit_off``); publishes stay durable."""
         return self.options.async_commit
 
-    def insert_published(self, rows: Sequence[dict[str, Any]]) -> None:
+    def insert_published(self, rows: Sequence[dict[str, Any]], revokes: Sequence[tuple[str, str, Any]] = ()) -> None:
         """Insert published rows; once more on a fresh connection when the
         pooled one was dead (a database restart), skipping the rows the
         first attempt may have committed (see ``db/retry.py``).  Kombu's own
@@ -188,13 +192,16 @@ class Transport(virtual.Transport):
         def write(conn: Connection, retrying: bool) -> None:
             todo = list(rows)
             if retrying or (uncertain and any(key in uncertain for key in keys)):
-                written = store.written_messages(conn, keys)
+                written = enqueue_sql.written_messages(conn, keys)
                 todo = [row for row, key in zip(rows, keys) if key not in written]
+            if revokes:
+                # A Celery revoke broadcast: recorded with it (one transaction).
+                revokes_sql.add(conn, revokes, clock.utcnow())
             if todo:
-                store.insert_requests(conn, todo)
+                enqueue_sql.insert_requests(conn, todo)
 
         try:
-            db_retry.write_retrying(self.engine, write, autocommit=True, check=False)
+            db_retry.write_retrying(self.engine, write, autocommit=not revokes, check=False)
         except sa_exc.DBAPIError as exc:
             if db_retry.is_disconnect(exc):
                 if len(uncertain) > 10_000:
@@ -206,7 +213,7 @@ class Transport(virtual.Transport):
 
     def _delete_acked(self, ids: Sequence[int]) -> None:
         with self.write_connection() as conn:
-            store.transport_delete(conn, ids, self.consumer_id, self.async_commit)
+            transport_sql.transport_delete(conn, ids, self.consumer_id, self.async_commit)
 
     def read_connection(self) -> Connection:
         # Reads must not take SQLite's write lock.
@@ -241,14 +248,16 @@ class Transport(virtual.Transport):
         self._keeper.start()
 
     def held_row_ids(self) -> list[int]:
-        from .channel import row_id
-
         ids: list[int] = []
         for channel in list(self.channels):
             qos = channel._qos
             if qos is not None:
                 ids.extend(row_id(tag) for tag in qos.held_tags())
         return sorted(set(ids))
+
+    def active_queues(self) -> list[str]:
+        """The queues this connection's channels consume, sorted."""
+        return sorted({q for channel in list(self.channels) for q in channel._active_queues})
 
     @property
     def waiter(self) -> Waiter:
@@ -277,7 +286,7 @@ class Transport(virtual.Transport):
             if row["state"] == tables.SCHEDULED:
                 due = row["run_at"] if due is None else min(due, row["run_at"])
         if due is not None:
-            delay = (due - store.utcnow()).total_seconds()
+            delay = (due - clock.utcnow()).total_seconds()
             self._next_promote = min(self._next_promote, monotonic() + max(delay, 0.0))
         else:
             self.wake()
@@ -289,13 +298,13 @@ class Transport(virtual.Transport):
             return
         try:
             with self.write_connection() as conn:
-                now = store.utcnow()
-                if store.promote_due(conn, now):
+                now = clock.utcnow()
+                if claims_sql.promote_due(conn, now):
                     self._promotions += 1
-                next_due = store.next_due_at(conn)
+                next_due = claims_sql.next_due_at(conn)
             wait = self.options.eta_interval
             if next_due is not None:
-                wait = min(wait, max((next_due - store.utcnow()).total_seconds(), 0.0))
+                wait = min(wait, max((next_due - clock.utcnow()).total_seconds(), 0.0))
             self._next_promote = monotonic() + wait
         finally:
             self._promote_lock.release()
@@ -408,6 +417,5 @@ class Transport(virtual.Transport):
                 if now >= deadline:
                     raise socket.timeout()
                 wait = min(wait, deadline - now)
-            queues = [q for channel in list(self.channels) for q in channel._active_queues]
-            self.waiter.wait(sorted(set(queues)), wait)
+            self.waiter.wait(self.active_queues(), wait)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import badrows, messages, params, safetext, telemetry
 from ..db import tables
-from ..db.store import Outcome
+from ..db.finish_sql import Outcome
 from ..exceptions import UnknownJob
 from ..middleware import JobRun, RunJob
 from . import dispatch

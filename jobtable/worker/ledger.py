@@ -234,7 +234,7 @@ class Ledger:
             return
         # Crash-safe order: the unfinished ids are in [done, count) until
         # they are copied to the front; a flushed id seen as unfinished
-        # meanwhile is harmless (its row is gone, ``store.lose`` skips it).
+        # meanwhile is harmless (its row is gone, ``rescue_sql.lose`` skips it).
         unfinished = [view[_IDS + i] for i in range(done, count)]
         for i, row_id in enumerate(unfinished):
             view[_IDS + i] = row_id

@@ -29,7 +29,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection, Engine
 
 from ..db import liveness as db_liveness
-from ..db import store
+from ..db import workers_sql
 from ..pids import pid_alive
 
 #: The worker id token of members whose supervisor holds their lock.
@@ -81,7 +81,7 @@ class Liveness:
 
     def dead(self, conn: Connection, own: Collection[str], hostname: str) -> list[str]:
         """Ids of other native workers known to be dead now."""
-        rows = [row for row in store.native_workers(conn) if row.id not in own]
+        rows = [row for row in workers_sql.native_workers(conn) if row.id not in own]
         if not rows:
             self._free_since.clear()
             return []

@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from .. import middleware
 from ..db import engine as db_engine
-from ..db import store
+from ..db import operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
 from . import forked
@@ -267,7 +265,7 @@ class Supervisor:
     def _register(self, worker_id: str) -> None:
         try:
             with db_engine.connect() as conn, conn.begin():
-                store.register_worker(
+                workers_sql.register_worker(
                     conn,
                     worker_id,
                     hostname=self.hostname,
@@ -276,7 +274,7 @@ class Supervisor:
                     processes=1,
                     now=_now(),
                 )
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             # The heartbeat registers it once the database is back.
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
 
@@ -304,7 +302,7 @@ class Supervisor:
         and then waits for its pipe)."""
         slot_index = self.free_slots[0]
         mark = self.liveness.mark if self.liveness is not None else ""
-        worker_id = f"{store.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{slot_index}:{mark}{secrets.token_hex(3)}"
+        worker_id = f"{workers_sql.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{slot_index}:{mark}{secrets.token_hex(3)}"
         handle = Handle(index=index, worker_id=worker_id, slot_index=slot_index)
         if self.liveness is not None:
             self.liveness.hold(worker_id)  # before the row exists: peers never see it unlocked
@@ -456,7 +454,7 @@ class Supervisor:
                     )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 # The ledger file stays: should we die too, a peer rescues from it.
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
                 return
@@ -538,9 +536,9 @@ class Supervisor:
                 now = _now()
                 if name == "heartbeat":
                     ids = [h.worker_id for h in self.handles.values()]
-                    for worker_id in store.heartbeat(conn, ids, now):
+                    for worker_id in workers_sql.heartbeat(conn, ids, now):
                         logger.warning("Worker %s had been declared lost; registering it again.", worker_id)
-                        store.register_worker(
+                        workers_sql.register_worker(
                             conn, worker_id, hostname=self.hostname, pid=os.getpid(),
                             queues=self.config.queues, processes=1, now=now,
                         )
@@ -555,12 +553,12 @@ class Supervisor:
                     rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
                 elif name == "retention":
                     before = now - timedelta(seconds=self.config.results_retention)
-                    store.clear_results(conn, before, batch=500)
+                    operations_sql.clear_results(conn, before, batch=500)
                     self._sweep_ledgers(conn)
                 elif name == "stats":
                     line = self.stats.report(conn, self.slots.done_total())
                     print(line, flush=True)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
 
 
@@ -568,7 +566,7 @@ class Supervisor:
         """Delete ledger files left by dead workers of this machine once the
         database no longer knows them (rescued), and unusable ones."""
         junk, dead = ledgers.stale_files(self.ledger_scope)
-        referenced = store.workers_referenced(conn, sorted(dead))
+        referenced = workers_sql.workers_referenced(conn, sorted(dead))
         ledgers.remove(junk + [path for worker_id, path in dead.items() if worker_id not in referenced])
 
     def _tick_scheduler(self) -> None:

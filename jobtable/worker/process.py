@@ -21,10 +21,9 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from ..db import engine as db_engine
-from ..db import refusals, store
+from ..db import claims_sql, finish_sql, refusals
 from ..db.notify import Listener
 from ..middleware import build_chain
 from ..settings import get_settings
@@ -83,7 +82,7 @@ class Member:
             max_return_bytes=get_settings().max_message_size,
         )
         self.conn: Connection | None = None
-        self.done: list[store.Outcome] = []
+        self.done: list[finish_sql.Outcome] = []
         self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
         self.batch = min(4, config.max_pending_per_process)
@@ -122,7 +121,7 @@ class Member:
         database work while waiting: a spare holds no lock, writes nothing."""
         try:
             self._connection()
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             self._database_error(exc)  # connected again on the first claim
         while not self.should_stop():
             try:
@@ -160,7 +159,7 @@ class Member:
                     self.recheck_due = False
                     if self._promote():
                         rows = self._flush_and_claim(limit)
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 self._database_error(exc)
                 continue
             if not rows:
@@ -243,7 +242,7 @@ class Member:
                 # our hearing of it: give back every row we hold but do not know.
                 known = [o.row.id for o in self.done] + [row.id for row in self.current]
                 with self._tx(self.conn):
-                    released = store.release(self.conn, self.worker_id, None, keep=known)
+                    released = finish_sql.release(self.conn, self.worker_id, None, keep=known)
                 if released:
                     logger.warning("Worker %s gave back %d job(s) claimed during a disconnect.", self.worker_id, released)
                 self.resync = False
@@ -255,7 +254,7 @@ class Member:
         def claim() -> list[Any]:
             if limit <= 0:
                 return []
-            return store.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
+            return claims_sql.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
 
         if not self.done and self.autocommit:
             rows = claim()  # a single statement is its own transaction
@@ -275,7 +274,7 @@ class Member:
         try:
             with self._tx(conn):
                 try:
-                    store.finish(conn, self.worker_id, self.done, now)
+                    finish_sql.finish(conn, self.worker_id, self.done, now)
                 except Exception as exc:
                     if refusals.is_refusal(exc):
                         refused = exc
@@ -301,16 +300,16 @@ class Member:
         try:
             conn = self._connection()
             self._finish_then(conn, _now(), lambda: None)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             self._database_error(exc)
 
     def _release_quietly(self, ids: list[int]) -> None:
         try:
             conn = self._connection()
-            released = self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, ids))
+            released = self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, ids))
             if released:
                 logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             # The supervisor gives them back when this process ends.
             self._database_error(exc)
 
@@ -324,8 +323,8 @@ class Member:
         conn = self._connection()
         with self._tx(conn):
             # Cheap when nothing is due: a range scan of the partial due index.
-            promoted = store.promote_due(conn, _now())
-            self.next_due = store.next_due_at(conn)
+            promoted = claims_sql.promote_due(conn, _now())
+            self.next_due = claims_sql.next_due_at(conn)
         self.next_due_checked = time.monotonic()
         return promoted
 
@@ -337,13 +336,13 @@ class Member:
         if self.listener.wait(timeout):
             self.recheck_due = True
 
-    def _database_error(self, exc: DBAPIError) -> None:
+    def _database_error(self, exc: Exception) -> None:
         self.failures += 1
         delay = min(5.0, 0.05 * 2 ** min(self.failures, 7)) * (0.5 + random.random() / 2)
         logger.warning(
             "Worker %s: database error (%s); retrying in %.2fs.",
             self.worker_id,
-            str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__,
+            _first_line(getattr(exc, "orig", None) or exc),
             delay,
         )
         conn, self.conn = self.conn, None
@@ -368,9 +367,9 @@ class Member:
                 conn = self._connection()
                 unfinished = self.ledger.state()
                 keep = unfinished.running if unfinished.complete else [row.id for row in self.current]
-                self._finish_then(conn, _now(), lambda: store.release(conn, self.worker_id, None, keep=keep))
+                self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, None, keep=keep))
                 break
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 self._database_error(exc)
             except Exception:
                 logger.exception("Worker %s could not write its last results.", self.worker_id)
@@ -381,3 +380,8 @@ class Member:
             except Exception:
                 pass
         self.listener.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ another machine has no readable ledger: all its running rows are LOST.
 Every supervisor rescues on a timer.  ``dead_workers`` locks the rows it
 picks (SKIP LOCKED on PostgreSQL; SQLite transactions hold the write lock),
 so several workers rescuing at once never record a job LOST twice -- and the
-guarded completion (``store.finish``) means a job declared LOST can never
+guarded completion (``finish_sql.finish``) means a job declared LOST can never
 write a second result if its worker was only slow, not dead.
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Connection
 
 from .. import badrows
-from ..db import store, tables
+from ..db import finish_sql, rescue_sql, tables, workers_sql
 from ..messages import decode_task
 from . import ledger
 from .ledger import LedgerState
@@ -65,7 +65,7 @@ def _quarantine_after(value: int | None) -> int:
 
 
 class Quarantine:
-    """The QUARANTINED message for ``store.lose``; remembers whom it quarantined."""
+    """The QUARANTINED message for ``rescue_sql.lose``; remembers whom it quarantined."""
 
     def __init__(self, why: str, quarantine_after: int) -> None:
         self.why = why
@@ -99,7 +99,7 @@ def _finished_fields(row: Any, status: str, why: str) -> dict[str, Any]:
             return badrows.dead_letter_fields(call.reason)
     lost = "return value was" if status == tables.SUCCESSFUL else "details (error, traceback) were"
     return {
-        "error_type": store.RESULT_LOST,
+        "error_type": rescue_sql.RESULT_LOST,
         "error_message": f"The job ended {status}; its {lost} lost: {why}. It was not run again.",
     }
 
@@ -120,10 +120,10 @@ def record_finished(
     )
     rows = list(conn.execute(stmt))
     outcomes = [
-        store.Outcome(row, statuses[row.id], now, _finished_fields(row, statuses[row.id], why)) for row in rows
+        finish_sql.Outcome(row, statuses[row.id], now, _finished_fields(row, statuses[row.id], why)) for row in rows
     ]
     if outcomes:
-        store.write_outcomes(conn, outcomes, now)
+        finish_sql.write_outcomes(conn, outcomes, now)
     return rows
 
 
@@ -145,14 +145,14 @@ def _lose_started(
     running them again -- unless their outcome asked for a retry (LOST, and
     retried)."""
     quarantine = Quarantine(why, quarantine_after)
-    lost = store.lose(
+    lost = rescue_sql.lose(
         conn,
         worker_id,
         state.running,
         now,
         message=why,
         retry_delay=retry_delay,
-        error_type=store.WORKER_LOST if poison else store.WORKER_STOPPED,
+        error_type=rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED,
         quarantine_after=quarantine_after if poison else 0,
         quarantine_message=quarantine,
     )
@@ -162,13 +162,13 @@ def _lose_started(
     if recorded:
         # One line, not one per job: a batch of no-ops can be a hundred.
         logger.warning("%d finished job(s) of %s recorded without their results: %s", len(recorded), worker_id, why_finished)
-    done = store.lose(
+    done = rescue_sql.lose(
         conn, worker_id, [i for i in state.finished if i not in known], now, message=why_finished,
-        error_type=store.RESULT_LOST, retry=False,
+        error_type=rescue_sql.RESULT_LOST, retry=False,
     )
     _log_lost(done, why_finished, retry=False)
-    again = store.lose(
-        conn, worker_id, state.finished_retry, now, message=why_finished, error_type=store.RESULT_LOST,
+    again = rescue_sql.lose(
+        conn, worker_id, state.finished_retry, now, message=why_finished, error_type=rescue_sql.RESULT_LOST,
         retry_delay=retry_delay,
     )
     _log_lost(again, why_finished)
@@ -208,15 +208,15 @@ def rescue_member(
         rows: list[Any] = []
         if running_id and lose_running:
             quarantine = Quarantine(why, limit)
-            rows = store.lose(
+            rows = rescue_sql.lose(
                 conn, worker_id, [running_id], now, message=why, retry_delay=retry_delay,
-                error_type=store.WORKER_LOST if poison else store.WORKER_STOPPED,
+                error_type=rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED,
                 quarantine_after=limit if poison else 0, quarantine_message=quarantine,
             )
             _log_lost(quarantine.lost(rows), why)
         lost = len(rows)
-    released = store.release(conn, worker_id, None)
-    store.delete_workers(conn, [worker_id])
+    released = finish_sql.release(conn, worker_id, None)
+    workers_sql.delete_workers(conn, [worker_id])
     return lost, released
 
 
@@ -240,13 +240,13 @@ def rescue_worker(
             poison=True,
             quarantine_after=limit,
         )
-        released = store.release(conn, worker_id, None)
+        released = finish_sql.release(conn, worker_id, None)
         if released:
             logger.warning("Gave back %d job(s) that %s had claimed but not started.", released, worker_id)
         return lost
     why = f"{why}; which of its claimed jobs had started is unknown here (no ledger on this machine)"
     quarantine = Quarantine(why, limit)
-    rows = store.lose(
+    rows = rescue_sql.lose(
         conn, worker_id, None, now, message=why, retry_delay=retry_delay,
         quarantine_after=limit, quarantine_message=quarantine,
     )
@@ -260,12 +260,12 @@ def rescue_dead(conn: Connection, lost_after: float, now: datetime, *, quarantin
     how many rows were recorded LOST."""
     before = now - timedelta(seconds=lost_after)
     total = 0
-    dead = store.dead_workers(conn, before)
+    dead = rescue_sql.dead_workers(conn, before)
     for worker_id in dead:
         why = f"worker {worker_id} stopped sending heartbeats (none for {lost_after:g} s)"
         total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
-    store.delete_workers(conn, dead)
-    for worker_id in store.orphan_workers(conn, before):
+    workers_sql.delete_workers(conn, dead)
+    for worker_id in rescue_sql.orphan_workers(conn, before):
         why = f"worker {worker_id} has no heartbeat row"
         total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
     return total
@@ -278,8 +278,8 @@ def rescue_known_dead(
     ran on this machine) the rows of native workers known to be dead now
     (see ``liveness.py``), without waiting for their heartbeat to age."""
     total = 0
-    dead = store.lock_workers(conn, worker_ids)
+    dead = workers_sql.lock_workers(conn, worker_ids)
     for worker_id in dead:
         total += rescue_worker(conn, worker_id, now, why=f"worker {worker_id} {why}", quarantine_after=quarantine_after)
-    store.delete_workers(conn, dead)
+    workers_sql.delete_workers(conn, dead)
     return total

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
 
-from ..db import store
+from ..db import reads_sql
 
 logger = logging.getLogger("jobtable.stats")
 
@@ -20,7 +20,7 @@ class StatsReporter:
         self.last_time = time.monotonic()
 
     def report(self, conn: Connection, done_total: int) -> str:
-        depth = store.queue_depth(conn, self.queues)
+        depth = reads_sql.queue_depth(conn, self.queues)
         now = time.monotonic()
         rate = (done_total - self.last_done) / max(now - self.last_time, 1e-9)
         self.last_done, self.last_time = done_total, now

@@ -1,54 +1,27 @@
-"""Everything that differs between PostgreSQL and SQLite, in one place.
+"""PostgreSQL: what jobtable does differently there (see base.Dialect).
 
-store.py writes portable SQLAlchemy Core and asks this module for the parts
-that cannot be portable: conflict handling, locks, and claiming.
+Claims lock with FOR UPDATE SKIP LOCKED, enqueues lock advisory locks, and
+NOTIFY wakes listeners at commit.  The hot statements (insert, claim, finish,
+the transport's claim and ack) are driver SQL built once per shape: compiling
+the equivalent Core statement on every call cost more client time than
+PostgreSQL takes to run it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, literal, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.engine import Connection, Row
 
-from . import tables
+from .. import tables
+from .base import BINDINGS_CHANGED, NOTIFY_CHANNEL, STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
-
-#: LISTEN/NOTIFY channel (payload: the queue name); see notify.py.
-NOTIFY_CHANNEL = "jobtable"
-
-
-class Dialect:
-    name: str
-
-    def insert_requests(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
-        """INSERT rows, silently skipping those whose concurrency key is taken.
-
-        Returns (id, task_id) of the rows inserted.  One statement per call.
-        """
-        raise NotImplementedError
-
-    def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
-        """Serialise enqueues of the given (job class, concurrency key) names
-        until the transaction ends, so should_enqueue() and the insert are atomic."""
-        raise NotImplementedError
-
-    def claim(
-        self, conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
-    ) -> list[Row[Any]]:
-        """Mark up to ``limit`` pending jobs of ``queues`` running (setting
-        ``values``) and return them: highest priority first, then oldest first.
-        Each job goes to exactly one caller."""
-        raise NotImplementedError
-
-    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-        """DELETE the rows of ``ids`` still running under ``worker_id`` (the
-        guard of a worker's completion); returns the ids deleted."""
-        raise NotImplementedError
 
 
 class PostgresDialect(Dialect):
@@ -72,7 +45,7 @@ class PostgresDialect(Dialect):
         if single:
             # The common single enqueue: plain VALUES, cheaper to send than
             # one-element arrays.
-            return list(conn.exec_driver_sql(sql, rows[0]))
+            return _driver_rows(conn, sql, rows[0])
         params = {column: [row[column] for row in rows] for column in columns}
         return list(conn.exec_driver_sql(sql, params))
 
@@ -108,7 +81,90 @@ class PostgresDialect(Dialect):
         return rows
 
     def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-        return _take_running_pg(conn, worker_id, ids)
+        rows = conn.exec_driver_sql(_PG_DELETE_HELD + " RETURNING id", {"ids": list(ids), "worker": worker_id})
+        return {row[0] for row in rows}
+
+    def wake_queues(self, conn: Connection, queues: Sequence[str]) -> None:
+        if queues:
+            conn.exec_driver_sql(
+                "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q",
+                {"channel": NOTIFY_CHANNEL, "queues": sorted(set(queues))},
+            )
+
+    def insert_binding(self, conn: Connection, values: dict[str, Any]) -> bool:
+        return bool(conn.execute(sa_postgresql.insert(tables.binding).values(values).on_conflict_do_nothing()).rowcount)
+
+    def notify_bindings_changed(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
+
+    def upsert_insert(self, table: Any) -> Any:
+        return sa_postgresql.insert(table)
+
+    # -- result stats --
+
+    def stats_spans(self) -> tuple[int, ...]:
+        # Every span: statement triggers upsert a few grouped rows, so the
+        # wider spans cost little.
+        return tables.STATS_SPANS
+
+    def stats_read_spans(self, step: int) -> tuple[int, ...]:
+        # The widest span that divides the step.
+        return tuple(dividing_spans(step)[:1])
+
+    def result_stats_ddl(self) -> list[str]:
+        return _stats_ddl()
+
+    def drop_result_stats_ddl(self) -> list[str]:
+        return [
+            *(f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op} ON jobtable_result" for op in OPS),
+            *(f"DROP FUNCTION IF EXISTS jobtable_result_stats_{op}()" for op in OPS),
+            "DROP FUNCTION IF EXISTS jobtable_result_stats_shard()",
+        ]
+
+    def compact_result_stats(self, conn: Connection, now: datetime) -> None:
+        # Nothing: the triggers write hourly rows and the delete trigger prunes.
+        pass
+
+
+class _Inserted(NamedTuple):
+    id: int
+    task_id: str
+    notified: Any
+
+
+def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    """``exec_driver_sql(sql, params)``'s rows, run on psycopg directly.
+
+    For the single enqueue, whose whole cost is one INSERT: SQLAlchemy's
+    execution context and result set-up cost more client time than psycopg
+    takes to send the statement (about half of an enqueue's CPU).  The
+    statement is the same, prepared by psycopg as before (its
+    ``prepare_threshold``, so ``prepare_threshold=None`` for PgBouncer still
+    holds).  Errors go through SQLAlchemy's own handling -- wrapped in
+    ``DBAPIError``, a dropped connection invalidated with its pool, which
+    ``db/retry.py`` relies on.  A connection with execution events (SQL
+    logging, ``echo``, tracing instrumentation) takes SQLAlchemy's path, so
+    that they see the statement as before; so does one that SQLAlchemy
+    would begin a transaction on (commit-as-you-go: the caller's
+    ``conn.commit()`` must find it), the others being in autocommit mode
+    (``retry._autocommit``) or in a transaction already (``connection=``).
+    """
+    driver: Any = conn.connection.driver_connection
+    events = conn._has_events or conn.engine._has_events or conn.dialect._has_events
+    if events or conn._echo or not (driver.autocommit or conn.in_transaction()):
+        return list(conn.exec_driver_sql(sql, params))
+    cursor = None
+    try:
+        cursor = driver.cursor()
+        cursor.execute(sql, params)
+        rows = [_Inserted(*row) for row in cursor.fetchall()]
+        cursor.close()
+        return rows
+    except BaseException as exc:
+        if isinstance(exc, conn.dialect.loaded_dbapi.Error) or not isinstance(exc, Exception):
+            # Raises: DBAPIError (connection_invalidated on a disconnect).
+            conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+        raise
 
 
 _PG_CLAIM: dict[int, Any] = {}
@@ -133,8 +189,9 @@ def _pg_pick_sql(queues: int) -> str:
 
 _PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "priority": "int2", "state": "varchar",
              "run_at": "timestamptz", "expires_at": "timestamptz", "concurrency_key": "varchar", "attempt": "int4",
+             "unique_key": "varchar",
              "retries": "int4", "created_at": "timestamptz", "started_at": "timestamptz", "worker_id": "varchar",
-             "lease_expires_at": "timestamptz", "message": "text"}
+             "lease_expires_at": "timestamptz", "message": "text", "deliveries": "int4"}
 _PG_INSERT_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
 
 
@@ -160,123 +217,12 @@ def _pg_insert_sql(columns: tuple[str, ...], single: bool) -> str:
     )
 
 
-_SQLITE_INSERT = sqlite.insert(t).on_conflict_do_nothing().returning(t.c.id, t.c.task_id)
-
-
-class SqliteDialect(Dialect):
-    name = "sqlite"
-
-    def insert_requests(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
-        # One statement compiled once: a multi-row VALUES clause would be
-        # compiled again on every call.  Many rows go through SQLAlchemy's
-        # insertmanyvalues batching, RETURNING included.
-        if len(rows) == 1:
-            return list(conn.execute(_SQLITE_INSERT, rows[0]))
-        return list(conn.execute(_SQLITE_INSERT, list(rows)))
-
-    def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
-        # Transactions begin IMMEDIATE (engine.py), which already holds the
-        # database's write lock.  A caller's own connection may have begun
-        # DEFERRED: a write statement (touching no row) takes the lock now.
-        conn.execute(text("DELETE FROM jobtable_request WHERE 0"))
-
-    def claim(
-        self, conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
-    ) -> list[Row[Any]]:
-        # The transaction holds the write lock (BEGIN IMMEDIATE): no other
-        # claimer can run between the SELECT and the UPDATE.
-        picked = (
-            select(t.c.id)
-            .where(t.c.state == tables.PENDING, t.c.queue.in_(bindparam("queues", expanding=True)))
-            .order_by(t.c.priority.desc(), t.c.id)
-            .limit(limit)
-            .scalar_subquery()
-        )
-        stmt = (
-            update(t)
-            .where(t.c.id.in_(picked))
-            .values(state=tables.RUNNING, **values)
-            .returning(*t.c)
-        )
-        rows = list(conn.execute(stmt, {"queues": list(queues)}))
-        rows.sort(key=lambda row: (-row.priority, row.id))
-        return rows
-
-    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-        return _take_running_sqlite(conn, worker_id, ids)
-
-
-_DIALECTS: dict[str, Dialect] = {d.name: d for d in (PostgresDialect(), SqliteDialect())}
-
-
-def dialect_of(conn: Connection) -> Dialect:
-    return _DIALECTS[conn.dialect.name]
-
-
-#: Most rows per INSERT: SQLite allows 32766 bound parameters per statement.
-INSERT_BATCH = 1000
-
-
-
-# -- transport --
-
-
-def insert_binding(conn: Connection, values: dict[str, Any]) -> bool:
-    """Add a Kombu exchange binding unless the same one exists (True: added)."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return bool(conn.execute(module.insert(tables.binding).values(values).on_conflict_do_nothing()).rowcount)
-
-
-#: NOTIFY payload telling transports that exchange bindings changed.
-BINDINGS_CHANGED = "*bindings"
-
-
-def notify_bindings_changed(conn: Connection) -> None:
-    """Tell listening Kombu consumers (PostgreSQL, at commit) to drop their
-    cached bindings, so a queue bound now gets what their process publishes
-    next rather than after ``binding_cache_seconds``."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
-
-
-# -- worker --
-
-
 #: The rows of ``ids`` that ``worker`` still runs (a native member finishing
 #: them, a Kombu consumer acking them) leave the table.  One statement
 #: whatever the number of ids (an array, not an IN list).
 _PG_DELETE_HELD = (
     "DELETE FROM jobtable_request WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'"
 )
-
-
-def _take_running_pg(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-    rows = conn.exec_driver_sql(_PG_DELETE_HELD + " RETURNING id", {"ids": list(ids), "worker": worker_id})
-    return {row[0] for row in rows}
-
-
-def _take_running_sqlite(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
-    taken: set[int] = set()
-    for start in range(0, len(ids), 900):  # bound parameters per statement
-        chunk = list(ids[start : start + 900])
-        marks = ",".join("?" * len(chunk))
-        rows = conn.exec_driver_sql(
-            f"DELETE FROM jobtable_request WHERE id IN ({marks}) AND worker_id = ? AND state = 'running' RETURNING id",
-            (*chunk, worker_id),
-        )
-        taken.update(row[0] for row in rows)
-    return taken
-
-
-def wake_queues(conn: Connection, queues: Sequence[str]) -> None:
-    """NOTIFY listeners of ``queues`` (at commit) after rows became pending
-    there (requeued, recovered, promoted); one statement for all queues.
-    SQLite listeners notice the commit by themselves."""
-    if conn.dialect.name == "postgresql" and queues:
-        conn.exec_driver_sql(
-            "SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q",
-            {"channel": NOTIFY_CHANNEL, "queues": sorted(set(queues))},
-        )
 
 
 _RESULT_CASTS = {
@@ -350,25 +296,6 @@ def finish_pg(conn: Connection, worker_id: str, outcomes: Sequence[Any]) -> set[
     return {row[0] for row in conn.exec_driver_sql(_FINISH_PG, params)}
 
 
-def _install_worker_methods() -> None:
-    # take_running is declared on the dialect classes above (so that it is
-    # typed) and implemented by the functions of this section.
-    _PG_CASTS.setdefault("deliveries", "int4")
-
-
-_install_worker_methods()
-
-
-# -- schedules --
-
-
-def upsert_insert(conn: Connection, table: Any) -> Any:
-    """An INSERT on ``table`` that supports ``on_conflict_do_update`` /
-    ``on_conflict_do_nothing`` (same API on both dialects)."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return module.insert(table)
-
-
 # -- transport hot path (PostgreSQL) --
 #
 # Kombu consumers claim and ack on every message: these statements are
@@ -376,7 +303,7 @@ def upsert_insert(conn: Connection, table: Any) -> Any:
 # PostgreSQL sees the same (prepared) statement every time.
 
 #: Turns synchronous_commit off for the statement's own autocommit
-#: transaction, in the same round trip (see store._sync_commit_off).
+#: transaction, in the same round trip (see transport_sql._sync_commit_off).
 _PG_ASYNC = " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
 _PG_TRANSPORT_CLAIM: dict[tuple[int, bool], Any] = {}
 
@@ -419,121 +346,30 @@ def transport_delete_pg(conn: Connection, ids: Sequence[int], consumer_id: str, 
     return int(conn.exec_driver_sql(sql, {"ids": list(ids), "worker": consumer_id}).rowcount)
 
 
-# -- result stats (dashboard overview) --
-# jobtable_result_stats is kept by triggers on jobtable_result, so that every
-# writer is covered without its cooperation.  Every trigger (and the
-# migration's backfill) runs one upsert over "delta" rows: sign +1 for a row
-# that now exists, -1 for one that no longer does, added into the counters of
-# (span, bucket, queue, status, shard).
+# -- result stats (dashboard overview; the shared fragments: stats_sql.py) --
 
-STATS_TABLE = tables.result_stats.name
 #: Transaction advisory lock taken by the PostgreSQL delete trigger: deletions
 #: of results (retention, dashboard, forget) prune stats rows of every shard,
 #: so two of them must not run their pruning at once (they would wait on each
 #: other's rows).  Writers that only insert never take it.
 _STATS_PRUNE_LOCK = 0x6A6F627374617473  # "jobstats"
-#: Fine buckets only serve the 1-hour window: rows older than this go.
-STATS_FINE_KEEP = 7200
 
 
-def stats_spans(dialect: str) -> tuple[int, ...]:
-    """The spans the triggers write.  PostgreSQL: every span of
-    ``tables.STATS_SPANS`` (statement triggers upsert a few grouped rows, so
-    the wider spans cost little).  SQLite: the finest only, since its row
-    triggers pay for each upsert on every result row; retention folds fine
-    rows older than ``STATS_FINE_KEEP`` into hourly ones
-    (``compact_result_stats``)."""
-    if dialect == "postgresql":
-        return tables.STATS_SPANS
-    return (min(tables.STATS_SPANS),)
-
-
-def stats_read_spans(dialect: str, step: int) -> tuple[int, ...]:
-    """The stored spans whose rows, summed into buckets of ``step`` seconds,
-    give the counts.  PostgreSQL: the widest span that divides ``step``.
-    SQLite: every span that divides it -- an hour's count is its hourly row
-    (folded fine rows) plus the fine rows written since, for instance by a
-    later update or deletion of one of its results."""
-    spans = sorted((s for s in tables.STATS_SPANS if step % s == 0), reverse=True)
-    if not spans:
-        raise ValueError(f"chart buckets of {step} s are not a multiple of {min(tables.STATS_SPANS)} s")
-    return tuple(spans[:1]) if dialect == "postgresql" else tuple(spans)
-
-
-def _stats_exprs(dialect: str) -> dict[str, str]:
-    assert dialect == "postgresql"
-    return {
-        # date_part: double precision (extract() computes in numeric).
-        "wait": "greatest(0, date_part('epoch', d.started_at - d.requested_at))",
-        # Outside a trigger (the backfill): one shard.  The triggers
-        # pass the shard their transaction holds (_pg_stats_ddl).
-        "shard": "0",
-    }
-
-
-def _wait_class(wait: str) -> str:
-    classes = " ".join(f"WHEN {wait} < {edge!r} THEN {i}" for i, edge in enumerate(tables.WAIT_EDGES))
-    return f"CASE WHEN {wait} IS NULL THEN NULL {classes} ELSE {len(tables.WAIT_EDGES)} END"
-
-
-def _stats_delta_rows(dialect: str, source: str) -> str:
+def _stats_delta_rows(source: str) -> str:
     """``source`` rows with their queue wait and wait class."""
-    e = _stats_exprs(dialect)
+    # date_part: double precision (extract() computes in numeric).
+    wait = "greatest(0, date_part('epoch', d.started_at - d.requested_at))"
     return f"""
-    SELECT v.*, {_wait_class("v.wait")} AS wait_class
+    SELECT v.*, {wait_class("v.wait")} AS wait_class
     FROM (
         SELECT d.sign, d.queue, d.status, d.ended_at, d.retried,
                CASE WHEN d.status = '{tables.SUCCESSFUL}' AND d.started_at IS NOT NULL
-                         AND d.requested_at IS NOT NULL THEN {e["wait"]} END AS wait
+                         AND d.requested_at IS NOT NULL THEN {wait} END AS wait
         FROM ({source}) AS d
     ) AS v"""
 
 
-def _stats_on_conflict() -> str:
-    counters = tables.STATS_COUNTERS
-    return (
-        "ON CONFLICT (span, bucket_start, queue, status, shard) DO UPDATE SET\n    "
-        + ", ".join(f"{c} = {STATS_TABLE}.{c} + excluded.{c}" for c in counters)
-    )
-
-
-def _sqlite_stats_upsert(sign: int, ref: str, source: str = "") -> str:
-    """One fine-bucket upsert per row of ``ref``: a trigger's NEW or OLD row
-    (``source`` empty), or the rows of ``source`` (``FROM ... AS ref``, the
-    backfill).  Kept flat, as measured (raw inserts of 100 rows per
-    transaction: 13 us per row, as much as an upsert of one counter; the
-    former form, two spans through grouped delta rows, 37 us): the bucket,
-    the wait and its class are computed once per row in a subquery, and the
-    counters are plain CASEs on them.  No grouping (each row is upserted in turn,
-    which SQLite allows even when two rows share a key); no WITH clause
-    (SQLite refuses one inside a trigger)."""
-    span = min(tables.STATS_SPANS)
-    wait = (
-        f"CASE WHEN {ref}.status = '{tables.SUCCESSFUL}' AND {ref}.started_at IS NOT NULL "
-        f"AND {ref}.requested_at IS NOT NULL "
-        f"THEN max(0.0, (julianday({ref}.started_at) - julianday({ref}.requested_at)) * 86400.0) END"
-    )
-    # ended_at is SQLAlchemy's text form of a naive UTC datetime.
-    row = (
-        f"SELECT {ref}.queue AS queue, {ref}.status AS status, {ref}.retried AS retried, "
-        f"CAST(strftime('%s', {ref}.ended_at) AS INTEGER) AS t, {wait} AS w {source}"
-    )
-    values = [
-        f"{sign}",
-        f"CASE WHEN v.retried THEN {sign} ELSE 0 END",
-        *(f"CASE WHEN v.k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
-        *(f"CASE WHEN v.k = {i} THEN {'' if sign > 0 else '-'}v.w ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
-    ]
-    # One writer at a time (BEGIN IMMEDIATE): one shard, 0.
-    return f"""
-INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(tables.STATS_COUNTERS)})
-SELECT {span}, v.t - v.t % {span}, v.queue, v.status, 0, {", ".join(values)}
-FROM (SELECT r.*, {_wait_class("r.w")} AS k FROM ({row}) AS r) AS v
-WHERE true
-{_stats_on_conflict()}"""
-
-
-def _pg_stats_upsert(source: str, shard: str = "0") -> str:
+def _stats_upsert(source: str, shard: str = "0") -> str:
     # The per-row work (the trigger's cost on every batch of results) is kept
     # small: rows are grouped once by (finest bucket, queue, status, wait
     # class) with three sums, in double precision; the wait classes are then
@@ -564,7 +400,7 @@ WITH g AS (
     SELECT (floor(date_part('epoch', w.ended_at) / {fine}) * {fine})::bigint AS bucket_start, w.queue, w.status,
            w.wait_class, sum(w.sign) AS n, sum(CASE WHEN w.retried THEN w.sign ELSE 0 END) AS r,
            sum(w.sign * w.wait) AS ws
-    FROM ({_stats_delta_rows("postgresql", source)}) AS w
+    FROM ({_stats_delta_rows(source)}) AS w
     GROUP BY 1, 2, 3, 4
 ), f AS (
     SELECT g.bucket_start, g.queue, g.status, {pivot}
@@ -575,42 +411,12 @@ INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(
 SELECT r.span, r.bucket_start, r.queue, r.status, {shard}, {", ".join(f"r.{c}" for c in counters)}
 FROM ({" UNION ALL ".join(rollups)}) AS r(span, bucket_start, queue, status, {", ".join(counters)})
 ORDER BY 1, 2, 3, 4
-{_stats_on_conflict()}
+{on_conflict()}
 """
 
 
-_STATS_SOURCE_COLUMNS = "queue, status, ended_at, retried, requested_at, started_at"
-
-
 def _source(sign: int, relation: str) -> str:
-    return f"SELECT {sign} AS sign, {_STATS_SOURCE_COLUMNS} FROM {relation}"
-
-
-def result_stats_backfill(dialect: str) -> str:
-    """Aggregate every existing result (the migration, on a live table)."""
-    if dialect == "postgresql":
-        return _pg_stats_upsert(_source(1, "jobtable_result"))
-    return _sqlite_stats_upsert(1, "x", "FROM jobtable_result AS x")
-
-
-def result_stats_ddl(dialect: str) -> list[str]:
-    """Functions and triggers that keep jobtable_result_stats (migration 0002)."""
-    if dialect == "postgresql":
-        return _pg_stats_ddl()
-    return _sqlite_stats_ddl()
-
-
-def drop_result_stats_ddl(dialect: str) -> list[str]:
-    if dialect == "postgresql":
-        return [
-            *(f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op} ON jobtable_result" for op in _OPS),
-            *(f"DROP FUNCTION IF EXISTS jobtable_result_stats_{op}()" for op in _OPS),
-            "DROP FUNCTION IF EXISTS jobtable_result_stats_shard()",
-        ]
-    return [f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op}" for op in _OPS]
-
-
-_OPS = ("insert", "update", "delete")
+    return f"SELECT {sign} AS sign, {SOURCE_COLUMNS} FROM {relation}"
 
 
 #: Advisory lock class of the shards (``pg_try_advisory_xact_lock(class, shard)``).
@@ -619,7 +425,7 @@ _STATS_SHARD_LOCK_CLASS = 0x6A6F6273  # "jobs"
 _STATS_SHARD_SETTING = "jobtable.stats_shard"
 
 
-def _pg_stats_ddl() -> list[str]:
+def _stats_ddl() -> list[str]:
     # Statement-level triggers with transition tables: one aggregate upsert per
     # statement, however many rows it wrote (the worker writes a batch of
     # results in one statement).  An INSERT ... ON CONFLICT DO UPDATE (the
@@ -659,7 +465,7 @@ END $$"""
         PERFORM pg_advisory_xact_lock({_STATS_PRUNE_LOCK});
         IF EXISTS (SELECT 1 FROM old_rows) THEN
             my_shard := jobtable_result_stats_shard();
-            {_pg_stats_upsert(_source(-1, "old_rows"), "my_shard")};
+            {_stats_upsert(_source(-1, "old_rows"), "my_shard")};
         END IF;
         -- Pruning runs even after an empty delete: the worker's retention
         -- runs every minute, deleting something or not.
@@ -676,9 +482,9 @@ END $$"""
     skip_empty = "IF NOT EXISTS (SELECT 1 FROM {}) THEN RETURN NULL; END IF;\n"
     bodies = {
         "insert": skip_empty.format("new_rows") + "my_shard := jobtable_result_stats_shard();\n"
-        f"{_pg_stats_upsert(_source(1, 'new_rows'), 'my_shard')};",
+        f"{_stats_upsert(_source(1, 'new_rows'), 'my_shard')};",
         "update": skip_empty.format("new_rows") + "my_shard := jobtable_result_stats_shard();\n"
-        + _pg_stats_upsert(_source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows"), "my_shard")
+        + _stats_upsert(_source(1, "new_rows") + " UNION ALL " + _source(-1, "old_rows"), "my_shard")
         + ";",
         "delete": prune,
     }
@@ -688,7 +494,7 @@ END $$"""
         "delete": "REFERENCING OLD TABLE AS old_rows",
     }
     out = [shard_function]
-    for op in _OPS:
+    for op in OPS:
         out.append(
             f"CREATE FUNCTION jobtable_result_stats_{op}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
             f"DECLARE horizon bigint; my_shard smallint;\nBEGIN\n{bodies[op]}\nRETURN NULL;\nEND $$"
@@ -700,58 +506,4 @@ END $$"""
     return out
 
 
-def _sqlite_stats_ddl() -> list[str]:
-    # Row-level triggers: SQLite has no statement-level ones.  Writes are
-    # serialised by the database lock (BEGIN IMMEDIATE), so one shard.  Each
-    # writes the row's fine bucket only (stats_spans); the delete trigger
-    # only subtracts: folding and pruning are a few statements per retention
-    # batch (compact_result_stats), not queries per deleted row.
-    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _STATS_SOURCE_COLUMNS.split(", "))
-    return [
-        f"CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result BEGIN\n"
-        f"{_sqlite_stats_upsert(1, 'NEW')};\nEND",
-        f"CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result WHEN {changed} BEGIN\n"
-        f"{_sqlite_stats_upsert(-1, 'OLD')};\n{_sqlite_stats_upsert(1, 'NEW')};\nEND",
-        f"CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result BEGIN\n"
-        f"{_sqlite_stats_upsert(-1, 'OLD')};\nEND",
-    ]
-
-
-def compact_result_stats(conn: Connection, now: datetime) -> None:
-    """SQLite, after each retention batch (``store.clear_results``) and the
-    migration's backfill: fold the 30-second rows of buckets that started
-    before the fine window (``STATS_FINE_KEEP``, whole hours) into hourly
-    rows, then drop the rows of buckets that end before the oldest remaining
-    result (and over an hour ago), which sum to zero.  A few statements per
-    batch instead of the per-row pruning of a trigger.  PostgreSQL: nothing,
-    its triggers write hourly rows and the delete trigger prunes."""
-    if conn.dialect.name == "postgresql":
-        return
-    fine, wide = min(tables.STATS_SPANS), max(tables.STATS_SPANS)
-    stats = tables.result_stats
-    fold_before = int(now.timestamp()) - STATS_FINE_KEEP
-    fold_before -= fold_before % wide
-    counters = tables.STATS_COUNTERS
-    folded = select(
-        literal(wide),
-        stats.c.bucket_start - stats.c.bucket_start % wide,
-        stats.c.queue,
-        stats.c.status,
-        stats.c.shard,
-        *(func.sum(stats.c[c]) for c in counters),
-    ).where(stats.c.span == fine, stats.c.bucket_start < fold_before).group_by(
-        stats.c.bucket_start - stats.c.bucket_start % wide, stats.c.queue, stats.c.status, stats.c.shard
-    )
-    insert = sqlite.insert(stats).from_select(["span", "bucket_start", "queue", "status", "shard", *counters], folded)
-    insert = insert.on_conflict_do_update(
-        index_elements=["span", "bucket_start", "queue", "status", "shard"],
-        set_={c: stats.c[c] + insert.excluded[c] for c in counters},
-    )
-    conn.execute(insert)
-    conn.execute(delete(stats).where(stats.c.span == fine, stats.c.bucket_start < fold_before))
-    oldest = conn.execute(select(func.min(tables.result.c.ended_at))).scalar()
-    horizon = int(now.timestamp()) - 3600
-    if oldest is not None:
-        horizon = min(horizon, int(oldest.timestamp()))
-    for span in tables.STATS_SPANS:
-        conn.execute(delete(stats).where(stats.c.span == span, stats.c.bucket_start <= horizon - span))
+register(PostgresDialect())

@@ -1,0 +1,51 @@
+"""The ``jobtable`` click group and ``with_app``: what every command module
+of the CLI imports.  Kept apart from ``cli/__init__.py``, which imports
+those modules to assemble the command, so every import points down."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..exceptions import JobtableError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class JobtableGroup(click.Group):
+    """Turns jobtable's own errors into a clean message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobtableError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=JobtableGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app",
+    envvar="JOBTABLE_APP",
+    default=None,
+    help="Module that registers your jobs (also JOBTABLE_APP). Its jobs.py, and those of JOBTABLE_PACKAGES, are imported too.",
+)
+@click.pass_context
+def main(ctx: click.Context, app: str | None) -> None:
+    """jobtable: a background job queue in a SQL table."""
+    ctx.obj = {"app": app}
+
+
+def with_app(fn: F) -> F:
+    """Import the user's jobs before the command runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..discovery import load_app
+
+        load_app(click.get_current_context().find_root().obj.get("app"))
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

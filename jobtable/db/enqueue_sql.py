@@ -1,0 +1,84 @@
+"""SQL of enqueue: request rows inserted (those whose concurrency key is
+taken skipped), the ``should_enqueue`` lock, and the checks a retried
+enqueue or Kombu publish makes before writing again (``retry.py``).
+
+Used by the Job API (``enqueue.py``), the shim's send, the transport's
+publish, and every retry the worker or an operator enqueues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from . import tables
+from .dialects import INSERT_BATCH, dialect_of
+
+request = tables.request
+result = tables.result
+
+
+def insert_requests(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Insert request rows, skipping those whose concurrency key is taken.
+
+    Returns ``{task_id: id}`` of the rows inserted.  One round trip per
+    ``INSERT_BATCH`` rows.
+
+    Every row's ``unique_key`` is made NULL or its ``concurrency_key`` here,
+    the one door of every insert: a row without one (built by hand) keeps
+    the default limit, and a key a caller removed (a fanout copy) or changed
+    after ``messages.row_values`` cannot leave a stale unique key behind.
+    """
+    for values in rows:
+        _align_unique_key(values)
+    dialect = dialect_of(conn)
+    inserted: dict[str, int] = {}
+    for start in range(0, len(rows), INSERT_BATCH):
+        for row in dialect.insert_requests(conn, rows[start : start + INSERT_BATCH]):
+            inserted[row.task_id] = row.id
+    return inserted
+
+
+def _align_unique_key(row: dict[str, Any]) -> None:
+    key = row.get("concurrency_key")
+    unique = row.get("unique_key", key)
+    row["unique_key"] = key if key is not None and unique is not None else None
+
+
+def written_task_ids(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """``{task_id: id}`` of the enqueues already in the table: a request row
+    (its id), or -- already run -- a result row (the result's id).  The
+    check before a retried enqueue (see ``db/retry.py``)."""
+    if not task_ids:
+        return {}
+    found: dict[str, int] = {}
+    stmt = select(request.c.task_id, request.c.id).where(request.c.task_id.in_(list(task_ids)))
+    for row in conn.execute(stmt):
+        found[row.task_id] = row.id
+    missing = [task_id for task_id in task_ids if task_id not in found]
+    if missing:
+        stmt = select(result.c.task_id, result.c.id).where(result.c.task_id.in_(missing))
+        for row in conn.execute(stmt):
+            found.setdefault(row.task_id, row.id)
+    return found
+
+
+def written_messages(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The ``(task_id, queue)`` pairs of ``keys`` already published: a waiting
+    or held row, or a result of that task (a fanout publish writes one row
+    per queue under one task id).  The check before a retried publish."""
+    if not keys:
+        return set()
+    task_ids = sorted({task_id for task_id, _ in keys})
+    stmt = select(request.c.task_id, request.c.queue).where(request.c.task_id.in_(task_ids))
+    found = {(row.task_id, row.queue) for row in conn.execute(stmt)}
+    stmt = select(result.c.task_id, result.c.queue).where(result.c.task_id.in_(task_ids))
+    found |= {(row.task_id, row.queue) for row in conn.execute(stmt)}
+    return found & set(keys)
+
+
+def lock_for_enqueue(conn: Connection, keys: Sequence[str]) -> None:
+    dialect_of(conn).lock_for_enqueue(conn, keys)

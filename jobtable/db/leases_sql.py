@@ -1,0 +1,74 @@
+"""SQL of lapsed transport leases: found (and locked), put back to pending
+with the crash counted, and ended at once for consumers known to be dead.
+``deadletters.quarantine_lapsed`` uses the same finder, before recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
+
+from . import tables, workers_sql
+
+request = tables.request
+
+
+def lapsed_leases(conn: Connection, now: datetime, limit: int, *extra: Any) -> Select[Any]:
+    """Ids of transport rows whose lease ran out (and match ``extra``), locked
+    so that concurrent recoveries skip each other's rows on PostgreSQL."""
+    lapsed = (
+        select(request.c.id)
+        .where(
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at.is_not(None),
+            request.c.lease_expires_at < now,
+            *extra,
+        )
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        lapsed = lapsed.with_for_update(skip_locked=True)
+    return lapsed
+
+
+def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
+    """Put messages whose consumer's lease ran out back to pending.
+
+    Returns the queues of the recovered messages (to wake their consumers).
+    Rows claimed by the native worker have no lease and are left alone.
+    """
+    lapsed = lapsed_leases(conn, now, limit)
+    stmt = (
+        update(request)
+        .where(request.c.id.in_(lapsed.scalar_subquery()))
+        .values(
+            state=tables.PENDING,
+            worker_id=None,
+            started_at=None,
+            lease_expires_at=None,
+            crashes=request.c.crashes + 1,
+        )
+        .returning(request.c.queue)
+    )
+    return sorted({row.queue for row in conn.execute(stmt)})
+
+
+def transport_expire_consumers(conn: Connection, consumer_ids: Sequence[str], now: datetime) -> int:
+    """End at once the leases of every message held by ``consumer_ids``
+    (consumers known to be dead) and forget their rows; the lease recovery
+    that follows (``transport_recover``, after the quarantine check) then
+    counts the crash and puts the messages back, as for a lapsed lease."""
+    if not consumer_ids:
+        return 0
+    stmt = update(request).where(
+        request.c.worker_id.in_(list(consumer_ids)),
+        request.c.state == tables.RUNNING,
+        request.c.lease_expires_at.is_not(None),
+    )
+    ended = conn.execute(stmt.values(lease_expires_at=now - timedelta(seconds=1))).rowcount
+    workers_sql.delete_workers(conn, consumer_ids)
+    return int(ended)

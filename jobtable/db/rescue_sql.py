@@ -1,0 +1,128 @@
+"""SQL of rescuing a dead native worker's rows (worker/rescue.py): running
+rows recorded LOST (and retried) or QUARANTINED, the WorkerLost count that
+decides quarantine, and the dead or orphaned worker ids to rescue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection, Row
+
+from . import finish_sql, tables
+from .workers_sql import NATIVE_PREFIX
+
+request = tables.request
+result = tables.result
+worker_table = tables.worker
+
+
+#: ``error_type`` of LOST attempts: the process died while the job ran (or,
+#: when nobody could tell, may have run).  These count towards quarantine.
+WORKER_LOST = "WorkerLost"
+#: The job had finished; its process died before the result was written.
+RESULT_LOST = "ResultLost"
+#: The worker was stopped (shutdown grace over, a second signal) mid-job.
+WORKER_STOPPED = "WorkerStopped"
+
+
+def lose(
+    conn: Connection,
+    worker_id: str,
+    ids: Sequence[int] | None,
+    now: datetime,
+    *,
+    message: str,
+    retry_delay: Any = None,
+    error_type: str = WORKER_LOST,
+    retry: bool = True,
+    quarantine_after: int = 0,
+    quarantine_message: Callable[[Row[Any], int], str] | None = None,
+) -> list[Row[Any]]:
+    """Record running jobs of ``worker_id`` (those ``ids``, or all) LOST, and
+    retry those with retries left after ``retry_delay(row)`` seconds
+    (``retry`` False: never).
+
+    ``quarantine_after`` > 0: an attempt that makes its task's WorkerLost
+    attempts reach that many is recorded QUARANTINED instead (message from
+    ``quarantine_message(row, times)``) and not retried.  Only rows still
+    running under ``worker_id`` are touched, so rows already finished are safe.
+    """
+    stmt = delete(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
+    if ids is not None:
+        if not ids:
+            return []
+        stmt = stmt.where(request.c.id.in_(list(ids)))
+    rows = list(conn.execute(stmt.returning(*request.c)))
+    earlier: dict[str, int] = {}
+    if rows and quarantine_after > 0 and error_type == WORKER_LOST:
+        earlier = worker_lost_counts(conn, [row.task_id for row in rows])
+    outcomes = []
+    for row in rows:
+        times = earlier.get(row.task_id, 0) + 1
+        if quarantine_after > 0 and error_type == WORKER_LOST and times >= quarantine_after:
+            text = quarantine_message(row, times) if quarantine_message is not None else message
+            outcomes.append(
+                finish_sql.Outcome(row, tables.QUARANTINED, now, {"error_type": error_type, "error_message": text})
+            )
+            continue
+        retry_at = None
+        if retry and row.attempt <= row.retries:
+            delay = retry_delay(row) if retry_delay is not None else 0
+            retry_at = now + timedelta(seconds=max(0.0, float(delay)))
+        outcomes.append(
+            finish_sql.Outcome(row, tables.LOST, now, {"error_type": error_type, "error_message": message}, retry_at)
+        )
+    if outcomes:
+        finish_sql.write_outcomes(conn, outcomes, now)
+    return rows
+
+
+def worker_lost_counts(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
+    """How many recorded attempts of each task ended with its process dying
+    (LOST or QUARANTINED with error_type WorkerLost)."""
+    stmt = (
+        select(result.c.task_id, func.count())
+        .where(
+            result.c.task_id.in_(sorted(set(task_ids))),
+            result.c.status.in_([tables.LOST, tables.QUARANTINED]),
+            result.c.error_type == WORKER_LOST,
+        )
+        .group_by(result.c.task_id)
+    )
+    return {task_id: int(n) for task_id, n in conn.execute(stmt)}
+
+
+def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:
+    """Native workers whose last heartbeat is older than ``before``, locked
+    (SKIP LOCKED) so that two rescuers never take the same one."""
+    stmt = (
+        select(worker_table.c.id)
+        .where(worker_table.c.kind == "native", worker_table.c.heartbeat_at < before)
+        .order_by(worker_table.c.heartbeat_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(conn.execute(stmt).scalars())
+
+
+def orphan_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:
+    """Native worker ids that run jobs (started before ``before``) but have no
+    heartbeat row at all, e.g. rows left by a worker rescued while it claimed."""
+    has_row = select(worker_table.c.id).where(worker_table.c.id == request.c.worker_id).exists()
+    stmt = (
+        select(request.c.worker_id)
+        .where(
+            request.c.state == tables.RUNNING,
+            request.c.worker_id.like(NATIVE_PREFIX + "%"),
+            request.c.lease_expires_at.is_(None),
+            request.c.started_at < before,
+            ~has_row,
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return list(conn.execute(stmt).scalars())

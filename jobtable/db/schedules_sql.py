@@ -1,0 +1,60 @@
+"""SQL of the scheduler's ledger: one row per schedule entry holding the
+last slot enqueued (or skipped).  See jobtable/scheduler.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection, Row
+
+from . import tables
+
+schedule = tables.schedule
+
+
+def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+    """Move the entry's ledger to ``slot`` unless it is there or past it.
+
+    True for exactly one caller per (name, slot) across processes: competing
+    upserts of one row are serialised (row lock on PostgreSQL, write lock on
+    SQLite) and the loser's WHERE sees the winner's slot.  A missing row is
+    created, so an entry whose row was pruned meanwhile still fires.
+    """
+    from sqlalchemy import or_
+
+    from .dialects import upsert_insert
+
+    stmt = upsert_insert(conn, schedule).values(name=name, last_slot=slot, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[schedule.c.name],
+        set_={"last_slot": stmt.excluded.last_slot, "updated_at": stmt.excluded.updated_at},
+        where=or_(schedule.c.last_slot.is_(None), schedule.c.last_slot < stmt.excluded.last_slot),
+    ).returning(schedule.c.name)
+    return conn.execute(stmt).first() is not None
+
+
+def schedule_seed(conn: Connection, slots: dict[str, datetime | None], now: datetime) -> None:
+    """Create ledger rows of new entries at ``slots`` (None: no slot yet;
+    existing rows are kept)."""
+    if not slots:
+        return
+    from .dialects import upsert_insert
+
+    rows = [{"name": name, "last_slot": slot, "updated_at": now} for name, slot in slots.items()]
+    conn.execute(upsert_insert(conn, schedule).values(rows).on_conflict_do_nothing())
+
+
+def schedule_rows(conn: Connection) -> dict[str, Row[Any]]:
+    """Every ledger row by entry name."""
+    return {row.name: row for row in conn.execute(select(schedule))}
+
+
+def schedule_prune(conn: Connection, keep: Sequence[str]) -> list[str]:
+    """Delete ledger rows of entries not in ``keep``; returns their names."""
+    stmt = delete(schedule)
+    if keep:
+        stmt = stmt.where(schedule.c.name.not_in(list(keep)))
+    return sorted(row.name for row in conn.execute(stmt.returning(schedule.c.name)))

@@ -1,0 +1,156 @@
+"""``app.conf``: Celery's settings as the shim reads them.
+
+The defaults, the settings refused (with what to do instead) and those
+accepted without effect, and ``Settings``, the mapping with attribute access
+that ``app.conf`` is.  The app reacts to the settings that act through the
+callback it gives ``Settings``, so this module knows nothing of the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+from .exceptions import NotSupported
+
+#: Celery's defaults for the settings the shim reads.
+DEFAULTS: dict[str, Any] = {
+    "broker_url": None,
+    "result_backend": None,
+    # Celery's default queue, so that tasks keep going where a Celery worker
+    # (or a native worker started with --queue celery) consumes them.
+    "task_default_queue": "celery",
+    "task_default_priority": None,
+    "task_routes": None,
+    "task_always_eager": False,
+    "task_eager_propagates": False,
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "task_time_limit": None,
+    "task_soft_time_limit": None,
+    "task_ignore_result": False,
+    "task_acks_late": False,
+    "task_track_started": False,
+    "task_create_missing_queues": True,
+    "result_expires": None,
+    "result_extended": False,
+    "timezone": None,
+    "enable_utc": True,
+    "beat_schedule": {},
+    "imports": (),
+    "include": (),
+}
+
+#: Settings that change behaviour the shim cannot provide -> the alternative.
+UNSUPPORTED_SETTINGS: dict[str, str] = {
+    "task_annotations": "Set the options on the tasks themselves (@app.task(...)).",
+    "task_queues": "Queues need no declaration in jobtable: name them in queue= and start workers with --queue.",
+    "broker_transport_options": "The queue is a table: there is no transport to configure.",
+    "worker_prefetch_multiplier": "Use `jobtable worker --max-pending-per-process`.",
+    "worker_concurrency": "Use `jobtable worker --max-processes`.",
+    "task_reject_on_worker_lost": "The native worker records a lost job LOST (and retries it if it has retries).",
+    "result_backend_transport_options": "Results are rows of jobtable_result.",
+}
+
+#: Values the shim accepts without acting on them (documented differences).
+IGNORED_SETTINGS = {
+    "task_acks_late",
+    "task_track_started",
+    "task_create_missing_queues",
+    "result_expires",
+    "result_extended",
+    "enable_utc",
+    "task_ignore_result",
+    "broker_connection_retry_on_startup",
+    "worker_hijack_root_logger",
+}
+
+
+def jobtable_url(value: Any, setting: str) -> str | None:
+    """The database URL inside a jobtable broker/backend URL (None: use the default)."""
+    if value in (None, "", "jobtable"):
+        return None
+    if not isinstance(value, str) or not value.startswith("jobtable+"):
+        raise NotSupported(
+            f"{setting}={value!r}",
+            "The Celery-free API keeps tasks and results in jobtable's database: omit it, or give a "
+            "jobtable URL such as 'jobtable+postgresql+psycopg://user@host/db' or 'jobtable+sqlite:///jobs.sqlite3'.",
+        )
+    return value[len("jobtable+") :]
+
+
+class Settings(MutableMapping[str, Any]):
+    """``app.conf``: Celery's settings as a mapping with attribute access."""
+
+    def __init__(self, on_change: Callable[[str, Any], None]) -> None:
+        # on_change: the app's reaction to a setting that acts (a database
+        # URL, beat_schedule); what it raises undoes the assignment.
+        object.__setattr__(self, "_on_change", on_change)
+        object.__setattr__(self, "_data", dict(DEFAULTS))
+
+    # -- mapping ------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check(key, value)
+        missing = object()
+        previous = self._data.get(key, missing)
+        self._data[key] = value
+        try:
+            self._on_change(key, value)
+        except BaseException:
+            # A setting that could not take effect is not kept.
+            if previous is missing:
+                del self._data[key]
+            else:
+                self._data[key] = previous
+            raise
+
+    def __delitem__(self, key: str) -> None:
+        self._data[key] = DEFAULTS.get(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    # -- Celery's helpers --------------------------------------------------------------
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def _check(self, key: str, value: Any) -> None:
+        if key in UNSUPPORTED_SETTINGS and value:
+            raise NotSupported(f"the {key} setting", UNSUPPORTED_SETTINGS[key])
+        if key in ("task_serializer", "result_serializer") and value != "json":
+            raise NotSupported(
+                f"{key}={value!r}",
+                "Messages and results are stored as JSON: use 'json' (pickle would let whoever can write the "
+                "table run code in your workers).",
+            )
+        if key == "accept_content" and value and "json" not in value and "application/json" not in value:
+            raise NotSupported(f"accept_content={value!r}", "Messages are JSON: include 'json'.")
+        if key in ("broker_url", "result_backend"):
+            jobtable_url(value, key)
+
+
+_SETTING_PREFIXES = ("task_", "result_", "broker_", "beat_", "worker_", "event_", "security_", "cache_", "database_")
+
+
+def is_setting(key: str) -> bool:
+    """Whether a name read from a settings module is a Celery setting (not an import or a helper)."""
+    return key in DEFAULTS or key in UNSUPPORTED_SETTINGS or key.startswith(_SETTING_PREFIXES)
