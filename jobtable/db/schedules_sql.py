@@ -27,6 +27,11 @@ def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -
 
     from .dialects import upsert_insert
 
+    if conn.dialect.name == "mysql":
+        from .dialects.mysql import schedule_claim as mysql_schedule_claim
+
+        return mysql_schedule_claim(conn, name, slot, now)
+
     stmt = upsert_insert(conn, schedule).values(name=name, last_slot=slot, updated_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=[schedule.c.name],
