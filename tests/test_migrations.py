@@ -33,6 +33,15 @@ MYSQL_FORMS = {
 }
 
 
+def _declared_for(obj: Any, dialect: str) -> bool:
+    """Alembic ignores ddl_if: of an index declared in two forms, only the
+    one this dialect creates is compared (the partial one has a predicate)."""
+    if isinstance(obj, sa.Index) and obj.name in MYSQL_FORMS:
+        partial = obj.dialect_options["postgresql"]["where"] is not None
+        return partial != (dialect == "mysql")
+    return True
+
+
 def _compared(dialect: str, name: str | None, type_: str) -> bool:
     if type_ == "table":
         # Only jobtable's tables; its version table is Alembic's own.
@@ -53,7 +62,8 @@ def test_migrated_schema_matches_tables(db_url: str) -> None:
                 "compare_type": True,
                 # Only jobtable's tables; its version table is Alembic's own.
                 "include_name": lambda name, type_, parent: _compared(conn.dialect.name, name, type_),
-                "include_object": lambda obj, name, type_, reflected, other: _compared(conn.dialect.name, name, type_),
+                "include_object": lambda obj, name, type_, reflected, other: _compared(conn.dialect.name, name, type_)
+                and _declared_for(obj, conn.dialect.name),
             },
         )
         diff = compare_metadata(context, metadata)

@@ -48,7 +48,10 @@ def schedule_seed(conn: Connection, slots: dict[str, datetime | None], now: date
         return
     from .dialects import upsert_insert
 
-    rows = [{"name": name, "last_slot": slot, "updated_at": now} for name, slot in slots.items()]
+    # In key order, the order schedule_prune's DELETE scans (and locks) the
+    # rows in: MySQL locks each existing row a seed meets, and two ticks
+    # locking the same rows in opposite orders deadlock.
+    rows = [{"name": name, "last_slot": slot, "updated_at": now} for name, slot in sorted(slots.items())]
     conn.execute(upsert_insert(conn, schedule).values(rows).on_conflict_do_nothing())
 
 
