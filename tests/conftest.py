@@ -34,7 +34,9 @@ from jobtable.db.tables import metadata
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("JOBTABLE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN_URL = os.environ.get("JOBTABLE_TEST_MYSQL_URL", "mysql+mysqldb://root@127.0.0.1:3306/mysql")
-DIALECTS = ["sqlite", "postgresql"]
+#: The dialects of modules without a marker.  JOBTABLE_TEST_DIALECTS=mysql
+#: tries a module on MySQL before it opts in.
+DIALECTS = os.environ.get("JOBTABLE_TEST_DIALECTS", "sqlite,postgresql").split(",")
 ALL_DIALECTS = ["sqlite", "postgresql", "mysql"]
 
 

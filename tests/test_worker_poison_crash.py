@@ -26,6 +26,9 @@ from jobtable.worker import rescue
 from tests.dashboard_client import client
 from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log
 from tests.worker_jobs import ROOT, lines, requests, results, stop, wait_for, worker_env
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def start(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen[str]:
