@@ -44,10 +44,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dialects(*names): the dialects a module's `dialect` fixture runs over")
 
 
+def _parametrizes_dialect(metafunc: pytest.Metafunc) -> bool:
+    """A test that names its dialects itself (parametrize("dialect", ...))."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
+        if "dialect" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # `dialect` is parametrized here rather than by fixture params, so that a
     # module's marker can widen it to MySQL.
-    if "dialect" in metafunc.fixturenames:
+    if "dialect" in metafunc.fixturenames and not _parametrizes_dialect(metafunc):
         marker = metafunc.definition.get_closest_marker("dialects")
         names = list(marker.args) if marker is not None else DIALECTS
         metafunc.parametrize("dialect", names, indirect=True)
