@@ -16,12 +16,14 @@ from .exceptions import (
     DatabaseUnavailable,
     EnqueueError,
     JobNotFound,
+    JobStateError,
     JobtableError,
     ModelNotFound,
     SchemaNotMigrated,
     UnknownJob,
 )
 from .jobs import DeferJob, Job, JobRequest
+from .records import JobProcess, JobResult
 from .registry import jobs_registry, register_job
 from .settings import configure, get_settings
 
@@ -37,7 +39,10 @@ __all__ = [
     "EnqueueError",
     "Job",
     "JobNotFound",
+    "JobProcess",
     "JobRequest",
+    "JobResult",
+    "JobStateError",
     "JobtableError",
     "ModelNotFound",
     "SchemaNotMigrated",

@@ -1,15 +1,20 @@
-"""Cron expressions: parsing and matching wall-clock minutes.
+"""Cron expressions: checked here, expanded and iterated by croniter.
 
 This module knows nothing about time zones: it finds the next or previous
-*naive* minute whose fields match.  ``scheduling.Schedule`` maps those wall
-times to instants in a time zone (and deals with DST).
+*naive* minute whose fields match (croniter on naive datetimes).
+``scheduling.Schedule`` maps those wall times to instants in a time zone (and
+deals with DST and catch-up).
 
-Semantics are those of standard (Vixie) cron:
+What jobtable adds to croniter is the standard (Vixie) cron dialect and its
+errors: every list item is checked first, so that an error names the field,
+the value and a fix, and so that croniter's extensions are refused rather
+than half-understood:
 
-- five fields: minute, hour, day of month, month, day of week;
+- five fields: minute, hour, day of month, month, day of week (no seconds or
+  year field, no Quartz ``L W # ?``, no ``H`` hashes, no ``R`` randoms, no
+  wrapping ranges such as ``22-2``, which croniter would accept);
 - ``*``, numbers, ``a-b`` ranges, ``,`` lists, ``/n`` steps on ``*`` or a
-  range (``*/2`` in day of month is 1, 3, 5 ...; ``5-59/15`` is 5, 20, 35,
-  50), and ``a/n`` as a short form of ``a-<max>/n``;
+  range, and ``a/n`` as a short form of ``a-<max>/n``;
 - month names ``jan``..``dec`` and weekday names ``sun``..``sat`` (any case);
   day of week 0 and 7 are both Sunday;
 - ``@yearly @annually @monthly @weekly @daily @midnight @hourly``;
@@ -17,15 +22,19 @@ Semantics are those of standard (Vixie) cron:
   either runs (``0 0 13 * 5``: the 13th and every Friday).  A field that
   starts with ``*`` (``*``, ``*/2``) does not count as restricted, as in
   Vixie cron: ``0 0 */2 * 1`` is odd days that are Mondays.
+
+Each checked item is rewritten in plain numbers for croniter, which also
+works around its misreadings (see ``_croniter_item``).
 """
 
 from __future__ import annotations
 
 import calendar
-from bisect import bisect_left, bisect_right
+import threading
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from functools import lru_cache
+from datetime import datetime
+
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .exceptions import ConfigurationError
 
@@ -48,6 +57,8 @@ _EXAMPLES = '"0 9 * * *" (9:00 every day), "*/15 * * * *" (every 15 minutes), "0
 #: Feb 29 on a given weekday recurs within 28 years; 400 covers any pattern.
 SEARCH_YEARS = 400
 
+_local = threading.local()
+
 
 class CronError(ConfigurationError, ValueError):
     """A cron expression that cannot be parsed."""
@@ -60,6 +71,12 @@ class _Field:
     high: int
     names: dict[str, int] = field(default_factory=dict)
     example: str = ""
+
+    @property
+    def last(self) -> int:
+        """Where ``*`` and ``a/n`` end: the week ends on Saturday (6), 7
+        being Sunday again."""
+        return 6 if self.name == "day of week" else self.high
 
 
 FIELDS = (
@@ -98,45 +115,53 @@ def _value(text: str, spec: _Field, expression: str, raw: str) -> int:
     return value
 
 
-def _parse_field(raw: str, spec: _Field, expression: str) -> frozenset[int]:
-    values: set[int] = set()
-    for part in raw.split(","):
-        if not part:
-            raise _fail(expression, f"{spec.name} field {raw!r} has an empty list item (e.g. {spec.example})")
-        body, _, step_text = part.partition("/")
-        step = 1
-        if _:
-            if not (step_text.isascii() and step_text.isdigit()) or not step_text.strip("0"):
-                raise _fail(
-                    expression, f"{spec.name} field {raw!r}: the step after / must be a whole number above 0"
-                )
-            step = int(step_text) if len(step_text.lstrip("0")) <= 4 else spec.high + 1
-        if body == "*":
-            low, high = spec.low, spec.high
-            if spec.name == "day of week":
-                high = 6  # 7 is Sunday again; */2 must not add it twice
-        elif "-" in body:
-            first, _, last = body.partition("-")
-            low = _value(first, spec, expression, raw)
-            high = _value(last, spec, expression, raw)
-            if spec.name == "day of week" and high == 0 and low > 0:
-                high = 7  # "mon-sun": Sunday as 7 ends the week
-            if low > high:
-                raise _fail(
-                    expression,
-                    f"{spec.name} field {raw!r}: the range {body} goes backwards; "
-                    f"split it, e.g. {first}-{spec.high},{spec.low}-{last}",
-                )
-        else:
-            low = _value(body, spec, expression, raw)
-            # "a/n" is short for "a-<max>/n" (an extension most crons accept);
-            # the week ends on Saturday (6), 7 being Sunday again.
-            high = (6 if spec.name == "day of week" else spec.high) if _ else low
-        values.update(range(low, high + 1, step))
-    if spec.name == "day of week" and 7 in values:
-        values.discard(7)
-        values.add(0)
-    return frozenset(values)
+def _croniter_item(part: str, spec: _Field, expression: str, raw: str) -> str:
+    """One list item checked, and rewritten in numbers for croniter."""
+    body, slash, step_text = part.partition("/")
+    step = ""
+    if slash:
+        if not (step_text.isascii() and step_text.isdigit()) or not step_text.strip("0"):
+            raise _fail(expression, f"{spec.name} field {raw!r}: the step after / must be a whole number above 0")
+        # Any step past the field's span keeps only the first value; capped,
+        # a thousand-digit step is not an int() to compute.
+        span = spec.high - spec.low + 1
+        step = f"/{min(int(step_text) if len(step_text.lstrip('0')) <= 4 else span, span)}"
+    if body == "*":
+        return f"{spec.low}-{spec.last}{step}" if step else "*"
+    if "-" in body:
+        first, _, last = body.partition("-")
+        low = _value(first, spec, expression, raw)
+        high = _value(last, spec, expression, raw)
+        if spec.name == "day of week" and high == 0 and low > 0:
+            high = 7  # "mon-sun": Sunday as 7 ends the week
+        if low > high:
+            raise _fail(
+                expression,
+                f"{spec.name} field {raw!r}: the range {body} goes backwards; "
+                f"split it, e.g. {first}-{spec.high},{spec.low}-{last}",
+            )
+    else:
+        low = _value(body, spec, expression, raw)
+        if spec.name == "day of week" and low == 7 and slash:
+            low = 0  # "7/2" is "sun/2": from Sunday (0) to Saturday
+        # "a/n" is short for "a-<max>/n" (an extension most crons accept).
+        high = spec.last if slash else low
+        if high < low:
+            return str(low)
+    if low == high:
+        # croniter 7 reads a range of one as "*": "5-5 * * * *" is every
+        # minute to it, "1-1,3" too, and "3-3/2" every even minute.  A
+        # single value means the same and is read right.
+        return str(low)
+    return f"{low}-{high}{step}"
+
+
+def _full(values: list[int | str], spec: _Field) -> frozenset[int]:
+    """croniter's expansion of a field as a set (``*`` = every value; 7 is
+    Sunday, 0)."""
+    if "*" in values:
+        return frozenset(range(spec.low, spec.last + 1))
+    return frozenset(0 if spec.name == "day of week" and v == 7 else int(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,10 @@ class CronExpression:
     weekdays: frozenset[int]  # 0 = Sunday
     #: Day of month and day of week both restricted: either one matches.
     day_or: bool
+    #: What croniter is given: the checked fields in numbers.
+    croniter_text: str = field(default="", compare=False)
+    #: croniter's own day_or (see ``parse``).
+    croniter_day_or: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, expression: str) -> CronExpression:
@@ -172,8 +201,26 @@ class CronExpression:
         if len(fields) != 5:
             extra = " (a seconds or year field is not supported)" if len(fields) in (6, 7) else ""
             raise _fail(expression, f"it has {len(fields)} field(s), not 5{extra}")
-        minute, hour, dom, month, dow = (_parse_field(raw, spec, expression) for raw, spec in zip(fields, FIELDS))
+        plain = []
+        for raw, spec in zip(fields, FIELDS):
+            items = []
+            for part in raw.split(","):
+                if not part:
+                    raise _fail(expression, f"{spec.name} field {raw!r} has an empty list item (e.g. {spec.example})")
+                items.append(_croniter_item(part, spec, expression, raw))
+            plain.append(",".join(items))
+        try:
+            expanded = croniter.expand(" ".join(plain))[0]
+        except CroniterError as exc:  # checked above: croniter should agree
+            raise _fail(expression, f"croniter refused {' '.join(plain)!r} ({exc})") from None
+        minute, hour, dom, month, dow = (_full(values, spec) for values, spec in zip(expanded, FIELDS))
         day_or = not fields[2].startswith("*") and not fields[4].startswith("*")
+        croniter_day_or = day_or
+        if day_or and (dom == _full(["*"], FIELDS[2]) or dow == _full(["*"], FIELDS[4])):
+            # Either field matching every day makes every day match.  croniter
+            # would read "13 * mon-sun" as the 13th only: it expands mon-sun
+            # to "*", and a "*" field turns its OR off.
+            plain[2], plain[4], croniter_day_or = "*", "*", False
         parsed = cls(
             text=text,
             minutes=tuple(sorted(minute)),
@@ -182,6 +229,8 @@ class CronExpression:
             months=tuple(sorted(month)),
             weekdays=dow,
             day_or=day_or,
+            croniter_text=" ".join(plain),
+            croniter_day_or=croniter_day_or,
         )
         parsed._check_possible(expression)
         return parsed
@@ -200,109 +249,39 @@ class CronExpression:
         """True when the hour field allows every hour (``*``)."""
         return len(self.hours) == 24
 
-    # -- day matching ---------------------------------------------------------------
-
-    def _day_matches(self, day: date) -> bool:
-        in_days = day.day in self.days
-        in_weekdays = (day.isoweekday() % 7) in self.weekdays
-        return (in_days or in_weekdays) if self.day_or else (in_days and in_weekdays)
-
-    def days_in(self, year: int, month: int) -> tuple[int, ...]:
-        """Matching days of a month, sorted."""
-        return _days_in(self, year, month)
-
-    # -- searching ----------------------------------------------------------------------
+    def _croniter(self, start: datetime) -> croniter:
+        # Building a croniter re-parses the expression (most of a lookup's
+        # cost), so each thread keeps one per expression and moves it to
+        # ``start``; a croniter is stateful, hence not shared across threads.
+        cache: dict[tuple[str, bool], croniter] = _local.__dict__.setdefault("iterators", {})
+        key = (self.croniter_text, self.croniter_day_or)
+        it = cache.get(key)
+        if it is None:
+            if len(cache) >= 1024:
+                cache.clear()
+            it = cache[key] = croniter(
+                self.croniter_text, start, day_or=self.croniter_day_or, max_years_between_matches=SEARCH_YEARS
+            )
+        else:
+            it.set_current(start, force=True)
+        return it
 
     def next_after(self, after: datetime) -> datetime:
         """The first matching naive minute strictly after ``after`` (naive)."""
-        t = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = t.year + SEARCH_YEARS
-        year, month, day, hour, minute = t.year, t.month, t.day, t.hour, t.minute
-        while year <= limit:
-            if month not in self.months:
-                i = bisect_left(self.months, month)
-                if i == len(self.months):
-                    year, month = year + 1, self.months[0]
-                else:
-                    month = self.months[i]
-                day, hour, minute = 1, 0, 0
-                continue
-            days = self.days_in(year, month)
-            i = bisect_left(days, day)
-            if i == len(days):
-                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-                day, hour, minute = 1, 0, 0
-                continue
-            if days[i] != day:
-                day, hour, minute = days[i], 0, 0
-            j = bisect_left(self.hours, hour)
-            if j == len(self.hours):
-                day, hour, minute = day + 1, 0, 0
-                if day > calendar.monthrange(year, month)[1]:
-                    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-                    day = 1
-                continue
-            if self.hours[j] != hour:
-                hour, minute = self.hours[j], 0
-            k = bisect_left(self.minutes, minute)
-            if k == len(self.minutes):
-                hour, minute = hour + 1, 0
-                if hour == 24:
-                    day, hour = day + 1, 0
-                    if day > calendar.monthrange(year, month)[1]:
-                        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-                        day = 1
-                continue
-            return datetime(year, month, day, hour, self.minutes[k])
-        raise CronError(f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years of {after}.")
+        try:
+            found: datetime = self._croniter(after).get_next(datetime)
+        except CroniterBadDateError:
+            raise CronError(
+                f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years of {after}."
+            ) from None
+        return found
 
     def previous_before(self, before: datetime) -> datetime:
         """The last matching naive minute strictly before ``before`` (naive)."""
-        t = before.replace(second=0, microsecond=0)
-        if t == before:
-            t -= timedelta(minutes=1)
-        limit = t.year - SEARCH_YEARS
-        year, month, day, hour, minute = t.year, t.month, t.day, t.hour, t.minute
-        while year >= limit:
-            if month not in self.months:
-                i = bisect_right(self.months, month) - 1
-                if i < 0:
-                    year, month = year - 1, self.months[-1]
-                else:
-                    month = self.months[i]
-                day, hour, minute = calendar.monthrange(year, month)[1], 23, 59
-                continue
-            days = self.days_in(year, month)
-            i = bisect_right(days, day) - 1
-            if i < 0:
-                year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-                day, hour, minute = calendar.monthrange(year, month)[1], 23, 59
-                continue
-            if days[i] != day:
-                day, hour, minute = days[i], 23, 59
-            j = bisect_right(self.hours, hour) - 1
-            if j < 0:
-                day, hour, minute = day - 1, 23, 59
-                if day < 1:
-                    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-                    day = calendar.monthrange(year, month)[1]
-                continue
-            if self.hours[j] != hour:
-                hour, minute = self.hours[j], 59
-            k = bisect_right(self.minutes, minute) - 1
-            if k < 0:
-                hour, minute = hour - 1, 59
-                if hour < 0:
-                    day, hour = day - 1, 23
-                    if day < 1:
-                        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-                        day = calendar.monthrange(year, month)[1]
-                continue
-            return datetime(year, month, day, hour, self.minutes[k])
-        raise CronError(f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years before {before}.")
-
-
-@lru_cache(maxsize=4096)
-def _days_in(expr: CronExpression, year: int, month: int) -> tuple[int, ...]:
-    last = calendar.monthrange(year, month)[1]
-    return tuple(d for d in range(1, last + 1) if expr._day_matches(date(year, month, d)))
+        try:
+            found: datetime = self._croniter(before).get_prev(datetime)
+        except CroniterBadDateError:
+            raise CronError(
+                f"Cron expression {self.text!r} has no run within {SEARCH_YEARS} years before {before}."
+            ) from None
+        return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from contextlib import ExitStack
 from types import SimpleNamespace
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from .exceptions import EnqueueError
 
 # BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
 # Job lives below both (jobbase.py).  Every jobtable.Job is a BaseJob.
-from .jobbase import BaseJob, JobRequest
+from .jobbase import BaseJob, JobRequest, enqueue_lock_name, overrides
 
 Delay = Union[int, float, timedelta, datetime, None]
 
@@ -70,6 +71,7 @@ def enqueue(
     retries: int | None,
     concurrency_key: str | None,
     connection: Any,
+    retry_attempt: int = 0,
 ) -> list[JobRequest | None]:
     for job in jobs:
         if not isinstance(job, BaseJob):
@@ -79,7 +81,9 @@ def enqueue(
     task_ids = [messages.new_task_id() for _ in jobs]
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
     with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
-        return _enqueue(jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection)
+        return _enqueue(
+            jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection, retry_attempt
+        )
 
 
 def _enqueue(
@@ -92,16 +96,27 @@ def _enqueue(
     retries: int | None,
     concurrency_key: str | None,
     connection: Any,
+    retry_attempt: int,
 ) -> list[JobRequest | None]:
     now = clock.utcnow()
-    run_at = _run_at(delay, now, _source(jobs))
+    source = _source(jobs)
+    run_at = _run_at(delay, now, source)
+    attempt = limits.check_int("retry_attempt", retry_attempt, 0, limits.INT32_MAX - 1, source=source) + 1
     rows = [
-        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key)
+        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
         for job, task_id in zip(jobs, task_ids)
     ]
 
-    # should_enqueue() needs its lock only when a job class overrides it.
-    checked = [job for job in jobs if type(job).should_enqueue is not BaseJob.should_enqueue]
+    # should_enqueue() needs its lock only when a job class overrides it:
+    # otherwise the unique index is the limit (one per key), lock-free.
+    checked = [job for job in jobs if overrides(job, "should_enqueue")]
+    # Locks of the class's own (get_enqueue_lock overridden) are held around
+    # the whole transaction; the database's default one is taken inside it.
+    own_locks = {
+        enqueue_lock_name(row["task_name"], row["concurrency_key"] or ""): (job, row["concurrency_key"] or "")
+        for job, row in zip(jobs, rows)
+        if overrides(job, "should_enqueue") and overrides(job, "get_enqueue_lock")
+    }
 
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
@@ -113,14 +128,26 @@ def _enqueue(
         if not checked:
             written.update(enqueue_sql.insert_requests(conn, [row for _, row in todo]))
             return written
-        enqueue_sql.lock_for_enqueue(conn, [f"{row['task_name']}:{row['concurrency_key'] or ''}" for _, row in todo])
+        database_locks = [
+            enqueue_lock_name(row["task_name"], row["concurrency_key"] or "")
+            for job, row in todo
+            if overrides(job, "should_enqueue") and not overrides(job, "get_enqueue_lock")
+        ]
+        if database_locks:
+            enqueue_sql.lock_for_enqueue(conn, database_locks)
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
         for job, row in todo:
-            if type(job).should_enqueue is BaseJob.should_enqueue or _should_enqueue(job, row, conn):
+            if not overrides(job, "should_enqueue") or _should_enqueue(job, row, conn):
                 written.update(enqueue_sql.insert_requests(conn, [row]))
         return written
 
-    inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
+    with ExitStack() as held:
+        # Sorted, and each (class, key) once: two bulk enqueues cannot
+        # deadlock, and a lock that is not reentrant is not taken twice.
+        for name in sorted(own_locks):
+            job, key = own_locks[name]
+            held.enter_context(job.get_enqueue_lock(key))
+        inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
 
     out: list[JobRequest | None] = []
     for row in rows:
@@ -187,6 +214,7 @@ def _row(
     priority: int | None,
     retries: int | None,
     concurrency_key: str | None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     task_name = job.job_name()
     source = type(job).__qualname__
@@ -216,8 +244,10 @@ def _row(
         queue=queue,
         priority=priority,
         eta=run_at if run_at > now else None,
+        attempt=attempt,
         retries=retries,
         concurrency_key=key or None,
+        custom_limit=overrides(job, "should_enqueue"),
         extra_headers=trace_headers,
     )
     return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))

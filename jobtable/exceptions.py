@@ -57,3 +57,8 @@ class UnknownModel(JobtableError, LookupError):
 
 class JobNotFound(JobtableError, LookupError):
     """No request or result has the given uuid."""
+
+
+class JobStateError(JobtableError, RuntimeError):
+    """The job is not in a state the operation accepts: cancelling a running
+    job, retrying one that is waiting, running or already retried."""

@@ -1,7 +1,7 @@
 """What a Job is, below everything that enqueues, registers or defines Jobs.
 
 ``BaseJob`` holds a Job's stored arguments, defaults, hooks and resolved
-values; ``JobRequest`` is a queued job as the API returns it.  ``enqueue``
+values; ``JobRequest`` (from ``records``) is a queued job as the API returns it.  ``enqueue``
 and ``registry`` need these types, and ``jobs.Job`` (which calls both)
 builds on them: keeping them here lets every one of those imports point
 down.  Users subclass ``jobtable.Job``, never ``BaseJob``.
@@ -9,11 +9,19 @@ down.  Users subclass ``jobtable.Job``, never ``BaseJob``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
+
+from .db import enqueue_sql
+from .exceptions import EnqueueError
+
+# JobRequest lives with the other records (it reads and acts on the queue);
+# imported here so that ``jobbase.JobRequest`` stays where enqueue finds it.
+from .records import JobRequest as JobRequest
 
 
 class JobType(type):
@@ -26,41 +34,18 @@ class JobType(type):
         return instance
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """A job waiting in, or running from, the queue table."""
-
-    id: int
-    uuid: str
-    job_class: str
-    queue: str
-    priority: int
-    state: str
-    start_at: datetime
-    concurrency_key: str
-    attempt: int
-    retries: int
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> JobRequest:
-        return cls(
-            id=row.id,
-            uuid=row.task_id,
-            job_class=row.task_name,
-            queue=row.queue,
-            priority=row.priority,
-            state=row.state,
-            start_at=row.run_at,
-            concurrency_key=row.concurrency_key or "",
-            attempt=row.attempt,
-            retries=row.retries,
-            created_at=row.created_at,
-        )
-
-
 def _overrides(job: BaseJob, name: str) -> bool:
     return getattr(type(job), name) is not getattr(BaseJob, name)
+
+
+def overrides(job: BaseJob, name: str) -> bool:
+    """Whether ``job``'s class replaces BaseJob's method ``name``."""
+    return _overrides(job, name)
+
+
+def enqueue_lock_name(job_name: str, concurrency_key: str) -> str:
+    """What the database lock of one (job class, key) is taken on."""
+    return f"{job_name}:{concurrency_key}"
 
 
 class BaseJob(metaclass=JobType):
@@ -100,8 +85,41 @@ class BaseJob(metaclass=JobType):
         return 0
 
     def should_enqueue(self, concurrency_key: str) -> bool:
-        """Return False to skip this enqueue.  Runs atomically with the insert."""
+        """Return False to skip this enqueue.  Runs atomically with the insert,
+        under ``get_enqueue_lock(concurrency_key)``.
+
+        Kept as is, the database allows one pending-or-running job per
+        (job class, key).  Overridden, it is the limit: jobs of a key are
+        grouped by it but no longer unique (``Job.count_active_jobs``,
+        ``Job.count_recent_jobs`` help write limits)."""
         return True
+
+    def get_enqueue_lock(self, concurrency_key: str) -> AbstractContextManager[object]:
+        """The lock under which ``should_enqueue`` and the insert run, when
+        this class overrides ``should_enqueue``.
+
+        The default is the database's: a transaction-scoped advisory lock on
+        (job class, key) on PostgreSQL, the database write lock on SQLite;
+        it is taken inside the enqueue's transaction and held until that
+        transaction ends.  Override it (a Redis lock, a lock over every key
+        for a global limit...) with any context manager: jobtable enters it
+        before the enqueue's transaction begins and leaves it after the
+        commit, so the next enqueue's check sees this one's row.  With
+        ``connection=`` the commit is the caller's, after the lock is left.
+        """
+        return self._database_enqueue_lock(concurrency_key)
+
+    @contextmanager
+    def _database_enqueue_lock(self, concurrency_key: str) -> Iterator[None]:
+        conn = self._enqueue_connection
+        if conn is None:
+            raise EnqueueError(
+                f"{type(self).__qualname__}: the default get_enqueue_lock() is the database's lock of the "
+                "enqueue transaction and can only be taken inside it (run_in_worker does that)."
+            )
+        enqueue_sql.lock_for_enqueue(conn, [enqueue_lock_name(self.job_name(), concurrency_key)])
+        # Released with the transaction, not here.
+        yield
 
     @classmethod
     def job_name(cls) -> str:

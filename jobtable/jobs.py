@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .db import reads_sql, tables
+from .db import clock, reads_sql, tables
 from .enqueue import Delay, enqueue
 from .jobbase import BaseJob, JobRequest, JobType
 from .registry import jobs_registry
@@ -48,6 +48,16 @@ class DeferJob(Exception):
         self.increment_retries = increment_retries
 
 
+def _on_enqueue_connection(job: Job, fn: Callable[[Connection], _T]) -> _T:
+    conn = job._enqueue_connection
+    if conn is not None:
+        return fn(conn)
+    from .db.engine import connect
+
+    with connect() as conn, conn.begin():
+        return fn(conn)
+
+
 class JobQuery:
     """Requests of one job class, for ``should_enqueue`` checks.
 
@@ -62,13 +72,7 @@ class JobQuery:
         )
 
     def _run(self, fn: Callable[[Connection], _T]) -> _T:
-        conn = self._job._enqueue_connection
-        if conn is not None:
-            return fn(conn)
-        from .db.engine import connect
-
-        with connect() as conn, conn.begin():
-            return fn(conn)
+        return _on_enqueue_connection(self._job, fn)
 
     def count(self) -> int:
         return int(self._run(lambda conn: reads_sql.count(conn, self._stmt)))
@@ -100,6 +104,29 @@ class Job(BaseJob):
         """Jobs of this class running now (``concurrency_key=None``: any key)."""
         return JobQuery(self, (tables.RUNNING,), concurrency_key)
 
+    def count_active_jobs(self, concurrency_key: str | None = None, *, include_scheduled: bool = True) -> int:
+        """Jobs of this class waiting or running (``concurrency_key=None``:
+        any key; ``include_scheduled=False``: not those delayed to later):
+        ``return self.count_active_jobs(key) < 3`` allows 3 per key."""
+        states = (tables.SCHEDULED, tables.PENDING, tables.RUNNING) if include_scheduled else (
+            tables.PENDING,
+            tables.RUNNING,
+        )
+        return JobQuery(self, states, concurrency_key).count()
+
+    def count_recent_jobs(self, concurrency_key: str, seconds: int | float | timedelta) -> int:
+        """Jobs of this class and key enqueued in the last ``seconds``,
+        finished or not (each counted once, however often it was retried):
+        ``return self.count_recent_jobs(key, 60) < 5`` allows 5 a minute.
+        Finished jobs count while their results are kept
+        (``results_retention``)."""
+        window = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if not window >= 0:
+            raise ValueError(f"count_recent_jobs(seconds={seconds!r}): the window must be 0 or more seconds.")
+        since = clock.utcnow() - timedelta(seconds=window)
+        name = self.job_name()
+        return _on_enqueue_connection(self, lambda conn: reads_sql.count_enqueued_since(conn, name, concurrency_key, since))
+
     # -- enqueueing ----------------------------------------------------------------
 
     @classmethod
@@ -113,12 +140,19 @@ class Job(BaseJob):
         delay: Delay = None,
         priority: int | None = None,
         retries: int | None = None,
+        retry_attempt: int = 0,
         concurrency_key: str | None = None,
         unique_key: str | None = None,
         connection: Connection | Session | None = None,
     ) -> JobRequest | None:
         """Enqueue this job.  Returns the request, or None when a job with the
         same concurrency key is pending or running, or ``should_enqueue`` said no.
+
+        ``retry_attempt``: how many attempts this job has already had (0, the
+        default, for a new job; plain.jobs' parameter): the request's
+        ``attempt`` is ``retry_attempt + 1`` and it is retried while
+        ``retry_attempt < retries``, so ``retries=3, retry_attempt=1`` leaves
+        two retries.  ``calculate_retry_delay`` sees the attempt numbers.
 
         ``connection``: a SQLAlchemy Connection or Session whose transaction the
         job joins -- it exists only if that transaction commits.
@@ -131,4 +165,5 @@ class Job(BaseJob):
             retries=retries,
             concurrency_key=concurrency_key if concurrency_key is not None else unique_key,
             connection=connection,
+            retry_attempt=retry_attempt,
         )[0]

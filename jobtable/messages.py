@@ -32,6 +32,12 @@ _repr.maxother = 256
 #: Headers jobtable adds to Celery's; a Celery worker ignores them.
 CONCURRENCY_KEY_HEADER = "concurrency_key"
 RETRIES_HEADER = "jobtable_retries"
+#: Present (``CUSTOM_LIMIT``) when the job's class overrides ``should_enqueue``:
+#: its key groups jobs but is not unique, so the row's ``unique_key`` is NULL.
+#: It travels in the message so that every later row of the job (retries,
+#: deferrals, a retry by hand) keeps the class's rule.
+CONCURRENCY_LIMIT_HEADER = "jobtable_concurrency_limit"
+CUSTOM_LIMIT = "should_enqueue"
 
 
 def dumps(value: Any) -> str:
@@ -55,6 +61,7 @@ def task_message(
     attempt: int = 1,
     retries: int = 0,
     concurrency_key: str | None = None,
+    custom_limit: bool = False,
     extra_headers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A Celery protocol v2 message; ``args``/``kwargs`` are already JSON-safe."""
@@ -81,6 +88,9 @@ def task_message(
         CONCURRENCY_KEY_HEADER: concurrency_key,
         RETRIES_HEADER: retries,
     }
+    if custom_limit:
+        # Only then: the messages of every other job stay as they were.
+        headers[CONCURRENCY_LIMIT_HEADER] = CUSTOM_LIMIT
     if extra_headers:
         headers.update(extra_headers)
     return {
@@ -132,6 +142,10 @@ def row_values(envelope: dict[str, Any], queue: str, now: datetime, message: str
         "run_at": run_at,
         "expires_at": parse_time(headers.get("expires")),
         "concurrency_key": key,
+        # One pending-or-running job per (task, key) unless the class sets
+        # its own limit (enqueue_sql.insert_requests keeps this in step with
+        # concurrency_key whatever a caller changes afterwards).
+        "unique_key": key if headers.get(CONCURRENCY_LIMIT_HEADER) != CUSTOM_LIMIT else None,
         "attempt": int(headers.get("retries") or 0) + 1,
         "retries": int(headers.get(RETRIES_HEADER) or 0),
         "created_at": now,

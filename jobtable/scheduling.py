@@ -20,7 +20,9 @@ default).  Across DST changes:
   exists twice (fall back) runs at its first occurrence only.
 
 This is Vixie cron's behaviour, and croniter's except that croniter runs a
-fixed-time schedule twice on the night the clocks fall back.
+fixed-time schedule twice on the night the clocks fall back: so croniter is
+only asked for naive wall times (``cron.py``), and this module maps them to
+instants.
 """
 
 from __future__ import annotations

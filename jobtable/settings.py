@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import setting_legacy
 from .exceptions import ConfigurationError
 from .setting_rules import ENV_PREFIX, Rule, Source, env_source, module_name, object_path, queue_name, show
 from .setting_rules import check as _check
@@ -48,6 +49,14 @@ def _seconds(meaning: str, low: int, high: int, why_low: str = "", hint: str = "
 class Settings:
     database_url: str = _setting("sqlite:///jobtable.sqlite3", Rule(
         "url", "the SQLAlchemy URL of the queue database", secret=True))
+    # psycopg waits 130 s for a server that accepts and never answers (a
+    # wrong port behind a firewall, a host that hangs): a worker's start
+    # blocked for minutes.  2 s is libpq's own minimum.
+    connect_timeout: int = _setting(10, _seconds(
+        "the seconds jobtable waits for the database server to answer when it opens a connection "
+        "(PostgreSQL and MySQL; a connect_timeout in the URL's query wins; SQLite opens a file and has none)",
+        2, 3600, why_low="PostgreSQL's client library waits at least 2 seconds",
+        hint="A broker connection takes Celery's broker_connection_timeout instead."))
     results_retention: int = _setting(604800, _seconds(
         "the seconds a finished job's result is kept before the worker (or `jobtable clear`) deletes it",
         1, 100 * YEAR, why_low="0 or less would delete every result as soon as it is written",
@@ -149,6 +158,8 @@ OTHER_VARIABLES = frozenset({
 TEST_PREFIX = "JOBTABLE_TEST_"
 
 _configured: dict[str, Any] = {}
+#: The old name a configure() value was given under (setting_legacy), for its source.
+_configured_as: dict[str, str] = {}
 _on_configure: list[Callable[[], None]] = []
 _cached: Settings | None = None
 _sources: dict[str, Source] = {}
@@ -163,14 +174,20 @@ def configure(**options: Any) -> Settings:
     Environment variables still win, so a deployment can override code.
     """
     global _cached
+    options, renamed = setting_legacy.translate(options, Source("configure", ""))
     unknown = sorted(set(options) - set(_RULES))
     if unknown:
         raise ConfigurationError(
             f"Unknown jobtable setting(s): {', '.join(_with_suggestions(unknown, _RULES))}. "
             f"Known settings: {', '.join(sorted(_RULES))}."
         )
-    checked = {name: check_value(name, value, Source("configure", name)) for name, value in options.items()}
+    checked = {
+        name: check_value(name, value, Source("configure", renamed.get(name, name))) for name, value in options.items()
+    }
     _configured.update(checked)
+    for name in checked:
+        _configured_as.pop(name, None)
+    _configured_as.update(renamed)
     _cached = None
     # A new database URL needs a new engine: db/engine.py registers here,
     # so that settings (below the database layer) never imports it.
@@ -198,6 +215,7 @@ def reset() -> None:
     """Forget ``configure()`` calls and cached values (used by tests)."""
     global _cached
     _configured.clear()
+    _configured_as.clear()
     _cached = None
 
 
@@ -244,15 +262,18 @@ def _load(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     sources: dict[str, Source] = {}
     values: dict[str, Any] = {}
-    path, from_file = _from_pyproject()
+    path, from_file, file_renamed = _from_pyproject()
     for name, value in from_file.items():
-        values[name], sources[name] = value, Source("pyproject", name, str(path))
+        values[name], sources[name] = value, Source("pyproject", file_renamed.get(name, name), str(path))
     for name, value in _configured.items():
-        values[name], sources[name] = value, Source("configure", name)
+        values[name], sources[name] = value, Source("configure", _configured_as.get(name, name))
     for name in _RULES:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name], sources[name] = raw, env_source(name)
+    from_env, renamed = setting_legacy.translate(environ, Source("env", ""), environ=True)
+    for name, value in from_env.items():
+        values[name], sources[name] = value, Source("env", renamed[name])
     warn_unknown_environment(environ)
     checked = {name: check_value(name, value, sources[name]) for name, value in values.items()}
     settings = Settings(**checked)
@@ -281,19 +302,20 @@ def _read_section(path: Path) -> dict[str, Any]:
     return section
 
 
-def _from_pyproject() -> tuple[Path | None, dict[str, Any]]:
+def _from_pyproject() -> tuple[Path | None, dict[str, Any], dict[str, str]]:
     path = _find_pyproject(Path.cwd())
     if path is None:
-        return None, {}
+        return None, {}, {}
     section = _read_section(path)
     values = {key.replace("-", "_"): value for key, value in section.items()}
+    values, renamed = setting_legacy.translate(values, Source("pyproject", "", str(path)))
     unknown = sorted(set(values) - set(_RULES))
     if unknown:
         raise ConfigurationError(
             f"Unknown key(s) in [tool.jobtable] of {path}: {', '.join(_with_suggestions(unknown, _RULES))}. "
             f"Known settings: {', '.join(sorted(_RULES))}."
         )
-    return (path if values else None), values
+    return (path if values else None), values, renamed
 
 
 def _with_suggestions(names: list[str], known: Any) -> list[str]:
@@ -305,7 +327,7 @@ def _with_suggestions(names: list[str], known: Any) -> list[str]:
 
 
 def known_variables() -> set[str]:
-    return {ENV_PREFIX + name.upper() for name in _RULES} | set(OTHER_VARIABLES)
+    return {ENV_PREFIX + name.upper() for name in _RULES} | set(OTHER_VARIABLES) | setting_legacy.env_names()
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from celery import chain, chord, group, states
-from celery.exceptions import ChordError, TaskRevokedError
+from celery.exceptions import ChordError, TaskRevokedError, TimeLimitExceeded
 from celery.result import AsyncResult
 from sqlalchemy import select
 
@@ -234,7 +234,7 @@ def test_soft_time_limit_raises_inside_the_task(native: Any) -> None:
 
 def test_hard_time_limit_stops_the_task(native: Any) -> None:
     sent = native.hard.delay(30)
-    with pytest.raises(Exception, match="TimeLimitExceeded"):
+    with pytest.raises(TimeLimitExceeded, match="TimeLimitExceeded"):
         sent.get(timeout=30)
     assert sent.state == states.FAILURE
     [row] = result_rows(sent.id)
@@ -276,7 +276,9 @@ def test_countdown_and_eta_wait_in_the_table(native: Any) -> None:
     eta.get(timeout=20)
     for sent in (late, eta):
         [done] = result_rows(sent.id)
-        assert done.started_at is None or done.started_at >= start + timedelta(seconds=0.95)
+        # Celery's result backend records a start only for a STARTED state
+        # (task_track_started, off in this app): the end time says when it ran.
+        assert done.started_at is None
         assert done.ended_at >= start + timedelta(seconds=0.95)
 
 
@@ -326,7 +328,9 @@ def test_concurrency_key_header_one_pending_or_running(native: Any, tmp_path: Pa
     wait_for(lambda: not request_rows(concurrency_key=key), what="key released")
     third = native.keyed.apply_async((str(release),), headers={"concurrency_key": key})
     assert third.get(timeout=20) == third.id
-    assert [r.concurrency_key for r in result_rows(third.id)] in ([key], [None])
+    # The result row is Celery's result backend's (jobtable's), which is not
+    # told the key: the key lives on the request row only.
+    assert [r.concurrency_key for r in result_rows(third.id)] == [None]
 
 
 def test_concurrency_key_task_option(native: Any, tmp_path: Path) -> None:

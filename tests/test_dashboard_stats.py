@@ -384,19 +384,30 @@ def test_retention_folds_old_fine_rows_into_hours(db_url: str, window: timedelta
     those of buckets older than the fine window into hourly rows.  Counts
     stay exact, also when a result of an already folded hour is updated or
     deleted afterwards (its fine row is then negative until the next fold).
-    On PostgreSQL, whose triggers write hourly rows, the same holds."""
-    now = clock.utcnow()
+    On PostgreSQL, whose triggers write hourly rows, the same holds.
+
+    Deterministic whatever the time of day: ``now`` is the last full hour
+    and every result ends in the middle of a 30-second bucket (15 s from
+    any bucket edge of every span and chart step, all multiples of 30 s),
+    so the seeded rows fall in the same hours on every run; only the 7-day
+    chart's grouping of hours into 7-hour steps follows the hour of day."""
+    now = clock.utcnow().replace(minute=0, second=0, microsecond=0)
     rng = random.Random(3)
+
+    def ended(max_age: float) -> datetime:
+        return now - timedelta(seconds=30 * math.floor(rng.uniform(0, max_age) / 30) + 15)
+
     rows = [
-        _result_row(ended_at=now - timedelta(seconds=rng.uniform(0, 3 * 86400 if i % 3 else 3 * 3600)),
+        _result_row(ended_at=ended(3 * 86400 if i % 3 else 3 * 3600),
                     status=rng.choice([tables.SUCCESSFUL, tables.ERRORED, tables.LOST]),
                     queue=rng.choice(["a", "b"]), retried=rng.random() < 0.2, wait=rng.choice([0.05, 3.0]))
         for i in range(600)
     ]
     _insert(rows)
     with db_engine.connect() as conn, conn.begin():
+        cleared_at = clock.utcnow()  # the fold's own clock, not the rows' hour-aligned now
         assert operations_sql.clear_results(conn, now - timedelta(days=30)) == 0
-    fold_before = now.timestamp() - dialects.STATS_FINE_KEEP
+    fold_before = cleared_at.timestamp() - dialects.STATS_FINE_KEEP
     with db_engine.connect() as conn:
         oldest_fine = conn.execute(select(func.min(stats.c.bucket_start)).where(stats.c.span == 30)).scalar_one()
     if _dialect() == "sqlite":

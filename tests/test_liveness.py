@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import DataError
 
 from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
@@ -128,7 +129,7 @@ def test_enqueue_is_not_retried_for_errors_other_than_a_dropped_connection(
         return {}
 
     monkeypatch.setattr(enqueue_sql, "insert_requests", failing)
-    with pytest.raises(Exception, match="division by zero"):
+    with pytest.raises(DataError, match="division by zero"):
         run_in_worker_many([Echo("x")])
     assert calls == [1]
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import delete, event, func, select
 
 from jobtable.db import clock, schedules_sql, tables
+from jobtable.exceptions import ConfigurationError
 from jobtable.db.engine import get_engine
 from jobtable.scheduler import Scheduler
 from jobtable.scheduling import ScheduleEntry, load_schedule
@@ -121,7 +122,7 @@ def test_catch_up_window_setting(db_url: str, monkeypatch: pytest.MonkeyPatch) -
     assert Scheduler([]).catch_up_window == timedelta(seconds=60)
     monkeypatch.setenv("JOBTABLE_SCHEDULE_CATCH_UP_WINDOW", "-1")
     settings.reset()
-    with pytest.raises(Exception, match="JOBTABLE_SCHEDULE_CATCH_UP_WINDOW=.-1.*at least 0"):
+    with pytest.raises(ConfigurationError, match="JOBTABLE_SCHEDULE_CATCH_UP_WINDOW=.-1.*at least 0"):
         Scheduler([])
 
 

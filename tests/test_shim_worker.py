@@ -12,7 +12,7 @@ import pytest
 from jobtable import messages
 from jobtable.db import engine as db_engine
 from jobtable.db import clock, enqueue_sql, tables
-from jobtable.shim import AsyncResult, TaskRevokedError, states
+from jobtable.shim import AsyncResult, MaxRetriesExceededError, TaskRevokedError, states
 from tests import shim_tasks as t
 from tests.shim_support import run_burst, start_worker
 from tests.worker_jobs import lines, requests, results, stop
@@ -101,12 +101,12 @@ def test_retry_past_max_retries_raises_the_original(
     try:
         with pytest.raises(ValueError, match="flaky 2"):
             sent.get(timeout=20)
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(MaxRetriesExceededError) as raised:
             other.get(timeout=20)
     finally:
         stop(proc)
     assert len(lines(log)) == 3  # max_retries=2: the first run and two retries
-    assert type(raised.value).__name__ == "MaxRetriesExceededError"
+    assert type(raised.value) is MaxRetriesExceededError, repr(raised.value)
     assert lines(tmp_path / "plain.log") == ["0", "1"]  # retry(max_retries=1)
     assert [r.status for r in results(sent.id)] == [tables.DEFERRED, tables.DEFERRED, tables.ERRORED]
 

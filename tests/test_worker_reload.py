@@ -4,6 +4,7 @@ enforces timeouts too; polling alone (no LISTEN) still runs jobs."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,8 +15,34 @@ from jobtable.db import tables
 
 from tests.worker_jobs import Noop, Spin, results, start_worker, stop, wait_for, worker_env
 
+#: How long Ctrl-C may take to stop an idle reloading worker.  Past it the
+#: test fails (and kills the group) rather than waiting for the reloader's
+#: own SIGKILL fallback to end the worker.
+STOP_BOUND = 15
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the reloader, the worker it runs
+    and the worker's pool members), from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, _pgrp, session = stat.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state != "Z":
+            out.append(int(entry.name))
+    return out
+
 
 def test_reload_restarts_on_py_change(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """A .py change restarts the worker; Ctrl-C (SIGINT to the process
+    group) then stops the reloader and the worker it runs: the worker
+    shuts down by itself (its "stopped" line) and no process of the session
+    is left -- not the reloader's SIGKILL after its own timeout."""
     (tmp_path / "reload_app.py").write_text("from tests.worker_jobs import Noop  # noqa\n")
     proc = subprocess.Popen(
         [sys.executable, "-c", "from jobtable.cli import main; main()", "--app", "reload_app", "worker", "--reload",
@@ -35,11 +62,24 @@ def test_reload_restarts_on_py_change(db_url: str, subprocess_env: dict[str, str
         job = Noop().run_in_worker()
         assert job is not None
         wait_for(lambda: results(job.uuid), what="a job after the restart")
-    finally:
+        supervisors = re.findall(r"jobtable worker (\d+): ", "".join(output))
+        assert len(supervisors) == 2, output  # the first worker, then the restarted one
+        running = int(supervisors[-1])
+        assert running in _session_members(proc.pid), output
+        # Ctrl-C: the terminal signals the whole foreground process group.
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            code = proc.wait(timeout=STOP_BOUND)
         except subprocess.TimeoutExpired:
+            raise AssertionError(f"--reload did not stop within {STOP_BOUND} s of SIGINT:\n{''.join(output)}")
+        reader.join(timeout=10)
+        text = "".join(output)
+        assert code == 0, text
+        assert f"jobtable worker {running} stopped." in text, text  # it stopped by itself, not SIGKILLed
+        assert "SIGKILL" not in text, text
+        wait_for(lambda: not _session_members(proc.pid), timeout=5, what="every process of the session to exit")
+    finally:
+        if proc.poll() is None or _session_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert any("restarting" in line.lower() or "changes detected" in line.lower() for line in output), output

@@ -245,3 +245,33 @@ def worker_env(env: dict[str, str], **settings: Any) -> dict[str, str]:
     for key, value in settings.items():
         out[f"JOBTABLE_{key.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return out
+
+
+@register_job
+class SlowRetry(Job):
+    """Appends to ``path``; a lost attempt is retried a minute later."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def calculate_retry_delay(self, attempt: int) -> Any:
+        from datetime import timedelta
+
+        return timedelta(seconds=60)
+
+    def run(self) -> None:
+        append(self.path, "slow")
+
+
+@register_job
+class BadRetry(Job):
+    """Appends to ``path``; its retry delay raises (a rescue retries it at once)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def calculate_retry_delay(self, attempt: int) -> float:
+        raise RuntimeError("no delay for you")
+
+    def run(self) -> None:
+        append(self.path, "bad-retry")

@@ -79,6 +79,11 @@ def dashboard(
             f"Listening on {host}, but without --basic-auth or --token only requests from this machine are allowed.",
             err=True,
         )
+    # Before listening: a missing database (no file, never migrated) fails
+    # here with the fix, not later as an error page per request.
+    from ..db import engine as db_engine
+
+    db_engine.check_schema(db_engine.get_engine())
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"jobtable dashboard on http://{shown}:{port}/ (Ctrl+C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)

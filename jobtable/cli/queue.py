@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -10,10 +11,13 @@ import click
 
 from ..db import engine as db_engine
 from ..db import migrate as db_migrate
+from ..db import purge as db_purge
+from .. import records
 from ..db import clock, operations_sql, reads_sql, tables
-from ..exceptions import JobNotFound
-from ..settings import get_settings
+from ..records import JobRequest, JobResult
+from ..settings import get_settings, setting_source
 from .group import main, with_app
+from .progress import note, progress
 
 
 def _ts(value: Any) -> str:
@@ -32,12 +36,24 @@ def migrate() -> None:
     """Create or upgrade the jobtable tables."""
     engine = db_engine.get_engine()
     db_engine.ping(engine)
+    started = time.monotonic()
+    # Alembic runs a revision as one step: no count to show, but a person at
+    # a terminal learns that a long wait (a big jobtable_result) is expected.
+    note(f"Migrating {db_engine.describe(engine)} (on millions of results this can take minutes)...")
     before, after = db_migrate.upgrade(engine)
+    note(f"Done in {time.monotonic() - started:.1f}s.")
     where = db_engine.describe(engine)
     if before == after:
         click.echo(f"{where}: schema is up to date (revision {after}).")
     else:
         click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}.")
+    if setting_source("database_url").kind == "default":
+        # The zero-config default is a file of the current directory: say so,
+        # so that a later command run elsewhere is not a surprise.
+        click.echo(
+            f"No database is configured, so this is the default SQLite file {engine.url.database} of the "
+            "current directory; set JOBTABLE_DATABASE_URL (or database_url in [tool.jobtable]) to use another."
+        )
 
 
 @main.command()
@@ -69,16 +85,13 @@ def stats() -> None:
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:
-    """Jobs waiting or running, highest priority first."""
-    with db_engine.connect() as conn, conn.begin():
-        rows = reads_sql.list_requests(
-            conn, queue=queue, task_name=job_class, states=state or reads_sql.ACTIVE_STATES, limit=limit
-        )
+    """Jobs waiting or running, newest first (what ``JobRequest.query`` reads)."""
+    query = JobRequest.query.filter(queue=queue, job_class=job_class, state=state or None)
     _table(
         ["uuid", "job", "queue", "priority", "state", "start_at", "attempt", "concurrency_key"],
         [
-            [r.task_id, r.task_name, r.queue, r.priority, r.state, _ts(r.run_at), r.attempt, r.concurrency_key or ""]
-            for r in rows
+            [r.uuid, r.job_class, r.queue, r.priority, r.state, _ts(r.start_at), r.attempt, r.concurrency_key]
+            for r in query.page(limit=limit)
         ],
     )
 
@@ -90,16 +103,13 @@ def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ..
 @click.option("--uuid", "task_id", default=None, help="Only the attempts of this job.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_results(queue: str | None, job_class: str | None, status: str | None, task_id: str | None, limit: int) -> None:
-    """Finished attempts, newest first."""
-    with db_engine.connect() as conn, conn.begin():
-        rows = reads_sql.list_results(
-            conn, queue=queue, task_name=job_class, status=status.upper() if status else None, task_id=task_id, limit=limit
-        )
+    """Finished attempts, newest first (what ``JobResult.query`` reads)."""
+    query = JobResult.query.filter(queue=queue, job_class=job_class, status=status, uuid=task_id)
     _table(
         ["uuid", "attempt", "job", "queue", "status", "ended_at", "error"],
         [
-            [r.task_id, r.attempt, r.task_name, r.queue, r.status, _ts(r.ended_at), r.error_type or ""]
-            for r in rows
+            [r.uuid, r.attempt, r.job_class, r.queue, r.status, _ts(r.ended_at), r.error_type]
+            for r in query.page(limit=limit)
         ],
     )
 
@@ -109,62 +119,74 @@ def list_results(queue: str | None, job_class: str | None, status: str | None, t
 def retry(uuid: str) -> None:
     """Run a finished job again (its next attempt, same uuid)."""
     with db_engine.connect() as conn, conn.begin():
-        active = reads_sql.active_request(conn, uuid)
-        if active is not None:
-            raise click.ClickException(f"Job {uuid} is {active.state}; only finished jobs can be retried.")
-        previous = reads_sql.latest_result(conn, uuid)
-        if previous is None:
-            raise JobNotFound(f"No result has uuid {uuid}. List results with `jobtable results`.")
-        new_id = operations_sql.retry_result(conn, previous, clock.utcnow())
-    if new_id is None:
-        raise click.ClickException(
-            f"Not retried: another {previous.task_name} job with concurrency key "
-            f"{previous.concurrency_key!r} is pending or running."
-        )
-    click.echo(f"Retrying {uuid} (attempt {previous.attempt + 1}).")
+        request = records.retry_latest(conn, uuid, clock.utcnow())
+    click.echo(f"Retrying {uuid} (attempt {request.attempt}).")
 
 
 @main.command()
 @click.argument("uuid")
 def cancel(uuid: str) -> None:
-    """Cancel a job that has not started; it is recorded as CANCELLED."""
+    """Cancel a job that has not started; it is recorded as CANCELLED.
+
+    A running job is not interrupted: the command says so and the job ends
+    as its code decides."""
     with db_engine.connect() as conn, conn.begin():
-        removed = operations_sql.cancel_pending(conn, uuid, clock.utcnow())
-        active = None if removed is not None else reads_sql.active_request(conn, uuid)
-    if removed is not None:
-        click.echo(f"Cancelled {uuid}.")
-    elif active is not None:
-        raise click.ClickException(f"Job {uuid} is already running; it cannot be cancelled before it ends.")
-    else:
-        raise JobNotFound(f"No pending job has uuid {uuid}. List them with `jobtable requests`.")
+        records.cancel_waiting(conn, uuid, clock.utcnow())
+    click.echo(f"Cancelled {uuid}.")
+
+
+_batch_size = click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Rows deleted per transaction (short transactions do not stall the workers).",
+)
 
 
 @main.command()
 @click.option("--queue", "-q", default=None, help="Only this queue (default: all queues).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def purge(queue: str | None, yes: bool) -> None:
-    """Delete jobs that have not started (running jobs finish)."""
+@_batch_size
+def purge(queue: str | None, yes: bool, batch_size: int | None) -> None:
+    """Delete jobs that have not started (running jobs finish).
+
+    Jobs enqueued while it runs are kept: it deletes those waiting when it
+    started, a batch of ids per transaction (progress on a terminal)."""
     what = f"queue {queue!r}" if queue else "all queues"
     if not yes:
         click.confirm(f"Delete every pending and scheduled job of {what}?", abort=True)
     with db_engine.connect() as conn, conn.begin():
-        deleted = operations_sql.purge(conn, queue)
+        plan = db_purge.plan_purge(conn, queue)
+    deleted, after = 0, 0
+    with progress(plan.total, "Deleting jobs") as advance:
+        while True:
+            with db_engine.connect() as conn, conn.begin():
+                count, last = db_purge.purge_batch(conn, plan, queue, after, batch_size or db_purge.PURGE_BATCH)
+            if last is None:
+                break
+            deleted, after = deleted + count, last
+            advance(count)
     click.echo(f"Deleted {deleted} job(s) from {what}.")
 
 
 @main.command()
-def clear() -> None:
-    """Delete results older than JOBTABLE_RESULTS_RETENTION seconds."""
+@_batch_size
+def clear(batch_size: int | None) -> None:
+    """Delete results older than JOBTABLE_RESULTS_RETENTION seconds (progress on a terminal)."""
     retention = get_settings().results_retention
     before = clock.utcnow() - timedelta(seconds=retention)
     total = 0
-    while True:
-        # Small batches: short transactions that do not stall the workers.
-        with db_engine.connect() as conn, conn.begin():
-            deleted = operations_sql.clear_results(conn, before)
-        total += deleted
-        if not deleted:
-            break
+    with db_engine.connect() as conn, conn.begin():
+        expected = db_purge.count_results_before(conn, before)
+    with progress(expected, "Deleting results") as advance:
+        while True:
+            # Small batches: short transactions that do not stall the workers.
+            with db_engine.connect() as conn, conn.begin():
+                deleted = operations_sql.clear_results(conn, before, batch_size or 1000)
+            total += deleted
+            advance(deleted)
+            if not deleted:
+                break
     click.echo(f"Deleted {total} result(s) older than {retention} seconds.")
 
 
@@ -176,7 +198,7 @@ def list_jobs() -> None:
 
     names = jobs_registry.names()
     if not names:
-        click.echo("No jobs registered. Pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
+        click.echo("No jobs registered. Put them in app/jobs.py, or pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
         return
     for name in names:
         doc = (jobs_registry.get(name).__doc__ or "").strip().splitlines()

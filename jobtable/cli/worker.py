@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -22,7 +23,15 @@ def _setup_logging(level: str) -> None:
 
 
 @main.command()
-@click.option("--queue", "-q", "queues", multiple=True, help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES.")
+# plain.worker spells it `worker run`: the word is accepted and means nothing more.
+@click.argument("action", required=False, type=click.Choice(["run"]), metavar="[run]")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="Queue to consume (repeatable). Default: JOBTABLE_WORKER_QUEUES, else the queues the registered tasks route to.",
+)
 @click.option("--max-processes", type=int, default=None, help="Pool size (0: one per CPU). Default: JOBTABLE_WORKER_MAX_PROCESSES.")
 @click.option("--max-jobs-per-process", type=int, default=None, help="Replace a pool member after this many jobs (0: never).")
 @click.option("--max-pending-per-process", type=int, default=None, help="Most jobs a pool member claims at once.")
@@ -38,6 +47,7 @@ def _setup_logging(level: str) -> None:
 )
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def worker(
+    action: str | None,
     queues: tuple[str, ...],
     max_processes: int | None,
     max_jobs_per_process: int | None,
@@ -49,9 +59,12 @@ def worker(
     celery_app: str | None,
     log_level: str,
 ) -> None:
-    """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful)."""
+    """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful).
+
+    `jobtable worker run ...` (plain.worker's spelling) is the same command."""
     from ..discovery import load_app
-    from ..settings import describe_sources
+    from ..settings import describe_sources, get_settings
+    from .queues import choose_queues
     from ..worker.config import WorkerConfig
 
     # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
@@ -72,6 +85,12 @@ def worker(
         from ..shim import celery_runner
 
         celery_runner.install(celery_app, pool=config.pool)
+    # After every app is loaded: the queues their tasks route to.
+    chosen, how = choose_queues(queues, get_settings())
+    if chosen is not None and chosen != config.queues:
+        config = dataclasses.replace(config, queues=chosen)
+        config.check()
+    logging.getLogger("jobtable.worker").info("Consuming %s: %s", ", ".join(config.queues), how)
     if reload_:
         from ..worker.reload import run_with_reload
 

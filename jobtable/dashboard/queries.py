@@ -23,7 +23,9 @@ from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
-from ..db import dialects, operations_sql, reads_sql, tables
+from .. import records
+from ..db import dialects, reads_sql, tables
+from ..exceptions import JobNotFound, JobStateError
 
 request = tables.request
 result = tables.result
@@ -428,7 +430,8 @@ class ActionReport:
 
 def retry_results(conn: Connection, result_ids: Sequence[int], now: datetime) -> ActionReport:
     """Enqueue the next attempt of each result's task, as ``jobtable retry``
-    does: only the latest attempt of a finished task is retried."""
+    does (``records.retry_latest``): only the latest attempt of a finished
+    task is retried, and two concurrent retries make one request."""
     report = ActionReport()
     for rid in result_ids:
         row = result_by_id(conn, rid)
@@ -439,19 +442,17 @@ def retry_results(conn: Connection, result_ids: Sequence[int], now: datetime) ->
         if reads_sql.active_request(conn, row.task_id) is not None:
             report.skipped.append(f"{label}: already waiting or running")
             continue
-        latest = reads_sql.latest_result(conn, row.task_id)
-        if latest is None or latest.message is None:
-            report.skipped.append(f"{label}: no stored message to retry")
+        try:
+            retry = records.retry_latest(conn, row.task_id, now)
+        except (JobStateError, JobNotFound) as exc:
+            report.skipped.append(f"{label}: {exc}")
             continue
-        if operations_sql.retry_result(conn, latest, now) is None:
-            report.skipped.append(f"{label}: its concurrency key is held by another job")
-            continue
-        report.done.append(f"{label} (attempt {latest.attempt + 1})")
+        report.done.append(f"{label} (attempt {retry.attempt})")
     return report
 
 
 def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime) -> ActionReport:
-    """Cancel waiting jobs; each is recorded CANCELLED."""
+    """Cancel waiting jobs (``records.cancel_waiting``); each is recorded CANCELLED."""
     report = ActionReport()
     for rid in request_ids:
         row = request_by_id(conn, rid)
@@ -461,8 +462,12 @@ def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime)
         if row.state == tables.RUNNING:
             report.skipped.append(f"{row.task_name} {row.task_id}: already running")
             continue
-        removed = operations_sql.cancel_pending(conn, row.task_id, now)
-        (report.done if removed is not None else report.skipped).append(f"{row.task_name} {row.task_id}")
+        try:
+            records.cancel_waiting(conn, row.task_id, now)
+        except (JobStateError, JobNotFound):
+            report.skipped.append(f"{row.task_name} {row.task_id}")
+            continue
+        report.done.append(f"{row.task_name} {row.task_id}")
     return report
 
 

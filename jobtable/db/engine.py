@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
@@ -17,14 +18,14 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
-from . import urls
+from . import connect_options, urls
 
 URL_EXAMPLES = urls.URL_EXAMPLES
 # Parsing lives in urls.py (below settings); kept here for callers.
 normalize_url = urls.normalize_url
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, tuple[tuple[str, str], ...]], Engine] = {}
 _checked: set[tuple[int, str]] = set()
 
 
@@ -47,8 +48,11 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def create_jobtable_engine(url: str | URL) -> Engine:
+def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | None = None) -> Engine:
+    """A new engine for ``url``; ``connect``: libpq parameters from outside
+    the URL (a broker's connect timeout and SSL options)."""
     parsed = normalize_url(url)
+    connect = connect or connect_options.Connect()
     try:
         if parsed.get_backend_name() == "sqlite":
             directory = os.path.dirname(os.path.abspath(parsed.database or ""))
@@ -61,9 +65,31 @@ def create_jobtable_engine(url: str | URL) -> Engine:
         elif parsed.get_backend_name() == "mysql":
             engine = _create_mysql_engine(parsed)
         else:
-            engine = create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=3600)
+            # As arguments, not in the URL: engine.url stays the URL given
+            # (logs, messages, keys).  The URL's own connect_timeout wins.
+            connect_args: dict[str, Any] = dict(connect.params)
+            timeout_setting = connect.timeout_setting
+            own = connect_options.url_timeout(parsed)
+            if own is not None:
+                connect_args.pop("connect_timeout", None)
+                timeout: float | None = own
+                timeout_setting = connect.timeout_setting or "connect_timeout in the URL's query"
+            elif "connect_timeout" in connect_args:
+                timeout = float(connect_args["connect_timeout"])
+            elif parsed.get_backend_name() in connect_options.TIMEOUT_BACKENDS:
+                timeout = settings.get_settings().connect_timeout
+                connect_args["connect_timeout"] = connect_options.timeout_parameter(timeout)
+                timeout_setting = "JOBTABLE_CONNECT_TIMEOUT"
+            else:
+                timeout = None
+            engine = create_engine(
+                parsed, pool_size=10, max_overflow=20, pool_recycle=3600, connect_args=connect_args
+            )
+            if timeout is not None:
+                _timeouts[engine] = (timeout, timeout_setting)
     except NoSuchModuleError as exc:
         raise ConfigurationError(f"No SQLAlchemy driver for {parsed.drivername!r}: {exc}.") from None
+    _url_settings[engine] = connect.url_setting
     return engine
 
 
@@ -94,7 +120,7 @@ def _create_mysql_engine(parsed: URL) -> Engine:
 def reset_engines() -> None:
     """Drop this process's engines (after ``configure()`` or a fork)."""
     with _lock:
-        for (pid, _url), engine in list(_engines.items()):
+        for (pid, _url, _connect), engine in list(_engines.items()):
             # A forked child must not close its parent's sockets.
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
@@ -113,19 +139,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 settings.on_configure(reset_engines)
 
 
-def get_engine(url: str | URL | None = None) -> Engine:
-    """The engine for ``url`` (default: the configured database URL)."""
+def get_engine(url: str | URL | None = None, connect: connect_options.Connect | None = None) -> Engine:
+    """The engine for ``url`` (default: the configured database URL) and
+    ``connect`` (a broker's connection options).  Other SSL options make
+    another engine, so an SSL connection never comes from a plain pool; the
+    connect timeout is that of the engine's creator (see Connect.identity)."""
     if url is None:
         url = settings.get_settings().database_url
     # Keyed by the whole URL: str(URL) would mask the password, and two
     # URLs that differ only in it would share an engine.
-    key = (os.getpid(), url.render_as_string(hide_password=False) if isinstance(url, URL) else url)
+    identity = connect.identity if connect is not None else ()
+    key = (os.getpid(), url.render_as_string(hide_password=False) if isinstance(url, URL) else url, identity)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = create_jobtable_engine(url)
+                engine = create_jobtable_engine(url, connect)
                 _engines[key] = engine
     return engine
 
@@ -136,11 +166,28 @@ def describe(engine: Engine) -> str:
     return urls.render(engine.url)
 
 
+#: What a lost or refused connection raises: ``DBAPIError`` from a statement,
+#: ``DatabaseUnavailable`` from ``connect()`` (no connection could be made,
+#: e.g. while the server restarts).  Code that waits out an outage catches both.
+ERRORS: tuple[type[Exception], ...] = (DBAPIError, DatabaseUnavailable)
+
+#: Each engine's connect timeout and the setting it came from, and the
+#: setting that holds its URL, for errors.
+_timeouts: weakref.WeakKeyDictionary[Engine, tuple[float, str]] = weakref.WeakKeyDictionary()
+_url_settings: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
 def unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailable:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    waited = ""
+    timeout = _timeouts.get(engine)
+    if timeout is not None and ("timeout" in reason.lower() or "timed out" in reason.lower()):
+        seconds = max(float(connect_options.MIN_CONNECT_TIMEOUT), timeout[0])
+        waited = f" (no answer within the connect timeout of {seconds:g} s, set by {timeout[1]})"
     return DatabaseUnavailable(
-        f"Cannot connect to the jobtable database {describe(engine)}: {scrub(engine, reason)}. "
-        f"Check that the server is running and JOBTABLE_DATABASE_URL is right ({URL_EXAMPLES})."
+        f"Cannot connect to the jobtable database {describe(engine)}: {scrub(engine, reason)}{waited}. "
+        f"Check that the server is running and {_url_settings.get(engine, 'JOBTABLE_DATABASE_URL')} is right "
+        f"({URL_EXAMPLES})."
     )
 
 
@@ -163,7 +210,8 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     key = (os.getpid(), engine.url.render_as_string(hide_password=False))
     if key in _checked:
         return
-    from .migrate import current_revision, head_revision, known_revisions, too_new
+    from .migrate import too_new
+    from .revisions import current_revision, head_revision, known_revisions
 
     if conn is not None:
         current = current_revision(conn)

@@ -26,13 +26,26 @@ def insert_requests(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[st
 
     Returns ``{task_id: id}`` of the rows inserted.  One round trip per
     ``INSERT_BATCH`` rows.
+
+    Every row's ``unique_key`` is made NULL or its ``concurrency_key`` here,
+    the one door of every insert: a row without one (built by hand) keeps
+    the default limit, and a key a caller removed (a fanout copy) or changed
+    after ``messages.row_values`` cannot leave a stale unique key behind.
     """
+    for values in rows:
+        _align_unique_key(values)
     dialect = dialect_of(conn)
     inserted: dict[str, int] = {}
     for start in range(0, len(rows), INSERT_BATCH):
         for row in dialect.insert_requests(conn, rows[start : start + INSERT_BATCH]):
             inserted[row.task_id] = row.id
     return inserted
+
+
+def _align_unique_key(row: dict[str, Any]) -> None:
+    key = row.get("concurrency_key")
+    unique = row.get("unique_key", key)
+    row["unique_key"] = key if key is not None and unique is not None else None
 
 
 def written_task_ids(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:

@@ -1,44 +1,39 @@
 """Schema migrations through Alembic, run from code (``jobtable migrate``).
 
 jobtable keeps its own version table, so it can live in a database whose
-application also uses Alembic.
+application also uses Alembic.  Alembic is imported only to migrate: the
+schema check every process makes reads revisions through ``revisions.py``
+(importing Alembic logs INFO lines, see there).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from ..exceptions import SchemaTooNew
+from .revisions import VERSION_TABLE, current_revision, head_revision, known_revisions
 
-VERSION_TABLE = "jobtable_alembic_version"
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["VERSION_TABLE", "current_revision", "head_revision", "known_revisions", "upgrade", "downgrade"]
+
 SCRIPT_LOCATION = str(Path(__file__).with_name("migrations"))
 # Serialises concurrent `jobtable migrate` runs on PostgreSQL.
 _MIGRATE_LOCK_KEY = 0x6A6F627461626C65  # "jobtable"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.attributes["connection"] = connection
     return config
-
-
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
-
-
-def known_revisions() -> set[str]:
-    """Every schema revision this version of jobtable has a migration for."""
-    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
 def too_new(where: str, revision: str) -> SchemaTooNew:
@@ -49,11 +44,6 @@ def too_new(where: str, revision: str) -> SchemaTooNew:
     )
 
 
-def current_revision(conn: Connection) -> str | None:
-    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
-
-
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Upgrade the schema; returns (revision before, revision after)."""
     with engine.begin() as conn:
@@ -62,6 +52,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         before = current_revision(conn)
         if before is not None and before not in known_revisions():
             raise too_new(engine.url.render_as_string(hide_password=True), before)
+        from alembic import command
+
         command.upgrade(alembic_config(conn), revision)
         after = current_revision(conn)
     assert after is not None
@@ -69,5 +61,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), revision)

@@ -100,3 +100,11 @@ def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
         deleted = conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
     dialects.compact_result_stats(conn, clock.utcnow())
     return deleted
+
+
+def lock_result(conn: Connection, result_id: int) -> Row[Any] | None:
+    """Read a result row and hold it until the transaction ends, so that two
+    retries of one attempt run one after the other and the second sees the
+    first's request (``FOR UPDATE`` on PostgreSQL; SQLite's write lock,
+    taken at BEGIN IMMEDIATE, already serialises them)."""
+    return conn.execute(select(result).where(result.c.id == result_id).with_for_update()).first()

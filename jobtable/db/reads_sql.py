@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from . import tables
 
@@ -27,23 +28,105 @@ def requests_select(
     concurrency_key: str | None = None,
     states: Iterable[str] = ACTIVE_STATES,
     queue: str | None = None,
+    task_id: str | None = None,
 ) -> Select[Any]:
     stmt = select(request).where(request.c.state.in_(list(states)))
+    if task_id is not None:
+        stmt = stmt.where(request.c.task_id == task_id)
     if task_name is not None:
         stmt = stmt.where(request.c.task_name == task_name)
     if concurrency_key is not None:
-        stmt = stmt.where(
-            request.c.concurrency_key == concurrency_key
-            if concurrency_key
-            else request.c.concurrency_key.is_(None)
-        )
+        stmt = stmt.where(key_filter(concurrency_key))
     if queue is not None:
         stmt = stmt.where(request.c.queue == queue)
     return stmt
 
 
+def key_filter(concurrency_key: str) -> ColumnElement[bool]:
+    """Rows of ``concurrency_key`` ("": rows without a key).
+
+    The same as ``concurrency_key = :key`` (``unique_key`` is NULL or equal
+    to it), spelt so that each branch matches one of the two partial indexes
+    (``uq_jobtable_request_unique_key`` for jobs under the default limit,
+    ``ix_jobtable_request_custom_key`` for the others): the counts a
+    ``should_enqueue`` makes under the enqueue lock stay index lookups."""
+    if not concurrency_key:
+        return request.c.concurrency_key.is_(None)
+    return or_(
+        request.c.unique_key == concurrency_key,
+        and_(request.c.unique_key.is_(None), request.c.concurrency_key == concurrency_key),
+    )
+
+
+def results_select(
+    *,
+    task_name: str | None = None,
+    concurrency_key: str | None = None,
+    statuses: Iterable[str] | None = None,
+    queue: str | None = None,
+    task_id: str | None = None,
+) -> Select[Any]:
+    """Results filtered as ``requests_select`` filters requests (the Job
+    API's ``JobResult.query``)."""
+    stmt = select(result)
+    if statuses is not None:
+        stmt = stmt.where(result.c.status.in_(list(statuses)))
+    if task_name is not None:
+        stmt = stmt.where(result.c.task_name == task_name)
+    if concurrency_key is not None:
+        stmt = stmt.where(
+            result.c.concurrency_key == concurrency_key if concurrency_key else result.c.concurrency_key.is_(None)
+        )
+    if queue is not None:
+        stmt = stmt.where(result.c.queue == queue)
+    if task_id is not None:
+        stmt = stmt.where(result.c.task_id == task_id)
+    return stmt
+
+
+def newest_page(
+    conn: Connection, stmt: Select[Any], table: Table, *, before_id: int | None, limit: int
+) -> list[Row[Any]]:
+    """Rows of ``stmt`` (a select of ``table``) newest first by id, those
+    below ``before_id`` only: keyset pages on the primary key, no OFFSET."""
+    id_col = table.c.id
+    if before_id is not None:
+        stmt = stmt.where(id_col < before_id)
+    return list(conn.execute(stmt.order_by(id_col.desc()).limit(limit)))
+
+
+def exists(conn: Connection, stmt: Select[Any]) -> bool:
+    return bool(conn.execute(select(stmt.exists())).scalar())
+
+
 def count(conn: Connection, stmt: Select[Any]) -> int:
     return int(conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one())
+
+
+def count_enqueued_since(conn: Connection, task_name: str, concurrency_key: str, since: datetime) -> int:
+    """Jobs of ``task_name`` and ``concurrency_key`` ("": no key) enqueued at
+    or after ``since``, whether they wait, run or have finished: first
+    attempts, so a job counts once however often it was retried.  A first
+    attempt is a request row or (finished) a result row, never both."""
+    waiting = select(func.count()).where(
+        request.c.task_name == task_name,
+        key_filter(concurrency_key),
+        request.c.attempt == 1,
+        request.c.created_at >= since,
+    )
+    result_key = (
+        result.c.concurrency_key == concurrency_key if concurrency_key else result.c.concurrency_key.is_(None)
+    )
+    finished = select(func.count()).where(
+        result.c.task_name == task_name,
+        result_key,
+        result.c.attempt == 1,
+        result.c.requested_at >= since,
+        # Implied (a job ends after it was enqueued): lets the
+        # (task_name, ended_at) index bound the scan.
+        result.c.ended_at >= since,
+    )
+    return int(conn.execute(waiting).scalar_one()) + int(conn.execute(finished).scalar_one())
 
 
 def list_requests(

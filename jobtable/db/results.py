@@ -37,10 +37,14 @@ def job_state(conn: Connection, task_id: str) -> JobState:
     return JobState(newest, active)
 
 
-def upsert_result(conn: Connection, values: dict[str, Any], *, only_new: bool = False) -> None:
+def upsert_result(
+    conn: Connection, values: dict[str, Any], *, only_new: bool = False, only_unfinished: bool = False
+) -> None:
     """Write the result of (task_id, attempt); a SUCCESSFUL one is never
     overwritten (a redelivered duplicate must not turn success into failure).
-    ``only_new``: write nothing if the attempt already has a row."""
+    ``only_new``: write nothing if the attempt already has a row.
+    ``only_unfinished``: replace only a STARTED row (a custom state written
+    by ``update_state`` while the task runs never replaces its final state)."""
     module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = module.insert(result).values(values)
     if only_new:
@@ -52,7 +56,7 @@ def upsert_result(conn: Connection, values: dict[str, Any], *, only_new: bool = 
     stmt = stmt.on_conflict_do_update(
         index_elements=[result.c.task_id, result.c.attempt],
         set_=changed,
-        where=result.c.status != tables.SUCCESSFUL,
+        where=result.c.status == "STARTED" if only_unfinished else result.c.status != tables.SUCCESSFUL,
     )
     conn.execute(stmt)
 

@@ -97,6 +97,13 @@ request = Table(
     Column("crashes", Integer, nullable=False, server_default=text("0")),
     # The whole Kombu message (Celery task protocol v2) as JSON.
     Column("message", Text, nullable=False),
+    # The concurrency key when the default limit applies (one pending-or-
+    # running job per key: the job's class keeps the default should_enqueue),
+    # else NULL: a class that overrides should_enqueue sets its own limit
+    # under the enqueue lock.  Always NULL or equal to concurrency_key.
+    # Last, as migration 0004 added it: PostgreSQL's claims return ``r.*``
+    # typed by position against these columns.
+    Column("unique_key", String(255), nullable=True),
     Index(
         "ix_jobtable_request_claim",
         "queue",
@@ -123,14 +130,25 @@ request = Table(
     Index("ix_jobtable_request_claim", "state", "queue", text("priority DESC"), "id").ddl_if(dialect="mysql"),
     Index("ix_jobtable_request_due", "state", "run_at").ddl_if(dialect="mysql"),
     Index("ix_jobtable_request_running", "state", "worker_id").ddl_if(dialect="mysql"),
-    # The concurrency-key invariant: one pending-or-running job per key.
+    # The concurrency-key invariant: one pending-or-running job per key,
+    # for the rows the default limit applies to (unique_key not NULL).
     Index(
-        "uq_jobtable_request_concurrency",
+        "uq_jobtable_request_unique_key",
+        "task_name",
+        "unique_key",
+        unique=True,
+        postgresql_where=text("unique_key IS NOT NULL"),
+        sqlite_where=text("unique_key IS NOT NULL"),
+    ),
+    # The other keyed rows (classes with their own limit), which their
+    # should_enqueue counts under the lock: together the two indexes find
+    # every row of a key (reads_sql.key_filter) and each row is in one.
+    Index(
+        "ix_jobtable_request_custom_key",
         "task_name",
         "concurrency_key",
-        unique=True,
-        postgresql_where=text("concurrency_key IS NOT NULL"),
-        sqlite_where=text("concurrency_key IS NOT NULL"),
+        postgresql_where=text("unique_key IS NULL AND concurrency_key IS NOT NULL"),
+        sqlite_where=text("unique_key IS NULL AND concurrency_key IS NOT NULL"),
     ),
     Index("ix_jobtable_request_task_id", "task_id"),
 )

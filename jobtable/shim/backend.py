@@ -7,15 +7,19 @@ entry point).  Results of Celery tasks and of Jobs live in one table,
 both:
 
 - ``PENDING``/``RETRY``/``STARTED`` come from the request row while the job is
-  waiting or running (RETRY: waiting for an attempt after the first);
+  waiting or running (RETRY: waiting for an attempt after the first;
+  STARTED only as Celery would report it, see ``_reads_started``);
 - ``SUCCESS``/``FAILURE``/``REVOKED`` (and ``RETRY`` for a failed attempt that
-  was retried) come from the newest result row.
+  was retried) come from the newest result row, and so do custom states
+  (``update_state(state="PROGRESS", meta=...)``).
 
 ``get(timeout=)`` waits on a LISTEN connection on PostgreSQL (a trigger
 notifies when results are written) and on SQLite's data version, instead of
-Celery's 0.5 s polling.  Chords are counted in the database: each finished
-part increments a counter in one ``UPDATE ... RETURNING`` and the part that
-completes the count sends the body -- no ``chord_unlock`` task polling.
+Celery's 0.5 s polling.  Chords are counted in the database as Celery's
+Redis backend counts them (``db/chords.py``): each finished part is recorded
+once and increments a counter in one ``UPDATE ... RETURNING``, and the part
+that completes the count sends the body, or fails it with a ChordError
+naming the failed part -- no ``chord_unlock`` task polling.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .. import params, safetext
 from ..db import engine as db_engine
+from ..db import chords as db_chords
 from ..db import clock, refusals, tables
 from ..db import retry as db_retry
 from ..db import results as db_results
@@ -137,9 +142,14 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         self, task_id: str, result: Any, state: str, traceback: str | None = None, request: Any = None, **kwargs: Any
     ) -> Any:
         status = JOBTABLE_STATUS.get(state)
-        if status is None:
-            # PENDING and custom states: the request row's state tells.
-            return result
+        custom = status is None and state not in (states.PENDING, states.RECEIVED)
+        if status is None and not custom:
+            return result  # PENDING: the request row's state tells
+        if custom:
+            # update_state(state="PROGRESS", meta=...): an unfinished row
+            # (status STARTED, like task_track_started's) whose meta keeps
+            # the state's name -- any name, of any length -- and its meta.
+            status = STARTED
         # Task code controls the texts: made storable (no NUL, no lone
         # surrogates, capped) before they reach the row or Celery's meta.
         if isinstance(traceback, str):
@@ -175,10 +185,10 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
                 " ".join(map(safetext.safe_str, message)) if isinstance(message, (list, tuple)) else safetext.safe_str(message)
             )
             values["traceback"] = traceback
-        self._write(values, only_new=state == states.STARTED)
+        self._write(values, only_new=state == states.STARTED, only_unfinished=custom)
         return result
 
-    def _write(self, values: dict[str, Any], *, only_new: bool) -> None:
+    def _write(self, values: dict[str, Any], *, only_new: bool, only_unfinished: bool = False) -> None:
         """Upsert the row; a row the database refuses (bad data, not a lost
         connection, which raises as before) is replaced by a note naming why,
         and a refused note is logged: a refusal never reaches Celery, whose
@@ -187,7 +197,10 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             # An upsert on (task_id, attempt): a retry after a dropped
             # connection (db/retry.py) cannot write the result twice.
             db_retry.write_retrying(
-                self.engine, lambda conn, _retrying: db_results.upsert_result(conn, values, only_new=only_new)
+                self.engine,
+                lambda conn, _retrying: db_results.upsert_result(
+                    conn, values, only_new=only_new, only_unfinished=only_unfinished
+                ),
             )
             return
         except Exception as exc:
@@ -199,8 +212,8 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             safetext.clean(str(values.get("task_id")), 255),
             why,
         )
-        if only_new:
-            return  # a STARTED mark: the final state writes the row
+        if only_new or only_unfinished:
+            return  # a STARTED mark or a custom state: the final state writes the row
         try:
             with self._connect() as conn, conn.begin():
                 db_results.upsert_result(conn, refusals.backend_note(values, why))
@@ -222,7 +235,20 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         with self._connect() as conn, conn.begin():
             found = db_results.job_state(conn, task_id)
-        return _shared_task_meta(task_id, found, self.decode, self.meta_from_decoded)
+        return _shared_task_meta(task_id, found, self.decode, self.meta_from_decoded, self._reads_started)
+
+    def _reads_started(self, active: Any) -> bool:
+        """Whether a running request row reads STARTED, as Celery would say.
+
+        A Celery worker's claim (``kombu:`` consumer ids) never does: the row
+        is claimed while the message is only prefetched, and the worker
+        stores STARTED itself for a task that tracks it.  A native worker's
+        follows the task's ``track_started`` (``task_track_started`` for a
+        name this app does not know, such as a Job)."""
+        if str(active.worker_id or "").startswith("kombu:"):
+            return False
+        task = self.app.tasks.get(active.task_name)
+        return bool(task.track_started if task is not None else self.app.conf.task_track_started)
 
     def _meta_of(self, row: Any) -> dict[str, Any]:
         return _shared_meta_of(row, self.decode, self.meta_from_decoded)
@@ -275,20 +301,36 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
 
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
         self.ensure_chords_allowed()
+        # The header's results are saved whole: as_tuple() freezes a header
+        # built from a generator (a _regen) at once, before its tasks are sent.
         header = self.app.GroupResult(*header_result_args)
         with self._connect() as conn, conn.begin():
+            # A frozen chord applied again is a new run: its old parts go.
+            db_chords.delete_parts(conn, header.id)
             db_results.start_chord(conn, header.id, self.encode({"result": header.as_tuple()}), clock.utcnow())
 
     def set_chord_size(self, group_id: str, chord_size: int) -> None:
         with self._connect() as conn, conn.begin():
             db_results.set_chord_size(conn, group_id, chord_size)
 
-    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
-        group_id = request.group
-        if not group_id or not request.chord:
-            return
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        """``Task.add_to_chord``: the chord counts one more part (as Redis's)."""
         with self._connect() as conn, conn.begin():
-            counted = db_results.chord_part_done(conn, group_id)
+            db_chords.add_part(conn, group_id)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
+        """Record a finished header part; the part completing the count calls
+        the body -- or fails it, as Celery's Redis backend does: a failed part
+        gives ``ChordError("Dependency <id> raised ...")`` (its cause the
+        part's exception), stored as the body's result, passed to the body's
+        ``link_error`` callbacks and to what is chained after it, and to each
+        task of a group body (base.chord_error_from_stack)."""
+        tid, gid = request.id, request.group
+        if not gid or not tid or not request.chord:
+            return
+        encoded = self.encode([tid, state, self.encode_result(result, state)])
+        with self._connect() as conn, conn.begin():
+            counted = db_chords.record_part(conn, gid, request.group_index, tid, encoded, clock.utcnow())
         if counted is None:
             return
         done, size = counted
@@ -297,26 +339,49 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
         from celery.canvas import maybe_signature
 
         callback = maybe_signature(request.chord, app=self.app)
-        deps = GroupResult.restore(group_id, backend=self)
-        if deps is None:
-            self.chord_error_from_stack(callback, ChordError(f"GroupResult {group_id} no longer exists"))
-            return
         try:
-            with allow_join_result():
-                values = deps.join(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
-        except Exception as exc:
-            culprit = next(deps._failed_join_report(), None)
-            reason = f"Dependency {culprit.id} raised {exc!r}" if culprit is not None else repr(exc)
-            logger.exception("Chord %r raised: %r", group_id, reason)
-            self.chord_error_from_stack(callback, ChordError(reason))
-        else:
+            values = self._chord_values(gid)
             try:
                 self.app.amqp._retry_publish(callback.delay, values)
             except Exception as exc:
-                logger.exception("Chord %r raised: %r", group_id, exc)
+                logger.exception("Chord callback for %r raised: %r", gid, exc)
                 self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+        except ChordError as exc:
+            logger.exception("Chord %r raised: %r", gid, exc)
+            self.chord_error_from_stack(callback, exc)
+        except Exception as exc:
+            logger.exception("Chord %r raised: %r", gid, exc)
+            self.chord_error_from_stack(callback, ChordError(f"Join error: {exc!r}"))
         finally:
-            self.delete_group(group_id)
+            with self._connect() as conn, conn.begin():
+                db_chords.delete_parts(conn, gid)
+                db_results.delete_group(conn, gid)
+
+    def _chord_values(self, group_id: str) -> list[Any]:
+        """The header's results for the body, in header order; a failed part
+        raises ChordError naming it."""
+        header = GroupResult.restore(group_id, backend=self)
+        if header is not None and any(isinstance(part, GroupResult) for part in header.results):
+            # A header with groups in it: joined for the nested structure
+            # (as Redis does); every part has returned, so nothing waits.
+            header.on_ready()
+            with allow_join_result():
+                joined: list[Any] = header.join(timeout=self.app.conf.result_chord_join_timeout, propagate=True)
+            return joined
+        with self._connect() as conn, conn.begin():
+            recorded = db_chords.parts(conn, group_id)
+        return [self._unpack_part(encoded) for encoded in recorded]
+
+    def _unpack_part(self, encoded: str) -> Any:
+        tid, state, value = self.decode(encoded)
+        if state in states.EXCEPTION_STATES:
+            value = self.exception_to_python(value)
+        if state in states.PROPAGATE_STATES:
+            error = ChordError(f"Dependency {tid} raised {value!r}")
+            if isinstance(value, Exception):
+                error.__cause__ = value  # a group body's tasks fail with the part's own exception
+            raise error
+        return value
 
     # -- expiry ----------------------------------------------------------------------------
 

@@ -69,9 +69,14 @@ def decode_json_meta(raw: str) -> dict[str, Any]:
     return meta
 
 
-def active_state(active: Any) -> str:
-    """State of a task whose request row is waiting or running."""
-    if active.state == tables.RUNNING:
+def active_state(active: Any, started: bool = True) -> str:
+    """State of a task whose request row is waiting or running.
+
+    ``started``: whether a running row reads STARTED.  The Celery backend
+    passes False where Celery would not say STARTED (``task_track_started``
+    off, or a Celery worker's claim, which may only be prefetched: that
+    worker stores STARTED itself when it tracks)."""
+    if active.state == tables.RUNNING and started:
         return STARTED
     if active.attempt > 1:
         return RETRY
@@ -87,19 +92,30 @@ def task_meta(
     found: JobState,
     decode: DecodeMeta = decode_json_meta,
     finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    started: Callable[[Any], bool] | None = None,
 ) -> dict[str, Any]:
     """Celery's task meta (``status``, ``result``, ``traceback``...) of ``task_id``.
 
     ``decode``/``finish``: how a ``meta`` column written by the Celery backend
     is read (the backend passes its serializer and ``meta_from_decoded``).
+    ``started``: whether a running request row reads STARTED (default: yes).
     """
     newest, active = found.result, found.active
     if active is not None and (newest is None or active.attempt > newest.attempt):
-        previous = meta_of(newest, decode, finish)["result"] if newest is not None else None
-        return _pending(task_id, active_state(active), previous)
+        if active.attempt == 1 or _recorded_before(newest, active):
+            previous = meta_of(newest, decode, finish)["result"] if newest is not None else None
+            return _pending(task_id, active_state(active, started(active) if started else True), previous)
+        # A retry whose asking attempt is not recorded yet: a Celery worker
+        # publishes the retry first and stores RETRY (with the exception)
+        # after, so until then what was stored stands, as on Redis.
     if newest is None:
         return _pending(task_id)
     return meta_of(newest, decode, finish)
+
+
+def _recorded_before(newest: Any, active: Any) -> bool:
+    """Whether the attempt before ``active`` has its final result row."""
+    return newest is not None and newest.attempt == active.attempt - 1 and newest.status != STARTED
 
 
 def error_result(row: Any, status: str) -> dict[str, Any]:

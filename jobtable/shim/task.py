@@ -35,6 +35,17 @@ from .states import FAILURE, SUCCESS
 logger = logging.getLogger("jobtable.shim")
 
 
+def _call_arguments(name: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args``/``kwargs`` of apply_async and apply, refused as Celery does
+    when they are not a list/tuple and a dict: ``tuple("ab")`` would send
+    the task two arguments 'a' and 'b'."""
+    if args is not None and (isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple))):
+        raise TypeError(f"{name}: args must be a list or tuple, got {type(args).__name__}.")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"{name}: kwargs must be a dict, got {type(kwargs).__name__}.")
+    return tuple(args or ()), dict(kwargs or {})
+
+
 def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
     """Celery's ``get_exponential_backoff_interval``."""
     countdown = min(maximum, factor * (2**retries))
@@ -146,7 +157,7 @@ class Task:
     ) -> AsyncResult | EagerResult | None:
         """Send the task.  Returns its AsyncResult (an EagerResult with
         ``task_always_eager``), or None when its concurrency key is taken."""
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         self.check_arguments(args, kwargs)
         check_options(options)
         app = self._app()
@@ -170,7 +181,7 @@ class Task:
         """Run the task here and now (``task_always_eager``).  The arguments go
         through JSON as they would through the queue, so a task that cannot
         be sent fails in tests too.  ``retry()`` runs it again at once."""
-        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        args, kwargs = _call_arguments(self.name, args, kwargs)
         task_id = task_id or messages.new_task_id()
         encoded_args, encoded_kwargs = encode_args(args, kwargs, self.name)
         args, kwargs = tuple(params.decode(encoded_args)), params.decode(encoded_kwargs)

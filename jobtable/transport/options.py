@@ -1,7 +1,10 @@
 """``broker_transport_options`` the jobtable transport understands.
 
 They configure the transport only: nothing here reaches ``create_engine``
-(the engine comes from ``jobtable.db.engine``, one per process and URL).
+(the engine comes from ``jobtable.db.engine``, one per process and URL),
+except ``connect_timeout``, which ``connect_of`` turns into a libpq
+connection parameter, with Kombu's ``connect_timeout`` (Celery's
+``broker_connection_timeout``) and ``ssl`` (``broker_use_ssl``).
 Options other transports use (``max_retries``, ``visibility_timeout``...)
 are ignored, so one Celery config can switch brokers.
 """
@@ -11,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from sqlalchemy.engine import URL
+
+from ..db import connect_options
 from ..exceptions import ConfigurationError
+
+#: How errors name where a broker connection's options came from.
+TIMEOUT_OPTION = "broker_transport_options['connect_timeout']"
+TIMEOUT_ARGUMENT = "broker_connection_timeout (Kombu: Connection(connect_timeout=...))"
+SSL_SETTING = "broker_use_ssl (Kombu: Connection(ssl=...))"
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,9 @@ class TransportOptions:
     #: Let Celery run its event loop on this transport (PostgreSQL with
     #: wake-ups only): the prefork pool then needs no helper threads.
     event_loop: bool = True
+    #: Seconds to wait for the database server to answer a new connection
+    #: (0: Kombu's connect_timeout, i.e. Celery's broker_connection_timeout).
+    connect_timeout: float = 0.0
 
     @classmethod
     def from_mapping(cls, options: dict[str, Any] | None) -> TransportOptions:
@@ -58,6 +72,11 @@ class TransportOptions:
         if parsed.lease_seconds <= 0 or parsed.batch_size < 1 or parsed.polling_interval < 0:
             raise ConfigurationError(
                 "broker_transport_options: lease_seconds must be > 0, batch_size >= 1, polling_interval >= 0."
+            )
+        if parsed.connect_timeout < 0 or parsed.connect_timeout > 3600:
+            raise ConfigurationError(
+                f"{TIMEOUT_OPTION} must be from 0 (use broker_connection_timeout) to 3600 seconds, "
+                f"not {parsed.connect_timeout:g}."
             )
         return parsed
 
@@ -84,3 +103,31 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         raise ConfigurationError(
             f"broker_transport_options[{name!r}] must be a {kind}, got {raw!r}."
         ) from None
+
+
+def connect_of(url: URL, client: Any, options: TransportOptions) -> connect_options.Connect:
+    """The libpq parameters of the broker's engine: the connect timeout and
+    the SSL options of the Kombu connection ``client`` (see
+    ``db/connect_options.py``).  The URL's own ``connect_timeout`` wins,
+    then ``broker_transport_options['connect_timeout']``, then
+    ``broker_connection_timeout`` (Celery's default is 4 s, Kombu's 5 s)."""
+    ssl_params = connect_options.ssl_parameters(getattr(client, "ssl", None), SSL_SETTING)
+    connect_options.check_against_url(url, ssl_params, SSL_SETTING)
+    params = dict(ssl_params)
+    source = ""
+    if connect_options.url_timeout(url) is not None:
+        source = "connect_timeout in the broker URL's query"
+    elif url.get_backend_name() in connect_options.TIMEOUT_BACKENDS:  # not SQLite: a file, nothing to wait for
+        timeout, source = options.connect_timeout, TIMEOUT_OPTION
+        if not timeout:
+            raw = getattr(client, "connect_timeout", None)
+            try:
+                timeout = float(raw) if raw is not None else 0.0
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"{TIMEOUT_ARGUMENT} must be a number of seconds, not {raw!r}.") from None
+            source = TIMEOUT_ARGUMENT
+        if timeout > 0:
+            params["connect_timeout"] = connect_options.timeout_parameter(timeout)
+        else:
+            source = ""  # the engine applies JOBTABLE_CONNECT_TIMEOUT
+    return connect_options.Connect(tuple(sorted(params.items())), "broker_url", source)

@@ -37,7 +37,7 @@ from .channel import Channel
 from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
-from .options import TransportOptions
+from .options import TransportOptions, connect_of
 from .protocol import row_id
 from .wakeup import Waiter, make_waiter
 
@@ -95,6 +95,9 @@ class Transport(virtual.Transport):
         # A bad URL fails here, clearly; the client's fields lose the URL.
         self.url = brokerurl.adopt(client)
         self.db_url = self.url.render_as_string(hide_password=False)
+        # The connect timeout and SSL options of the Kombu connection
+        # (broker_connection_timeout, broker_use_ssl), for the engine.
+        self.connect = connect_of(self.url, client, self.options)
         self.bindings = BindingCache(self.read_connection, self.options.binding_cache_seconds)
         # The mark tells peers that this consumer holds its liveness lock
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
@@ -144,7 +147,7 @@ class Transport(virtual.Transport):
     @property
     def engine(self) -> Engine:
         # Looked up on each use: a forked child gets its own engine.
-        return db_engine.get_engine(self.db_url)
+        return db_engine.get_engine(self.db_url, self.connect)
 
     @property
     def consumer_id(self) -> str:

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from .. import middleware, telemetry
 from ..db import engine as db_engine
 from ..db import operations_sql, workers_sql
@@ -201,7 +199,7 @@ class Supervisor:
                     processes=1,
                     now=_now(),
                 )
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             # The heartbeat registers it once the database is back.
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
         slot = self.slots.slot(index)
@@ -301,7 +299,7 @@ class Supervisor:
                     )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 # The ledger file stays: should we die too, a peer rescues from it.
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
                 return
@@ -405,7 +403,7 @@ class Supervisor:
                 elif name == "stats":
                     line = self.stats.report(conn, self.slots.done_total())
                     print(line, flush=True)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
 
 

@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from ..db import engine as db_engine
 from ..db import claims_sql, finish_sql, refusals
@@ -121,7 +120,7 @@ class Member:
                     self.recheck_due = False
                     if self._promote():
                         rows = self._flush_and_claim(limit)
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 self._database_error(exc)
                 continue
             if not rows:
@@ -260,7 +259,7 @@ class Member:
         try:
             conn = self._connection()
             self._finish_then(conn, _now(), lambda: None)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             self._database_error(exc)
 
     def _release_quietly(self, ids: list[int]) -> None:
@@ -269,7 +268,7 @@ class Member:
             released = self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, ids))
             if released:
                 logger.info("Worker %s gave back %d job(s) it had not started.", self.worker_id, released)
-        except DBAPIError as exc:
+        except db_engine.ERRORS as exc:
             # The supervisor gives them back when this process ends.
             self._database_error(exc)
 
@@ -296,13 +295,13 @@ class Member:
         if self.listener.wait(timeout):
             self.recheck_due = True
 
-    def _database_error(self, exc: DBAPIError) -> None:
+    def _database_error(self, exc: Exception) -> None:
         self.failures += 1
         delay = min(5.0, 0.05 * 2 ** min(self.failures, 7)) * (0.5 + random.random() / 2)
         logger.warning(
             "Worker %s: database error (%s); retrying in %.2fs.",
             self.worker_id,
-            str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__,
+            _first_line(getattr(exc, "orig", None) or exc),
             delay,
         )
         conn, self.conn = self.conn, None
@@ -329,7 +328,7 @@ class Member:
                 keep = unfinished.running if unfinished.complete else [row.id for row in self.current]
                 self._finish_then(conn, _now(), lambda: finish_sql.release(conn, self.worker_id, None, keep=keep))
                 break
-            except DBAPIError as exc:
+            except db_engine.ERRORS as exc:
                 self._database_error(exc)
             except Exception:
                 logger.exception("Worker %s could not write its last results.", self.worker_id)
@@ -340,3 +339,8 @@ class Member:
             except Exception:
                 pass
         self.listener.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

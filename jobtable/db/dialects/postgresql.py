@@ -148,6 +148,7 @@ def _pg_pick_sql(queues: int) -> str:
 
 _PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "priority": "int2", "state": "varchar",
              "run_at": "timestamptz", "expires_at": "timestamptz", "concurrency_key": "varchar", "attempt": "int4",
+             "unique_key": "varchar",
              "retries": "int4", "created_at": "timestamptz", "started_at": "timestamptz", "worker_id": "varchar",
              "lease_expires_at": "timestamptz", "message": "text", "deliveries": "int4"}
 _PG_INSERT_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
