@@ -21,6 +21,7 @@ from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this dire
     db_url,
     dialect,
     empty_tables,
+    pytest_generate_tests,  # parametrizes `dialect` here too
     sqlite_url,
     subprocess_env,
 )

@@ -215,7 +215,7 @@ def test_ambiguous_password_is_refused_without_echo(userinfo: str, message: str,
         f"postgresql://postgres:{SECRET}\x00@127.0.0.1/db",
         f"postgresql://postgres:{SECRET}\udcff@127.0.0.1/db",
         f"postgres:{SECRET}@127.0.0.1/db",
-        f"mysql://postgres:{SECRET}@127.0.0.1/db?password={SECRET}",
+        f"mssql://postgres:{SECRET}@127.0.0.1/db?password={SECRET}",
         f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1/db",
     ],
 )

@@ -17,6 +17,9 @@ from jobtable.chores import CLEAR_BATCH, Chore, ChoresRegistry, RunChores, Unkno
 from jobtable.cli import main
 from jobtable.db import clock, tables
 from jobtable.db.engine import get_engine
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 APP = ["--app", "tests.sample_chores"]
 

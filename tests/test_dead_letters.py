@@ -20,6 +20,9 @@ from .dashboard_client import client
 from .dead_letter_support import BAD_MESSAGES, assert_one_dead_letter_each, insert_all_bad, insert_bad, requests, results
 from .transport_helpers import acked, connect
 from .worker_jobs import Add, run_burst, worker_env
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def cli(*args: str) -> object:

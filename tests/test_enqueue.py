@@ -17,7 +17,10 @@ from jobtable.db.engine import get_engine
 from jobtable.exceptions import EnqueueError, UnknownJob
 from jobtable.messages import decode_task
 from jobtable.registry import jobs_registry
+from tests.conftest import ALL_DIALECTS
 from tests.sample_jobs import AtMostTwo, Echo, Keyed, LegacyWorkerJob, Renamed
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def rows() -> list[Any]:

@@ -30,7 +30,8 @@ def fresh() -> Iterator[None]:
     ("url", "message"),
     [
         ("not a url", "is not a database URL. Use postgresql\\+psycopg://"),
-        ("mysql://root@localhost/db", "supports PostgreSQL and SQLite, not 'mysql'"),
+        ("mssql://root@localhost/db", "supports PostgreSQL, MySQL/MariaDB and SQLite, not 'mssql'"),
+        ("mysql+aiomysql://root@localhost/db", "through mysqlclient \\(or PyMySQL\\), not 'aiomysql'"),
         ("postgresql+asyncpg://u@h/db", "through psycopg 3, not 'asyncpg'"),
         ("sqlite://", "not an in-memory database"),
         ("sqlite:////no/such/dir/x.db", "directory of the SQLite database .* does not exist"),
@@ -45,7 +46,7 @@ def test_malformed_urls(url: str, message: str) -> None:
 
 def test_password_is_not_shown() -> None:
     with pytest.raises(ConfigurationError) as info:
-        jobtable.configure(database_url="mysql://user:s3cret@localhost/db")
+        jobtable.configure(database_url="mssql://user:s3cret@localhost/db")
     assert "s3cret" not in str(info.value) and "user:***@localhost" in str(info.value)
 
 

@@ -27,6 +27,7 @@ from jobtable.db import clock, finish_sql, tables
 from jobtable.db.engine import check_schema, get_engine
 from jobtable.exceptions import EnqueueError
 from jobtable.messages import CONCURRENCY_LIMIT_HEADER, CUSTOM_LIMIT
+from tests.conftest import ALL_DIALECTS
 from tests.limit_jobs import (
     REDIS_URL,
     FailsFirstThreePerKey,
@@ -35,6 +36,8 @@ from tests.limit_jobs import (
     ThreePerKey,
 )
 from tests.sample_jobs import Keyed
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 8

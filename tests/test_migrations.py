@@ -22,14 +22,35 @@ from jobtable.db.engine import create_jobtable_engine, get_engine
 from jobtable.db.tables import metadata
 from jobtable.db.types import UTCDateTime
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import ALL_DIALECTS, MYSQL_ADMIN_URL, PG_ADMIN_URL
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
+
+
+#: Indexes declared twice in tables.py (a partial form, a MySQL form).
+MYSQL_FORMS = {
+    "ix_jobtable_request_claim", "ix_jobtable_request_due", "ix_jobtable_request_running", "ix_jobtable_result_retried"
+}
+
+
+def _declared_for(obj: Any, dialect: str) -> bool:
+    """Alembic ignores ddl_if: of an index declared in two forms, only the
+    one this dialect creates is compared (the partial one has a predicate)."""
+    if isinstance(obj, sa.Index) and obj.name in MYSQL_FORMS:
+        partial = obj.dialect_options["postgresql"]["where"] is not None
+        return partial != (dialect == "mysql")
+    return True
 
 
 def _compared(dialect: str, name: str | None, type_: str) -> bool:
     if type_ == "table":
         # Only jobtable's tables; its version table is Alembic's own.
         return bool(name) and name.startswith("jobtable_") and name != migrate.VERSION_TABLE
-    # Alembic cannot reflect SQLite expression indexes (priority DESC) to compare them.
+    # Alembic cannot reflect SQLite expression indexes (priority DESC) to
+    # compare them, nor tell MySQL's index forms from the partial ones
+    # declared beside them (ddl_if): _schema_objects compares those.
+    if dialect == "mysql" and name in MYSQL_FORMS:
+        return False
     return not (dialect == "sqlite" and name == "ix_jobtable_request_claim")
 
 
@@ -41,6 +62,8 @@ def test_migrated_schema_matches_tables(db_url: str) -> None:
                 "compare_type": True,
                 # Only jobtable's tables; its version table is Alembic's own.
                 "include_name": lambda name, type_, parent: _compared(conn.dialect.name, name, type_),
+                "include_object": lambda obj, name, type_, reflected, other: _compared(conn.dialect.name, name, type_)
+                and _declared_for(obj, conn.dialect.name),
             },
         )
         diff = compare_metadata(context, metadata)
@@ -72,7 +95,9 @@ def test_downgrade_and_upgrade_again(tmp_path) -> None:
 def new_database(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
     """Makes empty databases of the test's dialect; drops them at the end."""
     created: list[tuple[Engine, str | None]] = []
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT") if dialect == "postgresql" else None
+    admin_url = {"postgresql": PG_ADMIN_URL, "mysql": MYSQL_ADMIN_URL}.get(dialect)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT") if admin_url else None
+    quote = "`" if dialect == "mysql" else '"'
 
     def make() -> Engine:
         n = len(created)
@@ -84,9 +109,10 @@ def new_database(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -
         # The pid last: conftest drops databases of dead test processes by it.
         name = f"jobtable_test_history{n}_{worker}_{os.getpid()}"
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        engine = create_jobtable_engine(make_url(PG_ADMIN_URL).set(database=name))
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
+            conn.execute(text(f"CREATE DATABASE {quote}{name}{quote}"))
+        assert admin_url is not None
+        engine = create_jobtable_engine(make_url(admin_url).set(database=name))
         created.append((engine, name))
         return engine
 
@@ -94,8 +120,9 @@ def new_database(dialect: str, request: pytest.FixtureRequest, tmp_path: Path) -
     for engine, name in created:
         engine.dispose()
         if admin is not None:
+            force = "" if dialect == "mysql" else " WITH (FORCE)"
             with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}{force}"))
     if admin is not None:
         admin.dispose()
 
@@ -124,7 +151,21 @@ def _schema_objects(conn: Connection) -> dict[str, Any]:
             "primary key": inspector.get_pk_constraint(name),
             "unique": sorted((u["name"] or "", tuple(u["column_names"])) for u in inspector.get_unique_constraints(name)),
         }
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "mysql":
+        # Each index as its columns in order, with direction and uniqueness.
+        rows = conn.execute(
+            text(
+                "SELECT index_name, seq_in_index, column_name, collation, non_unique FROM information_schema.statistics "
+                "WHERE table_schema = DATABASE() AND table_name LIKE 'jobtable\\_%' AND table_name <> :version "
+                "ORDER BY table_name, index_name, seq_in_index"
+            ),
+            {"version": migrate.VERSION_TABLE},
+        )
+        described: dict[str, list[str]] = {}
+        for name, _seq, column, collation, non_unique in rows:
+            described.setdefault(name, ["UNIQUE" if not non_unique else "INDEX"]).append(f"{column} {collation}")
+        indexes = [(name, " ".join(parts)) for name, parts in described.items() if name != "PRIMARY"]
+    elif conn.dialect.name == "postgresql":
         indexes = conn.execute(
             text(
                 "SELECT indexname, indexdef FROM pg_indexes "
@@ -146,6 +187,14 @@ def _schema_objects(conn: Connection) -> dict[str, Any]:
 
 
 def _triggers(conn: Connection) -> dict[str, str]:
+    if conn.dialect.name == "mysql":
+        triggers = conn.execute(
+            text(
+                "SELECT trigger_name, CONCAT(action_timing, ' ', event_manipulation, ' ON ', event_object_table, "
+                "' ', action_statement) FROM information_schema.triggers WHERE trigger_schema = DATABASE()"
+            )
+        )
+        return dict(sorted((name, sql) for name, sql in triggers))
     if conn.dialect.name == "postgresql":
         triggers = conn.execute(
             text(
@@ -225,6 +274,9 @@ def test_old_database_upgraded_step_by_step_equals_a_new_one(dialect: str, new_d
         if dialect == "postgresql":
             # Partial indexes kept their predicates.
             assert "WHERE ((state)::text = 'pending'::text)" in created["indexes"]["ix_jobtable_request_claim"]
+        if dialect == "mysql":
+            # No partial indexes: the state leads the claim index.
+            assert created["indexes"]["ix_jobtable_request_claim"] == "INDEX state A queue A priority D id A"
 
         # The old rows came through: the request got the later columns'
         # defaults, and 0002 counted the results (the backfill).
@@ -266,9 +318,11 @@ def test_live_trigger_sql_is_head(dialect: str, new_database: Callable[[], Engin
     migrate.upgrade(engine)
     with engine.connect() as conn:
         head = _triggers(conn)
-        # Replaced in one transaction, rolled back: DDL is transactional on both.
+        # Replaced in one transaction, rolled back: DDL is transactional on
+        # PostgreSQL and SQLite.  MySQL commits each statement: the triggers
+        # stay replaced, in a database made for this test alone.
         for statement in [*dialects.drop_result_stats_ddl(dialect), *dialects.result_stats_ddl(dialect)]:
-            conn.execute(text(statement))
+            conn.exec_driver_sql(statement.replace("%", "%%")) if dialect == "mysql" else conn.execute(text(statement))
         live = _triggers(conn)
         conn.rollback()
     assert live == head
@@ -290,3 +344,24 @@ def test_migrations_import_no_live_code() -> None:
                 assert module.split(".")[0] in {"__future__", "typing", "datetime", "sqlalchemy", "alembic"}, (
                     f"{path.name} imports {module}"
                 )
+
+
+@pytest.mark.dialects("mysql")
+def test_mysql_migration_interrupted_half_way_runs_again(dialect: str, new_database: Callable[[], Engine]) -> None:
+    """MySQL's DDL commits statement by statement: a `jobtable migrate` cut
+    off half way leaves some of its objects and no version row.  Running it
+    again finishes the schema, equal to one migrated in one go."""
+    interrupted = new_database()
+    migrate.upgrade(interrupted)
+    with interrupted.begin() as conn:
+        # As if cut off inside 0001 (a table and an index missing), with
+        # 0002's triggers half made and 0003's column already added.
+        conn.execute(text(f"DELETE FROM {migrate.VERSION_TABLE}"))
+        conn.execute(text("DROP TABLE jobtable_group"))
+        conn.execute(text("DROP INDEX ix_jobtable_request_due ON jobtable_request"))
+        conn.execute(text("DROP TRIGGER jobtable_result_stats_update"))
+    assert migrate.upgrade(interrupted) == (None, migrate.head_revision())
+    fresh = new_database()
+    migrate.upgrade(fresh)
+    with interrupted.connect() as conn_again, fresh.connect() as conn_fresh:
+        assert _schema_objects(conn_again) == _schema_objects(conn_fresh)

@@ -14,6 +14,9 @@ from sqlalchemy import func, select
 import jobtable
 from jobtable.db import tables
 from jobtable.db.engine import get_engine
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 PROCESSES = 8
 ROUNDS = 5

@@ -20,6 +20,9 @@ from jobtable.exceptions import ConfigurationError
 from jobtable.db.engine import get_engine
 from jobtable.scheduler import Scheduler
 from jobtable.scheduling import ScheduleEntry, load_schedule
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 UTC = timezone.utc
 T0 = datetime(2026, 11, 24, 9, 2, tzinfo=UTC)  # between two */5 slots

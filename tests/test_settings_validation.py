@@ -78,7 +78,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("max_message_size", str(2**31), 2**31, "at most 1073741824"),
     ("schedule_timezone", "Mars/Olympus", "Mars/Olympus", "not a time zone"),
     ("schedule_catch_up_window", "-1", -1, "at least 0"),
-    ("database_url", "mysql://u:s3cret@h/db", "mysql://u:s3cret@h/db", "supports PostgreSQL and SQLite"),
+    ("database_url", "mssql://u:s3cret@h/db", "mssql://u:s3cret@h/db", "supports PostgreSQL, MySQL/MariaDB and SQLite"),
     ("database_url", "postgresql://u:s3cret@h:99999/db", "postgresql://u:s3cret@h:99999/db", "port 99999"),
     ("database_url", "sqlite://u:s3cret@h:port/x", "sqlite://u:s3cret@h:port/x", "port that is not a number"),
     ("database_url", " ", " ", "it is empty"),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jobtable import run_in_worker_many
 from jobtable.db import tables
 
+from tests.conftest import ALL_DIALECTS
 from tests.worker_jobs import (
     Add,
     Boom,
@@ -22,6 +25,8 @@ from tests.worker_jobs import (
     wait_for,
     worker_env,
 )
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_runs_jobs_and_records_results(db_url: str, subprocess_env: dict[str, str]) -> None:

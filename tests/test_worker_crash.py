@@ -7,9 +7,12 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from jobtable.db import engine as db_engine
 from jobtable.db import claims_sql, clock, finish_sql, rescue_sql, tables
 
+from tests.conftest import ALL_DIALECTS
 from tests.worker_jobs import (
     ExitOnce,
     Log,
@@ -23,6 +26,8 @@ from tests.worker_jobs import (
     wait_for,
     worker_env,
 )
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_kill_9_worker_jobs_lost_and_retried(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
 from jobtable.db import clock, enqueue_sql, tables
@@ -27,6 +29,9 @@ from tests.worker_jobs import (
     wait_for,
     worker_env,
 )
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def _insert_message(task_name: str, *, expires: object = None, body: str | None = None) -> str:

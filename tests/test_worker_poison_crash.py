@@ -24,8 +24,11 @@ from jobtable.worker import ledger as ledgers
 from jobtable.worker import rescue
 
 from tests.dashboard_client import client
+from tests.conftest import ALL_DIALECTS
 from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log, Pid
 from tests.worker_jobs import ROOT, Boom, lines, query, requests, results, stop, wait_for, worker_env
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def start(env: dict[str, str], *args: str, **popen: Any) -> subprocess.Popen[str]:

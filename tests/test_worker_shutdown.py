@@ -7,10 +7,15 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from jobtable import run_in_worker_many
 from jobtable.db import tables
 
 from tests.worker_jobs import Log, lines, requests, results, start_worker, stop, wait_for, worker_env
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_sigterm_gives_back_prefetched_jobs(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:

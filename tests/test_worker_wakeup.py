@@ -11,10 +11,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from jobtable.db import engine as db_engine
 from jobtable.db import tables
 from jobtable.db.notify import Listener
 
+from tests.conftest import ALL_DIALECTS
 from tests.worker_jobs import (
     ROOT,
     Boom,
@@ -29,6 +32,8 @@ from tests.worker_jobs import (
     wait_for,
     worker_env,
 )
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_listener_wakes_on_insert_for_its_queues(db_url: str) -> None:

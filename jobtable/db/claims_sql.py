@@ -20,6 +20,8 @@ request = tables.request
 
 def promote_due(conn: Connection, now: datetime, limit: int = 1000) -> int:
     """Turn scheduled jobs whose time has come into pending ones."""
+    if conn.dialect.name == "mysql":
+        return len(dialects.mysql.promote_due(conn, now, limit))
     due = (
         select(request.c.id)
         .where(request.c.state == tables.SCHEDULED, request.c.run_at <= now)

@@ -69,6 +69,8 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
                 )
             engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
             _configure_sqlite(engine)
+        elif parsed.get_backend_name() == "mysql":
+            engine = _create_mysql_engine(parsed)
         else:
             # As arguments, not in the URL: engine.url stays the URL given
             # (logs, messages, keys).  The URL's own connect_timeout wins.
@@ -96,6 +98,30 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
         raise ConfigurationError(f"No SQLAlchemy driver for {parsed.drivername!r}: {exc}.") from None
     _url_settings[engine] = connect.url_setting
     return engine
+
+
+def _create_mysql_engine(parsed: URL) -> Engine:
+    """MySQL/MariaDB: every session in UTC (the stats triggers and the
+    wake-up check compute with the server's clock, and DATETIME columns
+    hold naive UTC); READ COMMITTED, so a claim or a poll sees what others
+    committed since its transaction began, with no gap locks between
+    claimers; utf8mb4 unless the URL says otherwise."""
+    if "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    try:
+        return create_engine(
+            parsed,
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=3600,
+            isolation_level="READ COMMITTED",
+            connect_args={"init_command": "SET time_zone = '+00:00'"},
+        )
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"The database URL {urls.render(parsed)!r} needs a MySQL driver that is not installed ({exc}): "
+            "pip install 'jobtable[mysql]'."
+        ) from None
 
 
 def reset_engines() -> None:
@@ -273,7 +299,7 @@ def connect(engine: Engine | None = None, *, autocommit: bool = False, check: bo
         conn = engine.connect()
     except DBAPIError as exc:
         raise unavailable(engine, exc) from exc
-    if autocommit and engine.dialect.name == "postgresql":
+    if autocommit and engine.dialect.name in ("postgresql", "mysql"):
         # One round trip per single-statement write.  SQLite keeps its
         # BEGIN IMMEDIATE transactions (see _configure_sqlite).
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -120,17 +120,21 @@ def release(
 
     ``ids``: those rows (None: every row ``worker_id`` runs), minus ``keep``.
     """
-    stmt = update(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
+    where = [request.c.worker_id == worker_id, request.c.state == tables.RUNNING]
     if ids is not None:
         if not ids:
             return 0
-        stmt = stmt.where(request.c.id.in_(list(ids)))
+        where.append(request.c.id.in_(list(ids)))
     if keep:
-        stmt = stmt.where(request.c.id.not_in(list(keep)))
-    stmt = stmt.values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None).returning(
-        request.c.queue
-    )
-    queues = [row.queue for row in conn.execute(stmt)]
+        where.append(request.c.id.not_in(list(keep)))
+    values = {"state": tables.PENDING, "worker_id": None, "started_at": None, "lease_expires_at": None}
+    if conn.dialect.update_returning:
+        stmt = update(request).where(*where).values(values).returning(request.c.queue)
+        queues = [row.queue for row in conn.execute(stmt)]
+    else:  # MySQL
+        from .dialects.mysql import update_returning
+
+        queues = [row.queue for row in update_returning(conn, request, where, values, [request.c.queue])]
     if queues:
         from .dialects import wake_queues
 

@@ -10,6 +10,12 @@ another connection commits; reading it costs microseconds and takes no lock,
 so the listener polls it every few milliseconds and wakes the caller only
 when the database changed.
 
+MySQL/MariaDB: no notifications either; every enqueue moves the largest id of
+``jobtable_request``, which InnoDB reads from the primary key's last entry
+(no row scan, no lock), so the listener polls that every few milliseconds --
+a change check, not a claim query.  Rows made pending again without a new id
+(released, promoted, rescued) are found by the caller's timed claim.
+
 Either way a wake-up is a hint, never a promise: the caller claims, and if
 nothing was there it waits again.  A timeout always returns, so callers that
 poll (behind PgBouncer, where LISTEN does not work) still make progress.
@@ -43,6 +49,9 @@ CHANNEL = NOTIFY_CHANNEL
 
 #: SQLite: how often the data version is read while waiting (seconds).
 SQLITE_POLL = 0.002
+#: MySQL: how often the largest request id is read while waiting (seconds):
+#: about 200 cheap primary-key reads a second per idle worker member.
+MYSQL_POLL = 0.005
 
 
 class Listener:
@@ -67,6 +76,8 @@ class Listener:
             return PgListener(engine, queues, channel=channel)
         if engine.dialect.name == "sqlite":
             return SqliteListener(engine, queues)
+        if engine.dialect.name == "mysql":
+            return MysqlListener(engine, queues)
         return Listener(queues)
 
     def wait(self, timeout: float) -> bool:
@@ -314,6 +325,66 @@ class SqliteListener(Listener):
             except Exception:
                 pass
             self._conn = None
+        super().close()
+
+
+class MysqlListener(Listener):
+    """Polls ``SELECT MAX(id) FROM jobtable_request``: it moves on every enqueue."""
+
+    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = MYSQL_POLL) -> None:
+        super().__init__(queues)
+        self._engine = engine
+        self._poll = poll
+        self._conn: Any = None
+        # The baseline now, before the caller's first claim: read at the
+        # first wait instead, it could already include a row enqueued after
+        # that claim looked, and the wait would never see it change.
+        self._last: int | None = self._read()
+
+    def _read(self) -> int | None:
+        try:
+            if self._conn is None:
+                raw = self._engine.raw_connection()
+                self._conn = raw.driver_connection
+                raw.detach()  # ours alone, in autocommit: each read sees the latest commit
+                self._conn.autocommit(True)
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute("SELECT MAX(id) FROM jobtable_request")
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            return int(row[0] or 0)
+        except Exception as exc:
+            logger.warning("Cannot read the newest request id (%s).", _first_line(exc))
+            self._drop()
+            return None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if self._last is None:
+            self._last = self._read()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._sleep(min(self._poll, remaining)):
+                return True
+            last = self._read()
+            if last is None or last != self._last:
+                self._last = last
+                return True
+
+    def close(self) -> None:
+        self._drop()
         super().close()
 
 

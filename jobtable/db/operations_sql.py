@@ -92,7 +92,12 @@ def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
     those left at zero (``dialects.compact_result_stats``; PostgreSQL's
     triggers do both)."""
     ids = select(result.c.id).where(result.c.ended_at < before).order_by(result.c.ended_at).limit(batch)
-    deleted = conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+    if conn.dialect.name == "mysql":
+        # MySQL refuses LIMIT in an IN subquery, but takes it on DELETE itself.
+        stmt = delete(result).where(result.c.ended_at < before).with_dialect_options(mysql_limit=batch)
+        deleted = conn.execute(stmt).rowcount
+    else:
+        deleted = conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
     dialects.compact_result_stats(conn, clock.utcnow())
     return deleted
 

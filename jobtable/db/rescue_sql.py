@@ -104,7 +104,7 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
         .order_by(worker_table.c.heartbeat_at)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name in ("postgresql", "mysql"):
         stmt = stmt.with_for_update(skip_locked=True)
     return list(conn.execute(stmt).scalars())
 

@@ -54,11 +54,9 @@ def insert_results(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
         return
     stmt = _RESULT_INSERT.get(name)
     if stmt is None:
-        from sqlalchemy.dialects import postgresql as pg_dialect
-        from sqlalchemy.dialects import sqlite as sqlite_dialect
+        from .dialects import for_name
 
-        module: Any = pg_dialect if name == "postgresql" else sqlite_dialect
-        stmt = _RESULT_INSERT[name] = module.insert(result).on_conflict_do_nothing()
+        stmt = _RESULT_INSERT[name] = for_name(name).upsert_insert(result).on_conflict_do_nothing()
     # executemany needs the same keys in every row: a success has no error
     # fields, a failure no return value.
     keys = set().union(*values)

@@ -128,8 +128,12 @@ def remove(conn: Connection, kind: str, value: str, name: str = "") -> int:
 
 def prune(conn: Connection, now: datetime, limit: int = 1000) -> int:
     """Delete expired revokes (the check ignores them already)."""
-    expired = select(revoke.c.value).where(revoke.c.expires_at <= now).limit(limit)
-    stmt = delete(revoke).where(revoke.c.expires_at <= now, revoke.c.value.in_(expired.scalar_subquery()))
+    # Two statements, not a LIMIT inside the DELETE's IN subquery: MariaDB
+    # and MySQL refuse that ("LIMIT & IN/ALL/ANY/SOME subquery").
+    expired = list(conn.execute(select(revoke.c.value).where(revoke.c.expires_at <= now).limit(limit)).scalars())
+    if not expired:
+        return 0
+    stmt = delete(revoke).where(revoke.c.expires_at <= now, revoke.c.value.in_(expired))
     return conn.execute(stmt).rowcount
 
 

@@ -27,6 +27,11 @@ def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -
 
     from .dialects import upsert_insert
 
+    if conn.dialect.name == "mysql":
+        from .dialects.mysql import schedule_claim as mysql_schedule_claim
+
+        return mysql_schedule_claim(conn, name, slot, now)
+
     stmt = upsert_insert(conn, schedule).values(name=name, last_slot=slot, updated_at=now)
     stmt = stmt.on_conflict_do_update(
         index_elements=[schedule.c.name],
@@ -43,7 +48,10 @@ def schedule_seed(conn: Connection, slots: dict[str, datetime | None], now: date
         return
     from .dialects import upsert_insert
 
-    rows = [{"name": name, "last_slot": slot, "updated_at": now} for name, slot in slots.items()]
+    # In key order, the order schedule_prune's DELETE scans (and locks) the
+    # rows in: MySQL locks each existing row a seed meets, and two ticks
+    # locking the same rows in opposite orders deadlock.
+    rows = [{"name": name, "last_slot": slot, "updated_at": now} for name, slot in sorted(slots.items())]
     conn.execute(upsert_insert(conn, schedule).values(rows).on_conflict_do_nothing())
 
 

@@ -4,6 +4,8 @@ create them; this module is what the code queries.  Keep the two in step.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,7 +39,29 @@ SCHEDULED = "scheduled"
 PENDING = "pending"
 RUNNING = "running"
 
-#: Priority is stored as SMALLINT on both dialects.
+#: The dialects with partial indexes (``WHERE`` in CREATE INDEX); MySQL
+#: gets indexes that lead with the column the predicate tests instead.
+PARTIAL_INDEX_DIALECTS = ("postgresql", "sqlite")
+
+
+
+def _has_partial_indexes(
+    ddl: Any,
+    target: Any,
+    bind: Any,
+    tables: Any = None,
+    state: Any = None,
+    *,
+    dialect: Any,
+    compiler: Any = None,
+    checkfirst: bool = False,
+) -> bool:
+    """ddl_if: create the partial form of an index on these dialects only
+    (``ddl_if(dialect=<tuple>)`` works too, but is typed for one name)."""
+    return bool(dialect.name in PARTIAL_INDEX_DIALECTS)
+
+
+#: Priority is stored as SMALLINT on every dialect.
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 
 request = Table(
@@ -87,19 +111,25 @@ request = Table(
         "id",
         postgresql_where=text("state = 'pending'"),
         sqlite_where=text("state = 'pending'"),
-    ),
+    ).ddl_if(callable_=_has_partial_indexes),
     Index(
         "ix_jobtable_request_due",
         "run_at",
         postgresql_where=text("state = 'scheduled'"),
         sqlite_where=text("state = 'scheduled'"),
-    ),
+    ).ddl_if(callable_=_has_partial_indexes),
     Index(
         "ix_jobtable_request_running",
         "worker_id",
         postgresql_where=text("state = 'running'"),
         sqlite_where=text("state = 'running'"),
-    ),
+    ).ddl_if(callable_=_has_partial_indexes),
+    # MySQL has no partial indexes: the same three lead with the state
+    # instead, so a claim's range holds pending rows only and a million
+    # scheduled jobs cost it nothing there either.
+    Index("ix_jobtable_request_claim", "state", "queue", text("priority DESC"), "id").ddl_if(dialect="mysql"),
+    Index("ix_jobtable_request_due", "state", "run_at").ddl_if(dialect="mysql"),
+    Index("ix_jobtable_request_running", "state", "worker_id").ddl_if(dialect="mysql"),
     # The concurrency-key invariant: one pending-or-running job per key,
     # for the rows the default limit applies to (unique_key not NULL).
     Index(
@@ -175,7 +205,8 @@ result = Table(
         "ended_at",
         postgresql_where=text("retried"),
         sqlite_where=text("retried"),
-    ),
+    ).ddl_if(callable_=_has_partial_indexes),
+    Index("ix_jobtable_result_retried", "retried", "ended_at").ddl_if(dialect="mysql"),
 )
 
 #: Pre-aggregated result counts for the dashboard's overview, kept by the

@@ -28,7 +28,14 @@ from ..exceptions import ConfigurationError
 #: Query parameters libpq reads as secrets (``?password=`` works too).
 SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 #: Example URLs shown in error messages.
-URL_EXAMPLES = "postgresql+psycopg://user:password@localhost/dbname or sqlite:///path/to/jobtable.sqlite3"
+URL_EXAMPLES = (
+    "postgresql+psycopg://user:password@localhost/dbname, mysql://user:password@localhost/dbname "
+    "or sqlite:///path/to/jobtable.sqlite3"
+)
+#: The MySQL/MariaDB drivers jobtable runs on; a bare ``mysql://`` or
+#: ``mariadb://`` means the first (mysqlclient, the ``mysql`` extra: see
+#: dialects/mysql.py for why).
+MYSQL_DRIVERS = ("mysqldb", "pymysql")
 #: What ``render`` shows instead of a secret by default.
 MASK = "***"
 
@@ -171,8 +178,10 @@ def parse_query_text(text: str) -> Query:
 def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABASE_URL)") -> URL:
     """Parse a database URL and pick the driver jobtable supports.
 
-    ``postgresql://`` and ``postgres://`` mean psycopg 3; a ``jobtable+``
-    prefix (Kombu broker URLs) is dropped.  Errors name ``what`` and never
+    ``postgresql://`` and ``postgres://`` mean psycopg 3; ``mysql://`` and
+    ``mariadb://`` mean mysqlclient (``mysql+pymysql://`` is accepted too),
+    always as SQLAlchemy's ``mysql`` dialect, which serves both servers; a
+    ``jobtable+`` prefix (Kombu broker URLs) is dropped.  Errors name ``what`` and never
     show the password (see ``urls``).
     """
     # str(URL) masks the password (SQLAlchemy 2): render it whole.
@@ -194,6 +203,15 @@ def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABA
                 f"write postgresql+psycopg://... (got {render(parsed)!r} in {what})."
             )
         parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb"):
+        if "+" in parsed.drivername and driver not in MYSQL_DRIVERS:
+            raise ConfigurationError(
+                f"jobtable talks to MySQL and MariaDB through mysqlclient (or PyMySQL), not {driver!r}: "
+                f"write mysql://... or mysql+pymysql://... (got {render(parsed)!r} in {what})."
+            )
+        # One SQLAlchemy dialect name ("mysql") for both servers: SQLAlchemy
+        # tells MariaDB apart from the server's version string anyway.
+        parsed = parsed.set(drivername=f"mysql+{driver if '+' in parsed.drivername else MYSQL_DRIVERS[0]}")
     elif backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ConfigurationError(
@@ -203,7 +221,7 @@ def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABA
         parsed = parsed.set(drivername="sqlite")
     else:
         raise ConfigurationError(
-            f"jobtable supports PostgreSQL and SQLite, not {backend!r} "
+            f"jobtable supports PostgreSQL, MySQL/MariaDB and SQLite, not {backend!r} "
             f"({render(parsed)!r} in {what}). Use {URL_EXAMPLES}."
         )
     return parsed

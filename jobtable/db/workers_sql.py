@@ -46,11 +46,9 @@ def register_worker(
         "started_at": now,
         "heartbeat_at": now,
     }
-    from sqlalchemy.dialects import postgresql as pg_dialect
-    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from .dialects import upsert_insert
 
-    module: Any = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
-    stmt = module.insert(worker_table).values(values)
+    stmt = upsert_insert(conn, worker_table).values(values)
     stmt = stmt.on_conflict_do_update(
         index_elements=[worker_table.c.id], set_={"heartbeat_at": now, "pid": pid, "queues": values["queues"]}
     )
@@ -61,13 +59,15 @@ def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set
     """Refresh heartbeats; returns the ids that had no row (rescued meanwhile)."""
     if not worker_ids:
         return set()
-    stmt = (
-        update(worker_table)
-        .where(worker_table.c.id.in_(list(worker_ids)))
-        .values(heartbeat_at=now)
-        .returning(worker_table.c.id)
-    )
-    found = {row.id for row in conn.execute(stmt)}
+    where = [worker_table.c.id.in_(list(worker_ids))]
+    if conn.dialect.update_returning:
+        stmt = update(worker_table).where(*where).values(heartbeat_at=now).returning(worker_table.c.id)
+        found = {row.id for row in conn.execute(stmt)}
+    else:  # MySQL
+        from .dialects.mysql import update_returning
+
+        rows = update_returning(conn, worker_table, where, {"heartbeat_at": now}, [worker_table.c.id])
+        found = {row.id for row in rows}
     return set(worker_ids) - found
 
 
@@ -99,7 +99,7 @@ def lock_workers(conn: Connection, worker_ids: Sequence[str]) -> list[str]:
     if not worker_ids:
         return []
     stmt = select(worker_table.c.id).where(worker_table.c.id.in_(list(worker_ids)))
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name in ("postgresql", "mysql"):
         stmt = stmt.with_for_update(skip_locked=True)
     return list(conn.execute(stmt).scalars())
 

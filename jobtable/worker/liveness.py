@@ -54,7 +54,7 @@ class Liveness:
     @property
     def why(self) -> str:
         """How the death was known, for the LOST message."""
-        if self.dialect == "sqlite":
+        if self.dialect in ("sqlite", "mysql"):
             return "died (its process no longer exists)"
         return "died (its database session ended)"
 
@@ -85,7 +85,9 @@ class Liveness:
         if not rows:
             self._free_since.clear()
             return []
-        if self.dialect == "sqlite":
+        # MySQL: by pid too, for now (GET_LOCK sessions would serve as
+        # PostgreSQL's advisory locks do; until then, heartbeats elsewhere).
+        if self.dialect in ("sqlite", "mysql"):
             return [row.id for row in rows if row.hostname == hostname and not pid_alive(row.pid, row.started_at)]
         if self.session is None or not self.session.connected:
             return []  # our own session is down: a free lock proves nothing now

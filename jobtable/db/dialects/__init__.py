@@ -11,7 +11,7 @@ here so that it registers itself.
 
 from __future__ import annotations
 
-from . import postgresql, sqlite
+from . import mysql, postgresql, sqlite
 from .base import (
     BINDINGS_CHANGED,
     INSERT_BATCH,
@@ -33,6 +33,7 @@ from .base import (
     wake_queues,
 )
 from .postgresql import PostgresDialect, finish_pg, insert_results_pg, transport_claim_pg, transport_delete_pg
+from .mysql import MysqlDialect
 from .sqlite import SqliteDialect
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "STATS_FINE_KEEP",
     "STATS_TABLE",
     "Dialect",
+    "MysqlDialect",
     "PostgresDialect",
     "SqliteDialect",
     "compact_result_stats",
@@ -51,6 +53,7 @@ __all__ = [
     "for_name",
     "insert_binding",
     "insert_results_pg",
+    "mysql",
     "notify_bindings_changed",
     "postgresql",
     "register",

@@ -11,6 +11,7 @@ from typing import TypedDict
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0001"
 down_revision = None
@@ -18,7 +19,15 @@ branch_labels = None
 depends_on = None
 
 BigIntPK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Timestamp = sa.DateTime(timezone=True)
+# MySQL's DATETIME keeps no fractions of a second unless told: DATETIME(6).
+Timestamp = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql")
+
+# MySQL (added with MySQL support, 2026-12-03): DDL is not transactional
+# there -- each CREATE commits by itself -- so a run interrupted half way
+# leaves some tables behind and no version row.  Every step below is skipped
+# when what it creates exists already, so running `jobtable migrate` again
+# finishes the job.  MySQL has no partial indexes: the partial ones lead with
+# the column their predicate tests instead.
 
 
 class _Where(TypedDict):
@@ -33,8 +42,42 @@ def _partial(where: str) -> _Where:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
+def _mysql() -> bool:
+    return op.get_bind().dialect.name == "mysql"
+
+
+def _exists(table: str, index: str | None = None) -> bool:
+    """On MySQL: whether an interrupted earlier run created it already."""
+    if not _mysql():
+        return False
+    inspector = sa.inspect(op.get_bind())
+    if not inspector.has_table(table):
+        return False
+    return index is None or index in {i["name"] for i in inspector.get_indexes(table)}
+
+
+def _create_table(name: str, *columns: sa.schema.SchemaItem) -> None:
+    if not _exists(name):
+        op.create_table(name, *columns)
+
+
+def _create_index(
+    name: str, table: str, columns: list[str | sa.TextClause], *, unique: bool = False, where: str | None = None
+) -> None:
+    if _exists(table, name):
+        return
+    if where is None:
+        op.create_index(name, table, columns, unique=unique)
+    elif _mysql():
+        # The predicate's column first (state = ..., retried).
+        lead = where.split()[0]
+        op.create_index(name, table, [lead, *columns], unique=unique)
+    else:
+        op.create_index(name, table, columns, unique=unique, **_partial(where))
+
+
 def upgrade() -> None:
-    op.create_table(
+    _create_table(
         "jobtable_request",
         sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
         sa.Column("task_id", sa.String(255), nullable=False),
@@ -55,24 +98,26 @@ def upgrade() -> None:
         sa.Column("message", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_request"),
     )
-    op.create_index(
+    _create_index(
         "ix_jobtable_request_claim",
         "jobtable_request",
         ["queue", sa.text("priority DESC"), "id"],
-        **_partial("state = 'pending'"),
+        where="state = 'pending'",
     )
-    op.create_index("ix_jobtable_request_due", "jobtable_request", ["run_at"], **_partial("state = 'scheduled'"))
-    op.create_index("ix_jobtable_request_running", "jobtable_request", ["worker_id"], **_partial("state = 'running'"))
-    op.create_index(
+    _create_index("ix_jobtable_request_due", "jobtable_request", ["run_at"], where="state = 'scheduled'")
+    _create_index("ix_jobtable_request_running", "jobtable_request", ["worker_id"], where="state = 'running'")
+    # MySQL: a plain unique index -- NULL keys never collide in InnoDB's
+    # unique indexes, which is what the partial index says elsewhere.
+    _create_index(
         "uq_jobtable_request_concurrency",
         "jobtable_request",
         ["task_name", "concurrency_key"],
         unique=True,
-        **_partial("concurrency_key IS NOT NULL"),
+        where=None if _mysql() else "concurrency_key IS NOT NULL",
     )
-    op.create_index("ix_jobtable_request_task_id", "jobtable_request", ["task_id"])
+    _create_index("ix_jobtable_request_task_id", "jobtable_request", ["task_id"])
 
-    op.create_table(
+    _create_table(
         "jobtable_result",
         sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
         sa.Column("task_id", sa.String(255), nullable=False),
@@ -97,14 +142,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_result"),
         sa.UniqueConstraint("task_id", "attempt", name="uq_jobtable_result_task_id_attempt"),
     )
-    op.create_index("ix_jobtable_result_ended_at", "jobtable_result", ["ended_at"])
-    op.create_index("ix_jobtable_result_status", "jobtable_result", ["status", "ended_at"])
-    op.create_index("ix_jobtable_result_task_name", "jobtable_result", ["task_name", "ended_at"])
+    _create_index("ix_jobtable_result_ended_at", "jobtable_result", ["ended_at"])
+    _create_index("ix_jobtable_result_status", "jobtable_result", ["status", "ended_at"])
+    _create_index("ix_jobtable_result_task_name", "jobtable_result", ["task_name", "ended_at"])
     # Dashboard: the queue filter of the results list, and the "retried" count.
-    op.create_index("ix_jobtable_result_queue", "jobtable_result", ["queue", "ended_at"])
-    op.create_index("ix_jobtable_result_retried", "jobtable_result", ["ended_at"], **_partial("retried"))
+    _create_index("ix_jobtable_result_queue", "jobtable_result", ["queue", "ended_at"])
+    _create_index("ix_jobtable_result_retried", "jobtable_result", ["ended_at"], where="retried")
 
-    op.create_table(
+    _create_table(
         "jobtable_worker",
         sa.Column("id", sa.String(255), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
@@ -116,9 +161,9 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_worker"),
     )
-    op.create_index("ix_jobtable_worker_heartbeat_at", "jobtable_worker", ["heartbeat_at"])
+    _create_index("ix_jobtable_worker_heartbeat_at", "jobtable_worker", ["heartbeat_at"])
 
-    op.create_table(
+    _create_table(
         "jobtable_schedule",
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("last_slot", Timestamp, nullable=True),
@@ -126,7 +171,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name="pk_jobtable_schedule"),
     )
 
-    op.create_table(
+    _create_table(
         "jobtable_binding",
         sa.Column("id", BigIntPK, primary_key=True, autoincrement=True),
         sa.Column("exchange", sa.String(255), nullable=False),
@@ -139,7 +184,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("exchange", "routing_key", "queue", name="uq_jobtable_binding_exchange_routing_key_queue"),
     )
 
-    op.create_table(
+    _create_table(
         "jobtable_group",
         sa.Column("id", sa.String(255), nullable=False),
         sa.Column("result", sa.Text, nullable=True),
@@ -148,7 +193,7 @@ def upgrade() -> None:
         sa.Column("created_at", Timestamp, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_jobtable_group"),
     )
-    op.create_index("ix_jobtable_group_created_at", "jobtable_group", ["created_at"])
+    _create_index("ix_jobtable_group_created_at", "jobtable_group", ["created_at"])
 
     if op.get_bind().dialect.name == "postgresql":
         # One NOTIFY per statement that writes results (not per row): waiters

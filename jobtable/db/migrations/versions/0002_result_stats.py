@@ -38,6 +38,48 @@ _COUNTERS = (
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "mysql":
+        _create_stats_table_mysql()
+        _upgrade_mysql()
+        return
+    _create_stats_table()
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    # Creating the triggers locks jobtable_result against writes until this
+    # transaction commits, so the backfill below and the triggers together
+    # count every result exactly once, even with workers running.
+    for statement in _POSTGRESQL_DDL if postgresql else _SQLITE_DDL:
+        op.execute(statement)
+    op.execute(_POSTGRESQL_BACKFILL if postgresql else _SQLITE_BACKFILL)
+    if not postgresql:
+        # SQLite's backfill writes 30-second rows only (as its triggers do):
+        # fold the old ones into hours now rather than at the first retention run.
+        _sqlite_fold(op.get_bind(), datetime.now(timezone.utc))
+
+
+def _create_stats_table_mysql() -> None:
+    if not sa.inspect(op.get_bind()).has_table("jobtable_result_stats"):
+        _create_stats_table()
+
+
+def _upgrade_mysql() -> None:
+    """MySQL (added with MySQL support, 2026-12-03).  DDL is not
+    transactional there: each statement commits by itself, so this is
+    written to be run again after an interruption -- the table is created
+    only if missing, each trigger dropped (IF EXISTS) and created again, and
+    the backfill recounts from nothing.  No MySQL database ran jobtable
+    before this release, so 0001 and 0002 run back to back on an empty
+    result table: no writer races the backfill."""
+    conn = op.get_bind()
+    for statement in _MYSQL_DROP:
+        op.execute(statement)
+    for statement in _MYSQL_DDL:
+        op.execute(statement)
+    op.execute("DELETE FROM jobtable_result_stats")
+    op.execute(_MYSQL_BACKFILL)
+    _sqlite_fold(conn, datetime.now(timezone.utc))
+
+
+def _create_stats_table() -> None:
     op.create_table(
         "jobtable_result_stats",
         sa.Column("span", sa.Integer, nullable=False, autoincrement=False),
@@ -57,31 +99,23 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("span", "bucket_start", "queue", "status", "shard", name="pk_jobtable_result_stats"),
     )
-    postgresql = op.get_bind().dialect.name == "postgresql"
-    # Creating the triggers locks jobtable_result against writes until this
-    # transaction commits, so the backfill below and the triggers together
-    # count every result exactly once, even with workers running.
-    for statement in _POSTGRESQL_DDL if postgresql else _SQLITE_DDL:
-        op.execute(statement)
-    op.execute(_POSTGRESQL_BACKFILL if postgresql else _SQLITE_BACKFILL)
-    if not postgresql:
-        # SQLite's backfill writes 30-second rows only (as its triggers do):
-        # fold the old ones into hours now rather than at the first retention run.
-        _sqlite_fold(op.get_bind(), datetime.now(timezone.utc))
 
 
 def downgrade() -> None:
-    postgresql = op.get_bind().dialect.name == "postgresql"
-    for statement in _POSTGRESQL_DROP if postgresql else _SQLITE_DROP:
+    name = op.get_bind().dialect.name
+    postgresql = name == "postgresql"
+    for statement in _MYSQL_DROP if name == "mysql" else _POSTGRESQL_DROP if postgresql else _SQLITE_DROP:
         op.execute(statement)
     op.drop_table("jobtable_result_stats")
 
 
 def _sqlite_fold(conn: sa.Connection, now: datetime) -> None:
-    """What dialects.compact_result_stats did on SQLite: fold the 30-second
+    """What dialects.compact_result_stats did on SQLite (and does on MySQL,
+    where the upsert and the epoch are spelt differently): fold the 30-second
     rows of buckets that started before the fine window into hourly rows,
     then drop the rows of buckets that end before the oldest result (and over
     an hour ago), which sum to zero."""
+    mysql = conn.dialect.name == "mysql"
     fold_before = int(now.timestamp()) - _FINE_KEEP
     fold_before -= fold_before % _WIDE
     conn.execute(
@@ -91,8 +125,13 @@ def _sqlite_fold(conn: sa.Connection, now: datetime) -> None:
             + ", ".join(f"sum({c})" for c in _COUNTERS)
             + f" FROM jobtable_result_stats WHERE span = {_FINE} AND bucket_start < :fold_before "
             f"GROUP BY bucket_start - bucket_start % {_WIDE}, queue, status, shard "
-            f"ON CONFLICT ({_KEY}) DO UPDATE SET "
-            + ", ".join(f"{c} = jobtable_result_stats.{c} + excluded.{c}" for c in _COUNTERS)
+            + (
+                "ON DUPLICATE KEY UPDATE "
+                + ", ".join(f"{c} = jobtable_result_stats.{c} + VALUES({c})" for c in _COUNTERS)
+                if mysql
+                else f"ON CONFLICT ({_KEY}) DO UPDATE SET "
+                + ", ".join(f"{c} = jobtable_result_stats.{c} + excluded.{c}" for c in _COUNTERS)
+            )
         ),
         {"fold_before": fold_before},
     )
@@ -102,9 +141,12 @@ def _sqlite_fold(conn: sa.Connection, now: datetime) -> None:
     )
     # ended_at is naive UTC text; strftime('%s') truncates to whole seconds
     # as int(datetime.timestamp()) did.
-    oldest = conn.execute(
-        sa.text("SELECT CAST(strftime('%s', min(ended_at)) AS INTEGER) FROM jobtable_result")
-    ).scalar()
+    epoch = (
+        "TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', min(ended_at))"
+        if mysql
+        else "CAST(strftime('%s', min(ended_at)) AS INTEGER)"
+    )
+    oldest = conn.execute(sa.text(f"SELECT {epoch} FROM jobtable_result")).scalar()
     horizon = int(now.timestamp()) - 3600
     if oldest is not None:
         horizon = min(horizon, int(oldest))
@@ -633,6 +675,163 @@ excluded.wait_sum_4, wait_sum_5 = jobtable_result_stats.wait_sum_5 + excluded.wa
 jobtable_result_stats.wait_sum_6 + excluded.wait_sum_6"""
 
 _SQLITE_DROP = (
+"""\
+DROP TRIGGER IF EXISTS jobtable_result_stats_insert""",
+"""\
+DROP TRIGGER IF EXISTS jobtable_result_stats_update""",
+"""\
+DROP TRIGGER IF EXISTS jobtable_result_stats_delete""",
+)
+
+
+# MySQL (added 2026-12-03 with MySQL support; never edit): row-level
+# triggers writing the 30-second bucket of the writer's shard
+# (CONNECTION_ID() % 8).
+
+_MYSQL_DDL = (
+"""\
+CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result FOR EACH ROW
+INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, results, retried, wait_count_0, \
+wait_count_1, wait_count_2, wait_count_3, wait_count_4, wait_count_5, wait_count_6, wait_sum_0, wait_sum_1, \
+wait_sum_2, wait_sum_3, wait_sum_4, wait_sum_5, wait_sum_6)
+SELECT 30, v.t - v.t % 30, v.queue, v.status, CONNECTION_ID() % 8, 1, CASE WHEN v.retried THEN 1 ELSE 0 END, CASE \
+WHEN v.k = 0 THEN 1 ELSE 0 END, CASE WHEN v.k = 1 THEN 1 ELSE 0 END, CASE WHEN v.k = 2 THEN 1 ELSE 0 END, CASE WHEN \
+v.k = 3 THEN 1 ELSE 0 END, CASE WHEN v.k = 4 THEN 1 ELSE 0 END, CASE WHEN v.k = 5 THEN 1 ELSE 0 END, CASE WHEN v.k \
+= 6 THEN 1 ELSE 0 END, CASE WHEN v.k = 0 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 1 THEN v.w ELSE 0.0 END, CASE WHEN \
+v.k = 2 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 3 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 4 THEN v.w ELSE 0.0 END, \
+CASE WHEN v.k = 5 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 6 THEN v.w ELSE 0.0 END
+FROM (SELECT r.*, CASE WHEN r.w IS NULL THEN NULL WHEN r.w < 0.01 THEN 0 WHEN r.w < 0.1 THEN 1 WHEN r.w < 1.0 THEN \
+2 WHEN r.w < 10.0 THEN 3 WHEN r.w < 100.0 THEN 4 WHEN r.w < 1000.0 THEN 5 ELSE 6 END AS k FROM (SELECT NEW.queue AS \
+queue, NEW.status AS status, NEW.retried AS retried, TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', NEW.ended_at) AS \
+t, CASE WHEN NEW.status = 'SUCCESSFUL' AND NEW.started_at IS NOT NULL AND NEW.requested_at IS NOT NULL THEN \
+GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, NEW.requested_at, NEW.started_at) / 1000000.0) END AS w ) AS r) AS v
+ON DUPLICATE KEY UPDATE results = jobtable_result_stats.results + VALUES(results), retried = \
+jobtable_result_stats.retried + VALUES(retried), wait_count_0 = jobtable_result_stats.wait_count_0 + \
+VALUES(wait_count_0), wait_count_1 = jobtable_result_stats.wait_count_1 + VALUES(wait_count_1), wait_count_2 = \
+jobtable_result_stats.wait_count_2 + VALUES(wait_count_2), wait_count_3 = jobtable_result_stats.wait_count_3 + \
+VALUES(wait_count_3), wait_count_4 = jobtable_result_stats.wait_count_4 + VALUES(wait_count_4), wait_count_5 = \
+jobtable_result_stats.wait_count_5 + VALUES(wait_count_5), wait_count_6 = jobtable_result_stats.wait_count_6 + \
+VALUES(wait_count_6), wait_sum_0 = jobtable_result_stats.wait_sum_0 + VALUES(wait_sum_0), wait_sum_1 = \
+jobtable_result_stats.wait_sum_1 + VALUES(wait_sum_1), wait_sum_2 = jobtable_result_stats.wait_sum_2 + \
+VALUES(wait_sum_2), wait_sum_3 = jobtable_result_stats.wait_sum_3 + VALUES(wait_sum_3), wait_sum_4 = \
+jobtable_result_stats.wait_sum_4 + VALUES(wait_sum_4), wait_sum_5 = jobtable_result_stats.wait_sum_5 + \
+VALUES(wait_sum_5), wait_sum_6 = jobtable_result_stats.wait_sum_6 + VALUES(wait_sum_6)""",
+"""\
+CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result FOR EACH ROW
+BEGIN
+IF NOT (OLD.queue <=> NEW.queue) OR NOT (OLD.status <=> NEW.status) OR NOT (OLD.ended_at <=> NEW.ended_at) OR NOT \
+(OLD.retried <=> NEW.retried) OR NOT (OLD.requested_at <=> NEW.requested_at) OR NOT (OLD.started_at <=> \
+NEW.started_at) THEN
+INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, results, retried, wait_count_0, \
+wait_count_1, wait_count_2, wait_count_3, wait_count_4, wait_count_5, wait_count_6, wait_sum_0, wait_sum_1, \
+wait_sum_2, wait_sum_3, wait_sum_4, wait_sum_5, wait_sum_6)
+SELECT 30, v.t - v.t % 30, v.queue, v.status, CONNECTION_ID() % 8, -1, CASE WHEN v.retried THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 0 THEN -1 ELSE 0 END, CASE WHEN v.k = 1 THEN -1 ELSE 0 END, CASE WHEN v.k = 2 THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 3 THEN -1 ELSE 0 END, CASE WHEN v.k = 4 THEN -1 ELSE 0 END, CASE WHEN v.k = 5 THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 6 THEN -1 ELSE 0 END, CASE WHEN v.k = 0 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 1 THEN -v.w ELSE 0.0 \
+END, CASE WHEN v.k = 2 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 3 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 4 THEN \
+-v.w ELSE 0.0 END, CASE WHEN v.k = 5 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 6 THEN -v.w ELSE 0.0 END
+FROM (SELECT r.*, CASE WHEN r.w IS NULL THEN NULL WHEN r.w < 0.01 THEN 0 WHEN r.w < 0.1 THEN 1 WHEN r.w < 1.0 THEN \
+2 WHEN r.w < 10.0 THEN 3 WHEN r.w < 100.0 THEN 4 WHEN r.w < 1000.0 THEN 5 ELSE 6 END AS k FROM (SELECT OLD.queue AS \
+queue, OLD.status AS status, OLD.retried AS retried, TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', OLD.ended_at) AS \
+t, CASE WHEN OLD.status = 'SUCCESSFUL' AND OLD.started_at IS NOT NULL AND OLD.requested_at IS NOT NULL THEN \
+GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, OLD.requested_at, OLD.started_at) / 1000000.0) END AS w ) AS r) AS v
+ON DUPLICATE KEY UPDATE results = jobtable_result_stats.results + VALUES(results), retried = \
+jobtable_result_stats.retried + VALUES(retried), wait_count_0 = jobtable_result_stats.wait_count_0 + \
+VALUES(wait_count_0), wait_count_1 = jobtable_result_stats.wait_count_1 + VALUES(wait_count_1), wait_count_2 = \
+jobtable_result_stats.wait_count_2 + VALUES(wait_count_2), wait_count_3 = jobtable_result_stats.wait_count_3 + \
+VALUES(wait_count_3), wait_count_4 = jobtable_result_stats.wait_count_4 + VALUES(wait_count_4), wait_count_5 = \
+jobtable_result_stats.wait_count_5 + VALUES(wait_count_5), wait_count_6 = jobtable_result_stats.wait_count_6 + \
+VALUES(wait_count_6), wait_sum_0 = jobtable_result_stats.wait_sum_0 + VALUES(wait_sum_0), wait_sum_1 = \
+jobtable_result_stats.wait_sum_1 + VALUES(wait_sum_1), wait_sum_2 = jobtable_result_stats.wait_sum_2 + \
+VALUES(wait_sum_2), wait_sum_3 = jobtable_result_stats.wait_sum_3 + VALUES(wait_sum_3), wait_sum_4 = \
+jobtable_result_stats.wait_sum_4 + VALUES(wait_sum_4), wait_sum_5 = jobtable_result_stats.wait_sum_5 + \
+VALUES(wait_sum_5), wait_sum_6 = jobtable_result_stats.wait_sum_6 + VALUES(wait_sum_6);
+INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, results, retried, wait_count_0, \
+wait_count_1, wait_count_2, wait_count_3, wait_count_4, wait_count_5, wait_count_6, wait_sum_0, wait_sum_1, \
+wait_sum_2, wait_sum_3, wait_sum_4, wait_sum_5, wait_sum_6)
+SELECT 30, v.t - v.t % 30, v.queue, v.status, CONNECTION_ID() % 8, 1, CASE WHEN v.retried THEN 1 ELSE 0 END, CASE \
+WHEN v.k = 0 THEN 1 ELSE 0 END, CASE WHEN v.k = 1 THEN 1 ELSE 0 END, CASE WHEN v.k = 2 THEN 1 ELSE 0 END, CASE WHEN \
+v.k = 3 THEN 1 ELSE 0 END, CASE WHEN v.k = 4 THEN 1 ELSE 0 END, CASE WHEN v.k = 5 THEN 1 ELSE 0 END, CASE WHEN v.k \
+= 6 THEN 1 ELSE 0 END, CASE WHEN v.k = 0 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 1 THEN v.w ELSE 0.0 END, CASE WHEN \
+v.k = 2 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 3 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 4 THEN v.w ELSE 0.0 END, \
+CASE WHEN v.k = 5 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 6 THEN v.w ELSE 0.0 END
+FROM (SELECT r.*, CASE WHEN r.w IS NULL THEN NULL WHEN r.w < 0.01 THEN 0 WHEN r.w < 0.1 THEN 1 WHEN r.w < 1.0 THEN \
+2 WHEN r.w < 10.0 THEN 3 WHEN r.w < 100.0 THEN 4 WHEN r.w < 1000.0 THEN 5 ELSE 6 END AS k FROM (SELECT NEW.queue AS \
+queue, NEW.status AS status, NEW.retried AS retried, TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', NEW.ended_at) AS \
+t, CASE WHEN NEW.status = 'SUCCESSFUL' AND NEW.started_at IS NOT NULL AND NEW.requested_at IS NOT NULL THEN \
+GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, NEW.requested_at, NEW.started_at) / 1000000.0) END AS w ) AS r) AS v
+ON DUPLICATE KEY UPDATE results = jobtable_result_stats.results + VALUES(results), retried = \
+jobtable_result_stats.retried + VALUES(retried), wait_count_0 = jobtable_result_stats.wait_count_0 + \
+VALUES(wait_count_0), wait_count_1 = jobtable_result_stats.wait_count_1 + VALUES(wait_count_1), wait_count_2 = \
+jobtable_result_stats.wait_count_2 + VALUES(wait_count_2), wait_count_3 = jobtable_result_stats.wait_count_3 + \
+VALUES(wait_count_3), wait_count_4 = jobtable_result_stats.wait_count_4 + VALUES(wait_count_4), wait_count_5 = \
+jobtable_result_stats.wait_count_5 + VALUES(wait_count_5), wait_count_6 = jobtable_result_stats.wait_count_6 + \
+VALUES(wait_count_6), wait_sum_0 = jobtable_result_stats.wait_sum_0 + VALUES(wait_sum_0), wait_sum_1 = \
+jobtable_result_stats.wait_sum_1 + VALUES(wait_sum_1), wait_sum_2 = jobtable_result_stats.wait_sum_2 + \
+VALUES(wait_sum_2), wait_sum_3 = jobtable_result_stats.wait_sum_3 + VALUES(wait_sum_3), wait_sum_4 = \
+jobtable_result_stats.wait_sum_4 + VALUES(wait_sum_4), wait_sum_5 = jobtable_result_stats.wait_sum_5 + \
+VALUES(wait_sum_5), wait_sum_6 = jobtable_result_stats.wait_sum_6 + VALUES(wait_sum_6);
+END IF;
+END""",
+"""\
+CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result FOR EACH ROW
+INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, results, retried, wait_count_0, \
+wait_count_1, wait_count_2, wait_count_3, wait_count_4, wait_count_5, wait_count_6, wait_sum_0, wait_sum_1, \
+wait_sum_2, wait_sum_3, wait_sum_4, wait_sum_5, wait_sum_6)
+SELECT 30, v.t - v.t % 30, v.queue, v.status, CONNECTION_ID() % 8, -1, CASE WHEN v.retried THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 0 THEN -1 ELSE 0 END, CASE WHEN v.k = 1 THEN -1 ELSE 0 END, CASE WHEN v.k = 2 THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 3 THEN -1 ELSE 0 END, CASE WHEN v.k = 4 THEN -1 ELSE 0 END, CASE WHEN v.k = 5 THEN -1 ELSE 0 END, CASE \
+WHEN v.k = 6 THEN -1 ELSE 0 END, CASE WHEN v.k = 0 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 1 THEN -v.w ELSE 0.0 \
+END, CASE WHEN v.k = 2 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 3 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 4 THEN \
+-v.w ELSE 0.0 END, CASE WHEN v.k = 5 THEN -v.w ELSE 0.0 END, CASE WHEN v.k = 6 THEN -v.w ELSE 0.0 END
+FROM (SELECT r.*, CASE WHEN r.w IS NULL THEN NULL WHEN r.w < 0.01 THEN 0 WHEN r.w < 0.1 THEN 1 WHEN r.w < 1.0 THEN \
+2 WHEN r.w < 10.0 THEN 3 WHEN r.w < 100.0 THEN 4 WHEN r.w < 1000.0 THEN 5 ELSE 6 END AS k FROM (SELECT OLD.queue AS \
+queue, OLD.status AS status, OLD.retried AS retried, TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', OLD.ended_at) AS \
+t, CASE WHEN OLD.status = 'SUCCESSFUL' AND OLD.started_at IS NOT NULL AND OLD.requested_at IS NOT NULL THEN \
+GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, OLD.requested_at, OLD.started_at) / 1000000.0) END AS w ) AS r) AS v
+ON DUPLICATE KEY UPDATE results = jobtable_result_stats.results + VALUES(results), retried = \
+jobtable_result_stats.retried + VALUES(retried), wait_count_0 = jobtable_result_stats.wait_count_0 + \
+VALUES(wait_count_0), wait_count_1 = jobtable_result_stats.wait_count_1 + VALUES(wait_count_1), wait_count_2 = \
+jobtable_result_stats.wait_count_2 + VALUES(wait_count_2), wait_count_3 = jobtable_result_stats.wait_count_3 + \
+VALUES(wait_count_3), wait_count_4 = jobtable_result_stats.wait_count_4 + VALUES(wait_count_4), wait_count_5 = \
+jobtable_result_stats.wait_count_5 + VALUES(wait_count_5), wait_count_6 = jobtable_result_stats.wait_count_6 + \
+VALUES(wait_count_6), wait_sum_0 = jobtable_result_stats.wait_sum_0 + VALUES(wait_sum_0), wait_sum_1 = \
+jobtable_result_stats.wait_sum_1 + VALUES(wait_sum_1), wait_sum_2 = jobtable_result_stats.wait_sum_2 + \
+VALUES(wait_sum_2), wait_sum_3 = jobtable_result_stats.wait_sum_3 + VALUES(wait_sum_3), wait_sum_4 = \
+jobtable_result_stats.wait_sum_4 + VALUES(wait_sum_4), wait_sum_5 = jobtable_result_stats.wait_sum_5 + \
+VALUES(wait_sum_5), wait_sum_6 = jobtable_result_stats.wait_sum_6 + VALUES(wait_sum_6)""",
+)
+
+_MYSQL_BACKFILL = """\
+INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, results, retried, wait_count_0, \
+wait_count_1, wait_count_2, wait_count_3, wait_count_4, wait_count_5, wait_count_6, wait_sum_0, wait_sum_1, \
+wait_sum_2, wait_sum_3, wait_sum_4, wait_sum_5, wait_sum_6)
+SELECT 30, v.t - v.t % 30, v.queue, v.status, 0, 1, CASE WHEN v.retried THEN 1 ELSE 0 END, CASE WHEN v.k = 0 THEN 1 \
+ELSE 0 END, CASE WHEN v.k = 1 THEN 1 ELSE 0 END, CASE WHEN v.k = 2 THEN 1 ELSE 0 END, CASE WHEN v.k = 3 THEN 1 ELSE \
+0 END, CASE WHEN v.k = 4 THEN 1 ELSE 0 END, CASE WHEN v.k = 5 THEN 1 ELSE 0 END, CASE WHEN v.k = 6 THEN 1 ELSE 0 \
+END, CASE WHEN v.k = 0 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 1 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 2 THEN v.w \
+ELSE 0.0 END, CASE WHEN v.k = 3 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 4 THEN v.w ELSE 0.0 END, CASE WHEN v.k = 5 \
+THEN v.w ELSE 0.0 END, CASE WHEN v.k = 6 THEN v.w ELSE 0.0 END
+FROM (SELECT r.*, CASE WHEN r.w IS NULL THEN NULL WHEN r.w < 0.01 THEN 0 WHEN r.w < 0.1 THEN 1 WHEN r.w < 1.0 THEN \
+2 WHEN r.w < 10.0 THEN 3 WHEN r.w < 100.0 THEN 4 WHEN r.w < 1000.0 THEN 5 ELSE 6 END AS k FROM (SELECT res.queue AS \
+queue, res.status AS status, res.retried AS retried, TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', res.ended_at) AS \
+t, CASE WHEN res.status = 'SUCCESSFUL' AND res.started_at IS NOT NULL AND res.requested_at IS NOT NULL THEN \
+GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, res.requested_at, res.started_at) / 1000000.0) END AS w FROM \
+jobtable_result AS res) AS r) AS v
+ON DUPLICATE KEY UPDATE results = jobtable_result_stats.results + VALUES(results), retried = \
+jobtable_result_stats.retried + VALUES(retried), wait_count_0 = jobtable_result_stats.wait_count_0 + \
+VALUES(wait_count_0), wait_count_1 = jobtable_result_stats.wait_count_1 + VALUES(wait_count_1), wait_count_2 = \
+jobtable_result_stats.wait_count_2 + VALUES(wait_count_2), wait_count_3 = jobtable_result_stats.wait_count_3 + \
+VALUES(wait_count_3), wait_count_4 = jobtable_result_stats.wait_count_4 + VALUES(wait_count_4), wait_count_5 = \
+jobtable_result_stats.wait_count_5 + VALUES(wait_count_5), wait_count_6 = jobtable_result_stats.wait_count_6 + \
+VALUES(wait_count_6), wait_sum_0 = jobtable_result_stats.wait_sum_0 + VALUES(wait_sum_0), wait_sum_1 = \
+jobtable_result_stats.wait_sum_1 + VALUES(wait_sum_1), wait_sum_2 = jobtable_result_stats.wait_sum_2 + \
+VALUES(wait_sum_2), wait_sum_3 = jobtable_result_stats.wait_sum_3 + VALUES(wait_sum_3), wait_sum_4 = \
+jobtable_result_stats.wait_sum_4 + VALUES(wait_sum_4), wait_sum_5 = jobtable_result_stats.wait_sum_5 + \
+VALUES(wait_sum_5), wait_sum_6 = jobtable_result_stats.wait_sum_6 + VALUES(wait_sum_6)"""
+
+_MYSQL_DROP = (
 """\
 DROP TRIGGER IF EXISTS jobtable_result_stats_insert""",
 """\

@@ -45,6 +45,17 @@ _UPGRADE = {
         "WHERE unique_key IS NULL AND concurrency_key IS NOT NULL",
         "DROP INDEX uq_jobtable_request_concurrency",
     ],
+    # MySQL has no partial indexes (NULL keys never collide in a unique
+    # index, and finished rows leave the table) and no transactional DDL:
+    # _mysql_upgrade runs each statement only if its effect is missing, so an
+    # interrupted upgrade is finished by running it again.
+    "mysql": [
+        "ALTER TABLE jobtable_request ADD COLUMN unique_key VARCHAR(255)",
+        "UPDATE jobtable_request SET unique_key = concurrency_key WHERE concurrency_key IS NOT NULL",
+        "CREATE UNIQUE INDEX uq_jobtable_request_unique_key ON jobtable_request (task_name, unique_key)",
+        "CREATE INDEX ix_jobtable_request_custom_key ON jobtable_request (task_name, concurrency_key)",
+        "DROP INDEX uq_jobtable_request_concurrency ON jobtable_request",
+    ],
 }
 
 _DOWNGRADE = {
@@ -63,6 +74,12 @@ _DOWNGRADE = {
         "WHERE concurrency_key IS NOT NULL",
         "ALTER TABLE jobtable_request DROP COLUMN unique_key",
     ],
+    "mysql": [
+        "DROP INDEX ix_jobtable_request_custom_key ON jobtable_request",
+        "DROP INDEX uq_jobtable_request_unique_key ON jobtable_request",
+        "CREATE UNIQUE INDEX uq_jobtable_request_concurrency ON jobtable_request (task_name, concurrency_key)",
+        "ALTER TABLE jobtable_request DROP COLUMN unique_key",
+    ],
 }
 
 
@@ -73,9 +90,27 @@ def _statements(plan: dict[str, list[str]]) -> list[str]:
     return plan[name]
 
 
+def _mysql_done(statement: str) -> bool:
+    """Whether a MySQL statement of this migration has already taken effect
+    (an earlier run stopped half way: MySQL commits each DDL statement)."""
+    inspector = sa.inspect(op.get_bind())
+    columns = {c["name"] for c in inspector.get_columns("jobtable_request")}
+    indexes = {i["name"] for i in inspector.get_indexes("jobtable_request")}
+    words = statement.split()
+    if words[:2] == ["ALTER", "TABLE"]:
+        return ("unique_key" in columns) == (words[3] == "ADD")
+    if words[0] == "CREATE":
+        return words[3 if words[1] == "UNIQUE" else 2] in indexes
+    if words[0] == "DROP":
+        return words[2] not in indexes
+    return False  # the backfill: idempotent, run again
+
+
 def upgrade() -> None:
+    mysql = op.get_bind().dialect.name == "mysql"
     for statement in _statements(_UPGRADE):
-        op.execute(sa.text(statement))
+        if not (mysql and _mysql_done(statement)):
+            op.execute(sa.text(statement))
 
 
 def downgrade() -> None:
@@ -92,5 +127,7 @@ def downgrade() -> None:
             f"Cannot downgrade below 0004: several waiting or running jobs of {shared[0]} share the "
             f"concurrency key {shared[1]!r}, which the older schema forbids. Let them finish or delete them first."
         )
+    mysql = op.get_bind().dialect.name == "mysql"
     for statement in _statements(_DOWNGRADE):
-        op.execute(sa.text(statement))
+        if not (mysql and _mysql_done(statement)):
+            op.execute(sa.text(statement))

@@ -39,15 +39,34 @@ _SQLITE_DDL = (
     "CONSTRAINT pk_jobtable_revoke PRIMARY KEY (value, kind, name))",
     "CREATE INDEX ix_jobtable_revoke_expires_at ON jobtable_revoke (expires_at)",
 )
+# MySQL commits each DDL statement: IF NOT EXISTS makes an interrupted
+# upgrade finish when run again.  Times are DATETIME(6) holding naive UTC, as
+# in the other tables there.
+_MYSQL_DDL = (
+    "CREATE TABLE IF NOT EXISTS jobtable_revoke ("
+    "value VARCHAR(255) NOT NULL, "
+    "kind VARCHAR(16) NOT NULL, "
+    "name VARCHAR(255) DEFAULT '' NOT NULL, "
+    "expires_at DATETIME(6) NOT NULL, "
+    "created_at DATETIME(6) NOT NULL, "
+    "CONSTRAINT pk_jobtable_revoke PRIMARY KEY (value, kind, name), "
+    "INDEX ix_jobtable_revoke_expires_at (expires_at))",
+)
 _DROP = ("DROP INDEX ix_jobtable_revoke_expires_at", "DROP TABLE jobtable_revoke")
+_DDL = {"postgresql": _POSTGRESQL_DDL, "sqlite": _SQLITE_DDL, "mysql": _MYSQL_DDL}
 
 
 def upgrade() -> None:
-    postgresql = op.get_bind().dialect.name == "postgresql"
-    for statement in _POSTGRESQL_DDL if postgresql else _SQLITE_DDL:
+    name = op.get_bind().dialect.name
+    if name not in _DDL:
+        raise RuntimeError(f"Migration 0005 has no SQL for the {name} dialect.")
+    for statement in _DDL[name]:
         op.execute(statement)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "mysql":
+        op.execute("DROP TABLE IF EXISTS jobtable_revoke")  # its index goes with it
+        return
     for statement in _DROP:
         op.execute(statement)

@@ -1,0 +1,387 @@
+"""MySQL 8.0+ and MariaDB 10.6+: what jobtable does differently there (see base.Dialect).
+
+- **Claims** lock with ``FOR UPDATE SKIP LOCKED`` (both servers have it), one
+  ordered index range per queue (``ix_jobtable_request_claim`` leads with
+  ``state`` on MySQL, which has no partial indexes, so scheduled and running
+  rows stay out of the range a claim reads).
+- **The concurrency key** is the same unique index on ``(task_name,
+  concurrency_key)`` as elsewhere: InnoDB's unique indexes let NULLs repeat,
+  and finished jobs leave ``jobtable_request``, so every row there is a
+  pending-or-running one -- no partial index (nor generated column) needed.
+  A taken key makes ``INSERT IGNORE`` skip the row.  IGNORE would also turn
+  a too-long value into a truncated one, but every row has passed
+  ``message_checks.checked_row`` (names and sizes bounded) before it gets here.
+- **should_enqueue()** runs under ``GET_LOCK`` named locks, one per
+  (job class, key), taken in sorted order.  They belong to the session, not
+  the transaction: jobtable commits first and releases them right after
+  (``_release_after_commit``), so the next enqueuer of the key sees the row.
+- **RETURNING**: MariaDB has it for INSERT and DELETE, MySQL for nothing, and
+  neither for UPDATE.  Updates that return rows are a locking SELECT then an
+  UPDATE of those ids (``update_returning``); inserts and deletes use
+  RETURNING where the server has it.
+- **Wake-ups**: no LISTEN/NOTIFY; ``notify.MysqlListener`` polls the largest
+  request id (an O(1) read of the primary key's last entry) every few
+  milliseconds, which every enqueue moves.
+- **Result statistics**: row-level triggers (MySQL has no statement-level
+  ones), writing the 30-second bucket only, in the writer's shard
+  (``CONNECTION_ID() % 8``) so that concurrent writers rarely share a row;
+  retention folds old rows into hours (``compact_result_stats``), as on SQLite.
+
+The driver is mysqlclient (``mysql://`` URLs; the ``mysql`` extra).  Measured
+on this project's 2-core machine against MariaDB 10.11, 2,000 round trips
+each: single-row INSERT + COMMIT 348/s against PyMySQL's 334/s (the server's
+log flush dominates), primary-key SELECT 9,049/s against 5,617/s -- the C
+driver spends 40% less client time per statement, which is what a worker's
+claim loop pays.  Both are mature; PyMySQL (pure Python, ``mysql+pymysql://``)
+remains accepted for machines that cannot build mysqlclient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Column, Table, delete, event, func, literal, select, update
+from sqlalchemy.dialects import mysql as sa_mysql
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql.elements import ColumnElement
+
+from .. import tables
+from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .stats_sql import OPS, SOURCE_COLUMNS, wait_class
+
+t = tables.request
+
+#: How long an enqueue waits for a should_enqueue lock (seconds) before it
+#: fails rather than hang: another enqueue of the same key holds it for the
+#: length of its transaction.
+LOCK_TIMEOUT = 60
+#: Shards of the stats rows (as PostgreSQL's, tables.STATS_SHARDS).
+_SHARDS = tables.STATS_SHARDS
+
+
+class Upsert(sa_mysql.Insert):
+    """MySQL's INSERT with the ``on_conflict_*`` spelling the other dialects'
+    inserts have, so that portable callers (``upsert_insert``) need no branch:
+    a conflict does nothing, or updates ``set_`` (``excluded`` is the row that
+    was to be inserted).  No ``where``: ON DUPLICATE KEY UPDATE has none."""
+
+    inherit_cache = True
+
+    @property
+    def excluded(self) -> Any:
+        return self.inserted
+
+    def on_conflict_do_nothing(self, **_: Any) -> Upsert:
+        # A no-op assignment of the primary key: the row stays as it is, and
+        # unlike IGNORE, other errors still raise.
+        key = next(iter(tables.metadata.tables[self.table.name].primary_key.columns))
+        return self.on_duplicate_key_update({key.name: key})
+
+    def on_conflict_do_update(
+        self, *, index_elements: Any = None, set_: dict[str, Any] | None = None, where: Any = None, **_: Any
+    ) -> Upsert:
+        if where is not None:
+            raise NotImplementedError("ON DUPLICATE KEY UPDATE has no WHERE: write the MySQL branch by hand")
+        return self.on_duplicate_key_update(set_ or {})
+
+
+class MysqlDialect(Dialect):
+    name = "mysql"
+
+    def insert_requests(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
+        columns = tuple(rows[0])
+        head = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
+        one = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
+        if conn.dialect.insert_returning:
+            # MariaDB: one statement, RETURNING only the rows inserted.
+            params: dict[str, Any] = {}
+            values = []
+            for i, row in enumerate(rows):
+                values.append("(" + ", ".join(f"%({c}_{i})s" for c in columns) + ")")
+                params.update({f"{c}_{i}": row[c] for c in columns})
+            processed = _bind_processed(conn, params)
+            return list(conn.exec_driver_sql(head + ", ".join(values) + " RETURNING id, task_id", processed))
+        # MySQL: no RETURNING; one statement per row, its id from LAST_INSERT_ID.
+        out: list[Row[Any]] = []
+        for row in rows:
+            result = conn.exec_driver_sql(head + one, _bind_processed(conn, dict(row)))
+            if result.rowcount == 1:
+                out.extend(conn.execute(select(t.c.id, t.c.task_id).where(t.c.id == result.lastrowid)))
+        return out
+
+    def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
+        # Sorted, so that two bulk enqueues cannot deadlock on each other.
+        # GET_LOCK names are at most 64 characters: a digest of the key.
+        held: set[str] = conn.info.setdefault("jobtable_mysql_locks", set())
+        _release_after_commit(conn.engine)
+        for key in sorted(set(keys)):
+            name = "jobtable:" + hashlib.sha1(key.encode("utf-8")).hexdigest()
+            if name in held:
+                continue
+            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, LOCK_TIMEOUT)).scalar()
+            if got != 1:
+                raise TimeoutError(f"should_enqueue lock of {key!r} not acquired within {LOCK_TIMEOUT} s")
+            held.add(name)
+
+    def claim(
+        self, conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
+    ) -> list[Row[Any]]:
+        ids = pick(conn, queues, limit)
+        if not ids:
+            return []
+        conn.execute(update(t).where(t.c.id.in_(ids)).values(state=tables.RUNNING, **values))
+        rows = list(conn.execute(select(t).where(t.c.id.in_(ids))))
+        rows.sort(key=lambda row: (-row.priority, row.id))
+        return rows
+
+    def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+        where = (t.c.id.in_(list(ids)), t.c.worker_id == worker_id, t.c.state == tables.RUNNING)
+        return {row.id for row in delete_returning(conn, t, where, [t.c.id])}
+
+    def wake_queues(self, conn: Connection, queues: Sequence[str]) -> None:
+        # Nothing to send: rows made pending again (released, promoted,
+        # rescued) are found by idle workers at their next timed claim
+        # (worker_poll_interval_ms); new rows move the id the listeners poll.
+        pass
+
+    def insert_binding(self, conn: Connection, values: dict[str, Any]) -> bool:
+        return bool(conn.execute(Upsert(tables.binding).values(values).prefix_with("IGNORE")).rowcount)
+
+    def notify_bindings_changed(self, conn: Connection) -> None:
+        # No notifications: consumers' caches last binding_cache_seconds.
+        pass
+
+    def upsert_insert(self, table: Any) -> Any:
+        return Upsert(table)
+
+    # -- result stats --
+
+    def stats_spans(self) -> tuple[int, ...]:
+        # The finest only, since the row triggers pay for each upsert on
+        # every result row (as on SQLite).
+        return (min(tables.STATS_SPANS),)
+
+    def stats_read_spans(self, step: int) -> tuple[int, ...]:
+        return tuple(dividing_spans(step))
+
+    def result_stats_ddl(self) -> list[str]:
+        changed = " OR ".join(f"NOT (OLD.{c} <=> NEW.{c})" for c in SOURCE_COLUMNS.split(", "))
+        return [
+            "CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result FOR EACH ROW\n"
+            f"{_stats_upsert(1, 'NEW')}",
+            "CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result FOR EACH ROW\n"
+            f"BEGIN\nIF {changed} THEN\n{_stats_upsert(-1, 'OLD')};\n{_stats_upsert(1, 'NEW')};\nEND IF;\nEND",
+            "CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result FOR EACH ROW\n"
+            f"{_stats_upsert(-1, 'OLD')}",
+        ]
+
+    def drop_result_stats_ddl(self) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op}" for op in OPS]
+
+    def compact_result_stats(self, conn: Connection, now: datetime) -> None:
+        """As on SQLite: fold the 30-second rows of buckets older than the fine
+        window into hourly rows, then drop the rows of buckets that end before
+        the oldest remaining result (and over an hour ago)."""
+        fine, wide = min(tables.STATS_SPANS), max(tables.STATS_SPANS)
+        stats = tables.result_stats
+        fold_before = int(now.timestamp()) - STATS_FINE_KEEP
+        fold_before -= fold_before % wide
+        counters = tables.STATS_COUNTERS
+        folded = select(
+            literal(wide),
+            stats.c.bucket_start - stats.c.bucket_start % wide,
+            stats.c.queue,
+            stats.c.status,
+            stats.c.shard,
+            *(func.sum(stats.c[c]) for c in counters),
+        ).where(stats.c.span == fine, stats.c.bucket_start < fold_before).group_by(
+            stats.c.bucket_start - stats.c.bucket_start % wide, stats.c.queue, stats.c.status, stats.c.shard
+        )
+        insert = Upsert(stats).from_select(["span", "bucket_start", "queue", "status", "shard", *counters], folded)
+        conn.execute(insert.on_duplicate_key_update({c: stats.c[c] + insert.inserted[c] for c in counters}))
+        conn.execute(delete(stats).where(stats.c.span == fine, stats.c.bucket_start < fold_before))
+        oldest = conn.execute(select(func.min(tables.result.c.ended_at))).scalar()
+        horizon = int(now.timestamp()) - 3600
+        if oldest is not None:
+            horizon = min(horizon, int(oldest.timestamp()))
+        for span in tables.STATS_SPANS:
+            conn.execute(delete(stats).where(stats.c.span == span, stats.c.bucket_start <= horizon - span))
+
+
+def _bind_processed(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
+    """Driver SQL skips SQLAlchemy's types: aware datetimes become the naive
+    UTC that DATETIME(6) stores (what types.UTCDateTime does)."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError(f"naive datetime {value!r}: jobtable stores aware datetimes only")
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        out[key] = value
+    return out
+
+
+def pick(conn: Connection, queues: Sequence[str], limit: int) -> list[int]:
+    """The ids of up to ``limit`` pending jobs of ``queues``, highest priority
+    first, then oldest, locked (SKIP LOCKED) so each goes to one claimer: one
+    index range per queue, merged.  Due jobs only: scheduled ones are not
+    ``pending`` until promoted."""
+    branches = " UNION ALL ".join(
+        f"(SELECT id, priority FROM jobtable_request WHERE state = 'pending' AND queue = %(q{i})s "
+        "ORDER BY priority DESC, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        for i in range(len(queues))
+    )
+    params: dict[str, Any] = {f"q{i}": q for i, q in enumerate(queues)}
+    params["limit"] = limit
+    rows = list(conn.exec_driver_sql(branches, params))
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return [row[0] for row in rows[:limit]]
+
+
+def promote_due(conn: Connection, now: datetime, limit: int) -> list[str]:
+    """Scheduled jobs whose time has come turned pending; their queues.  MySQL
+    refuses LIMIT in an IN subquery, so the ids are read (locked, SKIP LOCKED:
+    two promoters share the work) and then updated."""
+    due = (
+        select(t.c.id, t.c.queue)
+        .where(t.c.state == tables.SCHEDULED, t.c.run_at <= now)
+        .order_by(t.c.run_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list(conn.execute(due))
+    if rows:
+        conn.execute(update(t).where(t.c.id.in_([row.id for row in rows])).values(state=tables.PENDING))
+    return [row.queue for row in rows]
+
+
+def update_returning(
+    conn: Connection,
+    table: Table,
+    where: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+    columns: Sequence[Column[Any]],
+) -> list[Row[Any]]:
+    """UPDATE ... RETURNING ``columns`` (values as they were before the
+    update: callers return columns they do not change): the rows locked by a
+    SELECT ... FOR UPDATE, then updated by primary key in the same transaction."""
+    key = next(iter(table.primary_key.columns))
+    rows = list(conn.execute(select(key.label("_jt_key"), *columns).where(*where).with_for_update()))
+    if rows:
+        conn.execute(update(table).where(key.in_([row._jt_key for row in rows])).values(values))
+    return rows
+
+
+def delete_returning(
+    conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+) -> list[Row[Any]]:
+    """DELETE ... RETURNING: native on MariaDB; on MySQL the rows locked by a
+    SELECT ... FOR UPDATE, then deleted by primary key."""
+    if conn.dialect.delete_returning:
+        return list(conn.execute(delete(table).where(*where).returning(*columns)))
+    key = next(iter(table.primary_key.columns))
+    rows = list(conn.execute(select(key.label("_jt_key"), *columns).where(*where).with_for_update()))
+    if rows:
+        conn.execute(delete(table).where(key.in_([row._jt_key for row in rows])))
+    return rows
+
+
+def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+    """schedules_sql.schedule_claim on MySQL (ON DUPLICATE KEY UPDATE has no
+    WHERE): move the ledger row forward with a conditional UPDATE, else
+    insert it.  Competing updates wait on the row's lock and then re-read it
+    (READ COMMITTED), so the loser's WHERE sees the winner's slot; competing
+    inserts of a missing row wait on its key, and the loser's is ignored.
+    UPDATE first: an INSERT IGNORE that meets the row takes a shared lock
+    on it, and two of them both upgrading to UPDATE deadlock."""
+    schedule = tables.schedule
+    moved = conn.execute(
+        update(schedule)
+        .where(schedule.c.name == name)
+        .where((schedule.c.last_slot.is_(None)) | (schedule.c.last_slot < slot))
+        .values(last_slot=slot, updated_at=now)
+    ).rowcount
+    if moved:
+        return True
+    inserted = conn.execute(
+        Upsert(schedule).prefix_with("IGNORE").values(name=name, last_slot=slot, updated_at=now)
+    ).rowcount
+    return bool(inserted)
+
+
+_release_registered: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _release_after_commit(engine: Engine) -> None:
+    """GET_LOCK locks outlive transactions: release a connection's enqueue
+    locks when its transaction ends -- after the COMMIT itself, so that the
+    next holder of a key sees the committed row.  SQLAlchemy's ``commit``
+    event fires before the commit: the listener commits the DBAPI connection
+    first (SQLAlchemy's own commit then has nothing left to do)."""
+    if engine in _release_registered:
+        return
+    _release_registered.add(engine)
+
+    def _end(conn: Connection, commit: bool) -> None:
+        held: set[str] = conn.info.get("jobtable_mysql_locks") or set()
+        if not held:
+            return
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        try:
+            if commit:
+                dbapi.commit()
+            else:
+                dbapi.rollback()
+        finally:
+            cursor = dbapi.cursor()
+            try:
+                for name in sorted(held):
+                    cursor.execute("SELECT RELEASE_LOCK(%s)", (name,))
+                    cursor.fetchall()
+            finally:
+                cursor.close()
+                held.clear()
+
+    event.listen(engine, "commit", lambda conn: _end(conn, True))
+    event.listen(engine, "rollback", lambda conn: _end(conn, False))
+
+
+# -- result stats (the shared fragments: stats_sql.py) --
+
+
+def _stats_upsert(sign: int, ref: str, source: str = "") -> str:
+    """One fine-bucket upsert of a trigger's NEW or OLD row (``source``
+    empty), or of the rows of ``source`` (``FROM ... AS ref``, migration
+    0002's backfill).  Times in seconds since the epoch by TIMESTAMPDIFF from
+    1970-01-01, not UNIX_TIMESTAMP(), which reads a DATETIME in the session's
+    time zone: a writer in another zone would count in the wrong bucket."""
+    span = min(tables.STATS_SPANS)
+    wait = (
+        f"CASE WHEN {ref}.status = '{tables.SUCCESSFUL}' AND {ref}.started_at IS NOT NULL "
+        f"AND {ref}.requested_at IS NOT NULL "
+        f"THEN GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, {ref}.requested_at, {ref}.started_at) / 1000000.0) END"
+    )
+    row = (
+        f"SELECT {ref}.queue AS queue, {ref}.status AS status, {ref}.retried AS retried, "
+        f"TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {ref}.ended_at) AS t, {wait} AS w {source}"
+    )
+    values = [
+        f"{sign}",
+        f"CASE WHEN v.retried THEN {sign} ELSE 0 END",
+        *(f"CASE WHEN v.k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
+        *(f"CASE WHEN v.k = {i} THEN {'' if sign > 0 else '-'}v.w ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
+    ]
+    shard = "0" if source else f"CONNECTION_ID() % {_SHARDS}"
+    counters = tables.STATS_COUNTERS
+    return f"""INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
+SELECT {span}, v.t - v.t % {span}, v.queue, v.status, {shard}, {", ".join(values)}
+FROM (SELECT r.*, {wait_class("r.w")} AS k FROM ({row}) AS r) AS v
+ON DUPLICATE KEY UPDATE {", ".join(f"{c} = {STATS_TABLE}.{c} + VALUES({c})" for c in counters)}"""
+
+
+register(MysqlDialect())
