@@ -136,11 +136,28 @@ def reset_engines() -> None:
         _inherited_checked.clear()
 
 
+#: In a forked child: the parent's pooled driver connections, kept alive and
+#: never used.  Dropping them would run the driver's deallocator, and
+#: mysqlclient's sends COM_QUIT on the socket the parent still uses (its next
+#: query fails with "Lost connection to server during query"); psycopg and
+#: sqlite3 only close their side, but are kept the same way.
+_parents_connections: list[Any] = []
+
+
+def _keep_pooled_connections(engine: Engine) -> None:
+    queue = getattr(getattr(engine.pool, "_pool", None), "queue", ())
+    for record in list(queue):
+        connection = getattr(record, "dbapi_connection", None)
+        if connection is not None:
+            _parents_connections.append(connection)
+
+
 def _after_fork_in_child() -> None:
     with _lock:
         _inherited.clear()
         _inherited_checked.clear()
         for (_pid, url, connect), engine in _engines.items():
+            _keep_pooled_connections(engine)
             engine.dispose(close=False)
             _inherited[(url, connect)] = engine
         _inherited_checked.update(url for _pid, url in _checked)
