@@ -85,3 +85,33 @@ def test_prefetched_messages_of_a_killed_worker_are_not_quarantined(
         for proc in procs:
             if proc.poll() is None:
                 kill_group(proc)
+
+
+def test_a_task_that_kills_its_celery_worker_is_still_quarantined(
+    db_url: str, celery_env: dict[str, str], app: object  # noqa: F811
+) -> None:
+    mod: Any = app
+    record = Path(celery_env["JT_RECORD"])
+    env = dict(celery_env, JT_PREFETCH="4")
+    poison = mod.die.delay("poison")
+    innocent = mod.note.delay("after")
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        for death in range(3):
+            # Each worker starts the poison task (the ledger lists it) and dies
+            # of it, the innocent message prefetched behind it.
+            procs.append(start_worker(env, record, "solo", death))
+            procs[-1].wait(timeout=60)
+            assert len(lines(record, "died")) == death + 1
+            held = {r.task_id: (r.state, r.crashes) for r in task_rows(db_url)}
+            assert held == {poison.id: (tables.RUNNING, death), innocent.id: (tables.RUNNING, 0)}
+        procs.append(start_worker(env, record, "solo", 3))
+        wait_for(lambda: lines(record, "note") == [["after"]], timeout=60, what="the innocent task")
+        wait_for(lambda: task_rows(db_url) == [], timeout=30, what="the ack")
+        assert len(lines(record, "died")) == 3
+        (quarantined,) = [r for r in results(db_url) if r.task_id == poison.id]
+        assert quarantined.status == tables.QUARANTINED and "3 times" in quarantined.error_message
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                kill_group(proc)

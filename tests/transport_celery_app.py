@@ -87,6 +87,13 @@ def gated_late(tag: str, gate: str) -> None:
     gated(tag, gate)
 
 
+@app.task(acks_late=True)
+def die(tag: str) -> None:
+    """Kills the process running it (in the solo pool: the consumer)."""
+    record("died", tag)
+    os._exit(1)
+
+
 @register_job
 class RecordJob(Job):
     def __init__(self, tag: str) -> None:
