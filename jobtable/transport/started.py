@@ -8,12 +8,12 @@ next short-lived consumer prefetches them again, and after
 ``worker_quarantine_after`` kills a message that never ran is QUARANTINED.
 
 So a Celery worker keeps a small same-host ledger, as the native worker does
-(``worker/ledger.py``): a private directory per consumer process, named
-after its pid, whose ``owner`` file holds the consumer id (a pid reused by
-another consumer never matches: the id carries a random token).  Celery's
+(``worker/ledger.py``): a private directory per consumer (a jobtable
+Connection consuming), named after its pid and token, whose ``owner`` file
+holds the consumer id (a later process reusing the pid has another token).  Celery's
 ``task_prerun`` signal -- in the prefork child that runs the task, or in
 the consumer itself for the solo and thread pools -- appends the task id to
-a file of its own process in the directory, one ``write`` per task and no
+a file of its own process in the directories of its process (or parent), one ``write`` per task and no
 fsync: the page cache keeps it when the processes are killed.  A peer on
 the same host that recovers the dead consumer's leases reads the ids and
 counts a crash only for messages that were started (``leases.py``).
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..pids import pid_alive
+from ..pids import _process_start, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +76,32 @@ def base_dir() -> Path | None:
     return path
 
 
-def _pid_of(consumer_id: str) -> int | None:
-    """The pid in ``kombu:<host>:<pid>:<token>`` when the host is this one."""
+_base: tuple[int, Path | None] | None = None
+
+
+def _cached_base() -> Path | None:
+    global _base
+    if _base is None or _base[0] != os.getpid():
+        _base = (os.getpid(), base_dir())
+    return _base[1]
+
+
+def _path_of(consumer_id: str) -> Path | None:
+    """The ledger directory of ``kombu:<host>:<pid>:<token>`` when the host
+    is this one."""
     parts = consumer_id.split(":")
     if len(parts) < 4 or parts[0] != "kombu" or ":".join(parts[1:-2]) != socket.gethostname():
         return None
-    try:
-        return int(parts[-2])
-    except ValueError:
+    pid, token = parts[-2], parts[-1]
+    if not pid.isdigit() or not token.isalnum():
         return None
+    base = _cached_base()
+    return None if base is None else base / f"{PREFIX}{pid}-{token}"
 
 
-def _dir_of(pid: int) -> Path | None:
-    base = base_dir()
-    return None if base is None else base / f"{PREFIX}{pid}"
+def _pid_in(name: str) -> int | None:
+    pid = name[len(PREFIX):].split("-", 1)[0]
+    return int(pid) if name.startswith(PREFIX) and pid.isdigit() else None
 
 
 def celery_loaded() -> bool:
@@ -97,17 +109,19 @@ def celery_loaded() -> bool:
 
 
 def create(consumer_id: str) -> None:
-    """Called by a consuming process of a Celery worker: (re)make its ledger
-    directory (any left under its pid is stale: the pid is this process's
-    now) and make sure this process records the tasks it starts."""
-    pid = _pid_of(consumer_id)
-    path = _dir_of(pid) if pid is not None else None
+    """Called by a consuming process of a Celery worker: make its ledger
+    directory (removing those left under its pid by an earlier process) and
+    make sure this process records the tasks it starts."""
+    path = _path_of(consumer_id)
     if path is None:
         return
     connect_signals()
+    born = _process_start(os.getpid())
     try:
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(mode=0o700)
+        for item in path.parent.iterdir():
+            if _pid_in(item.name) == os.getpid() and born is not None and item.stat().st_mtime < born - 2.0:
+                shutil.rmtree(item, ignore_errors=True)
+        path.mkdir(mode=0o700, exist_ok=True)
         tmp = path / f".{OWNER}"
         tmp.write_text(consumer_id)
         os.replace(tmp, path / OWNER)  # the owner appears whole, or not at all
@@ -118,8 +132,7 @@ def create(consumer_id: str) -> None:
 
 def remove(consumer_id: str) -> None:
     """Forget a consumer's ledger (it stopped, or its messages are recovered)."""
-    pid = _pid_of(consumer_id)
-    path = _dir_of(pid) if pid is not None else None
+    path = _path_of(consumer_id)
     if path is not None and _owner(path) == consumer_id:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -127,8 +140,7 @@ def remove(consumer_id: str) -> None:
 def read(consumer_id: str) -> set[str] | None:
     """Task ids the consumer's processes started, or None when there is no
     ledger to trust here (then every held message counts a crash)."""
-    pid = _pid_of(consumer_id)
-    path = _dir_of(pid) if pid is not None else None
+    path = _path_of(consumer_id)
     if path is None or _owner(path) != consumer_id:
         return None
     started: set[str] = set()
@@ -146,7 +158,8 @@ def read(consumer_id: str) -> set[str] | None:
 
 
 def consumer_dead(consumer_id: str) -> bool:
-    pid = _pid_of(consumer_id)
+    path = _path_of(consumer_id)
+    pid = None if path is None else _pid_in(path.name)
     return pid is not None and not pid_alive(pid, None)
 
 
@@ -158,12 +171,12 @@ def sweep() -> None:
         return
     now = time.time()
     for item in base.iterdir():
+        pid = _pid_in(item.name)
         try:
-            pid = int(item.name[len(PREFIX):])
             old = now - item.stat().st_mtime > STALE_AFTER
-        except (ValueError, OSError):
+        except OSError:
             continue
-        if old and not pid_alive(pid, None):
+        if pid is not None and old and not pid_alive(pid, None):
             shutil.rmtree(item, ignore_errors=True)
 
 
@@ -174,38 +187,49 @@ def _owner(path: Path) -> str | None:
         return None
 
 
-def _ledger_dir() -> Path | None:
-    """The ledger this process writes to: its own (solo, threads: it is the
-    consumer), else its parent's (a prefork child of the consumer)."""
-    for pid in (os.getpid(), os.getppid()):
-        path = _dir_of(pid)
-        if path is not None and (path / OWNER).exists():
-            return path
-    return None
+def _ledger_dirs() -> list[Path]:
+    """The ledgers this process writes to: its own consumers' (solo, threads:
+    it is the consumer), else its parent's (a prefork child of the consumer).
+    Looked up per task: the parent's consumers change when it reconnects."""
+    base = _cached_base()
+    if base is None:
+        return []
+    mine, parent = os.getpid(), os.getppid()
+    try:
+        found = [(_pid_in(e.name), Path(e.path)) for e in os.scandir(base) if e.name.startswith(PREFIX)]
+    except OSError:
+        return []
+    own = [path for pid, path in found if pid == mine]
+    return own or [path for pid, path in found if pid == parent]
 
 
 def task_started(task_id: str) -> None:
-    path = _ledger_dir()
-    if path is None:
-        return
-    mine = path / str(os.getpid())
     with _lock:
         _running.add(task_id)
+        for path in _ledger_dirs():
+            _append(path, task_id)
+
+
+def _append(path: Path, task_id: str) -> None:
+    """One write, to this process's file (called under ``_lock``)."""
+    if not (path / OWNER).exists():
+        return
+    mine = path / str(os.getpid())
+    try:
+        fd = os.open(mine, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            fd = os.open(mine, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, f"{task_id}\n".encode("utf-8", "surrogatepass"))
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            if size > ROTATE_AT:
-                # Only the running tasks matter; finished ones were (or will
-                # be) acked, and a redelivery of one is not a crash.
-                tmp = path / f".{os.getpid()}"
-                tmp.write_text("".join(f"{t}\n" for t in _running))
-                os.replace(tmp, mine)
-        except OSError as exc:
-            logger.warning("jobtable: could not record a started task: %s", exc)
+            os.write(fd, f"{task_id}\n".encode("utf-8", "surrogatepass"))
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size > ROTATE_AT:
+            # Only the running tasks matter; finished ones were (or will
+            # be) acked, and a redelivery of one is not a crash.
+            tmp = path / f".{os.getpid()}"
+            tmp.write_text("".join(f"{t}\n" for t in _running))
+            os.replace(tmp, mine)
+    except OSError as exc:
+        logger.warning("jobtable: could not record a started task: %s", exc)
 
 
 def task_finished(task_id: str) -> None:
