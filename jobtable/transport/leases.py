@@ -7,7 +7,9 @@ the renewals stop and any other live consumer puts the rows back to
 pending once the lease has passed.  The same thread sweeps away waiting
 messages past their expiry (queues nobody consumes any more), and keeps the
 consumer's heartbeat row in ``jobtable_worker`` (kind "kombu"), so that the
-dashboard lists Celery workers beside native ones.
+dashboard lists Celery workers beside native ones.  A dead Celery
+consumer's messages that it only prefetched go back without counting a crash
+(its same-host ledger, ``started.py``, lists the tasks it started).
 """
 
 from __future__ import annotations
@@ -199,6 +201,8 @@ class LeaseKeeper:
         and the queues of the messages put back."""
         read: list[str] = []
         released: list[str] = []
+        if not started.any_ledger():
+            return read, set()
         for holder in leases_sql.lapsed_holders(tx, now):
             ids = started.read(holder)
             if ids is None:

@@ -157,6 +157,15 @@ def read(consumer_id: str) -> set[str] | None:
     return started if writers else None
 
 
+def any_ledger() -> bool:
+    """Whether this host has a ledger at all (else recovery asks nothing)."""
+    base = _cached_base()
+    try:
+        return base is not None and any(e.name.startswith(PREFIX) for e in os.scandir(base))
+    except OSError:
+        return False
+
+
 def consumer_dead(consumer_id: str) -> bool:
     path = _path_of(consumer_id)
     pid = None if path is None else _pid_in(path.name)
