@@ -39,6 +39,7 @@ from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
 from .options import TransportOptions, connect_of
 from .protocol import row_id
+from .started import connect_signals
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class Transport(virtual.Transport):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
+        # As early as can be: prefork children forked after this record the
+        # tasks they start (started.py); nothing happens without Celery.
+        connect_signals()
         self.options = TransportOptions.from_mapping(client.transport_options)
         # A bad URL fails here, clearly; the client's fields lose the URL.
         self.url = brokerurl.adopt(client)
