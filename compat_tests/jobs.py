@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from compat_tests.tasks import append, who
+from compat_tests.tasks import append, wait_at_gate, who
 from jobtable import Job, register_job
 
 
@@ -13,10 +13,11 @@ from jobtable import Job, register_job
 class RecordJob(Job):
     """Appends ``tag`` to ``path`` (the line format of tasks.record)."""
 
-    def __init__(self, path: str, tag: str) -> None:
-        self.path, self.tag = path, tag
+    def __init__(self, path: str, tag: str, gate: str | None = None) -> None:
+        self.path, self.tag, self.gate = path, tag, gate
 
     def run(self) -> str:
+        wait_at_gate(self.gate)
         append(self.path, self.tag, 0, time.time(), who())
         return self.tag
 

@@ -62,8 +62,21 @@ def decline(amount: int) -> None:
     raise PaymentDeclined(f"card declined for {amount}")
 
 
+def wait_at_gate(gate: str | None) -> None:
+    """With ``gate`` (a path): note who is waiting in ``gate + ".waiting"``,
+    then wait for the test to create ``gate`` -- so a test can see every
+    worker holding a message before any finishes."""
+    if gate is None:
+        return
+    append(gate + ".waiting", who())
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @app.task(bind=True)
-def record(self: Any, path: str, tag: str) -> str:
+def record(self: Any, path: str, tag: str, gate: str | None = None) -> str:
+    wait_at_gate(gate)
     append(path, tag, self.request.retries, time.time(), who())
     return tag
 

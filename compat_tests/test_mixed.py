@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+import jobtable
 from compat_tests.conftest import ROOT, Worker, api_loaded, empty_tables, lines, wait_for
 from jobtable.db import engine as db_engine
 from jobtable.db import tables
@@ -29,6 +30,10 @@ def mixed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"mixed-{request.param}")
     with api_loaded("celery", url) as (api, tasks):
         from compat_tests import jobs
+
+        # This process enqueues too: its settings may have been read (and
+        # cached) before api_loaded set JOBTABLE_DATABASE_URL.
+        jobtable.configure(database_url=url)
 
         env = dict(os.environ, JOBTABLE_DATABASE_URL=url, PYTHONPATH=str(ROOT))
         # Each also has a queue of its own, to place a job on one kind of worker.
@@ -56,11 +61,17 @@ def request_rows(url: str, **where: Any) -> list[Any]:
 
 def test_jobs_and_tasks_in_one_queue_each_run_once(mixed: Any, tmp_path: Path) -> None:
     path = tmp_path / "runs.log"
+    # Every run waits at a gate until both workers hold one: otherwise the
+    # first to claim could drain all 80 no-ops before the other polls.
+    gate = str(tmp_path / "gate")
     jobs, tasks = [], []
     for i in range(40):
-        jobs.append(mixed.jobs.RecordJob(str(path), f"job{i}").run_in_worker(queue=QUEUE))
-        tasks.append(mixed.t.record.apply_async((str(path), f"task{i}"), queue=QUEUE))
+        jobs.append(mixed.jobs.RecordJob(str(path), f"job{i}", gate).run_in_worker(queue=QUEUE))
+        tasks.append(mixed.t.record.apply_async((str(path), f"task{i}", gate), queue=QUEUE))
     expected = sorted([f"job{i}" for i in range(40)] + [f"task{i}" for i in range(40)])
+    wait_for(lambda: {r[0] for r in lines(Path(gate + ".waiting"))} == {"celery", "native"}, timeout=60,
+             what="both workers holding a message")
+    Path(gate).touch()
     wait_for(lambda: len(lines(path)) >= 80, timeout=60, what="80 runs")
     wait_for(lambda: not request_rows(mixed.url, queue=QUEUE), what="queue drained")
     runs = lines(path)
