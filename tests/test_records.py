@@ -20,6 +20,9 @@ from jobtable.db import claims_sql, clock, result_rows, tables
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
 from tests.worker_jobs import Add, Boom, start_worker, stop, worker_env
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def claim(uuid: str, queue: str = "default") -> Any:

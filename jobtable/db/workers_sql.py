@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, Row
 
 from . import tables
+from .dialects import dialect_of
 
 request = tables.request
 worker_table = tables.worker
@@ -60,14 +61,8 @@ def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set
     if not worker_ids:
         return set()
     where = [worker_table.c.id.in_(list(worker_ids))]
-    if conn.dialect.update_returning:
-        stmt = update(worker_table).where(*where).values(heartbeat_at=now).returning(worker_table.c.id)
-        found = {row.id for row in conn.execute(stmt)}
-    else:  # MySQL
-        from .dialects.mysql import update_returning
-
-        rows = update_returning(conn, worker_table, where, {"heartbeat_at": now}, [worker_table.c.id])
-        found = {row.id for row in rows}
+    rows = dialect_of(conn).update_returning(conn, worker_table, where, {"heartbeat_at": now}, [worker_table.c.id])
+    found = {row.id for row in rows}
     return set(worker_ids) - found
 
 

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Column, Table
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
 
@@ -64,6 +67,43 @@ class Dialect(ABC):
     def wake_queues(self, conn: Connection, queues: Sequence[str]) -> None:
         """Wake listeners of ``queues`` (at commit) after rows became pending
         there (requeued, recovered, promoted); one statement for all queues."""
+
+    # -- statements that return or limit rows --
+
+    @abstractmethod
+    def update_returning(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: Sequence[Column[Any]],
+    ) -> list[Row[Any]]:
+        """UPDATE the rows of ``where`` and return their ``columns`` as the
+        update left them, the rows locked until the transaction ends (so a
+        counter moved here is seen at its new value by exactly one caller)."""
+
+    @abstractmethod
+    def delete_returning(
+        self, conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+    ) -> list[Row[Any]]:
+        """DELETE the rows of ``where`` and return their ``columns``."""
+
+    @abstractmethod
+    def skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        """``stmt`` locking the rows it reads, skipping rows other
+        transactions hold, where the server locks rows (not on SQLite, whose
+        write lock already serialises writers)."""
+
+    @abstractmethod
+    def in_limited(self, conn: Connection, column: Column[Any], ids: Select[Any]) -> ColumnElement[bool]:
+        """``column IN (ids)`` for a select of one column with a LIMIT (a
+        batch of rows to update or delete)."""
+
+    @abstractmethod
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        """INSERT one row unless a row with the same unique key exists;
+        True when this call inserted it."""
 
     # -- the transport and schedules --
 
