@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection, Row
 
 from . import finish_sql, tables
+from .dialects import dialect_of
 from .workers_sql import NATIVE_PREFIX
 
 request = tables.request
@@ -104,9 +105,7 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
         .order_by(worker_table.c.heartbeat_at)
         .limit(limit)
     )
-    if conn.dialect.name in ("postgresql", "mysql"):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(dialect_of(conn).skip_locked(stmt)).scalars())
 
 
 def orphan_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:

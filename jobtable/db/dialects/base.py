@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Table, or_
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
@@ -118,6 +118,12 @@ class Dialect(ABC):
         next rather than after ``binding_cache_seconds``."""
 
     @abstractmethod
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        """``schedules_sql.schedule_claim``: move the schedule's ledger row to
+        ``slot`` (creating it) unless it is there or past it; True for
+        exactly one caller per (name, slot)."""
+
+    @abstractmethod
     def upsert_insert(self, table: Any) -> Any:
         """An INSERT on ``table`` that supports ``on_conflict_do_update`` /
         ``on_conflict_do_nothing``."""
@@ -151,6 +157,19 @@ class Dialect(ABC):
     def compact_result_stats(self, conn: Connection, now: datetime) -> None:
         """After each retention batch (``operations_sql.clear_results``): whatever
         upkeep the stats rows need beyond their triggers."""
+
+
+def schedule_claim_by_upsert(dialect: Dialect, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+    """``Dialect.schedule_claim`` where an upsert takes a WHERE and RETURNING
+    (PostgreSQL, SQLite)."""
+    schedule = tables.schedule
+    stmt = dialect.upsert_insert(schedule).values(name=name, last_slot=slot, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[schedule.c.name],
+        set_={"last_slot": stmt.excluded.last_slot, "updated_at": stmt.excluded.updated_at},
+        where=or_(schedule.c.last_slot.is_(None), schedule.c.last_slot < stmt.excluded.last_slot),
+    ).returning(schedule.c.name)
+    return conn.execute(stmt).first() is not None
 
 
 def dividing_spans(step: int) -> list[int]:

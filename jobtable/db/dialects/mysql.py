@@ -206,6 +206,9 @@ class MysqlDialect(Dialect):
         # No notifications: consumers' caches last binding_cache_seconds.
         pass
 
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim(conn, name, slot, now)
+
     def upsert_insert(self, table: Any) -> Any:
         return Upsert(table)
 
@@ -291,23 +294,6 @@ def pick(conn: Connection, queues: Sequence[str], limit: int) -> list[int]:
     rows = list(conn.exec_driver_sql(branches, params))
     rows.sort(key=lambda row: (-row[1], row[0]))
     return [row[0] for row in rows[:limit]]
-
-
-def promote_due(conn: Connection, now: datetime, limit: int) -> list[str]:
-    """Scheduled jobs whose time has come turned pending; their queues.  MySQL
-    refuses LIMIT in an IN subquery, so the ids are read (locked, SKIP LOCKED:
-    two promoters share the work) and then updated."""
-    due = (
-        select(t.c.id, t.c.queue)
-        .where(t.c.state == tables.SCHEDULED, t.c.run_at <= now)
-        .order_by(t.c.run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = list(conn.execute(due))
-    if rows:
-        conn.execute(update(t).where(t.c.id.in_([row.id for row in rows])).values(state=tables.PENDING))
-    return [row.queue for row in rows]
 
 
 def update_returning(

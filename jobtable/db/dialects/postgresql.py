@@ -20,7 +20,16 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
-from .base import BINDINGS_CHANGED, NOTIFY_CHANNEL, STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .base import (
+    BINDINGS_CHANGED,
+    NOTIFY_CHANNEL,
+    STATS_FINE_KEEP,
+    STATS_TABLE,
+    Dialect,
+    dividing_spans,
+    register,
+    schedule_claim_by_upsert,
+)
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -127,6 +136,9 @@ class PostgresDialect(Dialect):
 
     def notify_bindings_changed(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
+
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim_by_upsert(self, conn, name, slot, now)
 
     def upsert_insert(self, table: Any) -> Any:
         return sa_postgresql.insert(table)

@@ -19,7 +19,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
-from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register, schedule_claim_by_upsert
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -119,6 +119,9 @@ class SqliteDialect(Dialect):
     def notify_bindings_changed(self, conn: Connection) -> None:
         # No notifications: consumers' caches last binding_cache_seconds.
         pass
+
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim_by_upsert(self, conn, name, slot, now)
 
     def upsert_insert(self, table: Any) -> Any:
         return sa_sqlite.insert(table)
