@@ -14,9 +14,13 @@ from sqlalchemy import insert, select
 from jobtable.db import engine as db_engine
 from jobtable.db import claims_sql, clock, tables
 from jobtable.dashboard import queries
+from tests.conftest import ALL_DIALECTS
 
 from . import dashboard_support as support
 from .dashboard_client import DashboardClient, client
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
+
 
 PAGES = ["/", "/?window=1h", "/?window=7d", "/requests", "/requests?state=scheduled", "/processes", "/results",
          "/results?status=ERRORED", "/workers", "/schedules"]
