@@ -59,7 +59,11 @@ def record_part(
         return None
     # One UPDATE ... RETURNING: exactly one part sees the count complete.
     rows = dialect.update_returning(
-        conn, group, [group.c.id == group_id], {"chord_done": group.c.chord_done + 1}, [group.c.chord_done, group.c.chord_size]
+        conn,
+        group,
+        [group.c.id == group_id],
+        {"chord_done": group.c.chord_done + 1},
+        [group.c.chord_done, group.c.chord_size],
     )
     if not rows:
         conn.execute(delete(group).where(group.c.id == part_id))  # no chord: no orphan part row

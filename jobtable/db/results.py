@@ -87,7 +87,9 @@ def delete_group(conn: Connection, group_id: str) -> None:
 def start_chord(conn: Connection, group_id: str, encoded: str, now: datetime) -> None:
     """(Re)start a chord before its header is sent: a frozen chord applied
     again is a new run.  Its size is not known yet (``set_chord_size``)."""
-    stmt = dialects.upsert_insert(conn, group).values(id=group_id, result=encoded, chord_size=None, chord_done=0, created_at=now)
+    stmt = dialects.upsert_insert(conn, group).values(
+        id=group_id, result=encoded, chord_size=None, chord_done=0, created_at=now
+    )
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[group.c.id],
@@ -110,7 +112,11 @@ def chord_part_done(conn: Connection, group_id: str) -> tuple[int, int | None] |
     caller sees ``done == size``, so exactly one calls the chord's body.
     """
     rows = dialects.dialect_of(conn).update_returning(
-        conn, group, [group.c.id == group_id], {"chord_done": group.c.chord_done + 1}, [group.c.chord_done, group.c.chord_size]
+        conn,
+        group,
+        [group.c.id == group_id],
+        {"chord_done": group.c.chord_done + 1},
+        [group.c.chord_done, group.c.chord_size],
     )
     return (int(rows[0].chord_done), rows[0].chord_size) if rows else None
 
