@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 
 from . import tables
@@ -49,7 +49,5 @@ def schedule_rows(conn: Connection) -> dict[str, Row[Any]]:
 
 def schedule_prune(conn: Connection, keep: Sequence[str]) -> list[str]:
     """Delete ledger rows of entries not in ``keep``; returns their names."""
-    stmt = delete(schedule)
-    if keep:
-        stmt = stmt.where(schedule.c.name.not_in(list(keep)))
-    return sorted(row.name for row in conn.execute(stmt.returning(schedule.c.name)))
+    where = [schedule.c.name.not_in(list(keep))] if keep else []
+    return sorted(row.name for row in dialect_of(conn).delete_returning(conn, schedule, where, [schedule.c.name]))

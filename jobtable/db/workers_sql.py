@@ -89,14 +89,12 @@ def native_workers(conn: Connection, kind: str = "native") -> list[Row[Any]]:
 
 
 def lock_workers(conn: Connection, worker_ids: Sequence[str]) -> list[str]:
-    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED on
-    PostgreSQL), so that two rescuers never take the same worker."""
+    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED where
+    rows lock), so that two rescuers never take the same worker."""
     if not worker_ids:
         return []
     stmt = select(worker_table.c.id).where(worker_table.c.id.in_(list(worker_ids)))
-    if conn.dialect.name in ("postgresql", "mysql"):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(dialect_of(conn).skip_locked(stmt)).scalars())
 
 
 def workers_referenced(conn: Connection, worker_ids: Sequence[str]) -> set[str]:
