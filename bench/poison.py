@@ -29,10 +29,12 @@ launch.
 After each poison try (workers still running, one more second, so a re-run
 would show) it checks: every task id has exactly one result row, nothing is
 left in the queue, each poison job wrote exactly one run line, and each
-kind's status.  No-ops that finished in the same unwritten batch as an
-``os._exit`` job are recorded LOST (``ResultLost``) by design (the ledger
-knows they ran, their results died with the process): counted and shown as
-collateral, not hidden.
+kind's status.  Jobs that finished in the same unwritten batch as an
+``os._exit`` job keep the status they ended with, their return value or
+traceback lost (``error_type`` ``ResultLost``: the ledger knows how they
+ended, their results died with the process): counted and shown, not
+hidden; one recorded LOST instead (a ledger without statuses) is counted
+as collateral.
 """
 
 from __future__ import annotations
@@ -219,11 +221,14 @@ def verify(system: PoisonSystem, kinds: dict[str, str], runs_file: Path, workers
         problems.append(f"{len(dup)} job(s) with more than one result row, e.g. {list(dup.items())[:3]}")
     statuses: dict[str, Counter] = {}
     collateral = Counter()
+    result_lost = Counter()  # status kept, return value / traceback lost with the process
     for r in rows:
         kind = kinds.get(r.task_id, "?")
         statuses.setdefault(kind, Counter())[f"{r.status}/{r.error_type or '-'}"] += 1
         want_status, want_type = EXPECTED.get(kind, ("?", None))
         ok = r.status == want_status and (want_type is None or r.error_type == want_type)
+        if ok and r.error_type == "ResultLost":
+            result_lost[kind] += 1
         if not ok:
             if kind != "os-exit" and r.status == "LOST" and r.error_type == "ResultLost":
                 collateral[kind] += 1  # finished in a batch an os._exit killed before its flush
@@ -262,6 +267,7 @@ def verify(system: PoisonSystem, kinds: dict[str, str], runs_file: Path, workers
         "statuses": {k: dict(v) for k, v in sorted(statuses.items())},
         "noop_collateral_result_lost": collateral.get("noop", 0),
         "collateral_result_lost_by_kind": dict(collateral),
+        "status_kept_result_lost_by_kind": dict(result_lost),
         "poison_runs_by_kind": dict(runs_by_kind),
         "poison_jobs_by_kind": dict(poison_jobs),
         "member_deaths": deaths,
@@ -311,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 tries.append(entry)
                 print(f"[{mode} {i + 1}] {figures['jobs_per_s']:,.0f} jobs/s (from start {figures['from_start']:,.0f}), "
                       f"load {load[0]:.2f}, check {'ok' if checked['ok'] else 'FAILED: ' + '; '.join(checked['problems'])}"
-                      f", LOST alongside a death: {checked['collateral_result_lost_by_kind']}",
+                      f", LOST alongside a death: {checked['collateral_result_lost_by_kind']}"
+                      f", status kept, result lost: {checked['status_kept_result_lost_by_kind']}",
                       file=sys.stderr, flush=True)
     finally:
         system.cleanup()
@@ -322,17 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     best_start = {m: max((t for t in tries if t["mode"] == m), key=lambda t: t["from_start"]) for m in MODES}
     print(f"| drain of {args.n:,} jobs, 2 procs | tries (jobs/s, in run order) | best (jobs/s) | vs clean "
           "| incl. start-up, best (jobs/s) | vs clean | best drain (s) | worker CPU per job (us) | DB CPU per job (us) "
-          "| exactly once | not SUCCESSFUL only because of a member death |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|")
+          "| exactly once | not SUCCESSFUL only because of a member death | status kept, result lost (ResultLost) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
     for m in MODES:
         b = best[m]
         shown = ", ".join(f"{t['jobs_per_s']:,.0f}" for t in tries if t["mode"] == m)
         ok = all(t["check"]["ok"] for t in tries if t["mode"] == m)
         collateral = max(sum(t["check"]["collateral_result_lost_by_kind"].values()) for t in tries if t["mode"] == m)
+        kept = [sum(t["check"]["status_kept_result_lost_by_kind"].values()) for t in tries if t["mode"] == m]
         print(f"| {labels[m]} | {shown} | {b['jobs_per_s']:,.0f} | {b['jobs_per_s'] / best['clean']['jobs_per_s']:.2f} "
               f"| {best_start[m]['from_start']:,.0f} | {best_start[m]['from_start'] / best_start['clean']['from_start']:.2f} "
               f"| {b['drain_s']:.2f} | {b['worker_cpu_us_per_job']:,.0f} | {b['db_cpu_us_per_job']:,.0f} "
-              f"| {'yes' if ok else '**no**'} | {collateral} |")
+              f"| {'yes' if ok else '**no**'} | {collateral} | {min(kept)}–{max(kept)} |")
     ratio = best["poison"]["jobs_per_s"] / best["clean"]["jobs_per_s"]
     print(f"\npoison / clean: {ratio:.2f} (drain rate); target >= 0.90: {'met' if ratio >= 0.9 else '**missed**'}")
     p = [t for t in tries if t["mode"] == "poison"]
@@ -347,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{m}, last try: {last['results']} result rows for {last['jobs']} jobs; member deaths "
               f"{last['member_deaths']}; run lines by kind {last['poison_runs_by_kind']} "
               f"(jobs by kind {last['poison_jobs_by_kind']}); LOST/ResultLost alongside a member death: "
-              f"{last['collateral_result_lost_by_kind']}")
+              f"{last['collateral_result_lost_by_kind']}; status kept, result lost: "
+              f"{last['status_kept_result_lost_by_kind']}")
         print("statuses by kind: " + json.dumps(last["statuses"]))
         if last["problems"]:
             print("problems: " + "; ".join(last["problems"]))

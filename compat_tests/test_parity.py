@@ -228,3 +228,24 @@ def test_generator_group_in_a_chord(parity: Any) -> None:
     header = group(t.add.s(i, 1) for i in range(25))
     assert chord(header, t.echo.s()).delay().get(timeout=30) == [i + 1 for i in range(25)]
     assert group(t.add.s(i, 1) for i in range(25)).delay().get(timeout=30) == [i + 1 for i in range(25)]
+
+
+# -- 6. revoking by stamped headers in a nested canvas -------------------------------------------
+
+
+def test_stamped_header_revoke_reaches_every_member_of_a_nested_canvas(parity: Any) -> None:
+    """Every sent member of a stamped canvas (a chain and a group inside a
+    group) waits for its countdown, is revoked by its stamp meanwhile, and
+    ends REVOKED without running; the chain's tail is never sent."""
+    echo = parity.t.echo
+    flow = f"flow-{uuid.uuid4().hex[:8]}"
+    canvas = group(chain(echo.s("a"), echo.s("b")), group(echo.s("c"), echo.s("d")))
+    canvas.stamp(flow=flow)
+    sent = canvas.apply_async(countdown=3)
+    parity.app.control.revoke_by_stamped_headers({"flow": [flow]})
+    # Celery flattens the inner group into the outer one.
+    chained, *flat = sent.results
+    members = [chained.parent, *flat]
+    assert len(members) == 3
+    wait_for(lambda: all(m.state == states.REVOKED for m in members), timeout=60, what="every member revoked")
+    assert chained.state == states.PENDING

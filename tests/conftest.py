@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 import jobtable
 from jobtable import settings
@@ -143,6 +144,22 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+def _sessions_of(url: str) -> list[tuple[Any, ...]]:
+    """Other sessions on the database of ``url``: who holds what, for errors."""
+    admin_engine = create_engine(PG_ADMIN_URL)
+    with admin_engine.connect() as admin:
+        rows = admin.execute(
+            text(
+                "SELECT pid, application_name, state, xact_start, left(query, 200) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": make_url(url).database},
+        )
+        found = [tuple(row) for row in rows]
+    admin_engine.dispose()
+    return found
+
+
 def empty_tables(url: str) -> None:
     engine = db_engine.get_engine(url)
     # The stats table last: on SQLite, deleting results runs the triggers
@@ -150,7 +167,17 @@ def empty_tables(url: str) -> None:
     names = sorted((t.name for t in reversed(metadata.sorted_tables)), key=lambda n: n == "jobtable_result_stats")
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
+            # A connection an earlier test left inside a transaction (a
+            # leaked worker, an unclosed read) would block TRUNCATE until
+            # pytest-timeout fires with no clue: fail fast, naming it.
+            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+            try:
+                conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY"))
+            except OperationalError as exc:
+                raise RuntimeError(
+                    "empty_tables: TRUNCATE waited 30 s for a lock; sessions of this database: "
+                    + repr(_sessions_of(url))
+                ) from exc
         elif conn.dialect.name == "mysql":
             # DELETE, not TRUNCATE (which commits by itself and skips the
             # stats triggers, whose rows are then deleted last).

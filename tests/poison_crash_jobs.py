@@ -55,3 +55,15 @@ class BreakMember(Job):
 
         sys.settrace(tracer)
         return "returned"
+
+
+@register_job
+class Pid(Job):
+    """Appends the pid of the process that runs it to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def run(self) -> int:
+        append(self.path, str(os.getpid()))
+        return os.getpid()

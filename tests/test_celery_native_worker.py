@@ -308,6 +308,26 @@ def test_control_revoke_skips_a_waiting_task(native: Any) -> None:
     assert [r.status for r in result_rows(sent.id)] == [tables.CANCELLED]
 
 
+def test_a_revoke_it_never_heard_holds(native: Any) -> None:
+    """Recorded in the database only (as when no worker ran at the revoke):
+    the native worker still ends the task as a Celery worker would (REVOKED,
+    task_revoked sent, never run), and inspect revoked lists the id."""
+    from jobtable.db import clock, revokes_sql
+    from jobtable.db import engine as db_engine
+
+    task_id = f"unheard-{os.getpid()}-{native.tmp.name}"
+    with db_engine.get_engine().begin() as conn:
+        revokes_sql.add(conn, [(revokes_sql.TASK, "", task_id)], clock.utcnow())
+    sent = native.note.apply_async((1, "unheard"), task_id=task_id)
+    with pytest.raises(TaskRevokedError):
+        sent.get(timeout=30)
+    wait_for(lambda: records("revoked", sent.id), what="task_revoked signal")
+    assert not [r for r in records("note") if r[0] == "unheard"]
+    assert [r.status for r in result_rows(sent.id)] == [tables.CANCELLED]
+    replies = native.app.control.inspect(timeout=5).revoked() or {}
+    assert replies and all(task_id in ids for ids in replies.values()), replies
+
+
 # -- concurrency key ---------------------------------------------------------------------------
 
 

@@ -24,9 +24,9 @@ from jobtable.worker import ledger as ledgers
 from jobtable.worker import rescue
 
 from tests.dashboard_client import client
-from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log
-from tests.worker_jobs import ROOT, lines, requests, results, stop, wait_for, worker_env
 from tests.conftest import ALL_DIALECTS
+from tests.poison_crash_jobs import BreakMember, Crash, Gate, Log, Pid
+from tests.worker_jobs import ROOT, Boom, lines, query, requests, results, stop, wait_for, worker_env
 
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
@@ -80,15 +80,97 @@ def test_crash_is_lost_once_and_its_neighbours_run_once(
     assert ("SIGKILL" if how == "sigkill" else "exited with code 13") in out
 
 
-def test_finished_but_unwritten_jobs_are_not_run_again(
+def native_workers() -> set[str]:
+    return {row.id for row in query("SELECT id FROM jobtable_worker WHERE kind = 'native'")}
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if entry.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_spare_member_takes_the_place_of_one_that_died(
     db_url: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    before = neighbours(tmp_path, 3, retries=2)  # run before the crash, fast: not flushed yet
+    proc = start(worker_env(subprocess_env))  # one member; a spare once one had to be replaced
+    try:
+        first = Pid(str(tmp_path / "first")).run_in_worker()
+        assert first is not None
+        wait_for(lambda: results(first.uuid), what="the first job")
+        assert len(children(proc.pid)) == 1  # no spare while no member was lost
+        earlier = Crash(str(tmp_path / "earlier")).run_in_worker()
+        assert earlier is not None
+        wait_for(lambda: results(earlier.uuid), what="the first crash")
+        second = Pid(str(tmp_path / "second")).run_in_worker()
+        assert second is not None
+        wait_for(lambda: results(second.uuid) and len(children(proc.pid)) == 2, what="the member and its spare")
+        (member,) = map(int, lines(tmp_path / "second"))
+        before = children(proc.pid)
+        (spare,) = before - {member}
+        assert len(native_workers()) == 1  # a spare is no worker until it takes a place
+        crash = Crash(str(tmp_path / "crash")).run_in_worker()
+        assert crash is not None
+        wait_for(lambda: results(crash.uuid), what="the crash")
+        late = Pid(str(tmp_path / "late")).run_in_worker()
+        assert late is not None
+        wait_for(lambda: results(late.uuid), what="a job after the crash")
+        # The job after the crash ran in the spare, forked before it: no
+        # fork, import or connection stood between the death and the next job.
+        assert list(map(int, lines(tmp_path / "late"))) == [spare]
+        (lost,) = results(crash.uuid)
+        (ok,) = results(late.uuid)
+        assert lost.status == tables.LOST and ok.status == tables.SUCCESSFUL and ok.worker_id != lost.worker_id
+        # ... a new spare is forked; the dead member's row is gone, the spare's is there.
+        wait_for(lambda: len(children(proc.pid) - before) == 1, what="a new spare")
+        assert native_workers() == {ok.worker_id}
+    finally:
+        stop(proc)
+    assert native_workers() == set()
+
+
+def test_deaths_in_a_row_are_each_recorded(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """Members dying one after the other, each before the supervisor is done
+    recording the one before (a replacement forked while it reaps can die
+    within the same reaping): every death is recorded, nothing stays running."""
+    crashes = [Crash(str(tmp_path / f"c{i}")).run_in_worker() for i in range(6)]
+    after = neighbours(tmp_path, 2)
+    proc = start(worker_env(subprocess_env))
+    try:
+        wait_for(lambda: finished(*(c.uuid for c in crashes if c), *(j.uuid for j, _ in after)), what="every result")
+    finally:
+        out = stop(proc)
+    for i, crash in enumerate(crashes):
+        assert crash is not None
+        assert [(r.status, r.error_type) for r in results(crash.uuid)] == [(tables.LOST, "WorkerLost")]
+        assert lines(tmp_path / f"c{i}") == ["ran"]
+    assert out.count("exited with code 13.") == 6  # one death logged per crash
+    for job, path in after:
+        assert [r.status for r in results(job.uuid)] == [tables.SUCCESSFUL] and len(lines(path)) == 1
+
+
+def test_finished_but_unwritten_jobs_keep_their_status_and_are_not_run_again(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    # One claimed batch (the first holds 4): a job that fails for good and
+    # two that succeed run before the crash; the last, fast, is not flushed
+    # yet (a slow job's result is flushed before the next job starts).
+    boom_log = str(tmp_path / "boom")
+    boom = Boom(boom_log).run_in_worker()
+    assert boom is not None
+    before = neighbours(tmp_path, 2, retries=2)
     crash = Crash(str(tmp_path / "crash")).run_in_worker()
     assert crash is not None
     proc = start(worker_env(subprocess_env))
     try:
-        wait_for(lambda: finished(crash.uuid, *(j.uuid for j, _ in before)), what="every result")
+        wait_for(lambda: finished(crash.uuid, boom.uuid, *(j.uuid for j, _ in before)), what="every result")
     finally:
         stop(proc)
     statuses = []
@@ -96,11 +178,19 @@ def test_finished_but_unwritten_jobs_are_not_run_again(
         (row,) = results(job.uuid)
         assert len(lines(path)) == 1
         statuses.append((row.status, row.error_type))
-        if row.status == tables.LOST:
-            assert not row.retried and "after the job had finished" in row.error_message
-    assert set(statuses) <= {(tables.SUCCESSFUL, None), (tables.LOST, "ResultLost")}
-    assert (tables.LOST, "ResultLost") in statuses  # at least the one just before the crash
-    assert [r.status for r in results(crash.uuid)] == [tables.LOST]
+        assert row.status == tables.SUCCESSFUL and not row.retried
+        if row.error_type == "ResultLost":  # finished, its result died with the process
+            assert row.return_value is None
+            assert "return value was lost" in row.error_message and "after the job had finished" in row.error_message
+        else:
+            assert row.error_type is None and row.return_value is not None
+    (failed,) = results(boom.uuid)
+    assert failed.status == tables.ERRORED and not failed.retried and len(lines(boom_log)) == 1
+    statuses.append((failed.status, failed.error_type))
+    if failed.error_type == "ResultLost":
+        assert "ended ERRORED" in failed.error_message
+    assert ("ResultLost" in {t for _, t in statuses}), statuses  # at least the one just before the crash
+    assert [(r.status, r.error_type) for r in results(crash.uuid)] == [(tables.LOST, "WorkerLost")]
 
 
 @pytest.mark.parametrize("pool", ["processes", "threads"])
@@ -326,6 +416,56 @@ def test_ledger_flush_keeps_a_job_that_never_returned() -> None:
         assert book.state() == ledgers.LedgerState(running=[6])
     finally:
         book.close()
+
+
+def test_rescue_records_finished_jobs_with_the_status_the_ledger_kept(db_url: str) -> None:
+    worker_id = f"native:dead:{os.getpid()}:0:statuses"
+    rows = _claimed_by_dead_worker(worker_id, 5)
+    with db_engine.connect() as conn, conn.begin():  # one of them a dead letter
+        conn.execute(tables.request.update().where(tables.request.c.id == rows[2].id).values(message="not json"))
+    book = ledgers.Ledger.create(worker_id, 10)
+    try:
+        for row, status in zip(rows, [tables.SUCCESSFUL, tables.ERRORED, tables.DEAD_LETTER]):
+            book.start(row.id)
+            book.done(status=status)
+        book.start(rows[3].id)  # running when the worker died; rows[4] never started
+        assert book.state().statuses == {
+            rows[0].id: tables.SUCCESSFUL, rows[1].id: tables.ERRORED, rows[2].id: tables.DEAD_LETTER,
+        }
+        assert _rescue() == 4
+    finally:
+        book.close()
+    got = {r.task_id: r for r in results()}
+    assert len(got) == 4
+    ok, failed, dead, running = (got[row.task_id] for row in rows[:4])
+    assert (ok.status, ok.error_type, ok.return_value) == (tables.SUCCESSFUL, "ResultLost", None)
+    assert "return value was lost" in ok.error_message and "after the job had finished" in ok.error_message
+    assert (failed.status, failed.error_type) == (tables.ERRORED, "ResultLost") and not failed.retried
+    assert (dead.status, dead.error_type) == (tables.DEAD_LETTER, "UndecodableMessage")
+    assert (running.status, running.error_type) == (tables.LOST, "WorkerLost")
+    assert [(r.task_id, r.state) for r in requests()] == [(rows[4].task_id, tables.PENDING)]
+
+
+def test_a_ledger_of_the_first_format_is_still_read(db_url: str) -> None:
+    """A worker of the version before wrote no statuses: its finished jobs
+    are recorded LOST (ResultLost), as that version did; nothing runs twice."""
+    worker_id = f"native:dead:{os.getpid()}:0:v1"
+    rows = _claimed_by_dead_worker(worker_id, 3)
+    book = ledgers.Ledger.create(worker_id, 4)
+    assert book.path is not None
+    try:
+        book.start(rows[0].id)
+        book.done(status=tables.SUCCESSFUL)
+        book.start(rows[1].id)
+        data = book.path.read_bytes()
+        book.path.write_bytes(ledgers.MAGIC_V1 + data[8 : ledgers.HEADER_SIZE + 4 * 8])  # no status array
+        assert ledgers.read(worker_id) == ledgers.LedgerState(running=[rows[1].id], finished=[rows[0].id])
+        assert _rescue() == 2
+    finally:
+        book.close()
+    got = {r.task_id: (r.status, r.error_type) for r in results()}
+    assert got == {rows[0].task_id: (tables.LOST, "ResultLost"), rows[1].task_id: (tables.LOST, "WorkerLost")}
+    assert [r.state for r in requests()] == [tables.PENDING]
 
 
 # -- the dashboard ----------------------------------------------------------------

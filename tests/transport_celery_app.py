@@ -80,6 +80,20 @@ def gated(tag: str, gate: str) -> None:
     record("gated", tag)
 
 
+@app.task(acks_late=True)
+def gated_late(tag: str, gate: str) -> None:
+    """``gated``, acked after it returns: a worker killed while running it
+    still holds its message."""
+    gated(tag, gate)
+
+
+@app.task(acks_late=True)
+def die(tag: str) -> None:
+    """Kills the process running it (in the solo pool: the consumer)."""
+    record("died", tag)
+    os._exit(1)
+
+
 @register_job
 class RecordJob(Job):
     def __init__(self, tag: str) -> None:

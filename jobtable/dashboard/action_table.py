@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from ..exceptions import JobtableError
-from . import formatting, queries, schedules
+from . import formatting, queries, revokes, schedules
 
 
 @dataclass(frozen=True)
 class Action:
     verb: str
-    #: What the ids are: "result", "request" or "schedule".
+    #: What the ids are: "result", "request", "schedule" or "task" (a task id).
     kind: str
     question: str
     danger: bool
@@ -49,6 +49,21 @@ ACTIONS: dict[str, Action] = {
         "Cancel these waiting jobs? Each is recorded as CANCELLED.",
         True,
         lambda conn, ids: queries.cancel_requests(conn, ids, formatting.utcnow()),
+    ),
+    "revoke": Action(
+        "Revoke",
+        "request",
+        "Revoke these tasks? Waiting ones are recorded REVOKED; no worker, native or Celery, "
+        "runs their id until the revoke expires (3 hours, as Celery's) or is undone.",
+        True,
+        lambda conn, ids: revokes.revoke_requests(conn, ids, formatting.utcnow()),
+    ),
+    "unrevoke": Action(
+        "Un-revoke",
+        "task",
+        "Un-revoke these task ids? Messages with them that have not yet been claimed will run.",
+        False,
+        revokes.unrevoke_tasks,
     ),
     "delete-requests": Action(
         "Delete",

@@ -1,4 +1,4 @@
-"""Actions (POST): retry, cancel, delete, run now.
+"""Actions (POST): retry, cancel, revoke, un-revoke, delete, run now.
 
 Every action is two steps.  The first POST (from a button, possibly with
 many selected rows) renders a confirmation page naming what will be done;
@@ -30,7 +30,7 @@ MAX_IDS = 500
 def _ids(kind: str, values: list[str]) -> list[Any]:
     out: list[Any] = []
     for value in values[:MAX_IDS]:
-        if kind == "schedule":
+        if kind in ("schedule", "task"):
             if value.strip():
                 out.append(value.strip()[:255])
             continue

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..db import tables
-from . import charts, formatting, queries, schedules
+from . import charts, formatting, queries, revokes, schedules
 from .config import config_of
 from .pages import error_page, guarded, reading, render
 
@@ -104,12 +104,19 @@ def request_detail(request: Request) -> Response:
     with reading(request) as conn:
         row = queries.request_by_id(conn, request_id)
         attempts = queries.attempts_of_task(conn, row.task_id) if row is not None else []
+        revoked = row is not None and revokes.is_revoked(conn, row.task_id, formatting.utcnow())
     if row is None:
         return error_page(request, 404, f"No waiting or running job has id {request_id}; it may have finished.")
     return render(
         request,
         "request_detail.html",
-        {"active": "requests", "row": row, "params": _parameters(request, row.message), "attempts": attempts},
+        {
+            "active": "requests",
+            "row": row,
+            "params": _parameters(request, row.message),
+            "attempts": attempts,
+            "revoked": revoked,
+        },
         live="live_request_detail.html",
     )
 

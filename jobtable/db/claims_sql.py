@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
 
-from . import dialects, tables
+from . import dialects, revokes_sql, tables
 from .dialects import dialect_of
 
 request = tables.request
@@ -52,9 +52,24 @@ def claim(
     now: datetime,
     lease_expires_at: datetime | None = None,
 ) -> list[Row[Any]]:
-    return dialect_of(conn).claim(
+    rows = dialect_of(conn).claim(
         conn,
         queues,
         limit,
         {"worker_id": worker_id, "started_at": now, "lease_expires_at": lease_expires_at},
     )
+    return drop_revoked(conn, rows, worker_id, now)
+
+
+def drop_revoked(conn: Connection, rows: list[Row[Any]], worker_id: str, now: datetime) -> list[Row[Any]]:
+    """The claimed ``rows`` minus the revoked ones, which end REVOKED here
+    (db/revokes_sql.py): a worker never receives a revoked task, whenever
+    it was revoked and whether or not it heard the broadcast."""
+    hits = revokes_sql.revoked(conn, rows, now)
+    if not hits:
+        return rows
+    keep = revokes_sql.runner_revokes
+    handed = {row.id for row in rows if row.id in hits and keep is not None and keep(row)}
+    revokes_sql.flagged.update(row.task_id for row in rows if row.id in handed)
+    revokes_sql.end_revoked(conn, [row for row in rows if row.id in hits and row.id not in handed], worker_id, now)
+    return [row for row in rows if row.id not in hits or row.id in handed]

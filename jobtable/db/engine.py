@@ -2,7 +2,10 @@
 
 Engines are never shared across ``fork()``: a forked child (Celery prefork,
 the native worker's pool) gets a fresh engine on first use, and the parent's
-pooled connections are left alone.
+pooled connections are left alone.  A child that is the parent's own
+helper (a native pool member) may ``adopt_parent_engines()`` instead: the
+parent's engines, their pools emptied, and its schema checks -- no new
+dialect set-up, no second schema check per member.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ normalize_url = urls.normalize_url
 _lock = threading.Lock()
 _engines: dict[tuple[int, str, tuple[tuple[str, str], ...]], Engine] = {}
 _checked: set[tuple[int, str]] = set()
+#: In a forked child: the parent's engines (pools emptied, connections left
+#: to the parent) and the URLs whose schema it had checked, until adopted.
+_inherited: dict[tuple[str, tuple[tuple[str, str], ...]], Engine] = {}
+_inherited_checked: set[str] = set()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -125,14 +132,51 @@ def reset_engines() -> None:
             engine.dispose(close=pid == os.getpid())
         _engines.clear()
         _checked.clear()
+        _inherited.clear()
+        _inherited_checked.clear()
+
+
+#: In a forked child: the parent's pooled driver connections, kept alive and
+#: never used.  Dropping them would run the driver's deallocator, and
+#: mysqlclient's sends COM_QUIT on the socket the parent still uses (its next
+#: query fails with "Lost connection to server during query"); psycopg and
+#: sqlite3 only close their side, but are kept the same way.
+_parents_connections: list[Any] = []
+
+
+def _keep_pooled_connections(engine: Engine) -> None:
+    queue = getattr(getattr(engine.pool, "_pool", None), "queue", ())
+    for record in list(queue):
+        connection = getattr(record, "dbapi_connection", None)
+        if connection is not None:
+            _parents_connections.append(connection)
 
 
 def _after_fork_in_child() -> None:
     with _lock:
-        for engine in _engines.values():
+        _inherited.clear()
+        _inherited_checked.clear()
+        for (_pid, url, connect), engine in _engines.items():
+            _keep_pooled_connections(engine)
             engine.dispose(close=False)
+            _inherited[(url, connect)] = engine
+        _inherited_checked.update(url for _pid, url in _checked)
         _engines.clear()
         _checked.clear()
+
+
+def adopt_parent_engines() -> None:
+    """In a forked child: use the parent's engines (their pools were emptied
+    at fork, so no connection is shared) and trust its schema checks.  Saves
+    a member the first-connect dialect queries and the schema check's own
+    connection: what a restarted pool member pays before its first claim."""
+    with _lock:
+        pid = os.getpid()
+        for (url, connect), engine in _inherited.items():
+            _engines.setdefault((pid, url, connect), engine)
+        _checked.update((pid, url) for url in _inherited_checked)
+        _inherited.clear()
+        _inherited_checked.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -67,3 +67,47 @@ def transport_expire_consumers(conn: Connection, consumer_ids: Sequence[str], no
     ended = conn.execute(stmt.values(lease_expires_at=now - timedelta(seconds=1))).rowcount
     workers_sql.delete_workers(conn, consumer_ids)
     return int(ended)
+
+
+def lapsed_holders(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
+    """Consumers holding messages whose lease ran out."""
+    stmt = (
+        select(request.c.worker_id)
+        .where(
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at.is_not(None),
+            request.c.lease_expires_at < now,
+            request.c.worker_id.is_not(None),
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return [str(row.worker_id) for row in conn.execute(stmt)]
+
+
+def release_unstarted(conn: Connection, now: datetime, holder: str, started: set[str]) -> list[str]:
+    """Put ``holder``'s lapsed Celery task messages (a ``task`` header) that
+    its ledger does not list as ``started`` back to pending without counting
+    a crash: the consumer only prefetched them.  Returns their queues (one
+    entry per message)."""
+    lapsed = lapsed_leases(conn, now, 1000, request.c.worker_id == holder, request.c.task_name != "")
+    held = conn.execute(
+        select(request.c.id, request.c.task_id).where(request.c.id.in_(lapsed.scalar_subquery()))
+    ).all()
+    ids = [row.id for row in held if row.task_id not in started]
+    if not ids:
+        return []
+    stmt = (
+        update(request)
+        .where(
+            request.c.id.in_(ids),
+            # Still this holder's and lapsed: a concurrent recovery may
+            # have taken some already.
+            request.c.worker_id == holder,
+            request.c.state == tables.RUNNING,
+            request.c.lease_expires_at < now,
+        )
+        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
+        .returning(request.c.queue)
+    )
+    return [row.queue for row in conn.execute(stmt)]

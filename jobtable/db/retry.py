@@ -24,7 +24,8 @@ other error, or a second disconnect, reaches the caller.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -51,11 +52,13 @@ def write_retrying(
     """Run ``write(conn, retrying)`` in a transaction (or, with
     ``autocommit`` on PostgreSQL, as its own single-statement transaction),
     once more on a fresh connection if the first one had been dropped."""
+    driver_autocommit = autocommit and engine.dialect.name == "postgresql"
     for retrying in (False, True):
         try:
-            with db_engine.connect(engine, autocommit=autocommit, check=check) as conn:
-                if autocommit and engine.dialect.name == "postgresql":
-                    return write(conn, retrying)
+            with db_engine.connect(engine, check=check) as conn:
+                if driver_autocommit:
+                    with _autocommit(conn):
+                        return write(conn, retrying)
                 with conn.begin():
                     return write(conn, retrying)
         except DBAPIError as exc:
@@ -66,3 +69,35 @@ def write_retrying(
                 str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__,
             )
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _autocommit(conn: Connection) -> Iterator[None]:
+    """Each statement of the block its own transaction (PostgreSQL, psycopg).
+
+    Set on the driver's connection, as a single enqueue's costs go: asking
+    SQLAlchemy for it (``isolation_level="AUTOCOMMIT"``) switches the
+    connection's characteristics at checkout and back at checkin, which cost
+    more client time than the INSERT it wraps.  The pooled connection goes
+    back to the pool as it came (not autocommit) -- or, if that cannot be
+    restored, is discarded rather than handed to the next user in
+    autocommit mode.  SQLAlchemy's own transaction bookkeeping is untouched:
+    its implicit BEGIN is the driver's, which autocommit skips, and its
+    rollback at close finds nothing to roll back.
+    """
+    driver = conn.connection.driver_connection
+    try:
+        driver.autocommit = True  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # A connection psycopg already knows to be closed: SQLAlchemy's
+        # handling wraps it in DBAPIError and, for a disconnect, marks it
+        # (and the pool) invalidated, so the retry gets a fresh one.
+        conn._handle_dbapi_exception(exc, None, None, None, None)
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            try:
+                driver.autocommit = False  # type: ignore[union-attr]
+            except Exception:  # a broken connection: never reused
+                conn.invalidate()

@@ -312,6 +312,28 @@ group = Table(
     Index("ix_jobtable_group_created_at", "created_at"),
 )
 
+#: Revokes that last (Celery's ``app.control.revoke``, ``revoke_by_stamped_headers``,
+#: the shim's and the dashboard's revoke), checked at every claim by the
+#: native worker and the Kombu transport, so a worker started after the
+#: revoke honours it too (Celery keeps them in each worker's memory).  A
+#: ``task`` row names a task id (``name`` is ''); a ``stamp`` row a stamped
+#: header ``name`` and one of its values.  The key leads with ``value`` so the
+#: claim's ``value IN (...)`` probe is one index lookup per claimed message.
+REVOKE_TASK = "task"
+REVOKE_STAMP = "stamp"
+
+revoke = Table(
+    "jobtable_revoke",
+    metadata,
+    Column("value", String(255), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True, server_default=text("''")),
+    # Celery forgets a revoke after REVOKE_EXPIRES (3 h); so does the check.
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_jobtable_revoke_expires_at", "expires_at"),
+)
+
 #: PostgreSQL channel notified (by a statement-level trigger) whenever results
 #: are written, so AsyncResult.get() waits without polling.
 RESULT_CHANNEL = "jobtable_result"

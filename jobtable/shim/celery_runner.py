@@ -55,6 +55,9 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
+from ..db import clock as db_clock
+from ..db import engine as db_engine
+from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
 from ..middleware import current_job
@@ -133,6 +136,10 @@ def install(spec_or_app: Any, *, pool: str = "processes") -> Any:
     _hold_retries(app)
     use_concurrency_key_option()  # chain steps and callbacks sent from here carry it too
     _app = app
+    # Revoked rows of this app's tasks (jobtable_revoke, checked at claim)
+    # come here flagged, so they end as under a Celery worker: REVOKED in
+    # the backend, a chord part counted, task_revoked sent.
+    revokes_sql.runner_revokes = lambda row: row.task_name in app.tasks
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
@@ -299,7 +306,9 @@ class CeleryTaskJob:
         running = current_job()
         hostname = running.worker_id if running else "jobtable"
         request = self.request(hostname)
-        if self.call.task_id in _revoked:
+        flagged = self.call.task_id in revokes_sql.flagged
+        revokes_sql.flagged.discard(self.call.task_id)
+        if flagged or self.call.task_id in _revoked:
             self._revoke(request)
         _rate_limit(self.task)
         held = _Held(self.call.task_id) if self.keyed else None
@@ -480,11 +489,18 @@ def _listen(app: Any, hostname: str) -> None:
     def ping(state: Any, **_: Any) -> dict[str, str]:
         return {"ok": "pong"}
 
+    def revoked(state: Any, **_: Any) -> list[str]:
+        """``celery inspect revoked``: the ids revoked in the database (what
+        this process honours), plus any heard only by broadcast."""
+        with db_engine.get_engine().connect() as conn:
+            stored = revokes_sql.listed(conn, db_clock.utcnow(), kind=revokes_sql.TASK)
+        return sorted({row.value for row in stored} | _revoked)
+
     while True:
         try:
             with app.connection_for_read() as conn:
                 # Bound to the connection: replies (ping) go out through it.
-                node = app.control.mailbox(conn).Node(hostname, handlers={"revoke": revoke, "ping": ping})
+                node = app.control.mailbox(conn).Node(hostname, handlers={"revoke": revoke, "ping": ping, "revoked": revoked})
                 consumer = node.listen(channel=conn.channel())
                 try:
                     while True:

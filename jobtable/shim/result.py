@@ -14,7 +14,7 @@ from typing import Any
 
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import clock, operations_sql, tables
+from ..db import clock, operations_sql, revokes_sql, tables
 from ..db.notify import Listener
 from . import exceptions as shim_exceptions
 from .current import App
@@ -212,14 +212,18 @@ class AsyncResult:
         wait: bool = False,
         timeout: Any = None,
     ) -> None:
-        """Cancel the task if it has not started (it ends REVOKED)."""
+        """Cancel the task if it has not started (it ends REVOKED), and
+        record the revoke so that any worker claiming this id later — a
+        retry, or a message sent after the revoke — records it REVOKED."""
         if terminate:
             raise NotSupported(
                 "revoke(terminate=True)",
                 "A running task cannot be killed from outside; give it a time_limit, or check a flag in the task.",
             )
         with db_engine.connect() as conn, conn.begin():
-            operations_sql.cancel_pending(conn, self.id, clock.utcnow())
+            now = clock.utcnow()
+            operations_sql.cancel_pending(conn, self.id, now)
+            revokes_sql.add(conn, [(revokes_sql.TASK, "", self.id)], now)
 
     def then(self, *args: Any, **kwargs: Any) -> Any:
         raise NotSupported("AsyncResult.then()", "Chain a task instead: chain(a.s(), b.s()).")

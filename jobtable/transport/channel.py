@@ -33,9 +33,10 @@ from kombu.utils.uuid import uuid
 from sqlalchemy.engine import Connection, Row
 
 from .. import badrows, limits, message_checks, messages
-from ..db import bindings_sql, clock, operations_sql, tables, transport_sql
+from ..db import bindings_sql, clock, operations_sql, revokes_sql, tables, transport_sql
 from ..db.dialects import notify_bindings_changed, wake_queues
 from .protocol import TransportAPI, row_id
+from .revoke_broadcasts import asks_revoked, merge_into_celery_worker, revokes_in
 
 __all__ = ["Channel", "QoS", "row_id"]
 
@@ -161,8 +162,11 @@ class Channel(virtual.Channel):
         if not entry.table:
             entry = bindings.refresh_after_miss(exchange) or entry
         queues = sorted({queue for _, _, queue in entry.table})
-        if queues:
-            self._insert(queues, message, fanout=True, ttl=entry.ttl)
+        # A Celery revoke is recorded with its broadcast, and even when no
+        # worker is bound to hear it: workers started later check the table.
+        revokes = revokes_in(exchange, message)
+        if queues or revokes:
+            self._insert(queues, message, fanout=True, ttl=entry.ttl, revokes=revokes)
 
     def _insert(
         self,
@@ -170,6 +174,7 @@ class Channel(virtual.Channel):
         message: dict[str, Any],
         fanout: bool = False,
         ttl: dict[str, float] | None = None,
+        revokes: Sequence[tuple[str, str, Any]] = (),
     ) -> None:
         now = clock.utcnow()
         # Checked before anything is written: a message the table cannot
@@ -194,8 +199,9 @@ class Channel(virtual.Channel):
                 # Copies of one broadcast must not collide on the key.
                 row["concurrency_key"] = None
             rows.append(row)
-        self._transport.insert_published(rows)
-        self._transport.published(rows)
+        self._transport.insert_published(rows, revokes)
+        if rows:
+            self._transport.published(rows)
 
     # -- consuming ----------------------------------------------------------------------
 
@@ -227,18 +233,29 @@ class Channel(virtual.Channel):
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
                 transport_sql.transport_delete(conn, expired, consumer, transport.async_commit)
+            # Revoked messages (db/revokes_sql.py) never reach the consumer:
+            # they end REVOKED below, as a Celery worker records them.
+            revoked = revokes_sql.revoked(conn, [row for row in rows if row.id not in expired], now)
             # Each row decoded on its own: an undecodable one becomes a dead
             # letter (badrows.py) and the rest of the batch is delivered.
             delivered: list[tuple[dict[str, Any], str]] = []
             bad: list[tuple[int, str]] = []
             for row in rows:
-                if row.id in expired:
+                if row.id in expired or row.id in revoked:
                     continue
                 envelope = badrows.decode_envelope(row.message)
                 if isinstance(envelope, badrows.BadRow):
                     bad.append((row.id, envelope.reason))
                 else:
                     delivered.append((_payload(row, envelope), row.queue))
+        if any(queue.endswith(".pidbox") and asks_revoked(payload) for payload, queue in delivered):
+            with transport.read_connection() as reader:
+                listed = revokes_sql.listed(reader, now)
+            merge_into_celery_worker([(r.kind, r.name, r.value) for r in listed])
+        if revoked:
+            with transport.engine.begin() as tx:
+                revokes_sql.end_revoked_held(tx, sorted(revoked), consumer, now)
+            logger.info("jobtable: %d revoked message(s) recorded REVOKED, not delivered", len(revoked))
         if bad:
             # One transaction (the claim's connection autocommits on
             # PostgreSQL): the row leaves the queue only with its result.

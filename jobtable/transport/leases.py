@@ -7,7 +7,9 @@ the renewals stop and any other live consumer puts the rows back to
 pending once the lease has passed.  The same thread sweeps away waiting
 messages past their expiry (queues nobody consumes any more), and keeps the
 consumer's heartbeat row in ``jobtable_worker`` (kind "kombu"), so that the
-dashboard lists Celery workers beside native ones.
+dashboard lists Celery workers beside native ones.  A dead Celery
+consumer's messages that it only prefetched go back without counting a crash
+(its same-host ledger, ``started.py``, lists the tasks it started).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import logging
 import os
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from time import monotonic
+
+from sqlalchemy.engine import Connection
 
 from ..db import clock, deadletters, leases_sql, transport_sql, workers_sql
 from ..settings import get_settings
 from ..db.dialects import wake_queues
-from . import liveness
+from . import liveness, started
 from .protocol import TransportAPI
 
 logger = logging.getLogger(__name__)
@@ -66,6 +70,10 @@ class LeaseKeeper:
             self._stop = threading.Event()
             self._pid = os.getpid()
             transport = self._transport
+            if started.celery_loaded():
+                # A Celery worker's consumer: its tasks' starts are recorded
+                # so that a peer counts crashes only for those (started.py).
+                started.create(transport.consumer_id)
             # The lock first: peers must never see this consumer's row unlocked.
             self._liveness = liveness.ConsumerLiveness(
                 transport.engine, use_locks=liveness.holds_lock(transport.consumer_id)
@@ -91,6 +99,7 @@ class LeaseKeeper:
                     workers_sql.delete_workers(conn, [self._transport.consumer_id])
             except Exception as exc:  # the database is down: the row goes stale
                 logger.warning("jobtable: could not remove the consumer's heartbeat row: %s", exc)
+            started.remove(self._transport.consumer_id)
         self._thread = None
 
     def _run(self) -> None:
@@ -154,9 +163,12 @@ class LeaseKeeper:
         # One "now" for both steps: with two, a lease lapsing between them
         # would be recovered without the quarantine check (and escape it).
         now = clock.utcnow()
+        # One transaction: messages put back without a crash (only
+        # prefetched) are claimable only with the others, in their order.
         with transport.engine.begin() as tx:
-            # Before the recovery, in one transaction: a message whose
-            # consumer died holding it ``after`` times is not delivered again.
+            ledgers, released = self.release_unstarted(tx, now)
+            # Before the recovery: a message whose consumer died holding it
+            # ``after`` times is not delivered again.
             quarantined = deadletters.quarantine_lapsed(
                 tx,
                 now,
@@ -164,6 +176,9 @@ class LeaseKeeper:
                 f"Quarantined: a consumer died (its lease lapsed) while holding this message {after} times; "
                 "it is not delivered again. Re-queue it by hand with `jobtable retry <uuid>` or the dashboard.",
             )
+            queues = sorted(set(leases_sql.transport_recover(tx, now)) | released)
+            wake_queues(tx, queues)
+            workers_sql.delete_stale_consumers(tx, now - FORGET_AFTER)
         if quarantined:
             logger.error(
                 "jobtable: quarantined %d message(s) whose consumers died holding them %d times: %s",
@@ -171,14 +186,32 @@ class LeaseKeeper:
                 after,
                 ", ".join(f"{row.task_name or '?'} {row.task_id}" for row in quarantined)[:500],
             )
-        with transport.write_connection() as conn:
-            queues = leases_sql.transport_recover(conn, now)
-            wake_queues(conn, queues)
-            workers_sql.delete_stale_consumers(conn, now - FORGET_AFTER)
         if queues:
             logger.info("jobtable: requeued messages of a lost consumer in %s", ", ".join(queues))
             transport.wake()
+        for holder in ledgers:
+            if started.consumer_dead(holder):
+                started.remove(holder)
         return queues
+
+    def release_unstarted(self, tx: Connection, now: datetime) -> tuple[list[str], set[str]]:
+        """Put back, without counting a crash, the lapsed messages that a
+        consumer of this host only prefetched (its ledger lists the tasks it
+        started: started.py).  Returns the consumers whose ledger was read
+        and the queues of the messages put back."""
+        read: list[str] = []
+        released: list[str] = []
+        if not started.any_ledger():
+            return read, set()
+        for holder in leases_sql.lapsed_holders(tx, now):
+            ids = started.read(holder)
+            if ids is None:
+                continue  # no ledger here: every held message counts a crash
+            read.append(holder)
+            released += leases_sql.release_unstarted(tx, now, holder, ids)
+        if released:
+            logger.info("jobtable: %d prefetched message(s) of a lost consumer requeued (never started)", len(released))
+        return read, set(released)
 
     def recover_dead(self) -> list[str]:
         """Requeue at once the messages of consumers known to be dead: their

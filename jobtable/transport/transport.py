@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..db import engine as db_engine
 from ..db import retry as db_retry
-from ..db import claims_sql, clock, enqueue_sql, tables, transport_sql
+from ..db import claims_sql, clock, enqueue_sql, revokes_sql, tables, transport_sql
 from ..exceptions import DatabaseUnavailable
 from . import brokerurl
 from .acks import AckBuffer
@@ -39,6 +39,7 @@ from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
 from .options import TransportOptions, connect_of
 from .protocol import row_id
+from .started import connect_signals
 from .wakeup import Waiter, make_waiter
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class Transport(virtual.Transport):
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
+        # As early as can be: prefork children forked after this record the
+        # tasks they start (started.py); nothing happens without Celery.
+        connect_signals()
         self.options = TransportOptions.from_mapping(client.transport_options)
         # A bad URL fails here, clearly; the client's fields lose the URL.
         self.url = brokerurl.adopt(client)
@@ -181,7 +185,7 @@ class Transport(virtual.Transport):
         flush (see ``transport_sql._sync_commit_off``); publishes stay durable."""
         return self.options.async_commit
 
-    def insert_published(self, rows: Sequence[dict[str, Any]]) -> None:
+    def insert_published(self, rows: Sequence[dict[str, Any]], revokes: Sequence[tuple[str, str, Any]] = ()) -> None:
         """Insert published rows; once more on a fresh connection when the
         pooled one was dead (a database restart), skipping the rows the
         first attempt may have committed (see ``db/retry.py``).  Kombu's own
@@ -195,11 +199,14 @@ class Transport(virtual.Transport):
             if retrying or (uncertain and any(key in uncertain for key in keys)):
                 written = enqueue_sql.written_messages(conn, keys)
                 todo = [row for row, key in zip(rows, keys) if key not in written]
+            if revokes:
+                # A Celery revoke broadcast: recorded with it (one transaction).
+                revokes_sql.add(conn, revokes, clock.utcnow())
             if todo:
                 enqueue_sql.insert_requests(conn, todo)
 
         try:
-            db_retry.write_retrying(self.engine, write, autocommit=True, check=False)
+            db_retry.write_retrying(self.engine, write, autocommit=not revokes, check=False)
         except sa_exc.DBAPIError as exc:
             if db_retry.is_disconnect(exc):
                 if len(uncertain) > 10_000:

@@ -7,8 +7,11 @@ worker id): started and still running when it died (LOST: the job may have
 killed it), finished but not written yet (their results are gone: LOST, but
 they did not kill anything), and not started (back to pending, they never
 ran).  The ledger tells them apart: the member appends a row id *before* any
-of that job's code runs and counts it done once the job returned -- plain
-memory writes, no I/O per job -- and empties it after the flush commits.
+of that job's code runs and counts it done once the job returned, noting how
+it ended (succeeded, failed for good, asked for a retry...) -- plain memory
+writes, no I/O per job -- and empties it after the flush commits.  So a
+finished job whose result died with the process is recorded with the status
+it had (SUCCESSFUL, its return value lost), not LOST.
 
 It lives in a small file mapped into memory (MAP_SHARED), one per member,
 named after the worker id, in a private runtime directory: the supervisor
@@ -39,7 +42,10 @@ from ..pids import pid_alive
 
 logger = logging.getLogger("jobtable.worker")
 
-MAGIC = b"JTLEDGR1"
+MAGIC = b"JTLEDGR2"
+#: The first format (no statuses): still read, from a worker of the
+#: version before (its finished jobs are recorded LOST, as it would have).
+MAGIC_V1 = b"JTLEDGR1"
 #: magic, capacity, supervisor pid, count, done, overflow, boot id, scope
 #: (which database: workers of other databases on this machine are not ours
 #: to sweep), worker id
@@ -49,6 +55,9 @@ assert _HEADER.size == HEADER_SIZE
 # int64 indexes of the header fields in the mapped view
 _COUNT, _DONE, _OVERFLOW = 3, 4, 5
 _IDS = HEADER_SIZE // 8
+#: How a finished job ended, one int64 per id after the ids (0: unknown).
+STATUSES = ("", "SUCCESSFUL", "ERRORED", "CANCELLED", "DEAD_LETTER", "DEFERRED", "LOST", "QUARANTINED")
+_CODES = {name: code for code, name in enumerate(STATUSES) if name}
 SUFFIX = ".ledger"
 #: A file whose header cannot be read (never one of ours once renamed into
 #: place) or a half-made temporary file is swept after this long.
@@ -69,6 +78,8 @@ class LedgerState:
     finished: list[int] = field(default_factory=list)
     #: ... and outcomes that asked for a retry.
     finished_retry: list[int] = field(default_factory=list)
+    #: Finished row id -> the status its outcome had ("" or absent: unknown).
+    statuses: dict[int, str] = field(default_factory=dict)
     #: False when more rows were started than the ledger holds: then only
     #: the conservative rescue is safe.
     complete: bool = True
@@ -133,6 +144,7 @@ class Ledger:
         self._mm = mm
         self._view = memoryview(mm).cast("q")
         self.capacity = capacity
+        self._statuses = _IDS + capacity
         self.path = path
 
     @classmethod
@@ -141,7 +153,7 @@ class Ledger:
         directory: an anonymous one -- members are still rescued exactly by
         their supervisor, a killed worker conservatively)."""
         capacity = max(1, capacity)
-        size = HEADER_SIZE + capacity * 8
+        size = HEADER_SIZE + capacity * 16
         header = _HEADER.pack(
             MAGIC,
             capacity,
@@ -197,14 +209,17 @@ class Ledger:
         view[_IDS + n] = row_id
         view[_COUNT] = n + 1
 
-    def done(self, retry: bool = False) -> None:
+    def done(self, retry: bool = False, status: str = "") -> None:
         """The job last started returned (its outcome waits to be written);
-        ``retry``: the outcome asks for another attempt (kept as the id's sign)."""
+        ``retry``: the outcome asks for another attempt (kept as the id's
+        sign); ``status``: the outcome's status (written before the job
+        counts as done, so a reader never sees a done job without it)."""
         view = self._view
         index = view[_DONE]
         if index < view[_COUNT]:
             if retry:
                 view[_IDS + index] = -abs(view[_IDS + index])
+            view[self._statuses + index] = _CODES.get(status, 0)
             view[_DONE] = index + 1
 
     def flushed(self) -> None:
@@ -229,7 +244,9 @@ class Ledger:
     # -- the supervisor's side --------------------------------------------------
 
     def state(self) -> LedgerState:
-        return _state(self._view[_COUNT], self._view[_DONE], self._view[_OVERFLOW], self.capacity, self._view)
+        return _state(
+            self._view[_COUNT], self._view[_DONE], self._view[_OVERFLOW], self.capacity, self._view, self._statuses
+        )
 
     def close(self) -> None:
         """Remove the file (its member's end is recorded).  The mapping
@@ -243,17 +260,27 @@ class Ledger:
             self.path = None
 
 
-def _state(count: int, done: int, overflow: int, capacity: int, view: memoryview) -> LedgerState:
+def _state(
+    count: int, done: int, overflow: int, capacity: int, view: memoryview, statuses: int | None
+) -> LedgerState:
+    """``statuses``: index of the status array in ``view`` (None: a v1 ledger)."""
     if not (0 <= done <= count <= capacity):
         return LedgerState(complete=False)
     ids = [int(view[_IDS + i]) for i in range(count)]
     running, finished = ids[done:], ids[:done]
     if any(i <= 0 for i in running) or any(i == 0 for i in finished):
         return LedgerState(complete=False)
+    known: dict[int, str] = {}
+    if statuses is not None:
+        for i, row_id in enumerate(finished):
+            code = int(view[statuses + i])
+            if 0 < code < len(STATUSES):
+                known[abs(row_id)] = STATUSES[code]
     return LedgerState(
         running=running,
         finished=[i for i in finished if i > 0],
         finished_retry=[-i for i in finished if i < 0],
+        statuses=known,
         complete=not overflow,
     )
 
@@ -271,7 +298,8 @@ def _parse(data: bytes) -> _Parsed | None:
     if len(data) < HEADER_SIZE:
         return None
     magic, capacity, pid, count, done, overflow, boot, scope, worker = _HEADER.unpack_from(data)
-    if magic != MAGIC or capacity < 1 or len(data) != HEADER_SIZE + capacity * 8:
+    width = {MAGIC: 16, MAGIC_V1: 8}.get(magic)
+    if width is None or capacity < 1 or len(data) != HEADER_SIZE + capacity * width:
         return None
     view = memoryview(data).cast("q")
     return _Parsed(
@@ -279,7 +307,7 @@ def _parse(data: bytes) -> _Parsed | None:
         pid,
         boot.rstrip(b"\0").decode("ascii", "replace"),
         scope.rstrip(b"\0").decode("ascii", "replace"),
-        _state(count, done, overflow, capacity, view),
+        _state(count, done, overflow, capacity, view, _IDS + capacity if magic == MAGIC else None),
     )
 
 
@@ -289,7 +317,7 @@ def read(worker_id: str) -> LedgerState | None:
     for path in _ledger_paths(worker_id):
         try:
             with open(path, "rb") as f:
-                data = f.read(HEADER_SIZE + 8 * 10_000_000)
+                data = f.read(HEADER_SIZE + 16 * 10_000_000)
         except OSError:
             continue
         try:
@@ -332,7 +360,7 @@ def stale_files(scope: str) -> tuple[list[Path], dict[str, Path]]:
                 if not path.name.endswith(SUFFIX):
                     continue
                 with open(path, "rb") as f:
-                    parsed = _parse(f.read(HEADER_SIZE + 8 * 10_000_000))
+                    parsed = _parse(f.read(HEADER_SIZE + 16 * 10_000_000))
             except (OSError, ValueError, struct.error):
                 continue
             if parsed is None:

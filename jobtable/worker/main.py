@@ -1,8 +1,10 @@
 """The supervisor: starts the pool, heartbeats, rescues, restarts, stops.
 
 Processes pool (default): N forked members, each with its own claim loop,
-connection and worker id.  The supervisor never touches jobs itself: it
-heartbeats for its members, notices a member that died (``waitpid``) and,
+connection and worker id, and one spare forked ahead that takes the place of
+a member that dies (see ``_spawn``).  The supervisor never touches jobs
+itself: it heartbeats for its members, notices a member that died
+(``SIGCHLD``, ``waitpid``) and,
 from the member's ledger (``ledger.py``), records what it had started LOST
 (or QUARANTINED) and gives back what it had not, kills a member stuck past
 its job's timeout + grace, rescues other workers that stopped heartbeating,
@@ -17,10 +19,10 @@ is LOST); a second signal stops at once.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import sys
@@ -30,11 +32,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import middleware, telemetry
+from .. import middleware
 from ..db import engine as db_engine
 from ..db import operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
+from . import forked
 from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
@@ -43,7 +46,7 @@ from .ledger import Ledger, LedgerState
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
 from .stats import StatsReporter
-from .timeouts import AlarmTimeout, NoTimeout, raise_in_thread
+from .timeouts import NoTimeout, raise_in_thread
 
 logger = logging.getLogger("jobtable.worker")
 
@@ -60,8 +63,11 @@ def _now() -> datetime:
 
 @dataclass
 class Handle:
-    index: int
+    index: int  # its place in the pool (-1: a spare not yet in use)
     worker_id: str
+    slot_index: int = 0
+    #: A spare's end of the pipe that tells it to start (0: not a spare).
+    go: int = 0
     pid: int = 0
     thread: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -93,8 +99,21 @@ class Supervisor:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.hostname = socket.gethostname()
-        self.slots = Slots(config.processes)
+        # Processes pool: one spare member, forked and connected ahead,
+        # takes a dead member's place at once (a member's start-up -- fork,
+        # connections -- is then paid while the others work, not in the gap).
+        # Made once a member had to be replaced (a crash, --max-jobs-per-process):
+        # a pool that never loses a member holds no extra process or
+        # connections.  Not in --burst (members end there when the queue is empty).
+        self.use_spare = config.pool == "processes" and not config.burst
+        self.spare_wanted = False
+        self.slots = Slots(config.processes + (1 if self.use_spare else 0))
+        self.free_slots = list(range(self.slots.count))
         self.handles: dict[int, Handle] = {}
+        self.spare: Handle | None = None
+        #: Spares that were told to start but had died: reaped, then recorded.
+        self.orphans: dict[int, Handle] = {}
+        self.spare_after = 0.0  # monotonic time before which no new spare is made
         self.finished: set[int] = set()  # --burst members that found nothing left
         self.pending: list[Pending] = []
         self.stopping = False
@@ -107,6 +126,13 @@ class Supervisor:
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
         self.ledger_scope = ""
+        # A self-pipe the loop sleeps on: SIGCHLD (a member died) and a
+        # thread member's end write to it, so a death is handled at once
+        # rather than on the next tick.
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
 
     # -- entry -------------------------------------------------------------------
 
@@ -129,6 +155,7 @@ class Supervisor:
             db_engine.describe(engine),
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
         self.scheduler = scheduler
         # listen off means PgBouncer in transaction mode: no session locks.
         self.liveness = Liveness(engine, use_locks=cfg.listen)
@@ -139,20 +166,47 @@ class Supervisor:
                 self._spawn(index)
             while True:
                 self._reap()
-                if not self.handles and (self.stopping or len(self.finished) == cfg.processes):
+                if not self.handles and self.spare is None and not self.orphans and (
+                    self.stopping or len(self.finished) == cfg.processes
+                ):
                     break
+                self._keep_spare()
                 self._enforce_deadlines()
                 self._periodic()
-                time.sleep(TICK)
+                self._sleep(TICK)
             self._write_pending()
         finally:
             self.liveness.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
         logger.info("jobtable worker %s stopped.", os.getpid())
         return self.exit_code
 
     # -- signals -------------------------------------------------------------------
+
+    def _on_child(self, signum: int, frame: Any) -> None:
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending already) or closed
+
+    def _sleep(self, timeout: float) -> None:
+        """Up to ``timeout`` seconds, less when a member ends."""
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except OSError:
+                pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -160,7 +214,7 @@ class Supervisor:
             logger.warning("Second %s: stopping now.", name)
             self.kill_now = True
             self.stop_deadline = 0.0  # threads cannot be killed: give up on them now
-            for handle in self.handles.values():
+            for handle in self._members():
                 handle.kill_reason = f"the worker was stopped at once (second {name})"
                 handle.operator_kill = True
                 if handle.pid:
@@ -169,7 +223,7 @@ class Supervisor:
         logger.info("%s: no new jobs; waiting up to %gs for running ones.", name, self.config.shutdown_grace)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.shutdown_grace
-        for handle in self.handles.values():
+        for handle in self._members():
             self._ask_to_stop(handle)
 
     def _ask_to_stop(self, handle: Handle) -> None:
@@ -182,12 +236,33 @@ class Supervisor:
 
     # -- members -------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> None:
-        mark = self.liveness.mark if self.liveness is not None else ""
-        worker_id = f"{workers_sql.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{index}:{mark}{secrets.token_hex(3)}"
-        handle = Handle(index=index, worker_id=worker_id)
-        if self.liveness is not None:
-            self.liveness.hold(worker_id)  # before the row exists: peers never see it unlocked
+    def _members(self) -> list[Handle]:
+        """Every member process or thread, the spare included."""
+        return [*self.handles.values(), *([self.spare] if self.spare is not None else [])]
+
+    def _spawn(self, index: int, batch: int = 0) -> None:
+        """Fill place ``index`` of the pool: with the spare when one is
+        ready (a write to its pipe), else with a new member; ``batch``: the
+        claim batch size to start at (0: the member's default)."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            self.slots.slot(spare.slot_index).batch = batch
+            try:
+                os.write(spare.go, b"g")
+            except OSError:  # it died and is not reaped yet: its end is recorded then
+                self._reap_spare_later(spare)
+            else:
+                os.close(spare.go)
+                spare.go = 0
+                spare.index = index
+                self.handles[index] = spare
+                # It claims meanwhile: a claim is younger than any lost_after,
+                # so no rescuer takes its rows for an unregistered worker's.
+                self._register(spare.worker_id)
+                return
+        self.handles[index] = self._start(index, batch)
+
+    def _register(self, worker_id: str) -> None:
         try:
             with db_engine.connect() as conn, conn.begin():
                 workers_sql.register_worker(
@@ -202,8 +277,40 @@ class Supervisor:
         except db_engine.ERRORS as exc:
             # The heartbeat registers it once the database is back.
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
-        slot = self.slots.slot(index)
+
+    def _reap_spare_later(self, spare: Handle) -> None:
+        os.close(spare.go)
+        spare.go = 0
+        self.orphans[spare.pid] = spare
+
+    def _keep_spare(self) -> None:
+        if (
+            self.spare_wanted
+            and self.spare is None
+            and not self.stopping
+            and self.free_slots
+            and time.monotonic() >= self.spare_after
+        ):
+            try:
+                self.spare = self._start(-1)
+            except Exception as exc:  # no fork (EAGAIN, ENOMEM), no ledger file...: members go on
+                logger.warning("Cannot start a spare worker process (%s); trying again in 5 s.", _first_line(exc))
+                self.spare_after = time.monotonic() + 5.0
+
+    def _start(self, index: int, batch: int = 0) -> Handle:
+        """A new member for place ``index`` (-1: a spare, which connects
+        and then waits for its pipe)."""
+        slot_index = self.free_slots[0]
+        mark = self.liveness.mark if self.liveness is not None else ""
+        worker_id = f"{workers_sql.NATIVE_PREFIX}{self.hostname}:{os.getpid()}:{slot_index}:{mark}{secrets.token_hex(3)}"
+        handle = Handle(index=index, worker_id=worker_id, slot_index=slot_index)
+        if self.liveness is not None:
+            self.liveness.hold(worker_id)  # before the row exists: peers never see it unlocked
+        if index >= 0:  # a spare is registered when it takes a place: until then it is no worker
+            self._register(worker_id)
+        slot = self.slots.slot(slot_index)
         slot.clear()
+        slot.batch = batch
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.config.pool == "threads":
@@ -218,17 +325,35 @@ class Supervisor:
                 except BaseException:
                     logger.exception("Worker thread %s crashed.", worker_id)
                     handle.exit_code = 1
+                finally:
+                    self._wake()
 
-            handle.thread = threading.Thread(target=target, name=f"jobtable-{index}", daemon=True)
+            handle.thread = threading.Thread(target=target, name=f"jobtable-{slot_index}", daemon=True)
             handle.thread.start()
         else:
+            go_read = -1
+            if index < 0:
+                go_read, handle.go = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                if go_read >= 0:
+                    os.close(go_read)
+                    os.close(handle.go)
+                if handle.ledger is not None:
+                    handle.ledger.close()
+                raise
             if pid == 0:  # pragma: no cover - runs in the child
-                _child(self.config, worker_id, slot, os.getppid(), handle.ledger)
+                if handle.go:
+                    os.close(handle.go)
+                forked.child(self.config, worker_id, slot, os.getppid(), handle.ledger, go_read)
+            if go_read >= 0:
+                os.close(go_read)
             handle.pid = pid
-        self.handles[index] = handle
+        self.free_slots.remove(slot_index)
+        return handle
 
     def _reap(self) -> None:
         if self.config.pool == "threads":
@@ -236,23 +361,33 @@ class Supervisor:
                 if handle.thread is not None and not handle.thread.is_alive():
                     self._ended(handle, handle.exit_code if handle.exit_code is not None else 1)
             return
-        by_pid = {h.pid: h for h in self.handles.values()}
-        while by_pid:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-            ended = by_pid.pop(pid, None)
+            # Looked up per pid, not once per call: _ended forks (a
+            # replacement, a spare), and such a child can die before this
+            # loop ends -- a death missed here would never be recorded.
+            ended = self.orphans.pop(pid, None) or next((h for h in self._members() if h.pid == pid), None)
             if ended is not None:
                 self._ended(ended, os.waitstatus_to_exitcode(status))
 
     def _ended(self, handle: Handle, code: int) -> None:
-        del self.handles[handle.index]
-        slot = self.slots.slot(handle.index)
+        if handle.index >= 0 and self.handles.get(handle.index) is handle:
+            del self.handles[handle.index]
+        elif self.spare is handle:
+            self.spare = None
+        if handle.index < 0:
+            self._spare_ended(handle, code)
+            return
+        slot = self.slots.slot(handle.slot_index)
         running_id = slot.row_id
+        batch = slot.batch
         slot.clear()
+        self.free_slots.append(handle.slot_index)
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
@@ -274,11 +409,31 @@ class Supervisor:
                 ledger=handle.ledger,
             )
         )
-        self._write_pending()
+        # The replacement first (the spare: at once): it claims while the
+        # dead member's jobs are recorded (its unstarted ones go back to
+        # pending for anyone).  A new spare is made after, by the loop.
         if code == EXIT_BURST_DONE:
             self.finished.add(handle.index)
         elif not self.stopping:
-            self._spawn(handle.index)
+            self._spawn(handle.index, batch)
+            self.spare_wanted = self.use_spare
+            self._keep_spare()  # the next spare before the write: ready sooner for deaths in a row
+        self._write_pending()
+
+    def _spare_ended(self, handle: Handle, code: int) -> None:
+        """A spare that never took a place ended: it ran no job, claimed none."""
+        if handle.go:
+            os.close(handle.go)
+            handle.go = 0
+        self.slots.slot(handle.slot_index).clear()
+        self.free_slots.append(handle.slot_index)
+        if code != 0 and not self.stopping:
+            logger.warning("Spare worker %s exited with code %s before it was needed.", handle.worker_id, code)
+            self.spare_after = time.monotonic() + 1.0  # no fork loop if spares cannot start
+        self.pending.append(
+            Pending(handle.worker_id, 0, "", lose_running=False, state=None, ledger=handle.ledger)
+        )
+        self._write_pending()
 
     def _write_pending(self) -> None:
         while self.pending:
@@ -311,7 +466,7 @@ class Supervisor:
         now = time.time()
         mono = time.monotonic()
         if self.stopping and mono > self.stop_deadline:
-            for handle in list(self.handles.values()):
+            for handle in self._members():
                 if handle.pid and not handle.kill_reason:
                     handle.kill_reason = (
                         f"the worker shut down and the job did not finish within {self.config.shutdown_grace:g} s"
@@ -328,7 +483,7 @@ class Supervisor:
                         handle.operator_kill = True
                     self._ended(handle, 1)
         for handle in list(self.handles.values()):
-            slot = self.slots.slot(handle.index)
+            slot = self.slots.slot(handle.slot_index)
             deadline = slot.deadline
             if not deadline or now <= deadline:
                 continue
@@ -388,7 +543,7 @@ class Supervisor:
                             queues=self.config.queues, processes=1, now=now,
                         )
                 elif name == "liveness" and self.liveness is not None:
-                    own = {h.worker_id for h in self.handles.values()} | {p.worker_id for p in self.pending}
+                    own = {h.worker_id for h in self._members()} | {p.worker_id for p in self.pending}
                     dead = self.liveness.dead(conn, own, self.hostname)
                     if dead:
                         rescue.rescue_known_dead(
@@ -453,51 +608,6 @@ def _kill(pid: int, sig: int) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _die_with_parent(parent: int) -> None:
-    """A member must not outlive its supervisor (nobody would heartbeat it)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _child(config: WorkerConfig, worker_id: str, slot: Any, parent: int, ledger: Ledger) -> None:  # pragma: no cover
-    """Body of a forked member; never returns."""
-    code = 1
-    try:
-        _die_with_parent(parent)
-        stop = threading.Event()
-        member_ref: list[Member] = []
-
-        def on_term(signum: int, frame: Any) -> None:
-            if stop.is_set():
-                os._exit(1)  # second signal: at once (the supervisor records the job)
-            stop.set()
-            if member_ref:
-                member_ref[0].listener.interrupt()
-
-        # The terminal's Ctrl-C reaches the whole process group: members
-        # leave SIGINT to the supervisor, which sends SIGTERM.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, on_term)
-        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
-        member_ref.append(member)
-        code = member.run()
-    except BaseException:
-        logging.getLogger("jobtable.worker").exception("Worker %s crashed.", worker_id)
-        code = 1
-    finally:
-        try:
-            telemetry.flush()  # os._exit skips the SDK's atexit export
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
 
 
 def run_worker(config: WorkerConfig) -> int:

@@ -11,7 +11,9 @@ ones are not hoarded by one member.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,11 +100,48 @@ class Member:
     # -- the loop --------------------------------------------------------------
 
     def run(self) -> int:
+        # A replacement starts at the batch size its predecessor had
+        # reached (set by the supervisor): ramping up from a few jobs costs a
+        # round trip per doubling, which a drain with a crash every few
+        # hundred jobs pays again and again.
+        if self.slot.batch > 0:
+            self.batch = max(1, min(self.config.max_pending_per_process, self.slot.batch))
+        self.slot.batch = self.batch
         logger.info("Worker %s consuming %s", self.worker_id, ", ".join(self.config.queues))
         try:
             return self._loop()
         finally:
             self._shutdown()
+
+    def standby(self, go: int) -> bool:
+        """A spare member (see main.py): connect now, then wait until the
+        supervisor writes to ``go`` (True: take over a dead member's place)
+        or asks to stop (False).  Notifications that arrive meanwhile are
+        read and dropped, so that PostgreSQL can trim its queue.  No
+        database work while waiting: a spare holds no lock, writes nothing."""
+        try:
+            self._connection()
+        except db_engine.ERRORS as exc:
+            self._database_error(exc)  # connected again on the first claim
+        while not self.should_stop():
+            try:
+                ready, _, _ = select.select([go, *self.listener.fds()], [], [], self.config.poll_interval)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries select
+                continue
+            if go in ready:
+                try:
+                    if not os.read(go, 1):
+                        return False  # the supervisor is gone
+                except OSError:
+                    return False
+                # The other members promote due jobs on their own ticks: the
+                # first claim need not wait for a promotion (it comes within
+                # a poll interval, as it does for any member).
+                self.next_due_checked = time.monotonic()
+                return True
+            if ready:
+                self.listener.clear()
+        return False
 
     def _loop(self) -> int:
         cfg = self.config
@@ -161,7 +200,7 @@ class Member:
             # that a member dying from here on records it LOST, never pending.
             self.ledger.start(row.id)
             outcome = self.executor.run(row)
-            self.ledger.done(retry=outcome.retry_at is not None)
+            self.ledger.done(retry=outcome.retry_at is not None, status=outcome.status)
             now = time.perf_counter()
             last_job = now - job_started
             if not self.done:
@@ -171,8 +210,10 @@ class Member:
         elapsed = time.perf_counter() - started
         if len(rows) >= self.batch and elapsed < GROW_BELOW:
             self.batch = min(self.config.max_pending_per_process, self.batch * 2)
+            self.slot.batch = self.batch
         elif elapsed > SHRINK_ABOVE:
             self.batch = max(1, self.batch // 2)
+            self.slot.batch = self.batch
 
     # -- database steps ----------------------------------------------------------
 

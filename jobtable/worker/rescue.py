@@ -2,7 +2,10 @@
 
 What is rescued comes from the dead member's ledger (``ledger.py``): jobs it
 had started are recorded LOST (never silently pending again), jobs it had
-claimed but not started go back to pending.  A job whose attempts killed
+finished whose results were not written yet are recorded with the status
+they ended with (SUCCESSFUL, ERRORED...: error type ``ResultLost``, their
+return value or error details gone, never run again), jobs it had claimed
+but not started go back to pending.  A job whose attempts killed
 their worker process ``worker_quarantine_after`` times is QUARANTINED
 instead: recorded, not retried, re-run only by hand.  A dead worker of
 another machine has no readable ledger: all its running rows are LOST.
@@ -20,9 +23,11 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Connection
 
-from ..db import finish_sql, rescue_sql, workers_sql
+from .. import badrows
+from ..db import finish_sql, rescue_sql, tables, workers_sql
 from ..messages import decode_task
 from . import ledger
 from .ledger import LedgerState
@@ -84,6 +89,44 @@ class Quarantine:
         return [row for row in rows if row.task_id not in self.task_ids]
 
 
+def _finished_fields(row: Any, status: str, why: str) -> dict[str, Any]:
+    """The result columns of a finished attempt whose outcome died with its
+    process, known only by its status."""
+    if status == tables.DEAD_LETTER:
+        # The verdict depends on the stored message alone: say it again.
+        call = badrows.decode_call(row.message)
+        if isinstance(call, badrows.BadRow):
+            return badrows.dead_letter_fields(call.reason)
+    lost = "return value was" if status == tables.SUCCESSFUL else "details (error, traceback) were"
+    return {
+        "error_type": rescue_sql.RESULT_LOST,
+        "error_message": f"The job ended {status}; its {lost} lost: {why}. It was not run again.",
+    }
+
+
+def record_finished(
+    conn: Connection, worker_id: str, statuses: dict[int, str], now: datetime, *, why: str
+) -> list[Any]:
+    """Record finished attempts whose results were not written with the
+    status their outcome had (``statuses``: row id -> status), not retried.
+    Only rows still running under ``worker_id`` are touched."""
+    if not statuses:
+        return []
+    req = tables.request
+    stmt = (
+        delete(req)
+        .where(req.c.worker_id == worker_id, req.c.state == tables.RUNNING, req.c.id.in_(sorted(statuses)))
+        .returning(*req.c)
+    )
+    rows = list(conn.execute(stmt))
+    outcomes = [
+        finish_sql.Outcome(row, statuses[row.id], now, _finished_fields(row, statuses[row.id], why)) for row in rows
+    ]
+    if outcomes:
+        finish_sql.write_outcomes(conn, outcomes, now)
+    return rows
+
+
 def _lose_started(
     conn: Connection,
     worker_id: str,
@@ -97,8 +140,10 @@ def _lose_started(
 ) -> int:
     """What a ledger knows: started and unfinished rows LOST (they may have
     killed the process: they count towards quarantine unless the operator
-    stopped the worker); finished rows whose result was not written LOST
-    without running them again (unless their outcome asked for a retry)."""
+    stopped the worker); finished rows whose result was not written with
+    their outcome's status when the ledger has it (else LOST), without
+    running them again -- unless their outcome asked for a retry (LOST, and
+    retried)."""
     quarantine = Quarantine(why, quarantine_after)
     lost = rescue_sql.lose(
         conn,
@@ -112,8 +157,14 @@ def _lose_started(
         quarantine_message=quarantine,
     )
     _log_lost(quarantine.lost(lost), why)
+    known = {row_id: state.statuses[row_id] for row_id in state.finished if state.statuses.get(row_id)}
+    recorded = record_finished(conn, worker_id, known, now, why=why_finished)
+    if recorded:
+        # One line, not one per job: a batch of no-ops can be a hundred.
+        logger.warning("%d finished job(s) of %s recorded without their results: %s", len(recorded), worker_id, why_finished)
     done = rescue_sql.lose(
-        conn, worker_id, state.finished, now, message=why_finished, error_type=rescue_sql.RESULT_LOST, retry=False
+        conn, worker_id, [i for i in state.finished if i not in known], now, message=why_finished,
+        error_type=rescue_sql.RESULT_LOST, retry=False,
     )
     _log_lost(done, why_finished, retry=False)
     again = rescue_sql.lose(
@@ -121,7 +172,7 @@ def _lose_started(
         retry_delay=retry_delay,
     )
     _log_lost(again, why_finished)
-    return len(lost) + len(done) + len(again)
+    return len(lost) + len(recorded) + len(done) + len(again)
 
 
 def rescue_member(

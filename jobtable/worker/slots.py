@@ -1,9 +1,11 @@
 """A little shared memory per pool member, written per job without I/O.
 
 Each member owns one slot: the row id of the job it runs (0 when idle), that
-job's deadline (epoch seconds; 0 when none), and a count of jobs finished.
-The supervisor reads them to record the right job LOST when a member dies,
-to kill a member stuck past its deadline, and for jobs/s in the stats.  An
+job's deadline (epoch seconds; 0 when none), a count of jobs finished, and
+its claim batch size.  The supervisor reads them to record the right job
+LOST when a member dies, to kill a member stuck past its deadline, for
+jobs/s in the stats, and to start a dead member's replacement at the batch
+size it had reached (rather than ramping up again from a few jobs).  An
 anonymous shared mmap made before fork() is visible to parent and children.
 """
 
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 import mmap
 
-FIELDS = 4  # row_id, deadline, done, spare
-ROW, DEADLINE, DONE = 0, 1, 2
+FIELDS = 4  # row_id, deadline, done, batch
+ROW, DEADLINE, DONE, BATCH = 0, 1, 2, 3
 
 
 class Slots:
@@ -47,6 +49,15 @@ class Slot:
     def clear(self) -> None:
         self._view[self._base + ROW] = 0
         self._view[self._base + DEADLINE] = 0
+
+    @property
+    def batch(self) -> int:
+        """The member's claim batch size (0: not known yet)."""
+        return int(self._view[self._base + BATCH])
+
+    @batch.setter
+    def batch(self, size: int) -> None:
+        self._view[self._base + BATCH] = size
 
     @property
     def row_id(self) -> int:

@@ -1,0 +1,78 @@
+"""The body of a forked pool member process (``main.Supervisor`` forks it).
+
+It never outlives its supervisor, leaves SIGINT to it, stops at the first
+SIGTERM (at once at the second), adopts the supervisor's engines, runs its
+``Member`` -- a spare first waits in ``Member.standby`` -- and leaves with
+``os._exit`` so that nothing inherited from the supervisor runs twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from .. import telemetry
+from ..db import engine as db_engine
+from .config import WorkerConfig
+from .ledger import Ledger
+from .process import Member
+from .timeouts import AlarmTimeout
+
+
+def die_with_parent(parent: int) -> None:
+    """A member must not outlive its supervisor (nobody would heartbeat it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def child(
+    config: WorkerConfig, worker_id: str, slot: Any, parent: int, ledger: Ledger, go: int = -1
+) -> None:  # pragma: no cover
+    """Body of a forked member (``go`` >= 0: a spare, see Member.standby); never returns."""
+    code = 1
+    try:
+        die_with_parent(parent)
+        # The supervisor's SIGCHLD handler is not ours (a job's subprocesses
+        # would wake the supervisor); its engines and schema check are.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        db_engine.adopt_parent_engines()
+        stop = threading.Event()
+        member_ref: list[Member] = []
+
+        def on_term(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                os._exit(1)  # second signal: at once (the supervisor records the job)
+            stop.set()
+            if member_ref:
+                member_ref[0].listener.interrupt()
+
+        # The terminal's Ctrl-C reaches the whole process group: members
+        # leave SIGINT to the supervisor, which sends SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, on_term)
+        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
+        member_ref.append(member)
+        if go >= 0 and not member.standby(go):
+            code = 0  # stopped before it was needed
+        else:
+            code = member.run()
+    except BaseException:
+        logging.getLogger("jobtable.worker").exception("Worker %s crashed.", worker_id)
+        code = 1
+    finally:
+        try:
+            telemetry.flush()  # os._exit skips the SDK's atexit export
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
