@@ -8,7 +8,7 @@ itself: it heartbeats for its members, notices a member that died
 from the member's ledger (``ledger.py``), records what it had started LOST
 (or QUARANTINED) and gives back what it had not, kills a member stuck past
 its job's timeout + grace, rescues other workers that stopped heartbeating,
-trims old results, sweeps ledger files nobody needs and prints stats.
+trims old results, sweeps ledger files nobody needs and logs stats.
 Threads pool: the same with members as threads of one process.
 
 Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
@@ -556,8 +556,9 @@ class Supervisor:
                     operations_sql.clear_results(conn, before, batch=500)
                     self._sweep_ledgers(conn)
                 elif name == "stats":
-                    line = self.stats.report(conn, self.slots.done_total())
-                    print(line, flush=True)
+                    # Logged once (jobtable.stats), not printed too: one timestamped
+                    # line in the stream the rest of the worker's output goes to.
+                    self.stats.report(conn, self.slots.done_total())
         except db_engine.ERRORS as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
 
