@@ -5,11 +5,11 @@ detection, and the row locks that keep two rescuers off the same worker."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, literal, select
 from sqlalchemy.engine import Connection, Row
 
 from . import tables
@@ -56,12 +56,29 @@ def register_worker(
     conn.execute(stmt)
 
 
-def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set[str]:
-    """Refresh heartbeats; returns the ids that had no row (rescued meanwhile)."""
+def heartbeat(
+    conn: Connection, worker_ids: Sequence[str], now: datetime, running: Mapping[str, int] | None = None
+) -> set[str]:
+    """Refresh heartbeats; returns the ids that had no row (rescued meanwhile).
+
+    ``running``: each member's request running right now (absent or 0:
+    none), written in the same statement as ``running_id`` -- what makes a
+    claimed request "running" for the reads (``reads_sql.started``)."""
     if not worker_ids:
         return set()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if running is not None:
+        busy = {worker_id: row_id for worker_id, row_id in running.items() if row_id}
+        values["running_id"] = (
+            case(
+                *((worker_table.c.id == worker_id, literal(row_id)) for worker_id, row_id in busy.items()),
+                else_=None,
+            )
+            if busy
+            else None
+        )
     where = [worker_table.c.id.in_(list(worker_ids))]
-    rows = dialect_of(conn).update_returning(conn, worker_table, where, {"heartbeat_at": now}, [worker_table.c.id])
+    rows = dialect_of(conn).update_returning(conn, worker_table, where, values, [worker_table.c.id])
     found = {row.id for row in rows}
     return set(worker_ids) - found
 
