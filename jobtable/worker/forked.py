@@ -69,6 +69,9 @@ def child(
         # leave SIGINT to the supervisor, which sends SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, on_term)
+        # Blocked by the supervisor across the fork (main.py): a SIGTERM that
+        # came meanwhile is delivered now, to on_term.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         if go >= 0 and not member.standby(go):

@@ -342,15 +342,25 @@ class Supervisor:
                 go_read, handle.go = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
+            # SIGTERM/SIGINT blocked across the fork: one landing before the
+            # child has its own handler would run the supervisor's inherited
+            # one in the child and be lost (a member started just as a group
+            # SIGTERM came ran on until SIGKILL).  The child unblocks them
+            # once its handlers are set (forked.child), the parent at once.
+            stop_signals = {signal.SIGTERM, signal.SIGINT}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             try:
                 pid = os.fork()
             except OSError:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 if go_read >= 0:
                     os.close(go_read)
                     os.close(handle.go)
                 if handle.ledger is not None:
                     handle.ledger.close()
                 raise
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)

@@ -13,6 +13,7 @@ on 2026-12-03.  Never edit it; a change to the table is a new migration.
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -31,8 +32,15 @@ _DROP = ("ALTER TABLE jobtable_worker DROP COLUMN running_id",)
 def upgrade() -> None:
     name = op.get_bind().dialect.name
     ddl = {"postgresql": _POSTGRESQL_DDL, "mysql": _MYSQL_DDL, "mariadb": _MYSQL_DDL}.get(name, _SQLITE_DDL)
+    if name in ("mysql", "mariadb") and _has_column():
+        return  # MySQL commits each DDL statement: an interrupted earlier run added it
     for statement in ddl:
         op.execute(statement)
+
+
+def _has_column() -> bool:
+    columns = sa.inspect(op.get_bind()).get_columns("jobtable_worker")
+    return "running_id" in {c["name"] for c in columns}
 
 
 def downgrade() -> None:
