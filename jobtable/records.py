@@ -244,16 +244,17 @@ class RequestQuery(_Query["JobRequest"]):
         uuid: str | None = None,
     ) -> RequestQuery:
         """``concurrency_key=""`` matches jobs without one; ``state`` is one
-        of scheduled, pending, running or a list of them."""
+        of scheduled, pending, claimed (fetched by a worker, not started
+        yet), running (started) or a list of them."""
         query = self._common(job_class, queue, concurrency_key, uuid)
         if state is not None:
-            query = query._with(states=_choices("state", state, reads_sql.ACTIVE_STATES, upper=False))
+            query = query._with(states=_choices("state", state, reads_sql.SHOWN_STATES, upper=False))
         return query
 
     def _select(self) -> Select[Any]:
         filters = dict(self._filters)
-        states = filters.pop("states", reads_sql.ACTIVE_STATES)
-        return reads_sql.requests_select(states=states, **filters)
+        states = filters.pop("states", reads_sql.SHOWN_STATES)
+        return reads_sql.requests_select(states=states, split_running=True, **filters)
 
     def _convert(self, row: Row[Any]) -> JobRequest:
         return JobRequest.from_row(row)
@@ -278,7 +279,9 @@ class ProcessQuery(_Query["JobProcess"]):
     def _select(self) -> Select[Any]:
         filters = dict(self._filters)
         worker_id = filters.pop("worker_id", None)
-        stmt = reads_sql.requests_select(states=(tables.RUNNING,), **filters)
+        # Started only: a claimed job waiting behind its member's current
+        # one is not running (JobRequest.query shows it as "claimed").
+        stmt = reads_sql.requests_select(states=(tables.RUNNING,), split_running=True, **filters)
         if worker_id is not None:
             stmt = stmt.where(tables.request.c.worker_id == worker_id)
         return stmt
@@ -359,13 +362,14 @@ class JobRequest(_ByUuid):
         same uuid, a later attempt), or None once it has finished -- then
         ``result()`` tells how."""
         with _reading() as conn:
-            row = reads_sql.active_request(conn, self.uuid)
+            row = conn.execute(reads_sql.shown_request(self.uuid)).first()
         return None if row is None else JobRequest.from_row(row)
 
 
 @dataclass(frozen=True)
 class JobProcess(_ByUuid):
-    """A job a worker is running now (a request in state ``running``)."""
+    """A job a worker is running now: a request in state ``running`` that
+    its worker's heartbeat reports started (not one merely claimed)."""
 
     id: int
     uuid: str
@@ -401,7 +405,7 @@ class JobProcess(_ByUuid):
     def refresh(self) -> JobRequest | None:
         """The job as the table has it now (None once it has finished)."""
         with _reading() as conn:
-            row = reads_sql.active_request(conn, self.uuid)
+            row = conn.execute(reads_sql.shown_request(self.uuid)).first()
         return None if row is None else JobRequest.from_row(row)
 
 

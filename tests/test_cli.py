@@ -71,9 +71,9 @@ def test_stats_requests_results(db_url: str) -> None:
     finish(first.uuid)
     out = cli("stats").output
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
-    # queue -> pending, scheduled, running, successful, errored, ...
-    assert lines["default"][:5] == ["2", "0", "0", "0", "1"]
-    assert lines["slow"][:3] == ["0", "1", "0"]
+    # queue -> pending, scheduled, claimed, running, successful, errored, ...
+    assert lines["default"][:6] == ["2", "0", "0", "0", "0", "1"]
+    assert lines["slow"][:4] == ["0", "1", "0", "0"]
 
     out = cli("requests", "--queue", "slow").output
     assert "scheduled" in out and "slow" in out and "pending" not in out

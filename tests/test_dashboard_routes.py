@@ -12,11 +12,15 @@ import pytest
 from sqlalchemy import insert, select
 
 from jobtable.db import engine as db_engine
-from jobtable.db import claims_sql, clock, tables
+from jobtable.db import claims_sql, clock, tables, workers_sql
 from jobtable.dashboard import queries
+from tests.conftest import ALL_DIALECTS
 
 from . import dashboard_support as support
 from .dashboard_client import DashboardClient, client
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
+
 
 PAGES = ["/", "/?window=1h", "/?window=7d", "/requests", "/requests?state=scheduled", "/processes", "/results",
          "/results?status=ERRORED", "/workers", "/schedules"]
@@ -281,11 +285,20 @@ def test_next_must_stay_inside_the_dashboard(dash: DashboardClient) -> None:
 def test_processes_by_worker(dash: DashboardClient) -> None:
     for i in range(3):
         support.Noop(i).run_in_worker()
+    now = clock.utcnow()
     with db_engine.connect() as conn, conn.begin():
-        claims_sql.claim(conn, ["default"], 2, worker_id="native:alpha", now=clock.utcnow() - timedelta(minutes=3))
-        claims_sql.claim(conn, ["default"], 1, worker_id="native:beta", now=clock.utcnow())
+        alpha = claims_sql.claim(conn, ["default"], 2, worker_id="native:alpha", now=now - timedelta(minutes=3))
+        (beta,) = claims_sql.claim(conn, ["default"], 1, worker_id="native:beta", now=now)
+        for worker_id in ("native:alpha", "native:beta"):
+            workers_sql.register_worker(conn, worker_id, hostname="h", pid=1, queues=["default"], processes=1, now=now)
     page = dash.get("/processes").text
-    assert "3 job(s) running" in page
+    assert "0 job(s) running" in page  # claimed, but no worker reports them started
+    with db_engine.connect() as conn, conn.begin():
+        # alpha runs its first job, its second waits its turn (claimed).
+        workers_sql.heartbeat(conn, ["native:alpha", "native:beta"], now, {"native:alpha": alpha[0].id, "native:beta": beta.id})
+    page = dash.get("/processes").text
+    assert "2 job(s) running" in page
+    assert alpha[1].task_id not in page and alpha[0].task_id in page
     assert page.index("native:alpha") < page.index("native:beta")
     assert "3m 0" in page  # running for three minutes
 

@@ -4,11 +4,15 @@ compat_tests/test_parity.py)."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from jobtable.db import chords, clock, results, tables
 from jobtable.db.engine import get_engine
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def _start(conn: Connection, group_id: str) -> None:

@@ -23,6 +23,9 @@ from jobtable.messages import decode_task
 from tests.sample_jobs import Echo
 
 from .transport_helpers import connect
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def count_rows() -> int:

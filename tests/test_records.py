@@ -16,10 +16,13 @@ from sqlalchemy import insert
 import jobtable
 from jobtable import JobNotFound, JobProcess, JobRequest, JobResult, JobStateError
 from jobtable import records
-from jobtable.db import claims_sql, clock, result_rows, tables
+from jobtable.db import claims_sql, clock, result_rows, tables, workers_sql
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
 from tests.worker_jobs import Add, Boom, start_worker, stop, worker_env
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def claim(uuid: str, queue: str = "default") -> Any:
@@ -85,7 +88,7 @@ def test_request_queries(db_url: str) -> None:
 
 
 def test_query_arguments_are_checked(db_url: str) -> None:
-    with pytest.raises(ValueError, match="state='done' is not one of scheduled, pending, running"):
+    with pytest.raises(ValueError, match="state='done' is not one of scheduled, pending, claimed, running"):
         JobRequest.query.filter(state="done")
     with pytest.raises(ValueError, match="status='FINE' is not one of SUCCESSFUL"):
         JobResult.query.filter(status="fine")
@@ -102,9 +105,21 @@ def test_processes_and_refresh(db_url: str) -> None:
     assert request and other
     assert request.refresh() == request
     assert not JobProcess.query.exists()
-    claim(request.uuid)
+    row = claim(request.uuid)
+    # Claimed, not started: no live worker reports it running yet.
+    claimed = request.refresh()
+    assert claimed is not None and claimed.state == "claimed"
+    assert not JobProcess.query.exists()
+    assert JobRequest.query.filter(state="claimed").first() == claimed
+    # Its worker's heartbeat reports it: now it runs.
+    with get_engine().begin() as conn:
+        workers_sql.register_worker(
+            conn, "native:w1", hostname="h", pid=1, queues=["default"], processes=1, now=clock.utcnow()
+        )
+        assert workers_sql.heartbeat(conn, ["native:w1"], clock.utcnow(), {"native:w1": row.id}) == set()
     refreshed = request.refresh()
     assert refreshed is not None and refreshed.state == "running"
+    assert not JobRequest.query.filter(state="claimed").exists()
     (process,) = JobProcess.query
     assert (process.uuid, process.worker_id, process.attempt) == (request.uuid, "native:w1", 1)
     assert process.started_at is not None
@@ -143,7 +158,7 @@ def test_cancel(db_url: str) -> None:
     with pytest.raises(JobStateError, match="already running"):
         running.cancel()
     refreshed = running.refresh()
-    assert refreshed is not None and refreshed.state == "running"
+    assert refreshed is not None and refreshed.state == "claimed"  # no worker reports it started
     with pytest.raises(JobNotFound):
         records.cancel_waiting(get_engine().connect(), "no-such-uuid", clock.utcnow())
 

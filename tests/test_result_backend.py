@@ -19,8 +19,10 @@ from sqlalchemy import select
 
 from jobtable.db import clock, tables
 from jobtable.db.engine import get_engine
-from tests.conftest import ROOT, empty_tables
+from tests.conftest import ALL_DIALECTS, ROOT, empty_tables
 from tests.polling import terminate, wait_for
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

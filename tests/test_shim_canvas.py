@@ -9,8 +9,11 @@ import pytest
 from jobtable.db import tables
 from jobtable.shim import AsyncResult, ChordError, GroupResult, NotSupported, chain, chord, group, states
 from tests import shim_tasks as t
+from tests.conftest import ALL_DIALECTS
 from tests.shim_support import run_burst
 from tests.worker_jobs import requests, results
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def _bodies(name: str = "tests.shim_tasks.total") -> list[object]:

@@ -14,8 +14,11 @@ from jobtable.db import engine as db_engine
 from jobtable.db import clock, enqueue_sql, tables
 from jobtable.shim import AsyncResult, MaxRetriesExceededError, TaskRevokedError, states
 from tests import shim_tasks as t
+from tests.conftest import ALL_DIALECTS
 from tests.shim_support import run_burst, start_worker
 from tests.worker_jobs import lines, requests, results, stop
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_delay_runs_and_asyncresult_reads_it(db_url: str, subprocess_env: dict[str, str]) -> None:

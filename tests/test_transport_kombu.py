@@ -20,6 +20,9 @@ from jobtable.exceptions import ConfigurationError, DatabaseUnavailable, SchemaN
 from jobtable.transport import Transport
 
 from .transport_helpers import FAST_OPTIONS, acked, broker_url, connect, drain, rows, states, wait_for
+from tests.conftest import ALL_DIALECTS
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 # -- selecting the transport ---------------------------------------------------------
@@ -62,8 +65,9 @@ def test_transport_options_are_read_and_not_given_to_the_engine(db_url: str) -> 
         conn.connect()
         options = conn.transport.options
         assert (options.lease_seconds, options.batch_size, options.wakeups) == (7.0, 3, False)
-        # The engine is the process's shared one, built from the URL alone.
-        assert conn.transport.engine.url.query == {}
+        # The engine is the process's shared one, built from the URL alone
+        # (on MySQL, engine.py adds charset=utf8mb4).
+        assert set(conn.transport.engine.url.query) <= {"charset"}
 
 
 def test_connect_fails_on_unreachable_database(dialect: str, tmp_path: object) -> None:
@@ -526,7 +530,7 @@ def test_acks_pile_up_into_one_delete_while_the_writer_is_busy(db_url: str) -> N
         deletes, stop_counting = _count_statements(db_url, "DELETE FROM JOBTABLE_REQUEST")
         blocker = db_engine.get_engine(db_url).connect()
         try:
-            if blocker.dialect.name == "postgresql":
+            if blocker.dialect.name in ("postgresql", "mysql"):
                 blocker.exec_driver_sql("SELECT 1 FROM jobtable_request WHERE id = %(id)s FOR UPDATE",
                                         {"id": rows(db_url)[0].id})
             else:
@@ -536,6 +540,13 @@ def test_acks_pile_up_into_one_delete_while_the_writer_is_busy(db_url: str) -> N
                 wait_for(lambda: blocker.engine.connect().exec_driver_sql(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND query LIKE 'DELETE FROM jobtable_request%%'").scalar(), timeout=5, what="a blocked DELETE")
+            elif blocker.dialect.name == "mysql":
+                def delete_waits() -> bool:
+                    with blocker.engine.connect() as watcher:
+                        return bool(watcher.exec_driver_sql(
+                            "SELECT count(*) FROM information_schema.PROCESSLIST "
+                            "WHERE INFO LIKE 'DELETE FROM jobtable_request%%'").scalar())
+                wait_for(delete_waits, timeout=5, what="a blocked DELETE")
             acking = [threading.Thread(target=m.ack) for m in got[1:]]
             for thread in acking:
                 thread.start()

@@ -8,11 +8,16 @@ import signal
 import subprocess
 import time
 
+import pytest
 from kombu import Exchange, Queue
 
 from jobtable.db import tables
 
+from tests.conftest import ALL_DIALECTS
+
 from .transport_helpers import FAST_OPTIONS, acked, connect, drain, rows, states, wait_for
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_killed_consumer_messages_come_back_after_the_lease(

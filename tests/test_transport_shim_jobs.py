@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 from celery import Celery
 
 from jobtable.registry import jobs_registry
 from jobtable.shim.celery_jobs import register_jobs
+from tests.conftest import ALL_DIALECTS
 
 from . import sample_jobs
+
+pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
 def test_register_jobs_makes_celery_tasks_that_run_the_job(db_url: str) -> None:

@@ -137,6 +137,9 @@ def test_stats_and_max_jobs_per_process(db_url: str, subprocess_env: dict[str, s
     workers = {r.worker_id for r in results()}
     assert len(workers) == 3  # replaced after every 10 jobs
     assert "stats: queues=default pending=" in out and "jobs/s" in out
+    # Once each: logged (timestamp, level, pid), not printed bare beside it.
+    stats_lines = [line for line in out.splitlines() if "stats: queues=" in line]
+    assert stats_lines and all(" INFO [" in line and "jobtable.stats: stats:" in line for line in stats_lines), out
     assert query("SELECT id FROM jobtable_worker") == []
 
 

@@ -3,6 +3,7 @@ running job finish (grace), and stop at once on a second signal."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from jobtable import run_in_worker_many
 from jobtable.db import tables
 
-from tests.worker_jobs import Log, lines, requests, results, start_worker, stop, wait_for, worker_env
+from tests.worker_jobs import Log, lines, query, requests, results, start_worker, stop, wait_for, worker_env
 from tests.conftest import ALL_DIALECTS
 
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
@@ -75,3 +76,29 @@ def test_threads_pool_second_signal(db_url: str, subprocess_env: dict[str, str],
     (row,) = results(job.uuid)
     assert row.status == tables.LOST and "at once" in row.error_message, out
     assert requests() == []
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["supervisor", "process-group"])
+def test_idle_members_stop_cleanly(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path, to_group: bool
+) -> None:
+    """A normal shutdown is not a crash.  SIGTERM to the process group (what
+    systemd, honcho or `kill -- -PGID` send) reaches each member twice -- the
+    sender's and the supervisor's -- and the second used to make idle members
+    exit 1, logged as "exited with code 1", and busy ones lose their job."""
+    log = str(tmp_path / "log")
+    job = Log(log, "busy", sleep=1.0).run_in_worker()
+    assert job is not None
+    proc = start_worker(worker_env(subprocess_env), "--max-processes", "3", start_new_session=True)
+    wait_for(lambda: lines(log) == ["busy"], what="the job to start")
+    wait_for(lambda: len(query("SELECT id FROM jobtable_worker")) == 3, what="three live members")
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)  # one signal to every process, the supervisor included
+        out, _ = proc.communicate(timeout=30)
+    else:
+        out = stop(proc, signal.SIGTERM)
+    assert proc.returncode == 0, out
+    assert "exited with code" not in out and "was killed" not in out and "WARNING" not in out, out
+    (row,) = results(job.uuid)
+    assert row.status == tables.SUCCESSFUL  # the busy member finished its job within the grace
+    assert query("SELECT id FROM jobtable_worker") == []

@@ -58,7 +58,7 @@ def migrate() -> None:
 
 @main.command()
 def stats() -> None:
-    """Pending, scheduled and running jobs, and results by status, per queue."""
+    """Pending, scheduled, claimed (not started) and running jobs, and results by status, per queue."""
     with db_engine.connect() as conn, conn.begin():
         queues, results = reads_sql.stats(conn)
     names = sorted({q.queue for q in queues} | set(results))
@@ -67,11 +67,11 @@ def stats() -> None:
     for name in names:
         q = by_queue.get(name, reads_sql.QueueStats(name))
         r = results.get(name, {})
-        rows.append([name, q.pending, q.scheduled, q.running] + [r.get(s, 0) for s in tables.RESULT_STATUSES])
+        rows.append([name, q.pending, q.scheduled, q.claimed, q.running] + [r.get(s, 0) for s in tables.RESULT_STATUSES])
     if not rows:
         click.echo("No jobs and no results.")
         return
-    _table(["queue", "pending", "scheduled", "running"] + [s.lower() for s in tables.RESULT_STATUSES], rows)
+    _table(["queue", "pending", "scheduled", "claimed", "running"] + [s.lower() for s in tables.RESULT_STATUSES], rows)
 
 
 @main.command("requests")
@@ -79,9 +79,9 @@ def stats() -> None:
 @click.option("--job", "job_class", default=None, help="Only this job class (registered name).")
 @click.option(
     "--state",
-    type=click.Choice([tables.PENDING, tables.SCHEDULED, tables.RUNNING]),
+    type=click.Choice([tables.PENDING, tables.SCHEDULED, reads_sql.CLAIMED, tables.RUNNING]),
     multiple=True,
-    help="Only these states (repeatable).",
+    help="Only these states (repeatable; claimed: fetched by a worker, not started yet).",
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Most rows shown (1 to 100000).")
 def list_requests(queue: str | None, job_class: str | None, state: tuple[str, ...], limit: int) -> None:

@@ -165,7 +165,9 @@ def scheduled_page(
 def running(conn: Connection, *, queue: str | None = None, limit: int = 500) -> list[Row[Any]]:
     """Running jobs, longest running first.  There are at most as many as
     worker processes, so a bound of a few hundred is a display bound."""
-    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.RUNNING)
+    # Started only (the heartbeat's report, reads_sql.started): a member's
+    # claimed-but-waiting jobs are counted as "claimed" on the overview.
+    stmt = select(*REQUEST_COLUMNS).where(request.c.state == tables.RUNNING, reads_sql.started())
     if queue:
         stmt = stmt.where(request.c.queue == queue)
     return list(conn.execute(stmt.order_by(request.c.started_at, request.c.id).limit(limit)))
@@ -237,7 +239,8 @@ class QueueRow:
     queue: str
     pending: int = 0
     scheduled: int = 0
-    running: int = 0
+    running: int = 0  # started
+    claimed: int = 0  # fetched by a worker, not started yet
     #: When the oldest pending job became due.
     oldest_due: datetime | None = None
 
@@ -248,12 +251,13 @@ def queue_depths(conn: Connection) -> list[QueueRow]:
     One pass over the request table, which holds only live jobs.
     """
     oldest = func.min(case((request.c.state == tables.PENDING, request.c.run_at), else_=None))
-    stmt = select(request.c.queue, request.c.state, func.count(), oldest).group_by(request.c.queue, request.c.state)
+    state = reads_sql.shown_state()
+    stmt = select(request.c.queue, state, func.count(), oldest).group_by(request.c.queue, state)
     by_queue: dict[str, QueueRow] = {}
-    for queue, state, n, due in conn.execute(stmt):
+    for queue, shown, n, due in conn.execute(stmt):
         entry = by_queue.setdefault(queue, QueueRow(queue))
-        if state in (tables.PENDING, tables.SCHEDULED, tables.RUNNING):
-            setattr(entry, state, int(n))
+        if shown in (tables.PENDING, tables.SCHEDULED, tables.RUNNING, reads_sql.CLAIMED):
+            setattr(entry, shown, int(n))
         if due is not None:
             # min() over a CASE loses the column type on SQLite: parse it back.
             entry.oldest_due = _as_utc(due)

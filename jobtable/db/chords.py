@@ -20,10 +20,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from . import tables
+from . import dialects, tables
 
 group = tables.group
 
@@ -54,22 +53,22 @@ def record_part(
     failure propagated to it twice) or the chord is unknown (finished and
     cleaned up, or never started): such a call never completes a chord.
     """
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    dialect = dialects.dialect_of(conn)
     part_id = _part_id(group_id, index, task_id)
-    stmt = module.insert(group).values(id=part_id, result=encoded, chord_done=0, created_at=now)
-    if conn.execute(stmt.on_conflict_do_nothing().returning(group.c.id)).first() is None:
+    if not dialect.insert_new(conn, group, {"id": part_id, "result": encoded, "chord_done": 0, "created_at": now}):
         return None
     # One UPDATE ... RETURNING: exactly one part sees the count complete.
-    row = conn.execute(
-        update(group)
-        .where(group.c.id == group_id)
-        .values(chord_done=group.c.chord_done + 1)
-        .returning(group.c.chord_done, group.c.chord_size)
-    ).first()
-    if row is None:
+    rows = dialect.update_returning(
+        conn,
+        group,
+        [group.c.id == group_id],
+        {"chord_done": group.c.chord_done + 1},
+        [group.c.chord_done, group.c.chord_size],
+    )
+    if not rows:
         conn.execute(delete(group).where(group.c.id == part_id))  # no chord: no orphan part row
         return None
-    return int(row.chord_done), row.chord_size
+    return int(rows[0].chord_done), rows[0].chord_size
 
 
 def add_part(conn: Connection, group_id: str) -> bool:

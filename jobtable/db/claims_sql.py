@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
 
 from . import dialects, revokes_sql, tables
@@ -19,24 +19,18 @@ request = tables.request
 
 
 def promote_due(conn: Connection, now: datetime, limit: int = 1000) -> int:
-    """Turn scheduled jobs whose time has come into pending ones."""
-    if conn.dialect.name == "mysql":
-        return len(dialects.mysql.promote_due(conn, now, limit))
+    """Turn scheduled jobs whose time has come into pending ones (locked,
+    SKIP LOCKED where rows lock: two promoters share the work)."""
+    dialect = dialect_of(conn)
     due = (
         select(request.c.id)
         .where(request.c.state == tables.SCHEDULED, request.c.run_at <= now)
         .order_by(request.c.run_at)
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    stmt = (
-        update(request)
-        .where(request.c.id.in_(due.scalar_subquery()))
-        .values(state=tables.PENDING)
-        .returning(request.c.queue)
-    )
-    queues = [row.queue for row in conn.execute(stmt)]
+    batch = dialect.in_limited(conn, request.c.id, dialect.skip_locked(due))
+    rows = dialect.update_returning(conn, request, [batch], {"state": tables.PENDING}, [request.c.queue])
+    queues = [row.queue for row in rows]
     # Wake the consumers of those queues (PostgreSQL, at commit): idle
     # workers, and Kombu channels that found their queues empty.
     dialects.wake_queues(conn, queues)

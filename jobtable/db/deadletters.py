@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
 
-from . import leases_sql, result_rows, tables
+from . import dialects, leases_sql, result_rows, tables
 
 request = tables.request
 result = tables.result
@@ -54,12 +54,8 @@ def bury(
     if not entries:
         return set()
     by_id = {rid: (status, fields) for rid, status, fields in entries}
-    stmt = (
-        delete(request)
-        .where(request.c.id.in_(list(by_id)), request.c.worker_id == holder, request.c.state == tables.RUNNING)
-        .returning(*request.c)
-    )
-    rows = list(conn.execute(stmt))
+    held = [request.c.id.in_(list(by_id)), request.c.worker_id == holder, request.c.state == tables.RUNNING]
+    rows = dialects.dialect_of(conn).delete_returning(conn, request, held, list(request.c))
     move_to_results(conn, rows, by_id, now)
     return {row.id for row in rows}
 
@@ -69,7 +65,8 @@ def quarantine_lapsed(conn: Connection, now: datetime, after: int, message: str,
     times: their consumer died holding them once more, so they become
     QUARANTINED results instead of being delivered again."""
     lapsed = leases_sql.lapsed_leases(conn, now, limit, request.c.crashes >= after - 1)
-    rows = list(conn.execute(delete(request).where(request.c.id.in_(lapsed.scalar_subquery())).returning(*request.c)))
+    dialect = dialects.dialect_of(conn)
+    rows = dialect.delete_returning(conn, request, [dialect.in_limited(conn, request.c.id, lapsed)], list(request.c))
     fields = {
         "error_type": "Quarantined",
         "error_message": message,

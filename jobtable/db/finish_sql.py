@@ -128,13 +128,7 @@ def release(
     if keep:
         where.append(request.c.id.not_in(list(keep)))
     values = {"state": tables.PENDING, "worker_id": None, "started_at": None, "lease_expires_at": None}
-    if conn.dialect.update_returning:
-        stmt = update(request).where(*where).values(values).returning(request.c.queue)
-        queues = [row.queue for row in conn.execute(stmt)]
-    else:  # MySQL
-        from .dialects.mysql import update_returning
-
-        queues = [row.queue for row in update_returning(conn, request, where, values, [request.c.queue])]
+    queues = [row.queue for row in dialect_of(conn).update_returning(conn, request, where, values, [request.c.queue])]
     if queues:
         from .dialects import wake_queues
 

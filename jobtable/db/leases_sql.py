@@ -12,14 +12,14 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
-from . import tables, workers_sql
+from . import dialects, tables, workers_sql
 
 request = tables.request
 
 
 def lapsed_leases(conn: Connection, now: datetime, limit: int, *extra: Any) -> Select[Any]:
     """Ids of transport rows whose lease ran out (and match ``extra``), locked
-    so that concurrent recoveries skip each other's rows on PostgreSQL."""
+    so that concurrent recoveries skip each other's rows (where rows lock)."""
     lapsed = (
         select(request.c.id)
         .where(
@@ -30,9 +30,7 @@ def lapsed_leases(conn: Connection, now: datetime, limit: int, *extra: Any) -> S
         )
         .limit(limit)
     )
-    if conn.dialect.name == "postgresql":
-        lapsed = lapsed.with_for_update(skip_locked=True)
-    return lapsed
+    return dialects.dialect_of(conn).skip_locked(lapsed)
 
 
 def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> list[str]:
@@ -41,20 +39,17 @@ def transport_recover(conn: Connection, now: datetime, limit: int = 1000) -> lis
     Returns the queues of the recovered messages (to wake their consumers).
     Rows claimed by the native worker have no lease and are left alone.
     """
-    lapsed = lapsed_leases(conn, now, limit)
-    stmt = (
-        update(request)
-        .where(request.c.id.in_(lapsed.scalar_subquery()))
-        .values(
-            state=tables.PENDING,
-            worker_id=None,
-            started_at=None,
-            lease_expires_at=None,
-            crashes=request.c.crashes + 1,
-        )
-        .returning(request.c.queue)
-    )
-    return sorted({row.queue for row in conn.execute(stmt)})
+    dialect = dialects.dialect_of(conn)
+    lapsed = dialect.in_limited(conn, request.c.id, lapsed_leases(conn, now, limit))
+    values = {
+        "state": tables.PENDING,
+        "worker_id": None,
+        "started_at": None,
+        "lease_expires_at": None,
+        "crashes": request.c.crashes + 1,
+    }
+    rows = dialect.update_returning(conn, request, [lapsed], values, [request.c.queue])
+    return sorted({row.queue for row in rows})
 
 
 def transport_expire_consumers(conn: Connection, consumer_ids: Sequence[str], now: datetime) -> int:

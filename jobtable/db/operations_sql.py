@@ -24,12 +24,9 @@ def cancel_pending(conn: Connection, task_id: str, now: datetime) -> Row[Any] | 
     Returns the removed request, or None when no pending or scheduled job
     has that id (it may be running or finished).
     """
-    stmt = (
-        delete(request)
-        .where(request.c.task_id == task_id, request.c.state.in_([tables.SCHEDULED, tables.PENDING]))
-        .returning(*request.c)
-    )
-    removed = conn.execute(stmt).first()
+    waiting = [request.c.task_id == task_id, request.c.state.in_([tables.SCHEDULED, tables.PENDING])]
+    rows = dialects.dialect_of(conn).delete_returning(conn, request, waiting, list(request.c))
+    removed = rows[0] if rows else None
     if removed is not None:
         conn.execute(insert(result).values(result_rows.result_values(removed, tables.CANCELLED, ended_at=now)))
     return removed
@@ -92,12 +89,7 @@ def clear_results(conn: Connection, before: datetime, batch: int = 1000) -> int:
     those left at zero (``dialects.compact_result_stats``; PostgreSQL's
     triggers do both)."""
     ids = select(result.c.id).where(result.c.ended_at < before).order_by(result.c.ended_at).limit(batch)
-    if conn.dialect.name == "mysql":
-        # MySQL refuses LIMIT in an IN subquery, but takes it on DELETE itself.
-        stmt = delete(result).where(result.c.ended_at < before).with_dialect_options(mysql_limit=batch)
-        deleted = conn.execute(stmt).rowcount
-    else:
-        deleted = conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+    deleted = conn.execute(delete(result).where(dialects.dialect_of(conn).in_limited(conn, result.c.id, ids))).rowcount
     dialects.compact_result_stats(conn, clock.utcnow())
     return deleted
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, and_, case, func, not_, or_, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -20,6 +20,47 @@ result = tables.result
 
 
 ACTIVE_STATES = (tables.SCHEDULED, tables.PENDING, tables.RUNNING)
+#: Shown, never stored: a ``running`` request that no live worker reports
+#: started yet -- fetched in a member's claim batch, waiting its turn.
+CLAIMED = "claimed"
+SHOWN_STATES = (tables.SCHEDULED, tables.PENDING, CLAIMED, tables.RUNNING)
+
+
+def started() -> ColumnElement[bool]:
+    """The request has really started: a worker's heartbeat row reports it
+    as the job its member runs right now (``jobtable_worker.running_id``,
+    written by the supervisor's heartbeat -- no write per job).  A dead
+    worker's row goes when it is rescued, so only live workers count."""
+    reported = select(tables.worker.c.running_id).where(tables.worker.c.running_id.is_not(None))
+    return request.c.id.in_(reported)
+
+
+def _states_condition(states: Iterable[str], split_running: bool) -> ColumnElement[bool]:
+    wanted = set(states)
+    if not split_running:
+        # Stored states: running is claimed or started alike (what
+        # should_enqueue, dedupe and cancel must see).
+        if CLAIMED in wanted:
+            wanted = (wanted - {CLAIMED}) | {tables.RUNNING}
+        return request.c.state.in_(sorted(wanted))
+    conditions: list[ColumnElement[bool]] = []
+    plain = sorted(wanted - {tables.RUNNING, CLAIMED})
+    if plain:
+        conditions.append(request.c.state.in_(plain))
+    if tables.RUNNING in wanted and CLAIMED in wanted:
+        conditions.append(request.c.state == tables.RUNNING)
+    elif tables.RUNNING in wanted:
+        conditions.append(and_(request.c.state == tables.RUNNING, started()))
+    elif CLAIMED in wanted:
+        conditions.append(and_(request.c.state == tables.RUNNING, not_(started())))
+    return or_(*conditions) if conditions else request.c.state.in_([])
+
+
+def shown_state() -> ColumnElement[Any]:
+    """``state`` as shown: ``claimed`` for a running request not started yet."""
+    return case(
+        (and_(request.c.state == tables.RUNNING, not_(started())), CLAIMED), else_=request.c.state
+    ).label("state")
 
 
 def requests_select(
@@ -29,8 +70,16 @@ def requests_select(
     states: Iterable[str] = ACTIVE_STATES,
     queue: str | None = None,
     task_id: str | None = None,
+    split_running: bool = False,
 ) -> Select[Any]:
-    stmt = select(request).where(request.c.state.in_(list(states)))
+    """Requests in ``states``.  ``split_running`` (what people read: the
+    CLI, the dashboard, ``JobRequest.query``/``JobProcess.query``):
+    ``running`` means started, ``claimed`` the rest, and rows show it."""
+    if split_running:
+        columns = [c for c in request.c if c.name != "state"]
+        stmt = select(*columns, shown_state()).where(_states_condition(states, True))
+    else:
+        stmt = select(request).where(_states_condition(states, False))
     if task_id is not None:
         stmt = stmt.where(request.c.task_id == task_id)
     if task_name is not None:
@@ -169,18 +218,26 @@ class QueueStats:
     queue: str
     scheduled: int = 0
     pending: int = 0
-    running: int = 0
+    running: int = 0  # started (see ``started``)
+    claimed: int = 0  # running in the table, not started yet
+
+
+def _by_shown_state(conn: Connection, queues: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+    """(queue, shown state, count): one pass over the small request table."""
+    state = shown_state()
+    stmt = select(request.c.queue, state, func.count())
+    if queues is not None:
+        stmt = stmt.where(request.c.queue.in_(list(queues)))
+    rows = conn.execute(stmt.group_by(request.c.queue, state))
+    return [(queue, shown, int(n)) for queue, shown, n in rows]
 
 
 def stats(conn: Connection) -> tuple[list[QueueStats], dict[str, dict[str, int]]]:
     """Requests by queue and state, and results by queue and status."""
     by_queue: dict[str, QueueStats] = {}
-    rows = conn.execute(
-        select(request.c.queue, request.c.state, func.count()).group_by(request.c.queue, request.c.state)
-    )
-    for queue, state, n in rows:
+    for queue, state, n in _by_shown_state(conn):
         entry = by_queue.setdefault(queue, QueueStats(queue))
-        setattr(entry, state, int(n))
+        setattr(entry, state, getattr(entry, state) + n)
     results: dict[str, dict[str, int]] = {}
     rows = conn.execute(
         select(result.c.queue, result.c.status, func.count()).group_by(result.c.queue, result.c.status)
@@ -188,6 +245,12 @@ def stats(conn: Connection) -> tuple[list[QueueStats], dict[str, dict[str, int]]
     for queue, status, n in rows:
         results.setdefault(queue, {})[status] = int(n)
     return sorted(by_queue.values(), key=lambda s: s.queue), results
+
+
+def shown_request(task_id: str) -> Select[Any]:
+    """The request of ``task_id`` as people read it: "claimed" until its
+    worker reports it started (``JobRequest.refresh``)."""
+    return requests_select(task_id=task_id, states=SHOWN_STATES, split_running=True).limit(1)
 
 
 def active_request(conn: Connection, task_id: str) -> Row[Any] | None:
@@ -200,13 +263,8 @@ def latest_result(conn: Connection, task_id: str) -> Row[Any] | None:
 
 
 def queue_depth(conn: Connection, queues: Sequence[str]) -> dict[str, int]:
-    """Requests of ``queues`` by state."""
-    stmt = (
-        select(request.c.state, func.count())
-        .where(request.c.queue.in_(list(queues)))
-        .group_by(request.c.state)
-    )
-    counts = {tables.SCHEDULED: 0, tables.PENDING: 0, tables.RUNNING: 0}
-    for state, n in conn.execute(stmt):
-        counts[state] = int(n)
+    """Requests of ``queues`` by shown state (running: started; claimed)."""
+    counts = {tables.SCHEDULED: 0, tables.PENDING: 0, tables.RUNNING: 0, CLAIMED: 0}
+    for _queue, state, n in _by_shown_state(conn, queues):
+        counts[state] += n
     return counts

@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Row
 
 from . import finish_sql, tables
+from .dialects import dialect_of
 from .workers_sql import NATIVE_PREFIX
 
 request = tables.request
@@ -50,12 +51,12 @@ def lose(
     ``quarantine_message(row, times)``) and not retried.  Only rows still
     running under ``worker_id`` are touched, so rows already finished are safe.
     """
-    stmt = delete(request).where(request.c.worker_id == worker_id, request.c.state == tables.RUNNING)
+    where = [request.c.worker_id == worker_id, request.c.state == tables.RUNNING]
     if ids is not None:
         if not ids:
             return []
-        stmt = stmt.where(request.c.id.in_(list(ids)))
-    rows = list(conn.execute(stmt.returning(*request.c)))
+        where.append(request.c.id.in_(list(ids)))
+    rows = dialect_of(conn).delete_returning(conn, request, where, list(request.c))
     earlier: dict[str, int] = {}
     if rows and quarantine_after > 0 and error_type == WORKER_LOST:
         earlier = worker_lost_counts(conn, [row.task_id for row in rows])
@@ -104,9 +105,7 @@ def dead_workers(conn: Connection, before: datetime, limit: int = 20) -> list[st
         .order_by(worker_table.c.heartbeat_at)
         .limit(limit)
     )
-    if conn.dialect.name in ("postgresql", "mysql"):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(dialect_of(conn).skip_locked(stmt)).scalars())
 
 
 def orphan_workers(conn: Connection, before: datetime, limit: int = 20) -> list[str]:

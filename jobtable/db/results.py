@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from . import tables
+from . import dialects, tables
 
 request = tables.request
 result = tables.result
@@ -45,8 +44,7 @@ def upsert_result(
     ``only_new``: write nothing if the attempt already has a row.
     ``only_unfinished``: replace only a STARTED row (a custom state written
     by ``update_state`` while the task runs never replaces its final state)."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(result).values(values)
+    stmt = dialects.upsert_insert(conn, result).values(values)
     if only_new:
         conn.execute(stmt.on_conflict_do_nothing())
         return
@@ -67,15 +65,14 @@ def forget(conn: Connection, task_id: str) -> None:
 
 def delete_results_before(conn: Connection, before: datetime, batch: int = 1000) -> int:
     ids = select(result.c.id).where(result.c.ended_at < before).limit(batch)
-    return conn.execute(delete(result).where(result.c.id.in_(ids.scalar_subquery()))).rowcount
+    return conn.execute(delete(result).where(dialects.dialect_of(conn).in_limited(conn, result.c.id, ids))).rowcount
 
 
 # -- groups and chords ---------------------------------------------------------------
 
 
 def save_group(conn: Connection, group_id: str, encoded: str, now: datetime) -> None:
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(group).values(id=group_id, result=encoded, created_at=now)
+    stmt = dialects.upsert_insert(conn, group).values(id=group_id, result=encoded, created_at=now)
     conn.execute(stmt.on_conflict_do_update(index_elements=[group.c.id], set_={"result": stmt.excluded.result}))
 
 
@@ -90,8 +87,9 @@ def delete_group(conn: Connection, group_id: str) -> None:
 def start_chord(conn: Connection, group_id: str, encoded: str, now: datetime) -> None:
     """(Re)start a chord before its header is sent: a frozen chord applied
     again is a new run.  Its size is not known yet (``set_chord_size``)."""
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(group).values(id=group_id, result=encoded, chord_size=None, chord_done=0, created_at=now)
+    stmt = dialects.upsert_insert(conn, group).values(
+        id=group_id, result=encoded, chord_size=None, chord_done=0, created_at=now
+    )
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[group.c.id],
@@ -110,16 +108,17 @@ def set_chord_size(conn: Connection, group_id: str, size: int) -> None:
 def chord_part_done(conn: Connection, group_id: str) -> tuple[int, int | None] | None:
     """Count one finished part; returns (parts done, chord size).
 
-    One UPDATE ... RETURNING: exactly one caller sees ``done == size``, so
-    exactly one calls the chord's body.
+    One UPDATE ... RETURNING (``Dialect.update_returning``): exactly one
+    caller sees ``done == size``, so exactly one calls the chord's body.
     """
-    row = conn.execute(
-        update(group)
-        .where(group.c.id == group_id)
-        .values(chord_done=group.c.chord_done + 1)
-        .returning(group.c.chord_done, group.c.chord_size)
-    ).first()
-    return (int(row.chord_done), row.chord_size) if row is not None else None
+    rows = dialects.dialect_of(conn).update_returning(
+        conn,
+        group,
+        [group.c.id == group_id],
+        {"chord_done": group.c.chord_done + 1},
+        [group.c.chord_done, group.c.chord_size],
+    )
+    return (int(rows[0].chord_done), rows[0].chord_size) if rows else None
 
 
 def delete_groups_before(conn: Connection, before: datetime) -> int:
@@ -150,10 +149,8 @@ def chord_part_record(
     Returns (parts done, chord size) when this call counted the part; None
     when the part was counted before, or the chord is unknown.
     """
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(group).values(id=_part_id(group_id, index), result=encoded, chord_done=0, created_at=now)
-    inserted = conn.execute(stmt.on_conflict_do_nothing().returning(group.c.id)).first()
-    if inserted is None:
+    values = {"id": _part_id(group_id, index), "result": encoded, "chord_done": 0, "created_at": now}
+    if not dialects.dialect_of(conn).insert_new(conn, group, values):
         return None
     return chord_part_done(conn, group_id)
 

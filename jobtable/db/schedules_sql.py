@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 
 from . import tables
+from .dialects import dialect_of
 
 schedule = tables.schedule
 
@@ -20,25 +21,11 @@ def schedule_claim(conn: Connection, name: str, slot: datetime, now: datetime) -
 
     True for exactly one caller per (name, slot) across processes: competing
     upserts of one row are serialised (row lock on PostgreSQL, write lock on
-    SQLite) and the loser's WHERE sees the winner's slot.  A missing row is
-    created, so an entry whose row was pruned meanwhile still fires.
+    SQLite; MySQL's own statements: ``Dialect.schedule_claim``) and the
+    loser's WHERE sees the winner's slot.  A missing row is created, so an
+    entry whose row was pruned meanwhile still fires.
     """
-    from sqlalchemy import or_
-
-    from .dialects import upsert_insert
-
-    if conn.dialect.name == "mysql":
-        from .dialects.mysql import schedule_claim as mysql_schedule_claim
-
-        return mysql_schedule_claim(conn, name, slot, now)
-
-    stmt = upsert_insert(conn, schedule).values(name=name, last_slot=slot, updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[schedule.c.name],
-        set_={"last_slot": stmt.excluded.last_slot, "updated_at": stmt.excluded.updated_at},
-        where=or_(schedule.c.last_slot.is_(None), schedule.c.last_slot < stmt.excluded.last_slot),
-    ).returning(schedule.c.name)
-    return conn.execute(stmt).first() is not None
+    return dialect_of(conn).schedule_claim(conn, name, slot, now)
 
 
 def schedule_seed(conn: Connection, slots: dict[str, datetime | None], now: datetime) -> None:
@@ -62,7 +49,5 @@ def schedule_rows(conn: Connection) -> dict[str, Row[Any]]:
 
 def schedule_prune(conn: Connection, keep: Sequence[str]) -> list[str]:
     """Delete ledger rows of entries not in ``keep``; returns their names."""
-    stmt = delete(schedule)
-    if keep:
-        stmt = stmt.where(schedule.c.name.not_in(list(keep)))
-    return sorted(row.name for row in conn.execute(stmt.returning(schedule.c.name)))
+    where = [schedule.c.name.not_in(list(keep))] if keep else []
+    return sorted(row.name for row in dialect_of(conn).delete_returning(conn, schedule, where, [schedule.c.name]))

@@ -268,6 +268,10 @@ worker = Table(
     Column("processes", Integer, nullable=False, server_default=text("0")),
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
+    # The request this member is running right now (NULL: none), carried by
+    # the supervisor's heartbeat UPDATE: a `running` request is claimed, and
+    # really started only when a live worker reports it here (migration 0006).
+    Column("running_id", BigInteger, nullable=True),
     Index("ix_jobtable_worker_heartbeat_at", "heartbeat_at"),
 )
 

@@ -95,13 +95,10 @@ def transport_requeue(
 ) -> list[str]:
     """Put held messages back to pending, in place (same row, same id, so
     they keep their place in the queue).  Returns the queues touched."""
-    stmt = (
-        update(request)
-        .where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
-        .values(state=tables.PENDING, worker_id=None, started_at=None, lease_expires_at=None)
-        .returning(request.c.queue)
-    )
-    return sorted({row.queue for row in conn.execute(stmt)})
+    where = [*_held(ids, consumer_id), *_maybe_async(conn, async_commit)]
+    values = {"state": tables.PENDING, "worker_id": None, "started_at": None, "lease_expires_at": None}
+    rows = dialect_of(conn).update_returning(conn, request, where, values, [request.c.queue])
+    return sorted({row.queue for row in rows})
 
 
 def transport_renew(
@@ -128,7 +125,7 @@ def transport_delete_expired(conn: Connection, now: datetime, limit: int = 1000)
         )
         .limit(limit)
     )
-    return conn.execute(delete(request).where(request.c.id.in_(expired.scalar_subquery()))).rowcount
+    return conn.execute(delete(request).where(dialect_of(conn).in_limited(conn, request.c.id, expired))).rowcount
 
 
 def transport_queue_size(conn: Connection, queue: str) -> int:

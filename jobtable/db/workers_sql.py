@@ -5,14 +5,15 @@ detection, and the row locks that keep two rescuers off the same worker."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, literal, select
 from sqlalchemy.engine import Connection, Row
 
 from . import tables
+from .dialects import dialect_of
 
 request = tables.request
 worker_table = tables.worker
@@ -55,19 +56,30 @@ def register_worker(
     conn.execute(stmt)
 
 
-def heartbeat(conn: Connection, worker_ids: Sequence[str], now: datetime) -> set[str]:
-    """Refresh heartbeats; returns the ids that had no row (rescued meanwhile)."""
+def heartbeat(
+    conn: Connection, worker_ids: Sequence[str], now: datetime, running: Mapping[str, int] | None = None
+) -> set[str]:
+    """Refresh heartbeats; returns the ids that had no row (rescued meanwhile).
+
+    ``running``: each member's request running right now (absent or 0:
+    none), written in the same statement as ``running_id`` -- what makes a
+    claimed request "running" for the reads (``reads_sql.started``)."""
     if not worker_ids:
         return set()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if running is not None:
+        busy = {worker_id: row_id for worker_id, row_id in running.items() if row_id}
+        values["running_id"] = (
+            case(
+                *((worker_table.c.id == worker_id, literal(row_id)) for worker_id, row_id in busy.items()),
+                else_=None,
+            )
+            if busy
+            else None
+        )
     where = [worker_table.c.id.in_(list(worker_ids))]
-    if conn.dialect.update_returning:
-        stmt = update(worker_table).where(*where).values(heartbeat_at=now).returning(worker_table.c.id)
-        found = {row.id for row in conn.execute(stmt)}
-    else:  # MySQL
-        from .dialects.mysql import update_returning
-
-        rows = update_returning(conn, worker_table, where, {"heartbeat_at": now}, [worker_table.c.id])
-        found = {row.id for row in rows}
+    rows = dialect_of(conn).update_returning(conn, worker_table, where, values, [worker_table.c.id])
+    found = {row.id for row in rows}
     return set(worker_ids) - found
 
 
@@ -94,14 +106,12 @@ def native_workers(conn: Connection, kind: str = "native") -> list[Row[Any]]:
 
 
 def lock_workers(conn: Connection, worker_ids: Sequence[str]) -> list[str]:
-    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED on
-    PostgreSQL), so that two rescuers never take the same worker."""
+    """Lock the rows of ``worker_ids`` that still exist (SKIP LOCKED where
+    rows lock), so that two rescuers never take the same worker."""
     if not worker_ids:
         return []
     stmt = select(worker_table.c.id).where(worker_table.c.id.in_(list(worker_ids)))
-    if conn.dialect.name in ("postgresql", "mysql"):
-        stmt = stmt.with_for_update(skip_locked=True)
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(dialect_of(conn).skip_locked(stmt)).scalars())
 
 
 def workers_referenced(conn: Connection, worker_ids: Sequence[str]) -> set[str]:

@@ -56,7 +56,9 @@ class ConsumerLiveness:
             self.session.ensure()
         rows = [row for row in workers_sql.native_workers(conn, kind="kombu") if row.id != own]
         dead: list[str] = []
-        if self.dialect == "sqlite":
+        # MySQL: no lock sessions yet (GET_LOCK ones would do): as on SQLite,
+        # consumers on this host whose process is gone.
+        if self.dialect in ("sqlite", "mysql"):
             host = socket.gethostname()
             dead = [
                 row.id

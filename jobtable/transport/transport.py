@@ -106,7 +106,8 @@ class Transport(virtual.Transport):
         # The mark tells peers that this consumer holds its liveness lock
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
         # PgBouncer in transaction mode.
-        locks = self.options.wakeups and not self.db_url.startswith("sqlite")
+        listens = self.url.get_backend_name() == "postgresql"
+        locks = self.options.wakeups and listens
         self._token = (LOCK_MARK if locks else "") + uuid.uuid4().hex[:12]
         self._keeper = LeaseKeeper(self)
         self._waiter: Waiter | None = None
@@ -127,7 +128,7 @@ class Transport(virtual.Transport):
         # can run its event loop (asynloop, the prefork AsynPool without pool
         # threads) on this transport: see register_with_event_loop.  Celery
         # reads this before connecting, hence per instance, from the URL.
-        if self.options.event_loop and self.options.wakeups and not self.db_url.startswith("sqlite"):
+        if self.options.event_loop and self.options.wakeups and listens:
             self.implements = type(self).implements.extend(asynchronous=True)
         self._hub: Any = None
         self._watched: list[int] = []

@@ -1,7 +1,8 @@
 """The body of a forked pool member process (``main.Supervisor`` forks it).
 
 It never outlives its supervisor, leaves SIGINT to it, stops at the first
-SIGTERM (at once at the second), adopts the supervisor's engines, runs its
+SIGTERM (further ones are the supervisor's to act on: it
+SIGKILLs members on a second signal), adopts the supervisor's engines, runs its
 ``Member`` -- a spare first waits in ``Member.standby`` -- and leaves with
 ``os._exit`` so that nothing inherited from the supervisor runs twice.
 """
@@ -50,8 +51,16 @@ def child(
         member_ref: list[Member] = []
 
         def on_term(signum: int, frame: Any) -> None:
+            # Only the first SIGTERM means something here.  A SIGTERM sent to
+            # the whole process group (systemd's default KillMode, honcho,
+            # `kill -- -PGID`) reaches a member twice: from the sender and
+            # from the supervisor passing it on.  Taking the second as "stop
+            # now" made idle members exit 1 (logged as a crash) and busy
+            # ones lose their job on a normal shutdown.  "Stop now" is the
+            # supervisor's: on a second signal it SIGKILLs the members and
+            # records their jobs.
             if stop.is_set():
-                os._exit(1)  # second signal: at once (the supervisor records the job)
+                return
             stop.set()
             if member_ref:
                 member_ref[0].listener.interrupt()
@@ -60,6 +69,9 @@ def child(
         # leave SIGINT to the supervisor, which sends SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, on_term)
+        # Blocked by the supervisor across the fork (main.py): a SIGTERM that
+        # came meanwhile is delivered now, to on_term.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         if go >= 0 and not member.standby(go):

@@ -8,7 +8,7 @@ itself: it heartbeats for its members, notices a member that died
 from the member's ledger (``ledger.py``), records what it had started LOST
 (or QUARANTINED) and gives back what it had not, kills a member stuck past
 its job's timeout + grace, rescues other workers that stopped heartbeating,
-trims old results, sweeps ledger files nobody needs and prints stats.
+trims old results, sweeps ledger files nobody needs and logs stats.
 Threads pool: the same with members as threads of one process.
 
 Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
@@ -55,6 +55,11 @@ RETENTION_EVERY = 60.0
 #: How often the supervisor checks its liveness connection and looks for
 #: peers known to be dead (worker/liveness.py).
 LIVENESS_EVERY = 0.25
+#: Soonest the heartbeat runs again when a member started or finished a job:
+#: the rows' running_id (what makes a claimed request "running" for the
+#: reads) lags a start by at most this, and costs at most this many small
+#: UPDATEs per second per worker whatever the job rate -- not one per job.
+RUNNING_EVERY = 0.5
 
 
 def _now() -> datetime:
@@ -122,6 +127,7 @@ class Supervisor:
         self.exit_code = 0
         self.stats = StatsReporter(config.queues)
         self._due: dict[str, float] = {}
+        self._reported_running: dict[str, int] = {}  # what the last heartbeat wrote
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
@@ -336,15 +342,25 @@ class Supervisor:
                 go_read, handle.go = os.pipe()
             sys.stdout.flush()
             sys.stderr.flush()
+            # SIGTERM/SIGINT blocked across the fork: one landing before the
+            # child has its own handler would run the supervisor's inherited
+            # one in the child and be lost (a member started just as a group
+            # SIGTERM came ran on until SIGKILL).  The child unblocks them
+            # once its handlers are set (forked.child), the parent at once.
+            stop_signals = {signal.SIGTERM, signal.SIGINT}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             try:
                 pid = os.fork()
             except OSError:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 if go_read >= 0:
                     os.close(go_read)
                     os.close(handle.go)
                 if handle.ledger is not None:
                     handle.ledger.close()
                 raise
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)
@@ -521,7 +537,9 @@ class Supervisor:
         if self.liveness is not None and self._every("liveness", LIVENESS_EVERY):
             self.liveness.tick()
             self._duty("liveness")
-        if self._every("heartbeat", cfg.heartbeat_every):
+        if self._every("heartbeat", cfg.heartbeat_every) or (
+            self._running_now() != self._reported_running and self._every("running", RUNNING_EVERY)
+        ):
             self._duty("heartbeat")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
             self._duty("rescue")
@@ -536,7 +554,10 @@ class Supervisor:
                 now = _now()
                 if name == "heartbeat":
                     ids = [h.worker_id for h in self.handles.values()]
-                    for worker_id in workers_sql.heartbeat(conn, ids, now):
+                    running = self._running_now()
+                    lost = workers_sql.heartbeat(conn, ids, now, running)
+                    self._reported_running = running
+                    for worker_id in lost:
                         logger.warning("Worker %s had been declared lost; registering it again.", worker_id)
                         workers_sql.register_worker(
                             conn, worker_id, hostname=self.hostname, pid=os.getpid(),
@@ -556,11 +577,17 @@ class Supervisor:
                     operations_sql.clear_results(conn, before, batch=500)
                     self._sweep_ledgers(conn)
                 elif name == "stats":
-                    line = self.stats.report(conn, self.slots.done_total())
-                    print(line, flush=True)
+                    # Logged once (jobtable.stats), not printed too: one timestamped
+                    # line in the stream the rest of the worker's output goes to.
+                    self.stats.report(conn, self.slots.done_total())
         except db_engine.ERRORS as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
 
+
+    def _running_now(self) -> dict[str, int]:
+        """Each member's request running right now (its slot, shared memory:
+        no database read), 0 between jobs."""
+        return {h.worker_id: self.slots.slot(h.slot_index).row_id for h in self.handles.values()}
 
     def _sweep_ledgers(self, conn: Any) -> None:
         """Delete ledger files left by dead workers of this machine once the

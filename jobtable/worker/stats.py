@@ -26,7 +26,7 @@ class StatsReporter:
         self.last_done, self.last_time = done_total, now
         line = (
             f"stats: queues={','.join(self.queues)} pending={depth['pending']} scheduled={depth['scheduled']} "
-            f"running={depth['running']} done={done_total} rate={rate:.1f} jobs/s"
+            f"running={depth['running']} claimed={depth['claimed']} done={done_total} rate={rate:.1f} jobs/s"
         )
         logger.info(line)
         return line

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Column, Table, or_
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
 
@@ -65,6 +68,43 @@ class Dialect(ABC):
         """Wake listeners of ``queues`` (at commit) after rows became pending
         there (requeued, recovered, promoted); one statement for all queues."""
 
+    # -- statements that return or limit rows --
+
+    @abstractmethod
+    def update_returning(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: Sequence[Column[Any]],
+    ) -> list[Row[Any]]:
+        """UPDATE the rows of ``where`` and return their ``columns`` as the
+        update left them, the rows locked until the transaction ends (so a
+        counter moved here is seen at its new value by exactly one caller)."""
+
+    @abstractmethod
+    def delete_returning(
+        self, conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+    ) -> list[Row[Any]]:
+        """DELETE the rows of ``where`` and return their ``columns``."""
+
+    @abstractmethod
+    def skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        """``stmt`` locking the rows it reads, skipping rows other
+        transactions hold, where the server locks rows (not on SQLite, whose
+        write lock already serialises writers)."""
+
+    @abstractmethod
+    def in_limited(self, conn: Connection, column: Column[Any], ids: Select[Any]) -> ColumnElement[bool]:
+        """``column IN (ids)`` for a select of one column with a LIMIT (a
+        batch of rows to update or delete)."""
+
+    @abstractmethod
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        """INSERT one row unless a row with the same unique key exists;
+        True when this call inserted it."""
+
     # -- the transport and schedules --
 
     @abstractmethod
@@ -76,6 +116,12 @@ class Dialect(ABC):
         """Tell listening Kombu consumers (at commit) to drop their cached
         bindings, so a queue bound now gets what their process publishes
         next rather than after ``binding_cache_seconds``."""
+
+    @abstractmethod
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        """``schedules_sql.schedule_claim``: move the schedule's ledger row to
+        ``slot`` (creating it) unless it is there or past it; True for
+        exactly one caller per (name, slot)."""
 
     @abstractmethod
     def upsert_insert(self, table: Any) -> Any:
@@ -111,6 +157,19 @@ class Dialect(ABC):
     def compact_result_stats(self, conn: Connection, now: datetime) -> None:
         """After each retention batch (``operations_sql.clear_results``): whatever
         upkeep the stats rows need beyond their triggers."""
+
+
+def schedule_claim_by_upsert(dialect: Dialect, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+    """``Dialect.schedule_claim`` where an upsert takes a WHERE and RETURNING
+    (PostgreSQL, SQLite)."""
+    schedule = tables.schedule
+    stmt = dialect.upsert_insert(schedule).values(name=name, last_slot=slot, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[schedule.c.name],
+        set_={"last_slot": stmt.excluded.last_slot, "updated_at": stmt.excluded.updated_at},
+        where=or_(schedule.c.last_slot.is_(None), schedule.c.last_slot < stmt.excluded.last_slot),
+    ).returning(schedule.c.name)
+    return conn.execute(stmt).first() is not None
 
 
 def dividing_spans(step: int) -> list[int]:

@@ -16,9 +16,13 @@
   the transaction: jobtable commits first and releases them right after
   (``_release_after_commit``), so the next enqueuer of the key sees the row.
 - **RETURNING**: MariaDB has it for INSERT and DELETE, MySQL for nothing, and
-  neither for UPDATE.  Updates that return rows are a locking SELECT then an
-  UPDATE of those ids (``update_returning``); inserts and deletes use
-  RETURNING where the server has it.
+  neither for UPDATE (MariaDB 10.11 here).  Updates that return rows are a
+  locking SELECT, an UPDATE of those ids and a read of them again
+  (``update_returning``); deletes use RETURNING where the server has it.
+- **Batches**: neither server takes LIMIT in an IN subquery: the ids of a
+  batch are read (locked) first (``in_limited``).
+- **Conditional upserts**: ON DUPLICATE KEY UPDATE has no WHERE; each
+  assignment is a CASE on the old row instead (``Upsert``).
 - **Wake-ups**: no LISTEN/NOTIFY; ``notify.MysqlListener`` polls the largest
   request id (an O(1) read of the primary key's last entry) every few
   milliseconds, which every enqueue moves.
@@ -44,9 +48,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Column, Table, delete, event, func, literal, select, update
+from sqlalchemy import Column, Table, case, delete, event, func, literal, select, update
 from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
@@ -84,9 +89,23 @@ class Upsert(sa_mysql.Insert):
     def on_conflict_do_update(
         self, *, index_elements: Any = None, set_: dict[str, Any] | None = None, where: Any = None, **_: Any
     ) -> Upsert:
-        if where is not None:
-            raise NotImplementedError("ON DUPLICATE KEY UPDATE has no WHERE: write the MySQL branch by hand")
-        return self.on_duplicate_key_update(set_ or {})
+        """ON DUPLICATE KEY UPDATE has no WHERE: each assignment keeps the old
+        value unless ``where`` holds.  MySQL runs the assignments left to
+        right, each seeing the ones before it, so the columns ``where``
+        reads are assigned last (one at most: with two, the second would be
+        judged on a row half updated)."""
+        set_ = dict(set_ or {})
+        if where is None:
+            return self.on_duplicate_key_update(set_)
+        read = {c.name for c in visitors.iterate(where) if isinstance(c, Column)}
+        last = [name for name in set_ if name in read]
+        if len(last) > 1:
+            raise NotImplementedError(f"a conditional upsert that changes {last}: write the MySQL statement by hand")
+        ordered = [name for name in set_ if name not in read] + last
+        table = tables.metadata.tables[self.table.name]
+        return self.on_duplicate_key_update(
+            [(name, case((where, set_[name]), else_=table.c[name])) for name in ordered]
+        )
 
 
 class MysqlDialect(Dialect):
@@ -148,12 +167,47 @@ class MysqlDialect(Dialect):
         # (worker_poll_interval_ms); new rows move the id the listeners poll.
         pass
 
+    # -- statements that return or limit rows --
+
+    def update_returning(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: Sequence[Column[Any]],
+    ) -> list[Row[Any]]:
+        return update_returning(conn, table, where, values, columns)
+
+    def delete_returning(
+        self, conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+    ) -> list[Row[Any]]:
+        return delete_returning(conn, table, where, columns)
+
+    def skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.with_for_update(skip_locked=True)
+
+    def in_limited(self, conn: Connection, column: Column[Any], ids: Select[Any]) -> ColumnElement[bool]:
+        # MySQL and MariaDB refuse LIMIT in an IN subquery: the ids are read
+        # first (locked, if the caller made ``ids`` lock), then listed.
+        return column.in_(list(conn.execute(ids).scalars()))
+
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        # INSERT IGNORE counts 0 rows for a duplicate; ON DUPLICATE KEY
+        # UPDATE would count it as found (the driver's FOUND_ROWS flag).
+        # IGNORE also truncates an over-long value instead of failing:
+        # callers insert ids and values of bounded length only.
+        return bool(conn.execute(Upsert(table).prefix_with("IGNORE").values(values)).rowcount)
+
     def insert_binding(self, conn: Connection, values: dict[str, Any]) -> bool:
         return bool(conn.execute(Upsert(tables.binding).values(values).prefix_with("IGNORE")).rowcount)
 
     def notify_bindings_changed(self, conn: Connection) -> None:
         # No notifications: consumers' caches last binding_cache_seconds.
         pass
+
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim(conn, name, slot, now)
 
     def upsert_insert(self, table: Any) -> Any:
         return Upsert(table)
@@ -242,23 +296,6 @@ def pick(conn: Connection, queues: Sequence[str], limit: int) -> list[int]:
     return [row[0] for row in rows[:limit]]
 
 
-def promote_due(conn: Connection, now: datetime, limit: int) -> list[str]:
-    """Scheduled jobs whose time has come turned pending; their queues.  MySQL
-    refuses LIMIT in an IN subquery, so the ids are read (locked, SKIP LOCKED:
-    two promoters share the work) and then updated."""
-    due = (
-        select(t.c.id, t.c.queue)
-        .where(t.c.state == tables.SCHEDULED, t.c.run_at <= now)
-        .order_by(t.c.run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = list(conn.execute(due))
-    if rows:
-        conn.execute(update(t).where(t.c.id.in_([row.id for row in rows])).values(state=tables.PENDING))
-    return [row.queue for row in rows]
-
-
 def update_returning(
     conn: Connection,
     table: Table,
@@ -266,14 +303,17 @@ def update_returning(
     values: dict[str, Any],
     columns: Sequence[Column[Any]],
 ) -> list[Row[Any]]:
-    """UPDATE ... RETURNING ``columns`` (values as they were before the
-    update: callers return columns they do not change): the rows locked by a
-    SELECT ... FOR UPDATE, then updated by primary key in the same transaction."""
+    """UPDATE ... RETURNING for MySQL 8 and MariaDB (10.x and 11.x have
+    RETURNING on INSERT and DELETE only): the rows locked by a SELECT ... FOR
+    UPDATE, updated by primary key, then ``columns`` read again by key --
+    their values after the update, as RETURNING gives them; the locks hold
+    until the transaction ends, so no other writer comes in between."""
     key = next(iter(table.primary_key.columns))
-    rows = list(conn.execute(select(key.label("_jt_key"), *columns).where(*where).with_for_update()))
-    if rows:
-        conn.execute(update(table).where(key.in_([row._jt_key for row in rows])).values(values))
-    return rows
+    ids = list(conn.execute(select(key).where(*where).with_for_update()).scalars())
+    if not ids:
+        return []
+    conn.execute(update(table).where(key.in_(ids)).values(values))
+    return list(conn.execute(select(*columns).where(key.in_(ids)).order_by(key)))
 
 
 def delete_returning(

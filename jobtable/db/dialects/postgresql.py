@@ -13,12 +13,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Column, Table, bindparam, delete, text, update
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
-from .base import BINDINGS_CHANGED, NOTIFY_CHANNEL, STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .base import (
+    BINDINGS_CHANGED,
+    NOTIFY_CHANNEL,
+    STATS_FINE_KEEP,
+    STATS_TABLE,
+    Dialect,
+    dividing_spans,
+    register,
+    schedule_claim_by_upsert,
+)
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -91,11 +102,43 @@ class PostgresDialect(Dialect):
                 {"channel": NOTIFY_CHANNEL, "queues": sorted(set(queues))},
             )
 
+    # -- statements that return or limit rows --
+
+    def update_returning(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: Sequence[Column[Any]],
+    ) -> list[Row[Any]]:
+        return list(conn.execute(update(table).where(*where).values(values).returning(*columns)))
+
+    def delete_returning(
+        self, conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+    ) -> list[Row[Any]]:
+        return list(conn.execute(delete(table).where(*where).returning(*columns)))
+
+    def skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.with_for_update(skip_locked=True)
+
+    def in_limited(self, conn: Connection, column: Column[Any], ids: Select[Any]) -> ColumnElement[bool]:
+        return column.in_(ids.scalar_subquery())
+
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        # RETURNING, not rowcount: psycopg reports -1 for a single-row INSERT here.
+        key = next(iter(table.primary_key.columns))
+        stmt = sa_postgresql.insert(table).values(values).on_conflict_do_nothing().returning(key)
+        return conn.execute(stmt).first() is not None
+
     def insert_binding(self, conn: Connection, values: dict[str, Any]) -> bool:
         return bool(conn.execute(sa_postgresql.insert(tables.binding).values(values).on_conflict_do_nothing()).rowcount)
 
     def notify_bindings_changed(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": BINDINGS_CHANGED})
+
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim_by_upsert(self, conn, name, slot, now)
 
     def upsert_insert(self, table: Any) -> Any:
         return sa_postgresql.insert(table)

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal, select, text, update
+from sqlalchemy import Column, Table, bindparam, delete, func, literal, select, text, update
 from sqlalchemy.dialects import sqlite as sa_sqlite
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import ColumnElement
 
 from .. import tables
-from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register, schedule_claim_by_upsert
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -81,12 +83,45 @@ class SqliteDialect(Dialect):
         # SQLite listeners notice the commit by themselves.
         pass
 
+    # -- statements that return or limit rows --
+
+    def update_returning(
+        self,
+        conn: Connection,
+        table: Table,
+        where: Sequence[ColumnElement[bool]],
+        values: dict[str, Any],
+        columns: Sequence[Column[Any]],
+    ) -> list[Row[Any]]:
+        return list(conn.execute(update(table).where(*where).values(values).returning(*columns)))
+
+    def delete_returning(
+        self, conn: Connection, table: Table, where: Sequence[ColumnElement[bool]], columns: Sequence[Column[Any]]
+    ) -> list[Row[Any]]:
+        return list(conn.execute(delete(table).where(*where).returning(*columns)))
+
+    def skip_locked(self, stmt: Select[Any]) -> Select[Any]:
+        # The write lock, taken at BEGIN IMMEDIATE, already keeps other
+        # writers out; SQLite has no row locks.
+        return stmt
+
+    def in_limited(self, conn: Connection, column: Column[Any], ids: Select[Any]) -> ColumnElement[bool]:
+        return column.in_(ids.scalar_subquery())
+
+    def insert_new(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        key = next(iter(table.primary_key.columns))
+        stmt = sa_sqlite.insert(table).values(values).on_conflict_do_nothing().returning(key)
+        return conn.execute(stmt).first() is not None
+
     def insert_binding(self, conn: Connection, values: dict[str, Any]) -> bool:
         return bool(conn.execute(sa_sqlite.insert(tables.binding).values(values).on_conflict_do_nothing()).rowcount)
 
     def notify_bindings_changed(self, conn: Connection) -> None:
         # No notifications: consumers' caches last binding_cache_seconds.
         pass
+
+    def schedule_claim(self, conn: Connection, name: str, slot: datetime, now: datetime) -> bool:
+        return schedule_claim_by_upsert(self, conn, name, slot, now)
 
     def upsert_insert(self, table: Any) -> Any:
         return sa_sqlite.insert(table)
