@@ -39,6 +39,12 @@ SCHEMES = (
     "jobtable+postgresql+psycopg",
     "jobtable+postgres",
     "jobtable+sqlite",
+    "jobtable+mysql",
+    "jobtable+mysql+mysqldb",
+    "jobtable+mysql+pymysql",
+    "jobtable+mariadb",
+    "jobtable+mariadb+mysqldb",
+    "jobtable+mariadb+pymysql",
 )
 TARGET = "kombu.transport"
 
