@@ -33,8 +33,14 @@ result = tables.result
 Key = tuple[int, int, str, str]
 
 
-def _bucket(when: datetime, span: int) -> int:
-    return math.floor(when.timestamp() / span) * span
+def _bucket(when: datetime, span: int, milliseconds: bool = False) -> int:
+    """The bucket a time falls in.  ``milliseconds``: as SQLite's date
+    functions see it -- they keep milliseconds, rounding the rest, so a
+    result ending 0.4 ms before a bucket edge is counted after it there."""
+    stamp = when.timestamp()
+    if milliseconds:
+        stamp = round(stamp, 3)
+    return math.floor(stamp / span) * span
 
 
 def _dialect() -> str:
@@ -53,7 +59,7 @@ def _expected(rows: Iterable[Any], now: datetime) -> dict[Key, tuple[int, int, i
     out: Counter[tuple[Key, str]] = Counter()
     for r in rows:
         for span in tables.STATS_SPANS:
-            key = (span, _bucket(r.ended_at, span), r.queue, r.status)
+            key = (span, _bucket(r.ended_at, span, milliseconds=_dialect() == "sqlite"), r.queue, r.status)
             if span == 30 and key[1] < _fine_from(now):
                 continue  # fine buckets are pruned after two hours
             out[(key, "results")] += 1
