@@ -281,57 +281,12 @@ class PgListener(Listener):
         super().close()
 
 
-class SqliteListener(Listener):
-    """Polls ``PRAGMA data_version``: it changes when another connection commits."""
+class _PollingListener(Listener):
+    """A listener for a database without notifications: reads a number that
+    moves when others commit (``_value``) every ``poll`` seconds, on a
+    driver connection of its own."""
 
-    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = SQLITE_POLL) -> None:
-        super().__init__(queues)
-        self._engine = engine
-        self._poll = poll
-        self._conn: Any = None
-        self._version: int | None = None
-
-    def _read_version(self) -> int | None:
-        try:
-            if self._conn is None:
-                raw = self._engine.raw_connection()
-                self._conn = raw.driver_connection
-                raw.detach()
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-        except Exception as exc:
-            logger.warning("Cannot read the SQLite data version (%s).", _first_line(exc))
-            self._conn = None
-            return None
-
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        if self._version is None:
-            self._version = self._read_version()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if self._sleep(min(self._poll, remaining)):
-                return True
-            version = self._read_version()
-            if version is None or version != self._version:
-                self._version = version
-                return True
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
-        super().close()
-
-
-class MysqlListener(Listener):
-    """Polls ``SELECT MAX(id) FROM jobtable_request``: it moves on every enqueue."""
-
-    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = MYSQL_POLL) -> None:
+    def __init__(self, engine: Engine, queues: Iterable[str], poll: float) -> None:
         super().__init__(queues)
         self._engine = engine
         self._poll = poll
@@ -341,22 +296,22 @@ class MysqlListener(Listener):
         # that claim looked, and the wait would never see it change.
         self._last: int | None = self._read()
 
+    def _open(self) -> Any:
+        raw = self._engine.raw_connection()
+        conn = raw.driver_connection
+        raw.detach()  # ours alone: never back in the pool
+        return conn
+
+    def _value(self, conn: Any) -> int:
+        raise NotImplementedError
+
     def _read(self) -> int | None:
         try:
             if self._conn is None:
-                raw = self._engine.raw_connection()
-                self._conn = raw.driver_connection
-                raw.detach()  # ours alone, in autocommit: each read sees the latest commit
-                self._conn.autocommit(True)
-            cursor = self._conn.cursor()
-            try:
-                cursor.execute("SELECT MAX(id) FROM jobtable_request")
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            return int(row[0] or 0)
+                self._conn = self._open()
+            return self._value(self._conn)
         except Exception as exc:
-            logger.warning("Cannot read the newest request id (%s).", _first_line(exc))
+            logger.warning("Cannot poll the database for changes (%s).", _first_line(exc))
             self._drop()
             return None
 
@@ -386,6 +341,37 @@ class MysqlListener(Listener):
     def close(self) -> None:
         self._drop()
         super().close()
+
+
+class SqliteListener(_PollingListener):
+    """Polls ``PRAGMA data_version``: it changes when another connection commits."""
+
+    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = SQLITE_POLL) -> None:
+        super().__init__(engine, queues, poll)
+
+    def _value(self, conn: Any) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+class MysqlListener(_PollingListener):
+    """Polls ``SELECT MAX(id) FROM jobtable_request``: it moves on every enqueue."""
+
+    def __init__(self, engine: Engine, queues: Iterable[str], poll: float = MYSQL_POLL) -> None:
+        super().__init__(engine, queues, poll)
+
+    def _open(self) -> Any:
+        conn = super()._open()
+        conn.autocommit(True)  # each read sees the latest commit
+        return conn
+
+    def _value(self, conn: Any) -> int:
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SELECT MAX(id) FROM jobtable_request")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return int(row[0] or 0)
 
 
 def _first_line(exc: BaseException) -> str:
