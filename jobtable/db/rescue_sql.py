@@ -81,6 +81,14 @@ def lose(
     return rows
 
 
+def take_running(conn: Connection, worker_id: str, ids: Sequence[int]) -> list[Row[Any]]:
+    """Delete and return the rows of ``ids`` still running under
+    ``worker_id`` (a dead member's finished-but-unwritten jobs, whose
+    results rescue writes from its ledger)."""
+    where = [request.c.worker_id == worker_id, request.c.state == tables.RUNNING, request.c.id.in_(sorted(ids))]
+    return dialect_of(conn).delete_returning(conn, request, where, list(request.c))
+
+
 def worker_lost_counts(conn: Connection, task_ids: Sequence[str]) -> dict[str, int]:
     """How many recorded attempts of each task ended with its process dying
     (LOST or QUARANTINED with error_type WorkerLost)."""

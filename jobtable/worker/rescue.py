@@ -23,7 +23,6 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete
 from sqlalchemy.engine import Connection
 
 from .. import badrows
@@ -112,13 +111,7 @@ def record_finished(
     Only rows still running under ``worker_id`` are touched."""
     if not statuses:
         return []
-    req = tables.request
-    stmt = (
-        delete(req)
-        .where(req.c.worker_id == worker_id, req.c.state == tables.RUNNING, req.c.id.in_(sorted(statuses)))
-        .returning(*req.c)
-    )
-    rows = list(conn.execute(stmt))
+    rows = rescue_sql.take_running(conn, worker_id, list(statuses))
     outcomes = [
         finish_sql.Outcome(row, statuses[row.id], now, _finished_fields(row, statuses[row.id], why)) for row in rows
     ]
