@@ -18,13 +18,13 @@ def pid_alive(pid: int, row_started_at: datetime | None) -> bool:
         return False
     except PermissionError:
         pass  # exists, another user's
-    started = _process_start(pid)
+    started = process_start(pid)
     if started is not None and row_started_at is not None and started > row_started_at.timestamp() + 2.0:
         return False
     return True
 
 
-def _process_start(pid: int) -> float | None:
+def process_start(pid: int) -> float | None:
     """Start time (epoch seconds) of ``pid`` on Linux; None elsewhere."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import sys
 import tempfile
 import threading
@@ -39,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..pids import _process_start, pid_alive
+from ..pids import pid_alive, process_start
+from ..privatedirs import private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,7 @@ def base_dir() -> Path | None:
     uid = os.getuid() if hasattr(os, "getuid") else 0
     root = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
     path = root / f"jobtable-{uid}-started"
-    try:
-        path.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-    except OSError:
-        return None
-    # A directory planted by another user (in /tmp) is never used.
-    if not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o022:
-        return None
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        return None
-    return path
+    return path if private_dir(path, create=True) else None
 
 
 _base: tuple[int, Path | None] | None = None
@@ -116,7 +106,7 @@ def create(consumer_id: str) -> None:
     if path is None:
         return
     connect_signals()
-    born = _process_start(os.getpid())
+    born = process_start(os.getpid())
     try:
         for item in path.parent.iterdir():
             if _pid_in(item.name) == os.getpid() and born is not None and item.stat().st_mtime < born - 2.0:

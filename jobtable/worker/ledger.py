@@ -30,7 +30,6 @@ import logging
 import mmap
 import os
 import re
-import stat
 import struct
 import tempfile
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..pids import pid_alive
+from ..privatedirs import private_dir
 
 logger = logging.getLogger("jobtable.worker")
 
@@ -107,22 +107,6 @@ def _candidate_dirs() -> list[Path]:
     return dirs
 
 
-def _private_dir(path: Path, create: bool) -> bool:
-    """True when ``path`` is a directory of ours that nobody else can write
-    (a directory planted by another user in /tmp is never used)."""
-    try:
-        if create:
-            path.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-    except OSError:
-        return False
-    if not stat.S_ISDIR(info.st_mode):
-        return False
-    if hasattr(os, "getuid") and info.st_uid != os.getuid():
-        return False
-    return not info.st_mode & 0o022
-
-
 def file_name(worker_id: str) -> str:
     # Readable, and safe whatever the host name holds: the digest keeps
     # distinct ids apart after the other characters are replaced.
@@ -133,7 +117,7 @@ def file_name(worker_id: str) -> str:
 
 def _ledger_paths(worker_id: str) -> Iterator[Path]:
     for directory in _candidate_dirs():
-        if _private_dir(directory, create=False):
+        if private_dir(directory, create=False):
             yield directory / file_name(worker_id)
 
 
@@ -166,7 +150,7 @@ class Ledger:
             worker_id.encode("utf-8", "replace")[:384],
         )
         for directory in _candidate_dirs() if file else []:
-            if not _private_dir(directory, create=True):
+            if not private_dir(directory, create=True):
                 continue
             path = directory / file_name(worker_id)
             temp = directory / f".{path.name}.{os.getpid()}.tmp"
@@ -344,7 +328,7 @@ def stale_files(scope: str) -> tuple[list[Path], dict[str, Path]]:
     dead: dict[str, Path] = {}
     me = boot_id()
     for directory in _candidate_dirs():
-        if not _private_dir(directory, create=False):
+        if not private_dir(directory, create=False):
             continue
         try:
             entries = list(directory.iterdir())
