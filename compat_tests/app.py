@@ -27,7 +27,10 @@ else:
     from celery import Celery, chain, chord, group, states
     from celery.result import AsyncResult
 
-URL = "jobtable+" + os.environ["JOBTABLE_DATABASE_URL"]
+#: COMPAT_BACKEND=redis: the reference -- Celery with Redis as broker and
+#: result backend (COMPAT_REDIS_URL), under the same tests.
+BACKEND = os.environ.get("COMPAT_BACKEND", "jobtable")
+URL = os.environ["COMPAT_REDIS_URL"] if BACKEND == "redis" else "jobtable+" + os.environ["JOBTABLE_DATABASE_URL"]
 #: Not "celery": other tests' workers on the same database never take these.
 QUEUE = "compat"
 
@@ -37,12 +40,17 @@ app.conf.update(task_default_queue=QUEUE, result_extended=True)
 if API == "celery":
     # Settings only a Celery worker/client reads (the shim refuses transport
     # options: it has no transport).
+    if BACKEND == "redis":
+        # A key prefix per test run: runs on one Redis never share a queue.
+        options = {"global_keyprefix": os.environ.get("COMPAT_REDIS_PREFIX", "compat:")}
+    else:
+        options = {"polling_interval": 0.5, "lease_seconds": 5, "eta_interval": 0.05}
     app.conf.update(
-        broker_transport_options={"polling_interval": 0.5, "lease_seconds": 5, "eta_interval": 0.05},
+        broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_prefetch_multiplier=int(os.environ.get("COMPAT_PREFETCH", "4")),
         result_chord_join_timeout=10,
     )
 
-__all__ = ["API", "QUEUE", "AsyncResult", "app", "chain", "chord", "group", "states"]
+__all__ = ["API", "BACKEND", "QUEUE", "AsyncResult", "app", "chain", "chord", "group", "states"]

@@ -14,14 +14,17 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import pytest_generate_tests as _generate_dialects
 from tests.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
+    ALL_DIALECTS,
+    DIALECTS,
     ROOT,
     _restore_jobtable_environment,
+    fresh_mysql_database,
     fresh_pg_database,
     db_url,
     dialect,
     empty_tables,
-    pytest_generate_tests,  # parametrizes `dialect` here too
     sqlite_url,
     subprocess_env,
 )
@@ -38,8 +41,74 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from fresh_pg_database(request, "jobtable_test_compat")
 
 
-#: The three ways of running compat_tests/tasks.py.
-MODES = ("celery", "native", "shim")
+@pytest.fixture(scope="session")
+def mysql_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from fresh_mysql_database(request, "jobtable_test_compat")
+
+
+#: The three ways of running compat_tests/tasks.py on jobtable, and the
+#: reference: a Celery worker with Redis as broker and result backend.
+MODES = ("celery", "native", "shim", "redis")
+#: Modes that run on every dialect of a module's ``dialects`` marker; the
+#: others on the default ones (SQLite, PostgreSQL), to keep the run short.
+EVERY_DIALECT = ("celery",)
+
+
+def compat_params(dialects: list[str]) -> list[tuple[str, str]]:
+    """(mode, dialect) pairs of ``compat``: "redis" needs no database."""
+    params = [("redis", "redis")]
+    for mode in MODES:
+        if mode != "redis":
+            params += [(mode, d) for d in (dialects if mode in EVERY_DIALECT else [d for d in DIALECTS if d in dialects])]
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module's `compat` fixture runs once per (mode, dialect), the
+    # dialects read from its `dialects` marker as tests/conftest.py reads
+    # them for `dialect`.
+    if "compat" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("dialects")
+        dialects = list(marker.args) if marker is not None else list(DIALECTS)
+        metafunc.parametrize(
+            "compat", compat_params(dialects), indirect=True, scope="module", ids=lambda p: "-".join(dict.fromkeys(p))
+        )
+    _generate_dialects(metafunc)
+
+
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """This machine's Redis (COMPAT_REDIS_SERVER), a database index of its
+    own per xdist worker (10 for a run without xdist, 11.. for gw0..)."""
+    base = os.environ.get("COMPAT_REDIS_SERVER", "redis://127.0.0.1:6379").rstrip("/")
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    index = 10 if worker == "main" else 11 + int(worker[2:]) % 5
+    return f"{base}/{index}"
+
+
+def redis_up(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def redis_prefix() -> str:
+    """The Redis key prefix of this test process: concurrent runs (and
+    xdist workers) never share a queue."""
+    return f"compat-{os.getpid()}:"
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """What a run left under its key prefix (queues nobody consumed)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def lines(path: str | Path) -> list[list[str]]:
@@ -51,6 +120,10 @@ def lines(path: str | Path) -> list[list[str]]:
 
 def api_for(mode: str) -> str:
     return "shim" if mode == "shim" else "celery"
+
+
+def backend_for(mode: str) -> str:
+    return "redis" if mode == "redis" else "jobtable"
 
 
 class Worker:
@@ -70,10 +143,11 @@ class Worker:
         """``app``: the Celery app module (celery mode), or the module of the
         Jobs to import too (native and shim modes)."""
         self.mode, self.log = mode, log
-        env = dict(env, COMPAT_API=api_for(mode), COMPAT_WORKER=name or mode, PYTHONUNBUFFERED="1")
+        env = dict(env, COMPAT_API=api_for(mode), COMPAT_BACKEND=backend_for(mode), COMPAT_WORKER=name or mode, PYTHONUNBUFFERED="1")
         queue_args = [arg for q in queue.split(",") for arg in ("--queue", q)]  # -Q a,b for Celery
-        if mode == "celery":
-            # A real Celery worker: jobtable is only its broker and result backend.
+        if mode in ("celery", "redis"):
+            # A real Celery worker: jobtable is only its broker and result
+            # backend (redis: Redis is both, the reference).
             pool = ("-P", "solo") if processes == 1 else ("-P", "threads", "-c", str(processes))
             cmd = [sys.executable, "-m", "celery", "-A", app or "compat_tests.app", "worker", *pool, "-Q", queue,
                    "-l", "info", "-n", f"{name or 'compat'}-{os.getpid()}-{log.stem}@%h", "--without-mingle",
@@ -110,8 +184,13 @@ def load_api(mode: str, url: str) -> tuple[Any, Any]:
     ``api_loaded``, which undoes what importing an app does to the process."""
     import importlib
 
-    os.environ["JOBTABLE_DATABASE_URL"] = url
+    if mode == "redis":
+        os.environ["COMPAT_REDIS_URL"] = url
+        os.environ["COMPAT_REDIS_PREFIX"] = redis_prefix()
+    else:
+        os.environ["JOBTABLE_DATABASE_URL"] = url
     os.environ["COMPAT_API"] = api_for(mode)
+    os.environ["COMPAT_BACKEND"] = backend_for(mode)
     from kombu import pools
 
     pools.reset()
@@ -133,7 +212,7 @@ def api_loaded(mode: str, url: str) -> Iterator[tuple[Any, Any]]:
 
     import jobtable.shim.current as shim_current
 
-    saved_env = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API")}
+    saved_env = {k: os.environ.get(k) for k in ("JOBTABLE_DATABASE_URL", "COMPAT_API", "COMPAT_BACKEND", "COMPAT_REDIS_URL", "COMPAT_REDIS_PREFIX")}
     saved_shim = shim_current._current
     saved_celery = (celery_state.default_app, getattr(celery_state._tls, "current_app", None))
     loaded = load_api(mode, url)

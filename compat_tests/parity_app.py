@@ -16,6 +16,7 @@ from typing import Any
 
 import jobtable  # noqa: F401  (registers the jobtable+ URLs with Kombu)
 from celery import Celery
+from celery.signals import task_revoked
 
 #: Redis database of the reference runs (results keyed by task id, queues by
 #: PARITY_QUEUE: runs in parallel do not meet).
@@ -34,6 +35,17 @@ def wait_for_file(path: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _note_revoked(sender: Any = None, request: Any = None, terminated: Any = None, signum: Any = None,
+                  expired: Any = None, **kwargs: Any) -> None:
+    """celery.signals.task_revoked, noted in PARITY_SIGNAL_LOG (the worker's)."""
+    path = os.environ.get("PARITY_SIGNAL_LOG")
+    if path:
+        append(path, getattr(request, "id", None), getattr(sender, "name", None), bool(terminated), signum, bool(expired))
+
+
+task_revoked.connect(_note_revoked, weak=False)
 
 
 def make_app(kind: str, queue: str, db_url: str | None = None) -> Celery:
@@ -98,6 +110,14 @@ def define_tasks(app: Celery) -> None:
         """acks_late: its message stays claimed while it runs."""
         append(path, "running")
         wait_for_file(release)
+        return "released"
+
+    @app.task(name="parity.hold_pid")
+    def hold_pid(path: str, release: str) -> str:
+        """Notes the pool process it runs in, then waits for ``release``."""
+        append(path, "running", os.getpid())
+        wait_for_file(release)
+        append(path, "finished")
         return "released"
 
     @app.task(name="parity.hold_tracked", track_started=True)

@@ -48,7 +48,8 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     empty_tables(url)
     queue = f"parity_{kind}_{uuid.uuid4().hex[:8]}"
     tmp = tmp_path_factory.mktemp(f"parity-{kind}")
-    env = dict(os.environ, PARITY_BACKEND=kind, PARITY_QUEUE=queue, JOBTABLE_DATABASE_URL=url,
+    signals = tmp / "signals.log"
+    env = dict(os.environ, PARITY_SIGNAL_LOG=str(signals), PARITY_BACKEND=kind, PARITY_QUEUE=queue, JOBTABLE_DATABASE_URL=url,
                PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     log = tmp / "worker.log"
     cmd = [sys.executable, "-m", "celery", "-A", "compat_tests.parity_app", "worker", "-P", "prefork", "-c", "2",
@@ -62,7 +63,7 @@ def parity(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     try:
         wait_for(lambda: proc.poll() is not None or " ready." in text(), timeout=90, what=f"{kind} worker up")
         assert proc.poll() is None, text()
-        yield SimpleNamespace(kind=kind, app=app, t=SimpleNamespace(**{n.split(".")[1]: t for n, t in app.tasks.items()
+        yield SimpleNamespace(kind=kind, app=app, signals=signals, t=SimpleNamespace(**{n.split(".")[1]: t for n, t in app.tasks.items()
                                                                          if n.startswith("parity.")}))
     finally:
         app.close()
@@ -249,3 +250,59 @@ def test_stamped_header_revoke_reaches_every_member_of_a_nested_canvas(parity: A
     assert len(members) == 3
     wait_for(lambda: all(m.state == states.REVOKED for m in members), timeout=60, what="every member revoked")
     assert chained.state == states.PENDING
+
+
+# -- revokes: the task_revoked signal and REVOKED, terminate=True ------------------------------
+
+
+def _signalled(parity: Any, task_id: str) -> list[list[str]]:
+    """task_revoked signals the worker sent for ``task_id``: [name, terminated, signum, expired]."""
+    return [line[1:] for line in lines(parity.signals) if line[0] == task_id]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_revoked_before_delivery_fires_task_revoked(parity: Any, tmp_path: Path) -> None:
+    """A task revoked while it waits for its countdown is never run; the
+    worker discards it with the task_revoked signal and records REVOKED
+    (on jobtable the transport finds the stored revoke before delivery)."""
+    path = tmp_path / "never.log"
+    doomed = parity.t.hold_pid.apply_async((str(path), str(tmp_path / "release")), countdown=1.5)
+    parity.app.control.revoke(doomed.id)
+    wait_for(lambda: _signalled(parity, doomed.id), timeout=30, what="task_revoked signal")
+    assert _signalled(parity, doomed.id) == [["parity.hold_pid", "False", "None", "False"]]
+    wait_for(lambda: doomed.state == states.REVOKED, what="REVOKED")
+    assert parity.t.add.delay(1, 1).get(timeout=30) == 2  # the worker went on
+    assert not lines(path)
+
+
+@pytest.mark.parametrize("in_chord", [False, True], ids=["task", "chord-member"])
+def test_revoke_terminate_stops_a_running_task(parity: Any, tmp_path: Path, in_chord: bool) -> None:
+    path, release = tmp_path / "hold.log", tmp_path / "release"
+    running = parity.t.hold_pid.si(str(path), str(release))
+    task_id = running.freeze().id
+    if in_chord:
+        result = chord([running, parity.t.add.si(1, 1)], parity.t.tsum.s()).delay()
+    else:
+        result = running.delay()
+    try:
+        wait_for(lambda: lines(path), what="the task running")
+        pid = int(lines(path)[0][1])
+        parity.app.control.revoke(task_id, terminate=True)
+        wait_for(lambda: not _alive(pid), timeout=30, what="the pool process terminated")
+        wait_for(lambda: parity.app.AsyncResult(task_id).state == states.REVOKED, what="REVOKED")
+        wait_for(lambda: _signalled(parity, task_id), what="task_revoked signal")
+        [[name, terminated, _signum, expired]] = _signalled(parity, task_id)
+        assert (name, terminated, expired) == ("parity.hold_pid", "True", "False")
+        if in_chord:
+            # The revoked member fails the chord's body, naming it.
+            _chord_error(result, task_id)
+    finally:
+        release.touch()
+    assert [line[0] for line in lines(path)] == ["running"]

@@ -191,6 +191,15 @@ _PG_QUERY = (
 def revoked(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> dict[int, str]:
     """Which of the claimed ``rows`` are revoked: row id -> why ("task id" or
     "stamp name=value").  No statement at all for an empty batch."""
+    return {
+        row_id: "task id" if kind == TASK else f"stamp {name}={value}"
+        for row_id, (kind, name, value) in revoked_entries(conn, rows, now).items()
+    }
+
+
+def revoked_entries(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> dict[int, tuple[str, str, str]]:
+    """As :func:`revoked`, with the revoke that matched each row: row id ->
+    ``(kind, name, value)`` (what a Celery worker's memory would hold)."""
     if not rows:
         return {}
     wanted: dict[str, list[tuple[int, str, str]]] = {}
@@ -201,7 +210,7 @@ def revoked(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> dict[i
         for name, value in stamps:
             wanted.setdefault(value, []).append((row.id, STAMP, name))
     values = list(wanted)
-    found: dict[int, str] = {}
+    found: dict[int, tuple[str, str, str]] = {}
     if not values:  # messages without a task id (Kombu's own: pidbox, replies)
         return found
     postgresql = conn.dialect.name == "postgresql"
@@ -216,7 +225,7 @@ def revoked(conn: Connection, rows: Sequence[Row[Any]], now: datetime) -> dict[i
                 continue
             for row_id, kind, name in wanted[hit.value]:
                 if kind == hit.kind and name == hit.name and row_id not in found:
-                    found[row_id] = "task id" if kind == TASK else f"stamp {name}={hit.value}"
+                    found[row_id] = (kind, name, hit.value)
     return found
 
 

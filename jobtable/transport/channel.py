@@ -36,7 +36,7 @@ from .. import badrows, limits, message_checks, messages
 from ..db import bindings_sql, clock, operations_sql, revokes_sql, tables, transport_sql
 from ..db.dialects import notify_bindings_changed, wake_queues
 from .protocol import TransportAPI, row_id
-from .revoke_broadcasts import asks_revoked, merge_into_celery_worker, revokes_in
+from .revoke_broadcasts import asks_revoked, merge_into_celery_worker, revokes_in, runs_celery_revokes
 
 __all__ = ["Channel", "QoS", "row_id"]
 
@@ -233,15 +233,24 @@ class Channel(virtual.Channel):
             expired = [row.id for row in rows if row.expires_at is not None and row.expires_at <= now]
             if expired:
                 transport_sql.transport_delete(conn, expired, consumer, transport.async_commit)
-            # Revoked messages (db/revokes_sql.py) never reach the consumer:
-            # they end REVOKED below, as a Celery worker records them.
-            revoked = revokes_sql.revoked(conn, [row for row in rows if row.id not in expired], now)
+            # Revoked messages (db/revokes_sql.py) end REVOKED below, their
+            # rows gone.  A Celery worker's task consumer also gets them,
+            # with the revoke put in its memory first, so it discards them
+            # itself as on any broker (task_revoked, REVOKED in its backend:
+            # the same result row, an upsert) and nothing can run them.
+            revoked = revokes_sql.revoked_entries(conn, [row for row in rows if row.id not in expired], now)
+            callbacks = self.connection._callbacks
+            handed = {
+                row.id: revoked[row.id]
+                for row in rows
+                if row.id in revoked and runs_celery_revokes(callbacks.get(row.queue))
+            }
             # Each row decoded on its own: an undecodable one becomes a dead
             # letter (badrows.py) and the rest of the batch is delivered.
             delivered: list[tuple[dict[str, Any], str]] = []
             bad: list[tuple[int, str]] = []
             for row in rows:
-                if row.id in expired or row.id in revoked:
+                if row.id in expired or (row.id in revoked and row.id not in handed):
                     continue
                 envelope = badrows.decode_envelope(row.message)
                 if isinstance(envelope, badrows.BadRow):
@@ -255,7 +264,12 @@ class Channel(virtual.Channel):
         if revoked:
             with transport.engine.begin() as tx:
                 revokes_sql.end_revoked_held(tx, sorted(revoked), consumer, now)
-            logger.info("jobtable: %d revoked message(s) recorded REVOKED, not delivered", len(revoked))
+            logger.info(
+                "jobtable: %d revoked message(s) recorded REVOKED (%d handed to the Celery worker to discard)",
+                len(revoked), len(handed),
+            )
+        if handed:
+            merge_into_celery_worker(list(handed.values()))
         if bad:
             # One transaction (the claim's connection autocommits on
             # PostgreSQL): the row leaves the queue only with its result.
@@ -326,6 +340,7 @@ class Channel(virtual.Channel):
                 self.qos.append(message, message.delivery_tag)
             return callback(message)
 
+        _callback.consumer_callback = callback  # type: ignore[attr-defined]  # revoke_broadcasts.runs_celery_revokes
         self.connection._callbacks[queue] = _callback
         self._consumers.add(consumer_tag)
         self._reset_cycle()

@@ -83,3 +83,20 @@ def merge_into_celery_worker(revokes: list[tuple[str, str, str]]) -> None:
             known = list(known) if isinstance(known, (list, tuple)) else ([] if known is None else [known])
             if value not in known:
                 state.revoked_stamps[name] = [*known, value]
+
+
+def runs_celery_revokes(callback: Any) -> bool:
+    """Whether a message given to ``callback`` (the channel's consume
+    callback of its queue) reaches a Celery worker's task handler, which
+    discards a task its memory holds revoked as it does on any broker: the
+    ``task_revoked`` signal, REVOKED in the app's result backend (a chord
+    part failing its chord), the ack.  Anything else (a plain Kombu
+    consumer, a Celery version that names it otherwise) is False, and the
+    transport ends the message REVOKED itself, undelivered."""
+    inner = getattr(callback, "consumer_callback", None)  # set by Channel.basic_consume
+    on_message = getattr(getattr(inner, "__self__", None), "on_message", None)
+    return (
+        getattr(on_message, "__module__", None) == "celery.worker.consumer.consumer"
+        and getattr(on_message, "__name__", None) == "on_task_received"
+        and "celery.worker.state" in sys.modules
+    )
