@@ -40,9 +40,9 @@ class PriorityWatch:
         self.mark = self.listener.mark(self.queues)
         self.checked = time.monotonic()
 
-    def outranked(self, conn: Connection, next_priority: int) -> bool:
-        """Whether a pending job outranks ``next_priority`` (asked at most
-        every CHECK_EVERY; on PostgreSQL only after a notification)."""
+    def due(self) -> bool:
+        """Whether to ask now (per job: no I/O, one clock read; on
+        PostgreSQL a non-blocking recv at most every CHECK_EVERY)."""
         now = time.monotonic()
         if now - self.checked < CHECK_EVERY:
             return False
@@ -52,4 +52,8 @@ class PriorityWatch:
             if mark == self.mark:
                 return False
             self.mark = mark
+        return True
+
+    def outranked(self, conn: Connection, next_priority: int) -> bool:
+        """Whether a pending job outranks ``next_priority`` (after ``due``)."""
         return claims_sql.higher_pending(conn, self.queues, next_priority)

@@ -193,7 +193,7 @@ class Member:
             if self.should_stop():
                 self._release_quietly([r.id for r in rows[index:]])
                 return
-            if index and self._outranked(row.priority):
+            if index and self.watch.due() and self._outranked(row.priority):
                 # A higher priority waits: give the rest back and claim anew
                 # (the claim takes it first); see preempt.py.
                 self._release_quietly([r.id for r in rows[index:]])
