@@ -309,7 +309,7 @@ def _observe_depth(_options: Any) -> Iterator[metrics.Observation]:
     except Exception:  # a collection must not crash the app; no data this round
         return
     for queue in queues:
-        for state in ("pending", "scheduled", "running"):
+        for state in ("pending", "scheduled", "claimed", "running"):
             yield metrics.Observation(
                 getattr(queue, state),
                 {"messaging.system": SYSTEM, "messaging.destination.name": queue.queue, "jobtable.state": state},

@@ -303,6 +303,13 @@ def test_processes_by_worker(dash: DashboardClient) -> None:
     assert "3m 0" in page  # running for three minutes
 
 
+def _cells(row: str) -> list[str]:
+    """The text of a table row's cells (links unwrapped)."""
+    import re
+
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
 def test_workers_live_and_stale(dash: DashboardClient) -> None:
     now = clock.utcnow()
     rows = [
@@ -319,7 +326,14 @@ def test_workers_live_and_stale(dash: DashboardClient) -> None:
     page = dash.get("/workers").text
     assert "1 live, 1 stale" in page
     live_row = page.split("native:live", 1)[1].split("</tr>", 1)[0]
-    assert "default, slow" in live_row and ">1</a>" in live_row and ">live<" in live_row
+    # Claimed, not started: counted as claimed, not running.
+    assert "default, slow" in live_row and ">0</a>" in live_row and ">live<" in live_row
+    assert _cells(live_row)[-4] == "1", live_row
+    with db_engine.connect() as conn, conn.begin():
+        (row,) = conn.execute(select(tables.request.c.id).where(tables.request.c.worker_id == "native:live")).all()
+        workers_sql.heartbeat(conn, ["native:live"], now, {"native:live": row.id})
+    live_row = dash.get("/workers").text.split("native:live", 1)[1].split("</tr>", 1)[0]
+    assert ">1</a>" in live_row and _cells(live_row)[-4] == "0", live_row
     assert ">stale<" in page.split("native:dead", 1)[1].split("</tr>", 1)[0]
 
 
@@ -340,7 +354,9 @@ def test_workers_page_lists_a_celery_style_kombu_consumer(dash: DashboardClient,
             page = dash.get("/workers").text
             assert consumer_id in page
             row = page.split(consumer_id, 1)[1].split("</tr>", 1)[0]
-            assert ">kombu<" in row and ">celery<" in row and ">1</a>" in row and ">live<" in row
+            # Held, never started (no Celery task ran it): claimed, not running.
+            assert ">kombu<" in row and ">celery<" in row and ">0</a>" in row and ">live<" in row
+            assert _cells(row)[-4] == "1", row
             held[0].ack()
     # Closed: the row is gone.
     assert consumer_id not in dash.get("/workers").text

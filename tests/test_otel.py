@@ -129,7 +129,7 @@ def test_queue_depth_gauge(db_url: str, telemetry: Telemetry) -> None:
         for p in telemetry.metric_points("jobtable.queue.depth")
         if p.attributes["messaging.destination.name"] == "default"
     }
-    assert points == {"pending": 1, "scheduled": 1, "running": 0}
+    assert points == {"pending": 1, "scheduled": 1, "claimed": 0, "running": 0}
 
 
 def test_nothing_is_recorded_when_not_instrumented(db_url: str) -> None:

@@ -14,6 +14,7 @@ from jobtable.cli import main
 from jobtable.db import engine as db_engine
 from jobtable.db import reads_sql, tables
 
+from tests.dashboard_client import client
 from tests.worker_jobs import Log, lines, requests, start_worker, stop, wait_for, worker_env
 
 
@@ -21,6 +22,19 @@ def _shown() -> tuple[list[str], list[str]]:
     """(uuids shown running, uuids shown claimed), newest first."""
     running = [p.uuid for p in JobProcess.query.all()]
     claimed = [r.uuid for r in JobRequest.query.filter(state="claimed").all()]
+    return running, claimed
+
+
+def _worker_counts(page: str) -> tuple[int, int]:
+    """(running, claimed) summed over the Workers page's rows."""
+    import re
+
+    running = claimed = 0
+    body = page.split('<table class="grid" id="workers">', 1)[1].split("</table>", 1)[0]
+    for row in re.findall(r"<tr class=[^>]*>(.*?)</tr>", body, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        running += int(cells[6])
+        claimed += int(cells[7])
     return running, claimed
 
 
@@ -48,6 +62,12 @@ def test_claimed_jobs_are_not_shown_running(db_url: str, subprocess_env: dict[st
         header, row = CliRunner().invoke(main, ["stats"], catch_exceptions=False).output.splitlines()[:2]
         cells = dict(zip(header.split(), row.split()))
         assert (cells["claimed"], cells["running"]) == ("2", "1"), (header, row)
+
+        # The dashboard's Workers page: 1 running, 2 claimed (over the
+        # worker's rows: one per member).
+        page = client().get("/workers").text
+        running, claimed = _worker_counts(page)
+        assert (running, claimed) == (1, 2), page
 
         # The next job starts: the report follows it.
         wait_for(lambda: lines(log) == ["0", "1"], what="the second job to start")

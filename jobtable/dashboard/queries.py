@@ -377,7 +377,8 @@ class WorkerRow:
     processes: int
     started_at: datetime
     heartbeat_at: datetime
-    running: int = 0
+    running: int = 0  # started
+    claimed: int = 0  # fetched, waiting their turn in the member's batch
     live: bool = True
     jobs: list[Row[Any]] = field(default_factory=list)
 
@@ -403,16 +404,20 @@ def workers(conn: Connection, *, now: datetime, stale_after: timedelta, limit: i
                 live=r.heartbeat_at >= now - stale_after,
             )
         )
-    # Running jobs per worker through the partial index on worker_id.
-    counts: dict[str, int] = dict(
-        conn.execute(
-            select(request.c.worker_id, func.count())
+    # Held jobs per worker through the partial index on worker_id, split as
+    # every read splits them: started (running) or only claimed.
+    state = reads_sql.shown_state()
+    counts: dict[tuple[str, str], int] = {
+        (worker_id, shown): int(n)
+        for worker_id, shown, n in conn.execute(
+            select(request.c.worker_id, state, func.count())
             .where(request.c.state == tables.RUNNING)
-            .group_by(request.c.worker_id)
-        ).all()
-    )
+            .group_by(request.c.worker_id, state)
+        )
+    }
     for w in out:
-        w.running = int(counts.get(w.id, 0))
+        w.running = counts.get((w.id, tables.RUNNING), 0)
+        w.claimed = counts.get((w.id, reads_sql.CLAIMED), 0)
     return out
 
 

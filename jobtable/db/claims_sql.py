@@ -73,3 +73,15 @@ def drop_revoked(conn: Connection, rows: list[Row[Any]], worker_id: str, now: da
     revokes_sql.flagged.update(row.task_id for row in rows if row.id in handed)
     revokes_sql.end_revoked(conn, [row for row in rows if row.id in hits and row.id not in handed], worker_id, now)
     return [row for row in rows if row.id not in hits or row.id in handed]
+
+
+def higher_pending(conn: Connection, queues: Sequence[str], priority: int) -> bool:
+    """Whether a pending job of ``queues`` outranks ``priority``: one probe
+    of the claim index (ix_jobtable_request_claim), no lock.  A member asks
+    it between the jobs of a claimed batch (worker/preempt.py)."""
+    stmt = (
+        select(request.c.id)
+        .where(request.c.state == tables.PENDING, request.c.queue.in_(list(queues)), request.c.priority > priority)
+        .limit(1)
+    )
+    return conn.execute(stmt).first() is not None

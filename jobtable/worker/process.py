@@ -30,6 +30,7 @@ from ..settings import get_settings
 from .config import WorkerConfig
 from .execute import Executor
 from .ledger import Ledger
+from .preempt import PriorityWatch
 from .slots import Slot
 
 logger = logging.getLogger("jobtable.worker")
@@ -72,6 +73,7 @@ class Member:
         self.should_stop = should_stop
         self.engine = db_engine.get_engine()
         self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
+        self.watch = PriorityWatch(self.listener, config.queues)
         self.executor = Executor(
             worker_id=worker_id,
             chain=build_chain(config.middleware),
@@ -152,6 +154,7 @@ class Member:
             try:
                 if self._due_check_needed():
                     self._promote()
+                self.watch.before_claim()
                 rows = self._flush_and_claim(limit)
                 if not rows and self.recheck_due:
                     # Woken with nothing to claim: maybe a job was scheduled
@@ -188,6 +191,11 @@ class Member:
         last_job = 0.0
         for index, row in enumerate(rows):
             if self.should_stop():
+                self._release_quietly([r.id for r in rows[index:]])
+                return
+            if index and self.watch.due() and self._outranked(row.priority):
+                # A higher priority waits: give the rest back and claim anew
+                # (the claim takes it first); see preempt.py.
                 self._release_quietly([r.id for r in rows[index:]])
                 return
             if self.done and (last_job > FLUSH_AFTER or time.perf_counter() - self.done_since > FLUSH_LATEST):
@@ -312,6 +320,15 @@ class Member:
         except db_engine.ERRORS as exc:
             # The supervisor gives them back when this process ends.
             self._database_error(exc)
+
+    def _outranked(self, priority: int) -> bool:
+        try:
+            conn = self._connection()
+            with self._tx(conn):
+                return self.watch.outranked(conn, priority)
+        except db_engine.ERRORS as exc:
+            self._database_error(exc)
+            return False
 
     def _due_check_needed(self) -> bool:
         if self.next_due is not None and self.next_due <= _now():
