@@ -20,7 +20,7 @@ from systems.jobtable_native import JobtableNative  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=("single", "bulk"))
-    parser.add_argument("--backend", default="postgresql", choices=("postgresql", "sqlite"))
+    parser.add_argument("--backend", default="postgresql", choices=("postgresql", "sqlite", "mysql"))
     parser.add_argument("-n", type=int, default=0)
     parser.add_argument("--html", type=Path)
     args = parser.parse_args()

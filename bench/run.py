@@ -206,7 +206,7 @@ def find(results: list[Result], system: str, backend: str, scenario: str) -> Res
 def report(results: list[Result]) -> str:
     lines = []
     rows = sorted({(r.backend, r.system) for r in results if not r.scenario.startswith("claim")},
-                  key=lambda k: (k[0] != "postgresql", k[1] != "jobtable", k[1]))
+                  key=lambda k: (k[0] != "postgresql", k[0] == "mysql", k[1] != "jobtable", k[1]))
     lines.append("| system | database | single enqueue (jobs/s) | client CPU per single enqueue (us) | bulk enqueue (jobs/s) "
                  "| client CPU per bulk job (us) | drain, 2 procs (jobs/s) "
                  "| drain incl. start-up (jobs/s) | worker CPU per job (us) | DB/broker CPU per job (us) "
@@ -293,8 +293,16 @@ def targets(results: list[Result]) -> str:
     add("Celery over jobtable transport: drain vs 4x Kombu SQLAlchemy (jobs/s)", value(jtt, pg, "drain"),
         times(value("celery+kombu-sqla", pg, "drain"), 4), ">= 4x Kombu SQLAlchemy")
     add("Celery over jobtable transport: latency p50 (ms)", value(jtt, pg, "latency", "p50"), 10, "<= 10", higher=False)
+    my = "mysql"
+    if any(r.backend == my for r in results):  # issue 17's targets, on MariaDB
+        add("MariaDB single enqueue (jobs/s)", value(jt, my, "enqueue"), 2000, ">= 2,000")
+        add("MariaDB bulk enqueue (jobs/s)", value(jt, my, "bulk"), 20_000, ">= 20,000")
+        add("MariaDB drain, 2 processes (jobs/s)", value(jt, my, "drain"), 5_000, ">= 5,000")
+        add("MariaDB latency p50 (ms)", value(jt, my, "latency", "p50"), 10, "<= 10", higher=False)
+        add("MariaDB: Celery over jobtable transport: drain vs 4x Kombu SQLAlchemy (jobs/s)",
+            value(jtt, my, "drain"), times(value("celery+kombu-sqla", my, "drain"), 4), ">= 4x Kombu SQLAlchemy")
 
-    out = ["| target (issues 3 and 5) | target | this run | needed | met? |", "|---|---|---:|---:|:---:|"]
+    out = ["| target (issues 3, 5 and 17) | target | this run | needed | met? |", "|---|---|---:|---:|:---:|"]
     for what, target, figure, bound, higher in rows:
         if figure is None or bound is None:
             verdict = "not measured"
@@ -315,7 +323,8 @@ def machine() -> str:
     import importlib.metadata as md
 
     pkgs = []
-    for name in ("jobtable", "celery", "kombu", "redis", "pgqueuer", "procrastinate", "psycopg", "SQLAlchemy"):
+    for name in ("jobtable", "celery", "kombu", "redis", "pgqueuer", "procrastinate", "psycopg", "SQLAlchemy",
+                 "mysqlclient"):
         try:
             pkgs.append(f"{name} {md.version(name)}")
         except md.PackageNotFoundError:
@@ -333,6 +342,13 @@ def machine() -> str:
         redis_v = redis.Redis.from_url(harness.REDIS_URL).info("server")["redis_version"]
     except Exception:
         pass
+    mysql_v = ""
+    try:  # only when a MariaDB/MySQL server answers (issue 17's runs)
+        import mysql_harness
+
+        mysql_v = ", " + mysql_harness.describe_server()
+    except Exception:
+        pass
     load = os.getloadavg()
     try:  # jobtable is installed editable: the tree's commit is what ran
         repo = str(harness.BENCH_DIR.parent)
@@ -344,7 +360,7 @@ def machine() -> str:
     except Exception:
         pass
     return (f"nproc {os.cpu_count()}, {platform.platform()}, Python {platform.python_version()}, "
-            f"PostgreSQL {pg}, Redis {redis_v}, SQLite {sqlite3.sqlite_version}; " + ", ".join(pkgs)
+            f"PostgreSQL {pg}, Redis {redis_v}, SQLite {sqlite3.sqlite_version}{mysql_v}; " + ", ".join(pkgs)
             + f"; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
@@ -353,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", choices=list(classes), default=list(classes))
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--backends", nargs="+", choices=("postgresql", "sqlite"), default=["postgresql", "sqlite"])
+    # mysql (MariaDB/MySQL at 127.0.0.1:3306, issue 17): opt-in, so a run
+    # without that server still does what it did.
+    parser.add_argument("--backends", nargs="+", choices=("postgresql", "sqlite", "mysql"),
+                        default=["postgresql", "sqlite"])
     parser.add_argument("--quick", action="store_true", help="small sizes: the whole run takes a few minutes")
     parser.add_argument("--enqueue-n", type=int, help="jobs for single enqueue (default 5000; quick 1000)")
     parser.add_argument("--bulk-n", type=int, help="jobs for bulk enqueue (default 100000; quick 20000)")

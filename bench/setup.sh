@@ -12,7 +12,7 @@ if [ ! -x "$here/.venv/bin/python" ]; then
 fi
 pip="$here/.venv/bin/pip"
 "$pip" install --quiet --upgrade pip
-"$pip" install --quiet -e "$repo"
+"$pip" install --quiet -e "$repo[mysql]"   # the mysql extra: MariaDB runs (mysqlclient)
 "$pip" install --quiet -r "$here/requirements.txt"
 "$here/.venv/bin/python" - <<'PY'
 import importlib.metadata as md

@@ -57,6 +57,14 @@ class Settings:
         "(PostgreSQL and MySQL; a connect_timeout in the URL's query wins; SQLite opens a file and has none)",
         2, 3600, why_low="PostgreSQL's client library waits at least 2 seconds",
         hint="A broker connection takes Celery's broker_connection_timeout instead."))
+    # MySQL/MariaDB only: GET_LOCK waits this long for a should_enqueue lock
+    # that another session holds (the server frees a dead session's locks
+    # when its connection closes; a hung holder keeps them).
+    enqueue_lock_timeout: int = _setting(60, _seconds(
+        "the seconds an enqueue on MySQL/MariaDB waits for the should_enqueue() lock of its (job class, key) "
+        "that another session holds, before it fails", 1, 3600,
+        why_low="0 or less would fail every enqueue that meets a held lock at once",
+        hint="PostgreSQL and SQLite wait on their own locks (lock_timeout, the 30 s busy timeout)."))
     results_retention: int = _setting(604800, _seconds(
         "the seconds a finished job's result is kept before the worker (or `jobtable clear`) deletes it",
         1, 100 * YEAR, why_low="0 or less would delete every result as soon as it is written",

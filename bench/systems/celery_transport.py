@@ -15,12 +15,16 @@ class CeleryJobtable(CeleryBase):
     """Celery with ``broker_url = "jobtable+postgresql+psycopg://..."``."""
 
     name = "celery+jobtable-transport"
-    backends = ("postgresql", "sqlite")
+    backends = ("postgresql", "sqlite", "mysql")
     pg_database = "bench_celery_jt"
 
     def broker_url(self) -> str:
         if self.backend == "postgresql":
             return "jobtable+" + harness.pg_url("bench_celery_jt")
+        if self.backend == "mysql":
+            import mysql_harness
+
+            return "jobtable+" + mysql_harness.url("bench_celery_jt")
         return f"jobtable+sqlite:///{self.sqlite_file}"
 
     def fresh(self) -> None:
@@ -31,6 +35,10 @@ class CeleryJobtable(CeleryBase):
         db_engine.reset_engines()  # the transport's engines point at the previous database
         if self.backend == "postgresql":
             harness.create_pg_database("bench_celery_jt")
+        elif self.backend == "mysql":
+            import mysql_harness
+
+            mysql_harness.create_database("bench_celery_jt")
         else:
             self.sqlite_file = harness.sqlite_path(self.tmpdir, "celery_jt")
         url = self.broker_url()[len("jobtable+"):]
@@ -58,23 +66,46 @@ class CeleryJobtable(CeleryBase):
         db_engine.reset_engines()
         if self.backend == "postgresql":
             harness.drop_pg_database("bench_celery_jt")
+        elif self.backend == "mysql":
+            import mysql_harness
+
+            mysql_harness.drop_database("bench_celery_jt")
+
+    def server_cpu_seconds(self) -> float | None:
+        if self.backend == "mysql":
+            import mysql_harness
+
+            return mysql_harness.server_cpu_seconds()
+        return super().server_cpu_seconds()
 
 
 class CelerySqla(CeleryBase):
     """Celery with Kombu's stock SQLAlchemy transport (``sqla+postgresql://``)."""
 
     name = "celery+kombu-sqla"
-    backends = ("postgresql",)
+    backends = ("postgresql", "mysql")
     db = pg_database = "bench_celery_sqla"
 
     def broker_url(self) -> str:
+        if self.backend == "mysql":
+            import mysql_harness
+
+            # Kombu's transport over SQLAlchemy's mysqlclient driver, the one
+            # jobtable uses: same server, same driver.
+            return "sqla+" + mysql_harness.url(self.db)
         return "sqla+" + harness.pg_url(self.db)
 
     def fresh(self) -> None:
         self.close()
         dispose_kombu_sqla_engines()
-        harness.create_pg_database(self.db)
-        self.conn: Any = psycopg.connect(harness.pg_conninfo(self.db), autocommit=True)
+        if self.backend == "mysql":
+            import mysql_harness
+
+            mysql_harness.create_database(self.db)
+            self.conn: Any = MysqlReader(self.db)
+        else:
+            harness.create_pg_database(self.db)
+            self.conn = psycopg.connect(harness.pg_conninfo(self.db), autocommit=True)
         self.make_app()
         # Kombu creates its tables on first use: make sure they exist before
         # the harness starts watching them.
@@ -96,7 +127,39 @@ class CelerySqla(CeleryBase):
         self.close()
         dispose_kombu_sqla_engines()
         self.conn.close()
-        harness.drop_pg_database(self.db)
+        if self.backend == "mysql":
+            import mysql_harness
+
+            mysql_harness.drop_database(self.db)
+        else:
+            harness.drop_pg_database(self.db)
+
+    def server_cpu_seconds(self) -> float | None:
+        if self.backend == "mysql":
+            import mysql_harness
+
+            return mysql_harness.server_cpu_seconds()
+        return super().server_cpu_seconds()
+
+
+class MysqlReader:
+    """The harness's polling connection on MariaDB, with psycopg's
+    ``conn.execute(sql, params).fetchone()`` shape (autocommit: each poll
+    sees what was committed)."""
+
+    def __init__(self, db: str) -> None:
+        import mysql_harness
+
+        self.conn = mysql_harness.connect(db)
+        self.conn.autocommit(True)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        cur = self.conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def dispose_kombu_sqla_engines() -> None:

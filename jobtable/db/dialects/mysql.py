@@ -54,18 +54,21 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.elements import ColumnElement
 
+from ... import settings
+from ...exceptions import JobtableError
 from .. import tables
 from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
 from .stats_sql import OPS, SOURCE_COLUMNS, wait_class
 
 t = tables.request
 
-#: How long an enqueue waits for a should_enqueue lock (seconds) before it
-#: fails rather than hang: another enqueue of the same key holds it for the
-#: length of its transaction.
-LOCK_TIMEOUT = 60
 #: Shards of the stats rows (as PostgreSQL's, tables.STATS_SHARDS).
 _SHARDS = tables.STATS_SHARDS
+
+
+class EnqueueLockTimeout(JobtableError, TimeoutError):
+    """A should_enqueue() lock held by another session for longer than the
+    enqueue_lock_timeout setting (a TimeoutError too, as before)."""
 
 
 class Upsert(sa_mysql.Insert):
@@ -116,14 +119,11 @@ class MysqlDialect(Dialect):
         head = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
         one = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
         if conn.dialect.insert_returning:
-            # MariaDB: one statement, RETURNING only the rows inserted.
-            params: dict[str, Any] = {}
-            values = []
-            for i, row in enumerate(rows):
-                values.append("(" + ", ".join(f"%({c}_{i})s" for c in columns) + ")")
-                params.update({f"{c}_{i}": row[c] for c in columns})
-            processed = _bind_processed(conn, params)
-            return list(conn.exec_driver_sql(head + ", ".join(values) + " RETURNING id, task_id", processed))
+            # MariaDB: one statement, RETURNING only the rows inserted.  The
+            # VALUES are the driver's own literals (see _values_sql), without
+            # mysqlclient's per-value formatting of a 20,000-key dict.
+            statement = head + _values_sql(conn, columns, rows) + " RETURNING id, task_id"
+            return list(conn.execution_options(no_parameters=True).exec_driver_sql(statement))
         # MySQL: no RETURNING; one statement per row, its id from LAST_INSERT_ID.
         out: list[Row[Any]] = []
         for row in rows:
@@ -135,15 +135,28 @@ class MysqlDialect(Dialect):
     def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
         # Sorted, so that two bulk enqueues cannot deadlock on each other.
         # GET_LOCK names are at most 64 characters: a digest of the key.
+        # A named lock belongs to its session: the server frees it when that
+        # connection ends -- a killed process's socket closes and its locks
+        # go at once; a process that hangs while holding one (stopped,
+        # stuck in should_enqueue()) keeps it, and the waiter gives up after
+        # the enqueue_lock_timeout setting, naming the holder's connection.
         held: set[str] = conn.info.setdefault("jobtable_mysql_locks", set())
         _release_after_commit(conn.engine)
+        timeout = settings.get_settings().enqueue_lock_timeout
         for key in sorted(set(keys)):
             name = "jobtable:" + hashlib.sha1(key.encode("utf-8")).hexdigest()
             if name in held:
                 continue
-            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, LOCK_TIMEOUT)).scalar()
+            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, timeout)).scalar()
             if got != 1:
-                raise TimeoutError(f"should_enqueue lock of {key!r} not acquired within {LOCK_TIMEOUT} s")
+                holder = conn.exec_driver_sql("SELECT IS_USED_LOCK(%s)", (name,)).scalar()
+                raise EnqueueLockTimeout(
+                    f"The should_enqueue() lock of {key!r} (MySQL named lock {name!r}) was not acquired within "
+                    f"{timeout} s (the enqueue_lock_timeout setting, JOBTABLE_ENQUEUE_LOCK_TIMEOUT): "
+                    + (f"MySQL connection {holder} holds it. If that client hangs, end its session "
+                       f"(KILL {holder}) or raise enqueue_lock_timeout." if holder is not None else
+                       "its holder has just released it; try again or raise enqueue_lock_timeout.")
+                )
             held.add(name)
 
     def claim(
@@ -277,6 +290,56 @@ def _bind_processed(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
         out[key] = value
     return out
+
+
+def _values_sql(conn: Connection, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """``(v, ...), (v, ...)`` of ``rows``, each value as the literal the
+    driver itself would send for it.  mysqlclient has no server-side
+    parameters: every "bound" value is escaped into the statement text by
+    the connection (``mysql_real_escape_string``, which honours the
+    connection's character set and the server's NO_BACKSLASH_ESCAPES).
+    This calls the same escaping, once per value, and formats the common
+    types directly (what mysqlclient's ``Connection.literal`` and its
+    converters give for them); anything else goes through ``literal``.
+    Measured on 20,000-row bulk enqueues: mysqlclient's ``_mogrify`` was 51
+    of the ~90 us of client time per row that the INSERT cost."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    string_literal = dbapi.string_literal
+    literal = dbapi.literal
+    encoding = dbapi.encoding
+    times: dict[datetime, bytes] = {}
+    out: list[bytes] = []
+    for row in rows:
+        values: list[bytes] = []
+        for column in columns:
+            value = row[column]
+            kind = type(value)
+            if kind is str:
+                values.append(string_literal(value.encode(encoding)))
+            elif value is None:
+                values.append(b"NULL")
+            elif kind is bool:
+                values.append(b"1" if value else b"0")
+            elif kind is int:
+                values.append(str(value).encode())
+            elif kind is datetime:
+                text = times.get(value)
+                if text is None:
+                    text = times[value] = _datetime_literal(value)
+                values.append(text)
+            else:
+                values.append(literal(_bind_processed(conn, {"v": value})["v"]))
+        out.append(b"(" + b", ".join(values) + b")")
+    return b", ".join(out).decode(encoding)
+
+
+def _datetime_literal(value: datetime) -> bytes:
+    """An aware datetime as the naive UTC DATETIME(6) literal."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: jobtable stores aware datetimes only")
+    naive = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return b"'" + naive.isoformat(" ", "microseconds").encode() + b"'"
 
 
 def pick(conn: Connection, queues: Sequence[str], limit: int) -> list[int]:
