@@ -87,3 +87,19 @@ def test_shim_revoke_terminate_stops_running_task(
     assert row.error_type == "celery.exceptions.TaskRevokedError" and row.error_message == "terminated"
     assert AsyncResult(slow.uuid).state == "REVOKED"
     assert requests() == []
+
+
+def test_celery_terminate_broadcast_records_a_stop_mark(db_url: str) -> None:
+    """app.control.revoke(id, terminate=True) through the jobtable transport:
+    the broadcast is read at publish; terminate adds the stop mark."""
+    import json
+
+    from jobtable.transport.revoke_broadcasts import revokes_in
+
+    def body(**arguments: object) -> dict[str, object]:
+        return {"body": json.dumps({"method": "revoke", "arguments": arguments}), "properties": {}}
+
+    assert revokes_in("celery.pidbox", body(task_id="t1", terminate=True)) == [
+        ("task", "", "t1"), ("terminate", "", "t1"),
+    ]
+    assert revokes_in("celery.pidbox", body(task_id=["t2"])) == [("task", "", "t2")]
