@@ -31,7 +31,7 @@ from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import Select
 
-from .db import clock, operations_sql, reads_sql, tables
+from .db import cancels_sql, clock, operations_sql, reads_sql, tables, workers_sql
 from .db import engine as db_engine
 from .db.notify import Listener
 from .exceptions import JobNotFound, JobStateError
@@ -43,6 +43,7 @@ __all__ = [
     "ProcessQuery",
     "RequestQuery",
     "ResultQuery",
+    "cancel_running",
     "cancel_waiting",
     "retry_latest",
     "wait_for",
@@ -101,12 +102,21 @@ class _ByUuid:
         last result.  See ``wait_for``."""
         return wait_for(self.uuid, timeout)
 
-    def cancel(self) -> JobResult:
-        """Cancel the job if it has not started; returns its CANCELLED result.
-        A running job is not interrupted: ``JobStateError`` says so, and it
-        ends as its code decides (give it a timeout to bound it)."""
+    def cancel(self, timeout: float | None = 30.0) -> JobResult:
+        """Cancel the job; returns its result.  One that has not started is
+        recorded CANCELLED at once.  A running one is stopped by its native
+        worker (``JobCancelled`` raised in its code within ~0.25 s; its
+        process killed and replaced if it does not end within the worker's
+        timeout grace) and recorded CANCELLED, not retried: this waits up to
+        ``timeout`` seconds for that result (``TimeoutError`` past it; the
+        cancel stays asked).  It may have finished first: check ``.status``.
+        A job running under a Celery worker raises ``JobStateError``."""
         with db_engine.connect() as conn, conn.begin():
-            return cancel_waiting(conn, self.uuid, clock.utcnow())
+            try:
+                return cancel_waiting(conn, self.uuid, clock.utcnow())
+            except JobStateError:
+                cancel_running(conn, self.uuid, clock.utcnow())
+        return wait_for(self.uuid, timeout)
 
 
 # -- queries ---------------------------------------------------------------------------
@@ -506,6 +516,23 @@ def cancel_waiting(conn: Connection, uuid: str, now: datetime) -> JobResult:
     row = reads_sql.latest_result(conn, uuid)
     assert row is not None  # cancel_pending has just inserted it
     return JobResult.from_row(row)
+
+
+def cancel_running(conn: Connection, uuid: str, now: datetime) -> None:
+    """Ask the native worker running job ``uuid`` to stop it (a stored
+    mark: db/cancels_sql.py); it is recorded CANCELLED when it stops.
+    ``JobStateError`` when a Celery worker runs it (use Celery's
+    ``app.control.revoke(id, terminate=True)``), ``JobNotFound`` when it
+    is not running."""
+    row = cancels_sql.running_row(conn, uuid)
+    if row is None:
+        raise JobNotFound(f"No waiting or running job has uuid {uuid}. List them with `jobtable requests`.")
+    if not str(row.worker_id or "").startswith(workers_sql.NATIVE_PREFIX):
+        raise JobStateError(
+            f"Job {uuid} is running under a Celery worker ({row.worker_id}), which does not read jobtable's "
+            "cancel marks: stop it with Celery's app.control.revoke(id, terminate=True)."
+        )
+    cancels_sql.ask(conn, uuid, now, attempt=row.attempt)
 
 
 def retry_latest(conn: Connection, uuid: str, now: datetime, *, result_id: int | None = None) -> JobRequest:

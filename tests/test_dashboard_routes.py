@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from jobtable.db import engine as db_engine
-from jobtable.db import claims_sql, clock, tables, workers_sql
+from jobtable.db import cancels_sql, claims_sql, clock, tables, workers_sql
 from jobtable.dashboard import queries
 from tests.conftest import ALL_DIALECTS
 
@@ -253,11 +253,13 @@ def test_bulk_cancel_delete_and_run_now(dash: DashboardClient) -> None:
     assert row.state == tables.PENDING and row.run_at <= datetime.now(timezone.utc)
     assert json.loads(row.message)["headers"]["eta"] is None
 
-    # A running job can be neither cancelled nor deleted.
+    # A running job is not deleted; its cancel is asked of its native worker
+    # (a stored mark: tests/test_worker_cancel.py has the worker stop it).
     with db_engine.connect() as conn, conn.begin():
         claims_sql.claim(conn, ["default"], 10, worker_id="native:w1", now=clock.utcnow())
-    skipped = dash.act("cancel", [jobs[3].id])
-    assert skipped.status_code == 200 and "already running" in skipped.text
+    assert dash.act("cancel", [jobs[3].id], next="/requests").status_code == 303
+    with db_engine.connect() as conn:
+        assert cancels_sql.asked(conn, [jobs[3].id], clock.utcnow()) == {jobs[3].id: cancels_sql.CANCELLED_ERROR}
     skipped = dash.act("delete-requests", [jobs[3].id])
     assert "already running or gone" in skipped.text
 

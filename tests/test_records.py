@@ -11,12 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 import jobtable
 from jobtable import JobNotFound, JobProcess, JobRequest, JobResult, JobStateError
 from jobtable import records
-from jobtable.db import claims_sql, clock, result_rows, tables, workers_sql
+from jobtable.db import cancels_sql, claims_sql, clock, result_rows, tables, workers_sql
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
 from tests.worker_jobs import Add, Boom, start_worker, stop, worker_env
@@ -154,9 +154,13 @@ def test_cancel(db_url: str) -> None:
     with pytest.raises(JobNotFound, match="No pending job"):
         waiting.cancel()
     claim(running.uuid)
-    # A running job is not interrupted: it keeps running and ends as its code decides.
-    with pytest.raises(JobStateError, match="already running"):
-        running.cancel()
+    # A running job is asked to stop (its native worker does it: test_worker_cancel.py);
+    # no worker runs it here, so the wait times out and the mark stays.
+    with pytest.raises(TimeoutError):
+        running.cancel(timeout=0)
+    with get_engine().begin() as conn:
+        row = conn.execute(select(tables.request.c.id).where(tables.request.c.task_id == running.uuid)).scalar()
+        assert cancels_sql.asked(conn, [row], clock.utcnow()) == {row: cancels_sql.CANCELLED_ERROR}
     refreshed = running.refresh()
     assert refreshed is not None and refreshed.state == "claimed"  # no worker reports it started
     with pytest.raises(JobNotFound):

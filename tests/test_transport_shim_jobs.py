@@ -24,11 +24,35 @@ def test_register_jobs_makes_celery_tasks_that_run_the_job(db_url: str) -> None:
 
     registered = register_jobs(app)
     assert echo_name in registered
-    assert jobs_registry.name_of(sample_jobs.Keyed) not in registered  # left alone
+    assert not app.finalized  # lazy: made when the app finalizes
     assert set(registered) <= set(app.tasks)
+    assert app.tasks[jobs_registry.name_of(sample_jobs.Keyed)]() == "celery's own"  # left alone
     # Run as a Celery worker would: arguments as they travel in the message.
     assert app.tasks[echo_name](1, "two", key=3) == {"args": [1, "two"], "kwargs": {"key": 3}}
     # The Job itself is left as it was: its name still resolves to the class,
     # and the class still runs as a Job.
     assert jobs_registry.get(echo_name) is sample_jobs.Echo
     assert sample_jobs.Echo(1, key=2).run() == {"args": [1], "kwargs": {"key": 2}}
+
+
+def test_register_jobs_is_lazy_so_app_task_set_later_applies(db_url: str) -> None:
+    """issue 15: register_jobs before ``app.Task = CustomTask`` (a Celery
+    app module's usual order) must not finalize the app, so the tasks get
+    the app-wide base class and its on_failure."""
+    from celery import Task
+
+    app = Celery("register_jobs_lazy", broker="jobtable+" + db_url, set_as_current=False)
+    register_jobs(app)
+    failures: list[str] = []
+
+    class CustomTask(Task):  # type: ignore[misc]
+        def on_failure(self, exc: BaseException, task_id: str, args: object, kwargs: object, einfo: object) -> None:
+            failures.append(self.name)
+
+    app.Task = CustomTask
+    echo = app.tasks[jobs_registry.name_of(sample_jobs.Echo)]
+    assert isinstance(echo, CustomTask)
+    # Once finalized, a later call registers at once.
+    assert register_jobs(app, [jobs_registry.name_of(sample_jobs.Echo)]) == []
+    with pytest.raises(Exception):
+        register_jobs(app, ["no.such.Job"])

@@ -127,6 +127,34 @@ class Stuck(Job):
 
 
 @register_job
+class Naps(Job):
+    """Writes its tag, then naps in short steps for up to a minute: Python
+    code between the naps, where a thread's async exception lands."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def run(self) -> None:
+        append(self.path, self.tag)
+        for _ in range(1200):
+            time.sleep(0.05)
+
+
+@register_job
+class DeafToCancel(Job):
+    """Writes its tag, then blocks the cancel signal and sleeps: only the
+    supervisor's kill stops it (worker/cancels.py)."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        append(self.path, self.tag)
+        time.sleep(60)
+
+
+@register_job
 class DeferOnce(Job):
     def __init__(self, marker: str, delay: float = 0.5) -> None:
         self.marker, self.delay = marker, delay

@@ -46,7 +46,8 @@ ACTIONS: dict[str, Action] = {
     "cancel": Action(
         "Cancel",
         "request",
-        "Cancel these waiting jobs? Each is recorded as CANCELLED.",
+        "Cancel these jobs? Waiting ones are recorded CANCELLED now; running ones are stopped by "
+        "their native worker within a second and recorded CANCELLED.",
         True,
         lambda conn, ids: queries.cancel_requests(conn, ids, formatting.utcnow()),
     ),

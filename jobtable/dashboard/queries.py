@@ -461,7 +461,9 @@ def retry_results(conn: Connection, result_ids: Sequence[int], now: datetime) ->
 
 
 def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime) -> ActionReport:
-    """Cancel waiting jobs (``records.cancel_waiting``); each is recorded CANCELLED."""
+    """Cancel jobs: waiting ones are recorded CANCELLED now
+    (``records.cancel_waiting``); running ones are stopped by their native
+    worker within a second and recorded CANCELLED then (``records.cancel_running``)."""
     report = ActionReport()
     for rid in request_ids:
         row = request_by_id(conn, rid)
@@ -469,7 +471,12 @@ def cancel_requests(conn: Connection, request_ids: Sequence[int], now: datetime)
             report.skipped.append(f"job {rid}: gone")
             continue
         if row.state == tables.RUNNING:
-            report.skipped.append(f"{row.task_name} {row.task_id}: already running")
+            try:
+                records.cancel_running(conn, row.task_id, now)
+            except (JobStateError, JobNotFound) as exc:
+                report.skipped.append(f"{row.task_name} {row.task_id}: {exc}")
+                continue
+            report.done.append(f"{row.task_name} {row.task_id} (running: its worker stops it)")
             continue
         try:
             records.cancel_waiting(conn, row.task_id, now)

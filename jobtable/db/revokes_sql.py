@@ -34,7 +34,7 @@ from .dialects import dialect_of
 revoke = tables.revoke
 request = tables.request
 
-TASK, STAMP = tables.REVOKE_TASK, tables.REVOKE_STAMP
+TASK, STAMP, TERMINATE = tables.REVOKE_TASK, tables.REVOKE_STAMP, tables.REVOKE_TERMINATE
 
 
 def _env_float(name: str, default: float) -> float:
@@ -95,7 +95,7 @@ def add(
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for kind, name, value in entries:
         stored, stored_name = storable(value), storable(name) if name else ""
-        if stored is None or stored_name is None or kind not in (TASK, STAMP):
+        if stored is None or stored_name is None or kind not in (TASK, STAMP, TERMINATE):
             continue
         rows[(stored, kind, stored_name)] = {
             "value": stored,

@@ -321,10 +321,14 @@ group = Table(
 #: native worker and the Kombu transport, so a worker started after the
 #: revoke honours it too (Celery keeps them in each worker's memory).  A
 #: ``task`` row names a task id (``name`` is ''); a ``stamp`` row a stamped
-#: header ``name`` and one of its values.  The key leads with ``value`` so the
+#: header ``name`` and one of its values; a ``terminate`` row asks the native
+#: worker to stop the running attempt of a task id (``name``: that attempt's
+#: number, or '' for any; db/cancels_sql.py) and is not checked at claims.
+#: The key leads with ``value`` so the
 #: claim's ``value IN (...)`` probe is one index lookup per claimed message.
 REVOKE_TASK = "task"
 REVOKE_STAMP = "stamp"
+REVOKE_TERMINATE = "terminate"
 
 revoke = Table(
     "jobtable_revoke",

@@ -12,8 +12,11 @@ Jobs before calling it (e.g. in the Celery app module)::
     from jobtable.shim.celery_jobs import register_jobs
     register_jobs(app)
 
-Retries, timeouts and results of the native worker do not apply here: the
-Celery worker runs the Job once per delivery, with Celery's own settings.
+Registration is lazy (when the app finalizes), so ``app.Task = CustomTask``
+set after this call still applies.  Retries (``default_retries``,
+``calculate_retry_delay``), ``DeferJob``, timeouts and schedules of the
+native worker do not apply here yet (issue 15): the Celery worker runs the
+Job once per delivery, with Celery's own settings.
 """
 
 from __future__ import annotations
@@ -37,12 +40,32 @@ def _runner(name: str) -> Callable[..., Any]:
 def register_jobs(app: Any, names: Iterable[str] | None = None, **task_options: Any) -> list[str]:
     """Register Celery tasks for the given (default: all registered) Jobs.
 
-    Names already taken by a Celery task are left alone.  Returns the names
-    registered.  ``task_options`` go to ``app.task`` (e.g. ``acks_late=True``).
+    Lazily, as Celery's own ``@app.task``: an app not finalized yet is not
+    finalized here (that would build its tasks before ``app.Task =
+    CustomTask`` runs, and the app-wide base class -- its ``on_failure``
+    -- would silently not apply); the tasks are made when the app finalizes
+    (``app.on_after_finalize``), with the app's ``Task`` of that moment.
+    Names already taken by a Celery task then are left alone.  Returns the
+    names to register (unknown ones raise ``UnknownJob`` now).
+    ``task_options`` go to ``app.task`` (e.g. ``acks_late=True``).
     """
+    wanted = sorted(names if names is not None else jobs_registry.names())
+    for name in wanted:
+        jobs_registry.get(name)  # UnknownJob with a clear message, at the call
+    if app.finalized:
+        return _register(app, wanted, task_options)
+
+    def on_finalize(sender: Any = None, **_: Any) -> None:
+        _register(app, wanted, task_options)
+
+    # weak=False: the closure has no other reference.
+    app.on_after_finalize.connect(on_finalize, weak=False)
+    return wanted
+
+
+def _register(app: Any, names: list[str], task_options: dict[str, Any]) -> list[str]:
     registered = []
-    for name in sorted(names if names is not None else jobs_registry.names()):
-        jobs_registry.get(name)  # UnknownJob with a clear message
+    for name in names:
         if name in app.tasks:
             continue
         # shared=False: the task belongs to this app only, not to every app

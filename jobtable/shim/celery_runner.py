@@ -481,9 +481,8 @@ def _listen(app: Any, hostname: str) -> None:
     def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **_: Any) -> dict[str, str]:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         _revoked.update(ids)
-        if terminate:
-            logger.warning("revoke(terminate=True) of %s: jobtable does not stop running tasks; "
-                           "they will not start again.", ids)
+        # terminate=True: the transport recorded a stop mark at publish;
+        # the supervisor stops the running task (worker/cancels.py).
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
     def ping(state: Any, **_: Any) -> dict[str, str]:

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from ..db.revokes_sql import STAMP, TASK
+from ..db.revokes_sql import STAMP, TASK, TERMINATE
 
 
 def _body(message: dict[str, Any]) -> Any:
@@ -46,7 +46,11 @@ def revokes_in(exchange: str, message: dict[str, Any]) -> list[tuple[str, str, A
     if not isinstance(arguments, dict):
         return []
     if method == "revoke":
-        return [(TASK, "", task_id) for task_id in _listed(arguments.get("task_id")) if task_id is not None]
+        ids = [task_id for task_id in _listed(arguments.get("task_id")) if task_id is not None]
+        # terminate=True: the native worker running one stops it too
+        # (db/cancels_sql.py; a Celery worker acts on the broadcast itself).
+        stop = [(TERMINATE, "", task_id) for task_id in ids] if arguments.get("terminate") else []
+        return [(TASK, "", task_id) for task_id in ids] + stop
     if method == "revoke_by_stamped_headers":
         headers = arguments.get("headers") or {}
         if isinstance(headers, list):  # "name=value" strings, as Celery's command line sends

@@ -13,8 +13,8 @@ from ..db import tables
 from ..db.finish_sql import Outcome
 from ..exceptions import UnknownJob
 from ..middleware import JobRun, RunJob
-from . import dispatch
-from .errors import DeferJob, JobTimeout
+from . import cancels, dispatch
+from .errors import DeferJob, JobCancelled, JobTimeout
 from .slots import Slot
 
 logger = logging.getLogger("jobtable.worker")
@@ -198,6 +198,15 @@ class Executor:
                 retry_at=ended + timedelta(seconds=defer.delay),
                 extra_retries=0 if defer.increment_retries else 1,
             )
+        except JobCancelled:
+            # Asked from outside (cancels.py): no retry, whatever is left.
+            ended = _now()
+            how = self.slot.cancel[1]
+            logger.warning("%s %s attempt %s %s while running.", row.task_name, row.task_id, row.attempt,
+                           "REVOKED (terminated)" if how == cancels.REVOKE else "CANCELLED")
+            values = cancels.fields(how)
+            values["started_at"] = started
+            return Outcome(row, tables.CANCELLED, ended, values)
         except JobTimeout as exc:
             ended = _now()
             exc.args = (f"The job ran longer than its timeout of {timeout:g} seconds and was stopped.",)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import telemetry
 from ..db import engine as db_engine
+from .cancels import Cancellable
 from .config import WorkerConfig
 from .ledger import Ledger
 from .process import Member
@@ -72,7 +73,8 @@ def child(
         # Blocked by the supervisor across the fork (main.py): a SIGTERM that
         # came meanwhile is delivered now, to on_term.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-        member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
+        timer = Cancellable(AlarmTimeout(), slot)  # timeouts and cancels (cancels.py)
+        member = Member(config, worker_id, slot, timer=timer, should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         if go >= 0 and not member.standby(go):
             code = 0  # stopped before it was needed

@@ -37,7 +37,7 @@ from ..db import engine as db_engine
 from ..db import operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
-from . import forked
+from . import cancels, forked
 from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
@@ -83,6 +83,10 @@ class Handle:
     #: the job's: its LOST attempt does not count towards quarantine.
     operator_kill: bool = False
     timed_out_row: int = 0
+    #: Killed because its cancelled job did not stop (cancels.py): that row
+    #: and how it is recorded (CANCELLED, not LOST).
+    cancelled_row: int = 0
+    cancelled_how: int = 0
     ledger: Ledger | None = None
 
 
@@ -98,6 +102,8 @@ class Pending:
     why_finished: str = ""
     poison: bool = True
     ledger: Ledger | None = None
+    cancelled_row: int = 0
+    cancelled_how: int = 0
 
 
 class Supervisor:
@@ -131,6 +137,7 @@ class Supervisor:
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
+        self.cancels = cancels.Watch(config.timeout_grace)
         self.ledger_scope = ""
         # A self-pipe the loop sleeps on: SIGCHLD (a member died) and a
         # thread member's end write to it, so a death is handled at once
@@ -423,8 +430,11 @@ class Supervisor:
                 why_finished=f"the worker process {how} after the job had finished, before its result was written",
                 poison=not handle.operator_kill,
                 ledger=handle.ledger,
+                cancelled_row=handle.cancelled_row,
+                cancelled_how=handle.cancelled_how,
             )
         )
+        self.cancels.forget(handle.worker_id)
         # The replacement first (the spare: at once): it claims while the
         # dead member's jobs are recorded (its unstarted ones go back to
         # pending for anyone).  A new spare is made after, by the loop.
@@ -456,6 +466,10 @@ class Supervisor:
             item = self.pending[0]
             try:
                 with db_engine.connect() as conn, conn.begin():
+                    if item.cancelled_row:
+                        cancels.record_killed(
+                            conn, item.worker_id, item.cancelled_row, item.cancelled_how, _now(), why=item.why
+                        )
                     rescue.rescue_member(
                         conn,
                         item.worker_id,
@@ -500,6 +514,17 @@ class Supervisor:
                     self._ended(handle, 1)
         for handle in list(self.handles.values()):
             slot = self.slots.slot(handle.slot_index)
+            overdue = self.cancels.overdue(handle, slot)
+            if overdue and handle.pid and not handle.kill_reason:
+                handle.kill_reason = (
+                    f"the job was cancelled and did not stop within {self.config.timeout_grace:g} s; "
+                    "its worker process was killed"
+                )
+                handle.cancelled_row, handle.cancelled_how = overdue, slot.cancel[1]
+                handle.operator_kill = True  # not the job's crash: no quarantine count
+                logger.warning("Worker %s: cancelled job %s did not stop; killing it.", handle.worker_id, overdue)
+                _kill(handle.pid, signal.SIGKILL)
+                continue
             deadline = slot.deadline
             if not deadline or now <= deadline:
                 continue
@@ -541,6 +566,8 @@ class Supervisor:
             self._running_now() != self._reported_running and self._every("running", RUNNING_EVERY)
         ):
             self._duty("heartbeat")
+        if self._every("cancels", cancels.CHECK_EVERY) and any(self._running_now().values()):
+            self._duty("cancels")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
             self._duty("rescue")
         if not self.stopping and self._every("retention", RETENTION_EVERY):
@@ -570,6 +597,12 @@ class Supervisor:
                         rescue.rescue_known_dead(
                             conn, dead, now, why=self.liveness.why, quarantine_after=self.config.quarantine_after
                         )
+                elif name == "cancels":
+                    asked = self.cancels.check(conn, self._running_now(), now)
+                    for handle in list(self.handles.values()):
+                        if handle.worker_id in asked:
+                            row_id, how = asked[handle.worker_id]
+                            self.cancels.stop(handle, self.slots.slot(handle.slot_index), row_id, how)
                 elif name == "rescue":
                     rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
                 elif name == "retention":

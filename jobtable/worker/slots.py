@@ -2,7 +2,8 @@
 
 Each member owns one slot: the row id of the job it runs (0 when idle), that
 job's deadline (epoch seconds; 0 when none), a count of jobs finished, and
-its claim batch size.  The supervisor reads them to record the right job
+its claim batch size, and the row the supervisor asked it to cancel (with
+how: worker/cancels.py).  The supervisor reads them to record the right job
 LOST when a member dies, to kill a member stuck past its deadline, for
 jobs/s in the stats, and to start a dead member's replacement at the batch
 size it had reached (rather than ramping up again from a few jobs).  An
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import mmap
 
-FIELDS = 4  # row_id, deadline, done, batch
-ROW, DEADLINE, DONE, BATCH = 0, 1, 2, 3
+FIELDS = 6  # row_id, deadline, done, batch, cancel row, cancel how
+ROW, DEADLINE, DONE, BATCH, CANCEL, CANCEL_HOW = 0, 1, 2, 3, 4, 5
 
 
 class Slots:
@@ -49,6 +50,18 @@ class Slot:
     def clear(self) -> None:
         self._view[self._base + ROW] = 0
         self._view[self._base + DEADLINE] = 0
+        self._view[self._base + CANCEL] = 0
+
+    def ask_cancel(self, row_id: int, how: int) -> None:
+        """The supervisor asks the member to cancel ``row_id`` (if it still
+        runs it when the signal lands): ``how`` is a ``cancels`` code."""
+        self._view[self._base + CANCEL_HOW] = how
+        self._view[self._base + CANCEL] = row_id
+
+    @property
+    def cancel(self) -> tuple[int, int]:
+        """The row the member was asked to cancel (0: none) and how."""
+        return int(self._view[self._base + CANCEL]), int(self._view[self._base + CANCEL_HOW])
 
     @property
     def batch(self) -> int:
