@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 import jobtable
 from jobtable import Job, enqueue, messages, register_job
+from jobtable.jobbase import BaseJob
 from jobtable.db import clock, enqueue_sql, tables
 from jobtable.db.engine import get_engine
 from jobtable.exceptions import EnqueueError, MessageTooLarge
@@ -37,7 +38,7 @@ def awkward_jobs() -> list[BulkArgs]:
 
 @pytest.mark.parametrize("delayed", [False, True])
 def test_template_gives_each_jobs_own_message(db_url: str, delayed: bool) -> None:
-    jobs = awkward_jobs()
+    jobs: list[BaseJob] = list(awkward_jobs())
     now = clock.utcnow()
     run_at = now + timedelta(days=1) if delayed else now
     ids = [messages.new_task_id() for _ in jobs]
