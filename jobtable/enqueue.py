@@ -310,13 +310,16 @@ def _rows(
             continue
         template, parts = group
         args, kwargs = encode_arguments(job)
-        body = messages.dumps([args, kwargs, _EMBED])
-        fill = {
-            _ID: messages.dumps(task_id),
-            _ARGSREPR: messages.dumps(messages.argsrepr(args)),
-            _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
-            _BODY: messages.dumps(body),
-        }
+        if args or kwargs:
+            fill = {
+                _ARGSREPR: messages.dumps(messages.argsrepr(args)),
+                _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
+                _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
+            }
+        else:  # a job without arguments: the same three for every one
+            fill = dict(_NO_ARGUMENTS)
+        # Our own uuid4 text: nothing in it for JSON to escape.
+        fill[_ID] = f'"{task_id}"'
         text = "".join([fill.get(part, part) for part in parts])
         if text.isascii():
             size = len(text)
@@ -336,6 +339,11 @@ def _rows(
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_NO_ARGUMENTS = {
+    _ARGSREPR: messages.dumps(messages.argsrepr([])),
+    _KWARGSREPR: messages.dumps(messages.argsrepr({})),
+    _BODY: messages.dumps(messages.dumps([[], {}, _EMBED])),
+}
 
 
 def _template(

@@ -88,3 +88,18 @@ def test_mixed_constant_and_varying_columns(db_url: str) -> None:
         ("same", None, None), ("same", None, None),
     ]
     assert {r.run_at for r in stored} == {now}
+
+
+def test_template_without_arguments(db_url: str) -> None:
+    jobs: list[BaseJob] = [BulkNoArgs() for _ in range(3)]
+    now = clock.utcnow()
+    ids = [messages.new_task_id() for _ in jobs]
+    fast = enqueue._rows(jobs, ids, {}, now, now, "q", 1, 2, "key", 1)
+    slow = [enqueue._row(j, i, {}, now, now, "q", 1, 2, "key", 1) for j, i in zip(jobs, ids)]
+    assert fast == slow
+
+
+@register_job
+class BulkNoArgs(Job):
+    def run(self) -> None:
+        pass
