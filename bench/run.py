@@ -42,6 +42,10 @@ def system_classes() -> dict[str, Callable[[], type[System]]]:
         from systems.pgqueuer_ import Pgqueuer
         return Pgqueuer
 
+    def pgqueuer_asyncpg() -> type[System]:
+        from systems.pgqueuer_ import PgqueuerAsyncpg
+        return PgqueuerAsyncpg
+
     def procrastinate() -> type[System]:
         from systems.procrastinate_ import Procrastinate
         return Procrastinate
@@ -58,6 +62,7 @@ def system_classes() -> dict[str, Callable[[], type[System]]]:
         "jobtable": jobtable,
         "celery-redis": celery_redis,
         "pgqueuer": pgqueuer,
+        "pgqueuer-asyncpg": pgqueuer_asyncpg,
         "procrastinate": procrastinate,
         "celery-jobtable": celery_jobtable,
         "celery-sqla": celery_sqla,

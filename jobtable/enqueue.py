@@ -102,10 +102,10 @@ def _enqueue(
     source = _source(jobs)
     run_at = _run_at(delay, now, source)
     attempt = limits.check_int("retry_attempt", retry_attempt, 0, limits.INT32_MAX - 1, source=source) + 1
-    rows = [
-        _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
-        for job, task_id in zip(jobs, task_ids)
-    ]
+    if len(jobs) == 1:
+        rows = [_row(jobs[0], task_ids[0], trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)]
+    else:
+        rows = _rows(jobs, task_ids, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
 
     # should_enqueue() needs its lock only when a job class overrides it:
     # otherwise the unique index is the limit (one per key), lock-free.
@@ -251,6 +251,134 @@ def _row(
         extra_headers=trace_headers,
     )
     return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))
+
+
+#: Stands for a job's own values in a batch's message template (see _rows):
+#: random per process, so no other part of a message can contain it.
+_MARK = f"jobtable-{messages.new_task_id()}-"
+_ID, _ARGSREPR, _KWARGSREPR, _BODY = (f"{_MARK}{i}" for i in range(4))
+
+
+def _rows(
+    jobs: list[BaseJob],
+    task_ids: list[str],
+    trace_headers: dict[str, str],
+    now: datetime,
+    run_at: datetime,
+    queue: str | None,
+    priority: int | None,
+    retries: int | None,
+    concurrency_key: str | None,
+    attempt: int,
+) -> list[dict[str, Any]]:
+    """``_row`` of every job, the batch's per-job Python work cut to what
+    differs between its jobs.
+
+    Jobs of one class with the same queue, priority, retries and key get
+    messages that differ only in the task id, the body and the argument
+    reprs: the first job of each such group goes through ``_row`` (every
+    check), and the group's message is dumped once as a template whose
+    placeholders the others fill in.  The text is the same as
+    ``json.dumps`` of each job's envelope would be (the placeholders are
+    whole JSON strings, replaced by JSON strings).  A job whose text is not
+    UTF-8 or over ``max_message_size`` goes through ``_row``, which refuses
+    it with the error naming the part.
+    """
+    from .settings import get_settings
+
+    limit = get_settings().max_message_size
+    groups: dict[Any, tuple[dict[str, Any], list[str]] | None] = {}
+    rows: list[dict[str, Any]] = []
+    for job, task_id in zip(jobs, task_ids):
+        cls = type(job)
+        try:
+            key: Any = (
+                cls,
+                queue if queue is not None else job.resolved_queue(),
+                priority if priority is not None else job.resolved_priority(),
+                retries if retries is not None else job.resolved_retries(),
+                concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
+            )
+            group = groups.get(key)
+        except TypeError:  # an unhashable value: _row names what is wrong
+            key, group = None, None
+        if group is None:
+            row = _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
+            rows.append(row)
+            if key is not None:
+                groups[key] = (dict(row), _template(job, trace_headers, now, run_at, row, attempt))
+            continue
+        template, parts = group
+        args, kwargs = encode_arguments(job)
+        if args or kwargs:
+            fill = {
+                _ARGSREPR: messages.dumps(messages.argsrepr(args)),
+                _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
+                _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
+            }
+        else:  # a job without arguments: the same three for every one
+            fill = dict(_NO_ARGUMENTS)
+        # Our own uuid4 text: nothing in it for JSON to escape.
+        fill[_ID] = f'"{task_id}"'
+        text = "".join([fill.get(part, part) for part in parts])
+        if text.isascii():
+            size = len(text)
+        else:
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                size = limit + 1
+        if size > limit:
+            rows.append(_row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt))
+            continue
+        row = dict(template)
+        row["task_id"] = task_id
+        row["message"] = text
+        rows.append(row)
+    return rows
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_NO_ARGUMENTS = {
+    _ARGSREPR: messages.dumps(messages.argsrepr([])),
+    _KWARGSREPR: messages.dumps(messages.argsrepr({})),
+    _BODY: messages.dumps(messages.dumps([[], {}, _EMBED])),
+}
+
+
+def _template(
+    job: BaseJob, trace_headers: dict[str, str], now: datetime, run_at: datetime, row: dict[str, Any], attempt: int
+) -> list[str]:
+    """The message of ``row``'s group, split around its placeholders: the
+    parts, each placeholder one part of its own."""
+    envelope = messages.task_message(
+        task_name=row["task_name"],
+        task_id=_ID,
+        args=[],
+        kwargs={},
+        queue=row["queue"],
+        priority=row["priority"],
+        eta=run_at if run_at > now else None,
+        attempt=attempt,
+        retries=row["retries"],
+        concurrency_key=row["concurrency_key"],
+        custom_limit=overrides(job, "should_enqueue"),
+        extra_headers=trace_headers,
+    )
+    envelope["headers"]["argsrepr"] = _ARGSREPR
+    envelope["headers"]["kwargsrepr"] = _KWARGSREPR
+    envelope["body"] = _BODY
+    text = messages.dumps(envelope)
+    parts: list[str] = []
+    for piece in text.split(f'"{_MARK}'):
+        if parts:
+            # piece starts with the placeholder's number and its closing quote.
+            number, rest = piece.split('"', 1)
+            parts.append(_MARK + number)
+            parts.append(rest)
+        else:
+            parts.append(piece)
+    return parts
 
 
 def encode_arguments(job: BaseJob) -> tuple[list[Any], dict[str, Any]]:

@@ -48,6 +48,11 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
+def argsrepr(value: Any) -> str:
+    """Celery's ``argsrepr``/``kwargsrepr`` header of the arguments."""
+    return _repr.repr(value)
+
+
 def task_message(
     *,
     task_name: str,
@@ -78,8 +83,8 @@ def task_message(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": _repr.repr(args),
-        "kwargsrepr": _repr.repr(kwargs),
+        "argsrepr": argsrepr(args),
+        "kwargsrepr": argsrepr(kwargs),
         "origin": _ORIGIN,
         "ignore_result": False,
         "replaced_task_nesting": 0,

@@ -49,16 +49,39 @@ class PostgresDialect(Dialect):
         # duplicates by PostgreSQL within a transaction, and delivered at
         # commit -- a worker never wakes before the row is visible.
         columns = tuple(rows[0])
-        single = len(rows) == 1
-        sql = _PG_INSERT_SQL.get((columns, single))
-        if sql is None:
-            sql = _PG_INSERT_SQL[(columns, single)] = _pg_insert_sql(columns, single)
-        if single:
+        if len(rows) == 1:
             # The common single enqueue: plain VALUES, cheaper to send than
             # one-element arrays.
+            sql = _PG_INSERT_SQL.get((columns, None))
+            if sql is None:
+                sql = _PG_INSERT_SQL[(columns, None)] = _pg_insert_sql(columns, None)
             return _driver_rows(conn, sql, rows[0])
-        params = {column: [row[column] for row in rows] for column in columns}
-        return list(conn.exec_driver_sql(sql, params))
+        # A column whose value is the same in every row (the queue, the task
+        # name, the times of one call...) is bound once as a scalar; only
+        # the others travel as arrays.  Dumping the arrays was most of the
+        # client's cost of a bulk insert, and PostgreSQL reads fewer arrays.
+        first = rows[0]
+        params: dict[str, Any] = {}
+        constant = []
+        for column in columns:
+            values = [row[column] for row in rows]
+            value = first[column]
+            if value.__class__ in _SCALAR_TYPES and values.count(value) == len(values) and all(
+                v.__class__ is value.__class__ for v in values
+            ):
+                constant.append(column)
+                params[column] = value
+            else:
+                params[column] = values
+        if len(constant) == len(columns):
+            # Identical rows (by hand): they stay one row each.
+            params[columns[0]] = [first[columns[0]]] * len(rows)
+            constant.pop(0)
+        key = (columns, frozenset(constant))
+        sql = _PG_INSERT_SQL.get(key)
+        if sql is None:
+            sql = _PG_INSERT_SQL[key] = _pg_insert_sql(columns, key[1])
+        return _driver_rows(conn, sql, params)
 
     def lock_for_enqueue(self, conn: Connection, keys: Sequence[str]) -> None:
         # Sorted, so that two bulk enqueues cannot deadlock on each other.
@@ -235,14 +258,20 @@ _PG_CASTS = {"task_id": "varchar", "task_name": "varchar", "queue": "varchar", "
              "unique_key": "varchar",
              "retries": "int4", "created_at": "timestamptz", "started_at": "timestamptz", "worker_id": "varchar",
              "lease_expires_at": "timestamptz", "message": "text", "deliveries": "int4"}
-_PG_INSERT_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
+_PG_INSERT_SQL: dict[tuple[tuple[str, ...], frozenset[str] | None], str] = {}
+#: Values that may be bound once for a whole batch: equal ones are the
+#: same value to PostgreSQL (None included: a NULL scalar).
+_SCALAR_TYPES = (str, int, bool, type(None), datetime)
 
 
-def _pg_insert_sql(columns: tuple[str, ...], single: bool) -> str:
+def _pg_insert_sql(columns: tuple[str, ...], constant: frozenset[str] | None) -> str:
+    """The INSERT of rows with ``columns``: one row of VALUES when
+    ``constant`` is None, else an ``unnest`` of one array per column not in
+    ``constant``, the others bound once as scalars."""
     unknown = set(columns) - set(_PG_CASTS)
     if unknown:
         raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
-    if single:
+    if constant is None:
         values = ", ".join(f"%({c})s::{_PG_CASTS[c]}" for c in columns)
         return (
             f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) VALUES ({values}) "
@@ -251,9 +280,15 @@ def _pg_insert_sql(columns: tuple[str, ...], single: bool) -> str:
         )
     # Binary parameters (%b): text-format arrays make psycopg escape every
     # JSON message with a regex, which cost more than the INSERT itself.
-    arrays = ", ".join(f"%({c})b::{_PG_CASTS[c]}[]" for c in columns)
+    varying = [c for c in columns if c not in constant]
+    arrays = ", ".join(f"%({c})b::{_PG_CASTS[c]}[]" for c in varying)
+    names = ", ".join(f"u{i}" for i in range(len(varying)))
+    picks = ", ".join(
+        f"%({c})b::{_PG_CASTS[c]}" if c in constant else f"u.u{varying.index(c)}" for c in columns
+    )
     return (
-        f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        f"WITH ins AS (INSERT INTO jobtable_request ({', '.join(columns)}) SELECT {picks} "
+        f"FROM unnest({arrays}) AS u({names}) "
         "ON CONFLICT DO NOTHING RETURNING id, task_id, queue) "
         "SELECT ins.id, ins.task_id, n.n FROM ins CROSS JOIN "
         f"(SELECT count(pg_notify('{NOTIFY_CHANNEL}', q.queue)) AS n FROM (SELECT DISTINCT queue FROM ins) q) n"
