@@ -15,8 +15,45 @@ from ..exceptions import JobtableError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_APP_HELP = "Module that registers your jobs (also JOBTABLE_APP). Its jobs.py, and those of JOBTABLE_PACKAGES, are imported too."
+
+
+def _take_app(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # `jobtable worker --app X`: the subcommand's --app overrides the group's.
+    if value is not None:
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj["app"] = value
+
+
+def _add_app_option(command: click.Command) -> None:
+    """Give a subcommand its own ``--app`` (the guide and Celery's habit put
+    it after the subcommand: ``jobtable worker --app proj``)."""
+    if not any(param.name in ("app", "sub_app") for param in command.params):
+        command.params.append(
+            click.Option(["--app", "sub_app"], default=None, expose_value=False, callback=_take_app, help=_APP_HELP)
+        )
+
+
+class JobtableCommand(click.Command):
+    """A subcommand: accepts ``--app`` as the group does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_app_option(self)
+
+
 class JobtableGroup(click.Group):
-    """Turns jobtable's own errors into a clean message and exit code 1."""
+    """Turns jobtable's own errors into a clean message and exit code 1;
+    its commands and subgroups accept ``--app`` too."""
+
+    command_class = JobtableCommand
+    group_class = type  # subgroups (``chores``) are JobtableGroups
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_app_option(self)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,7 +67,7 @@ class JobtableGroup(click.Group):
     "--app",
     envvar="JOBTABLE_APP",
     default=None,
-    help="Module that registers your jobs (also JOBTABLE_APP). Its jobs.py, and those of JOBTABLE_PACKAGES, are imported too.",
+    help=_APP_HELP,
 )
 @click.pass_context
 def main(ctx: click.Context, app: str | None) -> None:
