@@ -13,12 +13,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any
 
 from .. import telemetry
 from ..db import engine as db_engine
+from . import hooks
 from .config import WorkerConfig
 from .ledger import Ledger
 from .process import Member
@@ -72,6 +74,7 @@ def child(
         # Blocked by the supervisor across the fork (main.py): a SIGTERM that
         # came meanwhile is delivered now, to on_term.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+        hooks.fire(hooks.MEMBER_STARTED, socket.gethostname())
         member = Member(config, worker_id, slot, timer=AlarmTimeout(), should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         if go >= 0 and not member.standby(go):
