@@ -22,6 +22,24 @@ def _setup_logging(level: str) -> None:
     root.propagate = False
 
 
+def _shim_concurrency() -> int | None:
+    """The shim app's ``worker_concurrency``, when neither --max-processes nor
+    JOBTABLE_WORKER_MAX_PROCESSES says otherwise (Celery's setting, read)."""
+    if "jobtable.shim.current" not in sys.modules:
+        return None
+    from ..settings import setting_source
+    from ..shim.conf import check_concurrency
+    from ..shim.current import current_or_none
+
+    app = current_or_none()
+    if app is None or setting_source("worker_max_processes").kind != "default":
+        return None
+    value = check_concurrency(app.conf.get("worker_concurrency"))
+    if value is not None:
+        logging.getLogger("jobtable.worker").info("Pool size %d: the app's worker_concurrency", value)
+    return value
+
+
 @main.command()
 # plain.worker spells it `worker run`: the word is accepted and means nothing more.
 @click.argument("action", required=False, type=click.Choice(["run"]), metavar="[run]")
@@ -71,6 +89,8 @@ def worker(
     _setup_logging(log_level)
     load_app(click.get_current_context().find_root().obj.get("app"))
     logging.getLogger("jobtable.worker").info("%s", describe_sources())
+    if max_processes is None:
+        max_processes = _shim_concurrency()
     config = WorkerConfig.from_settings(
         queues=list(queues) or None,
         processes=max_processes,

@@ -20,7 +20,7 @@ from typing import Any
 from . import current
 from .canvas import Signature
 from .conf import Settings, is_setting, jobtable_url
-from .decorators import create_task
+from .decorators import create_task, rebase_default_tasks
 from .exceptions import NotSupported
 from .registry import registry
 from .result import AsyncResult, GroupResult
@@ -115,6 +115,20 @@ class Celery:
     @property
     def Task(self) -> type[Any]:  # noqa: N802  (Celery's name: class MyTask(app.Task))
         return self._task_cls or Task
+
+    @Task.setter
+    def Task(self, task_cls: type[Any]) -> None:  # noqa: N802  (Celery's `app.Task = CustomTask`)
+        """The base class of this app's tasks (and of ``@shared_task`` tasks)
+        from now on.  Tasks already defined on the default base are moved
+        onto it too: in Celery they are built lazily, so the order of
+        ``app.Task = ...`` and the task modules' imports does not matter."""
+        if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+            raise TypeError(
+                f"app.Task = {task_cls!r}: the base class must subclass jobtable.shim.Task "
+                "(class CustomTask(app.Task): ... or from jobtable.shim import Task)."
+            )
+        self._task_cls = task_cls
+        rebase_default_tasks(self, task_cls)
 
     def task(self, *args: Any, **options: Any) -> Any:
         """``@app.task``, ``@app.task(bind=True, name=..., max_retries=...)``."""
