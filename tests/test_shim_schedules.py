@@ -113,8 +113,8 @@ def test_beat_schedule_errors(db_url: str) -> None:
     app = Celery("beat", set_as_current=False)
     with pytest.raises(NotSupported, match="unknown task"):
         app.conf.beat_schedule = {"x": {"task": "no.such.task", "schedule": 60}}
-    with pytest.raises(NotSupported, match="interval"):
-        app.conf.beat_schedule = {"x": {"task": "tests.shim_tasks.add", "schedule": 10, "args": (1, 1)}}
+    with pytest.raises(NotSupported, match="whole seconds, 1 or more"):
+        app.conf.beat_schedule = {"x": {"task": "tests.shim_tasks.add", "schedule": 0.5, "args": (1, 1)}}
     with pytest.raises(NotSupported, match="solar"):
         app.conf.beat_schedule = {"x": {"task": "tests.shim_tasks.add", "schedule": object()}}
     with pytest.raises(NotSupported, match="options"):
