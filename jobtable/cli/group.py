@@ -5,6 +5,7 @@ those modules to assemble the command, so every import points down."""
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -75,6 +76,17 @@ def main(ctx: click.Context, app: str | None) -> None:
     ctx.obj = {"app": app}
 
 
+def discover_shim_tasks() -> None:
+    """With a Celery-free (shim) app loaded: import its discovered task
+    modules now (``autodiscover_tasks`` is lazy) and install the beat
+    entries that waited for them; an entry naming a task that does not
+    exist fails the command, naming both."""
+    if "jobtable.shim.app" in sys.modules:
+        from ..shim.app import resolve_beat_schedules
+
+        resolve_beat_schedules()
+
+
 def with_app(fn: F) -> F:
     """Import the user's jobs before the command runs."""
 
@@ -83,6 +95,7 @@ def with_app(fn: F) -> F:
         from ..discovery import load_app
 
         load_app(click.get_current_context().find_root().obj.get("app"))
+        discover_shim_tasks()
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

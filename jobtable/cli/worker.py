@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..middleware import JobContextFilter
-from .group import main
+from .group import discover_shim_tasks, main
 
 
 def _setup_logging(level: str) -> None:
@@ -88,6 +88,8 @@ def worker(
     # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
     _setup_logging(log_level)
     load_app(click.get_current_context().find_root().obj.get("app"))
+    # Before the pool forks and the scheduler reads its entries.
+    discover_shim_tasks()
     logging.getLogger("jobtable.worker").info("%s", describe_sources())
     if max_processes is None:
         max_processes = _shim_concurrency()

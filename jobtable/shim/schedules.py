@@ -189,6 +189,11 @@ def to_schedule(value: Any, timezone: Any = None) -> Schedule:
     )
 
 
+class UnknownBeatTask(NotSupported):
+    """A beat entry names a task no loaded module defines (yet: the app
+    resolves such entries again once its tasks are discovered)."""
+
+
 #: Beat entry options used, and those accepted without effect.
 _ENTRY_OPTIONS = {"queue", "priority"}
 _IGNORED_ENTRY_OPTIONS = {"expires", "ignore_result"}
@@ -218,10 +223,11 @@ def beat_entries(beat_schedule: dict[str, Any], app: App) -> list[tuple[Any, Sch
             )
         task = registry.find(str(entry["task"]))
         if not isinstance(task, Task):  # None: unknown (every registered task is a Task)
-            raise NotSupported(
+            raise UnknownBeatTask(
                 f"beat_schedule[{key!r}] for the unknown task {entry['task']!r}",
-                "Import the module defining the task before setting beat_schedule (the scheduler needs the task "
-                "to enqueue it), or schedule a jobtable Job in JOBTABLE_SCHEDULE.",
+                "No module the app imports or discovers defines it: fix the entry's 'task' (Celery's name is "
+                "module.function, or the task's name=), add its module to autodiscover_tasks/include, or remove "
+                "the entry.",
             )
         try:
             when = to_schedule(entry["schedule"], timezone=app.conf.timezone)
