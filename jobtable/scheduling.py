@@ -28,6 +28,7 @@ instants.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import subprocess
 from collections.abc import Iterable
@@ -110,6 +111,12 @@ class Schedule:
         if not isinstance(cron, str):
             raise CronError(f"A schedule is a cron string such as '0 9 * * *' or a Schedule; got {cron!r}.")
         return cls(raw=cron, timezone=timezone)
+
+    @classmethod
+    def every(cls, seconds: float | timedelta, timezone: str | tzinfo | None = None) -> Schedule:
+        """Every ``seconds`` (whole seconds, 1 or more), on slots aligned on
+        the epoch: ``Schedule.every(10)``, ``Schedule.every(timedelta(seconds=90))``."""
+        return Interval(seconds, timezone=timezone)
 
     @property
     def tz(self) -> tzinfo:
@@ -207,6 +214,55 @@ class Schedule:
     def latest(self, now: datetime) -> datetime:
         """The last run at or before ``now``."""
         return self.previous(_aware(now, "now") + timedelta(microseconds=1))
+
+
+class Interval(Schedule):
+    """Every ``seconds`` seconds (a whole number, 1 or more), on slots aligned
+    on the Unix epoch: ``Schedule.every(10)`` runs at :00, :10, :20... of
+    every minute, whatever the time zone.  What cron cannot say (intervals
+    under a minute, 90 s, 7 minutes); each slot still fires once across all
+    workers (the scheduler's ledger)."""
+
+    def __init__(self, seconds: Any, timezone: str | tzinfo | None = None) -> None:
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise CronError(f"Schedule.every({seconds!r}): give a number of seconds (a whole number, 1 or more).")
+        if seconds < 1 or seconds != int(seconds):
+            raise CronError(
+                f"Schedule.every({seconds!r}): intervals are whole seconds, 1 or more (the scheduler ticks "
+                "about once a second)."
+            )
+        self.seconds = int(seconds)
+        self.raw = f"every {self.seconds}s"
+        self.timezone = timezone
+        if timezone is not None:
+            resolve_timezone(timezone)
+
+    def __repr__(self) -> str:
+        return f"Schedule.every({self.seconds})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return isinstance(other, Interval) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash(("every", self.seconds))
+
+    def _slot(self, instant: datetime, what: str) -> tuple[int, float]:
+        stamp = _aware(instant, what).timestamp()
+        return int(stamp // self.seconds) * self.seconds, stamp
+
+    def next(self, after: datetime | None = None) -> datetime:
+        slot, _ = self._slot(after if after is not None else datetime.now(UTC), "after")
+        return datetime.fromtimestamp(slot + self.seconds, UTC).astimezone(self.tz)
+
+    def previous(self, before: datetime | None = None) -> datetime:
+        slot, stamp = self._slot(before if before is not None else datetime.now(UTC), "before")
+        if slot >= stamp:  # exactly on a slot: strictly before
+            slot -= self.seconds
+        return datetime.fromtimestamp(slot, UTC).astimezone(self.tz)
 
 
 def _offset(tz: tzinfo, instant: datetime) -> timedelta:

@@ -56,6 +56,14 @@ def _shim_routes() -> dict[str, str]:
             routes[name] = route(task._app(), name, task, (), {}, {})
         except Exception as exc:  # noqa: BLE001  (a router of the user's: unknown)
             logger.debug("Queue of task %s unknown before a message: %s", name, exc)
+    # A Celery worker without -Q consumes every queue of task_queues.
+    from ..shim.conf import queue_names
+    from ..shim.current import current_or_none
+
+    app = current_or_none()
+    if app is not None:
+        for queue in queue_names(app.conf.get("task_queues")):
+            routes[f"task_queues {queue}"] = queue
     return routes
 
 

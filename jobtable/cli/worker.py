@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..middleware import JobContextFilter
-from .group import main
+from .group import discover_shim_tasks, main
 
 
 def _setup_logging(level: str) -> None:
@@ -20,6 +20,24 @@ def _setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def _shim_concurrency() -> int | None:
+    """The shim app's ``worker_concurrency``, when neither --max-processes nor
+    JOBTABLE_WORKER_MAX_PROCESSES says otherwise (Celery's setting, read)."""
+    if "jobtable.shim.current" not in sys.modules:
+        return None
+    from ..settings import setting_source
+    from ..shim.conf import check_concurrency
+    from ..shim.current import current_or_none
+
+    app = current_or_none()
+    if app is None or setting_source("worker_max_processes").kind != "default":
+        return None
+    value = check_concurrency(app.conf.get("worker_concurrency"))
+    if value is not None:
+        logging.getLogger("jobtable.worker").info("Pool size %d: the app's worker_concurrency", value)
+    return value
 
 
 @main.command()
@@ -70,7 +88,11 @@ def worker(
     # Logging first: reading the settings warns about unknown JOBTABLE_* variables.
     _setup_logging(log_level)
     load_app(click.get_current_context().find_root().obj.get("app"))
+    # Before the pool forks and the scheduler reads its entries.
+    discover_shim_tasks()
     logging.getLogger("jobtable.worker").info("%s", describe_sources())
+    if max_processes is None:
+        max_processes = _shim_concurrency()
     config = WorkerConfig.from_settings(
         queues=list(queues) or None,
         processes=max_processes,

@@ -38,6 +38,19 @@ from .exceptions import (
 )
 from .result import AsyncResult, EagerResult, GroupResult
 from .schedules import crontab, schedule
+from .signals import (
+    after_task_publish,
+    before_task_publish,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_revoked,
+    task_success,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 from .states import FAILURE, PENDING, RETRY, REVOKED, STARTED, SUCCESS
 from .task import Task
 
@@ -72,6 +85,8 @@ __all__ = [
     "TaskRevokedError",
     "TimeLimitExceeded",
     "TimeoutError",
+    "after_task_publish",
+    "before_task_publish",
     "chain",
     "chord",
     "crontab",
@@ -81,4 +96,13 @@ __all__ = [
     "schedule",
     "shared_task",
     "signature",
+    "task_failure",
+    "task_postrun",
+    "task_prerun",
+    "task_retry",
+    "task_revoked",
+    "task_success",
+    "worker_process_init",
+    "worker_ready",
+    "worker_shutdown",
 ]

@@ -20,11 +20,11 @@ from typing import Any
 from . import current
 from .canvas import Signature
 from .conf import Settings, is_setting, jobtable_url
-from .decorators import create_task
+from .decorators import create_task, rebase_default_tasks
 from .exceptions import NotSupported
 from .registry import registry
 from .result import AsyncResult, GroupResult
-from .schedules import beat_entries, install
+from .schedules import UnknownBeatTask, beat_entries, install
 from .task import Task
 
 logger = logging.getLogger("jobtable.shim")
@@ -77,7 +77,10 @@ class Celery:
                 if settings.get_settings().database_url != url:
                     settings.configure(database_url=url)
         elif key == "beat_schedule":
-            self.install_beat_schedule()
+            # Django's settings (config_from_object) come before any task
+            # module is imported: an entry for a task not defined yet is
+            # resolved when the worker or a command starts, after discovery.
+            self.install_beat_schedule(defer_unknown=True)
 
     def config_from_object(
         self, obj: Any, namespace: str | None = None, silent: bool = False, force: bool = False
@@ -115,6 +118,20 @@ class Celery:
     @property
     def Task(self) -> type[Any]:  # noqa: N802  (Celery's name: class MyTask(app.Task))
         return self._task_cls or Task
+
+    @Task.setter
+    def Task(self, task_cls: type[Any]) -> None:  # noqa: N802  (Celery's `app.Task = CustomTask`)
+        """The base class of this app's tasks (and of ``@shared_task`` tasks)
+        from now on.  Tasks already defined on the default base are moved
+        onto it too: in Celery they are built lazily, so the order of
+        ``app.Task = ...`` and the task modules' imports does not matter."""
+        if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+            raise TypeError(
+                f"app.Task = {task_cls!r}: the base class must subclass jobtable.shim.Task "
+                "(class CustomTask(app.Task): ... or from jobtable.shim import Task)."
+            )
+        self._task_cls = task_cls
+        rebase_default_tasks(self, task_cls)
 
     def task(self, *args: Any, **options: Any) -> Any:
         """``@app.task``, ``@app.task(bind=True, name=..., max_retries=...)``."""
@@ -195,7 +212,7 @@ class Celery:
             "options": {**sig.options, **opts},
         }
         self._periodic[key] = entry
-        self.install_beat_schedule()
+        self.install_beat_schedule(defer_unknown=True)
         return key
 
     def beat_entries(self) -> list[tuple[Any, Any]]:
@@ -203,12 +220,25 @@ class Celery:
         entries: ``(job, Schedule)`` pairs, as JOBTABLE_SCHEDULE takes them."""
         return beat_entries({**dict(self.conf.beat_schedule or {}), **self._periodic}, app=self)
 
-    def install_beat_schedule(self) -> None:
+    def install_beat_schedule(self, defer_unknown: bool = False) -> None:
         """Put the beat entries into jobtable's schedule (JOBTABLE_SCHEDULE), so
         ``jobtable``'s scheduler enqueues them.  Called whenever
         ``conf.beat_schedule`` is assigned; call it again after changing the
-        dict in place."""
-        install(self.beat_entries())
+        dict in place.  ``defer_unknown``: an entry whose task is not defined
+        yet waits for ``resolve_beat_schedules`` (the worker's start) instead
+        of raising; any other bad entry raises now."""
+        try:
+            pairs = self.beat_entries()
+        except UnknownBeatTask:
+            if not defer_unknown:
+                raise
+            if self not in _deferred_beat:
+                _deferred_beat.append(self)
+            logger.debug("Beat schedule of %r waits for task discovery.", self)
+            return
+        if self in _deferred_beat:
+            _deferred_beat.remove(self)
+        install(pairs)
 
     # -- compatibility no-ops -----------------------------------------------------------------
 
@@ -242,6 +272,21 @@ class Celery:
         )
 
     on_after_finalize = on_after_configure
+
+
+#: Apps whose beat schedule names tasks not defined when it was set.
+_deferred_beat: list[Celery] = []
+
+
+def resolve_beat_schedules() -> None:
+    """Discover every app's tasks now (``autodiscover_tasks`` is lazy), then
+    install the beat schedules that waited for them.  Called by ``jobtable
+    worker`` and the commands that load the app; an entry whose task still
+    does not exist raises NotSupported naming the entry and the task, so the
+    worker refuses to start instead of never running it."""
+    registry.discover_all()
+    for app in list(_deferred_beat):
+        app.install_beat_schedule()
 
 
 def current_app() -> Celery:

@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "timezone": None,
     "enable_utc": True,
     "beat_schedule": {},
+    # Read by `jobtable worker`: the queues it consumes without --queue (names
+    # only: exchanges and routing keys mean nothing to a table), the pool size.
+    "task_queues": None,
+    "worker_concurrency": None,
     "imports": (),
     "include": (),
 }
@@ -45,10 +49,8 @@ DEFAULTS: dict[str, Any] = {
 #: Settings that change behaviour the shim cannot provide -> the alternative.
 UNSUPPORTED_SETTINGS: dict[str, str] = {
     "task_annotations": "Set the options on the tasks themselves (@app.task(...)).",
-    "task_queues": "Queues need no declaration in jobtable: name them in queue= and start workers with --queue.",
     "broker_transport_options": "The queue is a table: there is no transport to configure.",
     "worker_prefetch_multiplier": "Use `jobtable worker --max-pending-per-process`.",
-    "worker_concurrency": "Use `jobtable worker --max-processes`.",
     "task_reject_on_worker_lost": "The native worker records a lost job LOST (and retries it if it has retries).",
     "result_backend_transport_options": "Results are rows of jobtable_result.",
 }
@@ -65,6 +67,49 @@ IGNORED_SETTINGS = {
     "broker_connection_retry_on_startup",
     "worker_hijack_root_logger",
 }
+
+
+def queue_names(value: Any) -> list[str]:
+    """The queue names of a ``task_queues`` value: kombu ``Queue`` objects
+    (their ``name``; exchange and routing key ignored), names, or a dict
+    keyed by name.  A name that is not a non-empty string is refused."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        items: list[Any] = [value]
+    elif isinstance(value, dict):
+        items = list(value)
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise NotSupported(
+                f"task_queues={type(value).__name__}", "Give a list of kombu Queue objects or of queue names."
+            ) from None
+    names: list[str] = []
+    for item in items:
+        name = item if isinstance(item, str) else getattr(item, "name", None)
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise NotSupported(
+                f"task_queues entry {type(item).__name__}",
+                "Each entry is a kombu Queue with a name, or a queue name (a non-empty string).",
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def check_concurrency(value: Any) -> int | None:
+    """``worker_concurrency``: None (the worker's default) or a number of
+    processes (0: one per CPU, as ``--max-processes 0``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NotSupported(
+            f"worker_concurrency={value!r}",
+            "Give a number of worker processes (an int >= 0; 0: one per CPU), or leave it unset.",
+        )
+    return value
 
 
 def jobtable_url(value: Any, setting: str) -> str | None:
@@ -146,6 +191,10 @@ class Settings(MutableMapping[str, Any]):
             raise NotSupported(f"accept_content={value!r}", "Messages are JSON: include 'json'.")
         if key in ("broker_url", "result_backend"):
             jobtable_url(value, key)
+        if key == "task_queues":
+            queue_names(value)
+        if key == "worker_concurrency":
+            check_concurrency(value)
 
 
 _SETTING_PREFIXES = ("task_", "result_", "broker_", "beat_", "worker_", "event_", "security_", "cache_", "database_")

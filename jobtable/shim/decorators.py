@@ -34,6 +34,11 @@ def create_task(fun: Callable[..., Any], *, app: App | None, base: type[Task] | 
     serializer = options.get("serializer")
     if serializer not in (None, "json"):
         raise NotSupported(f"serializer={serializer!r}", "Messages are stored as JSON: use 'json'.")
+    if base is None and options.get("base") is None:
+        # No base named: the app's (app.Task = CustomTask), else Task.
+        owner = app if app is not None else current_or_none()
+        base = getattr(owner, "_task_cls", None)
+    default_base = options.get("base") is None and base is None
     base = options.pop("base", None) or base or Task
     if not (isinstance(base, type) and issubclass(base, Task)):
         raise TypeError(f"base={base!r} must be a subclass of jobtable.shim.Task.")
@@ -56,6 +61,7 @@ def create_task(fun: Callable[..., Any], *, app: App | None, base: type[Task] | 
         if key in options and options[key] is not None:
             options[key] = tuple(options[key])
     attributes.update(options)
+    attributes["_jobtable_default_base"] = default_base
     task_class = type(fun.__name__, (base,), attributes)
     task: Task = task_class()
     module, _, short = name.rpartition(".")
@@ -64,6 +70,19 @@ def create_task(fun: Callable[..., Any], *, app: App | None, base: type[Task] | 
     )
     registry.register(task)
     return task
+
+
+def rebase_default_tasks(app: App, base: type[Task]) -> None:
+    """Put the registered tasks of ``app`` (and shared tasks) that were made
+    on the default base onto ``base``: ``app.Task = CustomTask`` set after
+    the task modules were imported (Celery builds tasks lazily, so its
+    order does not matter either)."""
+    for task in list(registry.tasks.values()):
+        cls = type(task)
+        if getattr(cls, "_jobtable_default_base", False) and getattr(task, "app", None) in (None, app):
+            # Same layout (both subclass Task, no slots): the class keeps its
+            # attributes, its methods now come from ``base``.
+            cls.__bases__ = (base,)
 
 
 def shared_task(*args: Any, **options: Any) -> Any:

@@ -15,7 +15,10 @@ from typing import Any
 
 from .. import params
 from ..messages import TaskCall
+from ..worker import hooks
 from ..worker.dispatch import RUNNERS, Prepared, current_row
+from . import signals
+from .current import App, current_or_none
 from .registry import registry
 from .task import Task
 
@@ -69,6 +72,38 @@ def _body_embed(message: str) -> dict[str, Any] | None:
     return None
 
 
+class WorkerInfo:
+    """The sender of ``worker_ready`` / ``worker_shutdown``: what handlers
+    written for Celery read of its consumer and worker."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = f"jobtable@{hostname}"
+        self.app: App | None = current_or_none()
+
+    def __repr__(self) -> str:
+        return f"<worker {self.hostname} (jobtable)>"
+
+
+def _worker_ready(hostname: str) -> None:
+    signals.worker_ready.send(sender=WorkerInfo(hostname))
+
+
+def _worker_stopped(hostname: str) -> None:
+    signals.worker_shutdown.send(sender=WorkerInfo(hostname))
+
+
+def _member_started(hostname: str) -> None:
+    # Celery's prefork pool sends its node name.
+    signals.worker_process_init.send(sender=f"jobtable@{hostname}")
+
+
 def install() -> None:
     if prepare not in RUNNERS:
         RUNNERS.append(prepare)
+    for hook_list, hook in (
+        (hooks.WORKER_READY, _worker_ready),
+        (hooks.MEMBER_STARTED, _member_started),
+        (hooks.WORKER_STOPPED, _worker_stopped),
+    ):
+        if hook not in hook_list:
+            hook_list.append(hook)

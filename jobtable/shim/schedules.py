@@ -6,11 +6,12 @@ job is the task's ``TaskJob`` with the entry's arguments, so jobtable's
 scheduler enqueues each slot once across all workers.  What differs from
 celery beat:
 
-- an interval (``timedelta``, seconds, ``schedule(run_every=...)``) becomes a
-  cron schedule aligned on the clock (``timedelta(minutes=15)`` runs at :00,
-  :15, :30, :45), not "every N since beat started"; only intervals that
-  divide an hour or a day evenly (or a week) are accepted, none under a
-  minute;
+- an interval (``timedelta``, seconds, ``schedule(run_every=...)``) is
+  aligned on the clock, not "every N since beat started": one that divides
+  an hour or a day evenly becomes a cron schedule (``timedelta(minutes=15)``
+  runs at :00, :15, :30, :45), any other whole number of seconds, 1 or more,
+  a ``Schedule.every`` on slots aligned on the epoch (5 s runs at :00, :05,
+  :10...); each slot still runs once across all workers;
 - a crontab with *both* ``day_of_month`` and ``day_of_week`` restricted means
   "both match" in Celery but "either matches" in cron: it is refused;
 - while an entry's previous run is still waiting or running, its next slot
@@ -152,14 +153,32 @@ def interval_to_cron(every: float | timedelta) -> str:
     raise NotSupported(f"the interval {every!r}", alternative)
 
 
+def interval_schedule(every: float | timedelta, timezone: Any = None) -> Schedule:
+    """An interval as a jobtable Schedule: a clock-aligned cron when one says
+    it (15 minutes: ``*/15 * * * *``), else ``Schedule.every`` (whole
+    seconds, 1 or more, aligned on the epoch: 5 s, 10 s, 90 s, 7 minutes)."""
+    try:
+        return Schedule.from_cron(interval_to_cron(every), timezone=timezone)
+    except NotSupported:
+        pass
+    try:
+        return Schedule.every(every, timezone=timezone)
+    except CronError:
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        raise NotSupported(
+            f"the interval {every!r} ({seconds!r} s)",
+            "Intervals are whole seconds, 1 or more (timedelta(seconds=5), 5, 90.0), or a crontab(...).",
+        ) from None
+
+
 def to_schedule(value: Any, timezone: Any = None) -> Schedule:
     """A beat entry's ``schedule`` as a jobtable Schedule."""
     if isinstance(value, crontab):
         return value.schedule(timezone)
     if isinstance(value, schedule):
-        return Schedule.from_cron(value.cron, timezone=timezone)
+        return interval_schedule(value.run_every, timezone)
     if isinstance(value, (int, float, timedelta)) and not isinstance(value, bool):
-        return Schedule.from_cron(interval_to_cron(value), timezone=timezone)
+        return interval_schedule(value, timezone)
     if isinstance(value, Schedule):
         return value
     if isinstance(value, str):
@@ -168,6 +187,11 @@ def to_schedule(value: Any, timezone: Any = None) -> Schedule:
         f"the beat schedule {value!r}",
         "Use crontab(...), a timedelta, a number of seconds, or a cron string (solar schedules are not supported).",
     )
+
+
+class UnknownBeatTask(NotSupported):
+    """A beat entry names a task no loaded module defines (yet: the app
+    resolves such entries again once its tasks are discovered)."""
 
 
 #: Beat entry options used, and those accepted without effect.
@@ -199,10 +223,11 @@ def beat_entries(beat_schedule: dict[str, Any], app: App) -> list[tuple[Any, Sch
             )
         task = registry.find(str(entry["task"]))
         if not isinstance(task, Task):  # None: unknown (every registered task is a Task)
-            raise NotSupported(
+            raise UnknownBeatTask(
                 f"beat_schedule[{key!r}] for the unknown task {entry['task']!r}",
-                "Import the module defining the task before setting beat_schedule (the scheduler needs the task "
-                "to enqueue it), or schedule a jobtable Job in JOBTABLE_SCHEDULE.",
+                "No module the app imports or discovers defines it: fix the entry's 'task' (Celery's name is "
+                "module.function, or the task's name=), add its module to autodiscover_tasks/include, or remove "
+                "the entry.",
             )
         try:
             when = to_schedule(entry["schedule"], timezone=app.conf.timezone)

@@ -10,6 +10,7 @@ too -- and the native worker follows chains sent by Celery clients.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import math
@@ -22,6 +23,7 @@ from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import enqueue_sql, tables
 from ..exceptions import EnqueueError, ParameterError
+from . import signals
 from .current import App
 from .exceptions import NotSupported
 from .registry import RegisteredTask, registry
@@ -245,8 +247,43 @@ def build_row(
             s.to_dict() if hasattr(s, "to_dict") else dict(s)
             for s in (links if isinstance(links, (list, tuple)) else [links])
         ]
+    if signals.before_task_publish.receivers:
+        # As Celery's amqp.send_task_message: the receivers may change the
+        # headers and the body in place (Sentry adds its trace headers).
+        signals.before_task_publish.send(
+            sender=name,
+            body=(args, kwargs, full),
+            exchange="",
+            routing_key=queue,
+            headers=h,
+            properties=envelope["properties"],
+            declare=[],
+            retry_policy=None,
+        )
     envelope["body"] = message_checks.dump_body([args, kwargs, full], source)
     return message_checks.checked_row(envelope, queue, now, source=source)
+
+
+def _published(rows: list[dict[str, Any]], inserted: set[str]) -> None:
+    """``after_task_publish`` for each row inserted (once committed, when the
+    transaction is ours)."""
+    if not signals.after_task_publish.receivers:
+        return
+    for row in rows:
+        if row["task_id"] not in inserted:
+            continue
+        envelope = json.loads(row["message"])
+        body = envelope.get("body")
+        if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode("utf-8")
+        signals.after_task_publish.send(
+            sender=row["task_name"],
+            body=tuple(json.loads(body)) if isinstance(body, str) else body,
+            exchange="",
+            routing_key=row["queue"],
+            headers=envelope.get("headers") or {},
+            properties=envelope.get("properties") or {},
+        )
 
 
 def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, dedupe: bool = False) -> set[str]:
@@ -258,10 +295,20 @@ def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, d
         return set()
     if conn is None:
         with db_engine.connect() as own, own.begin():
-            return insert_rows(rows, own, dedupe=dedupe)
+            inserted = _insert(rows, own, dedupe)
+        _published(rows, inserted)
+        return inserted
+    inserted = _insert(rows, conn, dedupe)
+    _published(rows, inserted)
+    return inserted
+
+
+def _insert(rows: list[dict[str, Any]], conn: Connection, dedupe: bool) -> set[str]:
     if dedupe:
         known = db_results.task_ids_known(conn, [row["task_id"] for row in rows])
         rows = [row for row in rows if row["task_id"] not in known]
+        if not rows:
+            return set()
     with telemetry.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:
         if trace:
             for row in rows:

@@ -16,6 +16,7 @@ import inspect
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,14 +24,14 @@ from typing import Any
 from .. import messages, params, safetext
 from ..jobs import Job
 from ..middleware import current_job
-from . import followups
+from . import followups, signals
 from .canvas import Signature
 from .context import Context
 from .current import App, current_app
 from .exceptions import MaxRetriesExceededError, NotSupported, Retry
 from .result import AsyncResult, EagerResult
 from .send import check_options, encode_args, route
-from .states import FAILURE, SUCCESS
+from .states import FAILURE, RETRY, SUCCESS
 
 logger = logging.getLogger("jobtable.shim")
 
@@ -200,20 +201,14 @@ class Task:
                 delivery_info={"is_eager": True},
             )
             try:
-                value = execute(self, request)
-            except Retry as retry:
-                _call_handler(self.on_retry, retry.exc or retry, task_id, args, kwargs, _ExceptionInfo(retry))
+                value = traced(self, request)
+            except Retry:
                 retries += 1
                 continue
             except Exception as exc:
-                einfo = _ExceptionInfo(exc)
-                _call_handler(self.on_failure, exc, task_id, args, kwargs, einfo)
-                _call_handler(self.after_return, FAILURE, exc, task_id, args, kwargs, einfo)
                 if propagate:
                     raise
-                return EagerResult(task_id, exc, FAILURE, traceback=einfo.traceback, name=self.name)
-            _call_handler(self.on_success, value, task_id, args, kwargs)
-            _call_handler(self.after_return, SUCCESS, value, task_id, args, kwargs, None)
+                return EagerResult(task_id, exc, FAILURE, traceback=safetext.format_traceback(exc), name=self.name)
             for sig in link if isinstance(link, (list, tuple)) else [link] if link else []:
                 sig.apply((value,), parent_id=task_id, root_id=request.root_id)
             return EagerResult(task_id, value, SUCCESS, name=self.name)
@@ -365,25 +360,21 @@ class TaskJob(Job):
         the attempt DEFERRED and enqueues attempt + 1 of the same task id."""
         task = self.task
         request = self._message_request()
-        args, kwargs = request.args, request.kwargs
+
+        def encode(value: Any) -> Any:
+            # Encoded before success is declared: a value the next step cannot receive fails this task.
+            if followups.has_followers(request):
+                return params.encode(value, f"the return value of {task.name}")
+            return None
+
         try:
-            value = execute(task, request)
-            # Encoded now: a value the next step cannot receive fails this task.
-            encoded = (
-                params.encode(value, f"the return value of {task.name}") if followups.has_followers(request) else None
-            )
-        except Retry as retry:
-            _call_handler(task.on_retry, retry.exc or retry, request.id, args, kwargs, _ExceptionInfo(retry))
+            value, encoded = traced(task, request, encode)
+        except Retry:
             raise
         except BaseException as exc:
-            einfo = _ExceptionInfo(exc)
-            _call_handler(task.on_failure, exc, request.id, args, kwargs, einfo)
-            _call_handler(task.after_return, FAILURE, exc, request.id, args, kwargs, einfo)
             if request.chord and request.group:
                 followups.count_failed_part(request, f"{type(exc).__name__}({str(exc)!r})")
             raise
-        _call_handler(task.on_success, value, request.id, args, kwargs)
-        _call_handler(task.after_return, SUCCESS, value, request.id, args, kwargs, None)
         if followups.has_followers(request):
             followups.follow(request, encoded)
         return value
@@ -444,6 +435,53 @@ def _call_handler(handler: Callable[..., Any], *args: Any) -> None:
         handler(*args)
     except Exception:
         logger.exception("Task handler %s failed", getattr(handler, "__name__", handler))
+
+
+def traced(task: Task, request: Context, after: Callable[[Any], Any] | None = None) -> Any:
+    """Run the task as Celery's tracer does (app/trace.py): ``task_prerun``;
+    the task; then ``on_retry`` + ``task_retry``, ``on_failure`` +
+    ``task_failure`` or ``on_success`` + ``task_success``; ``after_return``;
+    ``task_postrun``.  Returns the value, or ``(value, after(value))`` when
+    ``after`` is given (it runs before success is declared: what it raises
+    fails the task).  Handlers and signal receivers that raise are logged."""
+    task_id, args, kwargs = request.id, request.args, request.kwargs
+    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
+    state: str = FAILURE
+    retval: Any = None
+    einfo: _ExceptionInfo | None = None
+    started = time.monotonic()
+    try:
+        value = execute(task, request)
+        extra = after(value) if after is not None else None
+    except Retry as retry:
+        state, retval, einfo = RETRY, retry, _ExceptionInfo(retry)
+        _call_handler(task.on_retry, retry.exc or retry, task_id, args, kwargs, einfo)
+        signals.task_retry.send(sender=task, request=request, reason=retry, einfo=einfo)
+        raise
+    except BaseException as exc:
+        retval, einfo = exc, _ExceptionInfo(exc)
+        _call_handler(task.on_failure, exc, task_id, args, kwargs, einfo)
+        signals.task_failure.send(
+            sender=task,
+            task_id=task_id,
+            exception=exc,
+            args=args,
+            kwargs=kwargs,
+            traceback=exc.__traceback__,
+            einfo=einfo,
+        )
+        raise
+    else:
+        state, retval = SUCCESS, value
+        _call_handler(task.on_success, value, task_id, args, kwargs)
+        signals.task_success.send(sender=task, result=value, runtime=time.monotonic() - started)
+        return (value, extra) if after is not None else value
+    finally:
+        # Celery calls after_return for every state, RETRY included.
+        _call_handler(task.after_return, state, retval, task_id, args, kwargs, einfo)
+        signals.task_postrun.send(
+            sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=state
+        )
 
 
 def execute(task: Task, request: Context) -> Any:

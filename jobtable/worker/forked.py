@@ -13,12 +13,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any
 
 from .. import telemetry
 from ..db import engine as db_engine
+from . import hooks
 from .cancels import Cancellable
 from .config import WorkerConfig
 from .ledger import Ledger
@@ -73,6 +75,7 @@ def child(
         # Blocked by the supervisor across the fork (main.py): a SIGTERM that
         # came meanwhile is delivered now, to on_term.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+        hooks.fire(hooks.MEMBER_STARTED, socket.gethostname())
         timer = Cancellable(AlarmTimeout(), slot)  # timeouts and cancels (cancels.py)
         member = Member(config, worker_id, slot, timer=timer, should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)

@@ -37,7 +37,7 @@ from ..db import engine as db_engine
 from ..db import operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
-from . import cancels, forked
+from . import cancels, forked, hooks
 from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
@@ -172,11 +172,14 @@ class Supervisor:
         self.scheduler = scheduler
         # listen off means PgBouncer in transaction mode: no session locks.
         self.liveness = Liveness(engine, use_locks=cfg.listen)
+        ready = False
         try:
             self._duty("liveness")
             self._duty("rescue", rescue_first=True)
             for index in range(cfg.processes):
                 self._spawn(index)
+            ready = True
+            hooks.fire(hooks.WORKER_READY, self.hostname)
             while True:
                 self._reap()
                 if not self.handles and self.spare is None and not self.orphans and (
@@ -189,6 +192,8 @@ class Supervisor:
                 self._sleep(TICK)
             self._write_pending()
         finally:
+            if ready:
+                hooks.fire(hooks.WORKER_STOPPED, self.hostname)
             self.liveness.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
