@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import subprocess
+import sys
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +150,23 @@ def test_killed_workers_binding_is_removed_by_a_peer_or_the_next_start(app_modul
         wait_for(lambda: not pidbox_bindings(node) and not queue_rows(node), timeout=30, what="ghost removed")
     finally:
         second.stop()
+
+
+def test_logs_as_a_celery_worker(app_module: Any, tmp_path: Path) -> None:
+    """Celery's worker_log_format, and its received / succeeded / raised lines."""
+    queue = "celery_native_logs"
+    ok = app_module.add.apply_async((1, 2), queue=queue)
+    bad = app_module.explode.apply_async(("boom",), queue=queue)
+    out = subprocess.run(
+        [sys.executable, "-m", "jobtable", "worker", "--celery-app", "tests.celery_native_app:app",
+         "--queue", queue, "--burst", "--max-processes", "1"],
+        env=app_module.env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert f"INFO/MainProcess] Task {app_module.add.name}[{ok.id}] received" in text
+    assert re.search(rf"INFO/MainProcess\] Task {re.escape(app_module.add.name)}\[{ok.id}\] succeeded in [0-9.e-]+s: 3",
+                     text), text
+    assert f"ERROR/MainProcess] Task {app_module.explode.name}[{bad.id}] raised unexpected: ValueError('boom')" in text
+    # jobtable's own lines in the app's format too.
+    assert re.search(r"^\[\d{4}-\d\d-\d\d [0-9:,]+: INFO/MainProcess\] jobtable worker \d+ stopped\.$", text, re.M), text

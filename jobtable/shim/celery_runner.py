@@ -126,6 +126,12 @@ def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) 
     global _app
     app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
     _check_json(app)
+    if control:
+        # As a Celery worker, before anything is traced (the tracer reads
+        # the log level once, when it is built): celery_logging.py.
+        from . import celery_logging
+
+        celery_logging.setup(app)
     app.loader.import_default_modules()  # conf.imports / include, as a Celery worker does
     app.finalize(auto=True)
     app.set_current()
@@ -309,6 +315,10 @@ class CeleryTaskJob:
         revokes_sql.flagged.discard(self.call.task_id)
         if flagged or self.call.task_id in _revoked:
             self._revoke(request)
+        # Each attempt is its own row, received once, as Celery's consumer logs it.
+        from .celery_logging import log_received
+
+        log_received(self.task.name, self.call.task_id, self.call.headers)
         _rate_limit(self.task)
         held = _Held(self.call.task_id) if self.keyed else None
         token = _held.set(held)
