@@ -24,9 +24,10 @@ What the native worker adds around the tracer:
 - ``rate_limit`` is a token bucket per task name in each pool member;
 - ``expires`` is checked by the worker before it prepares a row (CANCELLED,
   which AsyncResult reports as REVOKED);
-- ``app.control.revoke(id)``: each process that runs tasks listens on the
-  app's control exchange (pidbox) and keeps the revoked ids in memory; a
-  revoked task it claims later is recorded REVOKED and never starts;
+- ``app.control.revoke(id)`` is recorded in ``jobtable_revoke`` (by the
+  jobtable broker at publish, and by the worker's control node): a revoked
+  task claimed later is recorded REVOKED and never starts.  The worker
+  answers Celery's remote control as one node (``celery_control.py``);
 - a concurrency key (``apply_async(headers={"concurrency_key": ...})`` or the
   ``concurrency_key=`` task option, see ``use_concurrency_key_option``) has
   the Job API's meaning; a keyed task's ``self.retry()`` is held back from
@@ -42,9 +43,7 @@ import importlib
 import inspect
 import json
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,8 +54,6 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
-from ..db import clock as db_clock
-from ..db import engine as db_engine
 from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
@@ -121,14 +118,20 @@ def _check_json(app: Any) -> None:
         )
 
 
-def install(spec_or_app: Any, *, pool: str = "processes") -> Any:
+def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) -> Any:
     """Load the Celery app and register the runner (idempotent).
 
-    Each process that runs tasks also listens for ``app.control.revoke``
-    (pool members are forked after this: they start their listener then)."""
+    ``control``: this process (the worker's supervisor) answers Celery's
+    remote control as the worker's one node (``celery_control.py``)."""
     global _app
     app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
     _check_json(app)
+    if control:
+        # As a Celery worker, before anything is traced (the tracer reads
+        # the log level once, when it is built): celery_logging.py.
+        from . import celery_logging
+
+        celery_logging.setup(app)
     app.loader.import_default_modules()  # conf.imports / include, as a Celery worker does
     app.finalize(auto=True)
     app.set_current()
@@ -143,10 +146,12 @@ def install(spec_or_app: Any, *, pool: str = "processes") -> Any:
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
-        if pool == "threads":
-            _start_revoke_listener()
-        else:
-            os.register_at_fork(after_in_child=_start_revoke_listener)
+        if control:
+            # One node per worker, in the supervisor (members are forked
+            # after this and do not listen): celery_control.py.
+            from . import celery_control
+
+            celery_control.start(app, pool=pool, revoked_ids=_revoked)
     logger.info("Running the tasks of Celery app %r (%d tasks).", app.main, len(_user_tasks(app)))
     return app
 
@@ -310,6 +315,10 @@ class CeleryTaskJob:
         revokes_sql.flagged.discard(self.call.task_id)
         if flagged or self.call.task_id in _revoked:
             self._revoke(request)
+        # Each attempt is its own row, received once, as Celery's consumer logs it.
+        from .celery_logging import log_received
+
+        log_received(self.task.name, self.call.task_id, self.call.headers)
         _rate_limit(self.task)
         held = _Held(self.call.task_id) if self.keyed else None
         token = _held.set(held)
@@ -460,55 +469,6 @@ def _soft_limit(seconds: float | None) -> Iterator[None]:
 
 # -- revocation --------------------------------------------------------------------------
 
-#: Task ids revoked while this process listened (in memory, like a Celery
-#: worker without --statedb).
+#: Task ids revoked by broadcast while this process listened (in memory,
+#: like a Celery worker without --statedb; the database has them too).
 _revoked: set[str] = set()
-
-
-def _start_revoke_listener() -> None:
-    app = _app
-    if app is None:
-        return
-    hostname = f"jobtable-native@{socket.gethostname()}.{os.getpid()}"
-    thread = threading.Thread(target=_listen, args=(app, hostname), name="jobtable-celery-control", daemon=True)
-    thread.start()
-
-
-def _listen(app: Any, hostname: str) -> None:
-    """Consume the Celery control broadcasts (the app's pidbox) for ``revoke``
-    (and ``ping``, so that ``celery inspect ping`` lists this process)."""
-
-    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **_: Any) -> dict[str, str]:
-        ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        _revoked.update(ids)
-        # terminate=True: the transport recorded a stop mark at publish;
-        # the supervisor stops the running task (worker/cancels.py).
-        return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
-
-    def ping(state: Any, **_: Any) -> dict[str, str]:
-        return {"ok": "pong"}
-
-    def revoked(state: Any, **_: Any) -> list[str]:
-        """``celery inspect revoked``: the ids revoked in the database (what
-        this process honours), plus any heard only by broadcast."""
-        with db_engine.get_engine().connect() as conn:
-            stored = revokes_sql.listed(conn, db_clock.utcnow(), kind=revokes_sql.TASK)
-        return sorted({row.value for row in stored} | _revoked)
-
-    while True:
-        try:
-            with app.connection_for_read() as conn:
-                # Bound to the connection: replies (ping) go out through it.
-                node = app.control.mailbox(conn).Node(hostname, handlers={"revoke": revoke, "ping": ping, "revoked": revoked})
-                consumer = node.listen(channel=conn.channel())
-                try:
-                    while True:
-                        try:
-                            conn.drain_events(timeout=1.0)
-                        except socket.timeout:
-                            pass
-                finally:
-                    consumer.cancel()
-        except Exception as exc:
-            logger.warning("Celery control listener: %s; reconnecting in 1s.", exc)
-            time.sleep(1.0)

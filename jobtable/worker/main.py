@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import middleware
 from ..db import engine as db_engine
-from ..db import operations_sql, workers_sql
+from ..db import bindings_sql, operations_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
 from . import cancels, forked, hooks
@@ -613,6 +613,8 @@ class Supervisor:
                 elif name == "retention":
                     before = now - timedelta(seconds=self.config.results_retention)
                     operations_sql.clear_results(conn, before, batch=500)
+                    # Celery broadcasts past their expiry, e.g. in a dead node's pidbox.
+                    bindings_sql.purge_expired_control(conn, now)
                     self._sweep_ledgers(conn)
                 elif name == "stats":
                     # Logged once (jobtable.stats), not printed too: one timestamped

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from .. import badrows
-from ..db import finish_sql, rescue_sql, tables, workers_sql
+from ..db import bindings_sql, finish_sql, rescue_sql, tables, workers_sql
 from ..messages import decode_task
 from . import ledger
 from .ledger import LedgerState
@@ -247,6 +247,21 @@ def rescue_worker(
     return len(rows)
 
 
+def _remove_control_nodes(conn: Connection, dead: list[str]) -> None:
+    """Dead workers' remote-control queues (``jobtable worker --celery-app``
+    binds one per supervisor): unbound, their waiting messages deleted, once
+    no member of that supervisor is left."""
+    nodes = set()
+    for worker_id in dead:
+        parts = worker_id[len(workers_sql.NATIVE_PREFIX):].rsplit(":", 3)
+        if worker_id.startswith(workers_sql.NATIVE_PREFIX) and len(parts) == 4 and parts[1].isdigit():
+            nodes.add((parts[0], int(parts[1])))
+    alive = {(row.hostname, row.pid) for row in workers_sql.native_workers(conn)}
+    gone = sorted(nodes - alive)
+    if gone and bindings_sql.remove_nodes(conn, gone):
+        logger.info("Removed the remote-control queues of %d dead worker(s).", len(gone))
+
+
 def rescue_dead(conn: Connection, lost_after: float, now: datetime, *, quarantine_after: int | None = None) -> int:
     """Rescue (``rescue_worker``) the rows of native workers silent for
     ``lost_after`` seconds (and of ids with no worker row at all); returns
@@ -258,6 +273,7 @@ def rescue_dead(conn: Connection, lost_after: float, now: datetime, *, quarantin
         why = f"worker {worker_id} stopped sending heartbeats (none for {lost_after:g} s)"
         total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
     workers_sql.delete_workers(conn, dead)
+    _remove_control_nodes(conn, dead)
     for worker_id in rescue_sql.orphan_workers(conn, before):
         why = f"worker {worker_id} has no heartbeat row"
         total += rescue_worker(conn, worker_id, now, why=why, quarantine_after=quarantine_after)
@@ -275,4 +291,5 @@ def rescue_known_dead(
     for worker_id in dead:
         total += rescue_worker(conn, worker_id, now, why=f"worker {worker_id} {why}", quarantine_after=quarantine_after)
     workers_sql.delete_workers(conn, dead)
+    _remove_control_nodes(conn, dead)
     return total
