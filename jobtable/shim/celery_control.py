@@ -32,6 +32,7 @@ import resource
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -70,6 +71,50 @@ class Handlers(dict[str, Callable[..., Any]]):
         return lambda state, **_: unsupported(command)
 
 
+class _ForkGuard:
+    """Keeps the supervisor's forks out of the control thread's database calls.
+
+    The pool members are forked from the supervisor while this thread runs.
+    A fork taken while the thread is inside a driver call copies that call's
+    locks held (SQLite's global VFS mutex, a pool's mutex) into the child,
+    which then hangs in its first connect for good. The thread holds this
+    guard around each of its calls; ``os.fork`` takes it first (an at-fork
+    hook), so a fork waits for the call in progress (at most one
+    ``drain_events`` timeout) and the thread waits while a fork is wanted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+
+    def register(self) -> None:
+        os.register_at_fork(before=self._before, after_in_parent=self._after_parent, after_in_child=self._after_child)
+
+    def _before(self) -> None:
+        self._wanted.set()
+        self._lock.acquire()
+
+    def _after_parent(self) -> None:
+        self._wanted.clear()
+        self._lock.release()
+
+    def _after_child(self) -> None:
+        # The child has no control thread; a fresh guard for forks of its own.
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+
+    def __enter__(self) -> None:
+        while self._wanted.is_set():  # a fork is waiting: let it go first
+            time.sleep(0.001)
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+#: How long one guarded ``drain_events`` may hold a fork back (seconds).
+_DRAIN_TIMEOUT = 0.1
+
+
 class ControlNode:
     """The worker's node: its name, its handlers, and the thread that serves them."""
 
@@ -86,6 +131,7 @@ class ControlNode:
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
+        self._guard = _ForkGuard()
         #: Task ids revoked by broadcast while listening (the threads pool's members read it).
         self.revoked_ids: set[str] = set() if revoked_ids is None else revoked_ids
 
@@ -93,6 +139,7 @@ class ControlNode:
 
     def start(self) -> None:
         self.remove_dead_nodes()
+        self._guard.register()
         self._thread = threading.Thread(target=self._serve, name="jobtable-celery-control", daemon=True)
         self._thread.start()
         # The pool is forked after this: let the thread's set-up (connect,
@@ -123,9 +170,11 @@ class ControlNode:
             logger.warning("Could not remove the remote-control queues of stopped workers: %s", exc)
 
     def _serve(self) -> None:
+        guard = self._guard
         while not self._stop.is_set():
             try:
-                with self.app.connection_for_read() as conn:
+                with guard:
+                    conn = self.app.connection_for_read()
                     mailbox = self.app.control.mailbox(conn)
                     # Replies through this connection, never the app's
                     # producer pool: the pool members are forked from this
@@ -133,15 +182,20 @@ class ControlNode:
                     mailbox._producer_pool = None
                     node = mailbox.Node(self.name, state=None, handlers=self.handlers())
                     consumer = node.listen(channel=conn.channel())
-                    self._listening.set()
-                    try:
-                        while not self._stop.is_set():
+                self._listening.set()
+                try:
+                    while not self._stop.is_set():
+                        with guard:
                             try:
-                                conn.drain_events(timeout=0.5)
+                                conn.drain_events(timeout=_DRAIN_TIMEOUT)
                             except socket.timeout:
                                 pass
-                    finally:
-                        consumer.cancel()
+                finally:
+                    with guard:
+                        try:
+                            consumer.cancel()
+                        finally:
+                            conn.release()
             except Exception as exc:
                 if self._stop.is_set():
                     return
