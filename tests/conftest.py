@@ -202,6 +202,23 @@ def _restore_jobtable_environment() -> Iterator[None]:
     settings.reset()
 
 
+@pytest.fixture(autouse=True)
+def _shim_current_app(request: pytest.FixtureRequest) -> Iterator[None]:
+    """``@shared_task`` tasks use the current app, and importing any test app
+    module makes its app current -- so which one is current would depend on
+    the order xdist collects modules.  A test module that uses the tasks of
+    tests/shim_tasks.py gets that module's app; every test gets back the app
+    that was current before it."""
+    from jobtable.shim import current
+
+    saved = current._current
+    shim_tasks = sys.modules.get("tests.shim_tasks")
+    if shim_tasks is not None and any(value is shim_tasks for value in vars(request.module).values()):
+        shim_tasks.app.set_current()
+    yield
+    current._current = saved
+
+
 @pytest.fixture
 def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)

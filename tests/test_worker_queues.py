@@ -31,7 +31,9 @@ def _send(log: Path) -> None:
 
 
 def _warnings(out: str) -> list[str]:
-    return [line for line in out.splitlines() if " WARNING " in line]
+    # jobtable's own format ("... WARNING [pid] ...") or, under --celery-app,
+    # Celery's ("[...: WARNING/MainProcess] ...").
+    return [line for line in out.splitlines() if " WARNING " in line or ": WARNING/" in line]
 
 
 def test_without_queue_it_consumes_where_the_shim_tasks_route(
