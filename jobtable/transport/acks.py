@@ -30,8 +30,18 @@ from collections.abc import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
-#: Pause before writing again after the database refused a batch.
-RETRY_DELAY = 1.0
+#: Pauses before writing again after the database refused a batch: short
+#: at first, so acks held through a brief outage (a server restart takes a
+#: fraction of a second) are on the table soon after it ends -- an ack still
+#: buffered when the consumer dies is a task run twice -- then at most one
+#: attempt a second while the database stays away.
+FIRST_RETRY_DELAY = 0.05
+MAX_RETRY_DELAY = 1.0
+
+
+def retry_delay(failures: int) -> float:
+    """The pause after ``failures`` failed writes in a row (>= 1)."""
+    return min(MAX_RETRY_DELAY, FIRST_RETRY_DELAY * 2 ** min(max(failures, 1) - 1, 16))
 
 _buffers: weakref.WeakSet[AckBuffer] = weakref.WeakSet()
 
@@ -93,6 +103,7 @@ class AckBuffer:
                 self._cond.notify_all()
 
     def _run(self) -> None:
+        failures = 0
         while True:
             with self._cond:
                 while not self._ids and not self._closed:
@@ -108,10 +119,13 @@ class AckBuffer:
             failed = False
             try:
                 self._write(ids)
+                failures = 0
             except Exception as exc:
                 # Kept for the next try; if the database stays away past the
                 # lease, the rows are recovered and this DELETE matches nothing.
-                logger.warning("jobtable: could not write %d ack(s), retrying: %s", len(ids), exc)
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning("jobtable: could not write %d ack(s), retrying: %s", len(ids), exc)
                 failed = True
             with self._cond:
                 self._writing = False
@@ -119,7 +133,7 @@ class AckBuffer:
                     self._ids[:0] = ids
                 self._cond.notify_all()
                 if failed and not self._closed:
-                    self._cond.wait(RETRY_DELAY)
+                    self._cond.wait(retry_delay(failures))
 
 
 def _after_fork_in_child() -> None:
