@@ -6,6 +6,7 @@ where tasks append one line per run).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -23,7 +24,8 @@ QUEUE = "transport_tests"
 
 app = Celery("jt_test", broker="jobtable+" + os.environ["JOBTABLE_DATABASE_URL"])
 app.conf.update(
-    broker_transport_options=dict(FAST_OPTIONS),
+    # JT_TRANSPORT_OPTIONS (JSON): a test's own options on top of the fast ones.
+    broker_transport_options={**FAST_OPTIONS, **json.loads(os.environ.get("JT_TRANSPORT_OPTIONS", "{}"))},
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
     worker_hijack_root_logger=False,

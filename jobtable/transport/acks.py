@@ -41,7 +41,8 @@ MAX_RETRY_DELAY = 1.0
 
 def retry_delay(failures: int) -> float:
     """The pause after ``failures`` failed writes in a row (>= 1)."""
-    return min(MAX_RETRY_DELAY, FIRST_RETRY_DELAY * 2 ** min(max(failures, 1) - 1, 16))
+    delay: float = min(MAX_RETRY_DELAY, FIRST_RETRY_DELAY * 2 ** min(max(failures, 1) - 1, 16))
+    return delay
 
 _buffers: weakref.WeakSet[AckBuffer] = weakref.WeakSet()
 

@@ -59,6 +59,10 @@ class TransportOptions:
     #: Seconds to wait for the database server to answer a new connection
     #: (0: Kombu's connect_timeout, i.e. Celery's broker_connection_timeout).
     connect_timeout: float = 0.0
+    #: Seconds a consumer rides out an unreachable database before Kombu is
+    #: told (and reconnects, dropping the channel's deliveries): see
+    #: ``outage.py``.  Capped at a third of ``lease_seconds``; 0 reports at once.
+    outage_grace: float = 10.0
 
     @classmethod
     def from_mapping(cls, options: dict[str, Any] | None) -> TransportOptions:
@@ -78,7 +82,17 @@ class TransportOptions:
                 f"{TIMEOUT_OPTION} must be from 0 (use broker_connection_timeout) to 3600 seconds, "
                 f"not {parsed.connect_timeout:g}."
             )
+        if not 0 <= parsed.outage_grace <= 3600:  # NaN fails too
+            raise ConfigurationError(
+                "broker_transport_options['outage_grace'] must be from 0 (report an outage to Kombu at once) "
+                f"to 3600 seconds, not {parsed.outage_grace!r}."
+            )
         return parsed
+
+    @property
+    def outage_grace_seconds(self) -> float:
+        """The grace in effect: never more than a third of the lease."""
+        return min(self.outage_grace, self.lease_seconds / 3)
 
     @property
     def renew_interval(self) -> float:

@@ -38,6 +38,7 @@ from .exchange import BindingCache
 from .leases import LeaseKeeper
 from .liveness import LOCK_MARK
 from .options import TransportOptions, connect_of
+from .outage import OutageGrace
 from .protocol import row_id
 from .started import connect_signals
 from .wakeup import Waiter, make_waiter
@@ -122,6 +123,8 @@ class Transport(virtual.Transport):
         self._promotions = 0
         #: Acked row ids waiting for their (batched) DELETE.
         self.acks = AckBuffer(self._delete_acked)
+        #: Consumers keep their channel through a brief outage (outage.py).
+        self.outage = OutageGrace(self.options.outage_grace_seconds)
         #: (task_id, queue) of publishes whose commit outcome is unknown.
         self._uncertain_publishes: set[tuple[str, str]] = set()
         # With LISTEN/NOTIFY there is a file descriptor to watch, so Celery
@@ -358,8 +361,18 @@ class Transport(virtual.Transport):
         for _ in range(len(self.channels) + 1):
             try:
                 self.cycle.get(self._deliver, timeout=0)
+                self.outage.ok()
             except Empty:
+                self.outage.ok()
                 break
+            except self.connection_errors as exc:
+                pause = self.outage.pause_after(exc)
+                if pause is None:
+                    raise
+                # Riding out an outage: the hub's timer would look again only
+                # after the polling interval.
+                loop.call_later(pause, self._on_event, loop)
+                return
         else:
             # More may be ready: let the loop run the pool in between.
             loop.call_soon(self._drain_nowait, loop)
@@ -409,13 +422,19 @@ class Transport(virtual.Transport):
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             assert self.cycle is not None
+            pause = None
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
+                self.outage.ok()
                 return
             except Empty:
-                pass
+                self.outage.ok()
+            except self.connection_errors as exc:
+                pause = self.outage.pause_after(exc)
+                if pause is None:
+                    raise
             now = monotonic()
-            wait = self._poll_interval()
+            wait = self._poll_interval() if pause is None else pause
             if self._next_promote > now:
                 wait = min(wait, self._next_promote - now)
             if deadline is not None:

@@ -1,0 +1,82 @@
+"""Riding out a brief database outage without losing the consumer's channel.
+
+On RabbitMQ or Redis a lost connection means lost deliveries: the broker
+requeues what the consumer held, so Kombu and Celery reconnect and start
+over, and an ``acks_late`` task that finishes meanwhile cannot be acked --
+it runs again.  Here nothing is lost with the connection: a consumer's
+messages are rows it holds under a lease (``lease_seconds``), and its acks
+wait in a buffer that retries (``acks.py``).  Raising the database's error to
+Celery at once would make Celery close the channel and hand back, or leave
+to their lease, messages whose tasks are still running -- tasks that then
+run twice (the kill/restart benchmark found 2-4 per PostgreSQL restart).
+
+So for the first ``outage_grace`` seconds of an outage the consumer's
+``drain_events`` reports "nothing yet" (Kombu's ``socket.timeout``) and
+tries again, with short pauses; the channel, its deliveries and its
+pending acks stay valid.  Past the grace the error goes to Kombu, which
+reconnects as before.  The grace is capped at a third of the lease, so a
+consumer riding out an outage never holds rows whose lease its renewals
+could not keep.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+
+logger = logging.getLogger(__name__)
+
+#: Pauses between tries during an outage: short at first (a restart lasts a
+#: fraction of a second), then at most this long.
+FIRST_PAUSE = 0.05
+MAX_PAUSE = 1.0
+
+
+class OutageGrace:
+    """Whether the consumer keeps waiting through a failed claim, and how long
+    it pauses before the next try.  Used from one consuming thread."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._since: float | None = None
+        self._failures = 0
+
+    def ok(self) -> None:
+        """A claim reached the database: the outage (if any) is over."""
+        if self._since is not None:
+            logger.warning(
+                "jobtable: the database answers again after %.1f s; the consumer kept its messages.",
+                monotonic() - self._since,
+            )
+        self._since = None
+        self._failures = 0
+
+    def pause_after(self, exc: BaseException) -> float | None:
+        """The pause before trying again after ``exc`` (a connection error),
+        or None once the outage has lasted past the grace (raise it then)."""
+        now = monotonic()
+        if self._since is None:
+            self._since = now
+            if self.grace > 0:
+                logger.warning(
+                    "jobtable: the database is unreachable (%s); the consumer keeps its messages "
+                    "and retries for up to %.1f s (broker_transport_options['outage_grace']) before reconnecting.",
+                    _first_line(exc),
+                    self.grace,
+                )
+        if now - self._since >= self.grace:
+            self._since = None
+            self._failures = 0
+            return None
+        self._failures += 1
+        pause: float = min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(self._failures - 1, 16), self._since + self.grace - now)
+        return pause
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    try:
+        text = str(orig if orig is not None else exc)
+    except Exception:  # an error whose text cannot be made: its type says enough
+        text = ""
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
