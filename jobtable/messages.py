@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .db import tables
+from . import states
 
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _repr = reprlib.Repr()
@@ -143,7 +143,7 @@ def row_values(envelope: dict[str, Any], queue: str, now: datetime, message: str
         "task_name": str(headers.get("task") or ""),
         "queue": queue,
         "priority": int(properties.get("priority") or 0),
-        "state": tables.SCHEDULED if run_at > now else tables.PENDING,
+        "state": states.SCHEDULED if run_at > now else states.PENDING,
         "run_at": run_at,
         "expires_at": parse_time(headers.get("expires")),
         "concurrency_key": key,

@@ -7,7 +7,7 @@ or raises a ``ConfigurationError`` that names the setting, where the value
 came from, the value (database URLs with their password masked) and the fix.
 
 This module imports nothing of jobtable's above ``exceptions`` and ``cron``
-(the database URL check imports ``db.urls`` lazily).
+and ``dburls`` (the database URL check).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .cron import CronError, CronExpression
+from .dburls import normalize_url
 from .exceptions import ConfigurationError
 
 ENV_PREFIX = "JOBTABLE_"
@@ -374,7 +375,6 @@ def _url(rule: Rule, value: Any, source: Source) -> str:
     text = _string(value).strip()
     if not text:
         raise _Invalid("it is empty")
-    from .db.urls import normalize_url
 
     try:
         parsed = normalize_url(text)

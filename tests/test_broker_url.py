@@ -17,7 +17,7 @@ from kombu.utils.url import parse_url
 from sqlalchemy.engine import URL, make_url
 
 from jobtable.db import engine as db_engine
-from jobtable.db import urls
+from jobtable import dburls as urls
 from jobtable.exceptions import ConfigurationError, DatabaseUnavailable
 from jobtable.transport import brokerurl
 

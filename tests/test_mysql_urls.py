@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobtable.db import urls
+from jobtable import dburls as urls
 from jobtable.exceptions import ConfigurationError
 
 

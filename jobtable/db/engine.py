@@ -21,10 +21,11 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
-from . import connect_options, urls
+from .. import dburls as urls
+from . import connect_options
 
 URL_EXAMPLES = urls.URL_EXAMPLES
-# Parsing lives in urls.py (below settings); kept here for callers.
+# Parsing lives in dburls.py (below settings); kept here for callers.
 normalize_url = urls.normalize_url
 
 _lock = threading.Lock()

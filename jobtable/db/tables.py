@@ -22,6 +22,21 @@ from sqlalchemy import (
     text,
 )
 
+# The state and status names live below this module and messages.py, which
+# builds rows in them (states.py); they are read here as tables.PENDING & co.
+from ..states import (
+    CANCELLED as CANCELLED,
+    DEAD_LETTER as DEAD_LETTER,
+    DEFERRED as DEFERRED,
+    ERRORED as ERRORED,
+    LOST as LOST,
+    PENDING as PENDING,
+    QUARANTINED as QUARANTINED,
+    RESULT_STATUSES as RESULT_STATUSES,
+    RUNNING as RUNNING,
+    SCHEDULED as SCHEDULED,
+    SUCCESSFUL as SUCCESSFUL,
+)
 from .types import BigIntPK, UTCDateTime
 
 metadata = MetaData(
@@ -32,12 +47,6 @@ metadata = MetaData(
     }
 )
 
-#: Request states.  ``scheduled`` rows are not yet due and live outside the
-#: claim index, so a million future jobs cost the claim nothing; a cheap
-#: promotion step turns them into ``pending`` when they are due.
-SCHEDULED = "scheduled"
-PENDING = "pending"
-RUNNING = "running"
 
 #: The dialects with partial indexes (``WHERE`` in CREATE INDEX); MySQL
 #: gets indexes that lead with the column the predicate tests instead.
@@ -153,19 +162,6 @@ request = Table(
     Index("ix_jobtable_request_task_id", "task_id"),
 )
 
-# Result statuses.
-SUCCESSFUL = "SUCCESSFUL"
-ERRORED = "ERRORED"
-CANCELLED = "CANCELLED"
-LOST = "LOST"
-DEFERRED = "DEFERRED"
-#: Terminal statuses of poison: a job that killed its worker process
-#: ``worker_quarantine_after`` times, and a row whose message cannot be decoded
-#: (a dead letter).  Both keep the message, are never claimed again, and can be
-#: re-queued by hand (``jobtable retry``, the dashboard).
-QUARANTINED = "QUARANTINED"
-DEAD_LETTER = "DEAD_LETTER"
-RESULT_STATUSES = (SUCCESSFUL, ERRORED, CANCELLED, LOST, DEFERRED, QUARANTINED, DEAD_LETTER)
 
 result = Table(
     "jobtable_result",

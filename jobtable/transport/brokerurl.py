@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote
 from sqlalchemy.engine import URL
 
 from ..db import engine as db_engine
-from ..db import urls
+from .. import dburls as urls
 from ..exceptions import ConfigurationError
 
 PREFIX = "jobtable+"

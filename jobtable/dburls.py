@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ..exceptions import ConfigurationError
+from .exceptions import ConfigurationError
 
 #: Query parameters libpq reads as secrets (``?password=`` works too).
 SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
