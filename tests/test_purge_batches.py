@@ -121,6 +121,21 @@ def test_a_terminal_shows_progress_on_stderr_and_stdout_keeps_the_summary(
     assert requests() == [] and results() == []
 
 
+def test_migrate_on_a_terminal_shows_each_revision_as_it_is_applied(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    from jobtable.db.migrate import known_revisions
+
+    env = dict(subprocess_env, JOBTABLE_DATABASE_URL=f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    (tmp_path / "new.sqlite3").touch()  # an empty database: every revision runs
+    code, out, err = _cli(env, "migrate", stderr_tty=True)
+    assert code == 0 and "migrated from empty" in out, (out, err)
+    applied = [line.split()[1] for line in err.splitlines() if line.strip().startswith("applied ")]
+    assert applied == sorted(known_revisions()) and len(applied) >= 6, err
+    code, out, err = _cli(env, "migrate")  # piped: nothing but the summary
+    assert code == 0 and "schema is up to date" in out and err == ""
+
+
 def test_purge_beside_a_running_worker_loses_and_doubles_nothing(
     db_url: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -40,7 +40,14 @@ def migrate() -> None:
     # Alembic runs a revision as one step: no count to show, but a person at
     # a terminal learns that a long wait (a big jobtable_result) is expected.
     note(f"Migrating {db_engine.describe(engine)} (on millions of results this can take minutes)...")
-    before, after = db_migrate.upgrade(engine)
+    last = [started]
+
+    def applied(revision: str, title: str) -> None:
+        now = time.monotonic()
+        note(f"  applied {revision}{f' ({title})' if title else ''} in {now - last[0]:.1f}s")
+        last[0] = now
+
+    before, after = db_migrate.upgrade(engine, on_applied=applied)
     note(f"Done in {time.monotonic() - started:.1f}s.")
     where = db_engine.describe(engine)
     if before == after:

@@ -8,8 +8,9 @@ schema check every process makes reads revisions through ``revisions.py``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
@@ -44,8 +45,12 @@ def too_new(where: str, revision: str) -> SchemaTooNew:
     )
 
 
-def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
-    """Upgrade the schema; returns (revision before, revision after)."""
+def upgrade(
+    engine: Engine, revision: str = "head", on_applied: Callable[[str, str], None] | None = None
+) -> tuple[str | None, str]:
+    """Upgrade the schema; returns (revision before, revision after).
+    ``on_applied(revision, title)`` is called after each revision's step
+    (``jobtable migrate`` shows them on a terminal)."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
@@ -54,10 +59,24 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
             raise too_new(engine.url.render_as_string(hide_password=True), before)
         from alembic import command
 
-        command.upgrade(alembic_config(conn), revision)
+        config = alembic_config(conn)
+        if on_applied is not None:
+            config.attributes["on_version_apply"] = _step_reporter(on_applied)
+        command.upgrade(config, revision)
         after = current_revision(conn)
     assert after is not None
     return before, after
+
+
+def _step_reporter(on_applied: Callable[[str, str], None]) -> Callable[..., None]:
+    """Alembic's ``on_version_apply`` hook, reduced to (revision, title)."""
+
+    def report(*, step: Any, **_: Any) -> None:
+        revision = getattr(step, "up_revision_id", None) or "?"
+        title = (getattr(step, "doc", None) or "").strip().splitlines()
+        on_applied(str(revision), title[0] if title else "")
+
+    return report
 
 
 def downgrade(engine: Engine, revision: str) -> None:
