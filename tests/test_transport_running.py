@@ -113,7 +113,7 @@ def rows_of_queue(db_url: str) -> list[Any]:
     return rows(db_url, QUEUE)
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads"])  # started in a child process / in the consumer's
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])  # a child process starts it / the consumer
 def test_acks_late_the_running_task_is_running_and_the_prefetched_are_claimed(
     db_url: str, celery_env: dict[str, str], app: object, tmp_path: Path, pool: str  # noqa: F811
 ) -> None:
