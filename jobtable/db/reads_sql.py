@@ -27,12 +27,22 @@ SHOWN_STATES = (tables.SCHEDULED, tables.PENDING, CLAIMED, tables.RUNNING)
 
 
 def started() -> ColumnElement[bool]:
-    """The request has really started: a worker's heartbeat row reports it
-    as the job its member runs right now (``jobtable_worker.running_id``,
-    written by the supervisor's heartbeat -- no write per job).  A dead
-    worker's row goes when it is rescued, so only live workers count."""
+    """The request has really started -- not only been fetched in a batch:
+
+    - a native worker's: its heartbeat row reports it as the job its member
+      runs right now (``jobtable_worker.running_id``, written by the
+      supervisor's heartbeat -- no write per job);
+    - a Kombu consumer's (a row with a lease): ``started_at`` is set, which
+      the transport does only once the consumer reports the task started
+      (a Celery worker's ``task_prerun``, batched by its lease thread:
+      ``transport_sql.transport_mark_started``); delivery leaves it NULL.
+
+    A dead worker's row goes when it is rescued, a dead consumer's messages
+    go back to pending (``started_at`` cleared) when its lease is
+    recovered, so only live workers count."""
     reported = select(tables.worker.c.running_id).where(tables.worker.c.running_id.is_not(None))
-    return request.c.id.in_(reported)
+    by_consumer = and_(request.c.lease_expires_at.is_not(None), request.c.started_at.is_not(None))
+    return or_(request.c.id.in_(reported), by_consumer)
 
 
 def _states_condition(states: Iterable[str], split_running: bool) -> ColumnElement[bool]:

@@ -29,19 +29,21 @@ def transport_claim(
     limit: int,
     *,
     consumer_id: str,
-    now: datetime,
     lease_expires_at: datetime,
     async_commit: bool = False,
 ) -> list[Row[Any]]:
     """Claim up to ``limit`` pending messages of ``queues`` for a consumer,
-    counting the delivery (``deliveries > 1`` means redelivered)."""
+    counting the delivery (``deliveries > 1`` means redelivered).
+
+    ``started_at`` stays NULL: a delivered message may only be prefetched
+    (Celery holds several per process); it is set when the consumer reports
+    that the task really started (``transport_mark_started``)."""
     if conn.dialect.name == "postgresql":
         return dialects.transport_claim_pg(
             conn,
             queues,
             limit,
             consumer_id=consumer_id,
-            now=now,
             lease_expires_at=lease_expires_at,
             async_commit=async_commit,
         )
@@ -52,7 +54,7 @@ def transport_claim(
         limit,
         {
             "worker_id": consumer_id,
-            "started_at": now,
+            "started_at": None,
             "lease_expires_at": lease_expires_at,
             "deliveries": request.c.deliveries + 1,
         },
@@ -109,6 +111,20 @@ def transport_renew(
         update(request)
         .where(*_held(ids, consumer_id), *_maybe_async(conn, async_commit))
         .values(lease_expires_at=until)
+    )
+    return conn.execute(stmt).rowcount
+
+
+def transport_mark_started(
+    conn: Connection, ids: Sequence[int], consumer_id: str, now: datetime, async_commit: bool = False
+) -> int:
+    """Held messages whose task really started (a Celery worker's
+    ``task_prerun``, batched by the lease thread): ``started_at`` set once,
+    which makes them "running" rather than "claimed" (reads_sql.started)."""
+    stmt = (
+        update(request)
+        .where(*_held(ids, consumer_id), request.c.started_at.is_(None), *_maybe_async(conn, async_commit))
+        .values(started_at=now)
     )
     return conn.execute(stmt).rowcount
 

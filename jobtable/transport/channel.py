@@ -226,7 +226,6 @@ class Channel(virtual.Channel):
                 queues,
                 limit,
                 consumer_id=consumer,
-                now=now,
                 lease_expires_at=lease,
                 async_commit=transport.async_commit,
             )

@@ -10,6 +10,12 @@ consumer's heartbeat row in ``jobtable_worker`` (kind "kombu"), so that the
 dashboard lists Celery workers beside native ones.  A dead Celery
 consumer's messages that it only prefetched go back without counting a crash
 (its same-host ledger, ``started.py``, lists the tasks it started).
+
+The ledger also tells what is running: every half second the thread reads
+the deliveries its Celery worker's processes started since the last look and
+marks those it still holds started (``started_at``) in one UPDATE -- a write
+per half second at most, none per task -- so reads show them "running" and
+the rest of the prefetched batch "claimed" (``db/reads_sql.started``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ..db import clock, deadletters, leases_sql, transport_sql, workers_sql
 from ..settings import get_settings
 from ..db.dialects import wake_queues
 from . import liveness, started
-from .protocol import TransportAPI
+from .protocol import TransportAPI, row_id
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ class LeaseKeeper:
         self._pid = 0
         self._lock = threading.Lock()
         self._liveness: liveness.ConsumerLiveness | None = None
+        #: The consumer's ledger, read for newly started deliveries (Celery).
+        self._tail: started.Tail | None = None
+        #: Started deliveries not yet written (the database was away).
+        self._unreported: set[str] = set()
 
     def start(self) -> None:
         """Start the thread in this process (once; again after a fork)."""
@@ -74,6 +84,8 @@ class LeaseKeeper:
                 # A Celery worker's consumer: its tasks' starts are recorded
                 # so that a peer counts crashes only for those (started.py).
                 started.create(transport.consumer_id)
+                self._tail = started.Tail(transport.consumer_id)
+                self._unreported = set()
             # The lock first: peers must never see this consumer's row unlocked.
             self._liveness = liveness.ConsumerLiveness(
                 transport.engine, use_locks=liveness.holds_lock(transport.consumer_id)
@@ -110,6 +122,7 @@ class LeaseKeeper:
         next_upkeep = monotonic() + tick
         while not self._stop.wait(min(tick, liveness.EVERY)):
             try:
+                self.report_started()
                 self.recover_dead()
                 now = monotonic()
                 if now < next_upkeep:
@@ -139,6 +152,34 @@ class LeaseKeeper:
                 chunk = ids[start : start + RENEW_CHUNK]
                 renewed += transport_sql.transport_renew(conn, chunk, transport.consumer_id, until, transport.async_commit)
         return renewed
+
+    def report_started(self) -> int:
+        """Mark started the held messages whose tasks began since the last
+        call (one UPDATE; nothing when none did).  Returns the rows marked."""
+        tail = self._tail
+        if tail is None:
+            return 0
+        self._unreported |= tail.new_tags()
+        if not self._unreported:
+            return 0
+        transport = self._transport
+        # Acked (early ack: Celery's default acks as the task starts) or
+        # given back meanwhile: nothing to show, the row is gone or pending.
+        tags = self._unreported & transport.held_tags()
+        self._unreported = tags
+        if not tags:
+            return 0
+        ids = sorted({row_id(tag) for tag in tags})
+        marked = 0
+        now = clock.utcnow()
+        with transport.write_connection() as conn:
+            for start in range(0, len(ids), RENEW_CHUNK):
+                chunk = ids[start : start + RENEW_CHUNK]
+                marked += transport_sql.transport_mark_started(
+                    conn, chunk, transport.consumer_id, now, transport.async_commit
+                )
+        self._unreported = set()
+        return marked
 
     def heartbeat(self) -> None:
         """Refresh this consumer's row in ``jobtable_worker``."""

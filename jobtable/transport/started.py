@@ -18,6 +18,15 @@ fsync: the page cache keeps it when the processes are killed.  A peer on
 the same host that recovers the dead consumer's leases reads the ids and
 counts a crash only for messages that were started (``leases.py``).
 
+The same record tells the living consumer what to show as running: each
+start is a record of two lines written at once, the task id and then
+``TAG_MARK`` and the message's delivery tag (``<row id>:<delivery>``, empty
+when Celery did not pass it on).  The consumer's lease thread reads the new
+records of its ledger every half second (``Tail``) and marks the rows it
+still holds started, in one UPDATE (``leases.LeaseKeeper.report_started``).
+A tag names one delivery, so a message delivered again (a requeue, Celery's
+retry under the same task id) is not taken as started before it starts again.
+
 Without a ledger -- a consumer on another host, a plain Kombu consumer (no
 Celery loaded), a Celery worker killed before any task started, a message
 that is not a Celery task (no ``task`` header) -- every held message counts
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -49,11 +59,16 @@ PREFIX = "kombu-"
 ROTATE_AT = 64 * 1024
 #: A directory of a dead pid nobody recovered is removed after this long.
 STALE_AFTER = 3600.0
+#: Starts the second line of a record, the delivery tag.  (A ledger reader
+#: of an older version takes that line for one more task id: no harm.)
+TAG_MARK = "#"
+#: What a delivery tag of this transport looks like (channel._payload).
+_TAG = re.compile(r"[0-9]{1,20}:[0-9]{1,10}")
 
 _lock = threading.Lock()
 #: Task ids started in this process and not finished (thread and green
-#: pools run several at once).
-_running: set[str] = set()
+#: pools run several at once), with the ledger lines written for them.
+_running: dict[str, str] = {}
 _connected = False
 
 
@@ -139,12 +154,32 @@ def read(consumer_id: str) -> set[str] | None:
         for item in path.iterdir():
             if item.name.isdigit():
                 writers += 1
-                started.update(line for line in item.read_text(errors="replace").splitlines() if line)
+                # Bytes: read_text's universal newlines would split at "\r".
+                started.update(_task_ids(item.read_bytes().decode("utf-8", "replace")))
     except OSError:
         return None
     # A ledger that never saw a task start is no evidence (the consumer may
     # not be a Celery worker's, or died before its first task).
     return started if writers else None
+
+
+def _task_ids(text: str) -> list[str]:
+    """The task ids of a ledger file: the first line of each record.  Split
+    at "\n" only (``str.splitlines`` also splits at characters a task id may
+    hold: \x1c-\x1e, \x85, \u2028...).  Only a second line that is a tag
+    line is left out, so that a file of task ids alone (written by an older
+    version) loses none, and a task id that looks like a tag line is kept
+    (a kept line too many can only count a crash, never hide one)."""
+    lines = text.split("\n")
+    return [
+        line
+        for index, line in enumerate(lines)
+        if line and not (index % 2 and line.startswith(TAG_MARK) and _is_tag(line[len(TAG_MARK):]))
+    ]
+
+
+def _is_tag(text: str) -> bool:
+    return not text or _TAG.fullmatch(text) is not None
 
 
 def any_ledger() -> bool:
@@ -202,14 +237,21 @@ def _ledger_dirs() -> list[Path]:
     return own or [path for pid, path in found if pid == parent]
 
 
-def task_started(task_id: str) -> None:
+def task_started(task_id: str, delivery_tag: str | None = None) -> None:
+    """Record that this process starts ``task_id`` (delivered as
+    ``delivery_tag`` when known: what the consumer reports as running)."""
+    # One record, always two lines: a task id cannot add lines of its own
+    # (its newlines are replaced: such an id matches no row in ``read``,
+    # as before), so a tag line is always a record's second.
+    tag = delivery_tag if isinstance(delivery_tag, str) and _TAG.fullmatch(delivery_tag) else ""
+    line = f"{task_id.replace(chr(10), ' ')}\n{TAG_MARK}{tag}\n"
     with _lock:
-        _running.add(task_id)
+        _running[task_id] = line
         for path in _ledger_dirs():
-            _append(path, task_id)
+            _append(path, line)
 
 
-def _append(path: Path, task_id: str) -> None:
+def _append(path: Path, line: str) -> None:
     """One write, to this process's file (called under ``_lock``)."""
     if not (path / OWNER).exists():
         return
@@ -217,7 +259,7 @@ def _append(path: Path, task_id: str) -> None:
     try:
         fd = os.open(mine, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, f"{task_id}\n".encode("utf-8", "surrogatepass"))
+            os.write(fd, line.encode("utf-8", "surrogatepass"))
             size = os.fstat(fd).st_size
         finally:
             os.close(fd)
@@ -225,7 +267,7 @@ def _append(path: Path, task_id: str) -> None:
             # Only the running tasks matter; finished ones were (or will
             # be) acked, and a redelivery of one is not a crash.
             tmp = path / f".{os.getpid()}"
-            tmp.write_text("".join(f"{t}\n" for t in _running))
+            tmp.write_bytes("".join(_running.values()).encode("utf-8", "surrogatepass"))
             os.replace(tmp, mine)
     except OSError as exc:
         logger.warning("jobtable: could not record a started task: %s", exc)
@@ -233,17 +275,82 @@ def _append(path: Path, task_id: str) -> None:
 
 def task_finished(task_id: str) -> None:
     with _lock:
-        _running.discard(task_id)
+        _running.pop(task_id, None)
 
 
-def _on_prerun(task_id: str | None = None, **_: Any) -> None:
-    if task_id:
-        task_started(task_id)
+def _delivery_tag(task: Any) -> str | None:
+    """The delivery tag of the message ``task`` runs from: Celery passes
+    the message's properties to the process running it (``request.properties``)."""
+    try:
+        properties = getattr(task.request, "properties", None)
+        tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
+    except Exception:  # noqa: BLE001  (a task class of its own; the id is still recorded)
+        return None
+    return tag if isinstance(tag, str) else None
+
+
+def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task_id and isinstance(task_id, str):
+        task_started(task_id, _delivery_tag(task))
 
 
 def _on_postrun(task_id: str | None = None, **_: Any) -> None:
     if task_id:
         task_finished(task_id)
+
+
+class Tail:
+    """The delivery tags a consumer's processes recorded since the last look:
+    its lease thread asks every half second, and reads only the bytes added
+    to each file since then (a rotated file is read again from the start;
+    a tag seen twice is harmless, the UPDATE marks a row once)."""
+
+    def __init__(self, consumer_id: str) -> None:
+        self._path = _path_of(consumer_id)
+        #: file name -> (inode, bytes read)
+        self._read: dict[str, tuple[int, int]] = {}
+
+    def new_tags(self) -> set[str]:
+        path = self._path
+        tags: set[str] = set()
+        if path is None:
+            return tags
+        try:
+            entries = [e for e in os.scandir(path) if e.name.isdigit()]
+        except OSError:
+            return tags
+        seen: dict[str, tuple[int, int]] = {}
+        for entry in entries:
+            try:
+                info = entry.stat()
+                inode, offset = self._read.get(entry.name, (info.st_ino, 0))
+                if inode != info.st_ino or info.st_size < offset:
+                    inode, offset = info.st_ino, 0  # rotated
+                if info.st_size > offset:
+                    with open(entry.path, "rb") as f:
+                        f.seek(offset)
+                        chunk = f.read(info.st_size - offset)
+                    offset += _parse_records(chunk, tags)
+                seen[entry.name] = (inode, offset)
+            except OSError:
+                continue  # gone meanwhile (the consumer's process ended)
+        self._read = seen
+        return tags
+
+
+def _parse_records(chunk: bytes, tags: set[str]) -> int:
+    """Add the delivery tags of the whole records in ``chunk`` to ``tags``;
+    returns the bytes they take (a record still being written is read next
+    time)."""
+    lines = chunk.split(b"\n")
+    used = 0
+    for index in range(0, len(lines) - 2, 2):
+        task_line, tag_line = lines[index], lines[index + 1]
+        used += len(task_line) + len(tag_line) + 2
+        tag = tag_line.decode("utf-8", "replace")[len(TAG_MARK):]
+        if tag_line.startswith(TAG_MARK.encode()) and tag and _is_tag(tag):
+            tags.add(tag)
+    return used
 
 
 def connect_signals() -> None:

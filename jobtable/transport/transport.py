@@ -255,13 +255,18 @@ class Transport(virtual.Transport):
         """A channel of this connection consumes: keep its leases alive."""
         self._keeper.start()
 
-    def held_row_ids(self) -> list[int]:
-        ids: list[int] = []
+    def held_tags(self) -> set[str]:
+        """Delivery tags of the messages this connection's channels hold
+        (delivered, not acked): callable from the lease thread."""
+        tags: set[str] = set()
         for channel in list(self.channels):
             qos = channel._qos
             if qos is not None:
-                ids.extend(row_id(tag) for tag in qos.held_tags())
-        return sorted(set(ids))
+                tags.update(str(tag) for tag in qos.held_tags())
+        return tags
+
+    def held_row_ids(self) -> list[int]:
+        return sorted({row_id(tag) for tag in self.held_tags()})
 
     def active_queues(self) -> list[str]:
         """The queues this connection's channels consume, sorted."""

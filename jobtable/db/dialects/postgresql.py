@@ -392,7 +392,6 @@ def transport_claim_pg(
     limit: int,
     *,
     consumer_id: str,
-    now: Any,
     lease_expires_at: Any,
     async_commit: bool,
 ) -> list[Row[Any]]:
@@ -403,16 +402,18 @@ def transport_claim_pg(
     if stmt is None:
         stmt = _PG_TRANSPORT_CLAIM[key] = (
             text(
-                "UPDATE jobtable_request r SET state = 'running', worker_id = :worker, started_at = :now, "
+                # started_at: set when the consumer reports the task started
+                # (transport_sql.transport_mark_started), not at delivery.
+                "UPDATE jobtable_request r SET state = 'running', worker_id = :worker, started_at = NULL, "
                 "lease_expires_at = :lease, deliveries = r.deliveries + 1 "
                 f"FROM ({_pg_pick_sql(len(queues))}) p WHERE r.id = p.id{_PG_ASYNC if async_commit else ''} "
                 "RETURNING r.id, r.queue, r.priority, r.deliveries, r.expires_at, r.message"
             )
-            .bindparams(bindparam("now", type_=t.c.started_at.type), bindparam("lease", type_=t.c.lease_expires_at.type))
+            .bindparams(bindparam("lease", type_=t.c.lease_expires_at.type))
             .columns(t.c.id, t.c.queue, t.c.priority, t.c.deliveries, t.c.expires_at, t.c.message)
         )
     params: dict[str, Any] = {f"q{i}": queue for i, queue in enumerate(queues)}
-    params.update(limit=limit, worker=consumer_id, now=now, lease=lease_expires_at)
+    params.update(limit=limit, worker=consumer_id, lease=lease_expires_at)
     rows = list(conn.execute(stmt, params))
     rows.sort(key=lambda row: (-row.priority, row.id))
     return rows
