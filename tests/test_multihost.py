@@ -342,3 +342,24 @@ def test_skewed_clocks_decide_nothing(cluster: Topology, work: Path) -> None:
     print(f"\nskew: w2's job rescued by the -45 s host {delay:.2f} s after the cut (lost_after {LOST_AFTER:g} s)")
     # lost_after, plus a heartbeat interval and a rescue interval, plus slack: never 45 s more.
     assert delay < LOST_AFTER * 2 + 2, outputs(net)
+
+
+def test_a_dead_run_s_namespaces_links_and_cluster_dirs_are_removed() -> None:
+    """What a killed test run leaves (its pid in the names) goes at the next start."""
+    from tests import netns
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has now
+    ns, veth = f"{netns.PREFIX}{dead.pid}-stale", f"{netns.PREFIX}{dead.pid}h9"
+    leftover = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{dead.pid}-"))
+    netns.run("ip", "netns", "add", ns)
+    netns.run("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{netns.PREFIX}{dead.pid}n9")
+    try:
+        removed = netns.remove_stale()
+        assert ns in removed and veth in removed and str(leftover) in removed, removed
+        assert ns not in netns.run("ip", "netns", "list") and not leftover.exists()
+        assert veth not in netns.run("ip", "-o", "link", "show")
+    finally:
+        netns.run("ip", "netns", "delete", ns, check=False)
+        netns.run("ip", "link", "delete", veth, check=False)
+        shutil.rmtree(leftover, ignore_errors=True)
