@@ -9,10 +9,12 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from .. import messages
+from ..db import clock
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    # The database's clock: the stored times it is compared with are its.
+    return clock.utcnow()
 
 
 def duration(seconds: float | None) -> str:

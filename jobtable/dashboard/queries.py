@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Select
 
 from .. import records
-from ..db import dialects, reads_sql, tables
+from ..db import clock, dialects, reads_sql, tables
 from ..exceptions import JobNotFound, JobStateError
 
 request = tables.request
@@ -38,7 +38,7 @@ PAGE_SIZE = 50
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.utcnow()  # the database's clock (db/clock.py)
 
 
 # -- cursors -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ dialect set-up, no second schema check per member.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -22,11 +23,16 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from .. import dburls as urls
-from . import connect_options
+from . import clock, connect_options
 
 URL_EXAMPLES = urls.URL_EXAMPLES
 # Parsing lives in dburls.py (below settings); kept here for callers.
 normalize_url = urls.normalize_url
+
+#: Drivers that pass libpq parameters through (tcp_user_timeout).
+LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
+#: Seconds: a shorter TCP user timeout would end connections over a slow link.
+MIN_TCP_USER_TIMEOUT = 5.0
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str, tuple[tuple[str, str], ...]], Engine] = {}
@@ -90,6 +96,14 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
                 timeout_setting = "JOBTABLE_CONNECT_TIMEOUT"
             else:
                 timeout = None
+            if timeout is not None and "tcp_user_timeout" not in parsed.query and parsed.get_driver_name() in LIBPQ_DRIVERS:
+                # A statement sent into a network partition would otherwise
+                # wait for TCP to give up (~15 min): a worker's supervisor
+                # blocked that long heartbeats, reaps and rescues nothing.
+                # Unacknowledged data for the connect timeout ends the
+                # connection instead; a slow query is not affected (the
+                # server acknowledges what it was sent).
+                connect_args.setdefault("tcp_user_timeout", str(int(max(timeout, MIN_TCP_USER_TIMEOUT) * 1000)))
             engine = create_engine(
                 parsed, pool_size=10, max_overflow=20, pool_recycle=3600, connect_args=connect_args
             )
@@ -97,6 +111,10 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
                 _timeouts[engine] = (timeout, timeout_setting)
     except NoSuchModuleError as exc:
         raise ConfigurationError(f"No SQLAlchemy driver for {parsed.drivername!r}: {exc}.") from None
+    if engine.dialect.name in ("postgresql", "mysql"):
+        # Every stored time is the database's (db/clock.py): measure this
+        # process's offset from it now and then, on a connection anyway in hand.
+        event.listen(engine, "checkout", functools.partial(clock.on_checkout, dialect=engine.dialect.name))
     _url_settings[engine] = connect.url_setting
     return engine
 
@@ -306,6 +324,18 @@ def _check_sqlite_file(engine: Engine) -> None:
         f"The SQLite database file {path} does not exist.{unset} Create it with `jobtable migrate`, "
         f"or point JOBTABLE_DATABASE_URL at your database ({URL_EXAMPLES})."
     )
+
+
+def _first_clock_sync() -> None:
+    """A process's first ``clock.utcnow()`` before any connection: check out
+    one of the default database (the checkout measures the offset)."""
+    engine = get_engine()
+    if engine.dialect.name in ("postgresql", "mysql"):
+        with engine.connect():
+            pass
+
+
+clock.set_first_sync(_first_clock_sync)
 
 
 def connect(engine: Engine | None = None, *, autocommit: bool = False, check: bool = True) -> Connection:

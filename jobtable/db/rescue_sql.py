@@ -81,6 +81,18 @@ def lose(
     return rows
 
 
+def held(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
+    """Those of ``ids`` still running under ``worker_id`` (not taken by a
+    rescuer): a supervisor that learns its member was declared lost stops
+    the member's job unless its row is still the member's."""
+    if not ids:
+        return set()
+    stmt = select(request.c.id).where(
+        request.c.worker_id == worker_id, request.c.state == tables.RUNNING, request.c.id.in_(sorted(set(ids)))
+    )
+    return {int(i) for i in conn.execute(stmt).scalars()}
+
+
 def take_running(conn: Connection, worker_id: str, ids: Sequence[int]) -> list[Row[Any]]:
     """Delete and return the rows of ``ids`` still running under
     ``worker_id`` (a dead member's finished-but-unwritten jobs, whose

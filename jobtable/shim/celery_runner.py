@@ -50,10 +50,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
+from ..db import clock as db_clock
 from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
@@ -347,7 +347,7 @@ class CeleryTaskJob:
             # + 1) once this one is finished; a DeferJob that does not count
             # as a jobtable retry.
             eta = parse_time((held.retries[-1].headers or {}).get("eta"))
-            delay = (eta - datetime.now(timezone.utc)).total_seconds() if eta else 0.0
+            delay = (eta - db_clock.utcnow()).total_seconds() if eta else 0.0
             raise DeferJob(delay=max(0.0, delay))
         if info is None:
             return retval

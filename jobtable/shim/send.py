@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .. import limits, message_checks, messages, params, telemetry
+from ..db import clock as db_clock
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import enqueue_sql, tables
@@ -80,7 +81,8 @@ UNSUPPORTED = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    # The database's clock (db/clock.py): ETAs are compared with it.
+    return db_clock.utcnow()
 
 
 def _aware(value: datetime) -> datetime:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .. import messages, params, safetext
+from ..db import clock as db_clock
 from ..jobs import Job
 from ..middleware import current_job
 from . import followups, signals
@@ -279,7 +280,7 @@ class Task:
         if countdown is None:
             if eta is not None:
                 eta = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
-                countdown = max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
+                countdown = max(0.0, (eta - db_clock.utcnow()).total_seconds())
             else:
                 countdown = self.default_retry_delay
         raise Retry(countdown=timedelta(seconds=max(0.0, float(countdown))), exc=exc)

@@ -110,13 +110,13 @@ class Watch:
         marked = cancels_sql.asked(conn, list(rows), now)
         return {rows[row_id]: (row_id, _HOW[error]) for row_id, error in marked.items()}
 
-    def stop(self, handle: Any, slot: Slot, row_id: int, how: int) -> None:
+    def stop(self, handle: Any, slot: Slot, row_id: int, how: int, why: str = "was cancelled") -> None:
         """Ask ``handle``'s member to stop ``row_id`` (once per row)."""
         if self.asked.get(handle.worker_id, (0, 0.0))[0] == row_id:
             return
         self.asked[handle.worker_id] = (row_id, time.monotonic() + self.grace)
         slot.ask_cancel(row_id, how)
-        logger.warning("Worker %s: job %s was cancelled; stopping it.", handle.worker_id, row_id)
+        logger.warning("Worker %s: job %s %s; stopping it.", handle.worker_id, row_id, why)
         if handle.pid:
             try:
                 os.kill(handle.pid, SIGNAL)

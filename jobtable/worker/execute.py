@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from .. import badrows, messages, params, safetext, telemetry
-from ..db import tables
+from ..db import clock, tables
 from ..db.finish_sql import Outcome
 from ..exceptions import UnknownJob
 from ..middleware import JobRun, RunJob
@@ -21,7 +21,8 @@ logger = logging.getLogger("jobtable.worker")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    # The database's clock, never this host's (db/clock.py).
+    return clock.utcnow()
 
 
 def _seconds(value: Any) -> float:
@@ -63,7 +64,7 @@ def last_resort(row: Any, exc: BaseException) -> Outcome:
     return Outcome(
         row,
         tables.ERRORED,
-        datetime.now(timezone.utc),
+        _now(),
         {"error_type": OUTCOME_FAILED_TYPE, "error_message": OUTCOME_FAILED_MESSAGE.format(kind=kind)},
     )
 

@@ -29,12 +29,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from .. import middleware
 from ..db import engine as db_engine
-from ..db import bindings_sql, operations_sql, workers_sql
+from ..db import bindings_sql, clock, operations_sql, rescue_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
 from . import cancels, forked, hooks
@@ -63,7 +63,8 @@ RUNNING_EVERY = 0.5
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    # The database's clock, never this host's (db/clock.py).
+    return clock.utcnow()
 
 
 @dataclass
@@ -265,6 +266,7 @@ class Supervisor:
         spare, self.spare = self.spare, None
         if spare is not None:
             self.slots.slot(spare.slot_index).batch = batch
+            self.slots.slot(spare.slot_index).contact = time.monotonic()
             try:
                 os.write(spare.go, b"g")
             except OSError:  # it died and is not reaped yet: its end is recorded then
@@ -329,6 +331,7 @@ class Supervisor:
         slot = self.slots.slot(slot_index)
         slot.clear()
         slot.batch = batch
+        slot.contact = time.monotonic()  # just registered (or about to be, for a spare)
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.config.pool == "threads":
@@ -570,7 +573,12 @@ class Supervisor:
         if self._every("heartbeat", cfg.heartbeat_every) or (
             self._running_now() != self._reported_running and self._every("running", RUNNING_EVERY)
         ):
-            self._duty("heartbeat")
+            sent = time.monotonic()
+            if self._duty("heartbeat"):
+                # Members may start the jobs they hold for lost_after / 2
+                # from when this heartbeat was sent (process.py _still_ours).
+                for handle in self.handles.values():
+                    self.slots.slot(handle.slot_index).contact = sent
         if self._every("cancels", cancels.CHECK_EVERY) and any(self._running_now().values()):
             self._duty("cancels")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
@@ -580,7 +588,9 @@ class Supervisor:
         if cfg.stats_every and self._every("stats", cfg.stats_every):
             self._duty("stats")
 
-    def _duty(self, name: str, rescue_first: bool = False) -> None:
+    def _duty(self, name: str, rescue_first: bool = False) -> bool:
+        """Run one periodic duty in its own transaction; False when the
+        database could not be reached (logged; the next tick retries)."""
         try:
             with db_engine.connect() as conn, conn.begin():
                 now = _now()
@@ -595,6 +605,8 @@ class Supervisor:
                             conn, worker_id, hostname=self.hostname, pid=os.getpid(),
                             queues=self.config.queues, processes=1, now=now,
                         )
+                    if lost:
+                        self._disown(conn, lost)
                 elif name == "liveness" and self.liveness is not None:
                     own = {h.worker_id for h in self._members()} | {p.worker_id for p in self.pending}
                     dead = self.liveness.dead(conn, own, self.hostname)
@@ -622,7 +634,27 @@ class Supervisor:
                     self.stats.report(conn, self.slots.done_total())
         except db_engine.ERRORS as exc:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
+            return False
+        return True
 
+    def _disown(self, conn: Any, lost: set[str]) -> None:
+        """Members declared lost meanwhile (cut off from the database for
+        longer than ``lost_after``): a rescuer took the rows they held.  Each
+        is told (its slot) not to start the jobs it still holds, and its
+        running job is stopped unless its row is still the member's -- the
+        way a cancelled job is (cancels.py); whatever it ends with is not
+        written (``finish_sql.finish`` only writes rows still the member's)."""
+        for handle in list(self.handles.values()):
+            if handle.worker_id not in lost:
+                continue
+            slot = self.slots.slot(handle.slot_index)
+            slot.disowned = True
+            row_id = slot.row_id
+            if row_id and row_id not in rescue_sql.held(conn, handle.worker_id, [row_id]):
+                self.cancels.stop(
+                    handle, slot, row_id, cancels.CANCEL,
+                    why="was rescued by another worker while this one could not reach the database",
+                )
 
     def _running_now(self) -> dict[str, int]:
         """Each member's request running right now (its slot, shared memory:

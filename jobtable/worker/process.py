@@ -17,13 +17,13 @@ import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
 from ..db import engine as db_engine
-from ..db import claims_sql, finish_sql, refusals
+from ..db import clock, claims_sql, finish_sql, refusals
 from ..db.notify import Listener
 from ..middleware import build_chain
 from ..settings import get_settings
@@ -43,6 +43,9 @@ EXIT_BURST_DONE = 3  # --burst and nothing left to do: do not replace
 #: took this long, or when the oldest unwritten result waited FLUSH_LATEST.
 FLUSH_AFTER = 0.02
 FLUSH_LATEST = 0.25
+#: How often a member cut off from the database looks whether a heartbeat
+#: got through again (process.py ``_still_ours``).
+CONTACT_POLL = 0.05
 #: Batch size bounds in seconds of work.
 GROW_BELOW, SHRINK_ABOVE = 0.02, 0.1
 
@@ -50,7 +53,8 @@ T = TypeVar("T")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    # The database's clock, never this host's (db/clock.py).
+    return clock.utcnow()
 
 
 class Member:
@@ -203,6 +207,16 @@ class Member:
                 # keys) waiting behind the next one.  Fast ones wait for the
                 # end of the batch, which is near.
                 self._flush_quietly()
+            if not self._still_ours():
+                # A rescuer took what we held while we were cut off: not
+                # ours to run any more.  Rows still ours go back (guarded).
+                self.slot.disowned = False
+                logger.warning(
+                    "Worker %s: its claimed jobs were rescued by another worker while it could not reach the "
+                    "database; not starting the %d it still held.", self.worker_id, len(rows) - index,
+                )
+                self._release_quietly([r.id for r in rows[index:]])
+                return
             job_started = time.perf_counter()
             # Before any of the job's code (decoding it builds the job), so
             # that a member dying from here on records it LOST, never pending.
@@ -222,6 +236,33 @@ class Member:
         elif elapsed > SHRINK_ABOVE:
             self.batch = max(1, self.batch // 2)
             self.slot.batch = self.batch
+
+    def _still_ours(self) -> bool:
+        """Before starting a claimed job: False when the supervisor learned
+        that a rescuer took this member's claims.  While its heartbeats have
+        not reached the database for ``lost_after / 2`` -- peers declare it
+        lost after ``lost_after`` by the database's clock and take its rows
+        -- the member waits rather than start a job it may no longer own;
+        it goes on once a heartbeat lands (or stops when asked)."""
+        stale_after = self.config.lost_after / 2
+        waiting = False
+        while not self.slot.disowned:
+            contact = self.slot.contact
+            if not contact or time.monotonic() - contact <= stale_after or self.should_stop():
+                if waiting:
+                    logger.info("Worker %s: heartbeats reach the database again; going on.", self.worker_id)
+                return True
+            if not waiting:
+                # INFO: a supervisor slowed by a loaded machine pauses its
+                # members briefly too; an unreachable database is logged as
+                # a WARNING by the supervisor's failing heartbeats.
+                waiting = True
+                logger.info(
+                    "Worker %s: no heartbeat reached the database for %g s; not starting jobs until one does.",
+                    self.worker_id, stale_after,
+                )
+            time.sleep(CONTACT_POLL)
+        return False
 
     # -- database steps ----------------------------------------------------------
 
@@ -262,6 +303,8 @@ class Member:
         def claim() -> list[Any]:
             if limit <= 0:
                 return []
+            # Claims made from here on are ours whatever a rescue took before.
+            self.slot.disowned = False
             return claims_sql.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
 
         if not self.done and self.autocommit:
@@ -338,6 +381,7 @@ class Member:
     def _promote(self) -> int:
         """Turn due scheduled jobs pending; remember when the next one is due."""
         conn = self._connection()
+        clock.maybe_sync(conn)  # this connection is held for long: no checkouts
         with self._tx(conn):
             # Cheap when nothing is due: a range scan of the partial due index.
             promoted = claims_sql.promote_due(conn, _now())

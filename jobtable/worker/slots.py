@@ -3,7 +3,10 @@
 Each member owns one slot: the row id of the job it runs (0 when idle), that
 job's deadline (epoch seconds; 0 when none), a count of jobs finished, and
 its claim batch size, and the row the supervisor asked it to cancel (with
-how: worker/cancels.py).  The supervisor reads them to record the right job
+how: worker/cancels.py); and from the supervisor, when its last heartbeat
+reached the database (monotonic seconds) and whether it found that the
+member's claims were taken by a rescuer (``disowned``): a member cut off
+from the database stops starting the jobs it holds (process.py).  The supervisor reads them to record the right job
 LOST when a member dies, to kill a member stuck past its deadline, for
 jobs/s in the stats, and to start a dead member's replacement at the batch
 size it had reached (rather than ramping up again from a few jobs).  An
@@ -14,8 +17,8 @@ from __future__ import annotations
 
 import mmap
 
-FIELDS = 6  # row_id, deadline, done, batch, cancel row, cancel how
-ROW, DEADLINE, DONE, BATCH, CANCEL, CANCEL_HOW = 0, 1, 2, 3, 4, 5
+FIELDS = 8  # row_id, deadline, done, batch, cancel row, cancel how, contact, disowned
+ROW, DEADLINE, DONE, BATCH, CANCEL, CANCEL_HOW, CONTACT, DISOWNED = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 class Slots:
@@ -51,6 +54,7 @@ class Slot:
         self._view[self._base + ROW] = 0
         self._view[self._base + DEADLINE] = 0
         self._view[self._base + CANCEL] = 0
+        self._view[self._base + DISOWNED] = 0
 
     def ask_cancel(self, row_id: int, how: int) -> None:
         """The supervisor asks the member to cancel ``row_id`` (if it still
@@ -71,6 +75,26 @@ class Slot:
     @batch.setter
     def batch(self, size: int) -> None:
         self._view[self._base + BATCH] = size
+
+    @property
+    def contact(self) -> float:
+        """Monotonic time of the supervisor's last heartbeat that reached
+        the database for this member (0: none yet)."""
+        return float(self._view[self._base + CONTACT])
+
+    @contact.setter
+    def contact(self, mono: float) -> None:
+        self._view[self._base + CONTACT] = mono
+
+    @property
+    def disowned(self) -> bool:
+        """The supervisor found this member's worker row gone: a rescuer
+        took the rows it held (they are no longer its to run)."""
+        return bool(self._view[self._base + DISOWNED])
+
+    @disowned.setter
+    def disowned(self, value: bool) -> None:
+        self._view[self._base + DISOWNED] = 1.0 if value else 0.0
 
     @property
     def row_id(self) -> int:
