@@ -224,7 +224,7 @@ def _processes(url: str, processes: int, n: int) -> float:
 
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 8.0  # after every child imported and connected (checked below)
+    start_at = time.time() + 20.0  # after every child imported and connected (checked below)
     procs = [ctx.Process(target=_process_main, args=(url, n // processes, start_at, out)) for _ in range(processes)]
     for p in procs:
         p.start()

@@ -302,9 +302,10 @@ _TEXT_TYPES = {str, type(None)}
 
 
 def _copy_rows(conn: Connection, columns: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> list[Any]:
-    """Insert ``rows`` by binary COPY: about twice the rows per second of the
-    ``unnest`` INSERT, whose per-row executor work was the statement's
-    limit (bench/RESULTS.md, issue 13).  COPY returns nothing, so the ids
+    """Insert ``rows`` by binary COPY: 1.1-1.8x the rows per second of the
+    ``unnest`` INSERT on bare psycopg (its multi-row heap insert; the
+    INSERT's per-row executor work was the statement's limit:
+    bench/RESULTS.md, issue 13 steps 2-3).  COPY returns nothing, so the ids
     come first from the sequence (ascending, given in the rows' order: a
     batch keeps its FIFO order), in the statement that also sends the
     NOTIFY.  That statement goes through SQLAlchemy, which begins the
