@@ -1,6 +1,6 @@
 """Issue 13, step 3: the measurements `run.py` does not make.
 
-    bench/.venv/bin/python bench/bulk13.py indexes [--repeat 3] [-n 100000]
+    bench/.venv/bin/python bench/bulk13.py indexes [--repeat 3] [-n 100000] [--only 0,1,2]
     bench/.venv/bin/python bench/bulk13.py reads [--rows 1000000]
     bench/.venv/bin/python bench/bulk13.py concurrent [-n 4000]
     bench/.venv/bin/python bench/bulk13.py connection [--repeat 3] [-n 100000]
@@ -123,10 +123,12 @@ VARIANTS: dict[str, list[str]] = {
 
 def cmd_indexes(args: argparse.Namespace) -> None:
     print(f"indexes: n={args.n}, best of {args.repeat}, {load()}")
-    best: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    names = [name for i, name in enumerate(VARIANTS) if not args.only or str(i) in args.only.split(",")]
+    best: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.repeat):
         # Rounds, each variant once per round: every variant sees the same load.
-        for name, ddl in VARIANTS.items():
+        for name in names:
+            ddl = VARIANTS[name]
             fresh()
             for statement in ddl:
                 sql(statement)
@@ -405,6 +407,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", help="indexes: the variants to run, by number (0 = all indexes), e.g. 0,1,2")
     args = parser.parse_args()
     defaults = {"indexes": 100_000, "connection": 100_000, "concurrent": 4000, "memory": 100_000, "reads": 0, "cpu": 0}
     args.n = args.n or defaults[args.command]
