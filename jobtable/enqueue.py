@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from contextlib import ExitStack
 from types import SimpleNamespace
 from collections.abc import Callable, Sequence
@@ -78,12 +79,28 @@ def enqueue(
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
     if not jobs:
         return []
-    task_ids = [messages.new_task_id() for _ in jobs]
+    task_ids = [messages.new_task_id()] if len(jobs) == 1 else _task_ids(len(jobs))
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
     with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
         return _enqueue(
             jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection, retry_attempt
         )
+
+
+#: The uuid4 variant digit (RFC 4122: binary 10xx) for a random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _task_ids(n: int) -> list[str]:
+    """``n`` new task ids, each the text of a random (version 4) UUID, as
+    ``messages.new_task_id`` gives: one read of the system's random source
+    for the batch instead of one ``uuid.uuid4()`` object per job."""
+    digits = os.urandom(16 * n).hex()
+    return [
+        f"{digits[i:i + 8]}-{digits[i + 8:i + 12]}-4{digits[i + 13:i + 16]}-"
+        f"{_VARIANT[digits[i + 16]]}{digits[i + 17:i + 20]}-{digits[i + 20:i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
 
 
 def _enqueue(
@@ -109,14 +126,20 @@ def _enqueue(
 
     # should_enqueue() needs its lock only when a job class overrides it:
     # otherwise the unique index is the limit (one per key), lock-free.
-    checked = [job for job in jobs if overrides(job, "should_enqueue")]
+    # Asked once per class of the call, not per job (a bulk call's jobs are
+    # mostly of one class).
+    custom: dict[type, bool] = {}  # class -> whether it overrides get_enqueue_lock too
+    for job in {type(job): job for job in jobs}.values():
+        if overrides(job, "should_enqueue"):
+            custom[type(job)] = overrides(job, "get_enqueue_lock")
+    checked = [job for job in jobs if type(job) in custom] if custom else []
     # Locks of the class's own (get_enqueue_lock overridden) are held around
     # the whole transaction; the database's default one is taken inside it.
     own_locks = {
         enqueue_lock_name(row["task_name"], row["concurrency_key"] or ""): (job, row["concurrency_key"] or "")
         for job, row in zip(jobs, rows)
-        if overrides(job, "should_enqueue") and overrides(job, "get_enqueue_lock")
-    }
+        if custom.get(type(job))
+    } if custom else {}
 
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
@@ -131,13 +154,13 @@ def _enqueue(
         database_locks = [
             enqueue_lock_name(row["task_name"], row["concurrency_key"] or "")
             for job, row in todo
-            if overrides(job, "should_enqueue") and not overrides(job, "get_enqueue_lock")
+            if type(job) in custom and not custom[type(job)]
         ]
         if database_locks:
             enqueue_sql.lock_for_enqueue(conn, database_locks)
         # Row by row, so each should_enqueue() sees the jobs accepted before it.
         for job, row in todo:
-            if not overrides(job, "should_enqueue") or _should_enqueue(job, row, conn):
+            if type(job) not in custom or _should_enqueue(job, row, conn):
                 written.update(enqueue_sql.insert_requests(conn, [row]))
         return written
 
@@ -287,18 +310,26 @@ def _rows(
     from .settings import get_settings
 
     limit = get_settings().max_message_size
-    groups: dict[Any, tuple[dict[str, Any], list[str]] | None] = {}
+    groups: dict[Any, tuple[dict[str, Any], list[str], list[str] | None]] = {}
+    # The group key of a class whose queue, priority, retries and key do not
+    # depend on the instance (given by the call, or BaseJob's defaults):
+    # asked once per class, not four hooks per job.
+    static: dict[type, Any] = {}  # None: the class's key depends on the instance
     rows: list[dict[str, Any]] = []
     for job, task_id in zip(jobs, task_ids):
         cls = type(job)
+        key = static.get(cls)
         try:
-            key: Any = (
-                cls,
-                queue if queue is not None else job.resolved_queue(),
-                priority if priority is not None else job.resolved_priority(),
-                retries if retries is not None else job.resolved_retries(),
-                concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
-            )
+            if key is None:
+                key = (
+                    cls,
+                    queue if queue is not None else job.resolved_queue(),
+                    priority if priority is not None else job.resolved_priority(),
+                    retries if retries is not None else job.resolved_retries(),
+                    concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
+                )
+                if cls not in static:
+                    static[cls] = key if _instance_free(job, queue, priority, retries, concurrency_key) else None
             group = groups.get(key)
         except TypeError:  # an unhashable value: _row names what is wrong
             key, group = None, None
@@ -306,31 +337,39 @@ def _rows(
             row = _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
             rows.append(row)
             if key is not None:
-                groups[key] = (dict(row), _template(job, trace_headers, now, run_at, row, attempt))
+                parts = _template(job, trace_headers, now, run_at, row, attempt)
+                groups[key] = (dict(row), parts, _without_arguments(parts))
             continue
-        template, parts = group
-        args, kwargs = encode_arguments(job)
-        if args or kwargs:
-            fill = {
-                _ARGSREPR: messages.dumps(messages.argsrepr(args)),
-                _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
-                _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
-            }
-        else:  # a job without arguments: the same three for every one
-            fill = dict(_NO_ARGUMENTS)
-        # Our own uuid4 text: nothing in it for JSON to escape.
-        fill[_ID] = f'"{task_id}"'
-        text = "".join([fill.get(part, part) for part in parts])
-        if text.isascii():
-            size = len(text)
+        template, parts, bare = group
+        if bare is not None and not job._init_args and not job._init_kwargs:
+            # No arguments: only the task id differs (ASCII), and the text is
+            # no longer than the group's first job's, which _row checked.
+            text = f'"{task_id}"'.join(bare)
         else:
-            try:
-                size = len(text.encode("utf-8"))
-            except UnicodeEncodeError:
-                size = limit + 1
-        if size > limit:
-            rows.append(_row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt))
-            continue
+            args, kwargs = encode_arguments(job)
+            if args or kwargs:
+                fill = {
+                    _ARGSREPR: messages.dumps(messages.argsrepr(args)),
+                    _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
+                    _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
+                }
+            else:
+                fill = dict(_NO_ARGUMENTS)
+            # Our own uuid4 text: nothing in it for JSON to escape.
+            fill[_ID] = f'"{task_id}"'
+            text = "".join([fill.get(part, part) for part in parts])
+            if text.isascii():
+                size = len(text)
+            else:
+                try:
+                    size = len(text.encode("utf-8"))
+                except UnicodeEncodeError:
+                    size = limit + 1
+            if size > limit:
+                rows.append(
+                    _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
+                )
+                continue
         row = dict(template)
         row["task_id"] = task_id
         row["message"] = text
@@ -338,8 +377,39 @@ def _rows(
     return rows
 
 
+#: The hooks behind each part of a batch group's key (see _rows).
+_KEY_HOOKS = (
+    ("resolved_queue", "get_queue", "default_queue"),
+    ("resolved_priority", "get_priority", "default_priority"),
+    ("resolved_retries", "get_retries", "default_retries"),
+    ("resolved_concurrency_key", "get_unique_key", "default_concurrency_key"),
+)
+
+
+def _instance_free(job: BaseJob, *given: Any) -> bool:
+    """Whether every part of ``job``'s group key is the same for all
+    instances of its class: given by the call, or none of its hooks
+    overridden (BaseJob's return constants)."""
+    return all(
+        value is not None or not any(overrides(job, hook) for hook in hooks) for value, hooks in zip(given, _KEY_HOOKS)
+    )
+
+
+def _without_arguments(parts: list[str]) -> list[str] | None:
+    """The message of a group's job without arguments, split around its
+    task id (``f'"{task_id}"'.join(...)`` gives it whole), or None when
+    the template is not the expected one."""
+    if parts.count(_ARGSREPR) != 1 or parts.count(_KWARGSREPR) != 1 or parts.count(_BODY) != 1:
+        return None
+    text = "".join([_NO_ARGUMENTS.get(part, part) for part in parts])
+    return text.split(_ID_FILLER)
+
+
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+#: Stands for _ID in a joined text, to split it on (see _MARK).
+_ID_FILLER = f"{_MARK}id"
 _NO_ARGUMENTS = {
+    _ID: _ID_FILLER,
     _ARGSREPR: messages.dumps(messages.argsrepr([])),
     _KWARGSREPR: messages.dumps(messages.argsrepr({})),
     _BODY: messages.dumps(messages.dumps([[], {}, _EMBED])),

@@ -5,10 +5,13 @@ give the same rows as one array per column -- on every dialect."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 import jobtable
@@ -103,3 +106,43 @@ def test_template_without_arguments(db_url: str) -> None:
 class BulkNoArgs(Job):
     def run(self) -> None:
         pass
+
+
+@register_job
+class BulkPerInstance(Job):
+    # Queue and priority from each instance: the batch's group key must be
+    # asked of every job, not once per class.
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def default_queue(self) -> str:
+        return f"q{self.x % 2}"
+
+    def get_priority(self) -> int:
+        return self.x % 3
+
+    def run(self) -> None:
+        pass
+
+
+def test_template_with_per_instance_hooks_and_mixed_arguments(db_url: str) -> None:
+    jobs: list[BaseJob] = [BulkPerInstance(i) for i in range(6)] + [BulkNoArgs(), BulkArgs(1), BulkNoArgs()] * 2
+    now = clock.utcnow()
+    ids = enqueue._task_ids(len(jobs))
+    fast = enqueue._rows(jobs, ids, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
+    slow = [enqueue._row(j, i, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
+            for j, i in zip(jobs, ids)]
+    assert fast == slow
+    assert [r["queue"] for r in fast[:6]] == ["q0", "q1"] * 3
+    assert [r["priority"] for r in fast[:6]] == [0, 1, 2, 0, 1, 2]
+
+
+@given(st.integers(min_value=1, max_value=300))
+@settings(max_examples=50, deadline=None)
+def test_batch_task_ids_are_uuid4_texts(n: int) -> None:
+    ids = enqueue._task_ids(n)
+    assert len(ids) == len(set(ids)) == n
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text
