@@ -276,3 +276,37 @@ def test_interval_entries_on_the_schedules_page(db_url: str) -> None:
         app.conf.beat_schedule = {}
     assert page.status_code == 200
     assert "every 5s" in page.text and "tests.shim_tasks.add" in page.text, page.text
+
+
+# -- hostile custom states ------------------------------------------------------------------
+
+
+def _store_for_waiting(meta: Any, state: str) -> Any:
+    """A custom state for a task that waits (the row a running task writes)."""
+    from jobtable.shim import progress
+    from jobtable.shim.context import Context
+
+    sent = t.echo.delay(1)
+    assert sent is not None
+    request = Context(id=sent.id, task=t.echo.name, called_directly=False, is_eager=False, retries=0)
+    progress.store(request, t.echo.name, None, state, meta)
+    return sent
+
+
+@pytest.mark.dialects("sqlite", "postgresql")
+def test_custom_states_are_escaped_on_the_dashboard(db_url: str) -> None:
+    sent = _store_for_waiting({"html": "<b>bold</b>", "nul": "a\x00b", "inf": math.inf}, "<script>x</script>")
+    assert sent.state == "<script>x</script>"
+    assert sent.info["html"] == "<b>bold</b>" and sent.info["nul"] == "a\x00b" and sent.info["inf"] == math.inf
+    page = _dashboard_request(sent.id)
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+@pytest.mark.dialects("sqlite")
+def test_custom_state_meta_over_the_message_size_is_refused(db_url: str) -> None:
+    import jobtable
+
+    jobtable.configure(database_url=db_url, max_message_size=2048)
+    with pytest.raises(ValueError, match=r"update_state\(meta=\.\.\.\) is .* over max_message_size"):
+        _store_for_waiting({"blob": "x" * 5000}, "PROGRESS")
