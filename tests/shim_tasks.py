@@ -131,3 +131,11 @@ def grow(self: Any, x: int) -> int:
     """A chord part that adds another part: add(x, 100)."""
     self.add_to_chord(add.s(x, 100))
     return x
+
+
+@app.task(bind=True)
+def replaced(self: Any, x: int, chained: bool = False) -> Any:
+    """Replaced by add(x, 1) (or a chain add(x, 1) | double) under its own id."""
+    if chained:
+        raise self.replace(add.s(x, 1) | double.s())
+    raise self.replace(add.s(x, 1))

@@ -310,3 +310,33 @@ def test_custom_state_meta_over_the_message_size_is_refused(db_url: str) -> None
     jobtable.configure(database_url=db_url, max_message_size=2048)
     with pytest.raises(ValueError, match=r"update_state\(meta=\.\.\.\) is .* over max_message_size"):
         _store_for_waiting({"blob": "x" * 5000}, "PROGRESS")
+
+
+# -- Task.replace ----------------------------------------------------------------------------------
+
+
+def test_replace_gives_the_task_the_replacements_value(db_url: str, subprocess_env: dict[str, str]) -> None:
+    one = t.replaced.delay(1)
+    chained = t.replaced.delay(5, chained=True)
+    followed = chain(t.replaced.s(10), t.double.s()).apply_async()  # what followed moves to the replacement
+    part = chord([t.replaced.s(100), t.add.s(1, 1)], t.echo.s()).apply_async()
+    assert one is not None and chained is not None and followed is not None and part is not None
+    run_burst(subprocess_env)
+    assert one.get(timeout=10) == 2 and one.state == states.SUCCESS
+    assert chained.get(timeout=10) == 12
+    assert followed.get(timeout=10) == 22
+    assert part.get(timeout=10) == [101, 2]
+    # The replaced attempt ends without a value of its own; the replacement is the next attempt of the id.
+    assert [(r.attempt, r.task_name, r.status) for r in results(one.id)] == [
+        (1, "tests.shim_tasks.replaced", tables.ERRORED),
+        (2, "tests.shim_tasks.add", tables.SUCCESSFUL),
+    ]
+
+
+def test_replace_eagerly_returns_the_value(db_url: str) -> None:
+    assert t.replaced.apply((3,)).get() == 4
+    assert t.replaced.apply((3,), {"chained": True}).get() == 8
+    with pytest.raises(NotSupported, match="replace"):
+        t.replaced.replace(group(t.add.s(1, 1)))
+    with pytest.raises(RuntimeError, match="called directly"):
+        t.replaced.replace(t.add.s(1, 1))

@@ -130,7 +130,7 @@ def test_unsupported_features_name_the_alternative(tmp_path: Any) -> None:
         (lambda: t.add.apply_async((1, 1), routing_key="x"), "routing_key.*queue="),
         (lambda: t.add.apply_async((1, 1), bogus=1), "bogus"),
         (lambda: t.add.update_state(state="SUCCESS"), "update_state"),
-        (lambda: t.add.replace(t.echo.s()), "replace"),
+        (lambda: t.add.replace(group(t.add.s(1, 1))), "replace"),
         (lambda: Celery("x", set_as_current=False).control, "app.control"),
         (lambda: Celery("x", set_as_current=False, task_annotations={"a": {}}), "task_annotations"),
     ]

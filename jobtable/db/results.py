@@ -202,3 +202,19 @@ def grow_chord(conn: Connection, group_id: str) -> int | None:
         [group.c.chord_size],
     )
     return int(rows[0].chord_size) if rows else None
+
+
+def attempts_known(conn: Connection, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Those (task_id, attempt) of ``pairs`` that have a request or a result:
+    the dedupe of a canvas step that continues a replaced task (the shim's
+    ``replace()``: the same task id, a later attempt)."""
+    found: set[tuple[str, int]] = set()
+    for task_id, attempt in pairs:
+        for table in (request, result):
+            hit = conn.execute(
+                select(table.c.id).where(table.c.task_id == task_id, table.c.attempt == attempt).limit(1)
+            ).first()
+            if hit is not None:
+                found.add((task_id, attempt))
+                break
+    return found

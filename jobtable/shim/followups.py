@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import clock, tables
+from ..middleware import current_job
 from . import errbacks, send
 from .canvas import ChordStart, result_task, rows_for, start_chords
 from .context import Context
@@ -105,6 +106,56 @@ def add_to_chord(request: Context, sig: Any) -> Any:
         )
         send.insert_rows(rows, conn)
     return result
+
+
+def replace(request: Context, sig: Any) -> None:
+    """Celery's ``self.replace(sig)``, on the worker: ``sig`` is sent under
+    the running task's id (the next attempt number, so this attempt's row
+    and the replacement's do not collide), with what followed this task:
+    the rest of its chain, its callbacks and errbacks, its chord part."""
+    kind = getattr(sig, "subtask_type", None)
+    if kind not in (None, "chain") or not hasattr(sig, "to_dict"):
+        raise NotSupported(
+            f"replace() with {sig!r}", "Replace a task with a task signature or a chain (task.s(...) | ...)."
+        )
+    if kind == "chain" and request.chord:
+        raise NotSupported("replace() of a chord part with a chain", "Replace a chord part with one task signature.")
+    if request.id is None:
+        raise RuntimeError("replace() needs a task run by a worker.")
+    app = current_app()
+    now = clock.utcnow()
+    sig = sig.clone()
+    last = sig.tasks[-1] if kind == "chain" else sig
+    for callback in request.callbacks or []:
+        last.options.setdefault("link", []).append(callback)
+    for errback in request.errbacks or []:
+        last.options.setdefault("link_error", []).append(errback)
+    sig.freeze(request.id)  # a chain's last step takes the id
+    running = current_job()
+    attempt = (running.attempt if running is not None else int(request.retries or 0) + 1) + 1
+    nesting = int((request.headers or {}).get("replaced_task_nesting") or 0) + 1
+    # The next attempt of this id (headers win over the message's own), so
+    # this attempt's result row and the replacement's do not collide.
+    last.options["headers"] = {
+        **dict(last.options.get("headers") or {}),
+        "retries": attempt - 1,
+        "replaced_task_nesting": nesting,
+    }
+    rows = rows_for(
+        app,
+        sig.to_dict(),
+        [],
+        now=now,
+        parent_id=request.parent_id,
+        root_id=request.root_id,
+        chain=list(request.chain or []) or None,
+        group_id=str(request.group) if request.chord and request.group else None,
+        group_index=request.group_index if request.chord else None,
+        chord=dict(request.chord) if request.chord else None,
+    )
+    with db_engine.connect() as conn, conn.begin():
+        if len(send.insert_rows(rows, conn)) != len(rows):
+            raise RuntimeError(f"The replacement of {request.task}[{request.id}] was not enqueued (its concurrency key is taken).")
 
 
 def count_failed_part(request: Context, outcome: str) -> None:

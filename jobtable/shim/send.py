@@ -316,8 +316,15 @@ def insert_rows(
 
 def _insert(rows: list[dict[str, Any]], conn: Connection, dedupe: bool) -> dict[str, int]:
     if dedupe:
-        known = db_results.task_ids_known(conn, [row["task_id"] for row in rows])
-        rows = [row for row in rows if row["task_id"] not in known]
+        # A step of a replaced task's chain (replace(): same id, a later
+        # attempt) is known by its attempt; any other by its task id.
+        later = [row for row in rows if int(row.get("attempt") or 1) > 1]
+        first = [row for row in rows if int(row.get("attempt") or 1) <= 1]
+        known = db_results.task_ids_known(conn, [row["task_id"] for row in first])
+        known_attempts = db_results.attempts_known(conn, [(row["task_id"], int(row["attempt"])) for row in later])
+        rows = [row for row in first if row["task_id"] not in known] + [
+            row for row in later if (row["task_id"], int(row["attempt"])) not in known_attempts
+        ]
         if not rows:
             return {}
     with telemetry.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:

@@ -34,11 +34,11 @@ from . import errbacks, followups, progress, signals
 from .canvas import Signature
 from .context import Context
 from .current import App, current_app
-from .exceptions import MaxRetriesExceededError, NotSupported, Retry, TaskRevokedError
+from .exceptions import Ignore, MaxRetriesExceededError, NotSupported, Retry, TaskRevokedError
 from . import maps
 from .result import AsyncResult, EagerResult
 from .send import build_row, check_options, encode_args, insert_rows, route
-from .states import FAILURE, RETRY, REVOKED, SUCCESS
+from .states import FAILURE, IGNORED, RETRY, REVOKED, SUCCESS
 
 logger = logging.getLogger("jobtable.shim")
 
@@ -214,6 +214,9 @@ class Task:
             except Retry:
                 retries += 1
                 continue
+            except Ignore as replaced:
+                # raise self.replace(sig) in eager mode: sig ran here; its value is the task's.
+                value = getattr(replaced, "value", None)
             except Exception as exc:
                 if request.errbacks:
                     errbacks.call_errbacks(request, exc, eager=True)
@@ -321,7 +324,23 @@ class Task:
         progress.store(self.request, self.name, task_id, state, meta)
 
     def replace(self, sig: Any) -> Any:
-        raise NotSupported("Task.replace()", "Return a value and chain the next task: chain(a.s(), b.s()).")
+        """Celery's ``raise self.replace(sig)``: ``sig`` takes this task's id
+        and what followed it (chain, callbacks, chord part); this attempt
+        ends without a result (``Ignore``).  Eager: ``sig`` runs now and its
+        value is the task's (Celery returns it, so ``raise`` fails there)."""
+        if getattr(sig, "subtask_type", None) not in (None, "chain") or not hasattr(sig, "to_dict"):
+            raise NotSupported(
+                f"replace() with {sig!r}", "Replace a task with a task signature or a chain (task.s(...) | ...)."
+            )
+        request = self.request
+        if request.called_directly:
+            raise RuntimeError(f"Task {self.name} was called directly, not by a worker: it cannot be replaced.")
+        if request.is_eager:
+            replaced = Ignore("Replaced by new task")
+            replaced.value = sig.apply().get()  # type: ignore[attr-defined]
+            raise replaced
+        followups.replace(request, sig)
+        raise Ignore("Replaced by new task")
 
     def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
         """Add ``sig`` to the chord this task is a part of (its value comes
@@ -432,8 +451,8 @@ class TaskJob(Job):
                 value, encoded = traced(task, request, encode)
             finally:
                 progress.clear(request)  # before the worker writes the attempt's own row
-        except Retry:
-            raise
+        except (Retry, Ignore):
+            raise  # retried, or replaced: what follows goes with the next attempt
         except BaseException as exc:
             if request.chord and request.group:
                 followups.count_failed_part(request, f"{type(exc).__name__}({str(exc)!r})")
@@ -530,6 +549,11 @@ def _traced(task: Task, request: Context, after: Callable[[Any], Any] | None) ->
     try:
         value = execute(task, request)
         extra = after(value) if after is not None else None
+    except Ignore:
+        # replace(): as Celery's tracer, no success or failure handler; the
+        # postrun says IGNORED.
+        state = IGNORED
+        raise
     except JobCancelled:
         # Terminated (revoke(terminate=True), a cancel): as in Celery, whose
         # pool kills the process, no failure handler runs; task_revoked is
@@ -566,7 +590,11 @@ def _traced(task: Task, request: Context, after: Callable[[Any], Any] | None) ->
     finally:
         # Celery calls after_return for every state, RETRY included -- but a
         # terminated task's process is killed: neither runs.
-        if state != REVOKED:
+        if state == IGNORED:
+            signals.task_postrun.send(
+                sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=None, state=state
+            )
+        elif state != REVOKED:
             _call_handler(task.after_return, state, retval, task_id, args, kwargs, einfo)
             signals.task_postrun.send(
                 sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=state
