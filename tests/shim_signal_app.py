@@ -19,6 +19,7 @@ from jobtable.shim.signals import (
     task_postrun,
     task_prerun,
     task_retry,
+    task_revoked,
     task_success,
     worker_process_init,
     worker_ready,
@@ -55,6 +56,26 @@ def sig_retry_once(self: Any) -> int:
     if self.request.retries == 0:
         raise self.retry(exc=KeyError("first"))
     return self.request.retries
+
+
+@shared_task
+def sig_linger(path: str) -> None:
+    """Runs until it is terminated (30 s at most), after noting it started."""
+    import time
+
+    note("linger_started", path=path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@task_revoked.connect
+def on_revoked(
+    sender: Any = None, request: Any = None, terminated: Any = None, signum: Any = None, expired: Any = None, **rest: Any
+) -> None:
+    note(
+        "task_revoked", task=sender.name, task_id=request.id, terminated=terminated, signum=signum, expired=expired
+    )
 
 
 @task_prerun.connect

@@ -96,3 +96,46 @@ def auto_kwargs(path: str) -> None:
 @app.task(time_limit=1)
 def sleepy() -> None:
     time.sleep(30)
+
+
+@shared_task
+def errback_new(request: Any, exc: BaseException, traceback: Any, path: str) -> None:
+    """A "new-style" errback (Celery calls it in the failed task's worker)."""
+    append(path, f"new {request.id} {type(exc).__name__}: {exc} tb={traceback is not None} pid={os.getpid()}")
+
+
+@app.task(bind=True)
+def errback_old(self: Any, task_id: str, path: str) -> None:
+    """An "old-style" errback (bind=True): sent as a task, the failed task's id first."""
+    append(path, f"old {task_id} parent={self.request.parent_id}")
+
+
+@app.task(bind=True)
+def progress(self: Any, gate: str) -> str:
+    """Reports PROGRESS, then waits (up to 30 s) for the test to create ``gate``."""
+    self.update_state(state="PROGRESS", meta={"done": 3, "total": 10})
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    self.update_state(state="PROGRESS", meta={"done": 10, "total": 10})
+    return "finished"
+
+
+@shared_task
+def double(x: int) -> int:
+    return x * 2
+
+
+@app.task(bind=True)
+def grow(self: Any, x: int) -> int:
+    """A chord part that adds another part: add(x, 100)."""
+    self.add_to_chord(add.s(x, 100))
+    return x
+
+
+@app.task(bind=True)
+def replaced(self: Any, x: int, chained: bool = False) -> Any:
+    """Replaced by add(x, 1) (or a chain add(x, 1) | double) under its own id."""
+    if chained:
+        raise self.replace(add.s(x, 1) | double.s())
+    raise self.replace(add.s(x, 1))

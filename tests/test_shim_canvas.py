@@ -107,12 +107,40 @@ def test_empty_chord_calls_the_body_at_once(db_url: str, subprocess_env: dict[st
 
 
 def test_canvas_shapes_that_are_not_supported(db_url: str) -> None:
-    with pytest.raises(NotSupported, match="group or chord inside a chain"):
-        chain(t.add.s(1, 1), group(t.add.s(1, 1)))
     with pytest.raises(NotSupported, match="chord header"):
         chord([chain(t.add.s(1, 1), t.add.s(1))])
-    with pytest.raises(NotSupported, match="link_error"):
-        t.add.s(1, 1).link_error(t.echo.s())
-    with pytest.raises(NotSupported, match="link_error"):
-        t.add.apply_async((1, 1), link_error=t.echo.s())
     assert requests() == []
+
+
+def test_a_chain_that_starts_with_a_group_is_a_chord(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """As Celery upgrades it: chain(group, b, c) runs b on the group's values, then c."""
+    built = chain(group(t.add.s(1, 1), t.add.s(2, 2)), t.total.s(), t.add.s(100))
+    assert isinstance(built, chord)
+    piped = chord([t.add.s(5, 5)], t.total.s()) | t.add.s(1)  # chord | task: after the body
+    result, other = built.apply_async(), piped.apply_async()
+    run_burst(subprocess_env)
+    assert result.get(timeout=10) == 106
+    assert other.get(timeout=10) == 11
+
+
+def test_groups_inside_chains(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """As Celery: a group after a step gets its value; a group followed by
+    more steps is a chord whose body is the rest."""
+    ends = chain(t.add.s(1, 1), group(t.add.s(10), t.add.s(20))).apply_async()
+    middle = (t.add.s(1, 1) | group(t.add.s(10), t.add.s(20)) | t.total.s() | t.add.s(1000)).apply_async()
+    assert isinstance(ends, GroupResult) and len(requests()) == 2  # the first steps only
+    run_burst(subprocess_env)
+    assert ends.get(timeout=10) == [12, 22]
+    assert ends.parent.get(timeout=1) == 2
+    assert middle.get(timeout=10) == 1034
+    # Eager: the same values.
+    assert chain(t.add.s(1, 1), group(t.add.s(10), t.add.s(20))).apply().get() == [12, 22]
+    assert chain(t.add.s(1, 1), group(t.add.s(10), t.add.s(20)), t.total.s()).apply().get() == 34
+
+
+def test_a_group_of_groups_is_one_flat_group(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """Celery unrolls nested groups: one GroupResult, one flat list."""
+    result = group(group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(3, 3)).apply_async()
+    assert len(result) == 3 and len(requests()) == 3
+    run_burst(subprocess_env)
+    assert result.get(timeout=10) == [2, 4, 6]

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 import jobtable.shim
+from jobtable.db import tables
 from jobtable.shim import signals
 from tests import shim_signal_app as app_module
 from tests.polling import wait_for
 from tests.shim_support import BLOCK_CELERY
-from tests.worker_jobs import ROOT, requests, stop, worker_env
+from tests.worker_jobs import ROOT, requests, results, stop, worker_env
 
 SIGNALS = [
     "before_task_publish",
@@ -244,3 +245,81 @@ def test_a_raising_receiver_is_logged_and_the_task_still_succeeds(caplog: pytest
     finally:
         signals.task_success.disconnect(broken)
     assert any("Signal handler" in r.getMessage() and "task_success" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_sends_task_revoked(db_url: str, subprocess_env: dict[str, str], signal_log: Path) -> None:
+    """As a Celery worker: a revoked task it receives is never run
+    (``terminated=False``); a running one it terminates sends
+    ``terminated=True, signum=15`` and no failure handlers."""
+    from jobtable.shim import AsyncResult, TaskRevokedError, states
+
+    early_id = "revoked-before-it-was-sent"
+    AsyncResult(early_id).revoke()  # remembered: a message with this id sent later is revoked at claim
+    early = app_module.sig_add.apply_async((1, 1), task_id=early_id)
+    linger = app_module.sig_linger.delay("x")
+    assert early is not None and linger is not None
+    code = BLOCK_CELERY + "\nfrom jobtable.cli import main\nmain()\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "worker", "--app", "tests.shim_signal_app", "--queue", "celery", "--max-processes", "1"],
+        env=worker_env({**subprocess_env, "SHIM_SIGNAL_LOG": str(signal_log)}),
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with pytest.raises(TaskRevokedError):
+            early.get(timeout=30)
+        wait_for(lambda: any(e["signal"] == "linger_started" for e in read(signal_log)), timeout=30)
+        linger.revoke(terminate=True)
+        with pytest.raises(TaskRevokedError):
+            linger.get(timeout=30)
+        wait_for(lambda: sum(e["signal"] == "task_revoked" for e in read(signal_log)) == 2, timeout=10)
+    finally:
+        out = stop(proc)
+    events = read(signal_log)
+    revoked = [(e["task"], e["task_id"], e["terminated"], e["signum"], e["expired"]) for e in events if e["signal"] == "task_revoked"]
+    assert revoked == [
+        ("tests.shim_signal_app.sig_add", early.id, False, None, False),
+        ("tests.shim_signal_app.sig_linger", linger.id, True, 15, False),
+    ], out
+    assert early.state == states.REVOKED and linger.state == states.REVOKED
+    # The revoked one never ran; the terminated one ran no failure handler and no postrun (Celery kills it).
+    assert not [e for e in events if e.get("task_id") == early.id and e["signal"] in ("task_prerun", "task_postrun")]
+    assert not [e for e in events if e.get("task_id") == linger.id and e["signal"] in ("task_failure", "task_postrun")]
+    assert [r.status for r in results(early.id)] == [tables.CANCELLED]
+
+
+def test_beat_sends_the_publish_signals(db_url: str, signal_log: Path) -> None:
+    """A beat entry's message goes through the shim's send path, as celery
+    beat's ``apply_async`` does: both publish signals, receivers' headers kept."""
+    from datetime import datetime, timedelta, timezone
+
+    from jobtable.scheduler import Scheduler
+
+    app = app_module.app
+    app.conf.beat_schedule = {
+        "add-every-second": {
+            "task": "tests.shim_signal_app.sig_add",
+            "schedule": 1.0,
+            "args": (4, 5),
+            "options": {"priority": 3},
+        }
+    }
+    try:
+        scheduler = Scheduler()
+        start = datetime(2026, 12, 1, 9, 0, 0, 400000, tzinfo=timezone.utc)
+        assert not scheduler.tick(start).enqueued  # nothing ahead of time
+        report = scheduler.tick(start + timedelta(seconds=1))
+    finally:
+        app.conf.beat_schedule = {}
+    [fired] = report.enqueued
+    assert fired.request is not None and not report.errors
+    events = read(signal_log)
+    [before] = [e for e in events if e["signal"] == "before_task_publish"]
+    [after] = [e for e in events if e["signal"] == "after_task_publish"]
+    assert (before["task"], before["args"], before["routing_key"]) == ("tests.shim_signal_app.sig_add", [4, 5], "celery")
+    assert before["task_id"] == after["task_id"] == fired.request.uuid
+    [row] = requests()
+    assert row.task_id == fired.request.uuid and row.priority == 3 and row.concurrency_key.startswith("schedule:")
+    assert json.loads(row.message)["headers"]["x-from-signal"] == "seen tests.shim_signal_app.sig_add"

@@ -200,16 +200,48 @@ def clear(batch_size: int | None) -> None:
 @main.command("list")
 @with_app
 def list_jobs() -> None:
-    """Registered jobs, with their descriptions."""
+    """Registered jobs, with their descriptions, then the Celery-free (shim) tasks with their queues."""
     from ..registry import jobs_registry
 
     names = jobs_registry.names()
-    if not names:
+    tasks = _shim_tasks()
+    if not names and not tasks:
         click.echo("No jobs registered. Put them in app/jobs.py, or pass --app or set JOBTABLE_APP / JOBTABLE_PACKAGES.")
         return
     for name in names:
         doc = (jobs_registry.get(name).__doc__ or "").strip().splitlines()
         click.echo(f"{name}" + (f"  {doc[0]}" if doc else ""))
+    if tasks:
+        if names:
+            click.echo("")
+        click.echo("Tasks (jobtable.shim):")
+        _table(["name", "queue", "description"], tasks)
+
+
+def _shim_tasks() -> list[list[str]]:
+    """The shim's tasks (name, queue, first line of the docstring), when the
+    app uses it; Celery's built-in map tasks (``celery.map``...) are left
+    out, as ``celery inspect registered`` leaves them out."""
+    import sys
+
+    if "jobtable.shim.task" not in sys.modules:
+        return []
+    from ..shim.maps import BUILTIN_NAMES
+    from ..shim.registry import registry
+    from ..shim.send import route
+    from ..shim.task import Task
+
+    rows = []
+    for name, task in sorted(registry.tasks.items()):
+        if not isinstance(task, Task) or name in BUILTIN_NAMES:
+            continue
+        try:
+            queue = route(task._app(), name, task, (), {}, {})
+        except Exception as exc:  # noqa: BLE001  (a router of the app's may need a message)
+            queue = f"(decided per message: {type(exc).__name__})"
+        doc = (type(task).__doc__ or "").strip().splitlines()
+        rows.append([name, queue, doc[0] if doc else ""])
+    return rows
 
 
 @main.command("run")

@@ -231,6 +231,25 @@ def attempts_of_task(conn: Connection, task_id: str, limit: int = 200) -> list[R
     return list(conn.execute(stmt))
 
 
+def progress_of(conn: Connection, task_id: str, attempt: int) -> dict[str, Any] | None:
+    """The custom state a running attempt reported (Celery's
+    ``update_state(state="PROGRESS", meta=...)``, from a Celery worker or the
+    shim): ``{"state", "meta"}`` of its unfinished (STARTED) result row, or None."""
+    stmt = select(result.c.meta).where(
+        result.c.task_id == task_id, result.c.attempt == attempt, result.c.status == "STARTED"
+    )
+    text = conn.execute(stmt).scalar()
+    if not text:
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
+        return None
+    return {"state": meta["status"], "meta": meta.get("result")}
+
+
 # -- overview ---------------------------------------------------------------------
 
 

@@ -105,8 +105,13 @@ def request_detail(request: Request) -> Response:
         row = queries.request_by_id(conn, request_id)
         attempts = queries.attempts_of_task(conn, row.task_id) if row is not None else []
         revoked = row is not None and revokes.is_revoked(conn, row.task_id, formatting.utcnow())
+        progress = queries.progress_of(conn, row.task_id, row.attempt) if row is not None else None
     if row is None:
         return error_page(request, 404, f"No waiting or running job has id {request_id}; it may have finished.")
+    if progress is not None and progress["meta"] is not None:
+        progress["meta"] = formatting.pretty_json(progress["meta"])
+    # The running attempt's custom-state row is shown as its progress, not as an earlier attempt.
+    attempts = [a for a in attempts if a.attempt < row.attempt]
     return render(
         request,
         "request_detail.html",
@@ -116,6 +121,7 @@ def request_detail(request: Request) -> Response:
             "params": _parameters(request, row.message),
             "attempts": attempts,
             "revoked": revoked,
+            "progress": progress,
         },
         live="live_request_detail.html",
     )

@@ -178,3 +178,43 @@ def task_ids_known(conn: Connection, task_ids: list[str]) -> set[str]:
     found = set(conn.execute(select(request.c.task_id).where(request.c.task_id.in_(task_ids))).scalars())
     found |= set(conn.execute(select(result.c.task_id).where(result.c.task_id.in_(task_ids))).scalars())
     return found
+
+
+def delete_unfinished(conn: Connection, task_id: str, attempt: int) -> None:
+    """Remove the STARTED row of (task_id, attempt) -- a custom state the
+    shim's ``update_state`` wrote -- before the worker writes the attempt's
+    final row, which would otherwise repeat (task_id, attempt) and be skipped."""
+    conn.execute(
+        delete(result).where(result.c.task_id == task_id, result.c.attempt == attempt, result.c.status == "STARTED")
+    )
+
+
+def grow_chord(conn: Connection, group_id: str) -> int | None:
+    """One more part for a running chord (the shim's ``add_to_chord``):
+    returns the new size, or None if the chord is unknown or not sized yet.
+    The adding part has not been counted yet (it is still running), so the
+    count cannot complete before the new part is counted too."""
+    rows = dialects.dialect_of(conn).update_returning(
+        conn,
+        group,
+        [group.c.id == group_id, group.c.chord_size.is_not(None)],
+        {"chord_size": group.c.chord_size + 1},
+        [group.c.chord_size],
+    )
+    return int(rows[0].chord_size) if rows else None
+
+
+def attempts_known(conn: Connection, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Those (task_id, attempt) of ``pairs`` that have a request or a result:
+    the dedupe of a canvas step that continues a replaced task (the shim's
+    ``replace()``: the same task id, a later attempt)."""
+    found: set[tuple[str, int]] = set()
+    for task_id, attempt in pairs:
+        for table in (request, result):
+            hit = conn.execute(
+                select(table.c.id).where(table.c.task_id == task_id, table.c.attempt == attempt).limit(1)
+            ).first()
+            if hit is not None:
+                found.add((task_id, attempt))
+                break
+    return found

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 
+from . import builtin_tasks as _builtin_tasks
 from . import runner as _runner
 from .app import Celery, current_app
 from .canvas import Signature, chain, chord, group, signature
@@ -62,6 +63,7 @@ def get_task_logger(name: str) -> logging.Logger:
 
 
 _runner.install()
+_builtin_tasks.install()
 
 __all__ = [
     "FAILURE",

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import current
+from . import current, django_fixup
 from .canvas import Signature
 from .conf import Settings, is_setting, jobtable_url
 from .decorators import create_task, rebase_default_tasks
@@ -172,10 +172,15 @@ class Celery:
     ) -> None:
         """Import ``<package>.tasks`` of each package.  Lazy unless ``force``
         (a Django ``lambda: settings.INSTALLED_APPS`` is called when tasks are
-        first looked up, after Django is set up)."""
+        first looked up, after Django is set up).  Without packages: the
+        installed Django apps when ``DJANGO_SETTINGS_MODULE`` is set (as
+        Celery's Django fix-up does), else ``include`` and ``imports``."""
         self._related_name = related_name
         if packages is None:
-            packages = list(self.conf.include) + list(self.conf.imports)
+            if django_fixup.configured():
+                packages = django_fixup.django_packages
+            else:
+                packages = list(self.conf.include) + list(self.conf.imports)
         self._pending_packages.append(packages)
         registry.discover_later(self.discover_pending)
         if force:
@@ -283,7 +288,9 @@ def resolve_beat_schedules() -> None:
     install the beat schedules that waited for them.  Called by ``jobtable
     worker`` and the commands that load the app; an entry whose task still
     does not exist raises NotSupported naming the entry and the task, so the
-    worker refuses to start instead of never running it."""
+    worker refuses to start instead of never running it.  With
+    ``DJANGO_SETTINGS_MODULE`` set, Django is set up first (django_fixup.py)."""
+    django_fixup.setup()
     registry.discover_all()
     for app in list(_deferred_beat):
         app.install_beat_schedule()

@@ -24,7 +24,10 @@ from . import send
 from .current import App, current_app
 from .exceptions import NotSupported
 from .registry import registry
+from .canvas_rows import ChordStart, first_task, result_task, rows_for, start_chords
 from .result import AsyncResult, GroupResult
+
+__all__ = ["ChordStart", "first_task", "result_task", "rows_for", "start_chords"]
 
 
 def _app(app: App | None) -> App:
@@ -118,18 +121,25 @@ class Signature(dict):  # type: ignore[type-arg]
         links.append(callback)
         return callback
 
-    def link_error(self, errback: Any) -> Any:
-        raise NotSupported("link_error / on_error", send.UNSUPPORTED["link_error"])
+    def link_error(self, errback: Signature) -> Signature:
+        """Run ``errback`` if this task fails (Celery's rules, followups.py)."""
+        if not isinstance(errback, Signature):
+            raise TypeError(f"link_error() takes a signature (task.s(...)), got {errback!r}.")
+        errbacks = self.options.setdefault("link_error", [])
+        errbacks.append(errback)
+        return errback
 
-    on_error = link_error
+    def on_error(self, errback: Signature) -> Signature:
+        self.link_error(errback)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in messages (arguments encoded as when sent)."""
         args, kwargs = send.encode_args(self.args, self.kwargs, str(self.task))
         options = dict(self.options)
-        if options.get("link"):
-            links = options["link"]
-            options["link"] = [s.to_dict() for s in (links if isinstance(links, (list, tuple)) else [links])]
+        for key in ("link", "link_error"):
+            if options.get(key):
+                options[key] = send._signature_dicts(key, options[key])
         return {
             "task": self.task,
             "args": args,
@@ -167,6 +177,7 @@ class Signature(dict):  # type: ignore[type-arg]
             sig.kwargs,
             task_id=opts.get("task_id"),
             link=opts.get("link"),
+            link_error=opts.get("link_error"),
             parent_id=opts.get("parent_id"),
             root_id=opts.get("root_id"),
         )
@@ -177,8 +188,8 @@ class Signature(dict):  # type: ignore[type-arg]
         return registry.get(self.task)(*new_args, **new_kwargs)
 
     def __or__(self, other: Any) -> chain:
-        if isinstance(other, (group, chord)):
-            raise NotSupported("a group inside a chain", "Use chord(group, body) for fan-in; chain plain tasks.")
+        # a | group(...) runs the group with a's value; a | group | b is a
+        # chord after a (chain() makes it one, as Celery does).
         if isinstance(other, Signature):
             return chain(self, other)
         return NotImplemented
@@ -208,20 +219,40 @@ class chain(Signature):  # noqa: N801  (Celery's name)
     """``chain(a.s(1), b.s(), c.s())`` or ``a.s(1) | b.s()``: each result is
     the first argument of the next step (unless it is immutable, ``.si``)."""
 
+    def __new__(cls, *tasks: Any, app: App | None = None, **options: Any) -> Any:
+        # A chain that starts with a group is a chord, as Celery upgrades it:
+        # chain(group(a, b), c, d) runs c(results) then d.
+        items = _flatten(tasks)
+        if items and isinstance(items[0], group) and not options:
+            rest = items[1:]
+            if not rest:
+                return items[0]
+            body = rest[0] if len(rest) == 1 else chain(*rest, app=app)
+            return chord(items[0].tasks, body, app=app)
+        return super().__new__(cls)
+
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
-        steps: list[Signature] = []
+        flat: list[Any] = []
         for task in _flatten(tasks):
             if isinstance(task, chain):
-                steps.extend(task.tasks)
-            elif isinstance(task, (group, chord)):
-                raise NotSupported(
-                    "a group or chord inside a chain",
-                    "Use chord(header, body) to run a task after a group, and chain plain tasks.",
-                )
+                flat.extend(task.tasks)
             elif isinstance(task, Signature):
-                steps.append(task)
+                flat.append(task)
             else:
                 raise TypeError(f"chain() takes signatures (task.s(...)), got {task!r}.")
+        steps: list[Signature] = []
+        for index, task in enumerate(flat):
+            rest = flat[index + 1 :]
+            if isinstance(task, group) and rest:
+                # As Celery: a group followed by more steps is a chord whose body is the rest.
+                steps.append(chord(task.tasks, rest[0] if len(rest) == 1 else chain(*rest, app=app), app=app))
+                break
+            if isinstance(task, chord) and rest:
+                if task.body is None:
+                    raise ValueError("A chord in a chain needs a body: chord(header, body).")
+                steps.append(chord(task.tasks, chain(task.body, *rest, app=app), app=app))
+                break
+            steps.append(task)
         super().__init__("celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
 
     @property
@@ -231,10 +262,16 @@ class chain(Signature):  # noqa: N801  (Celery's name)
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks))
 
+    def link_error(self, errback: Signature) -> Signature:
+        # As Celery: every step gets it (any of them may fail).
+        for step in self.tasks:
+            step.link_error(errback)
+        return errback
+
     def __or__(self, other: Any) -> chain:
-        if isinstance(other, Signature) and not isinstance(other, (group, chord)):
+        if isinstance(other, Signature):
             return chain(*self.tasks, other)
-        return super().__or__(other)
+        return NotImplemented
 
     def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> chain:
         steps = [step.clone() for step in self.tasks]
@@ -242,18 +279,22 @@ class chain(Signature):  # noqa: N801  (Celery's name)
             steps[0] = steps[0].clone(args, kwargs)
         return chain(*steps, app=self._app, **{**self.options, **options})
 
-    def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
-        """Fix every step's id; the chain's result is its last step's, with
-        the earlier steps as parents."""
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id; the chain's result is its last step's (a
+        GroupResult for a group; a chord's body's), with the earlier steps as
+        parents."""
 
-        result: AsyncResult | None = None
+        result: Any = None
         steps = self.tasks
         for index, step in enumerate(steps):
-            if index == len(steps) - 1 and _id is not None:
+            if index == len(steps) - 1 and _id is not None and not isinstance(step, (group, chord)):
                 step.options["task_id"] = _id
             parent = result
             result = step.freeze()
-            result.parent = parent
+            node = result
+            while getattr(node, "parent", None) is not None:  # a chord's body -> its header
+                node = node.parent
+            node.parent = parent
         if result is None:
             raise ValueError("An empty chain has no result.")
         return result
@@ -282,9 +323,13 @@ class chain(Signature):  # noqa: N801  (Celery's name)
         if app.conf.task_always_eager:
             return sig.apply()
         result = sig.freeze()
-        rows = rows_for(app, sig.to_dict(), [], now=send.utcnow())
-        if not send.insert_rows(rows):
-            return None
+        now = send.utcnow()
+        starts: list[ChordStart] = []
+        rows = rows_for(app, sig.to_dict(), [], now=now, chord_starts=starts)
+        with db_engine.connect() as conn, conn.begin():
+            start_chords(conn, starts, now)
+            if not send.insert_rows(rows, conn):
+                return None
         return result
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
@@ -307,8 +352,13 @@ class group(Signature):  # noqa: N801
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
         steps = []
         for task in _flatten(tasks):
-            if isinstance(task, (group, chord)):
-                raise NotSupported("a group or chord inside a group", "Flatten it into one group.")
+            if isinstance(task, group):
+                # Celery unrolls a group in a group: its tasks run in parallel
+                # with the others, and get() lists their values in the same flat list.
+                steps.extend(task.tasks)
+                continue
+            if isinstance(task, chord):
+                raise NotSupported("a chord inside a group", "Send the chord on its own, beside the group.")
             if not isinstance(task, Signature):
                 raise TypeError(f"group() takes signatures (task.s(...)), got {task!r}.")
             steps.append(task)
@@ -320,6 +370,39 @@ class group(Signature):  # noqa: N801
 
     def __repr__(self) -> str:
         return f"group({', '.join(map(repr, self.tasks))})"
+
+    def link_error(self, errback: Signature) -> Signature:
+        # As Celery: every member gets an immutable copy (a failed member's
+        # id is not passed), so it may run once per failed member.
+        for step in self.tasks:
+            step.link_error(errback.clone().set(immutable=True))
+        return errback
+
+    # -- as a chain step (canvas_rows.py sends it) --------------------------------------
+
+    def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> group:
+        # Partial arguments go to every member, as in Celery.
+        return group(
+            [step.clone(args, kwargs) for step in self.tasks], app=self._app, **{**self.options, **options}
+        )
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> GroupResult:  # type: ignore[override]
+        """Fix the group's id (options task_id, as Celery) and its members'."""
+        if _id is not None:
+            self.options["task_id"] = _id
+        group_id = self.options.setdefault("task_id", messages.new_task_id())
+        return GroupResult(group_id, [step.freeze() for step in self.tasks], app=self._app)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": "celery.group",
+            "args": [],
+            "kwargs": {"tasks": [step.to_dict() for step in self.tasks]},
+            "options": {"task_id": self.options["task_id"]} if self.options.get("task_id") else {},
+            "subtask_type": "group",
+            "immutable": False,
+            "chord_size": None,
+        }
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:
         app = _app(self._app)
@@ -387,6 +470,65 @@ class chord(Signature):  # noqa: N801
     def __call__(self, body: Signature | None = None, **options: Any) -> Any:
         return self.apply_async((), {}, body=body, **options)
 
+    def __or__(self, other: Any) -> chord:  # type: ignore[override]
+        # As Celery: chord(header, body) | c runs c after the body.
+        if self.body is not None and isinstance(other, Signature) and not isinstance(other, (group, chord)):
+            return chord(self.tasks, chain(self.body, other), app=self._app, **self.options)
+        return NotImplemented
+
+    # -- as a chain step (canvas_rows.py sends it) --------------------------------------
+
+    def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> chord:
+        body = self.body.clone() if self.body is not None else None
+        header = [step.clone(args, kwargs) for step in self.tasks]
+        return chord(header, body, app=self._app, **{**self.options, **options})
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix the header's ids (the group id in options task_id) and the
+        body's; the result is the body's, its parent the header's GroupResult."""
+        if self.body is None:
+            raise ValueError("chord() needs a body: chord(header, body).")
+        group_id = self.options.setdefault("task_id", messages.new_task_id())
+        header = GroupResult(group_id, [step.freeze() for step in self.tasks], app=self._app)
+        result = self.body.freeze(_id)
+        node = result
+        while getattr(node, "parent", None) is not None:  # a chain body: its first step
+            node = node.parent
+        node.parent = header
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        """Celery's form: the header is a group's dict."""
+        if self.body is None:
+            raise ValueError("chord() needs a body: chord(header, body).")
+        header = group(self.tasks, app=self._app)
+        return {
+            "task": "celery.chord",
+            "args": [],
+            "kwargs": {"header": header.to_dict(), "body": self.body.to_dict(), "kwargs": {}},
+            "options": {"task_id": self.options["task_id"]} if self.options.get("task_id") else {},
+            "subtask_type": "chord",
+            "immutable": False,
+            "chord_size": None,
+        }
+
+    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Run now, in this process (eager): the header, then the body with their values."""
+        if self.body is None:
+            raise ValueError("chord() needs a body: chord(header, body).")
+        header = GroupResult(messages.new_task_id(), [s.clone(args, kwargs).apply() for s in self.tasks])
+        result = self.body.clone().apply((header.get(),))
+        result.parent = header
+        return result
+
+    def link_error(self, errback: Signature) -> Signature:
+        # As Celery (task_allow_error_cb_on_chord_header off): the body's;
+        # it runs if a header part fails (the body's ChordError) or the body does.
+        if self.body is None:
+            raise ValueError("chord.link_error() needs a body: chord(header, body).link_error(errback).")
+        self.body.link_error(errback)
+        return errback
+
     def apply_async(self, args: Any = None, kwargs: Any = None, body: Signature | None = None, **options: Any) -> Any:
         app = _app(self._app)
         body = body if body is not None else self.body
@@ -427,69 +569,3 @@ class chord(Signature):  # noqa: N801
                 )
         body_result.parent = header
         return body_result
-
-
-def first_task(sig: dict[str, Any]) -> dict[str, Any]:
-    if sig.get("subtask_type") == "chain":
-        return first_task(sig["kwargs"]["tasks"][0])
-    return sig
-
-
-def result_task(sig: dict[str, Any]) -> dict[str, Any]:
-    """The step whose id stands for ``sig``'s result (a chain's last)."""
-    if sig.get("subtask_type") == "chain":
-        return result_task(sig["kwargs"]["tasks"][-1])
-    return sig
-
-
-def rows_for(
-    app: App,
-    sig: dict[str, Any],
-    prefix: list[Any],
-    *,
-    now: datetime,
-    parent_id: str | None = None,
-    root_id: str | None = None,
-    chain: list[dict[str, Any]] | None = None,
-    group_id: str | None = None,
-    group_index: int | None = None,
-    chord: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """The request row(s) that start ``sig`` (a signature's JSON form), with
-    ``prefix`` (encoded values) before its arguments.  ``chain``: steps to
-    run after it, reversed, as in Celery's messages."""
-    kind = sig.get("subtask_type")
-    if kind == "chain":
-        steps = list(sig["kwargs"]["tasks"])
-        if not steps:
-            return []
-        # The outer chain's remaining steps run after this chain's.
-        rest = list(chain or []) + list(reversed(steps[1:]))
-        return rows_for(
-            app,
-            steps[0],
-            prefix,
-            now=now,
-            parent_id=parent_id,
-            root_id=root_id,
-            chain=rest,
-            group_id=group_id,
-            group_index=group_index,
-            chord=chord,
-        )
-    if kind is not None:
-        raise NotSupported(f"a {kind} as a canvas step", "Chain plain tasks; use chord(header, body) for fan-in.")
-    options = params.decode(dict(sig.get("options") or {}))
-    for key, value in (
-        ("parent_id", parent_id),
-        ("root_id", root_id),
-        ("group_id", group_id),
-        ("group_index", group_index),
-    ):
-        if value is not None:
-            options[key] = value
-    args = list(sig.get("args") or [])
-    if not sig.get("immutable"):
-        args = list(prefix) + args
-    embed = {"chain": list(chain) if chain else None, "chord": chord}
-    return [send.build_row(app, str(sig["task"]), args, dict(sig.get("kwargs") or {}), options, now=now, embed=embed)]

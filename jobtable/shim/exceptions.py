@@ -70,3 +70,11 @@ class NotRegistered(JobtableError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "NotRegistered"
+
+
+class Ignore(BaseException):
+    """Celery's ``Ignore``: raised by ``self.replace(sig)`` once the
+    replacement is sent.  The attempt ends without a result of its own
+    (no failure handler runs); the replacement, under the same task id,
+    gives the task its result.  A BaseException, so the task's own
+    ``except Exception`` does not stop it."""

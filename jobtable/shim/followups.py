@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import clock, tables
-from . import send
-from .canvas import result_task, rows_for
+from ..middleware import current_job
+from . import errbacks, send
+from .canvas import ChordStart, result_task, rows_for, start_chords
 from .context import Context
 from .current import App, current_app
-from .exceptions import ChordError
+from .exceptions import ChordError, NotSupported
 from .registry import registry
 
 if TYPE_CHECKING:
@@ -45,16 +46,116 @@ def follow(request: Context, encoded: Any) -> None:
     app = current_app()
     now = clock.utcnow()
     rows: list[dict[str, Any]] = []
+    starts: list[ChordStart] = []
     chain = list(request.chain or [])
     if chain:
         step = chain.pop()  # Celery keeps the rest reversed: the next step is last
-        rows += rows_for(app, step, [encoded], now=now, parent_id=request.id, root_id=request.root_id, chain=chain)
+        rows += rows_for(
+            app,
+            step,
+            [encoded],
+            now=now,
+            parent_id=request.id,
+            root_id=request.root_id,
+            chain=chain,
+            chord_starts=starts,
+        )
     for callback in request.callbacks or []:
-        rows += rows_for(app, callback, [encoded], now=now, parent_id=request.id, root_id=request.root_id)
+        rows += rows_for(
+            app, callback, [encoded], now=now, parent_id=request.id, root_id=request.root_id, chord_starts=starts
+        )
+    failed_body = None
     with db_engine.connect() as conn, conn.begin():
+        # A chord step (chain(a, group(b, c), d)): its counter row with its header.
+        start_chords(conn, starts, now)
         send.insert_rows(rows, conn, dedupe=True)
         if request.chord and request.group:
-            _count_part(conn, app, request, ok=True, outcome=encoded, now=now)
+            failed_body = _count_part(conn, app, request, ok=True, outcome=encoded, now=now)
+    _body_errbacks(failed_body)
+
+
+def add_to_chord(request: Context, sig: Any) -> Any:
+    """Celery's ``self.add_to_chord(sig)``: ``sig`` becomes one more part of
+    the chord the running task belongs to (the body gets its value last).
+    The chord's size grows and the part is sent in one transaction."""
+    if not request.chord or not request.group:
+        raise ValueError("Current task is not member of any chord")
+    if request.is_eager:
+        raise ValueError("add_to_chord() needs a chord sent to a worker; eager chords run their header at once.")
+    if getattr(sig, "subtask_type", None) is not None or not hasattr(sig, "to_dict"):
+        raise NotSupported(
+            f"add_to_chord({sig!r})", "Add one task signature (task.s(...)) per call; a chord part is one task."
+        )
+    app = current_app()
+    now = clock.utcnow()
+    sig = sig.clone()
+    result = sig.freeze()
+    with db_engine.connect() as conn, conn.begin():
+        size = db_results.grow_chord(conn, str(request.group))
+        if size is None:
+            raise ValueError(f"The chord {request.group} of this task is not known to the database (already ended?).")
+        rows = rows_for(
+            app,
+            sig.to_dict(),
+            [],
+            now=now,
+            root_id=request.root_id,
+            group_id=str(request.group),
+            group_index=size - 1,
+            chord=dict(request.chord),
+        )
+        send.insert_rows(rows, conn)
+    return result
+
+
+def replace(request: Context, sig: Any) -> None:
+    """Celery's ``self.replace(sig)``, on the worker: ``sig`` is sent under
+    the running task's id (the next attempt number, so this attempt's row
+    and the replacement's do not collide), with what followed this task:
+    the rest of its chain, its callbacks and errbacks, its chord part."""
+    kind = getattr(sig, "subtask_type", None)
+    if kind not in (None, "chain") or not hasattr(sig, "to_dict"):
+        raise NotSupported(
+            f"replace() with {sig!r}", "Replace a task with a task signature or a chain (task.s(...) | ...)."
+        )
+    if kind == "chain" and request.chord:
+        raise NotSupported("replace() of a chord part with a chain", "Replace a chord part with one task signature.")
+    if request.id is None:
+        raise RuntimeError("replace() needs a task run by a worker.")
+    app = current_app()
+    now = clock.utcnow()
+    sig = sig.clone()
+    last = sig.tasks[-1] if kind == "chain" else sig
+    for callback in request.callbacks or []:
+        last.options.setdefault("link", []).append(callback)
+    for errback in request.errbacks or []:
+        last.options.setdefault("link_error", []).append(errback)
+    sig.freeze(request.id)  # a chain's last step takes the id
+    running = current_job()
+    attempt = (running.attempt if running is not None else int(request.retries or 0) + 1) + 1
+    nesting = int((request.headers or {}).get("replaced_task_nesting") or 0) + 1
+    # The next attempt of this id (headers win over the message's own), so
+    # this attempt's result row and the replacement's do not collide.
+    last.options["headers"] = {
+        **dict(last.options.get("headers") or {}),
+        "retries": attempt - 1,
+        "replaced_task_nesting": nesting,
+    }
+    rows = rows_for(
+        app,
+        sig.to_dict(),
+        [],
+        now=now,
+        parent_id=request.parent_id,
+        root_id=request.root_id,
+        chain=list(request.chain or []) or None,
+        group_id=str(request.group) if request.chord and request.group else None,
+        group_index=request.group_index if request.chord else None,
+        chord=dict(request.chord) if request.chord else None,
+    )
+    with db_engine.connect() as conn, conn.begin():
+        if len(send.insert_rows(rows, conn)) != len(rows):
+            raise RuntimeError(f"The replacement of {request.task}[{request.id}] was not enqueued (its concurrency key is taken).")
 
 
 def count_failed_part(request: Context, outcome: str) -> None:
@@ -62,34 +163,65 @@ def count_failed_part(request: Context, outcome: str) -> None:
     now = clock.utcnow()
     try:
         with db_engine.connect() as conn, conn.begin():
-            _count_part(conn, current_app(), request, ok=False, outcome=outcome, now=now)
+            failed_body = _count_part(conn, current_app(), request, ok=False, outcome=outcome, now=now)
     except Exception:
         logger.exception("Could not count the failed part %s of chord %s", request.id, request.group)
+        return
+    _body_errbacks(failed_body)
 
 
-def _count_part(conn: Connection, app: App, request: Context, *, ok: bool, outcome: Any, now: datetime) -> None:
+def _body_errbacks(failed: tuple[dict[str, Any], str] | None) -> None:
+    """A chord whose body failed with a ChordError: the body's errbacks run,
+    as Celery's ``chord_error_from_stack`` runs them (with a request made
+    from the body's signature)."""
+    if failed is None:
+        return
+    body, message = failed
+    last = result_task(body)
+    options = last.get("options") or {}
+    if not options.get("link_error"):
+        return
+    request = Context(
+        id=options.get("task_id"),
+        task=last.get("task"),
+        args=tuple(last.get("args") or ()),
+        kwargs=dict(last.get("kwargs") or {}),
+        errbacks=list(options["link_error"]),
+        delivery_info={},
+        called_directly=False,
+    )
+    errbacks.call_errbacks(request, ChordError(message))
+
+
+def _count_part(
+    conn: Connection, app: App, request: Context, *, ok: bool, outcome: Any, now: datetime
+) -> tuple[dict[str, Any], str] | None:
     """Count this part; the part that completes the count sends the body
     (exactly one does: the counter is updated in one UPDATE ... RETURNING,
-    and a part is counted once whatever the number of times it ran)."""
+    and a part is counted once whatever the number of times it ran).
+    Returns (body, error) when the body failed with a ChordError."""
     group_id, index = str(request.group), int(request.group_index or 0)
     stored = json.dumps({"ok": ok, "id": request.id, "value" if ok else "error": outcome})
     counted = db_results.chord_part_record(conn, group_id, index, stored, now)
     if counted is None:
-        return
+        return None
     done, size = counted
     if size is None or done < size:
-        return
+        return None
     outcomes = [json.loads(raw) for raw in db_results.chord_part_outcomes(conn, group_id)]
     body = dict(request.chord or {})
     failed = next((o for o in outcomes if not o["ok"]), None)
+    error = None
     if failed is None:
         values = [o["value"] for o in outcomes]
         send.insert_rows(
             rows_for(app, body, [values], now=now, parent_id=request.id, root_id=request.root_id), conn, dedupe=True
         )
     else:
-        _chord_error(conn, app, body, f"Dependency {failed['id']} raised {failed['error']}", now)
+        error = f"Dependency {failed['id']} raised {failed['error']}"
+        _chord_error(conn, app, body, error, now)
     db_results.delete_chord_parts(conn, group_id)
+    return (body, error) if error is not None else None
 
 
 def _chord_error(conn: Connection, app: App, body: dict[str, Any], message: str, now: datetime) -> None:

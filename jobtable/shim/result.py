@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .. import params
 from ..db import engine as db_engine
 from ..db import results as db_results
 from ..db import cancels_sql, clock, operations_sql, revokes_sql, tables
@@ -19,7 +20,7 @@ from ..db.notify import Listener
 from . import exceptions as shim_exceptions
 from .current import App
 from .exceptions import NotSupported, TaskRevokedError, TimeoutError
-from .states import EXCEPTION_STATES, FAILURE, PROPAGATE_STATES, READY_STATES, REVOKED, SUCCESS, task_meta
+from .states import ALL_STATES, EXCEPTION_STATES, FAILURE, PROPAGATE_STATES, READY_STATES, REVOKED, SUCCESS, task_meta
 
 #: Longest single wait: bounds the cost of a lost notification.
 WAIT_CAP = 5.0
@@ -101,6 +102,9 @@ class AsyncResult:
         meta = self._meta()
         if meta["status"] in EXCEPTION_STATES:
             return exception_from(meta["result"], meta["status"])
+        if meta["status"] not in ALL_STATES:
+            # A custom state's meta (update_state), stored with jobtable's markers.
+            return params.decode(meta["result"])
         return meta["result"]
 
     info = result

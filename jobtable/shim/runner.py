@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 from .. import params
+from ..db import engine as db_engine
+from ..db import clock, result_rows, revokes_sql, tables
 from ..messages import TaskCall
 from ..worker import hooks
 from ..worker.dispatch import RUNNERS, Prepared, current_row
@@ -44,10 +46,55 @@ def prepare(call: TaskCall) -> Prepared | None:
     job = task.job_class(*args, **kwargs)
     job._call = call
     job._embed = _embed(call)
+    if call.task_id in revokes_sql.flagged:
+        revokes_sql.flagged.discard(call.task_id)
+        _record_revoked()
+        job._revoked = True  # TaskJob.run sends task_revoked and raises TaskRevokedError
     hard, soft = (list(call.headers.get("timelimit") or []) + [None, None])[:2]
     limits = [float(x) for x in (hard, soft, task.time_limit, task.soft_time_limit) if x]
     # One limit in jobtable: the job is interrupted (JobTimeout) when it passes.
     return Prepared(job=job, timeout=min(limits) if limits else None)
+
+
+def _record_revoked() -> None:
+    """A revoked shim task handed to us by the claim (``_flag_revokes``):
+    its REVOKED result, as the claim would have written it.  The worker's
+    own row for the attempt (the TaskRevokedError raised next) then
+    repeats (task id, attempt) and is skipped."""
+    row = current_row.get()
+    if row is None:
+        return
+    now = clock.utcnow()
+    with db_engine.connect() as conn, conn.begin():
+        result_rows.insert_results(
+            conn,
+            [
+                result_rows.result_values(
+                    row,
+                    tables.CANCELLED,
+                    ended_at=now,
+                    started_at=None,
+                    error_type=revokes_sql.REVOKED_ERROR,
+                    error_message="revoked",
+                    retried=False,
+                )
+            ],
+        )
+
+
+def _flag_revokes() -> None:
+    """Revoked rows of shim tasks reach the runner flagged instead of ending
+    in the claim, so that ``task_revoked`` is sent (and a chord part counted)
+    as a Celery worker does when it receives a revoked task."""
+    previous = revokes_sql.runner_revokes
+    if getattr(previous, "_jobtable_shim", False):
+        return
+
+    def shim_revokes(row: Any) -> bool:
+        return row.task_name in registry.tasks or (previous is not None and previous(row))
+
+    shim_revokes._jobtable_shim = True  # type: ignore[attr-defined]
+    revokes_sql.runner_revokes = shim_revokes
 
 
 def _embed(call: TaskCall) -> dict[str, Any]:
@@ -100,6 +147,7 @@ def _member_started(hostname: str) -> None:
 def install() -> None:
     if prepare not in RUNNERS:
         RUNNERS.append(prepare)
+    _flag_revokes()
     for hook_list, hook in (
         (hooks.WORKER_READY, _worker_ready),
         (hooks.MEMBER_STARTED, _member_started),

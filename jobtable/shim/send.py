@@ -42,6 +42,7 @@ HANDLED = {
     "queue",
     "headers",
     "link",
+    "link_error",
     "shadow",
     "time_limit",
     "soft_time_limit",
@@ -71,8 +72,6 @@ UNSUPPORTED = {
     "router": "Route with queue=, the task's queue option or app.conf.task_routes.",
     "exchange": "Route with queue=.",
     "routing_key": "Route with queue= (a routing key is the queue name in jobtable).",
-    "link_error": "Handle failures inside the task (try/except), in Task.on_failure, or query "
-    "AsyncResult(id).failed().",
     "compression": "Messages are stored uncompressed as JSON.",
     "chord": "Use chord(header)(body).",
     "replaced_task_nesting": "Task.replace() is not supported.",
@@ -127,7 +126,7 @@ def check_options(options: dict[str, Any]) -> None:
         if key not in HANDLED and key not in IGNORED and key not in UNSUPPORTED:
             raise NotSupported(
                 f"apply_async({key}=...)",
-                "Supported options: countdown, eta, expires, priority, queue, task_id, headers, link, shadow, "
+                "Supported options: countdown, eta, expires, priority, queue, task_id, headers, link, link_error, shadow, "
                 "time_limit, soft_time_limit.",
             )
 
@@ -169,6 +168,19 @@ def encode_args(args: Sequence[Any], kwargs: dict[str, Any], where: str) -> tupl
         )
     except params.ParameterError as exc:
         raise params.ParameterError(str(exc)) from None
+
+
+def _signature_dicts(key: str, links: Any) -> list[dict[str, Any]]:
+    """``link=``/``link_error=``: a signature or a list of them, as stored."""
+    out = []
+    for sig in links if isinstance(links, (list, tuple)) else [links]:
+        if hasattr(sig, "to_dict"):
+            out.append(sig.to_dict())
+        elif isinstance(sig, dict) and isinstance(sig.get("task"), str):
+            out.append(dict(sig))  # already in its JSON form (a canvas step)
+        else:
+            raise TypeError(f"{key}= takes signatures (task.s(...)), got {limits.short(sig)}.")
+    return out
 
 
 def build_row(
@@ -243,12 +255,9 @@ def build_row(
     h["group_index"] = options.get("group_index")
     h["shadow"] = options.get("shadow")
     full = {"callbacks": None, "errbacks": None, "chain": None, "chord": None, **(embed or {})}
-    if options.get("link"):
-        links = options["link"]
-        full["callbacks"] = [
-            s.to_dict() if hasattr(s, "to_dict") else dict(s)
-            for s in (links if isinstance(links, (list, tuple)) else [links])
-        ]
+    for key, field in (("link", "callbacks"), ("link_error", "errbacks")):
+        if options.get(key):
+            full[field] = _signature_dicts(key, options[key])
     if signals.before_task_publish.receivers:
         # As Celery's amqp.send_task_message: the receivers may change the
         # headers and the body in place (Sentry adds its trace headers).
@@ -266,7 +275,7 @@ def build_row(
     return message_checks.checked_row(envelope, queue, now, source=source)
 
 
-def _published(rows: list[dict[str, Any]], inserted: set[str]) -> None:
+def _published(rows: list[dict[str, Any]], inserted: dict[str, int]) -> None:
     """``after_task_publish`` for each row inserted (once committed, when the
     transaction is ours)."""
     if not signals.after_task_publish.receivers:
@@ -288,13 +297,15 @@ def _published(rows: list[dict[str, Any]], inserted: set[str]) -> None:
         )
 
 
-def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, dedupe: bool = False) -> set[str]:
+def insert_rows(
+    rows: list[dict[str, Any]], conn: Connection | None = None, *, dedupe: bool = False
+) -> dict[str, int]:
     """Insert the rows (in ``conn``'s transaction, else in a new one); returns
-    the task ids inserted.  A row whose concurrency key is taken is skipped;
+    the task ids inserted (with their row ids).  A row whose concurrency key is taken is skipped;
     with ``dedupe``, so is a row whose task id is already known (a canvas
     step sent again by a step that ran twice)."""
     if not rows:
-        return set()
+        return {}
     if conn is None:
         with db_engine.connect() as own, own.begin():
             inserted = _insert(rows, own, dedupe)
@@ -305,16 +316,23 @@ def insert_rows(rows: list[dict[str, Any]], conn: Connection | None = None, *, d
     return inserted
 
 
-def _insert(rows: list[dict[str, Any]], conn: Connection, dedupe: bool) -> set[str]:
+def _insert(rows: list[dict[str, Any]], conn: Connection, dedupe: bool) -> dict[str, int]:
     if dedupe:
-        known = db_results.task_ids_known(conn, [row["task_id"] for row in rows])
-        rows = [row for row in rows if row["task_id"] not in known]
+        # A step of a replaced task's chain (replace(): same id, a later
+        # attempt) is known by its attempt; any other by its task id.
+        later = [row for row in rows if int(row.get("attempt") or 1) > 1]
+        first = [row for row in rows if int(row.get("attempt") or 1) <= 1]
+        known = db_results.task_ids_known(conn, [row["task_id"] for row in first])
+        known_attempts = db_results.attempts_known(conn, [(row["task_id"], int(row["attempt"])) for row in later])
+        rows = [row for row in first if row["task_id"] not in known] + [
+            row for row in later if (row["task_id"], int(row["attempt"])) not in known_attempts
+        ]
         if not rows:
-            return set()
+            return {}
     with telemetry.send_span(rows[0]["queue"], rows[0]["task_name"], [row["task_id"] for row in rows]) as trace:
         if trace:
             for row in rows:
                 envelope = json.loads(row["message"])
                 envelope["headers"].update(trace)
                 row["message"] = messages.dumps(envelope)
-        return set(enqueue_sql.insert_requests(conn, rows))
+        return enqueue_sql.insert_requests(conn, rows)

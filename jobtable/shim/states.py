@@ -34,6 +34,8 @@ READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY})
 EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
 PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
+#: Celery's own states; any other is a custom one (update_state).
+ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, REVOKED, RETRY, IGNORED, "REJECTED"})
 
 #: jobtable result status -> Celery state of a finished attempt.  (STARTED is
 #: the status the Celery backend writes for an attempt a Celery worker started.)

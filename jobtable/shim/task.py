@@ -14,25 +14,30 @@ from __future__ import annotations
 
 import inspect
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from .. import messages, params, safetext
 from ..db import clock as db_clock
+from ..records import JobRequest
 from ..jobs import Job
 from ..middleware import current_job
-from . import followups, signals
+from ..worker.errors import JobTimeout
+from . import errbacks, followups, progress, signals
 from .canvas import Signature
 from .context import Context
 from .current import App, current_app
-from .exceptions import MaxRetriesExceededError, NotSupported, Retry
+from .exceptions import Ignore, MaxRetriesExceededError, NotSupported, Retry, TaskRevokedError
+from . import maps
 from .result import AsyncResult, EagerResult
-from .send import check_options, encode_args, route
-from .states import FAILURE, RETRY, SUCCESS
+from .send import build_row, check_options, encode_args, insert_rows, route
+from .states import FAILURE, SUCCESS
+from .trace import backoff_interval, traced  # noqa: F401  (backoff_interval: re-exported)
 
 logger = logging.getLogger("jobtable.shim")
 
@@ -46,14 +51,6 @@ def _call_arguments(name: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...],
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError(f"{name}: kwargs must be a dict, got {type(kwargs).__name__}.")
     return tuple(args or ()), dict(kwargs or {})
-
-
-def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
-    """Celery's ``get_exponential_backoff_interval``."""
-    countdown = min(maximum, factor * (2**retries))
-    if full_jitter:
-        countdown = random.randrange(countdown + 1)
-    return int(max(0, countdown))
 
 
 class Task:
@@ -164,7 +161,7 @@ class Task:
         check_options(options)
         app = self._app()
         if app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id, link=options.get("link"))
+            return self.apply(args, kwargs, task_id=task_id, link=options.get("link"), link_error=options.get("link_error"))
         sent: AsyncResult | None = Signature(
             self.name, args, kwargs, {**options, "task_id": task_id} if task_id else options, app=app
         ).apply_async()
@@ -178,6 +175,7 @@ class Task:
         retries: int = 0,
         throw: bool | None = None,
         link: Any = None,
+        link_error: Any = None,
         **options: Any,
     ) -> EagerResult:
         """Run the task here and now (``task_always_eager``).  The arguments go
@@ -200,13 +198,19 @@ class Task:
                 root_id=options.get("root_id") or task_id,
                 parent_id=options.get("parent_id"),
                 delivery_info={"is_eager": True},
+                errbacks=errbacks.as_dicts(link_error),
             )
             try:
                 value = traced(self, request)
             except Retry:
                 retries += 1
                 continue
+            except Ignore as replaced:
+                # raise self.replace(sig) in eager mode: sig ran here; its value is the task's.
+                value = getattr(replaced, "value", None)
             except Exception as exc:
+                if request.errbacks:
+                    errbacks.call_errbacks(request, exc, eager=True)
                 if propagate:
                     raise
                 return EagerResult(task_id, exc, FAILURE, traceback=safetext.format_traceback(exc), name=self.name)
@@ -285,31 +289,58 @@ class Task:
                 countdown = self.default_retry_delay
         raise Retry(countdown=timedelta(seconds=max(0.0, float(countdown))), exc=exc)
 
+    # -- maps (Celery's built-in map tasks, maps.py) ------------------------------------
+
+    def map(self, it: Any) -> maps.xmap:
+        """``[task(x) for x in it]`` in one worker, as one message."""
+        return maps.xmap(self.s(), it, app=self._app())
+
+    def starmap(self, it: Any) -> maps.xstarmap:
+        """``[task(*x) for x in it]`` in one worker, as one message."""
+        return maps.xstarmap(self.s(), it, app=self._app())
+
+    def chunks(self, it: Any, n: int) -> maps.chunks:
+        """A group of starmap messages of ``n`` items each."""
+        return maps.chunks(self.s(), it, n, app=self._app())
+
     # -- not supported -------------------------------------------------------------------
-
-    def map(self, it: Any) -> Any:
-        raise NotSupported("task.map()", "Send one task per item with group(task.s(x) for x in items).")
-
-    def starmap(self, it: Any) -> Any:
-        raise NotSupported("task.starmap()", "Send one task per item with group(task.s(*args) for args in items).")
-
-    def chunks(self, it: Any, n: int) -> Any:
-        raise NotSupported("task.chunks()", "Split the items yourself and send one task per chunk (a group).")
 
     def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
     ) -> None:
-        raise NotSupported(
-            "update_state() (custom states, progress)",
-            "Store progress in your own table or cache; AsyncResult reports "
-            "PENDING/STARTED/RETRY/SUCCESS/FAILURE/REVOKED.",
-        )
+        """A custom state (``"PROGRESS"``) and its ``meta``, read by
+        ``AsyncResult(id).state`` and ``.info`` while the task runs (progress.py)."""
+        if kwargs:
+            raise TypeError(f"update_state() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+        progress.store(self.request, self.name, task_id, state, meta)
 
     def replace(self, sig: Any) -> Any:
-        raise NotSupported("Task.replace()", "Return a value and chain the next task: chain(a.s(), b.s()).")
+        """Celery's ``raise self.replace(sig)``: ``sig`` takes this task's id
+        and what followed it (chain, callbacks, chord part); this attempt
+        ends without a result (``Ignore``).  Eager: ``sig`` runs now and its
+        value is the task's (Celery returns it, so ``raise`` fails there)."""
+        if getattr(sig, "subtask_type", None) not in (None, "chain") or not hasattr(sig, "to_dict"):
+            raise NotSupported(
+                f"replace() with {sig!r}", "Replace a task with a task signature or a chain (task.s(...) | ...)."
+            )
+        request = self.request
+        if request.called_directly:
+            raise RuntimeError(f"Task {self.name} was called directly, not by a worker: it cannot be replaced.")
+        if request.is_eager:
+            replaced = Ignore("Replaced by new task")
+            replaced.value = sig.apply().get()  # type: ignore[attr-defined]
+            raise replaced
+        followups.replace(request, sig)
+        raise Ignore("Replaced by new task")
 
     def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
-        raise NotSupported("Task.add_to_chord()", "Build the whole chord before sending it.")
+        """Add ``sig`` to the chord this task is a part of (its value comes
+        last in the body's list); returns its AsyncResult."""
+        if lazy:
+            raise NotSupported(
+                "add_to_chord(lazy=True)", "Let add_to_chord() send the signature (lazy=False, the default)."
+            )
+        return followups.add_to_chord(self.request, sig)
 
     def send_event(self, *args: Any, **kwargs: Any) -> None:
         raise NotSupported("task events", "Use logging, or jobtable's OpenTelemetry instrumentation.")
@@ -330,6 +361,8 @@ class TaskJob(Job):
     _embed: dict[str, Any] = {}
     #: Set for beat entries: their ``options`` (queue, priority).
     _entry_options: dict[str, Any] = {}
+    #: Set by the runner: the claim found the task revoked.
+    _revoked: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -354,6 +387,35 @@ class TaskJob(Job):
             return str(key(*self.args, **self.kwargs))
         return key or ""
 
+    def run_in_worker(self, **options: Any) -> JobRequest | None:
+        """Enqueue through the shim's send path, so a beat entry's message is
+        the one celery beat would send (``apply_async``), with
+        ``before_task_publish``/``after_task_publish``.  Options the shim's
+        path has no counterpart for go through the Job API as before."""
+        connection = options.pop("connection", None)
+        concurrency_key = options.pop("concurrency_key", None)
+        queue, priority = options.pop("queue", None), options.pop("priority", None)
+        if any(value not in (None, 0) for value in options.values()) or not (
+            connection is None or isinstance(connection, Connection)
+        ):
+            return super().run_in_worker(
+                connection=connection, concurrency_key=concurrency_key, queue=queue, priority=priority, **options
+            )
+        task = self.task
+        sent: dict[str, Any] = {k: self._entry_options[k] for k in ("queue", "priority") if k in self._entry_options}
+        if queue is not None:
+            sent["queue"] = queue
+        if priority is not None:
+            sent["priority"] = priority
+        if concurrency_key:
+            sent["concurrency_key"] = concurrency_key
+        args, kwargs = encode_args(self.args, self.kwargs, task.name)
+        row = build_row(task._app(), task.name, args, kwargs, sent, now=db_clock.utcnow())
+        inserted = insert_rows([row], connection)
+        if row["task_id"] not in inserted:
+            return None  # its concurrency key is taken
+        return JobRequest.from_row(SimpleNamespace(id=inserted[row["task_id"]], **row))
+
     def run(self) -> Any:
         """Run the task as the native worker does: with the message's
         ``self.request``, its handlers, then what follows it (``followups.py``).
@@ -361,6 +423,13 @@ class TaskJob(Job):
         the attempt DEFERRED and enqueues attempt + 1 of the same task id."""
         task = self.task
         request = self._message_request()
+        if self._revoked:
+            # Revoked before it ran (runner.py recorded it REVOKED): as a
+            # Celery worker that receives a revoked task, never run it.
+            signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=False)
+            if request.chord and request.group:
+                followups.count_failed_part(request, "TaskRevokedError('revoked')")
+            raise TaskRevokedError("revoked")
 
         def encode(value: Any) -> Any:
             # Encoded before success is declared: a value the next step cannot receive fails this task.
@@ -369,12 +438,17 @@ class TaskJob(Job):
             return None
 
         try:
-            value, encoded = traced(task, request, encode)
-        except Retry:
-            raise
+            try:
+                value, encoded = traced(task, request, encode)
+            finally:
+                progress.clear(request)  # before the worker writes the attempt's own row
+        except (Retry, Ignore):
+            raise  # retried, or replaced: what follows goes with the next attempt
         except BaseException as exc:
             if request.chord and request.group:
                 followups.count_failed_part(request, f"{type(exc).__name__}({str(exc)!r})")
+            if request.errbacks and isinstance(exc, (Exception, JobTimeout)):
+                errbacks.call_errbacks(request, exc)
             raise
         if followups.has_followers(request):
             followups.follow(request, encoded)
@@ -414,101 +488,3 @@ class TaskJob(Job):
             timelimit=tuple(h.get("timelimit") or (None, None)),
             called_directly=False,
         )
-
-
-class _ExceptionInfo:
-    """The ``einfo`` handlers get: the exception and its formatted traceback."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exception = exc
-        self.type = type(exc)
-        # Never raises (a hostile exception would otherwise replace the
-        # task's own error with the formatter's).
-        self.traceback = safetext.format_traceback(exc)
-
-    def __str__(self) -> str:
-        return self.traceback
-
-
-def _call_handler(handler: Callable[..., Any], *args: Any) -> None:
-    # A broken handler must not change how the attempt is recorded.
-    try:
-        handler(*args)
-    except Exception:
-        logger.exception("Task handler %s failed", getattr(handler, "__name__", handler))
-
-
-def traced(task: Task, request: Context, after: Callable[[Any], Any] | None = None) -> Any:
-    """Run the task as Celery's tracer does (app/trace.py): ``task_prerun``;
-    the task; then ``on_retry`` + ``task_retry``, ``on_failure`` +
-    ``task_failure`` or ``on_success`` + ``task_success``; ``after_return``;
-    ``task_postrun``.  Returns the value, or ``(value, after(value))`` when
-    ``after`` is given (it runs before success is declared: what it raises
-    fails the task).  Handlers and signal receivers that raise are logged."""
-    task_id, args, kwargs = request.id, request.args, request.kwargs
-    signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
-    state: str = FAILURE
-    retval: Any = None
-    einfo: _ExceptionInfo | None = None
-    started = time.monotonic()
-    try:
-        value = execute(task, request)
-        extra = after(value) if after is not None else None
-    except Retry as retry:
-        state, retval, einfo = RETRY, retry, _ExceptionInfo(retry)
-        _call_handler(task.on_retry, retry.exc or retry, task_id, args, kwargs, einfo)
-        signals.task_retry.send(sender=task, request=request, reason=retry, einfo=einfo)
-        raise
-    except BaseException as exc:
-        retval, einfo = exc, _ExceptionInfo(exc)
-        _call_handler(task.on_failure, exc, task_id, args, kwargs, einfo)
-        signals.task_failure.send(
-            sender=task,
-            task_id=task_id,
-            exception=exc,
-            args=args,
-            kwargs=kwargs,
-            traceback=exc.__traceback__,
-            einfo=einfo,
-        )
-        raise
-    else:
-        state, retval = SUCCESS, value
-        _call_handler(task.on_success, value, task_id, args, kwargs)
-        signals.task_success.send(sender=task, result=value, runtime=time.monotonic() - started)
-        return (value, extra) if after is not None else value
-    finally:
-        # Celery calls after_return for every state, RETRY included.
-        _call_handler(task.after_return, state, retval, task_id, args, kwargs, einfo)
-        signals.task_postrun.send(
-            sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs, retval=retval, state=state
-        )
-
-
-def execute(task: Task, request: Context) -> Any:
-    """Run the task with ``request`` as ``self.request``; ``autoretry_for``
-    exceptions become ``self.retry()`` (Celery's rules)."""
-    task.push_request(request)
-    try:
-        try:
-            return task.run(*request.args, **request.kwargs)
-        except Retry:
-            raise
-        except Exception as exc:
-            if (
-                task.autoretry_for
-                and isinstance(exc, tuple(task.autoretry_for))
-                and not (task.dont_autoretry_for and isinstance(exc, tuple(task.dont_autoretry_for)))
-            ):
-                retry_kwargs = dict(task.retry_kwargs or {})
-                if task.retry_backoff:
-                    retry_kwargs["countdown"] = backoff_interval(
-                        int(max(1.0, float(task.retry_backoff))),
-                        request.retries,
-                        task.retry_backoff_max,
-                        bool(task.retry_jitter),
-                    )
-                task.retry(exc=exc, **retry_kwargs)
-            raise
-    finally:
-        task.pop_request()
