@@ -52,11 +52,13 @@ class Proc:
         return out
 
 
-def celery_worker(env: dict[str, str], tmp: Path, name: str, *, acks_late: bool = False, **extra: str) -> Proc:
+def celery_worker(
+    env: dict[str, str], tmp: Path, name: str, *, acks_late: bool = False, pool: str = "solo", **extra: str
+) -> Proc:
     env = dict(env, JT_ACKS_LATE="1" if acks_late else "0", **extra)
     record = Path(env["JT_RECORD"])
     proc = Proc(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_jobs_app", "worker", "-P", "solo", "-Q", jobs.QUEUE,
+        [sys.executable, "-m", "celery", "-A", "tests.celery_jobs_app", "worker", "-P", pool, "-c", "2", "-Q", jobs.QUEUE,
          "-l", "info", "-n", f"{name}{os.getpid()}@%h"],
         env, tmp / f"{name}.log",
     )
@@ -91,7 +93,7 @@ def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], Proc]
 
     def run(door: str) -> Proc:
         proc = native_worker(env, tmp_path) if door == "native" else celery_worker(
-            env, tmp_path, door, acks_late=door == "celery-acks-late"
+            env, tmp_path, door, acks_late="acks-late" in door, pool="prefork" if "prefork" in door else "solo"
         )
         started.append(proc)
         return proc
@@ -183,7 +185,7 @@ def test_retries_and_deferrals_as_on_the_native_worker(
     assert seen(path, "counted") == ["1 1 -", "2 1 -"]
 
 
-@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("door", [*DOORS, "celery-prefork-acks-late"])  # prefork: the retry is sent from a child
 @pytest.mark.parametrize("kind", ["defer", "retry"])
 def test_deferred_or_retried_job_keeps_its_concurrency_key(
     db_url: str, start: Callable[[str], Proc], tmp_path: Path, door: str, kind: str
@@ -269,7 +271,11 @@ def test_job_schedules_fire_from_celery_workers_once_per_slot(
     """Two Celery workers, no jobtable worker: an every-2-s Job schedule
     fires, each slot once (two runs of one slot would be milliseconds
     apart), both workers running the scheduler."""
-    workers = [celery_worker(env, tmp_path, f"sched{i}", JT_SCHEDULED="1") for i in range(2)]
+    # One prefork worker: its scheduler thread runs beside the pool's forks.
+    workers = [
+        celery_worker(env, tmp_path, f"sched{i}", pool=pool, JT_SCHEDULED="1")
+        for i, pool in enumerate(["solo", "prefork"])
+    ]
     try:
         wait_for(lambda: len(ticks(Path(env["JT_RECORD"]))) >= 4, timeout=60, what="four slots fired")
     finally:
