@@ -11,9 +11,10 @@ either runs unchanged.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -46,6 +47,14 @@ class DeferJob(Exception):
         super().__init__(f"deferred for {seconds:g} s")
         self.delay = seconds
         self.increment_retries = increment_retries
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt with its keyword arguments (the default rebuilds from
+        # ``args``, its text, which __init__ does not take): Celery checks
+        # that an exception pickles before it stores it (a Job's DeferJob
+        # under a Celery worker, shim/celery_jobs.py) and would store a
+        # wrapper instead.
+        return (functools.partial(type(self), delay=self.delay, increment_retries=self.increment_retries), ())
 
 
 def _on_enqueue_connection(job: Job, fn: Callable[[Connection], _T]) -> _T:

@@ -9,6 +9,9 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import insert
 
 from jobtable.cli import main
@@ -123,6 +126,39 @@ def test_cancel(db_url: str) -> None:
     assert cancelled.status == "CANCELLED"
     result = CliRunner().invoke(main, ["cancel", request.uuid])
     assert result.exit_code == 1 and "No pending job has uuid" in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "abc", "1e999", ""])
+def test_cancel_refuses_a_timeout_that_is_not_seconds(db_url: str, value: str) -> None:
+    request = Echo().run_in_worker(delay=60)
+    assert request is not None
+    result = CliRunner().invoke(main, ["cancel", request.uuid, "--timeout", value])
+    assert result.exit_code == 2 and "--timeout" in result.output, result.output
+    with get_engine().connect() as conn:
+        assert reads_sql.list_requests(conn) != []  # nothing cancelled
+
+
+def test_cancel_unknown_uuid_and_hostile_uuids(db_url: str) -> None:
+    for uuid in ["nope", "'; DROP TABLE jobtable_request; --", "\u00e9\U0001f600"]:
+        result = CliRunner().invoke(main, ["cancel", uuid])
+        assert result.exit_code == 1 and "No pending job has uuid" in result.output, (uuid, result.output)
+    # What no uuid can be is refused before the database sees it.
+    for uuid in ["x" * 5000, "nul\x00byte", "\udcff", ""]:
+        result = CliRunner().invoke(main, ["cancel", uuid])
+        assert result.exit_code == 2 and "UUID" in result.output, (uuid, result.output)
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(uuid=st.text(max_size=300))
+def test_cancel_any_text_as_uuid_is_a_clear_answer(db_url: str, uuid: str) -> None:
+    """Whatever text is given as UUID: refused naming UUID (exit 2) or not
+    found (exit 1) -- never a driver error or a traceback."""
+    result = CliRunner().invoke(main, ["cancel", "--", uuid])  # "--": a uuid such as "--help" is not an option
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert (result.exit_code, "UUID" in result.output or "No pending job has uuid" in result.output) in [
+        (1, True),
+        (2, True),
+    ], result.output
 
 
 def test_purge(db_url: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from celery import Celery
 
@@ -56,3 +58,41 @@ def test_register_jobs_is_lazy_so_app_task_set_later_applies(db_url: str) -> Non
     assert register_jobs(app, [jobs_registry.name_of(sample_jobs.Echo)]) == []
     with pytest.raises(Exception):
         register_jobs(app, ["no.such.Job"])
+
+
+@pytest.mark.parametrize(
+    "options", [{"schedules": "yes"}, {"schedules": None}, {"schedules": 1}, {"bind": False}, {"bind": True}]
+)
+def test_register_jobs_refuses_bad_options_naming_them(db_url: str, options: dict[str, object]) -> None:
+    app = Celery("register_jobs_bad", broker="jobtable+" + db_url, set_as_current=False)
+    name = next(iter(options))
+    with pytest.raises(TypeError, match=rf"register_jobs\({name}="):
+        register_jobs(app, **options)  # type: ignore[arg-type]
+
+
+def test_a_job_task_called_directly_runs_the_job_once_without_celery_retries(db_url: str) -> None:
+    """Called inline (no worker, no message), a failing Job with retries
+    raises its own exception at once: Celery's retry only re-raises there."""
+    from . import celery_jobs_jobs  # registers its Jobs, before register_jobs reads the registry
+
+    app = Celery("register_jobs_direct", broker="jobtable+" + db_url, set_as_current=False)
+    register_jobs(app)
+    app.finalize()
+
+    task = app.tasks[jobs_registry.name_of(celery_jobs_jobs.AlwaysFails)]
+    with pytest.raises(celery_jobs_jobs.NotYet, match="t always"):
+        task(os.devnull, "t")
+
+
+def test_defer_job_pickles_with_its_arguments() -> None:
+    """Celery stores an exception only if it pickles (else a wrapper named
+    UnpickleableExceptionWrapper takes its place in the result row)."""
+    import pickle
+
+    from celery.utils.serialization import get_pickleable_exception
+
+    from jobtable.jobs import DeferJob
+
+    defer = pickle.loads(pickle.dumps(DeferJob(delay=2.5, increment_retries=True)))
+    assert (type(defer), defer.delay, defer.increment_retries, defer.args) == (DeferJob, 2.5, True, ("deferred for 2.5 s",))
+    assert type(get_pickleable_exception(DeferJob(delay=0))) is DeferJob

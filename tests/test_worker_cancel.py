@@ -103,3 +103,57 @@ def test_celery_terminate_broadcast_records_a_stop_mark(db_url: str) -> None:
         ("task", "", "t1"), ("terminate", "", "t1"),
     ]
     assert revokes_in("celery.pidbox", body(task_id=["t2"])) == [("task", "", "t2")]
+
+
+def test_cli_cancel_stops_a_running_job_as_the_job_api_does(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``jobtable cancel UUID`` of a running job: its worker stops it, the
+    command waits for the CANCELLED result (issue 15)."""
+    from click.testing import CliRunner
+
+    from jobtable.cli import main
+
+    log = str(tmp_path / "log")
+    slow = Log(log, "slow", sleep=60).run_in_worker(retries=3)
+    assert slow is not None
+    proc = start_worker(worker_env(subprocess_env), "--max-processes", "1")
+    try:
+        wait_for(lambda: lines(log) == ["slow"], what="the slow job to start")
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["cancel", slow.uuid, "--timeout", "20"])
+        took = time.monotonic() - started
+    finally:
+        out = stop(proc)
+    assert result.exit_code == 0, (result.output, out)
+    assert f"Cancelled {slow.uuid} (stopped while running)." in result.output
+    assert took < 10, took
+    (row,) = results(slow.uuid)  # not retried despite retries=3
+    assert row.status == tables.CANCELLED and row.error_type == "jobtable.JobCancelled" and not row.retried
+    assert requests() == []
+
+
+def test_cli_cancel_past_its_timeout_fails_and_the_cancel_stays_asked(
+    db_url: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A job deaf to the cancel outlives ``--timeout``: the command fails
+    naming it; the worker still ends the job CANCELLED later (the wait,
+    like ``request.cancel(timeout=)``, only bounds how long it waits)."""
+    from click.testing import CliRunner
+
+    from jobtable.cli import main
+
+    log = str(tmp_path / "log")
+    deaf = DeafToCancel(log, "deaf").run_in_worker()
+    assert deaf is not None
+    proc = start_worker(worker_env(subprocess_env, worker_timeout_grace=3), "--max-processes", "1")
+    try:
+        wait_for(lambda: lines(log) == ["deaf"], what="the job to start")
+        result = CliRunner().invoke(main, ["cancel", deaf.uuid, "--timeout", "0.5"])
+        assert result.exit_code == 1, result.output
+        assert "has not stopped within 0.5 s; the cancel stays asked" in result.output
+        wait_for(lambda: results(deaf.uuid), what="the deaf job killed and recorded")
+    finally:
+        out = stop(proc)
+    (row,) = results(deaf.uuid)
+    assert row.status == tables.CANCELLED, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from ..db import migrate as db_migrate
 from ..db import purge as db_purge
 from .. import records
 from ..db import clock, operations_sql, reads_sql, tables
+from ..exceptions import JobStateError
 from ..records import JobRequest, JobResult
 from ..settings import get_settings, setting_source
 from .group import main, with_app
@@ -130,16 +132,78 @@ def retry(uuid: str) -> None:
     click.echo(f"Retrying {uuid} (attempt {request.attempt}).")
 
 
-@main.command()
-@click.argument("uuid")
-def cancel(uuid: str) -> None:
-    """Cancel a job that has not started; it is recorded as CANCELLED.
+def _cancel_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets inf and nan through: both are refused with the fix.
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(
+            f"{value!r} is not a number of seconds: give 0 (look once) or more, or leave it out for 30",
+            param_hint="--timeout",
+        )
+    return value
 
-    A running job is not interrupted: the command says so and the job ends
-    as its code decides."""
+
+def _job_uuid(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # Checked before the database sees it: a NUL or a lone surrogate would
+    # be a driver error (PostgreSQL refuses both), not a clear message.
+    problem = None
+    if not value:
+        problem = "it is empty"
+    elif len(value) > 255:
+        problem = f"it has {len(value)} characters (a job's uuid has at most 255)"
+    elif "\x00" in value:
+        problem = "it contains a NUL character"
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "it is not valid text (a lone surrogate)"
+    if problem:
+        raise click.BadParameter(f"{problem}; give a job's uuid, as `jobtable requests` lists them", param_hint="UUID")
+    return value
+
+
+@main.command()
+@click.argument("uuid", callback=_job_uuid)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    callback=_cancel_timeout,
+    help="Seconds to wait for a running job to stop (0: ask and look once).",
+)
+def cancel(uuid: str, timeout: float) -> None:
+    """Cancel a job; it is recorded CANCELLED and not retried.
+
+    One that has not started is cancelled at once.  A running one is
+    stopped by its native worker (JobCancelled raised in its code, its
+    process replaced if it does not end), as ``request.cancel()`` and the
+    dashboard do: this waits up to --timeout seconds for its result and
+    fails past it (the cancel stays asked).  It may finish first: the
+    status printed says so.  A job running under a Celery worker is
+    refused (stop it with Celery's revoke(id, terminate=True))."""
+    running = False
     with db_engine.connect() as conn, conn.begin():
-        records.cancel_waiting(conn, uuid, clock.utcnow())
-    click.echo(f"Cancelled {uuid}.")
+        try:
+            records.cancel_waiting(conn, uuid, clock.utcnow())
+        except JobStateError:
+            records.cancel_running(conn, uuid, clock.utcnow())
+            running = True
+    if not running:
+        click.echo(f"Cancelled {uuid}.")
+        return
+    click.echo(f"Job {uuid} is running: asked its worker to stop it...")
+    try:
+        result = records.wait_for(uuid, timeout)
+    except TimeoutError:
+        raise click.ClickException(
+            f"Job {uuid} has not stopped within {timeout:g} s; the cancel stays asked and its worker stops it "
+            "when it can. Look with `jobtable results --uuid " + uuid + "`."
+        ) from None
+    if result.status == tables.CANCELLED:
+        click.echo(f"Cancelled {uuid} (stopped while running).")
+    else:
+        click.echo(f"Job {uuid} ended {result.status} before it could be stopped.")
 
 
 _batch_size = click.option(

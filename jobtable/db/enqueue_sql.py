@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from . import tables
@@ -43,6 +43,46 @@ def insert_requests(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[st
         for row in dialect.insert_requests(conn, rows[start : start + batch]):
             inserted[row.task_id] = row.id
     return inserted
+
+
+#: The worker ids of Kombu consumers (a Celery worker's claims).
+KOMBU_PREFIX = "kombu:"
+
+
+def is_keyed_retry(row: dict[str, Any]) -> bool:
+    """Whether a row about to be published is a later attempt (a retry) of a
+    task with a concurrency key: see ``hand_over_held_attempts``."""
+    return row.get("concurrency_key") is not None and int(row.get("attempt") or 1) > 1
+
+
+def hand_over_held_attempts(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """Delete the held earlier attempt of each keyed retry in ``rows``.
+
+    A Celery worker's ``self.retry()`` (a Job's retry or ``DeferJob`` run
+    by ``register_jobs``' tasks) publishes the next attempt while the
+    current one's row is still held by the consumer (``acks_late``, or an
+    early ack not written yet).  That row holds the concurrency key, so the
+    retry would be skipped as a duplicate and the job silently lost.  Run
+    in the insert's transaction, this hands the key over as the native
+    worker does when it finishes an attempt: the held row goes, the retry
+    comes, and no other job can take the key in between.  The consumer's
+    later ack matches nothing (it deletes only rows it still holds).  Only
+    rows held by Kombu consumers are touched: a native worker never
+    publishes its own retries."""
+    removed = 0
+    for values in rows:
+        if not is_keyed_retry(values):
+            continue
+        stmt = delete(request).where(
+            request.c.task_id == values["task_id"],
+            request.c.task_name == values["task_name"],
+            request.c.concurrency_key == values["concurrency_key"],
+            request.c.state == tables.RUNNING,
+            request.c.attempt < int(values["attempt"]),
+            request.c.worker_id.startswith(KOMBU_PREFIX, autoescape=True),
+        )
+        removed += conn.execute(stmt).rowcount
+    return removed
 
 
 def _align_unique_key(row: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from celery.result import GroupResult, allow_join_result, result_from_tuple
 from celery.utils.log import get_logger
 from kombu.utils.url import maybe_sanitize_url
 
-from .. import params, safetext
+from .. import limits, messages, params, safetext
 from ..db import engine as db_engine
 from ..db import chords as db_chords
 from ..db import clock, refusals, tables
@@ -87,6 +87,30 @@ def _safe_argument(value: Any) -> Any:
     if isinstance(value, str):
         return safetext.clean(value)
     return value
+
+
+#: DeferJob as Celery's exception dict names it (``jobtable.jobs.DeferJob``).
+_DEFER_TYPE = ("jobtable.jobs", "DeferJob")
+
+
+def _is_defer(result: dict[str, Any]) -> bool:
+    return (result.get("exc_module"), result.get("exc_type")) == _DEFER_TYPE
+
+
+def _add_job_columns(values: dict[str, Any], request: Any) -> None:
+    """The retry budget and concurrency key a Job's message carries
+    (``messages.RETRIES_HEADER``, ``CONCURRENCY_KEY_HEADER``: custom headers,
+    which Celery keeps in ``request.headers``), so that a Job's result rows
+    written by a Celery worker have the columns the native worker writes."""
+    headers = getattr(request, "headers", None)
+    if not isinstance(headers, dict):
+        return
+    budget = headers.get(messages.RETRIES_HEADER)
+    if isinstance(budget, int) and not isinstance(budget, bool) and 0 <= budget <= limits.INT32_MAX:
+        values["retries"] = budget
+    key = headers.get(messages.CONCURRENCY_KEY_HEADER)
+    if isinstance(key, str) and key:
+        values["concurrency_key"] = _name(key)
 
 
 class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no type hints: BaseBackend is Any
@@ -174,6 +198,7 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
             "retried": state == states.RETRY,
             "meta": self.encode(meta),
         }
+        _add_job_columns(values, request)
         if state == states.SUCCESS:
             values["return_value"] = safetext.encode_json(
                 result, _encode_return, max_bytes=_max_return_bytes()
@@ -185,6 +210,11 @@ class JobtableBackend(BaseBackend):  # type: ignore[misc]  # Celery ships no typ
                 " ".join(map(safetext.safe_str, message)) if isinstance(message, (list, tuple)) else safetext.safe_str(message)
             )
             values["traceback"] = traceback
+            if state == states.RETRY and _is_defer(result):
+                # A Job's DeferJob run by a Celery worker (celery_jobs.py
+                # retries it through Celery): recorded as the native worker
+                # records it, DEFERRED with the deferral's text only.
+                values.update(status=tables.DEFERRED, error_type=None, traceback=None)
         self._write(values, only_new=state == states.STARTED, only_unfinished=custom)
         return result
 

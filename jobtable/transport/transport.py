@@ -206,10 +206,15 @@ class Transport(virtual.Transport):
                 # A Celery revoke broadcast: recorded with it (one transaction).
                 revokes_sql.add(conn, revokes, clock.utcnow())
             if todo:
+                if handover:
+                    enqueue_sql.hand_over_held_attempts(conn, todo)
                 enqueue_sql.insert_requests(conn, todo)
 
+        # A keyed retry replaces its held attempt in one transaction (no
+        # autocommit: the key must not be free between the two statements).
+        handover = any(enqueue_sql.is_keyed_retry(row) for row in rows)
         try:
-            db_retry.write_retrying(self.engine, write, autocommit=not revokes, check=False)
+            db_retry.write_retrying(self.engine, write, autocommit=not (revokes or handover), check=False)
         except sa_exc.DBAPIError as exc:
             if db_retry.is_disconnect(exc):
                 if len(uncertain) > 10_000:
