@@ -179,6 +179,38 @@ def test_kombu_publish_retry_after_an_unknown_commit_publishes_once(
 
 
 @PG_ONLY
+def test_a_retry_published_after_a_dropped_connection_is_not_mistaken_for_its_earlier_attempt(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's retry re-publishes the task id of the attempt still held (or
+    already recorded): the check after a dropped connection must look for
+    this attempt, not for the task id, or the retry is skipped and lost."""
+    real = enqueue_sql.insert_requests
+    calls: list[int] = []
+
+    def die_then_insert(conn: Any, rows: Any) -> dict[str, int]:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            # The server ends the session before anything is written.
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return real(conn, rows)
+
+    headers = {"id": "retried-task", "task": "tests.retried", "retries": 0}
+    with Connection("jobtable+" + db_url) as conn:
+        producer = conn.Producer()
+        queue = conn.SimpleQueue("liveness-retry").queue
+        producer.publish({"n": 1}, routing_key="liveness-retry", headers=headers, declare=[queue])
+        monkeypatch.setattr(enqueue_sql, "insert_requests", die_then_insert)
+        producer.publish({"n": 2}, routing_key="liveness-retry", headers={**headers, "retries": 1})
+        monkeypatch.setattr(enqueue_sql, "insert_requests", real)
+    assert calls == [1, 1]  # the first try died, the retry wrote the row
+    with db_engine.connect() as sql:
+        stmt = select(tables.request.c.attempt).where(tables.request.c.task_id == "retried-task")
+        attempts = sorted(sql.execute(stmt).scalars())
+    assert attempts == [1, 2]
+
+
+@PG_ONLY
 def test_result_backend_write_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str) -> None:
     from celery import Celery, states
 

@@ -109,17 +109,20 @@ def written_task_ids(conn: Connection, task_ids: Sequence[str]) -> dict[str, int
     return found
 
 
-def written_messages(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The ``(task_id, queue)`` pairs of ``keys`` already published: a waiting
-    or held row, or a result of that task (a fanout publish writes one row
-    per queue under one task id).  The check before a retried publish."""
+def written_messages(conn: Connection, keys: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+    """The ``(task_id, queue, attempt)`` triples of ``keys`` already
+    published: a waiting or held row, or a result of that attempt (a fanout
+    publish writes one row per queue under one task id).  The check before a
+    retried publish.  The attempt matters: Celery's retry re-publishes the
+    task id of an attempt that is still held (``acks_late``) or already
+    recorded, and must not be taken for it."""
     if not keys:
         return set()
-    task_ids = sorted({task_id for task_id, _ in keys})
-    stmt = select(request.c.task_id, request.c.queue).where(request.c.task_id.in_(task_ids))
-    found = {(row.task_id, row.queue) for row in conn.execute(stmt)}
-    stmt = select(result.c.task_id, result.c.queue).where(result.c.task_id.in_(task_ids))
-    found |= {(row.task_id, row.queue) for row in conn.execute(stmt)}
+    task_ids = sorted({task_id for task_id, _, _ in keys})
+    found: set[tuple[str, str, int]] = set()
+    for table in (request, result):
+        stmt = select(table.c.task_id, table.c.queue, table.c.attempt).where(table.c.task_id.in_(task_ids))
+        found |= {(row.task_id, row.queue, int(row.attempt)) for row in conn.execute(stmt)}
     return found & set(keys)
 
 

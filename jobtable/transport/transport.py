@@ -125,8 +125,8 @@ class Transport(virtual.Transport):
         self.acks = AckBuffer(self._delete_acked)
         #: Consumers keep their channel through a brief outage (outage.py).
         self.outage = OutageGrace(self.options.outage_grace_seconds)
-        #: (task_id, queue) of publishes whose commit outcome is unknown.
-        self._uncertain_publishes: set[tuple[str, str]] = set()
+        #: (task_id, queue, attempt) of publishes whose commit outcome is unknown.
+        self._uncertain_publishes: set[tuple[str, str, int]] = set()
         # With LISTEN/NOTIFY there is a file descriptor to watch, so Celery
         # can run its event loop (asynloop, the prefork AsynPool without pool
         # threads) on this transport: see register_with_event_loop.  Celery
@@ -194,7 +194,7 @@ class Transport(virtual.Transport):
         first attempt may have committed (see ``db/retry.py``).  Kombu's own
         ``ensure`` retry of a failed publish goes through here again: rows
         whose outcome stayed unknown are checked first then too."""
-        keys = [(row["task_id"], row["queue"]) for row in rows]
+        keys = [(row["task_id"], row["queue"], int(row.get("attempt") or 1)) for row in rows]
         uncertain = self._uncertain_publishes
 
         def write(conn: Connection, retrying: bool) -> None:
