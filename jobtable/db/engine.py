@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from . import connect_options, urls
+from .dialects import mysql_session
 
 URL_EXAMPLES = urls.URL_EXAMPLES
 # Parsing lives in urls.py (below settings); kept here for callers.
@@ -105,15 +106,18 @@ def _create_mysql_engine(parsed: URL) -> Engine:
     wake-up check compute with the server's clock, and DATETIME columns
     hold naive UTC); READ COMMITTED, so a claim or a poll sees what others
     committed since its transaction began, with no gap locks between
-    claimers; utf8mb4 unless the URL says otherwise."""
+    claimers; utf8mb4 unless the URL says otherwise.  The pool's rollback at
+    check-in is mysql_session's, which a connection that only ran
+    autocommit statements (a single enqueue) does not need."""
     if "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     try:
-        return create_engine(
+        engine = create_engine(
             parsed,
             pool_size=10,
             max_overflow=20,
             pool_recycle=3600,
+            pool_reset_on_return=None,
             isolation_level="READ COMMITTED",
             connect_args={"init_command": "SET time_zone = '+00:00'"},
         )
@@ -122,6 +126,8 @@ def _create_mysql_engine(parsed: URL) -> Engine:
             f"The database URL {urls.render(parsed)!r} needs a MySQL driver that is not installed ({exc}): "
             "pip install 'jobtable[mysql]'."
         ) from None
+    mysql_session.install_session_events(engine)
+    return engine
 
 
 def reset_engines() -> None:
