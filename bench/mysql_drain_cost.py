@@ -23,7 +23,9 @@ one round trip per statement.  It prints microseconds per job for each
 statement (wall time of the statement: the server's work and the round
 trip), the jobs/s of the cycle, and mariadbd's CPU per job (the whole
 server: other users included).  ``--triggers off`` drops the stats triggers
-first (what they cost); ``--plan`` prints EXPLAIN of the claim.
+first (what they cost), ``--triggers 0002`` puts their first form (before
+step 2) in their place; ``--claim three`` replays the claim as it was before step 2;
+``--plan`` prints EXPLAIN of the claim.
 """
 
 from __future__ import annotations
@@ -49,40 +51,19 @@ RESULT_COLUMNS = ("task_id", "task_name", "queue", "priority", "attempt", "retri
                   "requested_at", "started_at", "ended_at", "worker_id", "message", "return_value", "retried")
 
 
-def values_triggers() -> list[str]:
-    """The candidate: each trigger computes the bucket, wait and wait class
-    into local variables and upserts with one INSERT ... VALUES (no derived
-    tables), the same counters as jobtable's."""
-    from jobtable.db import tables
-    from jobtable.db.dialects.stats_sql import wait_class
+def first_triggers() -> list[str]:
+    """The stats triggers as migration 0002 created them (INSERT ... SELECT
+    from nested derived tables), frozen in migration 0007 for its downgrade."""
+    import importlib.util
 
-    counters = tables.STATS_COUNTERS
-    span = min(tables.STATS_SPANS)
+    import jobtable.db.migrations
 
-    def upsert(sign: int, ref: str, p: str) -> str:
-        values = [f"{sign}", f"CASE WHEN {ref}.retried THEN {sign} ELSE 0 END",
-                  *(f"CASE WHEN {p}k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
-                  *(f"CASE WHEN {p}k = {i} THEN {'' if sign > 0 else '-'}{p}w ELSE 0.0 END"
-                    for i in range(tables.WAIT_CLASSES))]
-        return (f"SET {p}t = TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {ref}.ended_at);\n"
-                f"SET {p}w = CASE WHEN {ref}.status = 'SUCCESSFUL' AND {ref}.started_at IS NOT NULL "
-                f"AND {ref}.requested_at IS NOT NULL THEN GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, {ref}.requested_at, "
-                f"{ref}.started_at) / 1000000.0) END;\n"
-                f"SET {p}k = {wait_class(p + 'w')};\n"
-                f"INSERT INTO jobtable_result_stats (span, bucket_start, queue, status, shard, {', '.join(counters)})\n"
-                f"VALUES ({span}, {p}t - {p}t % {span}, {ref}.queue, {ref}.status, CONNECTION_ID() % 8, "
-                f"{', '.join(values)})\n"
-                f"ON DUPLICATE KEY UPDATE {', '.join(f'{c} = jobtable_result_stats.{c} + VALUES({c})' for c in counters)};")
-
-    def declare(p: str) -> str:
-        return f"DECLARE {p}t BIGINT; DECLARE {p}w DECIMAL(30, 4); DECLARE {p}k INT;\n"
-
-    return [
-        "CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result FOR EACH ROW\n"
-        f"BEGIN\n{declare('n_')}{upsert(1, 'NEW', 'n_')}\nEND",
-        "CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result FOR EACH ROW\n"
-        f"BEGIN\n{declare('o_')}{upsert(-1, 'OLD', 'o_')}\nEND",
-    ]
+    path = Path(jobtable.db.migrations.__file__).parent / "versions" / "0007_mysql_stats_triggers.py"
+    spec = importlib.util.spec_from_file_location("jobtable_migration_0007", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module._MYSQL_DDL_0002)
 
 
 def fill(n: int) -> None:
@@ -98,7 +79,7 @@ def fill(n: int) -> None:
     conn.close()
 
 
-def cycle(batch: int, out: Any) -> None:
+def cycle(batch: int, folded: bool, out: Any) -> None:
     """Drain the table as a worker member does; put per-step seconds and the job count in ``out``."""
     conn = mysql_harness.connect(DB)
     cur = conn.cursor()
@@ -136,15 +117,20 @@ def cycle(batch: int, out: Any) -> None:
             timed("results", result_sql.format(", ".join([one] * len(values))), [v for r in values for v in r])
             jobs += len(values)
             done = []
-        picked = timed("pick", "(SELECT id, priority FROM jobtable_request WHERE state = 'pending' AND queue = %s "
-                               "ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)", ["bench", batch])
+        columns = "id, task_id, task_name, queue, priority, attempt, retries, concurrency_key, created_at, message"
+        if folded:  # the claim since step 2: the locking read returns the rows
+            picked = timed("pick", f"(SELECT {columns} FROM jobtable_request WHERE state = 'pending' AND queue = %s "
+                                   "ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)", ["bench", batch])
+        else:
+            picked = timed("pick", "(SELECT id, priority FROM jobtable_request WHERE state = 'pending' AND queue = %s "
+                                   "ORDER BY priority DESC, id LIMIT %s FOR UPDATE SKIP LOCKED)", ["bench", batch])
         if picked:
             ids = [row[0] for row in picked]
             marks = ", ".join(["%s"] * len(ids))
             timed("mark", f"UPDATE jobtable_request SET state = 'running', worker_id = %s, started_at = %s, "
                           f"lease_expires_at = NULL WHERE id IN ({marks})", [worker, now, *ids])
-            done = timed("read", "SELECT id, task_id, task_name, queue, priority, attempt, retries, concurrency_key, "
-                                 f"created_at, message FROM jobtable_request WHERE id IN ({marks})", ids)
+            done = picked if folded else timed("read", f"SELECT {columns} FROM jobtable_request WHERE id IN ({marks})",
+                                               ids)
             timed("revokes", "SELECT value, kind, name, expires_at FROM jobtable_revoke WHERE value IN "
                              f"({marks})", [row[1] for row in done])
         t0 = time.perf_counter()
@@ -161,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--procs", type=int, default=1)
-    parser.add_argument("--triggers", choices=("on", "off", "values"), default="on",
-                        help="on: jobtable's; off: none; values: candidate triggers (one INSERT ... VALUES per row)")
+    parser.add_argument("--triggers", choices=("on", "off", "0002"), default="on",
+                        help="on: jobtable's (head); off: none; 0002: the first form (before step 2)")
     parser.add_argument("--plan", action="store_true")
+    parser.add_argument("--claim", choices=("three", "folded"), default="folded",
+                        help="three: pick ids, update, read the rows (before step 2); folded: the locking read "
+                             "returns the rows (step 2)")
     args = parser.parse_args(argv)
 
     mysql_harness.create_database(DB)
@@ -178,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.triggers != "on":
         for op in ("insert", "update", "delete"):
             cur.execute(f"DROP TRIGGER IF EXISTS jobtable_result_stats_{op}")
-    if args.triggers == "values":
-        for statement in values_triggers():
+    if args.triggers == "0002":
+        for statement in first_triggers():
             cur.execute(statement)
     print(f"server: {mysql_harness.server_version(cur)}; {mysql_harness.durability(cur)}")
     fill(args.n)
@@ -192,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         for row in cur.fetchall():
             print("EXPLAIN pick:", dict(zip(names, row)))
     print(f"filled {args.n}; load average {os.getloadavg()}; batch {args.batch}, {args.procs} process(es), "
-          f"triggers {args.triggers}")
+          f"triggers {args.triggers}, claim {args.claim}")
 
     out: Any = multiprocessing.Queue()
     cpu0 = mysql_harness.server_cpu_seconds()
     t0 = time.perf_counter()
-    procs = [multiprocessing.Process(target=cycle, args=(args.batch, out)) for _ in range(args.procs)]
+    procs = [multiprocessing.Process(target=cycle, args=(args.batch, args.claim == "folded", out)) for _ in range(args.procs)]
     for p in procs:
         p.start()
     got = [out.get() for _ in procs]
