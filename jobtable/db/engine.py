@@ -257,7 +257,7 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     caller's connection (on SQLite a second connection could wait on the
     caller's own write lock).
     """
-    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    key = (os.getpid(), _url_key(engine))
     if key in _checked:
         return
     from .migrate import too_new
@@ -286,6 +286,18 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
             "Run `jobtable migrate` to upgrade it."
         )
     _checked.add(key)
+
+
+#: Each engine's whole URL, rendered once: check_schema runs on every
+#: connect (a single enqueue's), and rendering a URL cost ~5 % of one.
+_url_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def _url_key(engine: Engine) -> str:
+    key = _url_keys.get(engine)
+    if key is None:
+        key = _url_keys[engine] = engine.url.render_as_string(hide_password=False)
+    return key
 
 
 def _check_sqlite_file(engine: Engine) -> None:
