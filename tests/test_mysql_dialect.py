@@ -332,3 +332,29 @@ def test_result_rows_round_trip(db_url: str, no_backslash_escapes: bool) -> None
         got = stored[row["task_id"]]
         for column, value in row.items():
             assert getattr(got, column) == value, column
+
+
+def test_a_single_enqueue_on_a_connection_the_server_ended_is_written_once(db_url: str) -> None:
+    """The autocommit INSERT on a pooled connection whose session the server
+    ended (a restart, KILL): SQLAlchemy's disconnect handling invalidates it,
+    retry.py writes once more on a new connection, and the job is there once."""
+    from sqlalchemy import create_engine
+
+    engine = get_engine()
+    engine.dispose()
+    assert Echo("warm").run_in_worker() is not None
+    with engine.connect() as conn:
+        victim = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+    assert Echo("warm again").run_in_worker() is not None  # the pooled connection is in autocommit mode
+    killer = create_engine(db_url)
+    try:
+        with killer.connect() as conn:
+            conn.exec_driver_sql(f"KILL {int(victim)}")
+    finally:
+        killer.dispose()
+    request = Echo("after").run_in_worker()
+    assert request is not None
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(tables.request.c.task_id)))
+        assert conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar() != victim
+    assert len(rows) == 3 and sum(1 for row in rows if row.task_id == request.uuid) == 1

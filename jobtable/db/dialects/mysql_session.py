@@ -90,12 +90,16 @@ def autocommit(conn: Connection) -> Iterator[None]:
         yield
         done = True
     finally:
-        conn.info.pop(_AUTOCOMMIT, None)
-        # A statement that went through SQLAlchemy began a transaction of
-        # its own (autocommitted on the server): the Connection rolls that
-        # back at close and tells the pool so; nothing to mark then.
-        if done and not conn.invalidated and not conn.in_transaction():
-            conn.info[_CLEAN] = True
+        # An invalidated connection (dropped by the server) is not touched:
+        # conn.info would check out a new one; its record's info is
+        # cleared when it reconnects.
+        if not conn.invalidated:
+            conn.info.pop(_AUTOCOMMIT, None)
+            # A statement that went through SQLAlchemy began a transaction of
+            # its own (autocommitted on the server): the Connection rolls that
+            # back at close and tells the pool so; nothing to mark then.
+            if done and not conn.in_transaction():
+                conn.info[_CLEAN] = True
 
 
 def driver_path(conn: Connection) -> bool:
