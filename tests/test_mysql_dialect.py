@@ -327,6 +327,11 @@ def test_result_rows_round_trip(db_url: str, no_backslash_escapes: bool) -> None
         stored = {row.task_id: row for row in conn.execute(select(tables.result))}
         with pytest.raises(ValueError, match="nonsense"):
             result_rows.insert_results(conn, [dict(rows[0], nonsense=1)])
+        conn.rollback()
+        from jobtable.db import enqueue_sql
+
+        with pytest.raises(ValueError, match="jobtable_request column.*nonsense"), conn.begin():
+            enqueue_sql.insert_requests(conn, [{"task_id": "x", "nonsense": 1}])
     assert len(stored) == len(AWKWARD)
     for row in rows:
         got = stored[row["task_id"]]

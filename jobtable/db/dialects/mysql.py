@@ -122,6 +122,9 @@ class MysqlDialect(Dialect):
         columns = tuple(rows[0])
         head = _INSERT_HEAD.get(columns)
         if head is None:
+            unknown = set(columns) - set(t.c.keys())
+            if unknown:  # names go into the SQL text: only the table's own
+                raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
             head = _INSERT_HEAD[columns] = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
         if conn.dialect.insert_returning:
             # MariaDB: one statement, RETURNING only the rows inserted.  The
