@@ -54,14 +54,17 @@ def write_retrying(
     ``autocommit`` on PostgreSQL and MariaDB, as its own single-statement
     transaction), once more on a fresh connection if the first one had been
     dropped.  MySQL 8 keeps the transaction: without RETURNING its insert
-    is a statement per row (``MysqlDialect.insert_requests``)."""
+    is a statement per row (``MysqlDialect.insert_requests``); so does any
+    driver but mysqlclient (PyMySQL), whose inserts take that path too."""
     for retrying in (False, True):
         try:
             with db_engine.connect(engine, check=check) as conn:
                 if autocommit and engine.dialect.name == "postgresql":
                     with _autocommit(conn):
                         return write(conn, retrying)
-                if autocommit and engine.dialect.name == "mysql" and engine.dialect.insert_returning:
+                if autocommit and engine.dialect.name == "mysql" and engine.dialect.insert_returning and (
+                    engine.dialect.driver == "mysqldb"
+                ):
                     with mysql_session.autocommit(conn):
                         return write(conn, retrying)
                 with conn.begin():

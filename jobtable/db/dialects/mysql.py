@@ -126,7 +126,7 @@ class MysqlDialect(Dialect):
             if unknown:  # names go into the SQL text: only the table's own
                 raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
             head = _INSERT_HEAD[columns] = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
-        if conn.dialect.insert_returning:
+        if conn.dialect.insert_returning and conn.dialect.driver == "mysqldb":
             # MariaDB: one statement, RETURNING only the rows inserted.  The
             # VALUES are the driver's own literals (see _values_sql), without
             # mysqlclient's per-value formatting of a 20,000-key dict.
@@ -136,7 +136,8 @@ class MysqlDialect(Dialect):
             statement = head + values.decode(encoding_of(conn)) + " RETURNING id, task_id"
             return list(conn.execution_options(no_parameters=True).exec_driver_sql(statement))
         one = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
-        # MySQL: no RETURNING; one statement per row, its id from LAST_INSERT_ID.
+        # MySQL: no RETURNING (and another driver than mysqlclient: no
+        # string_literal); one statement per row, its id from LAST_INSERT_ID.
         out: list[Row[Any]] = []
         for row in rows:
             result = conn.exec_driver_sql(head + one, _bind_processed(conn, dict(row)))
