@@ -365,3 +365,27 @@ def test_mysql_migration_interrupted_half_way_runs_again(dialect: str, new_datab
     migrate.upgrade(fresh)
     with interrupted.connect() as conn_again, fresh.connect() as conn_fresh:
         assert _schema_objects(conn_again) == _schema_objects(conn_fresh)
+
+
+@pytest.mark.dialects("mysql")
+def test_mysql_stats_triggers_migration_goes_both_ways(dialect: str, new_database: Callable[[], Engine]) -> None:
+    """0007 replaces the stats triggers' bodies (and its downgrade puts 0002's
+    back); run twice, it replaces them again (MySQL's DDL is not transactional)."""
+    at_0006 = new_database()
+    migrate.upgrade(at_0006, "0006")
+    stepped = new_database()
+    migrate.upgrade(stepped)
+    with at_0006.connect() as conn:
+        first = _triggers(conn)
+    with stepped.connect() as conn:
+        head = _triggers(conn)
+    assert first.keys() == head.keys() and first != head
+    migrate.downgrade(stepped, "0006")
+    with stepped.connect() as conn:
+        assert _triggers(conn) == first
+    migrate.upgrade(stepped)
+    with stepped.begin() as conn:
+        conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '0006'"))
+    migrate.upgrade(stepped)  # 0007 again, over its own triggers
+    with stepped.connect() as conn:
+        assert _triggers(conn) == head

@@ -24,6 +24,7 @@ from .. import settings
 from ..exceptions import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
 from .. import dburls as urls
 from . import clock, connect_options
+from .dialects import mysql_session
 
 URL_EXAMPLES = urls.URL_EXAMPLES
 # Parsing lives in dburls.py (below settings); kept here for callers.
@@ -124,15 +125,18 @@ def _create_mysql_engine(parsed: URL) -> Engine:
     wake-up check compute with the server's clock, and DATETIME columns
     hold naive UTC); READ COMMITTED, so a claim or a poll sees what others
     committed since its transaction began, with no gap locks between
-    claimers; utf8mb4 unless the URL says otherwise."""
+    claimers; utf8mb4 unless the URL says otherwise.  The pool's rollback at
+    check-in is mysql_session's, which a connection that only ran
+    autocommit statements (a single enqueue) does not need."""
     if "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
     try:
-        return create_engine(
+        engine = create_engine(
             parsed,
             pool_size=10,
             max_overflow=20,
             pool_recycle=3600,
+            pool_reset_on_return=None,
             isolation_level="READ COMMITTED",
             connect_args={"init_command": "SET time_zone = '+00:00'"},
         )
@@ -141,6 +145,8 @@ def _create_mysql_engine(parsed: URL) -> Engine:
             f"The database URL {urls.render(parsed)!r} needs a MySQL driver that is not installed ({exc}): "
             "pip install 'jobtable[mysql]'."
         ) from None
+    mysql_session.install_session_events(engine)
+    return engine
 
 
 def reset_engines() -> None:
@@ -270,7 +276,7 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
     caller's connection (on SQLite a second connection could wait on the
     caller's own write lock).
     """
-    key = (os.getpid(), engine.url.render_as_string(hide_password=False))
+    key = (os.getpid(), _url_key(engine))
     if key in _checked:
         return
     from .migrate import too_new
@@ -299,6 +305,18 @@ def check_schema(engine: Engine, conn: Connection | None = None) -> None:
             "Run `jobtable migrate` to upgrade it."
         )
     _checked.add(key)
+
+
+#: Each engine's whole URL, rendered once: check_schema runs on every
+#: connect (a single enqueue's), and rendering a URL cost ~5 % of one.
+_url_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def _url_key(engine: Engine) -> str:
+    key = _url_keys.get(engine)
+    if key is None:
+        key = _url_keys[engine] = engine.url.render_as_string(hide_password=False)
+    return key
 
 
 def _check_sqlite_file(engine: Engine) -> None:

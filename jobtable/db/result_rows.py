@@ -52,6 +52,11 @@ def insert_results(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
 
         insert_results_pg(conn, values)
         return
+    if name == "mysql" and conn.dialect.driver == "mysqldb":  # its string_literal: the driver's own escaping
+        from .dialects.mysql import insert_results_mysql
+
+        insert_results_mysql(conn, values)
+        return
     stmt = _RESULT_INSERT.get(name)
     if stmt is None:
         from .dialects import for_name

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from . import engine as db_engine
+from .dialects import mysql_session
 
 logger = logging.getLogger("jobtable.db")
 
@@ -50,14 +51,21 @@ def write_retrying(
     check: bool = True,
 ) -> T:
     """Run ``write(conn, retrying)`` in a transaction (or, with
-    ``autocommit`` on PostgreSQL, as its own single-statement transaction),
-    once more on a fresh connection if the first one had been dropped."""
-    driver_autocommit = autocommit and engine.dialect.name == "postgresql"
+    ``autocommit`` on PostgreSQL and MariaDB, as its own single-statement
+    transaction), once more on a fresh connection if the first one had been
+    dropped.  MySQL 8 keeps the transaction: without RETURNING its insert
+    is a statement per row (``MysqlDialect.insert_requests``); so does any
+    driver but mysqlclient (PyMySQL), whose inserts take that path too."""
     for retrying in (False, True):
         try:
             with db_engine.connect(engine, check=check) as conn:
-                if driver_autocommit:
+                if autocommit and engine.dialect.name == "postgresql":
                     with _autocommit(conn):
+                        return write(conn, retrying)
+                if autocommit and engine.dialect.name == "mysql" and engine.dialect.insert_returning and (
+                    engine.dialect.driver == "mysqldb"
+                ):
+                    with mysql_session.autocommit(conn):
                         return write(conn, retrying)
                 with conn.begin():
                     return write(conn, retrying)

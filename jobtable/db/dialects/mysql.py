@@ -3,7 +3,10 @@
 - **Claims** lock with ``FOR UPDATE SKIP LOCKED`` (both servers have it), one
   ordered index range per queue (``ix_jobtable_request_claim`` leads with
   ``state`` on MySQL, which has no partial indexes, so scheduled and running
-  rows stay out of the range a claim reads).
+  rows stay out of the range a claim reads).  Two statements: the locking
+  read returns the whole rows as the claim's UPDATE leaves them.
+- **Single enqueues** on MariaDB run in autocommit mode, one round trip
+  (``mysql_session``: the pool's check-in ROLLBACK skipped for them only).
 - **The concurrency key** is the same unique index on ``(task_name,
   concurrency_key)`` as elsewhere: InnoDB's unique indexes let NULLs repeat,
   and finished jobs leave ``jobtable_request``, so every row there is a
@@ -48,16 +51,17 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Column, Table, case, delete, event, func, literal, select, update
+from sqlalchemy import Column, Table, bindparam, case, delete, event, func, literal, select, text, update
 from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.sql import Select, visitors
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
 from ... import settings
 from ...exceptions import JobtableError
 from .. import tables
-from .base import STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .base import INSERT_BATCH, STATS_FINE_KEEP, STATS_TABLE, Dialect, dividing_spans, register
+from .mysql_session import driver_path, driver_rows, encoding_of
 from .stats_sql import OPS, SOURCE_COLUMNS, wait_class
 
 t = tables.request
@@ -116,15 +120,24 @@ class MysqlDialect(Dialect):
 
     def insert_requests(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
         columns = tuple(rows[0])
-        head = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
-        one = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
-        if conn.dialect.insert_returning:
+        head = _INSERT_HEAD.get(columns)
+        if head is None:
+            unknown = set(columns) - set(t.c.keys())
+            if unknown:  # names go into the SQL text: only the table's own
+                raise ValueError(f"Unknown jobtable_request column(s): {sorted(unknown)}")
+            head = _INSERT_HEAD[columns] = f"INSERT IGNORE INTO jobtable_request ({', '.join(columns)}) VALUES "
+        if conn.dialect.insert_returning and conn.dialect.driver == "mysqldb":
             # MariaDB: one statement, RETURNING only the rows inserted.  The
             # VALUES are the driver's own literals (see _values_sql), without
             # mysqlclient's per-value formatting of a 20,000-key dict.
-            statement = head + _values_sql(conn, columns, rows) + " RETURNING id, task_id"
+            values = _values_sql(conn, columns, rows)
+            if driver_path(conn):
+                return driver_rows(conn, head.encode() + values + b" RETURNING id, task_id")
+            statement = head + values.decode(encoding_of(conn)) + " RETURNING id, task_id"
             return list(conn.execution_options(no_parameters=True).exec_driver_sql(statement))
-        # MySQL: no RETURNING; one statement per row, its id from LAST_INSERT_ID.
+        one = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
+        # MySQL: no RETURNING (and another driver than mysqlclient: no
+        # string_literal); one statement per row, its id from LAST_INSERT_ID.
         out: list[Row[Any]] = []
         for row in rows:
             result = conn.exec_driver_sql(head + one, _bind_processed(conn, dict(row)))
@@ -162,12 +175,35 @@ class MysqlDialect(Dialect):
     def claim(
         self, conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
     ) -> list[Row[Any]]:
-        ids = pick(conn, queues, limit)
-        if not ids:
-            return []
-        conn.execute(update(t).where(t.c.id.in_(ids)).values(state=tables.RUNNING, **values))
-        rows = list(conn.execute(select(t).where(t.c.id.in_(ids))))
+        # Two statements: the locking read returns the whole rows as the
+        # UPDATE will leave them (the claimed columns are the statement's own
+        # values), then the UPDATE by id.  No UPDATE ... RETURNING here, and
+        # reading the rows again after the UPDATE was a third statement.
+        # The native worker's claim sets _CLAIMED; the Kombu transport's
+        # also counts the delivery.  Anything else: the general form.
+        counted = "deliveries" in values
+        if set(values) - {"deliveries"} != set(_CLAIMED) or (
+            counted
+            and not (isinstance(values["deliveries"], ClauseElement) and values["deliveries"].compare(t.c.deliveries + 1))
+        ):
+            return _claim_general(conn, queues, limit, values)
+        key = (len(queues), counted)
+        stmt = _CLAIM.get(key)
+        if stmt is None:
+            stmt = _CLAIM[key] = _claim_statement(len(queues), counted)
+        params: dict[str, Any] = {f"q{i}": q for i, q in enumerate(queues)}
+        params.update(limit=limit, **{c: values[c] for c in _CLAIMED})
+        rows = list(conn.execute(stmt, params))
         rows.sort(key=lambda row: (-row.priority, row.id))
+        rows = rows[:limit]
+        if rows:
+            marks = ", ".join(["%s"] * len(rows))
+            claimed = _bind_processed(conn, {c: values[c] for c in _CLAIMED})
+            conn.exec_driver_sql(
+                f"UPDATE jobtable_request SET state = 'running', {', '.join(f'{c} = %s' for c in _CLAIMED)}"
+                f"{', deliveries = deliveries + 1' if counted else ''} WHERE id IN ({marks})",
+                (*(claimed[c] for c in _CLAIMED), *(row.id for row in rows)),
+            )
         return rows
 
     def take_running(self, conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:
@@ -239,11 +275,12 @@ class MysqlDialect(Dialect):
         changed = " OR ".join(f"NOT (OLD.{c} <=> NEW.{c})" for c in SOURCE_COLUMNS.split(", "))
         return [
             "CREATE TRIGGER jobtable_result_stats_insert AFTER INSERT ON jobtable_result FOR EACH ROW\n"
-            f"{_stats_upsert(1, 'NEW')}",
+            f"BEGIN\n{_stats_declare('n_')}\n{_stats_upsert(1, 'NEW', 'n_')}\nEND",
             "CREATE TRIGGER jobtable_result_stats_update AFTER UPDATE ON jobtable_result FOR EACH ROW\n"
-            f"BEGIN\nIF {changed} THEN\n{_stats_upsert(-1, 'OLD')};\n{_stats_upsert(1, 'NEW')};\nEND IF;\nEND",
+            f"BEGIN\n{_stats_declare('o_')}\n{_stats_declare('n_')}\nIF {changed} THEN\n"
+            f"{_stats_upsert(-1, 'OLD', 'o_')}\n{_stats_upsert(1, 'NEW', 'n_')}\nEND IF;\nEND",
             "CREATE TRIGGER jobtable_result_stats_delete AFTER DELETE ON jobtable_result FOR EACH ROW\n"
-            f"{_stats_upsert(-1, 'OLD')}",
+            f"BEGIN\n{_stats_declare('o_')}\n{_stats_upsert(-1, 'OLD', 'o_')}\nEND",
         ]
 
     def drop_result_stats_ddl(self) -> list[str]:
@@ -279,6 +316,26 @@ class MysqlDialect(Dialect):
             conn.execute(delete(stats).where(stats.c.span == span, stats.c.bucket_start <= horizon - span))
 
 
+def insert_results_mysql(conn: Connection, values: Sequence[dict[str, Any]]) -> None:
+    """``result_rows.insert_results`` on MySQL: one multi-row INSERT whose
+    values are the driver's literals (``_values_sql``), a repeated (task_id,
+    attempt) skipped.  Through SQLAlchemy's executemany, binding and
+    escaping each value cost the worker more than the statement (100 rows
+    of a drained batch: ~1,500 values, each a message of ~1 kB)."""
+    columns = tuple(sorted(set().union(*values)))
+    unknown = set(columns) - set(tables.result.c.keys())
+    if unknown:
+        raise ValueError(f"Unknown jobtable_result column(s): {sorted(unknown)}")
+    rows = [{c: row.get(c) for c in columns} for row in values]
+    head = f"INSERT INTO jobtable_result ({', '.join(columns)}) VALUES ".encode()
+    for start in range(0, len(rows), INSERT_BATCH):
+        statement = head + _values_sql(conn, columns, rows[start : start + INSERT_BATCH]) + b" ON DUPLICATE KEY UPDATE id = id"
+        if driver_path(conn):
+            driver_rows(conn, statement, returns=False)
+        else:
+            conn.execution_options(no_parameters=True).exec_driver_sql(statement.decode(encoding_of(conn)))
+
+
 def _bind_processed(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
     """Driver SQL skips SQLAlchemy's types: aware datetimes become the naive
     UTC that DATETIME(6) stores (what types.UTCDateTime does)."""
@@ -292,7 +349,7 @@ def _bind_processed(conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _values_sql(conn: Connection, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+def _values_sql(conn: Connection, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
     """``(v, ...), (v, ...)`` of ``rows``, each value as the literal the
     driver itself would send for it.  mysqlclient has no server-side
     parameters: every "bound" value is escaped into the statement text by
@@ -302,36 +359,50 @@ def _values_sql(conn: Connection, columns: Sequence[str], rows: Sequence[dict[st
     types directly (what mysqlclient's ``Connection.literal`` and its
     converters give for them); anything else goes through ``literal``.
     Measured on 20,000-row bulk enqueues: mysqlclient's ``_mogrify`` was 51
-    of the ~90 us of client time per row that the INSERT cost."""
+    of the ~90 us of client time per row that the INSERT cost.
+
+    A value that is the very object of the row before (the queue, the task
+    name, the times: ``enqueue._rows`` copies one template per group) reuses
+    that row's literal: only the task id and the message are escaped per row."""
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     string_literal = dbapi.string_literal
     literal = dbapi.literal
     encoding = dbapi.encoding
-    times: dict[datetime, bytes] = {}
+    width = len(columns)
+    last: list[Any] = [_NOTHING] * width
+    texts: list[bytes] = [b""] * width
     out: list[bytes] = []
     for row in rows:
         values: list[bytes] = []
-        for column in columns:
+        for i, column in enumerate(columns):
             value = row[column]
+            if value is last[i]:
+                values.append(texts[i])
+                continue
             kind = type(value)
             if kind is str:
-                values.append(string_literal(value.encode(encoding)))
+                lit = string_literal(value.encode(encoding))
             elif value is None:
-                values.append(b"NULL")
+                lit = b"NULL"
             elif kind is bool:
-                values.append(b"1" if value else b"0")
+                lit = b"1" if value else b"0"
             elif kind is int:
-                values.append(str(value).encode())
+                lit = str(value).encode()
             elif kind is datetime:
-                text = times.get(value)
-                if text is None:
-                    text = times[value] = _datetime_literal(value)
-                values.append(text)
+                lit = _datetime_literal(value)
             else:
-                values.append(literal(_bind_processed(conn, {"v": value})["v"]))
+                lit = literal(_bind_processed(conn, {"v": value})["v"])
+            last[i] = value
+            texts[i] = lit
+            values.append(lit)
         out.append(b"(" + b", ".join(values) + b")")
-    return b", ".join(out).decode(encoding)
+    return b", ".join(out)
+
+
+#: No value is this object: the first row's values are all new.
+_NOTHING = object()
+_INSERT_HEAD: dict[tuple[str, ...], str] = {}
 
 
 def _datetime_literal(value: datetime) -> bytes:
@@ -340,6 +411,50 @@ def _datetime_literal(value: datetime) -> bytes:
         raise ValueError(f"naive datetime {value!r}: jobtable stores aware datetimes only")
     naive = value.astimezone(timezone.utc).replace(tzinfo=None)
     return b"'" + naive.isoformat(" ", "microseconds").encode() + b"'"
+
+
+#: The columns a claim sets besides ``state`` (claims_sql.claim's values).
+_CLAIMED = ("worker_id", "started_at", "lease_expires_at")
+_CLAIM: dict[tuple[int, bool], Any] = {}
+
+
+def _claim_general(
+    conn: Connection, queues: Sequence[str], limit: int, values: dict[str, Any]
+) -> list[Row[Any]]:
+    """A claim setting any ``values``: the ids locked, updated, read again."""
+    ids = pick(conn, queues, limit)
+    if not ids:
+        return []
+    conn.execute(update(t).where(t.c.id.in_(ids)).values(state=tables.RUNNING, **values))
+    rows = list(conn.execute(select(t).where(t.c.id.in_(ids))))
+    rows.sort(key=lambda row: (-row.priority, row.id))
+    return rows
+
+
+def _claim_statement(queues: int, counted: bool) -> Any:
+    """The locking read of a claim (see ``pick``) returning every column,
+    the claimed ones as the claim sets them (``counted``: the delivery
+    counted too): typed as the table's columns, so the rows are those
+    ``select(t)`` would read after the UPDATE."""
+    picked = {"state": f"'{tables.RUNNING}'", "worker_id": "CAST(:worker_id AS CHAR(255))",
+              "started_at": "CAST(:started_at AS DATETIME(6))",
+              "lease_expires_at": "CAST(:lease_expires_at AS DATETIME(6))"}
+    if counted:
+        picked["deliveries"] = "deliveries + 1"
+    columns = ", ".join(f"{picked[c.name]} AS {c.name}" if c.name in picked else c.name for c in t.c)
+    branches = " UNION ALL ".join(
+        f"(SELECT {columns} FROM jobtable_request WHERE state = 'pending' AND queue = :q{i} "
+        "ORDER BY priority DESC, id LIMIT :limit FOR UPDATE SKIP LOCKED)"
+        for i in range(queues)
+    )
+    return (
+        text(branches)
+        .bindparams(
+            bindparam("started_at", type_=t.c.started_at.type),
+            bindparam("lease_expires_at", type_=t.c.lease_expires_at.type),
+        )
+        .columns(*t.c)
+    )
 
 
 def pick(conn: Connection, queues: Sequence[str], limit: int) -> list[int]:
@@ -457,34 +572,36 @@ def _release_after_commit(engine: Engine) -> None:
 # -- result stats (the shared fragments: stats_sql.py) --
 
 
-def _stats_upsert(sign: int, ref: str, source: str = "") -> str:
-    """One fine-bucket upsert of a trigger's NEW or OLD row (``source``
-    empty), or of the rows of ``source`` (``FROM ... AS ref``, migration
-    0002's backfill).  Times in seconds since the epoch by TIMESTAMPDIFF from
-    1970-01-01, not UNIX_TIMESTAMP(), which reads a DATETIME in the session's
-    time zone: a writer in another zone would count in the wrong bucket."""
+def _stats_declare(p: str) -> str:
+    """The trigger's variables for one row: its bucket time ``t`` (seconds),
+    queue wait ``w`` (seconds, the 4 decimals of the division) and wait class ``k``."""
+    return f"DECLARE {p}t BIGINT; DECLARE {p}w DECIMAL(30, 4); DECLARE {p}k INT;"
+
+
+def _stats_upsert(sign: int, ref: str, p: str) -> str:
+    """The fine-bucket upsert of a trigger's NEW or OLD row (``ref``) through
+    the variables of ``_stats_declare(p)``: three assignments and one
+    ``INSERT ... VALUES``.  The first form (migration 0002) selected from
+    nested derived tables, which the server builds again for every row:
+    measured in bench/mysql_drain_cost.py (bench/RESULTS.md, "MariaDB
+    (issue 17, step 2)").  Times in seconds since the epoch by TIMESTAMPDIFF
+    from 1970-01-01, not UNIX_TIMESTAMP(), which reads a DATETIME in the
+    session's time zone: a writer in another zone would count in the wrong bucket."""
     span = min(tables.STATS_SPANS)
-    wait = (
-        f"CASE WHEN {ref}.status = '{tables.SUCCESSFUL}' AND {ref}.started_at IS NOT NULL "
-        f"AND {ref}.requested_at IS NOT NULL "
-        f"THEN GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, {ref}.requested_at, {ref}.started_at) / 1000000.0) END"
-    )
-    row = (
-        f"SELECT {ref}.queue AS queue, {ref}.status AS status, {ref}.retried AS retried, "
-        f"TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {ref}.ended_at) AS t, {wait} AS w {source}"
-    )
     values = [
         f"{sign}",
-        f"CASE WHEN v.retried THEN {sign} ELSE 0 END",
-        *(f"CASE WHEN v.k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
-        *(f"CASE WHEN v.k = {i} THEN {'' if sign > 0 else '-'}v.w ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
+        f"CASE WHEN {ref}.retried THEN {sign} ELSE 0 END",
+        *(f"CASE WHEN {p}k = {i} THEN {sign} ELSE 0 END" for i in range(tables.WAIT_CLASSES)),
+        *(f"CASE WHEN {p}k = {i} THEN {'' if sign > 0 else '-'}{p}w ELSE 0.0 END" for i in range(tables.WAIT_CLASSES)),
     ]
-    shard = "0" if source else f"CONNECTION_ID() % {_SHARDS}"
     counters = tables.STATS_COUNTERS
-    return f"""INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
-SELECT {span}, v.t - v.t % {span}, v.queue, v.status, {shard}, {", ".join(values)}
-FROM (SELECT r.*, {wait_class("r.w")} AS k FROM ({row}) AS r) AS v
-ON DUPLICATE KEY UPDATE {", ".join(f"{c} = {STATS_TABLE}.{c} + VALUES({c})" for c in counters)}"""
+    return f"""SET {p}t = TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', {ref}.ended_at);
+SET {p}w = CASE WHEN {ref}.status = '{tables.SUCCESSFUL}' AND {ref}.started_at IS NOT NULL AND {ref}.requested_at IS NOT NULL \
+THEN GREATEST(0.0, TIMESTAMPDIFF(MICROSECOND, {ref}.requested_at, {ref}.started_at) / 1000000.0) END;
+SET {p}k = {wait_class(p + "w")};
+INSERT INTO {STATS_TABLE} (span, bucket_start, queue, status, shard, {", ".join(counters)})
+VALUES ({span}, {p}t - {p}t % {span}, {ref}.queue, {ref}.status, CONNECTION_ID() % {_SHARDS}, {", ".join(values)})
+ON DUPLICATE KEY UPDATE {", ".join(f"{c} = {STATS_TABLE}.{c} + VALUES({c})" for c in counters)};"""
 
 
 register(MysqlDialect())
