@@ -199,12 +199,68 @@ def fill(system: PoisonSystem, order: list[str], runs_file: Path) -> dict[str, s
     return kinds
 
 
+class CpuMeter:
+    """CPU of the whole drain, dead processes included: the worker's process
+    group (live processes' own CPU plus what the reaped members used, which
+    the supervisor's cutime holds) and the worker's PostgreSQL backends
+    (each backend's schedstat, sampled at every poll and kept at its last
+    value, so a backend that ended with its member still counts, less its
+    last few milliseconds).  The harness's own backends are left out."""
+
+    def __init__(self, system: PoisonSystem) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(harness.pg_conninfo("postgres"), autocommit=True)
+        mine = {self.conn.info.backend_pid}
+        with system.reader() as conn:
+            mine.add(int(conn.execute(text("SELECT pg_backend_pid()")).scalar()))
+        self.exclude = mine
+        self.backends: dict[int, float] = {}
+
+    def sample(self) -> None:
+        pids = [r[0] for r in self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'", (DB,))]
+        for pid in pids:
+            if pid in self.exclude:
+                continue
+            try:
+                with open(f"/proc/{pid}/schedstat") as fh:
+                    self.backends[pid] = int(fh.read().split()[0]) / 1e9
+            except OSError:
+                pass
+
+    def db_seconds(self) -> float:
+        return sum(self.backends.values())
+
+    @staticmethod
+    def worker_seconds(workers: list) -> float:
+        groups = {w.proc.pid for w in workers if w.proc is not None}
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups:  # utime stime cutime cstime
+                total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        return total / ticks
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: float) -> tuple[dict[str, Any], list]:
     waiting = system.remaining()
     if waiting != n:
         raise harness.BenchError(f"{waiting} jobs waiting after filling {n}")
+    meter = CpuMeter(system)
 
     def done() -> bool:
+        meter.sample()
         return system.remaining() == 0 and system.results_count() >= n
 
     workers = system.start_workers(logdir)
@@ -214,13 +270,17 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
                                    what="the first job to finish", workers=workers)
         cpu_first = harness.group_cpu_seconds(workers)
         db_first = system.server_cpu_seconds()
+        meter.sample()
+        all_first, all_db_first = meter.worker_seconds(workers), meter.db_seconds()
         end = harness.wait_until(done, timeout=timeout, interval=0.005, what=f"{n} results", workers=workers)
         cpu_done = harness.group_cpu_seconds(workers)
         db_done = system.server_cpu_seconds()
+        all_done, all_db_done = meter.worker_seconds(workers), meter.db_seconds()
         if settle:
             time.sleep(settle)  # a re-run, if any, has time to happen and show
     finally:
         harness.stop_workers(workers)
+        meter.close()
     figures = {
         "jobs_per_s": n / (end - first),
         "from_start": n / (end - started),
@@ -229,6 +289,9 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
         "drain_s": end - first,
         "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6,
         "db_cpu_us_per_job": (db_done - db_first) / n * 1e6 if db_first is not None else None,
+        # Dead members and their backends included (CpuMeter), first job to last.
+        "all_worker_cpu_s": all_done - all_first,
+        "all_db_cpu_s": all_db_done - all_db_first,
     }
     return figures, workers
 
