@@ -230,6 +230,8 @@ class CpuMeter:
                 pass
 
     def db_seconds(self) -> float:
+        # Backends that were there at the first sample count from then on
+        # (the caller subtracts), later ones whole.
         return sum(self.backends.values())
 
     @staticmethod
@@ -272,6 +274,7 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
         db_first = system.server_cpu_seconds()
         meter.sample()
         all_first, all_db_first = meter.worker_seconds(workers), meter.db_seconds()
+        backends_first = dict(meter.backends)
         end = harness.wait_until(done, timeout=timeout, interval=0.005, what=f"{n} results", workers=workers)
         cpu_done = harness.group_cpu_seconds(workers)
         db_done = system.server_cpu_seconds()
@@ -292,6 +295,10 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
         # Dead members and their backends included (CpuMeter), first job to last.
         "all_worker_cpu_s": all_done - all_first,
         "all_db_cpu_s": all_db_done - all_db_first,
+        # Backends that appeared during the drain (replacement members' two
+        # connections each) and the CPU they used.
+        "new_backends": len(set(meter.backends) - set(backends_first)),
+        "new_backends_cpu_s": sum(v for pid, v in meter.backends.items() if pid not in backends_first),
     }
     return figures, workers
 

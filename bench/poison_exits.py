@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     seconds[(version, k)].append(figures["drain_s"])
                     cpu[(version, k)].append(figures["all_worker_cpu_s"] + figures["all_db_cpu_s"])
                     print(f"{version}: k={k} round {r + 1}: drain {figures['drain_s']:.3f} s, "
-                          f"CPU worker {figures['all_worker_cpu_s']:.2f} s + its backends {figures['all_db_cpu_s']:.2f} s, "
+                          f"CPU worker {figures['all_worker_cpu_s']:.2f} s + its backends {figures['all_db_cpu_s']:.2f} s "
+                          f"({figures['new_backends']} new backends: {figures['new_backends_cpu_s']:.2f} s), "
                           f"load {os.getloadavg()[0]:.1f}, "
                           f"check {'ok' if checked['ok'] else 'FAILED: ' + '; '.join(checked['problems'])}", flush=True)
     finally:

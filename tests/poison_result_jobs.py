@@ -166,3 +166,18 @@ POISON = [
     RaiseLongName,
     RaiseLongChain,
 ]
+
+
+@register_job
+class HeapFrozen(Job):
+    """Returns how many objects the collector leaves alone in this process
+    (``gc.get_freeze_count``), after building and dropping a 10,000-deep list."""
+
+    def run(self) -> int:
+        import gc
+
+        value: list[Any] = []
+        for _ in range(10_000):
+            value = [value]
+        del value
+        return gc.get_freeze_count()
