@@ -278,7 +278,16 @@ class Supervisor:
                 # so no rescuer takes its rows for an unregistered worker's.
                 self._register(spare.worker_id)
                 return
-        self.handles[index] = self._start(index, batch)
+        handle = self.handles[index] = self._start(index, batch)
+        self._stop_if_stopping(handle)
+
+    def _stop_if_stopping(self, handle: Handle) -> None:
+        """A stop signal that came while ``handle`` was being started found
+        it in no list (``_start`` unblocks the signals right after fork,
+        before its caller files the handle): ask it now, or it would run on
+        until the shutdown grace ends and be killed."""
+        if self.stopping:
+            self._ask_to_stop(handle)
 
     def _register(self, worker_id: str) -> None:
         try:
@@ -311,6 +320,7 @@ class Supervisor:
         ):
             try:
                 self.spare = self._start(-1)
+                self._stop_if_stopping(self.spare)
             except Exception as exc:  # no fork (EAGAIN, ENOMEM), no ledger file...: members go on
                 logger.warning("Cannot start a spare worker process (%s); trying again in 5 s.", _first_line(exc))
                 self.spare_after = time.monotonic() + 5.0
