@@ -389,6 +389,11 @@ def verify(system: PoisonSystem, kinds: dict[str, str], runs_file: Path, workers
     }
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
 def summarize(tries: list[dict[str, Any]], modes: list[str], n: int, fraction: float, version: str) -> None:
     """The table and per-kind costs of the tries of one worker version."""
     labels = {"clean": "clean (no-ops)", "poison": f"{fraction:.0%} poison, all six kinds",
@@ -400,8 +405,9 @@ def summarize(tries: list[dict[str, Any]], modes: list[str], n: int, fraction: f
     print(f"\n## worker: {version}\n")
     print(f"| drain of {n:,} jobs, 2 procs | tries (jobs/s, in run order) | best (jobs/s) | vs clean "
           "| incl. start-up, best (jobs/s) | vs clean | best drain (s) | worker CPU per job (us) | DB CPU per job (us) "
+          "| CPU, dead included: worker + its backends (s, median) "
           "| exactly once | not SUCCESSFUL only because of a member death | status kept, result lost (ResultLost) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
     for m in modes:
         b = best[m]
         shown = ", ".join(f"{t['jobs_per_s']:,.0f}" for t in tries if t["mode"] == m)
@@ -411,6 +417,8 @@ def summarize(tries: list[dict[str, Any]], modes: list[str], n: int, fraction: f
         print(f"| {labels[m]} | {shown} | {b['jobs_per_s']:,.0f} | {b['jobs_per_s'] / best['clean']['jobs_per_s']:.2f} "
               f"| {best_start[m]['from_start']:,.0f} | {best_start[m]['from_start'] / best_start['clean']['from_start']:.2f} "
               f"| {b['drain_s']:.2f} | {b['worker_cpu_us_per_job']:,.0f} | {b['db_cpu_us_per_job']:,.0f} "
+              f"| {median([t['all_worker_cpu_s'] for t in tries if t['mode'] == m]):.2f} + "
+              f"{median([t['all_db_cpu_s'] for t in tries if t['mode'] == m]):.2f} "
               f"| {'yes' if ok else '**no**'} | {collateral} | {min(kept)}–{max(kept)} |")
     if "poison" in best:
         ratio = best["poison"]["jobs_per_s"] / best["clean"]["jobs_per_s"]

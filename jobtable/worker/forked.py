@@ -47,7 +47,7 @@ def child(
     code = 1
     try:
         # The heap inherited from the supervisor (SQLAlchemy, the app's
-        # modules: ~100k objects) lives as long as the member: out of the
+        # modules: ~70k objects) lives as long as the member: out of the
         # collector's reach, a full collection walks only what the member
         # made since.  Without this, a job that allocates many containers
         # (a 10,000-deep return value) set off full collections of the whole
