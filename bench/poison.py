@@ -59,8 +59,43 @@ from systems.jobtable_native import QUEUE, JobtableNative  # noqa: E402
 DB = "bench_poison"
 NOOP = "benchapps.jobtable_jobs.Noop"
 UNDECODABLE = "undecodable"
-#: Run in this order in each round, so all see the same load.
+#: Run in this order in each round, so all see the same load (``--kinds``
+#: chooses the poison tries: "all" is mode "poison", "no-exit" is mode
+#: "poison-no-exit", a kind's name is mode "only-<kind>").
 MODES = ("clean", "poison", "poison-no-exit")
+ALL_KINDS = ("raise-unprintable", "return-unrepresentable", "return-deep", "raise-nul-surrogate", "os-exit",
+             UNDECODABLE)
+
+
+def modes_of(kinds_arg: str) -> list[str]:
+    """The tries of one round for ``--kinds`` (comma-separated: all, no-exit, or kind names)."""
+    modes = ["clean"]
+    for item in (part.strip() for part in kinds_arg.split(",")):
+        if item == "all":
+            modes.append("poison")
+        elif item == "no-exit":
+            modes.append("poison-no-exit")
+        elif item in ALL_KINDS:
+            modes.append(f"only-{item}")
+        else:
+            raise SystemExit(f"--kinds: unknown entry {item!r}; expected all, no-exit or one of {', '.join(ALL_KINDS)}")
+    if len(set(modes)) != len(modes):
+        raise SystemExit(f"--kinds: an entry is repeated in {kinds_arg!r}")
+    return modes
+
+
+def mode_order(mode: str, n: int, fraction: float, seed: int) -> list[str]:
+    """The kinds of the n jobs of a try of ``mode``.  ``only-<kind>``: the
+    whole poison share (``fraction`` of n) is of that kind, so its cost per
+    job is measured on ~6x as many jobs as in the mix."""
+    if mode == "clean":
+        return ["noop"] * n
+    if mode == "poison":
+        return plan(n, fraction, seed)
+    if mode == "poison-no-exit":
+        return plan(n, fraction, seed, ("os-exit",))
+    only = mode[len("only-"):]
+    return plan(n, fraction, seed, tuple(k for k in ALL_KINDS if k != only))
 
 
 class PoisonSystem(JobtableNative):
@@ -90,6 +125,15 @@ class PoisonSystem(JobtableNative):
                  "--max-processes", "2", "--queue", QUEUE]]
 
     log_tag = ""
+    #: Another jobtable tree the worker imports instead of this one
+    #: (``--baseline``): put on the worker's PYTHONPATH before site-packages.
+    worker_tree = ""
+
+    def worker_env(self, latency_file: Path | None = None) -> dict[str, str]:
+        env = super().worker_env(latency_file)
+        if self.worker_tree:
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], self.worker_tree])
+        return env
 
     def start_workers(self, logdir: Path, latency_file: Path | None = None) -> list[harness.Worker]:
         # One log per try (the harness would reuse one name per system).
@@ -155,12 +199,70 @@ def fill(system: PoisonSystem, order: list[str], runs_file: Path) -> dict[str, s
     return kinds
 
 
+class CpuMeter:
+    """CPU of the whole drain, dead processes included: the worker's process
+    group (live processes' own CPU plus what the reaped members used, which
+    the supervisor's cutime holds) and the worker's PostgreSQL backends
+    (each backend's schedstat, sampled at every poll and kept at its last
+    value, so a backend that ended with its member still counts, less its
+    last few milliseconds).  The harness's own backends are left out."""
+
+    def __init__(self, system: PoisonSystem) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(harness.pg_conninfo("postgres"), autocommit=True)
+        mine = {self.conn.info.backend_pid}
+        with system.reader() as conn:
+            mine.add(int(conn.execute(text("SELECT pg_backend_pid()")).scalar()))
+        self.exclude = mine
+        self.backends: dict[int, float] = {}
+
+    def sample(self) -> None:
+        pids = [r[0] for r in self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'", (DB,))]
+        for pid in pids:
+            if pid in self.exclude:
+                continue
+            try:
+                with open(f"/proc/{pid}/schedstat") as fh:
+                    self.backends[pid] = int(fh.read().split()[0]) / 1e9
+            except OSError:
+                pass
+
+    def db_seconds(self) -> float:
+        # Backends that were there at the first sample count from then on
+        # (the caller subtracts), later ones whole.
+        return sum(self.backends.values())
+
+    @staticmethod
+    def worker_seconds(workers: list) -> float:
+        groups = {w.proc.pid for w in workers if w.proc is not None}
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups:  # utime stime cutime cstime
+                total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        return total / ticks
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: float) -> tuple[dict[str, Any], list]:
     waiting = system.remaining()
     if waiting != n:
         raise harness.BenchError(f"{waiting} jobs waiting after filling {n}")
+    meter = CpuMeter(system)
 
     def done() -> bool:
+        meter.sample()
         return system.remaining() == 0 and system.results_count() >= n
 
     workers = system.start_workers(logdir)
@@ -170,13 +272,18 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
                                    what="the first job to finish", workers=workers)
         cpu_first = harness.group_cpu_seconds(workers)
         db_first = system.server_cpu_seconds()
+        meter.sample()
+        all_first, all_db_first = meter.worker_seconds(workers), meter.db_seconds()
+        backends_first = dict(meter.backends)
         end = harness.wait_until(done, timeout=timeout, interval=0.005, what=f"{n} results", workers=workers)
         cpu_done = harness.group_cpu_seconds(workers)
         db_done = system.server_cpu_seconds()
+        all_done, all_db_done = meter.worker_seconds(workers), meter.db_seconds()
         if settle:
             time.sleep(settle)  # a re-run, if any, has time to happen and show
     finally:
         harness.stop_workers(workers)
+        meter.close()
     figures = {
         "jobs_per_s": n / (end - first),
         "from_start": n / (end - started),
@@ -185,6 +292,13 @@ def drain(system: PoisonSystem, n: int, logdir: Path, timeout: float, settle: fl
         "drain_s": end - first,
         "worker_cpu_us_per_job": (cpu_done - cpu_first) / n * 1e6,
         "db_cpu_us_per_job": (db_done - db_first) / n * 1e6 if db_first is not None else None,
+        # Dead members and their backends included (CpuMeter), first job to last.
+        "all_worker_cpu_s": all_done - all_first,
+        "all_db_cpu_s": all_db_done - all_db_first,
+        # Backends that appeared during the drain (replacement members' two
+        # connections each) and the CPU they used.
+        "new_backends": len(set(meter.backends) - set(backends_first)),
+        "new_backends_cpu_s": sum(v for pid, v in meter.backends.items() if pid not in backends_first),
     }
     return figures, workers
 
@@ -275,63 +389,26 @@ def verify(system: PoisonSystem, kinds: dict[str, str], runs_file: Path, workers
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=10_000, help="jobs per drain, poison included (default 10000)")
-    parser.add_argument("--fraction", type=float, default=0.01, help="poison share of the n jobs (default 0.01)")
-    parser.add_argument("--repeat", type=int, default=2, help="tries of each, alternating (default 2)")
-    parser.add_argument("--seed", type=int, default=12)
-    parser.add_argument("--settle", type=float, default=1.0, help="seconds the worker keeps running after done")
-    parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
 
-    tmp = harness.tmpdir()
-    logdir = tmp / "logs"
-    logdir.mkdir()
-    load = os.getloadavg()
-    print(f"# jobtable poison drain — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}  (cwd {os.getcwd()})")
-    print(f"cores {os.cpu_count()}, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; logs {logdir}\n",
-          flush=True)
-    system = PoisonSystem("postgresql", tmp)
-    tries: list[dict[str, Any]] = []
-    all_ok = True
-    try:
-        for i in range(args.repeat):
-            for mode in MODES:
-                system.fresh()
-                if mode == "clean":
-                    order = ["noop"] * args.n
-                else:
-                    order = plan(args.n, args.fraction, args.seed, () if mode == "poison" else ("os-exit",))
-                system.log_tag = f"{mode}-{i + 1}"
-                runs_file = tmp / f"runs-{mode}-{i}.txt"
-                runs_file.touch()
-                kinds = fill(system, order, runs_file)
-                figures, workers = drain(system, args.n, logdir, args.timeout, 0 if mode == "clean" else args.settle)
-                checked = verify(system, kinds, runs_file, workers)
-                all_ok &= checked["ok"]
-                load = os.getloadavg()
-                entry = {"mode": mode, "try": i + 1, **figures, "load1": load[0], "check": checked}
-                tries.append(entry)
-                print(f"[{mode} {i + 1}] {figures['jobs_per_s']:,.0f} jobs/s (from start {figures['from_start']:,.0f}), "
-                      f"load {load[0]:.2f}, check {'ok' if checked['ok'] else 'FAILED: ' + '; '.join(checked['problems'])}"
-                      f", LOST alongside a death: {checked['collateral_result_lost_by_kind']}"
-                      f", status kept, result lost: {checked['status_kept_result_lost_by_kind']}",
-                      file=sys.stderr, flush=True)
-    finally:
-        system.cleanup()
 
-    labels = {"clean": "clean (no-ops)", "poison": f"{args.fraction:.0%} poison, all six kinds",
-              "poison-no-exit": f"{args.fraction:.0%} poison, without os._exit (five kinds)"}
-    best = {m: max((t for t in tries if t["mode"] == m), key=lambda t: t["jobs_per_s"]) for m in MODES}
-    best_start = {m: max((t for t in tries if t["mode"] == m), key=lambda t: t["from_start"]) for m in MODES}
-    print(f"| drain of {args.n:,} jobs, 2 procs | tries (jobs/s, in run order) | best (jobs/s) | vs clean "
+def summarize(tries: list[dict[str, Any]], modes: list[str], n: int, fraction: float, version: str) -> None:
+    """The table and per-kind costs of the tries of one worker version."""
+    labels = {"clean": "clean (no-ops)", "poison": f"{fraction:.0%} poison, all six kinds",
+              "poison-no-exit": f"{fraction:.0%} poison, without os._exit (five kinds)"}
+    labels.update({f"only-{k}": f"{fraction:.0%} poison, all {k}" for k in ALL_KINDS})
+    tries = [t for t in tries if t["version"] == version]
+    best = {m: max((t for t in tries if t["mode"] == m), key=lambda t: t["jobs_per_s"]) for m in modes}
+    best_start = {m: max((t for t in tries if t["mode"] == m), key=lambda t: t["from_start"]) for m in modes}
+    print(f"\n## worker: {version}\n")
+    print(f"| drain of {n:,} jobs, 2 procs | tries (jobs/s, in run order) | best (jobs/s) | vs clean "
           "| incl. start-up, best (jobs/s) | vs clean | best drain (s) | worker CPU per job (us) | DB CPU per job (us) "
+          "| CPU, dead included: worker + its backends (s, median) "
           "| exactly once | not SUCCESSFUL only because of a member death | status kept, result lost (ResultLost) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
-    for m in MODES:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|")
+    for m in modes:
         b = best[m]
         shown = ", ".join(f"{t['jobs_per_s']:,.0f}" for t in tries if t["mode"] == m)
         ok = all(t["check"]["ok"] for t in tries if t["mode"] == m)
@@ -340,17 +417,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {labels[m]} | {shown} | {b['jobs_per_s']:,.0f} | {b['jobs_per_s'] / best['clean']['jobs_per_s']:.2f} "
               f"| {best_start[m]['from_start']:,.0f} | {best_start[m]['from_start'] / best_start['clean']['from_start']:.2f} "
               f"| {b['drain_s']:.2f} | {b['worker_cpu_us_per_job']:,.0f} | {b['db_cpu_us_per_job']:,.0f} "
+              f"| {median([t['all_worker_cpu_s'] for t in tries if t['mode'] == m]):.2f} + "
+              f"{median([t['all_db_cpu_s'] for t in tries if t['mode'] == m]):.2f} "
               f"| {'yes' if ok else '**no**'} | {collateral} | {min(kept)}–{max(kept)} |")
-    ratio = best["poison"]["jobs_per_s"] / best["clean"]["jobs_per_s"]
-    print(f"\npoison / clean: {ratio:.2f} (drain rate); target >= 0.90: {'met' if ratio >= 0.9 else '**missed**'}")
+    if "poison" in best:
+        ratio = best["poison"]["jobs_per_s"] / best["clean"]["jobs_per_s"]
+        print(f"\npoison / clean: {ratio:.2f} (drain rate); target >= 0.90: {'met' if ratio >= 0.9 else '**missed**'}")
+    clean_drain = best["clean"]["drain_s"]
+    for m in modes[1:]:
+        check = best[m]["check"]
+        count = sum(check["poison_jobs_by_kind"].values()) + sum(check["statuses"].get(UNDECODABLE, {}).values())
+        if count:
+            extra = best[m]["drain_s"] - clean_drain
+            print(f"{m}: best drain {extra:+.3f} s over clean for {count} poison jobs: ~{extra / count * 1000:.2f} ms each")
     p = [t for t in tries if t["mode"] == "poison"]
-    exits = p[-1]["check"]["poison_jobs_by_kind"].get("os-exit", 0)
-    if exits:
-        extra = best["poison"]["drain_s"] - best["clean"]["drain_s"]
-        nx = best["poison-no-exit"]["drain_s"] - best["clean"]["drain_s"]
+    exits = p[-1]["check"]["poison_jobs_by_kind"].get("os-exit", 0) if p else 0
+    if exits and "poison-no-exit" in best:
+        extra = best["poison"]["drain_s"] - clean_drain
+        nx = best["poison-no-exit"]["drain_s"] - clean_drain
         print(f"os._exit jobs: {exits}; best poison drain took {extra:+.2f} s over clean, {nx:+.2f} s without them: "
               f"~{(extra - nx) / exits * 1000:.0f} ms per member death")
-    for m in MODES[1:]:
+    for m in modes[1:]:
         last = [t for t in tries if t["mode"] == m][-1]["check"]
         print(f"\n{m}, last try: {last['results']} result rows for {last['jobs']} jobs; member deaths "
               f"{last['member_deaths']}; run lines by kind {last['poison_runs_by_kind']} "
@@ -360,6 +447,76 @@ def main(argv: list[str] | None = None) -> int:
         print("statuses by kind: " + json.dumps(last["statuses"]))
         if last["problems"]:
             print("problems: " + "; ".join(last["problems"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=10_000, help="jobs per drain, poison included (default 10000)")
+    parser.add_argument("--fraction", type=float, default=0.01, help="poison share of the n jobs (default 0.01)")
+    parser.add_argument("--repeat", type=int, default=2, help="tries of each, alternating (default 2)")
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--settle", type=float, default=1.0, help="seconds the worker keeps running after done")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--kinds", default="all,no-exit",
+                        help="poison tries of each round, comma-separated: all (six kinds), no-exit (five kinds), "
+                             f"or one kind ({', '.join(ALL_KINDS)}: the whole poison share of that kind); "
+                             "a clean try always comes first (default all,no-exit)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a directory holding another jobtable package (e.g. `git archive main jobtable`): "
+                             "every try is also run with the worker importing it, alternating with this tree's")
+    args = parser.parse_args(argv)
+    modes = modes_of(args.kinds)
+    if args.baseline is not None and not (args.baseline / "jobtable" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no jobtable/__init__.py in it")
+    versions = ["this tree"] + (["baseline"] if args.baseline is not None else [])
+
+    tmp = harness.tmpdir()
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    load = os.getloadavg()
+    print(f"# jobtable poison drain — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}  (cwd {os.getcwd()})")
+    if args.baseline is not None:
+        print(f"baseline worker: jobtable of {args.baseline.resolve()}")
+    print(f"cores {os.cpu_count()}, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; logs {logdir}\n",
+          flush=True)
+    system = PoisonSystem("postgresql", tmp)
+    tries: list[dict[str, Any]] = []
+    all_ok = True
+    try:
+        for i in range(args.repeat):
+            for mode in modes:
+                # Both versions back to back for each mode, in turns (the
+                # baseline first every other round), so both see one load.
+                for version in versions if i % 2 == 0 else versions[::-1]:
+                    system.worker_tree = str(args.baseline.resolve()) if version == "baseline" else ""
+                    system.fresh()
+                    order = mode_order(mode, args.n, args.fraction, args.seed)
+                    tag = f"{mode}-{i + 1}" + ("-baseline" if version == "baseline" else "")
+                    system.log_tag = tag
+                    runs_file = tmp / f"runs-{tag}.txt"
+                    runs_file.touch()
+                    kinds = fill(system, order, runs_file)
+                    figures, workers = drain(system, args.n, logdir, args.timeout,
+                                             0 if mode == "clean" else args.settle)
+                    checked = verify(system, kinds, runs_file, workers)
+                    all_ok &= checked["ok"]
+                    load = os.getloadavg()
+                    entry = {"mode": mode, "version": version, "try": i + 1, **figures, "load1": load[0],
+                             "check": checked}
+                    tries.append(entry)
+                    print(f"[{mode} {i + 1}{' baseline' if version == 'baseline' else ''}] "
+                          f"{figures['jobs_per_s']:,.0f} jobs/s (from start {figures['from_start']:,.0f}), "
+                          f"load {load[0]:.2f}, check {'ok' if checked['ok'] else 'FAILED: ' + '; '.join(checked['problems'])}"
+                          f", LOST alongside a death: {checked['collateral_result_lost_by_kind']}"
+                          f", status kept, result lost: {checked['status_kept_result_lost_by_kind']}",
+                          file=sys.stderr, flush=True)
+    finally:
+        system.cleanup()
+
+    for version in versions:
+        summarize(tries, modes, args.n, args.fraction, version)
     print("\nexactly-once: " + ("ok in every try" if all_ok else "FAILED (see above)"))
     load = os.getloadavg()
     print(f"(load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})")

@@ -166,3 +166,22 @@ POISON = [
     RaiseLongName,
     RaiseLongChain,
 ]
+
+
+@register_job
+class HeapFrozen(Job):
+    """Returns how many objects the collector leaves alone in this process
+    (``gc.get_freeze_count``), after building and dropping a 10,000-deep list,
+    and whether ``sqlalchemy.orm`` was imported when the job started."""
+
+    def run(self) -> list[Any]:
+        import gc
+        import sys
+
+        # Before anything here can import it: the member inherited it.
+        orm = "sqlalchemy.orm" in sys.modules
+        value: list[Any] = []
+        for _ in range(10_000):
+            value = [value]
+        del value
+        return [gc.get_freeze_count(), orm]

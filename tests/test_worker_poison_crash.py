@@ -446,6 +446,32 @@ def test_rescue_records_finished_jobs_with_the_status_the_ledger_kept(db_url: st
     assert [(r.task_id, r.state) for r in requests()] == [(rows[4].task_id, tables.PENDING)]
 
 
+def test_recorded_finished_jobs_keep_their_request_columns_and_only_rows_still_held(db_url: str) -> None:
+    """record_finished copies each row's request columns into its result
+    (server-side on PostgreSQL) and touches only rows still running under the
+    dead worker: one finished meanwhile, or taken by another id, is left alone."""
+    worker_id = f"native:dead:{os.getpid()}:0:copy"
+    rows = _claimed_by_dead_worker(worker_id, 4)
+    with db_engine.connect() as conn, conn.begin():
+        conn.execute(tables.request.delete().where(tables.request.c.id == rows[2].id))  # written meanwhile
+        conn.execute(tables.request.update().where(tables.request.c.id == rows[3].id).values(worker_id="someone-else"))
+    statuses = {rows[0].id: tables.SUCCESSFUL, rows[1].id: tables.ERRORED, rows[2].id: tables.SUCCESSFUL,
+                rows[3].id: tables.SUCCESSFUL}
+    with db_engine.connect() as conn, conn.begin():
+        assert rescue.record_finished(conn, worker_id, statuses, clock.utcnow(), why="it \x00 died") == 2
+    got = {r.task_id: r for r in results()}
+    assert sorted(got) == sorted([rows[0].task_id, rows[1].task_id])
+    for row, status in zip(rows[:2], [tables.SUCCESSFUL, tables.ERRORED]):
+        res = got[row.task_id]
+        assert (res.status, res.error_type, res.retried) == (status, "ResultLost", False)
+        assert (res.task_name, res.queue, res.priority, res.attempt, res.retries, res.worker_id, res.message) == (
+            row.task_name, row.queue, row.priority, row.attempt, row.retries, worker_id, row.message)
+        assert res.started_at == row.started_at and res.requested_at == row.created_at
+        assert res.return_value is None and res.traceback is None
+        assert f"The job ended {status}" in res.error_message and "It was not run again." in res.error_message
+    assert {r.task_id: r.worker_id for r in requests()} == {rows[3].task_id: "someone-else"}
+
+
 def test_a_ledger_of_the_first_format_is_still_read(db_url: str) -> None:
     """A worker of the version before wrote no statuses: its finished jobs
     are recorded LOST (ResultLost), as that version did; nothing runs twice."""

@@ -25,8 +25,9 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from .. import badrows
+from .. import badrows, safetext
 from ..db import bindings_sql, finish_sql, rescue_sql, tables, workers_sql
+from ..db.dialects import record_finished_pg
 from ..messages import decode_task
 from . import ledger
 from .ledger import LedgerState
@@ -88,6 +89,13 @@ class Quarantine:
         return [row for row in rows if row.task_id not in self.task_ids]
 
 
+def _lost_text(status: str, why: str) -> str:
+    lost = "return value was" if status == tables.SUCCESSFUL else "details (error, traceback) were"
+    # clean: ``why`` is the supervisor's own text, but a NUL would make
+    # PostgreSQL refuse the whole rescue.
+    return safetext.clean(f"The job ended {status}; its {lost} lost: {why}. It was not run again.")
+
+
 def _finished_fields(row: Any, status: str, why: str) -> dict[str, Any]:
     """The result columns of a finished attempt whose outcome died with its
     process, known only by its status."""
@@ -96,28 +104,40 @@ def _finished_fields(row: Any, status: str, why: str) -> dict[str, Any]:
         call = badrows.decode_call(row.message)
         if isinstance(call, badrows.BadRow):
             return badrows.dead_letter_fields(call.reason)
-    lost = "return value was" if status == tables.SUCCESSFUL else "details (error, traceback) were"
-    return {
-        "error_type": rescue_sql.RESULT_LOST,
-        "error_message": f"The job ended {status}; its {lost} lost: {why}. It was not run again.",
-    }
+    return {"error_type": rescue_sql.RESULT_LOST, "error_message": _lost_text(status, why)}
 
 
 def record_finished(
     conn: Connection, worker_id: str, statuses: dict[int, str], now: datetime, *, why: str
-) -> list[Any]:
+) -> int:
     """Record finished attempts whose results were not written with the
     status their outcome had (``statuses``: row id -> status), not retried.
-    Only rows still running under ``worker_id`` are touched."""
+    Only rows still running under ``worker_id`` are touched.  Returns how
+    many were recorded."""
     if not statuses:
-        return []
+        return 0
+    recorded = 0
+    if conn.dialect.name == "postgresql":
+        # The common case (a batch of finished jobs) in one statement that
+        # copies the rows server-side; a dead letter's note is made from its
+        # message, so those take the path below.
+        plain = sorted(row_id for row_id, status in statuses.items() if status != tables.DEAD_LETTER)
+        if plain:
+            entries = [
+                (row_id, statuses[row_id], rescue_sql.RESULT_LOST, _lost_text(statuses[row_id], why))
+                for row_id in plain
+            ]
+            recorded += len(record_finished_pg(conn, worker_id, entries, now))
+        statuses = {row_id: status for row_id, status in statuses.items() if status == tables.DEAD_LETTER}
+        if not statuses:
+            return recorded
     rows = rescue_sql.take_running(conn, worker_id, list(statuses))
     outcomes = [
         finish_sql.Outcome(row, statuses[row.id], now, _finished_fields(row, statuses[row.id], why)) for row in rows
     ]
     if outcomes:
         finish_sql.write_outcomes(conn, outcomes, now)
-    return rows
+    return recorded + len(rows)
 
 
 def _lose_started(
@@ -154,7 +174,7 @@ def _lose_started(
     recorded = record_finished(conn, worker_id, known, now, why=why_finished)
     if recorded:
         # One line, not one per job: a batch of no-ops can be a hundred.
-        logger.warning("%d finished job(s) of %s recorded without their results: %s", len(recorded), worker_id, why_finished)
+        logger.warning("%d finished job(s) of %s recorded without their results: %s", recorded, worker_id, why_finished)
     done = rescue_sql.lose(
         conn, worker_id, [i for i in state.finished if i not in known], now, message=why_finished,
         error_type=rescue_sql.RESULT_LOST, retry=False,
@@ -165,7 +185,7 @@ def _lose_started(
         retry_delay=retry_delay,
     )
     _log_lost(again, why_finished)
-    return len(lost) + len(recorded) + len(done) + len(again)
+    return len(lost) + recorded + len(done) + len(again)
 
 
 def rescue_member(

@@ -32,7 +32,14 @@ from .base import (
     upsert_insert,
     wake_queues,
 )
-from .postgresql import PostgresDialect, finish_pg, insert_results_pg, transport_claim_pg, transport_delete_pg
+from .postgresql import (
+    PostgresDialect,
+    finish_pg,
+    insert_results_pg,
+    record_finished_pg,
+    transport_claim_pg,
+    transport_delete_pg,
+)
 from .mysql import MysqlDialect
 from .sqlite import SqliteDialect
 
@@ -56,6 +63,7 @@ __all__ = [
     "mysql",
     "notify_bindings_changed",
     "postgresql",
+    "record_finished_pg",
     "register",
     "result_stats_ddl",
     "sqlite",

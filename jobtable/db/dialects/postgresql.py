@@ -471,6 +471,49 @@ def finish_pg(conn: Connection, worker_id: str, outcomes: Sequence[Any]) -> set[
     return {row[0] for row in conn.exec_driver_sql(_FINISH_PG, params)}
 
 
+_RECORD_FINISHED_PG = """
+WITH d AS (
+    DELETE FROM jobtable_request
+    WHERE id = ANY(%(ids)s::int8[]) AND worker_id = %(worker)s AND state = 'running'
+    RETURNING *
+), v AS (
+    SELECT * FROM unnest(%(ids)s::int8[], %(status)b::varchar[], %(error_type)b::varchar[], %(error_message)b::text[])
+        AS v(id, status, error_type, error_message)
+), ins AS (
+    INSERT INTO jobtable_result (
+        task_id, task_name, queue, priority, attempt, retries, concurrency_key, status, requested_at,
+        started_at, ended_at, worker_id, message, error_type, error_message, retried
+    )
+    SELECT d.task_id, d.task_name, d.queue, d.priority, d.attempt, d.retries, d.concurrency_key, v.status,
+           d.created_at, d.started_at, %(ended_at)s, d.worker_id, d.message, v.error_type, v.error_message, false
+    FROM d JOIN v ON v.id = d.id
+    ON CONFLICT DO NOTHING
+)
+SELECT id FROM d
+"""
+
+
+def record_finished_pg(
+    conn: Connection, worker_id: str, entries: Sequence[tuple[int, str, str, str]], ended_at: datetime
+) -> set[int]:
+    """Rescue's counterpart of ``finish_pg`` for a dead member's finished
+    jobs whose outcomes died with it (``entries``: row id, status,
+    error_type, error_message; not retried): the rows still running under
+    ``worker_id`` become results in one statement, the message and the
+    other request columns copied server-side -- a dead member's batch is up
+    to a hundred rows, which would otherwise travel back and forth (and be
+    escaped into text arrays) while the drain goes on.  Returns the ids written."""
+    params = {
+        "ids": [e[0] for e in entries],
+        "worker": worker_id,
+        "status": [e[1] for e in entries],
+        "error_type": [e[2] for e in entries],
+        "error_message": [e[3] for e in entries],
+        "ended_at": ended_at,
+    }
+    return {row[0] for row in conn.exec_driver_sql(_RECORD_FINISHED_PG, params)}
+
+
 # -- transport hot path (PostgreSQL) --
 #
 # Kombu consumers claim and ack on every message: these statements are
