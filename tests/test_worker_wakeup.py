@@ -99,14 +99,14 @@ def test_retry_and_cancel_against_running_worker(db_url: str, subprocess_env: di
         assert cancelled.returncode == 0, cancelled.stderr
         (row,) = wait_for(lambda: results(later.uuid), what="the cancelled result")
         assert row.status == tables.CANCELLED
-        # A running job cannot be cancelled: the command says so.
+        # A running job is stopped by its worker: the command waits for it.
         slow = Gate(str(tmp_path / "slow"), str(tmp_path / "release")).run_in_worker()
         assert slow is not None
         wait_for(lambda: lines(tmp_path / "slow"), what="the slow job to start")
-        refused = _cli(env, "cancel", slow.uuid)
-        assert refused.returncode != 0 and "running" in (refused.stderr + refused.stdout)
-        (tmp_path / "release").write_text("go")
-        wait_for(lambda: results(slow.uuid), what="the released job")
+        stopped = _cli(env, "cancel", slow.uuid)
+        assert stopped.returncode == 0 and "stopped while running" in stopped.stdout, stopped.stderr
+        (row,) = results(slow.uuid)
+        assert row.status == tables.CANCELLED
     finally:
         stop(proc)
     first, second = results(failed.uuid)

@@ -44,6 +44,7 @@ def _shim_routes() -> dict[str, str]:
     # Only when the app imported the shim: a plain Job app does not pay for it.
     if "jobtable.shim.task" not in sys.modules:
         return {}
+    from ..shim.maps import BUILTIN_NAMES
     from ..shim.registry import registry
     from ..shim.send import route
     from ..shim.task import Task
@@ -51,6 +52,10 @@ def _shim_routes() -> dict[str, str]:
     routes: dict[str, str] = {}
     for name, task in list(registry.tasks.items()):
         if not isinstance(task, Task):  # the registry knows tasks by protocol only
+            continue
+        if name in BUILTIN_NAMES:
+            # celery.map & co. are sent to the queue of the task they map,
+            # not to their own: they name no queue a worker must consume.
             continue
         try:
             routes[name] = route(task._app(), name, task, (), {}, {})
