@@ -233,8 +233,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 45, what: str = "con
     return polling.wait_for(predicate, timeout, what=what)
 
 
+def _read() -> Any:
+    # Reads do not take SQLite's write lock (as jobtable's own reads): a
+    # worker the test froze (SIGSTOP) may hold it.
+    return db_engine.get_engine().connect().execution_options(sqlite_begin="DEFERRED")
+
+
 def query(sql: str, **params: Any) -> list[Any]:
-    with db_engine.get_engine().connect() as conn:
+    with _read() as conn:
         return list(conn.execute(text(sql), params))
 
 
@@ -244,13 +250,13 @@ def results(task_id: str | None = None) -> list[Any]:
     stmt = select(t).order_by(t.c.id)
     if task_id is not None:
         stmt = select(t).where(t.c.task_id == task_id).order_by(t.c.attempt)
-    with db_engine.get_engine().connect() as conn:
+    with _read() as conn:
         return list(conn.execute(stmt))
 
 
 def requests() -> list[Any]:
     t = tables.request
-    with db_engine.get_engine().connect() as conn:
+    with _read() as conn:
         return list(conn.execute(select(t).order_by(t.c.id)))
 
 

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 #: fraction of a second), then at most this long.
 FIRST_PAUSE = 0.05
 MAX_PAUSE = 1.0
+#: Said at WARNING only once a failure has lasted this long: SQLite's
+#: "database is locked" under a burst of writers is a wait, not an outage.
+WARN_AFTER = 1.0
 
 
 class OutageGrace:
@@ -40,16 +43,18 @@ class OutageGrace:
         self.grace = grace
         self._since: float | None = None
         self._failures = 0
+        self._warned = False
 
     def ok(self) -> None:
         """A claim reached the database: the outage (if any) is over."""
-        if self._since is not None:
+        if self._since is not None and self._warned:
             logger.warning(
                 "jobtable: the database answers again after %.1f s; the consumer kept its messages.",
                 monotonic() - self._since,
             )
         self._since = None
         self._failures = 0
+        self._warned = False
 
     def pause_after(self, exc: BaseException) -> float | None:
         """The pause before trying again after ``exc`` (a connection error),
@@ -57,17 +62,20 @@ class OutageGrace:
         now = monotonic()
         if self._since is None:
             self._since = now
-            if self.grace > 0:
-                logger.warning(
-                    "jobtable: the database is unreachable (%s); the consumer keeps its messages "
-                    "and retries for up to %.1f s (broker_transport_options['outage_grace']) before reconnecting.",
-                    _first_line(exc),
-                    self.grace,
-                )
+            logger.debug("jobtable: a claim failed (%s); retrying.", _first_line(exc))
         if now - self._since >= self.grace:
             self._since = None
             self._failures = 0
+            self._warned = False
             return None
+        if not self._warned and now - self._since >= min(WARN_AFTER, self.grace / 2):
+            self._warned = True
+            logger.warning(
+                "jobtable: the database is unreachable (%s); the consumer keeps its messages "
+                "and retries for up to %.1f s (broker_transport_options['outage_grace']) before reconnecting.",
+                _first_line(exc),
+                self.grace,
+            )
         self._failures += 1
         pause: float = min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(self._failures - 1, 16), self._since + self.grace - now)
         return pause
