@@ -145,9 +145,10 @@ class Worker:
             return ""
 
 
-def group_cpu_seconds(workers: list[Worker]) -> float:
+def group_cpu_seconds(workers: list[Worker], reaped: bool = False) -> float:
     """User+system CPU seconds used so far by every live process of the
-    workers' process groups (less sensitive to other load than wall time)."""
+    workers' process groups (less sensitive to other load than wall time);
+    ``reaped``: with what their dead children used (cutime, cstime) too."""
     groups = {w.proc.pid for w in workers if w.proc is not None}
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -162,6 +163,8 @@ def group_cpu_seconds(workers: list[Worker]) -> float:
         # After "pid (comm)": state ppid pgrp ... utime(12th) stime(13th)
         if int(fields[2]) in groups:
             total += int(fields[11]) + int(fields[12])
+            if reaped:
+                total += int(fields[13]) + int(fields[14])
     return total / ticks
 
 

@@ -236,20 +236,8 @@ class CpuMeter:
 
     @staticmethod
     def worker_seconds(workers: list) -> float:
-        groups = {w.proc.pid for w in workers if w.proc is not None}
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) in groups:  # utime stime cutime cstime
-                total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        return total / ticks
+        # Dead members included: their CPU is in their parents' cutime/cstime.
+        return harness.group_cpu_seconds(workers, reaped=True)
 
     def close(self) -> None:
         self.conn.close()

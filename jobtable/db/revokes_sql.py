@@ -244,6 +244,13 @@ def end_revoked(conn: Connection, rows: Sequence[Row[Any]], worker_id: str, now:
     # transaction (the worker's autocommit claim).  Dying in between leaves
     # the row claimed, to be rescued, claimed and revoked again; the result
     # row repeated is skipped (same task id and attempt).
+    record_revoked(conn, rows, now)
+    return sorted(dialect_of(conn).take_running(conn, worker_id, [row.id for row in rows]))
+
+
+def record_revoked(conn: Connection, rows: Sequence[Any], now: datetime) -> None:
+    """Each request row's REVOKED result (a CANCELLED result, never started);
+    a repeated (task id, attempt) is skipped."""
     result_rows.insert_results(
         conn,
         [
@@ -259,7 +266,6 @@ def end_revoked(conn: Connection, rows: Sequence[Row[Any]], worker_id: str, now:
             for row in rows
         ],
     )
-    return sorted(dialect_of(conn).take_running(conn, worker_id, [row.id for row in rows]))
 
 
 def end_revoked_held(conn: Connection, ids: Sequence[int], consumer_id: str, now: datetime) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import params
 from ..db import engine as db_engine
-from ..db import clock, result_rows, revokes_sql, tables
+from ..db import clock, revokes_sql
 from ..messages import TaskCall
 from ..worker import hooks
 from ..worker.dispatch import RUNNERS, Prepared, current_row
@@ -64,22 +64,8 @@ def _record_revoked() -> None:
     row = current_row.get()
     if row is None:
         return
-    now = clock.utcnow()
     with db_engine.connect() as conn, conn.begin():
-        result_rows.insert_results(
-            conn,
-            [
-                result_rows.result_values(
-                    row,
-                    tables.CANCELLED,
-                    ended_at=now,
-                    started_at=None,
-                    error_type=revokes_sql.REVOKED_ERROR,
-                    error_message="revoked",
-                    retried=False,
-                )
-            ],
-        )
+        revokes_sql.record_revoked(conn, [row], clock.utcnow())
 
 
 def _flag_revokes() -> None:
