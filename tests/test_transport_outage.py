@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from jobtable.db import engine as db_engine
 from jobtable.exceptions import ConfigurationError
-from jobtable.transport import outage
+from jobtable.transport import acks, outage
 from jobtable.transport.options import TransportOptions
 
 from tests.conftest import PG_ADMIN_URL
@@ -74,10 +74,10 @@ def test_pauses_start_short_grow_and_end_with_the_grace() -> None:
     grace = outage.OutageGrace(3600)
     error = RuntimeError("down")
     pauses = [grace.pause_after(error) for _ in range(8)]
-    assert pauses[0] == outage.FIRST_PAUSE
-    assert pauses == sorted(pauses) and pauses[-1] == outage.MAX_PAUSE
+    assert pauses[0] == acks.FIRST_RETRY_DELAY
+    assert pauses == sorted(pauses) and pauses[-1] == acks.MAX_RETRY_DELAY
     grace.ok()
-    assert grace.pause_after(error) == outage.FIRST_PAUSE  # a new outage starts short again
+    assert grace.pause_after(error) == acks.FIRST_RETRY_DELAY  # a new outage starts short again
     assert outage.OutageGrace(0).pause_after(error) is None  # no grace: reported at once
 
 

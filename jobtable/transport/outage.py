@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 from time import monotonic
 
+# The pauses between tries are the ack writer's: short at first (a restart
+# lasts a fraction of a second), then at most a second.
+from .acks import retry_delay
+
 logger = logging.getLogger(__name__)
 
-#: Pauses between tries during an outage: short at first (a restart lasts a
-#: fraction of a second), then at most this long.
-FIRST_PAUSE = 0.05
-MAX_PAUSE = 1.0
 #: Said at WARNING only once a failure has lasted this long: SQLite's
 #: "database is locked" under a burst of writers is a wait, not an outage.
 WARN_AFTER = 1.0
@@ -77,8 +77,7 @@ class OutageGrace:
                 self.grace,
             )
         self._failures += 1
-        pause: float = min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(self._failures - 1, 16), self._since + self.grace - now)
-        return pause
+        return min(retry_delay(self._failures), self._since + self.grace - now)
 
 
 def _first_line(exc: BaseException) -> str:
