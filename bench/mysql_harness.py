@@ -36,12 +36,29 @@ def _check(name: str) -> None:
         raise harness.BenchError(f"refusing to manage database {name!r}: bench databases start with bench_")
 
 
+def _end_sessions(cur: Any, name: str) -> None:
+    """End every other session using database ``name`` -- what PostgreSQL's
+    ``DROP DATABASE ... WITH (FORCE)`` does.  Kombu's SQLAlchemy transport
+    keeps its channels' sessions checked out inside an open transaction, so
+    ``engine.dispose()`` cannot close them, and their metadata locks made
+    ``DROP DATABASE`` wait forever (the celery-sqla clean-up hang)."""
+    cur.execute(
+        "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (name,)
+    )
+    for (session_id,) in cur.fetchall():
+        try:
+            cur.execute(f"KILL {int(session_id)}")
+        except Exception:  # the session ended between the read and the KILL
+            pass
+
+
 def create_database(name: str) -> str:
     """A fresh, empty database ``name`` (dropped first if it exists)."""
     _check(name)
     conn = connect()
     try:
         cur = conn.cursor()
+        _end_sessions(cur, name)
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     finally:
@@ -53,7 +70,9 @@ def drop_database(name: str) -> None:
     _check(name)
     conn = connect()
     try:
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cur = conn.cursor()
+        _end_sessions(cur, name)
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         conn.close()
 

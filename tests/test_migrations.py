@@ -389,3 +389,35 @@ def test_mysql_stats_triggers_migration_goes_both_ways(dialect: str, new_databas
     migrate.upgrade(stepped)  # 0007 again, over its own triggers
     with stepped.connect() as conn:
         assert _triggers(conn) == head
+
+
+@pytest.mark.dialects("postgresql")
+def test_task_id_index_is_a_hash_index_at_head_and_a_btree_before(dialect: str, new_database: Callable[[], Engine]) -> None:
+    """0008 rebuilds the request table's task_id index as a hash index (equality
+    lookups only; cheaper per bulk-enqueued row), and its downgrade puts the
+    B-tree back; lookups by task id use it either way."""
+
+    def index_method(engine: Engine) -> str:
+        with engine.connect() as conn:
+            return str(
+                conn.execute(
+                    text(
+                        "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+                        "WHERE c.relname = 'ix_jobtable_request_task_id'"
+                    )
+                ).scalar_one()
+            )
+
+    engine = new_database()
+    migrate.upgrade(engine, "0007")
+    assert index_method(engine) == "btree"
+    migrate.upgrade(engine)
+    assert index_method(engine) == "hash"
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            conn.execute(text("EXPLAIN SELECT id FROM jobtable_request WHERE task_id = ANY(ARRAY['a', 'b'])")).scalars()
+        )
+    assert "ix_jobtable_request_task_id" in plan
+    migrate.downgrade(engine, "0007")
+    assert index_method(engine) == "btree"
