@@ -121,7 +121,10 @@ def test_delayed_job_not_run_early(db_url: str, subprocess_env: dict[str, str], 
     assert row.started_at >= later.start_at
     if first.started_at < later.start_at:
         assert lines(log)[0] == "now"
-    assert row.started_at - later.start_at < timedelta(seconds=5)
+    # On time: within 5 s of the later of its due time and the moment the
+    # worker was running jobs (a loaded machine may start the worker after
+    # the job came due; the 30 s poll would miss this bound either way).
+    assert row.started_at - max(later.start_at, first.started_at) < timedelta(seconds=5)
 
 
 def test_stats_and_max_jobs_per_process(db_url: str, subprocess_env: dict[str, str]) -> None:
