@@ -128,7 +128,7 @@ def _claim_statements(conn: Any) -> tuple[list[Any], list[str]]:
 def test_claim_cost_with_10000_revokes(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The claim ends revoked rows itself here: importing the shim hands its
     # tasks' revoked rows to its runner instead (task_revoked), not measured.
-    monkeypatch.setattr(revokes_sql, "runner_revokes", None)
+    monkeypatch.setattr(revokes_sql, "runner_revokes", {})
     engine = db_engine.get_engine()
     for i in range(5):
         t.add.delay(i, i)
@@ -202,3 +202,24 @@ def test_dashboard_revokes_and_unrevokes(db_url: str, subprocess_env: dict[str, 
     assert AsyncResult(dropped.id).state == states.REVOKED
     with db_engine.get_engine().connect() as conn:
         assert [r.value for r in revokes_sql.listed(conn, clock.utcnow())] == [dropped.id]
+
+
+def test_each_runner_that_records_revokes_gets_its_own_rows(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker running a Celery app's tasks and shim tasks has two runners
+    that record revokes themselves (task_revoked, chord parts): installing
+    the second must not take the first one's rows away (it used to replace
+    the hook, and shim tasks were ended in the claim, without their signal)."""
+    monkeypatch.setattr(revokes_sql, "runner_revokes", {})
+    monkeypatch.setattr(revokes_sql, "flagged", set())
+    revokes_sql.runner_revokes["shim"] = lambda row: row.task_name == t.add.name
+    revokes_sql.runner_revokes["celery"] = lambda row: row.task_name == t.total.name
+    revokes_sql.runner_revokes["celery"] = lambda row: row.task_name == t.total.name  # installed twice: once
+    sent = [t.add.delay(1, 2), t.total.delay([2, 3]), t.add.delay(3, 4)]
+    # As a Celery broadcast records them: the requests stay, the revokes hold them.
+    _revoke(*((revokes_sql.TASK, "", result.id) for result in sent[:2]))  # type: ignore[union-attr]
+    engine = db_engine.get_engine()
+    with engine.connect() as conn, conn.begin():
+        claimed = claims_sql.claim(conn, ["celery"], 100, worker_id="native:test", now=clock.utcnow())
+    # Both revoked rows reach their runners flagged; the third is not revoked.
+    assert sorted(row.task_id for row in claimed) == sorted(r.id for r in sent)  # type: ignore[union-attr]
+    assert revokes_sql.flagged == {sent[0].id, sent[1].id}  # type: ignore[union-attr]

@@ -68,8 +68,7 @@ def drop_revoked(conn: Connection, rows: list[Row[Any]], worker_id: str, now: da
     hits = revokes_sql.revoked(conn, rows, now)
     if not hits:
         return rows
-    keep = revokes_sql.runner_revokes
-    handed = {row.id for row in rows if row.id in hits and keep is not None and keep(row)}
+    handed = {row.id for row in rows if row.id in hits and revokes_sql.runner_records_revoke(row)}
     revokes_sql.flagged.update(row.task_id for row in rows if row.id in handed)
     revokes_sql.end_revoked(conn, [row for row in rows if row.id in hits and row.id not in handed], worker_id, now)
     return [row for row in rows if row.id not in hits or row.id in handed]

@@ -52,11 +52,19 @@ _CHUNK = 500
 REVOKED_ERROR = "celery.exceptions.TaskRevokedError"
 
 
-#: Set by a runner that records a revoked task itself, as a Celery worker
-#: does (the native worker's Celery runner: the ``task_revoked`` signal, a
-#: chord part counted as revoked): given a revoked claimed row, True to have
-#: it delivered with its task id in :data:`flagged` instead of ended here.
-runner_revokes: Callable[[Row[Any]], bool] | None = None
+#: Runners that record a revoked task themselves, as a Celery worker does
+#: (the native worker's Celery runner and the shim's: the ``task_revoked``
+#: signal, a chord part counted as revoked), by owner: each, given a revoked
+#: claimed row, True to have it delivered with its task id in
+#: :data:`flagged` instead of ended here.  Keyed so that each runner
+#: installs once and one never replaces another's (both may run in one
+#: worker: a Celery app's tasks and shim tasks).
+runner_revokes: dict[str, Callable[[Row[Any]], bool]] = {}
+
+
+def runner_records_revoke(row: Row[Any]) -> bool:
+    """Whether a runner of this process records the revoke of ``row``."""
+    return any(wants(row) for wants in runner_revokes.values())
 #: Task ids of this process's claims delivered flagged as revoked.
 flagged: set[str] = set()
 

@@ -142,7 +142,7 @@ def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) 
     # Revoked rows of this app's tasks (jobtable_revoke, checked at claim)
     # come here flagged, so they end as under a Celery worker: REVOKED in
     # the backend, a chord part counted, task_revoked sent.
-    revokes_sql.runner_revokes = lambda row: row.task_name in app.tasks
+    revokes_sql.runner_revokes["celery"] = lambda row: row.task_name in app.tasks
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)

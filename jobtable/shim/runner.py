@@ -72,15 +72,7 @@ def _flag_revokes() -> None:
     """Revoked rows of shim tasks reach the runner flagged instead of ending
     in the claim, so that ``task_revoked`` is sent (and a chord part counted)
     as a Celery worker does when it receives a revoked task."""
-    previous = revokes_sql.runner_revokes
-    if getattr(previous, "_jobtable_shim", False):
-        return
-
-    def shim_revokes(row: Any) -> bool:
-        return row.task_name in registry.tasks or (previous is not None and previous(row))
-
-    shim_revokes._jobtable_shim = True  # type: ignore[attr-defined]
-    revokes_sql.runner_revokes = shim_revokes
+    revokes_sql.runner_revokes["shim"] = lambda row: row.task_name in registry.tasks
 
 
 def _embed(call: TaskCall) -> dict[str, Any]:
