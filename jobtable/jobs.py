@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from . import limits
 from .db import clock, reads_sql, tables
 from .enqueue import Delay, enqueue
 from .jobbase import BaseJob, JobRequest, JobType
@@ -41,9 +42,12 @@ class DeferJob(Exception):
     """
 
     def __init__(self, *, delay: int | float | timedelta, increment_retries: bool = False) -> None:
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError(f"DeferJob(delay={delay!r}): the delay must be 0 or more seconds.")
+        # The same rules as run_in_worker(delay=): a number of seconds >= 0
+        # or a timedelta whose end is a time (not NaN, inf or past year
+        # 9999) -- else an EnqueueError (a ValueError) naming DeferJob, on
+        # the native worker and under Celery alike.
+        seconds = limits.seconds_of("delay", delay, source="DeferJob", datetimes=False)
+        limits.time_after(datetime.now(timezone.utc), "delay", delay, source="DeferJob", datetimes=False)
         super().__init__(f"deferred for {seconds:g} s")
         self.delay = seconds
         self.increment_retries = increment_retries

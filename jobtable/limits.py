@@ -119,15 +119,15 @@ def check_time(what: str, value: datetime, *, source: str) -> datetime:
         ) from None
 
 
-def seconds_of(what: str, value: Any, *, source: str) -> float:
-    """A finite, non-negative number of seconds (int, float or timedelta)."""
+def seconds_of(what: str, value: Any, *, source: str, datetimes: bool = True) -> float:
+    """A finite, non-negative number of seconds (int, float or timedelta).
+    ``datetimes``: whether the caller takes an aware datetime too (its
+    errors then say so)."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EnqueueError(
-            f"{source}: {what}={short(value)} is not a delay: pass seconds (a number >= 0), a timedelta, "
-            "or an aware datetime."
-        )
+        kinds = "a timedelta, or an aware datetime" if datetimes else "or a timedelta"
+        raise EnqueueError(f"{source}: {what}={short(value)} is not a delay: pass seconds (a number >= 0), {kinds}.")
     else:
         try:
             seconds = float(value)
@@ -136,14 +136,15 @@ def seconds_of(what: str, value: Any, *, source: str) -> float:
     if math.isnan(seconds):
         raise EnqueueError(f"{source}: {what}={short(value)} is NaN: pass a number of seconds >= 0.")
     if seconds < 0:
-        raise EnqueueError(f"{source}: {what}={short(value)} is negative: pass 0 or more seconds (or a future datetime).")
+        also = " (or a future datetime)" if datetimes else ""
+        raise EnqueueError(f"{source}: {what}={short(value)} is negative: pass 0 or more seconds{also}.")
     return seconds
 
 
-def time_after(now: datetime, what: str, value: Any, *, source: str) -> datetime:
+def time_after(now: datetime, what: str, value: Any, *, source: str, datetimes: bool = True) -> datetime:
     """``now`` plus ``value`` seconds, refused when the sum is not a time
     (infinite, or past year 9999)."""
-    seconds = seconds_of(what, value, source=source)
+    seconds = seconds_of(what, value, source=source, datetimes=datetimes)
     try:
         if math.isinf(seconds):
             raise OverflowError

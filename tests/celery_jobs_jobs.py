@@ -133,6 +133,22 @@ class KeyedRetry(_Base):
 
 
 @register_job
+class HostileDefer(_Base):
+    """Raises ``DeferJob(delay=kind)`` with a delay that is no time (nan,
+    inf, 1e300): the DeferJob cannot be made, so the attempt fails with
+    the error naming it, on both workers (it used to be ERRORED on the
+    native worker and retried at once under Celery)."""
+
+    def __init__(self, path: str, tag: str, kind: str) -> None:
+        super().__init__(path, tag)
+        self.kind = kind
+
+    def run(self) -> str:
+        note(self.path, self.tag)
+        raise DeferJob(delay={"nan": float("nan"), "inf": float("inf"), "huge": 1e300}[self.kind])
+
+
+@register_job
 class HostileDelay(_Base):
     """``calculate_retry_delay`` returns ``kind`` (nan, inf, huge, negative,
     a string, or raises): the retry happens at once, on both workers."""

@@ -231,11 +231,19 @@ def test_hostile_retry_delays_retry_at_once(db_url: str, start: Callable[[str], 
     path = tmp_path / "runs.txt"
     kinds = ["nan", "inf", "huge", "negative", "text", "raises"]
     sent = {kind: jobs.HostileDelay(str(path), kind, kind).run_in_worker() for kind in kinds}
+    # DeferJob with a delay that is no time: one ERRORED attempt naming it.
+    defers = {kind: jobs.HostileDefer(str(path), f"d-{kind}", kind).run_in_worker() for kind in ("nan", "inf", "huge")}
     proc = start(door)
     for kind, request in sent.items():
         assert request is not None
         assert finished(request.uuid, timeout=60).status == S, kind
         assert [row[:3] for row in results(request.uuid)] == [(1, E, True), (2, S, False)], kind
+    for kind, request in defers.items():
+        assert request is not None
+        assert finished(request.uuid, timeout=60).status == E, kind
+        ((attempt, status, retried, *_, error_type, message),) = results(request.uuid)
+        assert (attempt, status, retried) == (1, E, False), kind
+        assert error_type.endswith("EnqueueError") and message.startswith("DeferJob: delay="), (kind, message)
     assert "calculate_retry_delay of tests.celery_jobs_jobs.HostileDelay failed" in proc.text()
 
 
