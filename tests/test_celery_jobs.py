@@ -305,3 +305,22 @@ def test_schedules_false_warns_at_start_and_fires_nothing(db_url: str, env: dict
     finally:
         worker.stop()
     assert "tests.celery_jobs_app.Every2s" in text and "jobtable worker" in text
+
+
+def test_a_celery_worker_whose_job_schedules_cannot_load_stops(db_url: str, env: dict[str, str], tmp_path: Path) -> None:
+    """As `jobtable worker` refuses to start: a Celery worker that fires Job
+    schedules exits non-zero naming the bad entry and the fix, rather than
+    running on with none of them (a signal handler's error is only logged)."""
+    bad = dict(env, JT_SCHEDULED="1", JOBTABLE_SCHEDULE='[["tests.celery_jobs_app.NoSuchJob", "@daily"]]')
+    proc = Proc(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_jobs_app", "worker", "-P", "solo", "-Q", jobs.QUEUE,
+         "-l", "info", "-n", f"badsched{os.getpid()}@%h"],
+        bad, tmp_path / "badsched.log",
+    )
+    try:
+        assert proc.proc.wait(timeout=60) == 1, proc.text()
+    finally:
+        proc.stop()
+    text = proc.text()
+    assert "the Job schedules cannot load, so this Celery worker stops" in text
+    assert "NoSuchJob" in text and "schedules=False" in text

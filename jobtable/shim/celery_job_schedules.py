@@ -27,6 +27,7 @@ import weakref
 from typing import Any
 
 from ..db import engine as db_engine
+from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
 
 logger = logging.getLogger("jobtable.celery")
@@ -60,7 +61,18 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     run = _watched.get(app) if app is not None else None
     if run is None or _runner is not None:
         return
-    scheduler = _make_scheduler(_engine_of(sender))
+    try:
+        scheduler = _make_scheduler(_engine_of(sender))
+    except ConfigurationError as exc:
+        if not run:  # this worker fires none of them anyway
+            logger.warning("%s", safe_str(exc))
+            return
+        # As a jobtable worker refuses to start: a worker that silently
+        # fired none of them would be found out when a report never came.
+        # Celery's signal dispatch logs and swallows an Exception, but a
+        # SystemExit reaches its WorkController, which stops with the code.
+        logger.critical("%s", safe_str(exc))
+        raise SystemExit(1) from None
     if scheduler is None:
         return
     if not run:
@@ -101,20 +113,18 @@ def _engine_of(consumer: Any) -> Any:
 
 
 def _make_scheduler(engine: Any) -> Any:
-    """A Scheduler of every entry, or None when there are none -- or when
-    they cannot load, which is logged as an error naming the fix (a Celery
-    worker's signal handler cannot stop the worker from starting)."""
+    """A Scheduler of every entry, or None when there are none; a
+    ConfigurationError naming the fix when they cannot load."""
     from ..scheduler import Scheduler
 
     try:
         scheduler = Scheduler(engine=engine)
     except Exception as exc:
-        logger.error(
-            "jobtable: the Job schedules cannot load, so this Celery worker fires none of them: %s. "
-            "Fix JOBTABLE_SCHEDULE or the schedule attribute of the job named there.",
-            safe_str(exc),
-        )
-        return None
+        raise ConfigurationError(
+            f"jobtable: the Job schedules cannot load, so this Celery worker stops: {safe_str(exc)}. "
+            "Fix JOBTABLE_SCHEDULE or the schedule attribute of the job named there, or pass "
+            "register_jobs(app, schedules=False) if this worker must not fire them."
+        ) from exc
     return scheduler if scheduler.entries else None
 
 
