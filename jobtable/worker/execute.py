@@ -179,7 +179,7 @@ class Executor:
             concurrency_key=row.concurrency_key or "",
             worker_id=self.worker_id,
         )
-        self.slot.start(row.id, time.time() + timeout)
+        self.slot.start(row.id, time.monotonic() + timeout)
         try:
             self.timer.arm(timeout)
             try:

@@ -512,8 +512,7 @@ class Supervisor:
                 item.ledger.close()
 
     def _enforce_deadlines(self) -> None:
-        now = time.time()
-        mono = time.monotonic()
+        now = mono = time.monotonic()  # slot deadlines are monotonic (worker/slots.py)
         if self.stopping and mono > self.stop_deadline:
             for handle in self._members():
                 if handle.pid and not handle.kill_reason:

@@ -1,7 +1,8 @@
 """A little shared memory per pool member, written per job without I/O.
 
 Each member owns one slot: the row id of the job it runs (0 when idle), that
-job's deadline (epoch seconds; 0 when none), a count of jobs finished, and
+job's deadline (monotonic seconds, the host's one clock for every process:
+a wall-clock step must not kill a job or let a stuck one run on; 0 when none), a count of jobs finished, and
 its claim batch size, and the row the supervisor asked it to cancel (with
 how: worker/cancels.py); and from the supervisor, when its last heartbeat
 reached the database (monotonic seconds) and whether it found that the
