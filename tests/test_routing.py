@@ -255,3 +255,32 @@ def test_broker_restart_worker_and_publisher_reconnect_by_themselves(
     assert all(len(results(job.uuid)) == 1 for job in before + after if job)
     assert [json.loads(results(job.uuid)[0].return_value)["sum"] for job in after if job] == [2, 3, 4, 5, 6]
     assert "broker connection" in out and "lost" in out, out
+
+
+@pytest.mark.dialects("sqlite")  # the reads are dialect-free; the depth is the broker's
+def test_stats_and_dashboard_show_routed_queues_with_the_brokers_depth(db_url: str) -> None:
+    from click.testing import CliRunner
+
+    from jobtable.cli import main
+    from tests.dashboard_client import client
+
+    queue, other = new_queue(), new_queue()
+    secret_url = AMQP_URL  # guest:guest: the password must not be shown either
+    jobtable.configure(broker_routes={queue: secret_url, other: secret_url})
+    try:
+        jobtable.run_in_worker_many([Add(i, i) for i in range(3)], queue=queue)
+        assert KeyedLog("/dev/null", "held").run_in_worker(queue=queue) is not None  # a key row, in the table
+        out = CliRunner().invoke(main, ["stats"], catch_exceptions=False).output
+        assert "Routed to a broker" in out and ":guest@" not in out
+        table, routed = out.split("Routed to a broker")
+        assert any(text.split()[:2] == [queue, "1"] for text in table.splitlines())  # the key row, pending
+        out = routed
+        (line,) = [text for text in out.splitlines() if text.startswith(queue)]
+        # Depth 3; the key row is not held yet (no relay ran: it is pending, above).
+        assert line.split()[1:] == ["amqp://guest:***@127.0.0.1:5672//", "3", "0"]
+        (unused,) = [text for text in out.splitlines() if text.startswith(other)]
+        assert unused.split()[2] == "?"  # not declared yet: the broker cannot say
+        page = client().get("/").text
+        assert 'id="routed-queues"' in page and queue in page and ":guest@" not in page
+    finally:
+        delete_queues(queue, other)
