@@ -284,3 +284,11 @@ def test_stats_and_dashboard_show_routed_queues_with_the_brokers_depth(db_url: s
         assert 'id="routed-queues"' in page and queue in page and ":guest@" not in page
     finally:
         delete_queues(queue, other)
+
+
+@pytest.mark.dialects("sqlite")
+def test_a_queue_deleted_under_a_publisher_is_declared_again_not_dropped(queue: str) -> None:
+    assert Add(1, 1).run_in_worker(queue=queue) is not None
+    delete_queues(queue)  # by hand, after this process declared it
+    assert Add(2, 2).run_in_worker(queue=queue) is not None
+    assert depth(queue) == 1  # returned by the broker (mandatory), declared again, published again

@@ -98,9 +98,15 @@ class _Confirms:
         self.published = 0
         self.acked = 0
         self.nacked = 0
+        #: Messages the broker returned (mandatory): no queue of that name.
+        self.returned: list[Any] = []
         channel.confirm_select()
         channel.events["basic_ack"].add(self._ack)
         channel.events["basic_nack"].add(self._nack)
+        channel.events["basic_return"].add(self._return)
+
+    def _return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+        self.returned.append(message)
 
     def _ack(self, delivery_tag: int, multiple: bool) -> None:
         self.acked = max(self.acked, delivery_tag) if multiple else self.acked + 1
@@ -147,6 +153,9 @@ def _send(producer: Any, queue: str, envelope: dict[str, Any]) -> None:
         content_encoding=envelope.get("content-encoding") or "utf-8",
         priority=int(properties.get("priority") or 0),
         delivery_mode=2,
+        # Returned, not dropped, when the queue is gone (deleted by hand
+        # since this process declared it): see _publish_once.
+        mandatory=True,
         correlation_id=properties.get("correlation_id"),
         reply_to=properties.get("reply_to") or None,
     )
@@ -199,6 +208,18 @@ def _publish_once(url: str, queue: str, envelopes: Sequence[dict[str, Any]], sen
                 state.published += 1
                 sent[0] += 1
             _wait_confirms(producer, state, queue)
+            if state.returned:
+                # RabbitMQ returns (then acks) what no queue took: declare
+                # the queue again and send those once more.
+                returned, state.returned = state.returned, []
+                routed_queue(queue).declare(channel=producer.channel)
+                for message in returned:
+                    producer.channel.basic_publish(message, exchange="", routing_key=queue, mandatory=True)
+                    state.published += 1
+                _wait_confirms(producer, state, queue)
+                if state.returned:
+                    count, state.returned = len(state.returned), []
+                    raise PublishError(f"The broker of queue {queue!r} returned {count} message(s): no such queue.")
 
 
 def _forget(url: str) -> None:
