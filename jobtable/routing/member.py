@@ -63,6 +63,9 @@ kombu: Any = _kombu  # no type hints in Kombu
 #: the next job when the last took this long, or the oldest waited this long.
 FLUSH_AFTER = 0.02
 FLUSH_LATEST = 0.25
+#: With finished results unwritten and nothing received, how long to wait
+#: for more deliveries before writing them (one batch instead of many).
+GATHER_WAIT = 0.002
 #: Seconds of work a prefetch window holds (the batch adapts to it).
 WINDOW_SECONDS = 0.05
 #: How long an idle member waits on the broker before looking at its stop flag.
@@ -164,6 +167,12 @@ class RoutedMember:
                 self._consume()
                 if not self.inbox:
                     if self.done:
+                        if len(self.done) < self.batch and time.perf_counter() - self.done_since < FLUSH_LATEST:
+                            # The broker sends more while the window has room:
+                            # a moment's wait makes one result batch of many.
+                            self._drain(GATHER_WAIT)
+                            if self.inbox:
+                                continue
                         self._flush()  # nothing else to run: results (and acks) now
                         continue
                     if cfg.burst:
