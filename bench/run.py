@@ -58,8 +58,18 @@ def system_classes() -> dict[str, Callable[[], type[System]]]:
         from systems.celery_transport import CelerySqla
         return CelerySqla
 
+    def jobtable_rabbit() -> type[System]:
+        from systems.rabbit import JobtableRouted
+        return JobtableRouted
+
+    def celery_rabbit() -> type[System]:
+        from systems.rabbit import CeleryRabbit
+        return CeleryRabbit
+
     return {
         "jobtable": jobtable,
+        "jobtable-rabbitmq": jobtable_rabbit,
+        "celery-rabbitmq": celery_rabbit,
         "celery-redis": celery_redis,
         "pgqueuer": pgqueuer,
         "pgqueuer-asyncpg": pgqueuer_asyncpg,

@@ -141,11 +141,35 @@ def _enqueue(
         if custom.get(type(job))
     } if custom else {}
 
+    # Routed queues (broker_routes, issue 18): a job that can go straight
+    # to the broker is published now, confirmed; the table keeps what must
+    # wait (a delay) or be counted (a concurrency key, its own
+    # should_enqueue), which the worker's relay publishes when due.
+    table_jobs, table_rows = jobs, rows
+    published: dict[str, int] = {}
+    from .settings import get_settings
+
+    routes = get_settings().broker_routes
+    if routes:
+        direct = [
+            i for i, (job, row) in enumerate(zip(jobs, rows))
+            if row["queue"] in routes and row["state"] == tables.PENDING and not row["concurrency_key"]
+            and type(job) not in custom
+        ]
+        if direct:
+            from .routing import publish  # Kombu is imported only by those who route
+
+            publish.publish_rows([rows[i] for i in direct])
+            published = {rows[i]["task_id"]: 0 for i in direct}  # id 0: not a row of the table
+            table_jobs = [job for job, row in zip(jobs, rows) if row["task_id"] not in published]
+            table_rows = [row for row in rows if row["task_id"] not in published]
+    table_ids = [row["task_id"] for row in table_rows]
+
     def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
         # retrying: the first attempt's connection died, maybe after its
         # commit; what it wrote is found by task id and not written again.
-        written = enqueue_sql.written_task_ids(conn, task_ids) if retrying else {}
-        todo = [(job, row) for job, row in zip(jobs, rows) if row["task_id"] not in written]
+        written = enqueue_sql.written_task_ids(conn, table_ids) if retrying else {}
+        todo = [(job, row) for job, row in zip(table_jobs, table_rows) if row["task_id"] not in written]
         if not todo:
             return written
         if not checked:
@@ -170,7 +194,10 @@ def _enqueue(
         for name in sorted(own_locks):
             job, key = own_locks[name]
             held.enter_context(job.get_enqueue_lock(key))
-        inserted = _in_transaction(connection, write, autocommit=not checked and len(rows) <= 1)
+        inserted = (
+            _in_transaction(connection, write, autocommit=not checked and len(table_rows) <= 1) if table_rows else {}
+        )
+    inserted.update(published)
 
     out: list[JobRequest | None] = []
     for row in rows:

@@ -7,7 +7,8 @@ or raises a ``ConfigurationError`` that names the setting, where the value
 came from, the value (database URLs with their password masked) and the fix.
 
 This module imports nothing of jobtable's above ``exceptions`` and ``cron``
-and ``dburls`` (the database URL check).
+and ``dburls`` (the database URL check) and ``routing.routes`` (the broker
+routes' check, on ``dburls`` too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zoneinfo import ZoneInfo
 from .cron import CronError, CronExpression
 from .dburls import normalize_url
 from .exceptions import ConfigurationError
+from .routing import routes as broker_routes
 
 ENV_PREFIX = "JOBTABLE_"
 
@@ -124,6 +126,8 @@ class Rule:
             )
         if self.kind == "timezone":
             return "an IANA time zone name"
+        if self.kind == "routes":
+            return "a JSON object of queue names to RabbitMQ URLs (amqp:// or amqps://)"
         return "a string"
 
 
@@ -198,6 +202,8 @@ def invalid(name: str, rule: Rule, value: Any, source: Source, problem: str, def
 
 
 def _example(rule: Rule, default: Any, source: Source) -> str:
+    if rule.kind == "routes":
+        return broker_routes.EXAMPLE if source.kind == "env" else repr(json.loads(broker_routes.EXAMPLE))
     if rule.kind in ("schedule", "url") or default in ("", [], None):
         if rule.kind == "schedule":
             pair = ["app.jobs.DailyReport", "0 9 * * *"]
@@ -386,6 +392,13 @@ def _url(rule: Rule, value: Any, source: Source) -> str:
     return text
 
 
+def _routes(rule: Rule, value: Any, source: Source) -> dict[str, str]:
+    try:
+        return broker_routes.parse(value)
+    except ValueError as exc:  # its text masks every password (routing/routes.py)
+        raise _Invalid(str(exc)) from None
+
+
 def _timezone(rule: Rule, value: Any, source: Source) -> str:
     text = _string(value).strip()
     if text.upper() == "UTC":
@@ -409,6 +422,7 @@ _READERS: dict[str, Callable[[Rule, Any, Source], Any]] = {
     "schedule": _schedule,
     "url": _url,
     "timezone": _timezone,
+    "routes": _routes,
 }
 
 

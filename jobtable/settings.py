@@ -38,6 +38,8 @@ YEAR = 366 * DAY
 def _setting(default: Any, rule: Rule) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"rule": rule})
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"rule": rule})
     return field(default=default, metadata={"rule": rule})
 
 
@@ -133,6 +135,13 @@ class Settings:
         "int", "the largest message (the stored row's JSON, in bytes) that enqueue and Kombu publish accept",
         1024, 1024 * 1024 * 1024, unit="bytes",
         why_low="a smaller limit would refuse the envelope of an ordinary job"))
+
+    #: Queues routed to a Kombu broker (issue 18): {queue: amqp URL}.  Empty
+    #: (the default): every queue stays in the table.
+    broker_routes: dict[str, str] = _setting({}, Rule(
+        "routes", "the queues whose jobs go through a RabbitMQ broker instead of the table "
+        "(docs/scaling.md, 'Routing a hot queue')", secret=True,
+        hint="A worker consumes routed queues or table queues, not both: run one worker per kind."))
 
     def __post_init__(self) -> None:
         # Settings(...) and .replace(...) are checked like every other source.

@@ -31,6 +31,11 @@ def make_app(broker_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if os.environ.get("BENCH_CELERY_QUORUM") == "1":
+        # As jobtable declares a routed queue (bench/systems/rabbit.py).
+        from kombu import Queue
+
+        app.conf.task_queues = [Queue("bench", routing_key="bench", queue_arguments={"x-queue-type": "quorum"})]
     if os.environ.get("BENCH_TRANSPORT_OPTIONS"):
         import json
 

@@ -77,10 +77,34 @@ def stats() -> None:
         q = by_queue.get(name, reads_sql.QueueStats(name))
         r = results.get(name, {})
         rows.append([name, q.pending, q.scheduled, q.claimed, q.running] + [r.get(s, 0) for s in tables.RESULT_STATUSES])
-    if not rows:
+    routed = get_settings().broker_routes
+    if not rows and not routed:
         click.echo("No jobs and no results.")
         return
-    _table(["queue", "pending", "scheduled", "claimed", "running"] + [s.lower() for s in tables.RESULT_STATUSES], rows)
+    if rows:
+        _table(["queue", "pending", "scheduled", "claimed", "running"] + [s.lower() for s in tables.RESULT_STATUSES], rows)
+    if routed:
+        _routed_stats(routed)
+
+
+def _routed_stats(routed: dict[str, str]) -> None:
+    """Queues routed to a broker (issue 18): their depth is the broker's
+    (ready messages; unacked ones are running or prefetched), beside the
+    key rows the table holds for their keyed jobs."""
+    from ..db import routed_sql
+    from ..routing import publish, routes
+
+    names = sorted(routed)
+    depths = publish.depths(names)
+    with db_engine.connect() as conn, conn.begin():
+        held = routed_sql.held_count(conn, names)
+    click.echo()
+    click.echo("Routed to a broker (depth: ready messages in the broker):")
+    _table(
+        ["queue", "broker", "depth", "key rows held"],
+        [[name, routes.display(routed[name]), "?" if depths.get(name) is None else depths[name], held.get(name, 0)]
+         for name in names],
+    )
 
 
 @main.command("requests")

@@ -67,11 +67,26 @@ def overview(request: Request) -> Response:
             "windows": list(WINDOWS),
             "cards": cards,
             "depths": depths,
+            "routed": _routed_queues(),
             "throughput_svg": charts.throughput(buckets),
             "wait_svg": charts.queue_wait(buckets),
         },
         live="live_overview.html",
     )
+
+
+def _routed_queues() -> list[tuple[str, str, int | None]]:
+    """(queue, broker shown without its password, ready messages or None)
+    of the queues routed to a broker (issue 18); their jobs are not rows."""
+    from ..settings import get_settings
+
+    routed = get_settings().broker_routes
+    if not routed:
+        return []
+    from ..routing import publish, routes
+
+    depths = publish.depths(sorted(routed))
+    return [(name, routes.display(routed[name]), depths.get(name)) for name in sorted(routed)]
 
 
 @guarded

@@ -25,8 +25,19 @@ from . import hooks
 from .cancels import Cancellable
 from .config import WorkerConfig
 from .ledger import Ledger
+from ..settings import get_settings
 from .process import Member
 from .timeouts import AlarmTimeout
+
+
+def member_class(config: WorkerConfig) -> type:
+    """The table's Member, or the Kombu one for routed queues (issue 18);
+    Kombu is imported only by workers of routed queues."""
+    if get_settings().broker_routes:
+        from ..routing.member import member_class as routed_or_table
+
+        return routed_or_table(config)
+    return Member
 
 
 def die_with_parent(parent: int) -> None:
@@ -61,7 +72,7 @@ def child(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         db_engine.adopt_parent_engines()
         stop = threading.Event()
-        member_ref: list[Member] = []
+        member_ref: list[Any] = []
 
         def on_term(signum: int, frame: Any) -> None:
             # Only the first SIGTERM means something here.  A SIGTERM sent to
@@ -87,7 +98,7 @@ def child(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         hooks.fire(hooks.MEMBER_STARTED, socket.gethostname())
         timer = Cancellable(AlarmTimeout(), slot)  # timeouts and cancels (cancels.py)
-        member = Member(config, worker_id, slot, timer=timer, should_stop=stop.is_set, ledger=ledger)
+        member = member_class(config)(config, worker_id, slot, timer=timer, should_stop=stop.is_set, ledger=ledger)
         member_ref.append(member)
         if go >= 0 and not member.standby(go):
             code = 0  # stopped before it was needed

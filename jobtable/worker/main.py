@@ -36,6 +36,8 @@ from .. import middleware
 from ..db import engine as db_engine
 from ..db import bindings_sql, clock, operations_sql, rescue_sql, workers_sql
 from ..exceptions import ConfigurationError
+from ..routing import routes
+from ..settings import get_settings
 from ..setting_rules import safe_str
 from . import cancels, forked, hooks
 from . import ledger as ledgers
@@ -52,6 +54,11 @@ logger = logging.getLogger("jobtable.worker")
 
 TICK = 0.05
 RETENTION_EVERY = 60.0
+#: Routed queues' delayed jobs, retries and key rows are published within
+#: this many seconds of being due (routing/relay.py), up to RELAY_ROUNDS
+#: batches per tick.
+RELAY_EVERY = 0.1
+RELAY_ROUNDS = 5
 #: How often the supervisor checks its liveness connection and looks for
 #: peers known to be dead (worker/liveness.py).
 LIVENESS_EVERY = 0.25
@@ -77,7 +84,7 @@ class Handle:
     pid: int = 0
     thread: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
-    member: Member | None = None
+    member: Any = None  # process.Member or routing.member.RoutedMember (threads pool)
     exit_code: int | None = None
     kill_reason: str = ""
     #: The kill was the operator's (shutdown grace over, second signal), not
@@ -138,6 +145,7 @@ class Supervisor:
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
+        self.routed: list[str] = []
         self.cancels = cancels.Watch(config.timeout_grace)
         self.ledger_scope = ""
         # A self-pipe the loop sleeps on: SIGCHLD (a member died) and a
@@ -156,6 +164,9 @@ class Supervisor:
         # members would fail one after the other (and --burst never end),
         # and a worker without its schedule would look healthy.
         middleware.check_all(cfg.middleware)
+        # Routed queues (issue 18): members consume the broker; this
+        # supervisor relays their delayed jobs, retries and key rows.
+        self.routed = list(cfg.queues) if routes.for_worker(cfg.queues, get_settings().broker_routes) else []
         scheduler = _make_scheduler()
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
@@ -346,7 +357,7 @@ class Supervisor:
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.config.pool == "threads":
-            member = Member(
+            member = forked.member_class(self.config)(
                 self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
             )
             handle.member = member
@@ -593,6 +604,8 @@ class Supervisor:
             self._duty("cancels")
         if self._every("rescue", max(0.5, cfg.lost_after / 3)):
             self._duty("rescue")
+        if self.routed and not self.stopping and self._every("relay", RELAY_EVERY):
+            self._relay()
         if not self.stopping and self._every("retention", RETENTION_EVERY):
             self._duty("retention")
         if cfg.stats_every and self._every("stats", cfg.stats_every):
@@ -646,6 +659,19 @@ class Supervisor:
             logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
             return False
         return True
+
+    def _relay(self) -> None:
+        """Publish the routed queues' due rows (routing/relay.py); a broker
+        or database that cannot be reached is logged, the next tick retries."""
+        from ..routing import publish, relay
+
+        try:
+            for _ in range(RELAY_ROUNDS):
+                with db_engine.connect() as conn, conn.begin():
+                    if relay.relay(conn, self.routed, _now()) < relay.BATCH:
+                        break
+        except (publish.PublishError,) + db_engine.ERRORS as exc:
+            logger.warning("Worker %s could not relay routed jobs (%s); will retry.", os.getpid(), _first_line(exc))
 
     def _disown(self, conn: Any, lost: set[str]) -> None:
         """Members declared lost meanwhile (cut off from the database for
