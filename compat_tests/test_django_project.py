@@ -2,6 +2,7 @@
 (examples/django_celery_project), each measured by the project's driver of
 14 checks (``drive.py``) against real PostgreSQL and real worker processes:
 
+0. the reference: Celery on Redis (broker and result backend), as before the migration;
 1. broker and backend on jobtable, Celery workers (``celery worker`` and ``celery beat``);
 2. ``jobtable worker --celery-app proj`` instead of ``celery worker`` (beat unchanged);
 3. step 1 with ``register_jobs(app)`` and a Job run by the Celery worker;
@@ -29,6 +30,7 @@ from tests.polling import terminate, wait_for
 from tests.shim_support import BLOCK_CELERY
 
 PROJECT = ROOT / "examples" / "django_celery_project"
+REDIS_PREFIX = f"django-project-{os.getpid()}:"
 CELERY_FREE_CLI = BLOCK_CELERY + "\nfrom jobtable.cli import main\nmain()\n"
 CELERY_FREE_DRIVER = BLOCK_CELERY + "\nimport runpy\nrunpy.run_path('drive.py', run_name='__main__')\n"
 
@@ -82,7 +84,7 @@ def step_processes(step: int, tmp: Path) -> list[tuple[str, list[str], str]]:
         _celery("worker", "-l", "info", "-c", "3", "-n", f"proj-{os.getpid()}@%h", "--without-mingle", "--without-gossip"),
         " ready.",
     )
-    if step in (1, 3):
+    if step in (0, 1, 3):
         return [celery_worker, beat]
     if step == 2:
         native = [sys.executable, "-m", "jobtable", "worker", "--celery-app", "proj", "--max-processes", "3"]
@@ -94,6 +96,9 @@ def step_processes(step: int, tmp: Path) -> list[tuple[str, list[str], str]]:
 
 def step_env(step: int, env: dict[str, str]) -> dict[str, str]:
     env = dict(env)
+    if step == 0:
+        env["PROJ_REDIS_URL"] = os.environ.get("PROJ_REDIS_URL", "redis://127.0.0.1:6379/9")
+        env["PROJ_REDIS_PREFIX"] = REDIS_PREFIX  # this test process's keys only (a shared server)
     if step == 3:
         env["PROJ_STEP"] = "3"
     if step == 4:
@@ -121,6 +126,8 @@ def run_step(step: int, env: dict[str, str], tmp: Path) -> tuple[list[dict[str, 
     finally:
         for process in reversed(started):
             process.stop()
+        if step == 0:
+            _drop_redis_keys(env["PROJ_REDIS_URL"])
     logs = "\n".join(f"--- {p.name} ---\n{p.text()[-6000:]}" for p in started)
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     checks = [row for row in rows if "check" in row]
@@ -128,7 +135,17 @@ def run_step(step: int, env: dict[str, str], tmp: Path) -> tuple[list[dict[str, 
     return checks, f"driver stderr:\n{done.stderr[-4000:]}\n{logs}"
 
 
-@pytest.mark.parametrize("step", [1, 2, 3, 4])
+def _drop_redis_keys(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=REDIS_PREFIX + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 4])
 def test_migration_step(step: int, project_env: dict[str, str], tmp_path: Path) -> None:
     checks, logs = run_step(step, project_env, tmp_path)
     failed = [f"{row['check']}: {row['detail']}" for row in checks if not row["ok"]]

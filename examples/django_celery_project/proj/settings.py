@@ -35,6 +35,10 @@ DATABASES = {
 # -- Celery, read by app.config_from_object("django.conf:settings", namespace="CELERY")
 CELERY_BROKER_URL = "jobtable+" + DATABASE_URL
 CELERY_RESULT_BACKEND = "jobtable+" + DATABASE_URL
+if os.environ.get("PROJ_REDIS_URL"):  # step 0, the reference: Celery on Redis, as before the migration
+    CELERY_BROKER_URL = CELERY_RESULT_BACKEND = os.environ["PROJ_REDIS_URL"]
+    _prefix = {"global_keyprefix": os.environ.get("PROJ_REDIS_PREFIX", "proj:")}
+    CELERY_BROKER_TRANSPORT_OPTIONS = CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _prefix
 CELERY_TASK_DEFAULT_QUEUE = "proj"
 CELERY_TASK_QUEUES = [Queue("proj"), Queue("dead_letter")]
 CELERY_TASK_ROUTES = {"shop.tasks.dead_letter": {"queue": "dead_letter"}}
