@@ -53,6 +53,7 @@ from types import FrameType
 from typing import Any
 
 from ..db import clock as db_clock
+from ..db import engine as db_engine
 from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
@@ -265,6 +266,11 @@ def prepare(call: TaskCall) -> dispatch.Prepared | None:
     envelope = json.loads(row.message) if row is not None else {"headers": call.headers}
     task = app.tasks[call.task_name]
     hard, soft = _limits(task, call.headers)
+    if row is not None and call.task_id in dispatch.expired:
+        # jobtable's own REVOKED row, whatever the app's result backend (the
+        # jobtable backend's mark_as_revoked then writes the same attempt).
+        with db_engine.connect() as conn, conn.begin():
+            revokes_sql.record_revoked(conn, [row], db_clock.utcnow(), "expired")
     job = CeleryTaskJob(app, task, call, envelope, soft_limit=soft, keyed=bool(row is not None and row.concurrency_key))
     # No retry_delay: Celery decides retries (self.retry publishes the next attempt).
     return dispatch.Prepared(job=job, timeout=hard)
