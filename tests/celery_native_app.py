@@ -13,7 +13,20 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_revoked, task_success
+from celery.signals import (
+    celeryd_init,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_revoked,
+    task_success,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 import jobtable  # noqa: F401  (registers the jobtable+ URLs with Kombu)
 from jobtable.shim.celery_runner import use_concurrency_key_option
@@ -78,6 +91,43 @@ def _retry(request: Any = None, reason: Any = None, **_: Any) -> None:
 @task_revoked.connect
 def _revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
     record("revoked", request.id, expired)
+
+
+# The worker's life: "kind pid what-the-sender-says" (the pid tells the
+# supervisor from its members).
+def _worker_line(kind: str, sender: Any) -> None:
+    app_name = getattr(getattr(sender, "app", None), "main", None)
+    record(kind, os.getpid(), getattr(sender, "hostname", sender), app_name, getattr(sender, "pool_cls", None))
+
+
+@celeryd_init.connect
+def _celeryd_init(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
+    record("celeryd_init", os.getpid(), sender, instance.hostname, conf.task_default_queue)
+
+
+@worker_init.connect
+def _worker_init(sender: Any = None, **_: Any) -> None:
+    _worker_line("worker_init", sender)
+
+
+@worker_process_init.connect
+def _worker_process_init(sender: Any = None, **_: Any) -> None:
+    record("worker_process_init", os.getpid(), sender)
+
+
+@worker_ready.connect
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    _worker_line("worker_ready", sender)
+
+
+@worker_process_shutdown.connect
+def _worker_process_shutdown(pid: Any = None, exitcode: Any = None, **_: Any) -> None:
+    record("worker_process_shutdown", os.getpid(), pid, exitcode)
+
+
+@worker_shutdown.connect
+def _worker_shutdown(sender: Any = None, **_: Any) -> None:
+    _worker_line("worker_shutdown", sender)
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -195,3 +245,24 @@ def keyed_option(self: Any, user: str, path: str) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return self.request.id
+
+
+def _die(path: str) -> None:
+    import signal
+
+    record("died", path, os.getpid())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(acks_late=True, reject_on_worker_lost=True)
+def die_once(path: str) -> str:
+    """Kills its pool process on its first run: requeued once, then it succeeds."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        _die(path)
+    return "survived"
+
+
+@task(acks_late=True, reject_on_worker_lost=True)
+def die_always(path: str) -> None:
+    _die(path)

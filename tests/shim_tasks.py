@@ -139,3 +139,30 @@ def replaced(self: Any, x: int, chained: bool = False) -> Any:
     if chained:
         raise self.replace(add.s(x, 1) | double.s())
     raise self.replace(add.s(x, 1))
+
+
+def _die(path: str) -> None:
+    """Note the run, then kill this worker process (as an OOM kill would)."""
+    import signal
+
+    append(path, str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def die_once(path: str) -> str:
+    """Kills its process on its first run only: requeued once, then it succeeds."""
+    if not os.path.exists(path):
+        _die(path)
+    return "survived"
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def die_always(path: str) -> None:
+    _die(path)
+
+
+@shared_task(acks_late=True)
+def die_plain(path: str) -> None:
+    """acks_late alone: a lost run is not requeued (Celery's default)."""
+    _die(path)

@@ -267,6 +267,9 @@ def test_expired_task_is_not_run_and_is_revoked(native: Any) -> None:
     assert [r.status for r in result_rows(sent.id)] == [tables.CANCELLED]
     assert not [r for r in records("note") if r[0] == "expired"]
     assert not records("prerun", sent.id)
+    # As a Celery worker that receives an expired task: task_revoked, expired=True.
+    assert wait_for(lambda: records("revoked", sent.id), what="task_revoked") == [[sent.id, "True"]]
+    assert str(sent.result) == "expired"
 
 
 def test_countdown_and_eta_wait_in_the_table(native: Any) -> None:
@@ -430,3 +433,81 @@ def test_priority_order_and_app_from_settings(native: Any) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert [r[0] for r in records("note") if r[0].startswith("p")] == ["p9", "p9b", "p3", "p0"]
+
+
+# -- the worker's life: Celery's worker signals, the app found as celery -A finds it ----------
+
+
+def test_worker_signals_are_celerys(native: Any, tmp_path: Path) -> None:
+    """celeryd_init and worker_init in the supervisor before it forks,
+    worker_process_init in each member, worker_ready, then on a stop
+    worker_process_shutdown in each member and worker_shutdown: what
+    Celery's Django fix-up (and a project's own set-up) hangs on."""
+    log = tmp_path / "life.txt"
+    env = dict(native.env, JT_RECORD=str(log))
+    worker = NativeWorker(env, tmp_path / "life.log", "--queue", "celery_native_life", "--max-processes", "2")
+    supervisor = str(worker.proc.pid)
+    wait_for(lambda: any(line.startswith("worker_ready ") for line in lines(log)), what="worker_ready")
+    worker.stop()
+    seen = [line.split() for line in lines(log)]
+    kinds = [parts[0] for parts in seen]
+    node = next(parts[2] for parts in seen if parts[0] == "worker_init")
+    assert node.startswith(f"jobtable.{supervisor}@"), seen
+    assert kinds.index("celeryd_init") < kinds.index("worker_init") < kinds.index("worker_process_init"), kinds
+    by_kind: dict[str, list[list[str]]] = {}
+    for parts in seen:
+        by_kind.setdefault(parts[0], []).append(parts[1:])
+    assert by_kind["celeryd_init"] == [[supervisor, node, node, "celery_native"]]
+    assert by_kind["worker_init"] == [[supervisor, node, "jt_native", "celery.concurrency.prefork:TaskPool"]]
+    assert by_kind["worker_ready"] == [[supervisor, node, "jt_native", "celery.concurrency.prefork:TaskPool"]]
+    assert by_kind["worker_shutdown"] == [[supervisor, node, "jt_native", "celery.concurrency.prefork:TaskPool"]]
+    members = sorted(parts[0] for parts in by_kind["worker_process_init"])
+    assert len(members) == 2 and supervisor not in members, seen
+    assert all(parts[1] == node for parts in by_kind["worker_process_init"])
+    # Each member says its own pid, as Celery's pool processes do.
+    assert sorted(parts[0] for parts in by_kind["worker_process_shutdown"]) == members
+    assert all(parts[0] == parts[1] and parts[2] == "0" for parts in by_kind["worker_process_shutdown"])
+    assert kinds[-1] == "worker_shutdown", kinds
+
+
+def test_celery_app_is_found_as_celery_a_finds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobtable.exceptions import ConfigurationError
+    from jobtable.shim.celery_runner import load_app
+
+    # Django's layout: the package imports its celery module; `-A pkg` finds pkg.celery:app.
+    package = tmp_path / "lifepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .celery import app as celery_app\n")
+    (package / "celery.py").write_text("from celery import Celery\napp = Celery('lifepkg', set_as_current=False)\n")
+    (tmp_path / "lifemod.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = load_app("lifepkg")
+    assert app.main == "lifepkg"
+    assert load_app("lifepkg.celery:app") is app and load_app("lifepkg.celery") is app
+    for spec, words in [
+        ("no_such_module_xyz", ["no_such_module_xyz", "Cannot import"]),
+        ("lifemod", ["lifemod", "names no Celery app", "module:attribute"]),
+        ("lifemod:VALUE", ["lifemod:VALUE", "int", "not a Celery app"]),
+        ("", ["--celery-app ''"]),
+        ("life\x00pkg", ["--celery-app 'life\\x00pkg'"]),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            load_app(spec)
+        assert all(word in str(caught.value) for word in words), (spec, str(caught.value))
+
+
+def test_reject_on_worker_lost_requeues_once(native: Any, tmp_path: Path) -> None:
+    """Celery's acks_late + reject_on_worker_lost: a task whose pool process
+    died is requeued once; one that dies again ends LOST (WorkerLost)."""
+    once = native.die_once.delay(str(tmp_path / "once"))
+    always = native.die_always.delay(str(tmp_path / "always"))
+    assert once.get(timeout=30) == "survived"
+    wait_for(lambda: len(result_rows(always.id)) == 2, timeout=30, what="lost twice")
+    assert [(r.attempt, r.status, r.retried) for r in result_rows(once.id)][0] == (1, tables.LOST, True)
+    assert result_rows(once.id)[-1].status == tables.SUCCESSFUL
+    assert [(r.attempt, r.status, r.retried, r.error_type) for r in result_rows(always.id)] == [
+        (1, tables.LOST, True, "WorkerLost"),
+        (2, tables.LOST, False, "WorkerLost"),
+    ]
+    assert len([r for r in records("died") if r[0] == str(tmp_path / "always")]) == 2
+    assert always.state == states.FAILURE

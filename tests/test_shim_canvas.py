@@ -144,3 +144,15 @@ def test_a_group_of_groups_is_one_flat_group(db_url: str, subprocess_env: dict[s
     assert len(result) == 3 and len(requests()) == 3
     run_burst(subprocess_env)
     assert result.get(timeout=10) == [2, 4, 6]
+
+
+def test_a_chord_inside_a_group(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """As Celery: a chord is one member of the group, its value the body's;
+    sent with the group, its counter row in the same transaction."""
+    result = group(t.add.s(1, 1), chord([t.add.s(2, 2), t.add.s(3, 3)], t.total.s()), t.add.s(4, 4)).apply_async()
+    assert isinstance(result, GroupResult) and len(result) == 3
+    assert len(requests()) == 4  # two plain members and the chord's header; the body waits
+    run_burst(subprocess_env, "--max-processes", "2")
+    assert result.get(timeout=10) == [2, 10, 8]
+    assert len(_bodies()) == 1
+    assert group(t.add.s(1, 1), chord([t.add.s(2, 2)], t.total.s())).apply().get() == [2, 4]  # eager

@@ -150,7 +150,11 @@ def test_concurrency_key_from_headers_and_link_callbacks(db_url: str) -> None:
 # -- canvas ---------------------------------------------------------------------------------
 
 CANVAS_REFUSALS = [
-    (lambda: group(t.add.s(1, 2), chord([t.add.s(1, 1)], t.total.s())), "a chord inside a group"),
+    (
+        lambda: chain(t.add.s(1, 1), group(t.add.s(1), chord([t.add.s(1, 1)], t.total.s()))),
+        "a chord inside a group that follows a chain step",
+    ),
+    (lambda: t.add.s(1, 1) | group(chain(t.add.s(1), t.add.s(2)), t.add.s(3)), "a chain inside a group that follows"),
     (lambda: group(t.add.s(1, 1)) | group(t.add.s(2, 2)), r"group \| \(group or chord\)"),
     (lambda: chord([chain(t.add.s(1, 1), t.add.s(2))], t.total.s()), "in a chord header"),
     (lambda: chord([t.add.s(1, 1)], group(t.total.s())), "a group or chord as chord body"),

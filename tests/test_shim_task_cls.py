@@ -104,3 +104,21 @@ def test_worker_concurrency_refuses_what_is_no_pool_size(value: Any) -> None:
     with pytest.raises(NotSupported, match="worker_concurrency"):
         app.conf.worker_concurrency = value
     app.conf.worker_concurrency = 0  # one per CPU, as --max-processes 0
+
+
+def test_a_tasks_app_is_its_own_or_the_current_one() -> None:
+    # Celery's task.app: a shared task's is the current app, so
+    # `self.app.conf...` works in it as in an @app.task.
+    from jobtable.shim import current_app
+    from jobtable.shim.registry import registry
+
+    other = Celery("other_app", set_as_current=False)
+    try:
+
+        @other.task(name="tests.shim_task_cls.own")
+        def own() -> None: ...
+
+        assert own.app is other and own.s()._app is other
+        assert custom.double.app is current_app() and current_app() is not other
+    finally:
+        registry.tasks.pop("tests.shim_task_cls.own", None)

@@ -15,6 +15,7 @@ from jobtable.db import clock, enqueue_sql, tables
 from jobtable.shim import AsyncResult, MaxRetriesExceededError, TaskRevokedError, states
 from tests import shim_tasks as t
 from tests.conftest import ALL_DIALECTS
+from tests.polling import wait_for
 from tests.shim_support import run_burst, start_worker
 from tests.worker_jobs import lines, requests, results, stop
 
@@ -232,3 +233,31 @@ def test_concurrency_key_in_headers(db_url: str) -> None:
     second = t.add.apply_async((1, 2), headers={"concurrency_key": "k"})
     assert first is not None and second is None
     assert [r.concurrency_key for r in requests()] == ["k"]
+
+
+def test_reject_on_worker_lost_requeues_once(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """Celery's acks_late + reject_on_worker_lost: a task whose worker
+    process died is run again once; dying again (or without the option) it
+    fails, recorded LOST (WorkerLost), as Celery's WorkerLostError."""
+    once = t.die_once.delay(str(tmp_path / "once.log"))
+    assert once is not None
+    proc = start_worker(subprocess_env, "--max-processes", "1")
+    try:
+        assert once.get(timeout=30) == "survived"
+        # Sent after: a death loses the unwritten results of its member's batch.
+        always = t.die_always.delay(str(tmp_path / "always.log"))
+        plain = t.die_plain.delay(str(tmp_path / "plain.log"))
+        assert always is not None and plain is not None
+        wait_for(lambda: len(results(always.id)) == 2 and results(plain.id), timeout=30, what="lost twice")
+    finally:
+        stop(proc)
+
+    def ended(task_id: str) -> list[tuple[int, str, bool, str | None]]:
+        return [(r.attempt, r.status, r.retried, r.error_type) for r in results(task_id)]
+
+    assert ended(once.id) == [(1, tables.LOST, True, "WorkerLost"), (2, tables.SUCCESSFUL, False, None)]
+    assert "requeued once (reject_on_worker_lost)" in results(once.id)[0].error_message
+    assert ended(always.id) == [(1, tables.LOST, True, "WorkerLost"), (2, tables.LOST, False, "WorkerLost")]
+    assert ended(plain.id) == [(1, tables.LOST, False, "WorkerLost")]
+    assert len(lines(tmp_path / "always.log")) == 2 and len(lines(tmp_path / "plain.log")) == 1
+    assert always.state == states.FAILURE and plain.state == states.FAILURE

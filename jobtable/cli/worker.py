@@ -106,7 +106,7 @@ def worker(
         # Loaded before the pool forks: members inherit the app and its tasks.
         from ..shim import celery_runner
 
-        celery_runner.install(celery_app, pool=config.pool)
+        celery_runner.install(celery_app, pool=config.pool, concurrency=config.processes)
     # After every app is loaded: the queues their tasks route to.
     chosen, how = choose_queues(queues, get_settings())
     if chosen is not None and chosen != config.queues:

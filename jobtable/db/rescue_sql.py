@@ -41,6 +41,7 @@ def lose(
     retry: bool = True,
     quarantine_after: int = 0,
     quarantine_message: Callable[[Row[Any], int], str] | None = None,
+    requeue_once: Callable[[Row[Any]], bool] | None = None,
 ) -> list[Row[Any]]:
     """Record running jobs of ``worker_id`` (those ``ids``, or all) LOST, and
     retry those with retries left after ``retry_delay(row)`` seconds
@@ -50,6 +51,11 @@ def lose(
     attempts reach that many is recorded QUARANTINED instead (message from
     ``quarantine_message(row, times)``) and not retried.  Only rows still
     running under ``worker_id`` are touched, so rows already finished are safe.
+
+    ``requeue_once``: a row it says yes to (Celery's ``acks_late`` with
+    ``reject_on_worker_lost``) whose task never lost its process before is
+    run again at once, its retry budget untouched, as Celery requeues such a
+    message once (a redelivered one that dies again fails WorkerLostError).
     """
     where = [request.c.worker_id == worker_id, request.c.state == tables.RUNNING]
     if ids is not None:
@@ -57,8 +63,11 @@ def lose(
             return []
         where.append(request.c.id.in_(list(ids)))
     rows = dialect_of(conn).delete_returning(conn, request, where, list(request.c))
+    requeued: set[int] = set()
+    if retry and requeue_once is not None and error_type == WORKER_LOST:
+        requeued = {row.id for row in rows if requeue_once(row)}
     earlier: dict[str, int] = {}
-    if rows and quarantine_after > 0 and error_type == WORKER_LOST:
+    if rows and error_type == WORKER_LOST and (quarantine_after > 0 or requeued):
         earlier = worker_lost_counts(conn, [row.task_id for row in rows])
     outcomes = []
     for row in rows:
@@ -69,13 +78,16 @@ def lose(
                 finish_sql.Outcome(row, tables.QUARANTINED, now, {"error_type": error_type, "error_message": text})
             )
             continue
+        fields = {"error_type": error_type, "error_message": message}
+        if row.id in requeued and times == 1:
+            fields["error_message"] = f"{message}; requeued once (reject_on_worker_lost)"
+            outcomes.append(finish_sql.Outcome(row, tables.LOST, now, fields, now, extra_retries=1))
+            continue
         retry_at = None
         if retry and row.attempt <= row.retries:
             delay = retry_delay(row) if retry_delay is not None else 0
             retry_at = now + timedelta(seconds=max(0.0, float(delay)))
-        outcomes.append(
-            finish_sql.Outcome(row, tables.LOST, now, {"error_type": error_type, "error_message": message}, retry_at)
-        )
+        outcomes.append(finish_sql.Outcome(row, tables.LOST, now, fields, retry_at))
     if outcomes:
         finish_sql.write_outcomes(conn, outcomes, now)
     return rows

@@ -256,9 +256,10 @@ def end_revoked(conn: Connection, rows: Sequence[Row[Any]], worker_id: str, now:
     return sorted(dialect_of(conn).take_running(conn, worker_id, [row.id for row in rows]))
 
 
-def record_revoked(conn: Connection, rows: Sequence[Any], now: datetime) -> None:
-    """Each request row's REVOKED result (a CANCELLED result, never started);
-    a repeated (task id, attempt) is skipped."""
+def record_revoked(conn: Connection, rows: Sequence[Any], now: datetime, reason: str = "revoked") -> None:
+    """Each request row's REVOKED result (a CANCELLED result, never started;
+    ``reason`` its message, Celery's: "revoked", "expired"); a repeated
+    (task id, attempt) is skipped."""
     result_rows.insert_results(
         conn,
         [
@@ -268,7 +269,7 @@ def record_revoked(conn: Connection, rows: Sequence[Any], now: datetime) -> None
                 ended_at=now,
                 started_at=None,
                 error_type=REVOKED_ERROR,
-                error_message="revoked",
+                error_message=reason,
                 retried=False,
             )
             for row in rows

@@ -63,7 +63,8 @@ class Signature(dict):  # type: ignore[type-arg]
             subtask_type=subtask_type,
             immutable=immutable,
         )
-        self._app = app if app is not None else getattr(task, "app", None)
+        # A shared task has no app of its own: the one current when sent.
+        self._app = app if app is not None else getattr(task, "_bound_app", None)
 
     # -- fields -----------------------------------------------------------------------
 
@@ -253,6 +254,15 @@ class chain(Signature):  # noqa: N801  (Celery's name)
                 steps.append(chord(task.tasks, chain(task.body, *rest, app=app), app=app))
                 break
             steps.append(task)
+        for step in steps[1:]:
+            # Such a group is fanned out by the step before it, in the worker
+            # (canvas_rows.py): refused here, not as that step finishes.
+            for member in step.tasks if isinstance(step, group) else []:
+                if isinstance(member, (chain, group, chord)):
+                    raise NotSupported(
+                        f"a {type(member).__name__} inside a group that follows a chain step",
+                        "Put plain task signatures in that group, or send the group on its own.",
+                    )
         super().__init__("celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
 
     @property
@@ -357,8 +367,6 @@ class group(Signature):  # noqa: N801
                 # with the others, and get() lists their values in the same flat list.
                 steps.extend(task.tasks)
                 continue
-            if isinstance(task, chord):
-                raise NotSupported("a chord inside a group", "Send the chord on its own, beside the group.")
             if not isinstance(task, Signature):
                 raise TypeError(f"group() takes signatures (task.s(...)), got {task!r}.")
             steps.append(task)
@@ -418,13 +426,18 @@ class group(Signature):  # noqa: N801
         results = [step.freeze() for step in steps]
         now = send.utcnow()
         rows: list[dict[str, Any]] = []
+        starts: list[ChordStart] = []
         for index, step in enumerate(steps):
-            # A chain in a group is one member: its last step is the result.
-            if isinstance(step, chain):
-                rows += rows_for(app, step.to_dict(), [], now=now)
+            # A chain in a group is one member: its last step is the result;
+            # so is a chord (its body), as in Celery, its counter row made
+            # in the group's transaction.
+            if isinstance(step, (chain, chord)):
+                rows += rows_for(app, step.to_dict(), [], now=now, chord_starts=starts)
             else:
                 rows += rows_for(app, step.to_dict(), [], now=now, group_id=group_id, group_index=index)
-        send.insert_rows(rows)
+        with db_engine.connect() as conn, conn.begin():
+            start_chords(conn, starts, now)
+            send.insert_rows(rows, conn)
         return GroupResult(group_id, results, app=app)
 
     def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> GroupResult:

@@ -39,7 +39,6 @@ given: jobtable without Celery never imports it.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
@@ -54,6 +53,7 @@ from types import FrameType
 from typing import Any
 
 from ..db import clock as db_clock
+from ..db import engine as db_engine
 from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
@@ -93,19 +93,29 @@ class CeleryTaskRetried(Exception):
 
 
 def load_app(spec: str) -> Any:
-    """The Celery app named by ``module:attribute`` (or ``module``, whose
-    ``app``/``celery`` attribute is taken, as ``celery -A`` does)."""
-    module_name, _, attribute = spec.partition(":")
+    """The Celery app named by ``spec`` as ``celery -A spec`` finds it
+    (Celery's own ``find_app``): ``module:attribute``, or a module whose
+    ``app``/``celery`` attribute is the app, or a package whose ``celery``
+    submodule holds it (``--celery-app proj`` for Django's ``proj/celery.py``)."""
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    if not isinstance(spec, str) or not spec.strip() or "\x00" in spec:
+        raise ConfigurationError(f"--celery-app {spec!r}: give the Celery app as module or module:attribute.")
     try:
-        module = importlib.import_module(module_name)
+        app = find_app(spec)
     except ModuleNotFoundError as exc:
-        raise ConfigurationError(f"Cannot import the Celery app module {module_name!r} ({exc}).") from None
-    names = [attribute] if attribute else ["app", "celery"]
-    for name in names:
-        app = getattr(module, name, None)
-        if app is not None:
-            return app
-    raise ConfigurationError(f"{module_name!r} has no Celery app named {' or '.join(names)!r} (--celery-app {spec}).")
+        raise ConfigurationError(f"Cannot import the Celery app module of --celery-app {spec!r} ({exc}).") from None
+    except (AttributeError, ImportError, ValueError) as exc:
+        raise ConfigurationError(
+            f"--celery-app {spec!r} names no Celery app ({exc}); give module:attribute, e.g. proj.celery:app."
+        ) from None
+    if not isinstance(app, Celery):
+        raise ConfigurationError(
+            f"--celery-app {spec!r} is {type(app).__name__} {app!r}, not a Celery app; give module:attribute, "
+            "e.g. proj.celery:app."
+        )
+    return app
 
 
 def _check_json(app: Any) -> None:
@@ -118,11 +128,14 @@ def _check_json(app: Any) -> None:
         )
 
 
-def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) -> Any:
+def install(
+    spec_or_app: Any, *, pool: str = "processes", control: bool = True, concurrency: int | None = None
+) -> Any:
     """Load the Celery app and register the runner (idempotent).
 
-    ``control``: this process (the worker's supervisor) answers Celery's
-    remote control as the worker's one node (``celery_control.py``)."""
+    ``control``: this process is the worker's supervisor: it answers
+    Celery's remote control as the worker's one node (``celery_control.py``)
+    and sends Celery's worker signals (``celery_lifecycle.py``)."""
     global _app
     app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
     _check_json(app)
@@ -132,8 +145,18 @@ def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) 
         from . import celery_logging
 
         celery_logging.setup(app)
-    app.loader.import_default_modules()  # conf.imports / include, as a Celery worker does
+    if control:
+        # As a Celery worker starts: its loader imports conf.imports /
+        # include and the autodiscovered modules (the Django fix-up sets
+        # Django up first), then celeryd_init and worker_init are sent.
+        app.loader.init_worker()
+    else:
+        app.loader.import_default_modules()
     app.finalize(auto=True)
+    if control:
+        from . import celery_lifecycle
+
+        celery_lifecycle.start(app, pool=pool, concurrency=concurrency)
     app.set_current()
     app.set_default()
     _hold_retries(app)
@@ -146,6 +169,7 @@ def install(spec_or_app: Any, *, pool: str = "processes", control: bool = True) 
     if prepare not in dispatch.RUNNERS:
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
+        dispatch.REQUEUE_ON_LOST.append(_requeues_on_lost)
         if control:
             # One node per worker, in the supervisor (members are forked
             # after this and do not listen): celery_control.py.
@@ -212,6 +236,14 @@ def _add_concurrency_key(sender: Any = None, body: Any = None, headers: Any = No
         headers[CONCURRENCY_KEY_HEADER] = str(option)
 
 
+def _requeues_on_lost(row: Any) -> bool:
+    """Celery's rule for a task whose pool process died: with ``acks_late``
+    and ``reject_on_worker_lost`` (the task's, else the app's settings) its
+    message is requeued once, else it fails with WorkerLostError."""
+    task = _app.tasks.get(row.task_name) if _app is not None else None
+    return task is not None and bool(task.acks_late and task.reject_on_worker_lost)
+
+
 def _user_tasks(app: Any) -> list[str]:
     return [name for name in app.tasks if not name.startswith("celery.")]
 
@@ -234,6 +266,11 @@ def prepare(call: TaskCall) -> dispatch.Prepared | None:
     envelope = json.loads(row.message) if row is not None else {"headers": call.headers}
     task = app.tasks[call.task_name]
     hard, soft = _limits(task, call.headers)
+    if row is not None and call.task_id in dispatch.expired:
+        # jobtable's own REVOKED row, whatever the app's result backend (the
+        # jobtable backend's mark_as_revoked then writes the same attempt).
+        with db_engine.connect() as conn, conn.begin():
+            revokes_sql.record_revoked(conn, [row], db_clock.utcnow(), "expired")
     job = CeleryTaskJob(app, task, call, envelope, soft_limit=soft, keyed=bool(row is not None and row.concurrency_key))
     # No retry_delay: Celery decides retries (self.retry publishes the next attempt).
     return dispatch.Prepared(job=job, timeout=hard)
@@ -313,8 +350,10 @@ class CeleryTaskJob:
         request = self.request(hostname)
         flagged = self.call.task_id in revokes_sql.flagged
         revokes_sql.flagged.discard(self.call.task_id)
-        if flagged or self.call.task_id in _revoked:
-            self._revoke(request)
+        expired = self.call.task_id in dispatch.expired  # handed over by worker/execute.py
+        dispatch.expired.discard(self.call.task_id)
+        if flagged or expired or self.call.task_id in _revoked:
+            self._revoke(request, expired=expired and not flagged)
         # Each attempt is its own row, received once, as Celery's consumer logs it.
         from .celery_logging import log_received
 
@@ -363,21 +402,22 @@ class CeleryTaskJob:
             return None
         return retval
 
-    def _revoke(self, request: dict[str, Any]) -> None:
-        """As a Celery worker does with a revoked task it receives: REVOKED
-        in the backend (a chord part counts), task_revoked, never run."""
+    def _revoke(self, request: dict[str, Any], expired: bool = False) -> None:
+        """As a Celery worker does with a revoked (or expired) task it
+        receives: REVOKED in the backend (a chord part counts), task_revoked,
+        never run."""
         from celery import signals
         from celery.app.task import Context
         from celery.exceptions import TaskRevokedError
         from celery.states import REVOKED
 
         context = Context(request)
-        exc = TaskRevokedError("revoked")
+        reason = "expired" if expired else "revoked"
         self.task.backend.mark_as_revoked(
-            self.call.task_id, "revoked", request=context, store_result=not self.task.ignore_result, state=REVOKED
+            self.call.task_id, reason, request=context, store_result=not self.task.ignore_result, state=REVOKED
         )
-        signals.task_revoked.send(sender=self.task, request=context, terminated=False, signum=None, expired=False)
-        raise exc
+        signals.task_revoked.send(sender=self.task, request=context, terminated=False, signum=None, expired=expired)
+        raise TaskRevokedError(reason)
 
     def _hard_timeout(self, request: dict[str, Any], exc_type: Callable[..., BaseException]) -> None:
         from celery.app.task import Context

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "task_ignore_result": False,
     "task_acks_late": False,
     "task_track_started": False,
+    # With task_acks_late: a task whose worker process dies is run again once.
+    "task_reject_on_worker_lost": None,
     "task_create_missing_queues": True,
     "result_expires": None,
     "result_extended": False,
@@ -51,13 +53,11 @@ UNSUPPORTED_SETTINGS: dict[str, str] = {
     "task_annotations": "Set the options on the tasks themselves (@app.task(...)).",
     "broker_transport_options": "The queue is a table: there is no transport to configure.",
     "worker_prefetch_multiplier": "Use `jobtable worker --max-pending-per-process`.",
-    "task_reject_on_worker_lost": "The native worker records a lost job LOST (and retries it if it has retries).",
     "result_backend_transport_options": "Results are rows of jobtable_result.",
 }
 
 #: Values the shim accepts without acting on them (documented differences).
 IGNORED_SETTINGS = {
-    "task_acks_late",
     "task_track_started",
     "task_create_missing_queues",
     "result_expires",

@@ -21,7 +21,6 @@ UNSUPPORTED_OPTIONS = {
     "rate_limit": "Limit concurrency with a concurrency key (concurrency_key=... on the task or in "
     "apply_async(headers={'concurrency_key': ...})), or run a dedicated queue with fewer worker processes.",
     "pydantic": "Validate arguments inside the task.",
-    "reject_on_worker_lost": "A job whose worker dies is recorded LOST; give it retries to run it again.",
     "base_serializer": "Messages are JSON.",
 }
 
@@ -50,7 +49,7 @@ def create_task(fun: Callable[..., Any], *, app: App | None, base: type[Task] | 
     name = options.pop("name", None) or task_name(fun, app_for_name)
     attributes: dict[str, Any] = {
         "name": name,
-        "app": app,
+        "_bound_app": app,
         "run": fun if bind else staticmethod(fun),
         "__module__": fun.__module__,
         "__doc__": fun.__doc__,
@@ -79,7 +78,7 @@ def rebase_default_tasks(app: App, base: type[Task]) -> None:
     order does not matter either)."""
     for task in list(registry.tasks.values()):
         cls = type(task)
-        if getattr(cls, "_jobtable_default_base", False) and getattr(task, "app", None) in (None, app):
+        if getattr(cls, "_jobtable_default_base", False) and getattr(task, "_bound_app", None) in (None, app):
             # Same layout (both subclass Task, no slots): the class keeps its
             # attributes, its methods now come from ``base``.
             cls.__bases__ = (base,)

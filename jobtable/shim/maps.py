@@ -35,7 +35,7 @@ def _task_signature(task: Any, what: str) -> Signature:
         return Signature(task)
     name = getattr(task, "name", None)
     if isinstance(name, str) and name:
-        return Signature(name, app=getattr(task, "app", None))
+        return Signature(name, app=getattr(task, "_bound_app", None))
     raise TypeError(f"{what}: the task must be a task, a signature or a task name, got {limits.short(task)}.")
 
 

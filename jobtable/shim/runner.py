@@ -18,7 +18,7 @@ from ..db import engine as db_engine
 from ..db import clock, revokes_sql
 from ..messages import TaskCall
 from ..worker import hooks
-from ..worker.dispatch import RUNNERS, Prepared, current_row
+from ..worker.dispatch import REQUEUE_ON_LOST, RUNNERS, Prepared, current_row, expired
 from . import signals
 from .current import App, current_or_none
 from .registry import registry
@@ -50,13 +50,19 @@ def prepare(call: TaskCall) -> Prepared | None:
         revokes_sql.flagged.discard(call.task_id)
         _record_revoked()
         job._revoked = True  # TaskJob.run sends task_revoked and raises TaskRevokedError
+    elif call.task_id in expired:
+        # Past its expiry (worker/execute.py hands it over): REVOKED, as a
+        # Celery worker records an expired task it receives.
+        expired.discard(call.task_id)
+        _record_revoked("expired")
+        job._revoked = job._expired = True
     hard, soft = (list(call.headers.get("timelimit") or []) + [None, None])[:2]
     limits = [float(x) for x in (hard, soft, task.time_limit, task.soft_time_limit) if x]
     # One limit in jobtable: the job is interrupted (JobTimeout) when it passes.
     return Prepared(job=job, timeout=min(limits) if limits else None)
 
 
-def _record_revoked() -> None:
+def _record_revoked(reason: str = "revoked") -> None:
     """A revoked shim task handed to us by the claim (``_flag_revokes``):
     its REVOKED result, as the claim would have written it.  The worker's
     own row for the attempt (the TaskRevokedError raised next) then
@@ -65,7 +71,7 @@ def _record_revoked() -> None:
     if row is None:
         return
     with db_engine.connect() as conn, conn.begin():
-        revokes_sql.record_revoked(conn, [row], clock.utcnow())
+        revokes_sql.record_revoked(conn, [row], clock.utcnow(), reason)
 
 
 def _flag_revokes() -> None:
@@ -122,9 +128,16 @@ def _member_started(hostname: str) -> None:
     signals.worker_process_init.send(sender=f"jobtable@{hostname}")
 
 
+def _requeues_on_lost(row: Any) -> bool:
+    task = registry.tasks.get(row.task_name)
+    return isinstance(task, Task) and task.requeues_on_lost()
+
+
 def install() -> None:
     if prepare not in RUNNERS:
         RUNNERS.append(prepare)
+    if _requeues_on_lost not in REQUEUE_ON_LOST:
+        REQUEUE_ON_LOST.append(_requeues_on_lost)
     _flag_revokes()
     for hook_list, hook in (
         (hooks.WORKER_READY, _worker_ready),

@@ -57,7 +57,8 @@ class Task:
     """Base class of tasks; ``@app.task(base=MyTask)`` subclasses it."""
 
     name: str = ""
-    app: App | None = None
+    #: The app of ``@app.task``; None for ``@shared_task`` (``app`` is then the current one).
+    _bound_app: App | None = None
     typing: bool = True
     max_retries: int | None = 3
     default_retry_delay: float = 180
@@ -73,7 +74,10 @@ class Task:
     soft_time_limit: float | None = None
     expires: float | datetime | None = None
     ignore_result: bool = False
-    acks_late: bool = False
+    #: Celery's pair (None: the app's task_acks_late / task_reject_on_worker_lost):
+    #: with both, a task whose worker process dies mid-run is run again once.
+    acks_late: bool | None = None
+    reject_on_worker_lost: bool | None = None
     track_started: bool = False
     serializer: str = "json"
     throws: tuple[type[BaseException], ...] = ()
@@ -132,8 +136,24 @@ class Task:
 
     # -- sending -----------------------------------------------------------------------
 
+    @property
+    def app(self) -> App:
+        """The task's app, as in Celery: its own (``@app.task``), else the
+        current one (``@shared_task``), so ``self.app.conf`` works in both."""
+        return self._bound_app or current_app()
+
     def _app(self) -> App:
-        return self.app or current_app()
+        return self.app
+
+    def requeues_on_lost(self) -> bool:
+        """Celery's ``acks_late`` + ``reject_on_worker_lost``: a lost attempt is run again once."""
+        conf = self._app().conf
+        acks_late, reject = self.acks_late, self.reject_on_worker_lost
+        if acks_late is None:
+            acks_late = conf.get("task_acks_late")
+        if reject is None:
+            reject = conf.get("task_reject_on_worker_lost")
+        return bool(acks_late and reject)
 
     def check_arguments(self, args: Any, kwargs: Any) -> None:
         """Celery's ``typing``: a call that does not fit the signature fails when sent."""
@@ -363,6 +383,7 @@ class TaskJob(Job):
     _entry_options: dict[str, Any] = {}
     #: Set by the runner: the claim found the task revoked.
     _revoked: bool = False
+    _expired: bool = False  # revoked because it expired before a worker received it
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -426,10 +447,13 @@ class TaskJob(Job):
         if self._revoked:
             # Revoked before it ran (runner.py recorded it REVOKED): as a
             # Celery worker that receives a revoked task, never run it.
-            signals.task_revoked.send(sender=task, request=request, terminated=False, signum=None, expired=False)
+            reason = "expired" if self._expired else "revoked"
+            signals.task_revoked.send(
+                sender=task, request=request, terminated=False, signum=None, expired=self._expired
+            )
             if request.chord and request.group:
-                followups.count_failed_part(request, "TaskRevokedError('revoked')")
-            raise TaskRevokedError("revoked")
+                followups.count_failed_part(request, f"TaskRevokedError({reason!r})")
+            raise TaskRevokedError(reason)
 
         def encode(value: Any) -> Any:
             # Encoded before success is declared: a value the next step cannot receive fails this task.

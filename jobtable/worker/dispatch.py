@@ -31,6 +31,29 @@ class Prepared:
 #: Extra runners, tried in order for task names that are not registered Jobs.
 RUNNERS: list[Callable[[TaskCall], Prepared | None]] = []
 
+#: Task ids of claimed rows past their expiry handed to their runner instead
+#: of ended by the worker (a runner that records revoked tasks itself,
+#: ``revokes_sql.runner_revokes``): it records them REVOKED and sends
+#: ``task_revoked`` with ``expired=True``, as a Celery worker does with an
+#: expired task it receives; it never runs them.
+expired: set[str] = set()
+
+#: Says whether a running row whose process died is run again once (Celery's
+#: ``acks_late`` + ``reject_on_worker_lost``): the runners' answers for
+#: their tasks (rescue.py asks; any True wins, a raising one is a no).
+REQUEUE_ON_LOST: list[Callable[[Any], bool]] = []
+
+
+def requeues_on_lost(row: Any) -> bool:
+    for hook in list(REQUEUE_ON_LOST):
+        try:
+            if hook(row):
+                return True
+        except Exception:  # noqa: BLE001  (a task's options read wrongly: the default, no requeue)
+            continue
+    return False
+
+
 #: The claimed row being prepared, while ``prepare`` runs: for runners that
 #: need more of the stored message than the TaskCall carries (the body's
 #: embed -- callbacks, chain, chord -- and the properties), e.g. Celery's tracer.

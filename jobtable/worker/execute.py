@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .. import badrows, messages, params, safetext, telemetry
-from ..db import clock, tables
+from ..db import clock, revokes_sql, tables
 from ..db.finish_sql import Outcome
 from ..exceptions import UnknownJob
 from ..middleware import JobRun, RunJob
@@ -18,6 +18,16 @@ from .errors import DeferJob, JobCancelled, JobTimeout
 from .slots import Slot
 
 logger = logging.getLogger("jobtable.worker")
+
+
+def _runner_ends_expired(row: Any) -> bool:
+    """Whether the runner of ``row`` (expired) records it itself: then it is
+    handed over flagged in ``dispatch.expired`` instead of ended here."""
+    keep = revokes_sql.runner_revokes
+    if keep is None or not keep(row):
+        return False
+    dispatch.expired.add(row.task_id)
+    return True
 
 
 def _now() -> datetime:
@@ -131,7 +141,7 @@ class Executor:
 
     def _run(self, row: Any) -> Outcome:
         started = _now()
-        if row.expires_at is not None and row.expires_at <= started:
+        if row.expires_at is not None and row.expires_at <= started and not _runner_ends_expired(row):
             return Outcome(
                 row,
                 tables.CANCELLED,

@@ -104,6 +104,7 @@ def child(
             code = 0  # stopped before it was needed
         else:
             code = member.run()
+        hooks.fire(hooks.MEMBER_STOPPING, socket.gethostname())
     except BaseException:
         logging.getLogger("jobtable.worker").exception("Worker %s crashed.", worker_id)
         code = 1

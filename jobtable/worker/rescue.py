@@ -29,7 +29,7 @@ from .. import badrows, safetext
 from ..db import bindings_sql, finish_sql, rescue_sql, tables, workers_sql
 from ..db.dialects import record_finished_pg
 from ..messages import decode_task
-from . import ledger
+from . import dispatch, ledger
 from .ledger import LedgerState
 
 logger = logging.getLogger("jobtable.worker")
@@ -39,8 +39,6 @@ def retry_delay(row: Any) -> float:
     """``calculate_retry_delay(attempt)`` of a lost job, when this process
     knows its class; 0 otherwise (and when anything goes wrong)."""
     try:
-        from . import dispatch
-
         prepared = dispatch.prepare(decode_task(row.message))
         if prepared.retry_delay is None:
             return 0.0
@@ -168,6 +166,7 @@ def _lose_started(
         error_type=rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED,
         quarantine_after=quarantine_after if poison else 0,
         quarantine_message=quarantine,
+        requeue_once=dispatch.requeues_on_lost,
     )
     _log_lost(quarantine.lost(lost), why)
     known = {row_id: state.statuses[row_id] for row_id in state.finished if state.statuses.get(row_id)}
@@ -225,6 +224,7 @@ def rescue_member(
                 conn, worker_id, [running_id], now, message=why, retry_delay=retry_delay,
                 error_type=rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED,
                 quarantine_after=limit if poison else 0, quarantine_message=quarantine,
+                requeue_once=dispatch.requeues_on_lost,
             )
             _log_lost(quarantine.lost(rows), why)
         lost = len(rows)
@@ -261,7 +261,7 @@ def rescue_worker(
     quarantine = Quarantine(why, limit)
     rows = rescue_sql.lose(
         conn, worker_id, None, now, message=why, retry_delay=retry_delay,
-        quarantine_after=limit, quarantine_message=quarantine,
+        quarantine_after=limit, quarantine_message=quarantine, requeue_once=dispatch.requeues_on_lost,
     )
     _log_lost(quarantine.lost(rows), why)
     return len(rows)
