@@ -23,8 +23,7 @@ logger = logging.getLogger("jobtable.worker")
 def _runner_ends_expired(row: Any) -> bool:
     """Whether the runner of ``row`` (expired) records it itself: then it is
     handed over flagged in ``dispatch.expired`` instead of ended here."""
-    keep = revokes_sql.runner_revokes
-    if keep is None or not keep(row):
+    if not revokes_sql.runner_records_revoke(row):
         return False
     dispatch.expired.add(row.task_id)
     return True
