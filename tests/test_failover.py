@@ -276,5 +276,16 @@ def test_report_what_a_user_sees(failover: Outcome) -> None:
         + (f"; first enqueue after the promotion +{min(ok_after) - failover.promoted_at:.2f} s" if ok_after else "")
         + (f"; first job run after it +{min(ran_after) - failover.promoted_at:.2f} s" if ran_after else "")
         + f"; {len(failover.running_at_crash)} jobs were claimed on the old primary"
+        + f"; errors {dict(Counter(parts[3] for parts in enqueued if parts[0] == 'failed'))}"
+        + f"; jobs given back after an unknown claim: {_given_back(failover)}"
     )
     assert ran_after
+
+
+def _given_back(outcome: Outcome) -> int:
+    total = 0
+    for name in ("worker", "worker2"):
+        for line in _lines(outcome.work / f"{name}.log"):
+            if "claimed during a disconnect" in line:
+                total += int(line.split("gave back ")[1].split()[0])
+    return total
