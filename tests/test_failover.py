@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SKEW = 30.0
 LOST_AFTER = 10
 BEFORE = 120  # jobs enqueued before the workers start
-ENQUEUED = 160  # by the enqueuer, across the failover
+ENQUEUED = 240  # by the enqueuer (about 6 s), across the failover
 AFTER = 10  # by this process, once the replica is promoted
 GAP = 1.0  # seconds between the primary's crash and the promotion
 
@@ -130,18 +130,19 @@ def failover() -> Iterator[Outcome]:
         wait_for(lambda: "READY" in ran.read_text() if ran.exists() else False, 60, what="the Celery worker")
         # About 4 s of work for the three members: the crash comes mid-drain.
         run_in_worker_many([Step(str(ran), f"b{i}", 0.1) for i in range(BEFORE)])
+        procs["enqueuer"] = _start([sys.executable, "-m", "tests.failover_jobs", str(work / "enqueued.log"),
+                                    str(ran), str(ENQUEUED)], env, work / "enqueuer.log")
+        wait_for(lambda: len(_lines(work / "enqueued.log")) >= 20, 60, what="the enqueuer")
         # Two native workers: each is the other's peer, which would rescue
         # its jobs if it took it for dead.
         for name, processes in (("worker", 2), ("worker2", 1)):
             procs[name] = _start([sys.executable, "-m", "jobtable", "--app", "tests.failover_jobs", "worker",
                                   "--max-processes", str(processes)], env, work / f"{name}.log")
-        procs["enqueuer"] = _start([sys.executable, "-m", "tests.failover_jobs", str(work / "enqueued.log"),
-                                    str(ran), str(ENQUEUED)], env, work / "enqueuer.log")
         pids_before = {name: proc.pid for name, proc in procs.items()}
         # Mid-drain: the worker has run some of the jobs, holds others, and
         # the enqueuer is under way.
         wait_for(lambda: sum(1 for line in _lines(ran) if line.startswith("ran b")) >= 30, 60, what="the drain")
-        wait_for(lambda: len(_lines(work / "enqueued.log")) >= 20, 60, what="the enqueuer")
+        assert "done" not in _lines(work / "enqueued.log"), "the enqueuer finished before the crash"
         running = _query(pair.primary_url(), "SELECT id, task_id, worker_id FROM jobtable_request "
                                              "WHERE state = 'running' AND queue = 'default' ORDER BY id")
         crashed_at = time.time()
