@@ -175,6 +175,41 @@ def parse_query_text(text: str) -> Query:
     return {k: v[0] if len(v) == 1 else tuple(v) for k, v in query.items()}
 
 
+#: How a libpq multi-host URL is written, for errors.
+MULTIHOST_EXAMPLE = (
+    "postgresql+psycopg://user:password@/dbname?host=db-a:5432&host=db-b:5432&target_session_attrs=read-write "
+    "(or ?host=db-a,db-b&port=5432,5432)"
+)
+
+
+def check_hosts(url: URL, what: str) -> None:
+    """A PostgreSQL URL's hosts in its query (libpq's multi-host form,
+    for failover) read as SQLAlchemy's psycopg dialect will read them when
+    it connects: refused now, naming ``what``, rather than at the first
+    connection of a worker."""
+    if "host" not in url.query and "port" not in url.query:
+        return
+    from sqlalchemy.dialects.postgresql.base import PGDialect
+
+    try:
+        # The dialect's own split (what it hands libpq), not a second parser.
+        hosts, ports = PGDialect()._split_multihost_from_url(url)  # type: ignore[no-untyped-call]
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            f"{what} {render(url)!r} has hosts or ports in its query that cannot be read ({exc}). "
+            f"Write {MULTIHOST_EXAMPLE}."
+        ) from None
+    for host in hosts or ():
+        if not host:
+            raise ConfigurationError(f"{what} {render(url)!r} names an empty host in its query. Write {MULTIHOST_EXAMPLE}.")
+    for port in ports or ():
+        if port is not None and not 0 < port < 65536:
+            raise ConfigurationError(
+                f"{what} {render(url)!r} has port {port} in its query: use ports from 1 to 65535, "
+                f"as in {MULTIHOST_EXAMPLE}."
+            )
+
+
 def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABASE_URL)") -> URL:
     """Parse a database URL and pick the driver jobtable supports.
 
@@ -203,6 +238,7 @@ def normalize_url(url: str | URL, what: str = "The database URL (JOBTABLE_DATABA
                 f"write postgresql+psycopg://... (got {render(parsed)!r} in {what})."
             )
         parsed = parsed.set(drivername="postgresql+psycopg")
+        check_hosts(parsed, what)
     elif backend in ("mysql", "mariadb"):
         if "+" in parsed.drivername and driver not in MYSQL_DRIVERS:
             raise ConfigurationError(

@@ -124,6 +124,8 @@ class Rule:
                 "a SQLAlchemy URL such as postgresql+psycopg://user:password@localhost/dbname "
                 "or sqlite:///path/to/jobtable.sqlite3"
             )
+        if self.kind == "direct_url":
+            return "'' or a PostgreSQL URL such as postgresql+psycopg://user:password@db-host:5432/dbname"
         if self.kind == "timezone":
             return "an IANA time zone name"
         if self.kind == "routes":
@@ -399,6 +401,17 @@ def _routes(rule: Rule, value: Any, source: Source) -> dict[str, str]:
         raise _Invalid(str(exc)) from None
 
 
+def _direct_url(rule: Rule, value: Any, source: Source) -> str:
+    """An optional PostgreSQL URL ('' for none)."""
+    text = _string(value).strip()
+    if not text:
+        return ""
+    text = _url(rule, text, source)
+    if normalize_url(text).get_backend_name() != "postgresql":
+        raise _Invalid("it is not a PostgreSQL URL (only PostgreSQL has LISTEN and session locks to keep off a pooler)")
+    return text
+
+
 def _timezone(rule: Rule, value: Any, source: Source) -> str:
     text = _string(value).strip()
     if text.upper() == "UTC":
@@ -421,6 +434,7 @@ _READERS: dict[str, Callable[[Rule, Any, Source], Any]] = {
     "names": _names,
     "schedule": _schedule,
     "url": _url,
+    "direct_url": _direct_url,
     "timezone": _timezone,
     "routes": _routes,
 }

@@ -51,6 +51,19 @@ def _seconds(meaning: str, low: int, high: int, why_low: str = "", hint: str = "
 class Settings:
     database_url: str = _setting("sqlite:///jobtable.sqlite3", Rule(
         "url", "the SQLAlchemy URL of the queue database", secret=True))
+    # A pooler in transaction mode (PgBouncer) hands each transaction to any
+    # server connection: a statement psycopg prepared on one is missing on
+    # the next (PgBouncer < 1.21), and LISTEN or a session lock lasts one
+    # transaction.
+    database_pooler: str = _setting("none", Rule(
+        "choice", "what database_url reaches: 'none' (the PostgreSQL server itself) or 'transaction' "
+        "(a pooler in transaction mode such as PgBouncer: no prepared statements, and no LISTEN or session "
+        "lock on its connections)", choices=("none", "transaction")))
+    database_direct_url: str = _setting("", Rule(
+        "direct_url", "the PostgreSQL URL that reaches the database server without the pooler, for the "
+        "connections that need a session of their own when database_pooler is 'transaction': LISTEN "
+        "wake-ups and the workers' liveness locks ('' for none: workers then poll, and find dead "
+        "workers by worker_lost_after only)", secret=True))
     # psycopg waits 130 s for a server that accepts and never answers (a
     # wrong port behind a firewall, a host that hangs): a worker's start
     # blocked for minutes.  2 s is libpq's own minimum.

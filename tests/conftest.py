@@ -39,10 +39,14 @@ MYSQL_ADMIN_URL = os.environ.get("JOBTABLE_TEST_MYSQL_URL", "mysql+mysqldb://roo
 #: tries a module on MySQL before it opts in.
 DIALECTS = os.environ.get("JOBTABLE_TEST_DIALECTS", "sqlite,postgresql").split(",")
 ALL_DIALECTS = ["sqlite", "postgresql", "mysql"]
+#: A worker test of the representative set that also runs behind a real
+#: PgBouncer in transaction mode (the "pgbouncer" dialect, issue 18).
+BEHIND_PGBOUNCER = pytest.mark.behind_pgbouncer
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "dialects(*names): the dialects a module's `dialect` fixture runs over")
+    config.addinivalue_line("markers", "behind_pgbouncer: run the test on the 'pgbouncer' dialect too")
 
 
 def _parametrizes_dialect(metafunc: pytest.Metafunc) -> bool:
@@ -59,7 +63,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # module's marker can widen it to MySQL.
     if "dialect" in metafunc.fixturenames and not _parametrizes_dialect(metafunc):
         marker = metafunc.definition.get_closest_marker("dialects")
-        names = list(marker.args) if marker is not None else DIALECTS
+        names = list(marker.args) if marker is not None else list(DIALECTS)
+        if metafunc.definition.get_closest_marker("behind_pgbouncer") is not None:
+            names.append("pgbouncer")
         metafunc.parametrize("dialect", names, indirect=True)
 
 
@@ -133,7 +139,34 @@ def mysql_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from fresh_mysql_database(request)
 
 
-_URL_FIXTURES = {"postgresql": "pg_url", "sqlite": "sqlite_url", "mysql": "mysql_url"}
+@pytest.fixture(scope="session")
+def pgbouncer_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The "pgbouncer" dialect: a PostgreSQL database reached through a real
+    PgBouncer in transaction mode (tests/pgbouncer.py); the direct URL beside
+    it (``database_direct_url``) is in ``DIRECT_URLS``."""
+    from tests.pgbouncer import PgBouncer
+
+    bouncer = PgBouncer().start()
+    try:
+        for direct in fresh_pg_database(request, prefix="jobtable_test_pgb"):
+            url = bouncer.url(make_url(direct).database or "")
+            # Named, so that the tests can count the direct sessions.
+            DIRECT_URLS[url] = direct + "?application_name=jobtable-direct"
+            BOUNCERS[url] = bouncer
+            yield url
+            # The database is dropped next: PgBouncer's server connections first.
+            bouncer.stop()
+    finally:
+        bouncer.stop()
+
+
+#: The pooled URL of the "pgbouncer" dialect -> the direct one, its PgBouncer.
+DIRECT_URLS: dict[str, str] = {}
+BOUNCERS: dict[str, Any] = {}
+#: What a test of the "pgbouncer" dialect configures beside its URL.
+POOLER = "transaction"
+
+_URL_FIXTURES = {"postgresql": "pg_url", "sqlite": "sqlite_url", "mysql": "mysql_url", "pgbouncer": "pgbouncer_url"}
 
 
 @pytest.fixture(scope="session")
@@ -228,9 +261,12 @@ def dialect(request: pytest.FixtureRequest) -> str:
 def db_url(dialect: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty, migrated jobtable database, configured as the default."""
     url = request.getfixturevalue(_URL_FIXTURES[dialect])
-    empty_tables(url)
     settings.reset()
-    jobtable.configure(database_url=url)
+    if dialect == "pgbouncer":
+        jobtable.configure(database_url=url, database_pooler=POOLER, database_direct_url=DIRECT_URLS[url])
+    else:
+        jobtable.configure(database_url=url)
+    empty_tables(url)
     yield url
     settings.reset()
     db_engine.reset_engines()
@@ -241,6 +277,9 @@ def subprocess_env(db_url: str) -> dict[str, str]:
     """Environment for child processes: same database, tests importable."""
     env = dict(os.environ)
     env["JOBTABLE_DATABASE_URL"] = db_url
+    if db_url in DIRECT_URLS:  # behind PgBouncer
+        env["JOBTABLE_DATABASE_POOLER"] = POOLER
+        env["JOBTABLE_DATABASE_DIRECT_URL"] = DIRECT_URLS[db_url]
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONUNBUFFERED"] = "1"
     return env

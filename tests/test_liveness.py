@@ -20,6 +20,7 @@ from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
 from jobtable.db import enqueue_sql, tables
 
+from tests.conftest import BEHIND_PGBOUNCER
 from tests.sample_jobs import Echo
 
 PG_ONLY = pytest.mark.parametrize("dialect", ["postgresql"])
@@ -232,6 +233,7 @@ def _gate_started(log: str) -> bool:
     return "started" in lines(log)
 
 
+@BEHIND_PGBOUNCER
 def test_a_worker_killed_as_a_whole_is_rescued_by_a_peer_at_once(
     db_url: str, subprocess_env: dict[str, str], tmp_path: Any
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from jobtable.db import tables
 
+from .conftest import BEHIND_PGBOUNCER
 from .polling import terminate
 from .transport_helpers import FAST_OPTIONS, rows, wait_for
 
@@ -79,6 +80,7 @@ def _reset_pools(celery_app: Any) -> None:
     celery_app.amqp._producer_pool = None
 
 
+@BEHIND_PGBOUNCER
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: object, pool: str) -> None:
     mod = app  # tests.transport_celery_app
@@ -115,6 +117,8 @@ def test_celery_worker_runs_tasks(db_url: str, celery_env: dict[str, str], app: 
         wait_for(lambda: not [r for r in rows(db_url) if r.queue in ("transport_tests", "other")], what="queue drained")
     finally:
         worker.stop()
+    # Behind PgBouncer: no statement prepared on a pooled connection.
+    assert "prepared statement" not in worker.log.read_text()
 
 
 def test_celery_priority_order(db_url: str, celery_env: dict[str, str], app: object) -> None:

@@ -12,7 +12,7 @@ import pytest
 from jobtable.db import engine as db_engine
 from jobtable.db import claims_sql, clock, finish_sql, rescue_sql, tables
 
-from tests.conftest import ALL_DIALECTS
+from tests.conftest import ALL_DIALECTS, BEHIND_PGBOUNCER
 from tests.worker_jobs import (
     ExitOnce,
     Log,
@@ -30,6 +30,7 @@ from tests.worker_jobs import (
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
+@BEHIND_PGBOUNCER
 def test_kill_9_worker_jobs_lost_and_retried(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     env = worker_env(subprocess_env, worker_lost_after=2)

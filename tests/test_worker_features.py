@@ -29,7 +29,7 @@ from tests.worker_jobs import (
     wait_for,
     worker_env,
 )
-from tests.conftest import ALL_DIALECTS
+from tests.conftest import ALL_DIALECTS, BEHIND_PGBOUNCER
 
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
@@ -103,6 +103,7 @@ def test_middleware_wraps_each_job(db_url: str, subprocess_env: dict[str, str], 
     assert lines(mw_log) == [f"before tests.worker_jobs.Log {job.uuid} 1", f"after {job.uuid} hello"]
 
 
+@BEHIND_PGBOUNCER
 def test_delayed_job_not_run_early(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     later = Log(log, "later").run_in_worker(delay=2, priority=100)
@@ -163,6 +164,7 @@ def test_old_results_are_cleared(db_url: str, subprocess_env: dict[str, str]) ->
         stop(proc)
 
 
+@BEHIND_PGBOUNCER
 def test_worker_runs_the_scheduler(db_url: str, subprocess_env: dict[str, str]) -> None:
     env = worker_env(subprocess_env, schedule=[["tests.worker_jobs.Noop", "@daily"]])
     proc = start_worker(env, "--max-processes", "1")

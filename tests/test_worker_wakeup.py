@@ -17,7 +17,7 @@ from jobtable.db import engine as db_engine
 from jobtable.db import tables
 from jobtable.db.notify import Listener
 
-from tests.conftest import ALL_DIALECTS
+from tests.conftest import ALL_DIALECTS, BEHIND_PGBOUNCER
 from tests.worker_jobs import (
     ROOT,
     Boom,
@@ -36,6 +36,7 @@ from tests.worker_jobs import (
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 
+@BEHIND_PGBOUNCER
 def test_listener_wakes_on_insert_for_its_queues(db_url: str) -> None:
     listener = Listener.create(db_engine.get_engine(), ["wanted"])
     try:
@@ -55,6 +56,7 @@ def test_listener_wakes_on_insert_for_its_queues(db_url: str) -> None:
         listener.close()
 
 
+@BEHIND_PGBOUNCER
 def test_idle_worker_wakes_fast(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
     # A 30 s poll interval: only a wake-up can make these fast.
     env = worker_env(subprocess_env, worker_poll_interval_ms=30000)

@@ -17,8 +17,13 @@ the first enqueue of a process is on the database's clock), at the first
 checkout of a pooled connection, and again every
 ``SYNC_EVERY`` seconds at a checkout (``on_checkout``, a pool event of
 PostgreSQL and MySQL engines: ``db/engine.py``), and by code that keeps one
-connection for long (``maybe_sync``: the worker's members).  A forked child
-inherits its parent's offset.  SQLite is one host's file by nature: its
+connection for long (``maybe_sync``: the worker's members).  After a failover the next
+connection may reach another server with another clock (a promoted replica,
+a libpq multi-host URL): a lost connection (``lost_connection``, the
+engine's ``handle_error`` event) and a new connection to another host and
+port than the offset was measured on (``on_connect``) make the offset due
+again, so the first checkout that follows measures it on the new server.
+A forked child inherits its parent's offset.  SQLite is one host's file by nature: its
 clock is the host's (offset 0).
 
 Times stay aware UTC datetimes passed to SQL as bound parameters
@@ -54,6 +59,10 @@ _rtt = 0.0
 _warned = False
 _first_sync: Callable[[], None] | None = None
 _tried_first = False
+#: The server (host, port) the offset was measured on, as the driver says.
+_server: Any = None
+#: True when the offset may be another server's: measure at the next chance.
+_stale = False
 
 
 def set_first_sync(fn: Callable[[], None]) -> None:
@@ -81,14 +90,32 @@ def offset() -> float:
 
 
 def due() -> bool:
-    return _synced_at is None or time.monotonic() - _synced_at >= SYNC_EVERY
+    return _stale or _synced_at is None or time.monotonic() - _synced_at >= SYNC_EVERY
+
+
+def lost_connection() -> None:
+    """A connection was lost: the next one may reach another server (a
+    failover), whose clock is not the one measured."""
+    global _stale
+    _stale = True
+
+
+def server_of(dbapi_conn: Any) -> Any:
+    """Where a DBAPI connection went, without a round trip (psycopg reads
+    it from libpq: with a multi-host URL, the host that answered); None
+    when the driver does not tell."""
+    info = getattr(dbapi_conn, "info", None)
+    try:
+        return (info.host, info.port) if info is not None else None
+    except Exception:
+        return None
 
 
 def measure(dbapi_conn: Any, dialect: str) -> bool:
     """Measure the offset on a DBAPI connection of ``dialect``; True when a
     sample was taken.  Never raises: a failure keeps the offset we had (the
     caller's own statement then meets the broken connection)."""
-    global _offset, _synced_at, _rtt, _warned
+    global _offset, _synced_at, _rtt, _warned, _server, _stale
     sql = _NOW_SQL.get(dialect)
     if sql is None:
         return False
@@ -112,12 +139,15 @@ def measure(dbapi_conn: Any, dialect: str) -> bool:
     if server.tzinfo is None:  # MySQL: naive UTC
         server = server.replace(tzinfo=timezone.utc)
     rtt = after - before
-    if rtt > MAX_RTT and _synced_at is not None:
+    if rtt > MAX_RTT and _synced_at is not None and not _stale:
+        # A slow sample is still better than an offset of another server.
         return False
     midpoint = datetime.fromtimestamp((before + after) / 2, timezone.utc)
     _offset = server - midpoint
     _synced_at = mono
     _rtt = rtt
+    _server = server_of(dbapi_conn)
+    _stale = False
     if abs(offset()) >= WARN_OFFSET and not _warned:
         _warned = True
         logger.warning(
@@ -125,6 +155,20 @@ def measure(dbapi_conn: Any, dialect: str) -> bool:
             "(fix the host's clock: NTP).", abs(offset()), "behind" if offset() > 0 else "ahead of",
         )
     return True
+
+
+def on_connect(dbapi_conn: Any, record: Any) -> None:
+    """Pool ``connect`` listener: a new connection to another server than
+    the one measured (a multi-host URL's next host) makes the offset due."""
+    global _stale
+    if _synced_at is not None and server_of(dbapi_conn) != _server:
+        _stale = True
+
+
+def on_error(context: Any) -> None:
+    """Engine ``handle_error`` listener."""
+    if getattr(context, "is_disconnect", False):
+        lost_connection()
 
 
 def on_checkout(dbapi_conn: Any, record: Any, proxy: Any, *, dialect: str) -> None:
@@ -150,5 +194,6 @@ def maybe_sync(conn: Any) -> None:
 
 def reset() -> None:
     """Forget the offset (tests)."""
-    global _offset, _synced_at, _rtt, _warned, _tried_first
+    global _offset, _synced_at, _rtt, _warned, _tried_first, _server, _stale
     _offset, _synced_at, _rtt, _warned, _tried_first = timedelta(0), None, 0.0, False, False
+    _server, _stale = None, False

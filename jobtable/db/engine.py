@@ -105,9 +105,16 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
                 # connection instead; a slow query is not affected (the
                 # server acknowledges what it was sent).
                 connect_args.setdefault("tcp_user_timeout", str(int(max(timeout, MIN_TCP_USER_TIMEOUT) * 1000)))
+            pooled = _behind_pooler(parsed)
+            if pooled:
+                # A statement prepared on one server connection would be
+                # run on another by the pooler's next transaction.
+                connect_args["prepare_threshold"] = None
             engine = create_engine(
                 parsed, pool_size=10, max_overflow=20, pool_recycle=3600, connect_args=connect_args
             )
+            if pooled:
+                _pooled.add(engine)
             if timeout is not None:
                 _timeouts[engine] = (timeout, timeout_setting)
     except NoSuchModuleError as exc:
@@ -116,6 +123,9 @@ def create_jobtable_engine(url: str | URL, connect: connect_options.Connect | No
         # Every stored time is the database's (db/clock.py): measure this
         # process's offset from it now and then, on a connection anyway in hand.
         event.listen(engine, "checkout", functools.partial(clock.on_checkout, dialect=engine.dialect.name))
+        # After a failover the server, and its clock, may be another one.
+        event.listen(engine, "connect", clock.on_connect)
+        event.listen(engine, "handle_error", clock.on_error)
     _url_settings[engine] = connect.url_setting
     return engine
 
@@ -147,6 +157,46 @@ def _create_mysql_engine(parsed: URL) -> Engine:
         ) from None
     mysql_session.install_session_events(engine)
     return engine
+
+
+#: The direct URL's errors name its setting.
+_DIRECT = connect_options.Connect(url_setting="JOBTABLE_DATABASE_DIRECT_URL")
+#: Engines whose connections go through a transaction pooler.
+_pooled: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _behind_pooler(parsed: URL) -> bool:
+    """Whether ``parsed`` is the configured database URL and that is said
+    to reach a pooler in transaction mode (``database_pooler``)."""
+    current = settings.get_settings()
+    if current.database_pooler != "transaction" or parsed.get_backend_name() != "postgresql":
+        return False
+    return parsed == normalize_url(current.database_url)
+
+
+def has_session(url: URL) -> bool:
+    """Whether connections for ``url`` can hold a session (LISTEN, locks):
+    not behind a transaction pooler, or with a direct URL beside it."""
+    return not _behind_pooler(url) or bool(settings.get_settings().database_direct_url)
+
+
+def session_engine(engine: Engine) -> Engine | None:
+    """The engine for connections that need a server session of their own
+    (LISTEN, session advisory locks): ``engine`` itself, unless its
+    connections go through a transaction pooler -- then the engine of
+    ``database_direct_url``, or None when there is none (poll instead)."""
+    if engine not in _pooled:
+        return engine
+    direct = settings.get_settings().database_direct_url
+    if not direct:
+        return None
+    if normalize_url(direct) == engine.url:
+        raise ConfigurationError(
+            "JOBTABLE_DATABASE_DIRECT_URL is the same URL as JOBTABLE_DATABASE_URL, which database_pooler says "
+            "reaches a pooler in transaction mode: set it to the URL of the PostgreSQL server itself "
+            "(its host and port, not the pooler's), or leave it empty to poll."
+        )
+    return get_engine(direct, _DIRECT)
 
 
 def reset_engines() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import select
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,6 +51,27 @@ def server_uptime(conn: Connection) -> float:
     return float(conn.execute(_UPTIME_SQL).scalar_one())
 
 
+def locks_trusted(conn: Connection, session: LockSession, grace: float) -> bool:
+    """Whether a free lock now says that its holder died.
+
+    Not until the server has been up ``grace`` seconds (after a restart
+    every lock is free until live holders take theirs again), nor until
+    ``grace`` seconds after our own session last connected again: a
+    failover to a promoted replica -- a server up for long, holding none
+    of the locks taken on the old primary -- ends every holder's session
+    at once, and they take their locks again on the new server about when
+    we did.  A server's uptime alone would trust the new primary's free
+    locks at once and declare every live worker dead.
+    """
+    # A session lost since the last look is seen now (a cheap select), not
+    # after the caller trusted what the new server's pg_locks say.
+    if not session.ensure() or not session.connected:
+        return False  # our own session is down: a free lock proves nothing now
+    if session.reconnected_at is not None and time.monotonic() - session.reconnected_at < grace:
+        return False
+    return server_uptime(conn) >= grace
+
+
 class LockSession:
     """One dedicated autocommit connection holding session advisory locks;
     it notices its own death (the socket turns readable) and takes its
@@ -59,6 +81,10 @@ class LockSession:
         self._engine = engine
         self._conn: Any = None
         self.keys: set[int] = set()
+        #: Monotonic time this session last connected again after losing
+        #: its connection (None: never lost one).
+        self.reconnected_at: float | None = None
+        self._ever_connected = False
 
     @property
     def connected(self) -> bool:
@@ -72,6 +98,9 @@ class LockSession:
             assert conn is not None
             conn.autocommit = True
             self._conn = conn
+            if self._ever_connected:
+                self.reconnected_at = time.monotonic()
+            self._ever_connected = True
         except Exception as exc:
             logger.warning("Cannot open the liveness connection yet (%s).", _first_line(exc))
             self._conn = None

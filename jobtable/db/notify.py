@@ -40,6 +40,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from . import engine as db_engine
 from .dialects import BINDINGS_CHANGED, NOTIFY_CHANNEL
 
 logger = logging.getLogger("jobtable.notify")
@@ -73,7 +74,12 @@ class Listener:
         (unless ``use_notify`` is False, e.g. behind PgBouncer in transaction
         mode), data-version polling on SQLite, plain timeouts otherwise."""
         if engine.dialect.name == "postgresql" and use_notify:
-            return PgListener(engine, queues, channel=channel)
+            # Behind a transaction pooler LISTEN needs the direct URL's own
+            # session; without one the caller polls (plain timeouts).
+            direct = db_engine.session_engine(engine)
+            if direct is None:
+                return Listener(queues)
+            return PgListener(direct, queues, channel=channel)
         if engine.dialect.name == "sqlite":
             return SqliteListener(engine, queues)
         if engine.dialect.name == "mysql":

@@ -20,6 +20,7 @@ import time
 
 from sqlalchemy.engine import Connection, Engine
 
+from ..db import engine as db_engine
 from ..db import liveness as db_liveness
 from ..db import clock, leases_sql, workers_sql
 from ..pids import pid_alive
@@ -38,7 +39,10 @@ def holds_lock(consumer_id: str) -> bool:
 class ConsumerLiveness:
     def __init__(self, engine: Engine, *, use_locks: bool) -> None:
         self.dialect = engine.dialect.name
-        self.session = db_liveness.LockSession(engine) if use_locks and self.dialect == "postgresql" else None
+        # Session locks need a session: behind a transaction pooler, the
+        # direct URL's (none: deaths are found by heartbeats only).
+        direct = db_engine.session_engine(engine) if use_locks and self.dialect == "postgresql" else None
+        self.session = db_liveness.LockSession(direct) if direct is not None else None
         self._free_since: dict[str, float] = {}
 
     def hold(self, consumer_id: str) -> None:
@@ -67,7 +71,7 @@ class ConsumerLiveness:
             ]
         elif self.session is not None and self.session.connected:
             marked = [row.id for row in rows if holds_lock(row.id)]
-            if marked and db_liveness.server_uptime(conn) >= RESTART_GRACE:
+            if marked and db_liveness.locks_trusted(conn, self.session, RESTART_GRACE):
                 keys = {db_liveness.lock_key(c): c for c in marked}
                 free = {keys[k] for k in db_liveness.free_keys(conn, list(keys))}
                 now = time.monotonic()

@@ -108,7 +108,9 @@ class Transport(virtual.Transport):
         # (transport/liveness.py): PostgreSQL with LISTEN, i.e. not behind
         # PgBouncer in transaction mode.
         listens = self.url.get_backend_name() == "postgresql"
-        locks = self.options.wakeups and listens
+        # Behind a transaction pooler (database_pooler) the lock session is
+        # the direct URL's; without one, no lock.
+        locks = self.options.wakeups and listens and db_engine.has_session(self.url)
         self._token = (LOCK_MARK if locks else "") + uuid.uuid4().hex[:12]
         self._keeper = LeaseKeeper(self)
         self._waiter: Waiter | None = None

@@ -28,6 +28,7 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection, Engine
 
+from ..db import engine as db_engine
 from ..db import liveness as db_liveness
 from ..db import workers_sql
 from ..pids import pid_alive
@@ -47,7 +48,10 @@ def holds_lock(worker_id: str) -> bool:
 class Liveness:
     def __init__(self, engine: Engine, *, use_locks: bool) -> None:
         self.dialect = engine.dialect.name
-        self.session = db_liveness.LockSession(engine) if use_locks and self.dialect == "postgresql" else None
+        # Session locks need a session: behind a transaction pooler, the
+        # direct URL's (none: deaths are found by heartbeats only).
+        direct = db_engine.session_engine(engine) if use_locks and self.dialect == "postgresql" else None
+        self.session = db_liveness.LockSession(direct) if direct is not None else None
         self.hostname = ""
         self._free_since: dict[str, float] = {}
 
@@ -92,7 +96,7 @@ class Liveness:
         if self.session is None or not self.session.connected:
             return []  # our own session is down: a free lock proves nothing now
         marked = [row.id for row in rows if holds_lock(row.id)]
-        if not marked or db_liveness.server_uptime(conn) < RESTART_GRACE:
+        if not marked or not db_liveness.locks_trusted(conn, self.session, RESTART_GRACE):
             self._free_since.clear()
             return []
         keys = {db_liveness.lock_key(worker_id): worker_id for worker_id in marked}
