@@ -128,6 +128,9 @@ class Supervisor:
         self.spare_after = 0.0  # monotonic time before which no new spare is made
         self.finished: set[int] = set()  # --burst members that found nothing left
         self.pending: list[Pending] = []
+        #: Spares that took a place and have no worker row yet: registered in
+        #: the transaction that records the end of the member they replace.
+        self.unregistered: list[str] = []
         self.stopping = False
         self.stop_deadline = 0.0
         self.kill_now = False
@@ -279,7 +282,9 @@ class Supervisor:
                 self.handles[index] = spare
                 # It claims meanwhile: a claim is younger than any lost_after,
                 # so no rescuer takes its rows for an unregistered worker's.
-                self._register(spare.worker_id)
+                # Registered with the write that follows (_write_pending: the
+                # dead member's end), one transaction for both.
+                self.unregistered.append(spare.worker_id)
                 return
         handle = self.handles[index] = self._start(index, batch)
         self._stop_if_stopping(handle)
@@ -295,18 +300,26 @@ class Supervisor:
     def _register(self, worker_id: str) -> None:
         try:
             with db_engine.connect() as conn, conn.begin():
-                workers_sql.register_worker(
-                    conn,
-                    worker_id,
-                    hostname=self.hostname,
-                    pid=os.getpid(),
-                    queues=self.config.queues,
-                    processes=1,
-                    now=_now(),
-                )
+                self._insert_worker(conn, worker_id)
         except db_engine.ERRORS as exc:
             # The heartbeat registers it once the database is back.
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
+
+    def _insert_worker(self, conn: Any, worker_id: str) -> None:
+        workers_sql.register_worker(
+            conn, worker_id, hostname=self.hostname, pid=os.getpid(), queues=self.config.queues, processes=1,
+            now=_now(),
+        )
+
+    def _register_unregistered(self, conn: Any = None) -> None:
+        """The spares that took a place: on ``conn`` (inside the caller's
+        transaction), or each in its own."""
+        ids, self.unregistered = self.unregistered, []
+        for worker_id in ids:
+            if conn is not None:
+                self._insert_worker(conn, worker_id)
+            else:
+                self._register(worker_id)
 
     def _reap_spare_later(self, spare: Handle) -> None:
         os.close(spare.go)
@@ -483,8 +496,11 @@ class Supervisor:
     def _write_pending(self) -> None:
         while self.pending:
             item = self.pending[0]
+            registering: list[str] = []
             try:
                 with db_engine.connect() as conn, conn.begin():
+                    registering = self.unregistered
+                    self._register_unregistered(conn)
                     if item.cancelled_row:
                         cancels.record_killed(
                             conn, item.worker_id, item.cancelled_row, item.cancelled_how, _now(), why=item.why
@@ -506,10 +522,15 @@ class Supervisor:
             except db_engine.ERRORS as exc:
                 # The ledger file stays: should we die too, a peer rescues from it.
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
+                # Rolled back: the replacements' rows on their own (or by
+                # the heartbeat, once the database is back).
+                self.unregistered = registering + self.unregistered
+                self._register_unregistered()
                 return
             self.pending.pop(0)
             if item.ledger is not None:
                 item.ledger.close()
+        self._register_unregistered()
 
     def _enforce_deadlines(self) -> None:
         now = time.time()
