@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import middleware
 from ..db import engine as db_engine
-from ..db import bindings_sql, clock, operations_sql, rescue_sql, workers_sql
+from ..db import bindings_sql, claims_sql, clock, operations_sql, rescue_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..routing import routes
 from ..settings import get_settings
@@ -135,6 +135,9 @@ class Supervisor:
         self.spare_after = 0.0  # monotonic time before which no new spare is made
         self.finished: set[int] = set()  # --burst members that found nothing left
         self.pending: list[Pending] = []
+        #: Spares that took a place and have no worker row yet: registered in
+        #: the transaction that records the end of the member they replace.
+        self.unregistered: list[str] = []
         self.stopping = False
         self.stop_deadline = 0.0
         self.kill_now = False
@@ -171,6 +174,8 @@ class Supervisor:
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
         _preload_for_members()
+        if cfg.pool == "processes":
+            _warm_for_members(engine, cfg.queues)
         self.ledger_scope = ledgers.scope_of(engine.url.render_as_string(hide_password=True))
         logger.info(
             "jobtable worker %s: %d %s, queues %s, database %s",
@@ -290,7 +295,9 @@ class Supervisor:
                 self.handles[index] = spare
                 # It claims meanwhile: a claim is younger than any lost_after,
                 # so no rescuer takes its rows for an unregistered worker's.
-                self._register(spare.worker_id)
+                # Registered with the write that follows (_write_pending: the
+                # dead member's end), one transaction for both.
+                self.unregistered.append(spare.worker_id)
                 return
         handle = self.handles[index] = self._start(index, batch)
         self._stop_if_stopping(handle)
@@ -306,18 +313,26 @@ class Supervisor:
     def _register(self, worker_id: str) -> None:
         try:
             with db_engine.connect() as conn, conn.begin():
-                workers_sql.register_worker(
-                    conn,
-                    worker_id,
-                    hostname=self.hostname,
-                    pid=os.getpid(),
-                    queues=self.config.queues,
-                    processes=1,
-                    now=_now(),
-                )
+                self._insert_worker(conn, worker_id)
         except db_engine.ERRORS as exc:
             # The heartbeat registers it once the database is back.
             logger.warning("Cannot register %s yet (%s).", worker_id, _first_line(exc))
+
+    def _insert_worker(self, conn: Any, worker_id: str) -> None:
+        workers_sql.register_worker(
+            conn, worker_id, hostname=self.hostname, pid=os.getpid(), queues=self.config.queues, processes=1,
+            now=_now(),
+        )
+
+    def _register_unregistered(self, conn: Any = None) -> None:
+        """The spares that took a place: on ``conn`` (inside the caller's
+        transaction), or each in its own."""
+        ids, self.unregistered = self.unregistered, []
+        for worker_id in ids:
+            if conn is not None:
+                self._insert_worker(conn, worker_id)
+            else:
+                self._register(worker_id)
 
     def _reap_spare_later(self, spare: Handle) -> None:
         os.close(spare.go)
@@ -494,8 +509,11 @@ class Supervisor:
     def _write_pending(self) -> None:
         while self.pending:
             item = self.pending[0]
+            registering: list[str] = []
             try:
                 with db_engine.connect() as conn, conn.begin():
+                    registering = self.unregistered
+                    self._register_unregistered(conn)
                     if item.cancelled_row:
                         cancels.record_killed(
                             conn, item.worker_id, item.cancelled_row, item.cancelled_how, _now(), why=item.why
@@ -517,10 +535,15 @@ class Supervisor:
             except db_engine.ERRORS as exc:
                 # The ledger file stays: should we die too, a peer rescues from it.
                 logger.warning("Cannot record the end of %s yet (%s).", item.worker_id, _first_line(exc))
+                # Rolled back: the replacements' rows on their own (or by
+                # the heartbeat, once the database is back).
+                self.unregistered = registering + self.unregistered
+                self._register_unregistered()
                 return
             self.pending.pop(0)
             if item.ledger is not None:
                 item.ledger.close()
+        self._register_unregistered()
 
     def _enforce_deadlines(self) -> None:
         now = mono = time.monotonic()  # slot deadlines are monotonic (worker/slots.py)
@@ -744,6 +767,21 @@ def _preload_for_members() -> None:
         import sqlalchemy.orm  # noqa: F401
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
         pass
+
+
+def _warm_for_members(engine: Any, queues: list[str]) -> None:
+    """Build and compile, once before forking, the statements every member
+    runs first -- the claim (``claims_sql.claim`` with a limit of 0: it
+    claims nothing) -- so that members inherit them: ~4 ms of a new
+    member's first claim, paid again by every replacement of a member that
+    died, was the textual claim being built and compiled (the engine's
+    compiled cache is the supervisor's, inherited at fork).  Never fatal: a
+    member compiles it itself."""
+    try:
+        with db_engine.connect(engine) as conn, conn.begin():
+            claims_sql.claim(conn, queues, 0, worker_id="", now=_now())
+    except db_engine.ERRORS as exc:
+        logger.debug("Could not warm the claim before forking (%s).", _first_line(exc))
 
 
 def _kill(pid: int, sig: int) -> None:

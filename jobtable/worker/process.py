@@ -76,7 +76,9 @@ class Member:
         self.ledger = ledger or Ledger.create(worker_id, config.max_pending_per_process, file=False)
         self.should_stop = should_stop
         self.engine = db_engine.get_engine()
-        self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen)
+        # On PostgreSQL it LISTENs on self.conn (attached in _connection):
+        # one backend per member -- a replaced member opens one, not two.
+        self.listener = Listener.create(self.engine, config.queues, use_notify=config.listen, shared=True)
         self.watch = PriorityWatch(self.listener, config.queues)
         self.executor = Executor(
             worker_id=worker_id,
@@ -285,7 +287,15 @@ class Member:
 
     def _connection(self) -> Connection:
         if self.conn is None:
-            self.conn = db_engine.connect(self.engine, autocommit=self.autocommit)
+            conn = db_engine.connect(self.engine, autocommit=self.autocommit)
+            try:
+                # Before the first claim on it: a job enqueued after that
+                # claim looked wakes the wait that follows.
+                self.listener.attach(conn)
+            except BaseException:
+                _discard(conn)
+                raise
+            self.conn = conn
             if self.resync:
                 # After a lost connection a claim may have committed without
                 # our hearing of it: give back every row we hold but do not know.
@@ -295,6 +305,10 @@ class Member:
                 if released:
                     logger.warning("Worker %s gave back %d job(s) claimed during a disconnect.", self.worker_id, released)
                 self.resync = False
+        elif self.listener.wants_connection():
+            # A wait found the connection failing: listen again (or fail
+            # here, and reconnect through _database_error).
+            self.listener.attach(self.conn)
         return self.conn
 
     def _flush_and_claim(self, limit: int) -> list[Any]:
@@ -407,12 +421,9 @@ class Member:
             delay,
         )
         conn, self.conn = self.conn, None
+        self.listener.detach()
         if conn is not None:
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:
-                pass
+            _discard(conn)
         self.resync = True
         if self.should_stop():
             time.sleep(min(delay, 0.2))
@@ -435,12 +446,24 @@ class Member:
             except Exception:
                 logger.exception("Worker %s could not write its last results.", self.worker_id)
                 break
-        if self.conn is not None:
+        held, self.conn = self.conn, None
+        if held is not None:
             try:
-                self.conn.close()
+                self.listener.detach(held)  # it goes back to the pool: UNLISTEN first
+                held.close()
             except Exception:
-                pass
+                self.listener.detach()
+                _discard(held)
         self.listener.close()
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection that may be broken, never back into the pool."""
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:
+        pass
 
 
 def _first_line(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from .. import badrows, safetext
 from ..db import bindings_sql, finish_sql, rescue_sql, tables, workers_sql
 from ..db.dialects import record_finished_pg
+from ..db.rescue_pg import rescue_member_pg
 from ..messages import decode_task
 from . import dispatch, ledger
 from .ledger import LedgerState
@@ -205,6 +206,13 @@ def rescue_member(
     jobs it had claimed but not started go back to pending, its row goes.
     Returns (lost, released)."""
     limit = _quarantine_after(quarantine_after)
+    if _one_statement(conn, ledger):
+        assert ledger is not None
+        return _rescue_member_pg(
+            conn, worker_id, ledger, now, why=why,
+            why_finished=why_finished or f"{why} (after the job had finished, before its result was written)",
+            poison=poison, quarantine_after=limit,
+        )
     if ledger is not None and ledger.complete:
         lost = _lose_started(
             conn,
@@ -231,6 +239,57 @@ def rescue_member(
     released = finish_sql.release(conn, worker_id, None)
     workers_sql.delete_workers(conn, [worker_id])
     return lost, released
+
+
+def _one_statement(conn: Connection, ledger: LedgerState | None) -> bool:
+    """Whether ``rescue_member_pg`` covers what ``ledger`` says: PostgreSQL,
+    a complete ledger whose finished rows all have a status that is not a
+    dead letter's (its note is made from the message) and asked no retry."""
+    return (
+        conn.dialect.name == "postgresql"
+        and ledger is not None
+        and ledger.complete
+        and not ledger.finished_retry
+        and all(ledger.statuses.get(i) not in ("", None, tables.DEAD_LETTER) for i in ledger.finished)
+    )
+
+
+def _rescue_member_pg(
+    conn: Connection,
+    worker_id: str,
+    ledger: LedgerState,
+    now: datetime,
+    *,
+    why: str,
+    why_finished: str,
+    poison: bool,
+    quarantine_after: int,
+) -> tuple[int, int]:
+    """``rescue_member`` in one statement (``db/rescue_pg.py``), then the
+    started rows it left (a retry left, or due for quarantine) the general way."""
+    error_type = rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED
+    finished = [(i, ledger.statuses[i], _lost_text(ledger.statuses[i], why_finished)) for i in ledger.finished]
+    done = rescue_member_pg(
+        conn, worker_id, ledger.running, finished, now, why=why, error_type=error_type,
+        result_lost=rescue_sql.RESULT_LOST, worker_lost=rescue_sql.WORKER_LOST,
+        quarantine_after=quarantine_after if poison else 0,
+    )
+    for _row_id, task_name, task_id, attempt in done.lost:
+        logger.warning("%s %s attempt %s LOST: %s", task_name, task_id, attempt, why)
+    if done.finished:
+        logger.warning(
+            "%d finished job(s) of %s recorded without their results: %s", done.finished, worker_id, why_finished
+        )
+    lost = len(done.lost) + done.finished
+    if done.left:
+        quarantine = Quarantine(why, quarantine_after)
+        rows = rescue_sql.lose(
+            conn, worker_id, done.left, now, message=why, retry_delay=retry_delay, error_type=error_type,
+            quarantine_after=quarantine_after if poison else 0, quarantine_message=quarantine,
+        )
+        _log_lost(quarantine.lost(rows), why)
+        lost += len(rows)
+    return lost, done.released
 
 
 def rescue_worker(
