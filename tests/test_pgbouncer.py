@@ -41,7 +41,8 @@ def _server_sessions(database: str) -> list[Any]:
 def test_connection_budget_of_one_worker_host(
     dialect: str, db_url: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """One host, PROCESSES members: directly 2 + 2M server connections;
+    """One host, PROCESSES members: directly 2 + M server connections (each
+    member LISTENs on the connection it claims on);
     behind PgBouncer 1 + M direct sessions (liveness, LISTEN) and 1 + M
     pooled clients sharing a few server connections."""
     from jobtable.db import engine as db_engine
@@ -58,8 +59,8 @@ def test_connection_budget_of_one_worker_host(
         if dialect == "postgresql":
             # The supervisor's pool may keep a second connection it used
             # once (recording a member's end while a heartbeat ran).
-            sessions = wait_for(lambda: (found := _server_sessions(database)) and 2 + 2 * PROCESSES <= len(found)
-                                <= 3 + 2 * PROCESSES and found, what="2 + 2M server sessions")
+            sessions = wait_for(lambda: (found := _server_sessions(database)) and 2 + PROCESSES <= len(found)
+                                <= 3 + PROCESSES and found, what="2 + M server sessions")
             print(f"directly: {len(sessions)} server sessions for {PROCESSES} processes")
         else:
             from tests.conftest import BOUNCERS
