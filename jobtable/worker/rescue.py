@@ -247,6 +247,9 @@ def _one_statement(conn: Connection, ledger: LedgerState | None) -> bool:
     dead letter's (its note is made from the message) and asked no retry."""
     return (
         conn.dialect.name == "postgresql"
+        # A runner that may run a lost attempt again (Celery's acks_late +
+        # reject_on_worker_lost) decides per row: the statement cannot ask it.
+        and not dispatch.REQUEUE_ON_LOST
         and ledger is not None
         and ledger.complete
         and not ledger.finished_retry
