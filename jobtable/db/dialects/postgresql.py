@@ -30,6 +30,7 @@ from .base import (
     dividing_spans,
     register,
     schedule_claim_by_upsert,
+    statements_observed,
 )
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
@@ -222,8 +223,7 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
     (``retry._autocommit``) or in a transaction already (``connection=``).
     """
     driver: Any = conn.connection.driver_connection
-    events = conn._has_events or conn.engine._has_events or conn.dialect._has_events
-    if events or conn._echo or not (driver.autocommit or conn.in_transaction()):
+    if statements_observed(conn) or not (driver.autocommit or conn.in_transaction()):
         return list(conn.exec_driver_sql(sql, params))
     cursor = None
     try:
@@ -265,8 +265,7 @@ def _copyable(conn: Connection, columns: tuple[str, ...], rows: Sequence[dict[st
     if "unique_key" in columns and any(row["unique_key"] is not None for row in rows):
         return False
     driver: Any = conn.connection.driver_connection
-    events = conn._has_events or conn.engine._has_events or conn.dialect._has_events
-    return not (events or conn._echo or driver.autocommit) and _copy_safe(columns, rows)
+    return not (statements_observed(conn) or driver.autocommit) and _copy_safe(columns, rows)
 
 
 _INT_RANGES = {"int2": (-(2**15), 2**15 - 1), "int4": (-(2**31), 2**31 - 1), "int8": (-(2**63), 2**63 - 1)}
