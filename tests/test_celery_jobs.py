@@ -11,6 +11,7 @@ once per slot across them."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -259,11 +260,14 @@ def test_cancel_of_a_job_a_celery_worker_runs_names_celerys_revoke(
     path = tmp_path / "runs.txt"
     request = jobs.Sleeps(str(path), "sleeps").run_in_worker()
     assert request is not None
-    start("celery-acks-late")
+    worker = start("celery-acks-late")
     wait_for(lambda: seen(path, "sleeps"), timeout=60, what="the job running")
     result = CliRunner().invoke(main, ["cancel", request.uuid])
     assert result.exit_code == 1, result.output
     assert "revoke(id, terminate=True)" in result.output
+    # Celery's cold shutdown: a warm one would wait out the minute-long job.
+    worker.proc.send_signal(signal.SIGQUIT)
+    worker.proc.wait(timeout=30)
 
 
 # -- schedules ---------------------------------------------------------------------------
