@@ -4,7 +4,8 @@
 
 0. the reference: Celery on Redis (broker and result backend), as before the migration;
 1. broker and backend on jobtable, Celery workers (``celery worker`` and ``celery beat``);
-2. ``jobtable worker --celery-app proj`` instead of ``celery worker`` (beat unchanged);
+2. ``jobtable worker --celery-app proj`` instead of ``celery worker`` and
+   ``celery beat`` (the native worker schedules ``CELERY_BEAT_SCHEDULE``);
 3. step 1 with ``register_jobs(app)`` and a Job run by the Celery worker;
 4. Celery uninstalled (``import celery`` fails in every process), the imports
    swapped to ``jobtable.shim``, ``jobtable --app proj worker``.
@@ -88,7 +89,8 @@ def step_processes(step: int, tmp: Path) -> list[tuple[str, list[str], str]]:
         return [celery_worker, beat]
     if step == 2:
         native = [sys.executable, "-m", "jobtable", "worker", "--celery-app", "proj", "--max-processes", "3"]
-        return [("jobtable worker", native, " consuming "), beat]
+        # No celery beat: the native worker sends the beat entries itself.
+        return [("jobtable worker", native, " consuming ")]
     if step == 4:
         return [("jobtable worker", [sys.executable, "-c", CELERY_FREE_CLI, "--app", "proj", "worker", "--max-processes", "3"], " consuming ")]
     raise ValueError(step)

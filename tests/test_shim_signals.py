@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +257,12 @@ def test_worker_sends_task_revoked(db_url: str, subprocess_env: dict[str, str], 
     early_id = "revoked-before-it-was-sent"
     AsyncResult(early_id).revoke()  # remembered: a message with this id sent later is revoked at claim
     early = app_module.sig_add.apply_async((1, 1), task_id=early_id)
+    # Sent, then revoked while it waits: left for the worker, which discards
+    # it (task_revoked from the worker, as Celery's); PENDING until then.
+    waiting = app_module.sig_add.apply_async((3, 3))
+    assert waiting is not None
+    waiting.revoke()
+    assert waiting.state == states.PENDING
     expired = app_module.sig_add.apply_async((2, 2), expires=-1)  # expired before a worker receives it
     linger = app_module.sig_linger.delay("x")
     assert early is not None and expired is not None and linger is not None
@@ -275,23 +282,28 @@ def test_worker_sends_task_revoked(db_url: str, subprocess_env: dict[str, str], 
         linger.revoke(terminate=True)
         with pytest.raises(TaskRevokedError):
             linger.get(timeout=30)
-        wait_for(lambda: sum(e["signal"] == "task_revoked" for e in read(signal_log)) == 3, timeout=10)
+        wait_for(lambda: sum(e["signal"] == "task_revoked" for e in read(signal_log)) == 4, timeout=10)
     finally:
         out = stop(proc)
     events = read(signal_log)
     revoked = [(e["task"], e["task_id"], e["terminated"], e["signum"], e["expired"]) for e in events if e["signal"] == "task_revoked"]
     assert revoked == [
         ("tests.shim_signal_app.sig_add", early.id, False, None, False),
+        ("tests.shim_signal_app.sig_add", waiting.id, False, None, False),
         ("tests.shim_signal_app.sig_add", expired.id, False, None, True),
         ("tests.shim_signal_app.sig_linger", linger.id, True, 15, False),
     ], out
     assert early.state == states.REVOKED and linger.state == states.REVOKED
+    assert waiting.state == states.REVOKED and isinstance(waiting.result, TaskRevokedError)
+    # Sent by the worker (its member), not by this process that called revoke().
+    assert os.getpid() not in {e["pid"] for e in events if e["signal"] == "task_revoked"}
     assert expired.state == states.REVOKED and str(expired.result) == "expired"
     # The revoked one never ran; the terminated one ran no failure handler and no postrun (Celery kills it).
-    for never_ran in (early.id, expired.id):
+    for never_ran in (early.id, waiting.id, expired.id):
         assert not [e for e in events if e.get("task_id") == never_ran and e["signal"] in ("task_prerun", "task_postrun")]
     assert not [e for e in events if e.get("task_id") == linger.id and e["signal"] in ("task_failure", "task_postrun")]
     assert [r.status for r in results(early.id)] == [tables.CANCELLED]
+    assert [r.status for r in results(waiting.id)] == [tables.CANCELLED]
 
 
 def test_beat_sends_the_publish_signals(db_url: str, signal_log: Path) -> None:

@@ -63,6 +63,13 @@ def _shim_concurrency() -> int | None:
     default=None,
     help="Also run the tasks of this Celery app (module:attribute) through Celery's tracer. Also JOBTABLE_CELERY_APP.",
 )
+@click.option(
+    "--celery-beat/--no-celery-beat",
+    default=True,
+    show_default=True,
+    help="With --celery-app: also schedule the app's beat_schedule (each slot once across all workers), "
+    "instead of celery beat.",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 def worker(
     action: str | None,
@@ -75,6 +82,7 @@ def worker(
     burst: bool,
     reload_: bool,
     celery_app: str | None,
+    celery_beat: bool,
     log_level: str,
 ) -> None:
     """Run jobs from the queue table until stopped (SIGTERM/Ctrl-C: graceful).
@@ -106,7 +114,7 @@ def worker(
         # Loaded before the pool forks: members inherit the app and its tasks.
         from ..shim import celery_runner
 
-        celery_runner.install(celery_app, pool=config.pool, concurrency=config.processes)
+        celery_runner.install(celery_app, pool=config.pool, concurrency=config.processes, beat=celery_beat)
     # After every app is loaded: the queues their tasks route to.
     chosen, how = choose_queues(queues, get_settings())
     if chosen is not None and chosen != config.queues:

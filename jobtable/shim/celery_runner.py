@@ -129,13 +129,19 @@ def _check_json(app: Any) -> None:
 
 
 def install(
-    spec_or_app: Any, *, pool: str = "processes", control: bool = True, concurrency: int | None = None
+    spec_or_app: Any,
+    *,
+    pool: str = "processes",
+    control: bool = True,
+    concurrency: int | None = None,
+    beat: bool = False,
 ) -> Any:
     """Load the Celery app and register the runner (idempotent).
 
     ``control``: this process is the worker's supervisor: it answers
     Celery's remote control as the worker's one node (``celery_control.py``)
-    and sends Celery's worker signals (``celery_lifecycle.py``)."""
+    and sends Celery's worker signals (``celery_lifecycle.py``).  ``beat``:
+    its scheduler also runs the app's ``beat_schedule`` (``celery_beat.py``)."""
     global _app
     app = load_app(spec_or_app) if isinstance(spec_or_app, str) else spec_or_app
     _check_json(app)
@@ -153,6 +159,8 @@ def install(
     else:
         app.loader.import_default_modules()
     app.finalize(auto=True)
+    if control:
+        _install_beat(app, beat)
     if control:
         from . import celery_lifecycle
 
@@ -178,6 +186,28 @@ def install(
             celery_control.start(app, pool=pool, revoked_ids=_revoked)
     logger.info("Running the tasks of Celery app %r (%d tasks).", app.main, len(_user_tasks(app)))
     return app
+
+
+def _install_beat(app: Any, beat: bool) -> None:
+    """The app's beat entries into the worker's schedule (after the tasks
+    are imported: an entry naming an unknown task stops the worker here)."""
+    entries = app.conf.beat_schedule or {}
+    if not beat:
+        if entries:
+            logger.info(
+                "Not scheduling the Celery app's %d beat_schedule entr%s (--no-celery-beat): celery beat must "
+                "send them.", len(entries), "y" if len(entries) == 1 else "ies",
+            )
+        return
+    from . import celery_beat
+
+    count = celery_beat.install(app)
+    if count:
+        logger.info(
+            "Scheduling the Celery app's %d beat_schedule entr%s (each slot once across all workers): stop "
+            "celery beat, or it sends them too (--no-celery-beat keeps celery beat's job).",
+            count, "y" if count == 1 else "ies",
+        )
 
 
 def _hold_retries(app: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from .. import params
 from ..db import engine as db_engine
 from ..db import results as db_results
-from ..db import cancels_sql, clock, operations_sql, revokes_sql, tables
+from ..db import cancels_sql, clock, revokes_sql, tables
 from ..db.notify import Listener
 from . import exceptions as shim_exceptions
 from .current import App
@@ -216,12 +216,15 @@ class AsyncResult:
         wait: bool = False,
         timeout: Any = None,
     ) -> None:
-        """Cancel the task if it has not started (it ends REVOKED), and
-        record the revoke so that any worker claiming this id later — a
-        retry, or a message sent after the revoke — records it REVOKED."""
+        """Record the revoke (``jobtable_revoke``): the worker that claims
+        this id -- the waiting message, a retry, or a message sent after
+        the revoke -- discards it as a Celery worker does: REVOKED, a chord
+        part counted, ``task_revoked`` sent from the worker.  A waiting
+        task is therefore left in the queue until a worker claims it (at
+        its countdown/eta): its state stays PENDING until then, as under
+        Celery, and it never runs."""
         with db_engine.connect() as conn, conn.begin():
             now = clock.utcnow()
-            operations_sql.cancel_pending(conn, self.id, now)
             revokes_sql.add(conn, [(revokes_sql.TASK, "", self.id)], now)
             if terminate:
                 # The native worker running it stops it within ~0.25 s and
