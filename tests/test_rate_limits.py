@@ -381,3 +381,34 @@ def test_deferred_rows_wait_scheduled_keeping_their_message(db_url: str, subproc
     assert abs((row.run_at - (far + timedelta(seconds=rj.INTERVAL))).total_seconds()) < 0.01
     with engine.connect() as conn:
         assert conn.execute(select(tables.rate_limit.c.taken_at)).scalar() == far
+
+
+def test_celery_apps_bad_rate_limit_stops_the_native_worker_at_start() -> None:
+    celery = pytest.importorskip("celery")
+    from jobtable.shim import celery_runner
+
+    app = celery.Celery("ratelimit_bad", set_as_current=False)
+
+    @app.task(name="ratelimit_bad.t", rate_limit="10/x")
+    def bad() -> None:
+        return None
+
+    app.finalize(auto=True)
+    with pytest.raises(RateLimitError, match=r"rate_limit of task 'ratelimit_bad\.t'='10/x'.*unknown unit"):
+        celery_runner._check_rates(app)
+    app.tasks["ratelimit_bad.t"].rate_limit = "5/m"
+    app.conf.task_default_rate_limit = "-5/m"
+    with pytest.raises(RateLimitError, match=r"task_default_rate_limit='-5/m' is negative"):
+        celery_runner._check_rates(app)
+
+
+def test_register_jobs_gives_celery_the_jobs_rate_limit() -> None:
+    celery = pytest.importorskip("celery")
+    from jobtable.shim.celery_jobs import register_jobs
+
+    app = celery.Celery("ratelimit_jobs_celery", set_as_current=False)
+    name = jobs_registry.name_of(rj.Limited)
+    register_jobs(app, [name, jobs_registry.name_of(rj.Free)], schedules=False)
+    app.finalize(auto=True)
+    assert app.tasks[name].rate_limit == rj.RATE
+    assert app.tasks[jobs_registry.name_of(rj.Free)].rate_limit is None
