@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .exceptions import ConfigurationError
+from .exceptions import RateLimitError as RateLimitError
 from .safetext import safe_repr
 
 #: Celery's units (``celery.utils.time.RATE_MODIFIER_MAP``): seconds per unit.
@@ -80,7 +80,3 @@ def _checked(number: float, seconds_per_unit: float, option: str, value: Any) ->
             "(one per 31 days at the least), or None for no limit."
         )
     return per_second
-
-
-class RateLimitError(ConfigurationError, ValueError):
-    """A ``rate_limit`` value that is not a rate (raised where it is declared)."""
