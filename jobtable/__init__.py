@@ -19,6 +19,7 @@ from .exceptions import (
     JobStateError,
     JobtableError,
     ModelNotFound,
+    RateLimitError,
     SchemaNotMigrated,
     UnknownJob,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "DatabaseUnavailable",
     "EnqueueError",
     "Job",
+    "RateLimitError",
     "JobNotFound",
     "JobProcess",
     "JobRequest",

@@ -62,3 +62,8 @@ class JobNotFound(JobtableError, LookupError):
 class JobStateError(JobtableError, RuntimeError):
     """The job is not in a state the operation accepts: cancelling a running
     job, retrying one that is waiting, running or already retried."""
+
+
+class RateLimitError(ConfigurationError, ValueError):
+    """A ``rate_limit`` value that is not a rate (raised where it is declared:
+    ``@register_job``, ``@app.task``, ``task_default_rate_limit``, worker start)."""

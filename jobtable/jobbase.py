@@ -56,6 +56,12 @@ class BaseJob(metaclass=JobType):
     _init_args: tuple[Any, ...] = ()
     _init_kwargs: dict[str, Any] = {}
     _enqueue_connection: Connection | None = None  # set by enqueue while should_enqueue runs
+    #: At most this many attempts of the class start, across every worker:
+    #: Celery's rate strings ("10/m", "5/s", "100/h", a number per second;
+    #: None: no limit).  A class attribute, not a default_*() method: the
+    #: worker reads it before it builds the job.  Checked at @register_job;
+    #: enforced by the database (db/ratelimit_sql.py).
+    rate_limit: str | int | float | None = None
 
     def run(self) -> Any:
         raise NotImplementedError(f"{type(self).__qualname__} must implement run().")

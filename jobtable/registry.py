@@ -7,6 +7,7 @@ from typing import Any, TypeVar, overload
 
 from .exceptions import UnknownJob
 from .jobbase import BaseJob
+from .ratelimits import parse_rate
 
 J = TypeVar("J", bound="type[BaseJob]")
 
@@ -20,6 +21,8 @@ class JobRegistry:
     def __init__(self) -> None:
         self.jobs: dict[str, type[BaseJob]] = {}
         self._names: dict[type[BaseJob], str] = {}
+        #: Tokens per second of each name whose class sets ``rate_limit``.
+        self._rates: dict[str, float] = {}
 
     @staticmethod
     def default_name(job_class: type) -> str:
@@ -27,16 +30,29 @@ class JobRegistry:
 
     def register(self, job_class: J, alias: str = "") -> J:
         name = self.default_name(job_class)
+        # Refused here, at @register_job, rather than by a worker later.
+        rate = parse_rate(getattr(job_class, "rate_limit", None), f"{job_class.__qualname__}.rate_limit")
         existing = self.jobs.get(name)
         if existing is not None and existing is not job_class:
             # Re-importing a module (reload, tests) replaces the class.
             self._names.pop(existing, None)
         self.jobs[name] = job_class
         self._names[job_class] = name
+        names = [name, alias] if alias else [name]
+        for each in names:
+            if rate is None:
+                self._rates.pop(each, None)
+            else:
+                self._rates[each] = rate
         if alias:
             # An alias keeps messages enqueued under an old name runnable.
             self.jobs[alias] = job_class
         return job_class
+
+    def rate_of(self, name: str) -> float | None:
+        """Tokens per second of the Job registered as ``name`` (its class's
+        ``rate_limit``), None without one."""
+        return self._rates.get(name)
 
     def name_of(self, job_class: type[BaseJob]) -> str:
         try:

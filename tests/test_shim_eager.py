@@ -118,7 +118,6 @@ def test_unsupported_features_name_the_alternative(tmp_path: Any) -> None:
         return None
 
     cases: list[tuple[Any, str]] = [
-        (lambda: shared_task(rate_limit="10/m")(fn), "rate_limit.*concurrency key"),
         (lambda: shared_task(serializer="pickle")(fn), "serializer='pickle'"),
         (lambda: Celery("x", set_as_current=False, task_serializer="pickle"), "task_serializer='pickle'"),
         (

@@ -345,3 +345,16 @@ revoke = Table(
 #: PostgreSQL channel notified (by a statement-level trigger) whenever results
 #: are written, so AsyncResult.get() waits without polling.
 RESULT_CHANNEL = "jobtable_result"
+
+#: Rate limits (``rate_limit="10/m"``) shared by every worker: one row per
+#: limit key (a task name), ``taken_at`` when its last token was taken; the
+#: next is due one interval later (a burst of one, as Celery's token bucket
+#: of capacity 1).  A take is one conditional UPDATE (``db/ratelimit_sql.py``),
+#: so the database decides who gets a token, whatever the number of workers
+#: and hosts, and a changed limit applies from the next take.
+rate_limit = Table(
+    "jobtable_rate_limit",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("taken_at", UTCDateTime, nullable=False),
+)

@@ -29,6 +29,10 @@ What the task does for a Job, as the native worker does:
 - Job schedules fire: the worker's main process runs jobtable's scheduler
   (``celery_job_schedules.py``), once per slot across every worker.
 
+A Job's ``rate_limit`` becomes the Celery task's: Celery enforces it in
+each worker (a token bucket per worker), not across workers as the native
+worker does.
+
 What it does not do: ``default_timeout()`` (Celery's ``time_limit`` applies)
 and jobtable's cancel marks (``request.cancel()`` of a Job a Celery worker
 runs raises ``JobStateError``: use ``app.control.revoke(id, terminate=True)``).
@@ -206,6 +210,12 @@ def _register(app: Any, names: list[str], task_options: dict[str, Any]) -> list[
             continue
         # shared=False: the task belongs to this app only, not to every app
         # created later in the process.
-        app.task(name=name, shared=False, bind=True, **task_options)(_runner(name))
+        options = dict(task_options)
+        rate = getattr(jobs_registry.get(name), "rate_limit", None)
+        if rate is not None and "rate_limit" not in options:
+            # Celery's own limit, per Celery worker (the native worker's is
+            # the database's, across every worker).
+            options["rate_limit"] = rate
+        app.task(name=name, shared=False, bind=True, **options)(_runner(name))
         registered.append(name)
     return registered

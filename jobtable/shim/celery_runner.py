@@ -21,7 +21,10 @@ What the native worker adds around the tracer:
 - ``time_limit`` is the job's timeout (JobTimeout; the backend is told
   TimeLimitExceeded so chords end); ``soft_time_limit`` raises
   SoftTimeLimitExceeded inside the task;
-- ``rate_limit`` is a token bucket per task name in each pool member;
+- ``rate_limit`` (or ``task_default_rate_limit``) is enforced by the
+  database across every worker (``db/ratelimit_sql.py``): a row without a
+  token waits, scheduled, while the member runs other work -- not a token
+  bucket per pool member, as under a Celery worker;
 - ``expires`` is checked by the worker before it prepares a row (CANCELLED,
   which AsyncResult reports as REVOKED);
 - ``app.control.revoke(id)`` is recorded in ``jobtable_revoke`` (by the
@@ -44,7 +47,6 @@ import json
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -57,6 +59,7 @@ from ..db import engine as db_engine
 from ..db import revokes_sql
 from ..exceptions import ConfigurationError
 from ..messages import CONCURRENCY_KEY_HEADER, TaskCall, parse_time
+from ..ratelimits import parse_rate
 from ..middleware import current_job
 from ..worker import dispatch
 from ..worker.errors import DeferJob, JobTimeout
@@ -66,8 +69,6 @@ logger = logging.getLogger("jobtable.celery")
 
 #: The Celery app whose tasks this process runs (set by ``install``).
 _app: Any = None
-#: Rate limit buckets, per task name, of this process.
-_buckets: dict[str, Any] = {}
 
 
 @dataclass
@@ -169,6 +170,7 @@ def install(
     app.set_default()
     _hold_retries(app)
     use_concurrency_key_option()  # chain steps and callbacks sent from here carry it too
+    _check_rates(app)
     _app = app
     # Revoked rows of this app's tasks (jobtable_revoke, checked at claim)
     # come here flagged, so they end as under a Celery worker: REVOKED in
@@ -178,6 +180,7 @@ def install(
         # First: the Celery app's own tasks win over shim tasks of the same name.
         dispatch.RUNNERS.insert(0, prepare)
         dispatch.REQUEUE_ON_LOST.append(_requeues_on_lost)
+        dispatch.RATE_LIMITS.insert(0, _rate_of)
         if control:
             # One node per worker, in the supervisor (members are forked
             # after this and do not listen): celery_control.py.
@@ -388,7 +391,6 @@ class CeleryTaskJob:
         from .celery_logging import log_received
 
         log_received(self.task.name, self.call.task_id, self.call.headers)
-        _rate_limit(self.task)
         held = _Held(self.call.task_id) if self.keyed else None
         token = _held.set(held)
         try:
@@ -467,24 +469,31 @@ class CeleryTaskJob:
 # -- rate limits -----------------------------------------------------------------------
 
 
-def _rate_limit(task: Any) -> None:
-    """Wait for a token of the task's ``rate_limit`` (per pool member).
+def _rate_of(name: str) -> float | None:
+    """Tokens per second of a task of the app (its ``rate_limit``, else
+    ``task_default_rate_limit``, as Celery's worker reads them), shared by
+    every worker through the database; None: not the app's, or no limit."""
+    app = _app
+    if app is None:
+        return None
+    task = app.tasks.get(name)
+    if task is None:
+        return None
+    limit = getattr(task, "rate_limit", None)
+    if limit is None:
+        limit = app.conf.task_default_rate_limit
+        return parse_rate(limit, "task_default_rate_limit")
+    return parse_rate(limit, f"rate_limit of task {name!r}")
 
-    The claimed row is held meanwhile, as a Celery worker holds the message."""
-    limit = getattr(task, "rate_limit", None) or task.app.conf.task_default_rate_limit
-    if not limit:
-        return
-    bucket = _buckets.get(task.name)
-    if bucket is None:
-        from celery.utils.time import rate
-        from kombu.utils.limits import TokenBucket
 
-        per_second = rate(limit)
-        if not per_second:
-            return
-        bucket = _buckets[task.name] = TokenBucket(per_second, capacity=1)  # type: ignore[no-untyped-call]
-    while not bucket.can_consume(1):
-        time.sleep(max(0.001, bucket.expected_time(1)))
+def _check_rates(app: Any) -> None:
+    """Every task's rate limit read at start: a bad one stops the worker
+    naming the task (Celery would fail at the first message)."""
+    for name in _user_tasks(app):
+        limit = getattr(app.tasks[name], "rate_limit", None)
+        if limit is not None:
+            parse_rate(limit, f"rate_limit of task {name!r}")
+    parse_rate(app.conf.task_default_rate_limit, "task_default_rate_limit")
 
 
 # -- soft time limits ------------------------------------------------------------------

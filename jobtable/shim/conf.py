@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
+from ..ratelimits import parse_rate
 from .exceptions import NotSupported
 
 #: Celery's defaults for the settings the shim reads.
@@ -28,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "result_serializer": "json",
     "accept_content": ["json"],
     "task_time_limit": None,
+    # Tasks without their own rate_limit get this one (None: no limit),
+    # enforced by the database across every worker (db/ratelimit_sql.py).
+    "task_default_rate_limit": None,
     "task_soft_time_limit": None,
     "task_ignore_result": False,
     "task_acks_late": False,
@@ -195,6 +199,8 @@ class Settings(MutableMapping[str, Any]):
             queue_names(value)
         if key == "worker_concurrency":
             check_concurrency(value)
+        if key == "task_default_rate_limit":
+            parse_rate(value, "task_default_rate_limit")
 
 
 _SETTING_PREFIXES = ("task_", "result_", "broker_", "beat_", "worker_", "event_", "security_", "cache_", "database_")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..ratelimits import parse_rate
 from .current import App, current_or_none
 from .exceptions import NotSupported
 from .registry import registry, task_name
@@ -18,8 +19,6 @@ from .task import Task, TaskJob
 
 #: Task options that raise NotSupported -> the alternative.
 UNSUPPORTED_OPTIONS = {
-    "rate_limit": "Limit concurrency with a concurrency key (concurrency_key=... on the task or in "
-    "apply_async(headers={'concurrency_key': ...})), or run a dedicated queue with fewer worker processes.",
     "pydantic": "Validate arguments inside the task.",
     "base_serializer": "Messages are JSON.",
 }
@@ -63,6 +62,9 @@ def create_task(fun: Callable[..., Any], *, app: App | None, base: type[Task] | 
     attributes["_jobtable_default_base"] = default_base
     task_class = type(fun.__name__, (base,), attributes)
     task: Task = task_class()
+    if task.rate_limit is not None:
+        # Refused now (the option or a base class's), not when a worker first meets the task.
+        parse_rate(task.rate_limit, f"rate_limit of task {name!r}")
     module, _, short = name.rpartition(".")
     task.job_class = type(
         f"{short}_job", (TaskJob,), {"task": task, "__module__": module or fun.__module__, "__qualname__": short}

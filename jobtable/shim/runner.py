@@ -18,7 +18,8 @@ from ..db import engine as db_engine
 from ..db import clock, revokes_sql
 from ..messages import TaskCall
 from ..worker import hooks
-from ..worker.dispatch import REQUEUE_ON_LOST, RUNNERS, Prepared, current_row, expired
+from ..ratelimits import parse_rate
+from ..worker.dispatch import RATE_LIMITS, REQUEUE_ON_LOST, RUNNERS, Prepared, current_row, expired
 from . import signals
 from .current import App, current_or_none
 from .registry import registry
@@ -133,9 +134,24 @@ def _requeues_on_lost(row: Any) -> bool:
     return isinstance(task, Task) and task.requeues_on_lost()
 
 
+def _rate_of(name: str) -> float | None:
+    """Tokens per second of a shim task (its rate_limit, else the app's
+    task_default_rate_limit, as Celery reads them); None: no limit."""
+    task = registry.tasks.get(name)
+    if not isinstance(task, Task):
+        return None
+    if task.rate_limit is not None:
+        return parse_rate(task.rate_limit, f"rate_limit of task {name!r}")
+    owner = task._bound_app or current_or_none()
+    default = owner.conf.get("task_default_rate_limit") if owner is not None else None
+    return parse_rate(default, "task_default_rate_limit")
+
+
 def install() -> None:
     if prepare not in RUNNERS:
         RUNNERS.append(prepare)
+    if _rate_of not in RATE_LIMITS:
+        RATE_LIMITS.append(_rate_of)
     if _requeues_on_lost not in REQUEUE_ON_LOST:
         REQUEUE_ON_LOST.append(_requeues_on_lost)
     _flag_revokes()

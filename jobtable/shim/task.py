@@ -84,6 +84,10 @@ class Task:
     #: jobtable extension: a string, or a callable of the task's arguments
     #: returning one; at most one waiting-or-running task per (name, key).
     concurrency_key: str | Callable[..., str] | None = None
+    #: Celery's rate_limit ("10/m", "5/s", a number per second; None: the
+    #: app's task_default_rate_limit), enforced by the database across every
+    #: worker -- Celery enforces it per worker (db/ratelimit_sql.py).
+    rate_limit: str | int | float | None = None
     #: The Job subclass that carries this task through jobtable (set per task).
     job_class: type[TaskJob]
 

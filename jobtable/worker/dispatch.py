@@ -8,6 +8,7 @@ so they end ERRORED as unknown jobs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from ..exceptions import UnknownJob
 from ..execution import instantiate
 from ..messages import TaskCall
 from ..registry import jobs_registry
+
+logger = logging.getLogger("jobtable.worker")
 
 
 @dataclass
@@ -42,6 +45,28 @@ expired: set[str] = set()
 #: ``acks_late`` + ``reject_on_worker_lost``): the runners' answers for
 #: their tasks (rescue.py asks; any True wins, a raising one is a no).
 REQUEUE_ON_LOST: list[Callable[[Any], bool]] = []
+
+
+#: Rate limits of the runners' tasks: task name -> tokens per second, or
+#: None (not theirs, or no limit).  Tried in order after registered Jobs;
+#: the first number wins.  Read by the member before it starts a row
+#: (process.py): a row without a token waits (db/ratelimit_sql.py).
+RATE_LIMITS: list[Callable[[str], float | None]] = []
+
+
+def rate_of(task_name: str) -> float | None:
+    """Tokens per second allowed to ``task_name`` across all workers; None: no limit."""
+    if task_name in jobs_registry:
+        return jobs_registry.rate_of(task_name)
+    for hook in list(RATE_LIMITS):
+        try:
+            rate = hook(task_name)
+        except Exception:  # noqa: BLE001  (checked where declared; never stop the member)
+            logger.exception("The rate_limit of %r cannot be read; running it without a limit.", task_name)
+            continue
+        if rate:
+            return rate
+    return None
 
 
 def requeues_on_lost(row: Any) -> bool:

@@ -17,16 +17,17 @@ import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
 from ..db import engine as db_engine
-from ..db import clock, claims_sql, finish_sql, refusals
+from ..db import clock, claims_sql, finish_sql, ratelimit_sql, refusals
 from ..db.notify import Listener
 from ..middleware import build_chain
 from ..settings import get_settings
+from . import dispatch
 from .config import WorkerConfig
 from .execute import Executor
 from .ledger import Ledger
@@ -91,6 +92,15 @@ class Member:
         )
         self.conn: Connection | None = None
         self.done: list[finish_sql.Outcome] = []
+        #: Claimed rows that found no rate limit token: (id, queue, run_at),
+        #: sent back to wait with the next write (``_finish_then``).
+        self.deferred: list[tuple[int, str, datetime]] = []
+        #: Per rate limit key: the database's next token time last learned
+        #: (no take is tried before it), and the next run_at to give a row
+        #: that waits (one interval apart, so that the rows of a batch do
+        #: not all come back for the same token).
+        self.token_at: dict[str, datetime] = {}
+        self.wait_slot: dict[str, datetime] = {}
         self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
         self.batch = min(4, config.max_pending_per_process)
@@ -204,7 +214,9 @@ class Member:
                 # (the claim takes it first); see preempt.py.
                 self._release_quietly([r.id for r in rows[index:]])
                 return
-            if self.done and (last_job > FLUSH_AFTER or time.perf_counter() - self.done_since > FLUSH_LATEST):
+            if (self.done or self.deferred) and (
+                last_job > FLUSH_AFTER or time.perf_counter() - self.done_since > FLUSH_LATEST
+            ):
                 # Slow jobs: do not keep finished results (and concurrency
                 # keys) waiting behind the next one.  Fast ones wait for the
                 # end of the batch, which is near.
@@ -219,6 +231,22 @@ class Member:
                 )
                 self._release_quietly([r.id for r in rows[index:]])
                 return
+            try:
+                waits = self._token_wait(row)
+            except db_engine.ERRORS as exc:
+                # Not started: the rest goes back (or, if the database stays
+                # away, the supervisor gives them back when this member ends).
+                self._database_error(exc)
+                self._release_quietly([r.id for r in rows[index:]])
+                return
+            if waits is not None:
+                # No token: not run, not an attempt; the member goes on with
+                # the rest of its batch.
+                if not self.done and not self.deferred:
+                    self.done_since = time.perf_counter()
+                self.deferred.append((row.id, row.queue, waits))
+                last_job = 0.0
+                continue
             job_started = time.perf_counter()
             # Before any of the job's code (decoding it builds the job), so
             # that a member dying from here on records it LOST, never pending.
@@ -238,6 +266,35 @@ class Member:
         elif elapsed > SHRINK_ABOVE:
             self.batch = max(1, self.batch // 2)
             self.slot.batch = self.batch
+
+    def _token_wait(self, row: Any) -> datetime | None:
+        """None when ``row`` may start now (no rate limit, or its token
+        taken); else the time it should wait for.  One statement per take,
+        decided by the database (``ratelimit_sql.take``); none while the
+        next token is known to be later."""
+        rate = dispatch.rate_of(row.task_name)
+        if rate is None:
+            return None
+        key = row.task_name
+        interval = 1.0 / rate
+        now = _now()
+        known = self.token_at.get(key)
+        if known is None or known <= now:
+            conn = self._connection()
+            if self.autocommit:
+                known = ratelimit_sql.take(conn, key, interval, now)
+            else:
+                with self._tx(conn):
+                    known = ratelimit_sql.take(conn, key, interval, now)
+            if known is None:
+                self.token_at.pop(key, None)
+                return None
+            self.token_at[key] = known
+        slot = max(known, self.wait_slot.get(key, known))
+        self.wait_slot[key] = slot + timedelta(seconds=interval)
+        if self.next_due is None or slot < self.next_due:
+            self.next_due = slot  # this member's own wait ends then
+        return slot
 
     def _still_ours(self) -> bool:
         """Before starting a claimed job: False when the supervisor learned
@@ -300,6 +357,7 @@ class Member:
                 # After a lost connection a claim may have committed without
                 # our hearing of it: give back every row we hold but do not know.
                 known = [o.row.id for o in self.done] + [row.id for row in self.current]
+                known += [row_id for row_id, _queue, _run_at in self.deferred]
                 with self._tx(self.conn):
                     released = finish_sql.release(self.conn, self.worker_id, None, keep=known)
                 if released:
@@ -321,7 +379,7 @@ class Member:
             self.slot.disowned = False
             return claims_sql.claim(conn, self.config.queues, limit, worker_id=self.worker_id, now=now)
 
-        if not self.done and self.autocommit:
+        if not self.done and not self.deferred and self.autocommit:
             rows = claim()  # a single statement is its own transaction
             self.ledger.flushed()
         else:
@@ -338,6 +396,7 @@ class Member:
         refused: Exception | None = None
         try:
             with self._tx(conn):
+                ratelimit_sql.defer(conn, self.worker_id, self.deferred)
                 try:
                     finish_sql.finish(conn, self.worker_id, self.done, now)
                 except Exception as exc:
@@ -355,9 +414,11 @@ class Member:
                 refusals.describe(exc),
             )
             with self._tx(conn):
+                ratelimit_sql.defer(conn, self.worker_id, self.deferred)
                 refusals.finish_each(conn, self.worker_id, self.done, now)
                 value = then()
         self.done = []
+        self.deferred = []
         self.ledger.flushed()
         return value
 

@@ -1,0 +1,109 @@
+"""Rate limit tokens in ``jobtable_rate_limit``, and rows sent back to wait for one.
+
+A limit of ``r`` per second lets one attempt of a task name start every
+``1/r`` seconds, across every worker and host using the database (a burst
+of one, as Celery's per-worker token bucket of capacity 1).  The row of a
+key holds ``taken_at``, when its last token was taken.  A take is one
+conditional UPDATE::
+
+    UPDATE jobtable_rate_limit SET taken_at = :now
+    WHERE name = :key AND (taken_at <= :now - 1/r OR taken_at > :now + 60 s)
+
+Row locks decide between racing takers on PostgreSQL and MySQL (the loser
+waits for the winner's commit, then sees its ``taken_at`` and matches
+nothing), the write lock on SQLite; so the ``:now`` of successive takes, in
+commit order, are at least ``1/r`` apart, even when a taker's ``:now`` is
+older than the winner's (it waited for the lock).  The interval is the
+caller's, so a changed limit applies from the next take.  The second arm
+frees a key whose ``taken_at`` was stamped by a clock far ahead (a failover
+to a server whose clock was wrong).  ``:now`` is ``clock.utcnow()``, the
+database's clock (``db/clock.py``).
+
+The rows of a claim that found no token go back to ``scheduled`` at the
+token's time (``defer``): the attempt is not counted (``attempt``,
+``retries`` and the message are untouched) and the row keeps its id and
+priority, so it is claimed in the same order once due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.engine import Connection
+
+from . import tables
+from .dialects import dialect_of, wake_queues
+
+rate_limit = tables.rate_limit
+request = tables.request
+
+
+#: A ``taken_at`` further ahead than this was not stamped by a live clock.
+FUTURE_SLACK = timedelta(seconds=60)
+
+
+def take(conn: Connection, name: str, interval: float, now: datetime) -> datetime | None:
+    """Take the token of ``name`` (one per ``interval`` seconds) at ``now``.
+
+    None: taken, the caller may start one attempt.  Otherwise when the next
+    token is due (later than ``now``).  Call inside a transaction (or in
+    autocommit, where each statement is one)."""
+    spacing = timedelta(seconds=interval)
+    for _ in range(3):
+        taken = conn.execute(
+            update(rate_limit)
+            .where(
+                rate_limit.c.name == name,
+                or_(rate_limit.c.taken_at <= now - spacing, rate_limit.c.taken_at > now + FUTURE_SLACK),
+            )
+            .values(taken_at=now)
+        ).rowcount
+        if taken:
+            return None
+        last = conn.execute(select(rate_limit.c.taken_at).where(rate_limit.c.name == name)).scalar()
+        if last is None:
+            # The key's first token ever: whoever inserts the row has it.
+            if dialect_of(conn).insert_new(conn, rate_limit, {"name": name, "taken_at": now}):
+                return None
+            continue
+        due: datetime = last + spacing
+        if due > now and last <= now + FUTURE_SLACK:
+            return due
+        # The token came free between the two statements: try again.
+    return now + spacing
+
+
+def defer(conn: Connection, worker_id: str, rows: Sequence[tuple[int, str, datetime]]) -> int:
+    """Put claimed rows ``(id, queue, run_at)`` that found no token back to
+    ``scheduled`` at ``run_at``, if they are still this worker's.  The
+    waiting workers of their queues are woken (they learn the new due
+    time).  Returns how many went back."""
+    if not rows:
+        return 0
+    stmt = (
+        update(request)
+        .where(
+            request.c.id == bindparam("b_id"),
+            request.c.worker_id == worker_id,
+            request.c.state == tables.RUNNING,
+        )
+        .values(
+            state=tables.SCHEDULED,
+            run_at=bindparam("b_run_at"),
+            worker_id=None,
+            started_at=None,
+            lease_expires_at=None,
+        )
+    )
+    result = conn.execute(stmt, [{"b_id": row_id, "b_run_at": run_at} for row_id, _queue, run_at in rows])
+    wake_queues(conn, sorted({queue for _id, queue, _run_at in rows}))
+    return max(0, result.rowcount or 0)
+
+
+def forget(conn: Connection, names: Sequence[str]) -> int:
+    """Remove the token rows of ``names`` (a limit dropped, tests)."""
+    if not names:
+        return 0
+    return conn.execute(rate_limit.delete().where(rate_limit.c.name.in_(list(names)))).rowcount or 0
