@@ -44,6 +44,21 @@ request = tables.request
 FUTURE_SLACK = timedelta(seconds=60)
 
 
+#: Deadlock codes: MySQL/MariaDB 1213 (and lock wait timeout 1205), SQLSTATE
+#: 40001/40P01.  Racing first takes of a new key (the UPDATE's gap lock and
+#: the INSERT) can deadlock on MariaDB; the loser's transaction is rolled
+#: back whole, so its caller takes again in a new one (``deadlocked``).
+_DEADLOCKS = {1213, 1205, "40001", "40P01"}
+
+
+def deadlocked(exc: BaseException) -> bool:
+    """Whether ``exc`` (a SQLAlchemy DBAPIError) is a deadlock the caller may
+    retry in a new transaction."""
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ()) or ()
+    return bool(args and args[0] in _DEADLOCKS) or getattr(orig, "sqlstate", None) in _DEADLOCKS
+
+
 def take(conn: Connection, name: str, interval: float, now: datetime) -> datetime | None:
     """Take the token of ``name`` (one per ``interval`` seconds) at ``now``.
 

@@ -280,12 +280,18 @@ class Member:
         now = _now()
         known = self.token_at.get(key)
         if known is None or known <= now:
-            conn = self._connection()
-            if self.autocommit:
-                known = ratelimit_sql.take(conn, key, interval, now)
-            else:
-                with self._tx(conn):
-                    known = ratelimit_sql.take(conn, key, interval, now)
+            for tries_left in (2, 1, 0):
+                conn = self._connection()
+                try:
+                    if self.autocommit:
+                        known = ratelimit_sql.take(conn, key, interval, now)
+                    else:
+                        with self._tx(conn):
+                            known = ratelimit_sql.take(conn, key, interval, now)
+                    break
+                except Exception as exc:
+                    if not tries_left or not ratelimit_sql.deadlocked(exc):
+                        raise
             if known is None:
                 self.token_at.pop(key, None)
                 return None
