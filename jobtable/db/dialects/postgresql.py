@@ -222,8 +222,7 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
     (``retry._autocommit``) or in a transaction already (``connection=``).
     """
     driver: Any = conn.connection.driver_connection
-    events = conn._has_events or conn.engine._has_events or conn.dialect._has_events
-    if events or conn._echo or not (driver.autocommit or conn.in_transaction()):
+    if _observed(conn) or not (driver.autocommit or conn.in_transaction()):
         return list(conn.exec_driver_sql(sql, params))
     cursor = None
     try:
@@ -237,6 +236,29 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
             # Raises: DBAPIError (connection_invalidated on a disconnect).
             conn._handle_dbapi_exception(exc, sql, params, cursor, None)
         raise
+
+
+def _observed(conn: Connection) -> bool:
+    """Whether a listener expects to see ``conn``'s statements (SQL logging,
+    ``echo``, tracing instrumentation): they keep SQLAlchemy's path.  Other
+    listeners do not count: jobtable's own ``handle_error`` (db/clock.py)
+    still runs, from ``_handle_dbapi_exception``."""
+    dispatch = conn.dispatch
+    return bool(
+        conn._echo
+        or dispatch.before_execute or dispatch.after_execute
+        or dispatch.before_cursor_execute or dispatch.after_cursor_execute
+        or _runs_statements(conn.dialect)
+    )
+
+
+def _runs_statements(dialect: Any) -> bool:
+    """Dialect listeners that run statements themselves (``do_execute``);
+    ``handle_error`` (jobtable's own, db/clock.py) is not one."""
+    if not dialect._has_events:
+        return False
+    dispatch = dialect.dispatch
+    return bool(dispatch.do_execute or dispatch.do_execute_no_params or dispatch.do_setinputsizes)
 
 
 #: Batches of at least this many rows go by COPY when they can (_copyable):
