@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine
 from . import clock
 from . import engine as db_engine
 from .dialects.base import NOTIFY_CHANNEL
-from .dialects.postgresql import _runs_statements
+from .dialects.observed import observed
 
 #: The columns of a new request row, in the statement's parameter order.
 COLUMNS = (
@@ -61,6 +61,8 @@ SQL = (
     f"SELECT ins.id, pg_notify('{NOTIFY_CHANNEL}', ins.queue) FROM ins"
 )
 
+#: The key of a driver connection's cursor in its pool record's ``info``.
+_CURSOR = "jobtable.single_insert.cursor"
 #: Per engine: None when this path does not apply, else whether to prepare.
 _usable: weakref.WeakKeyDictionary[Engine, bool | None] = weakref.WeakKeyDictionary()
 
@@ -80,15 +82,17 @@ def _decide(engine: Engine) -> bool | None:
 
 
 def _observed(engine: Engine) -> bool:
-    """Listeners that expect to see every statement: they keep SQLAlchemy's
-    path (checked per call, as they may be added at any time)."""
-    dispatch = engine.dispatch
-    return bool(
-        engine.echo
-        or dispatch.before_execute or dispatch.after_execute
-        or dispatch.before_cursor_execute or dispatch.after_cursor_execute
-        or _runs_statements(engine.dialect)
-    )
+    # Checked per call: listeners may be added at any time.
+    return observed(engine.dispatch, engine.echo, engine.dialect)
+
+
+_COLUMN_SET = frozenset(COLUMNS)
+
+
+def fits(row: dict[str, Any]) -> bool:
+    """Whether ``row`` has no column besides the statement's (a row built
+    by ``checked_row`` has exactly those)."""
+    return row.keys() <= _COLUMN_SET
 
 
 def params_of(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -116,10 +120,13 @@ def insert(engine: Engine, row: dict[str, Any]) -> int | None:
             # Set per checkout, not kept: the pool's other users expect
             # transactions.  No round trip: psycopg only records it.
             driver.autocommit = True
-            cursor = driver.cursor()
+            # One cursor per driver connection, kept with it: a new one per
+            # call set up psycopg's adapters again (a sixth of the call).
+            cursor = fairy.info.get(_CURSOR)
+            if cursor is None or cursor.closed or cursor.connection is not driver:
+                cursor = fairy.info[_CURSOR] = driver.cursor()
             cursor.execute(SQL, params, prepare=prepare)
             found = cursor.fetchone()
-            cursor.close()
         except Exception as exc:
             _raise(engine, fairy, exc, cursor, params)
             raise

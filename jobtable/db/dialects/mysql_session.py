@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from .observed import observed
+
 
 # -- the session: single statements in autocommit, the pool's reset --
 #
@@ -110,15 +112,7 @@ def driver_path(conn: Connection) -> bool:
     ``echo``, tracing instrumentation see them as before)."""
     if not (conn.info.get(_AUTOCOMMIT) or conn.in_transaction()):
         return False
-    dispatch = conn.dispatch
-    return not (
-        conn._echo
-        or dispatch.before_execute
-        or dispatch.after_execute
-        or dispatch.before_cursor_execute
-        or dispatch.after_cursor_execute
-        or conn.dialect._has_events
-    )
+    return not observed(conn.dispatch, conn._echo, conn.dialect)
 
 
 class _Inserted(NamedTuple):

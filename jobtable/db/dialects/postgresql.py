@@ -31,6 +31,7 @@ from .base import (
     register,
     schedule_claim_by_upsert,
 )
+from .observed import observed
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -239,26 +240,7 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
 
 
 def _observed(conn: Connection) -> bool:
-    """Whether a listener expects to see ``conn``'s statements (SQL logging,
-    ``echo``, tracing instrumentation): they keep SQLAlchemy's path.  Other
-    listeners do not count: jobtable's own ``handle_error`` (db/clock.py)
-    still runs, from ``_handle_dbapi_exception``."""
-    dispatch = conn.dispatch
-    return bool(
-        conn._echo
-        or dispatch.before_execute or dispatch.after_execute
-        or dispatch.before_cursor_execute or dispatch.after_cursor_execute
-        or _runs_statements(conn.dialect)
-    )
-
-
-def _runs_statements(dialect: Any) -> bool:
-    """Dialect listeners that run statements themselves (``do_execute``);
-    ``handle_error`` (jobtable's own, db/clock.py) is not one."""
-    if not dialect._has_events:
-        return False
-    dispatch = dialect.dispatch
-    return bool(dispatch.do_execute or dispatch.do_execute_no_params or dispatch.do_setinputsizes)
+    return observed(conn.dispatch, conn._echo, conn.dialect)
 
 
 #: Batches of at least this many rows go by COPY when they can (_copyable):
@@ -287,8 +269,7 @@ def _copyable(conn: Connection, columns: tuple[str, ...], rows: Sequence[dict[st
     if "unique_key" in columns and any(row["unique_key"] is not None for row in rows):
         return False
     driver: Any = conn.connection.driver_connection
-    events = conn._has_events or conn.engine._has_events or conn.dialect._has_events
-    return not (events or conn._echo or driver.autocommit) and _copy_safe(columns, rows)
+    return not (_observed(conn) or driver.autocommit) and _copy_safe(columns, rows)
 
 
 _INT_RANGES = {"int2": (-(2**15), 2**15 - 1), "int4": (-(2**31), 2**31 - 1), "int8": (-(2**63), 2**63 - 1)}
