@@ -232,13 +232,9 @@ def _hammer(url: str, key: str, interval: float, seconds: float, barrier: Any, o
         with engine.connect() as conn:
             while time.monotonic() < end:
                 now = clock.utcnow()
-                try:
-                    with conn.begin():
-                        if ratelimit_sql.take(conn, key, interval, now) is None:
-                            taken.append(now.isoformat())
-                except Exception as exc:  # as the worker does: a deadlock is taken again
-                    if not ratelimit_sql.deadlocked(exc):
-                        raise
+                # The worker's own take: a deadlock's victim takes again.
+                if ratelimit_sql.take_retrying(conn, conn.begin, key, interval, now) is None:
+                    taken.append(now.isoformat())
         out.put(("ok", taken))
     except BaseException as exc:  # report, don't hang the parent
         out.put(("error", repr(exc)))

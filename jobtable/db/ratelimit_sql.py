@@ -27,7 +27,8 @@ priority, so it is claimed in the same order once due.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, or_, select, update
@@ -88,6 +89,23 @@ def take(conn: Connection, name: str, interval: float, now: datetime) -> datetim
             return due
         # The token came free between the two statements: try again.
     return now + spacing
+
+
+def take_retrying(
+    conn: Connection, transaction: Callable[[], AbstractContextManager[object]], name: str, interval: float,
+    now: datetime,
+) -> datetime | None:
+    """``take`` inside ``transaction()``, taken again in a new one (twice at
+    most) when the database chose it as a deadlock's victim (``deadlocked``):
+    the victim's transaction was rolled back whole, so nothing was taken."""
+    for tries_left in (2, 1, 0):
+        try:
+            with transaction():
+                return take(conn, name, interval, now)
+        except Exception as exc:
+            if not tries_left or not deadlocked(exc):
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def defer(conn: Connection, worker_id: str, rows: Sequence[tuple[int, str, datetime]]) -> int:

@@ -16,7 +16,7 @@ import random
 import select
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -280,18 +280,11 @@ class Member:
         now = _now()
         known = self.token_at.get(key)
         if known is None or known <= now:
-            for tries_left in (2, 1, 0):
-                conn = self._connection()
-                try:
-                    if self.autocommit:
-                        known = ratelimit_sql.take(conn, key, interval, now)
-                    else:
-                        with self._tx(conn):
-                            known = ratelimit_sql.take(conn, key, interval, now)
-                    break
-                except Exception as exc:
-                    if not tries_left or not ratelimit_sql.deadlocked(exc):
-                        raise
+            conn = self._connection()
+            # In autocommit each statement of the take is its own transaction.
+            known = ratelimit_sql.take_retrying(
+                conn, nullcontext if self.autocommit else (lambda: self._tx(conn)), key, interval, now
+            )
             if known is None:
                 self.token_at.pop(key, None)
                 return None
