@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,30 @@ def test_header_shapes_still_refused(db_url: str) -> None:
     with pytest.raises(TypeError, match="chord header holds signatures"):
         chord([t.add.si(1, 1), 3], t.total.s())
     assert requests() == []
+
+
+def test_unroll_orders_are_celerys_own() -> None:
+    """The shim's two orders of a nested header, against Celery 5.7's own
+    canvas code on the same shape (freeze: a worker's order; _prepared: eager's)."""
+    import celery
+
+    capp = celery.Celery("unroll_check", set_as_current=False)
+
+    @capp.task(name="unroll.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    def shape(s: object, grp: object) -> list[object]:
+        g = grp  # type: Any
+        return [s(1), g(s(2), g(s(3), s(4), g(s(5), s(6))), s(7)), s(8), g(s(9), g(s(10)))]
+
+    theirs = celery.group(shape(lambda i: add.si(i, 0), lambda *m: celery.group(*m, app=capp)), app=capp)
+    theirs.freeze()
+    frozen = [sig.args[0] for sig in theirs.tasks]
+    prepared = [task.args[0] for task, _, _ in theirs._prepared(
+        celery.group(shape(lambda i: add.si(i, 0), lambda *m: celery.group(*m, app=capp)), app=capp).tasks,
+        [], "gid", None, capp, freeze=False)]
+    ours = chord(shape(lambda i: t.add.si(i, 0), group), t.echo.s())
+    assert [s.args[0] for s in ours.tasks] == frozen
+    assert [s.args[0] for s in ours._eager_tasks()] == prepared == list(range(1, 11))
+    assert frozen != prepared
