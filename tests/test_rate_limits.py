@@ -218,6 +218,27 @@ def test_take_spaces_tokens_by_the_interval(db_url: str) -> None:
         assert ratelimit_sql.take(conn, "k", 10.0, start + timedelta(seconds=30)) is None
 
 
+def test_a_rate_set_by_remote_control_is_stored_once(db_url: str) -> None:
+    """``app.control.rate_limit`` (shim/celery_control.py) stores its rate in
+    the key's row; the key's last token is kept; 0 means no limit."""
+    engine = get_engine()
+    start = clock.utcnow()
+    with engine.begin() as conn:
+        assert ratelimit_sql.overrides(conn) == {}
+        ratelimit_sql.set_rate(conn, "fresh", 2.0)  # no row yet: made, its token free
+        assert ratelimit_sql.take(conn, "fresh", 0.5, start) is None
+        assert ratelimit_sql.take(conn, "k", 10.0, start) is None
+        ratelimit_sql.set_rate(conn, "k", 0.1)
+        ratelimit_sql.set_rate(conn, "k", 1 / 60)  # the last one wins
+        assert ratelimit_sql.overrides(conn) == {"fresh": 2.0, "k": pytest.approx(1 / 60)}
+        # The token taken before is kept: the next is one new interval after it.
+        assert ratelimit_sql.take(conn, "k", 60.0, start + timedelta(seconds=30)) == start + timedelta(seconds=60)
+        ratelimit_sql.set_rate(conn, "k", 0.0)
+        assert ratelimit_sql.overrides(conn)["k"] == 0.0
+        rows = conn.execute(select(tables.rate_limit.c.name)).scalars().all()
+    assert sorted(rows) == ["fresh", "k"]
+
+
 def _hammer(url: str, key: str, interval: float, seconds: float, barrier: Any, out: Any) -> None:
     try:
         from jobtable import settings
