@@ -339,6 +339,24 @@ def test_two_workers_share_one_limit_and_other_jobs_flow(db_url: str, subprocess
     assert last_free < max(starts), "free jobs waited for the limited ones"
 
 
+def test_a_stored_rate_replaces_the_codes_on_any_worker(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """A rate stored by remote control holds on a worker without a control
+    listener too (it re-reads the stored rates every OVERRIDES_TTL): the
+    unlimited Free jobs are spaced by it."""
+    free = [rj.Free(f"f{i}").run_in_worker() for i in range(6)]
+    [name] = {r.task_name for r in requests()}
+    with get_engine().begin() as conn:
+        ratelimit_sql.set_rate(conn, name, 1 / rj.INTERVAL)
+    worker = _start(subprocess_env, "--max-processes", "2")
+    try:
+        wait_for(lambda: len(results()) == 6, timeout=60, what="the jobs ran")
+    finally:
+        out = stop(worker)
+    rows = results()
+    assert {r.task_id for r in rows} == {f.uuid for f in free if f}, out
+    _assert_spaced([r.started_at for r in rows], rj.INTERVAL)
+
+
 def test_a_limited_job_is_not_counted_as_an_attempt(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:
     """Six jobs with one retry each, limited together: every one ends after
     exactly two real attempts (the first fails), however many times it
