@@ -102,7 +102,9 @@ def test_a_group_of_chains_piped_to_a_task(db_url: str, subprocess_env: dict[str
     piped = (group(t.add.si(1, 1) | t.add.s(1), t.add.si(2, 2) | t.add.s(2)) | t.echo.s()).apply_async()
     after = (t.add.si(1, 1) | group(t.add.s(1) | t.add.s(10), t.add.s(2)) | t.echo.s()).apply_async()
     ends = (t.add.si(1, 1) | group(t.add.s(1) | t.add.s(10), t.add.s(2))).apply_async()
+    led = chain(group(t.add.si(1, 1) | t.add.s(1), t.add.si(2, 2)), t.total.s(), t.add.s(100)).apply_async()
     run_burst(subprocess_env, "--max-processes", "2")
+    assert led.get(timeout=10) == 107
     assert piped.get(timeout=10) == [3, 6]
     assert after.get(timeout=10) == [13, 4]
     assert ends.get(timeout=10) == [13, 4]
