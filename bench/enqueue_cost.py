@@ -188,7 +188,7 @@ def main() -> None:
     )
     from jobtable.db.dialects.postgresql import _pg_insert_sql
 
-    notify_sql = _pg_insert_sql(tuple(columns), True)
+    notify_sql = _pg_insert_sql(tuple(columns), None)
 
     def floor(sql: str, named: bool) -> Callable[[], Any]:
         def run() -> None:

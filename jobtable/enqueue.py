@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Union
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from . import limits, message_checks, messages, params, telemetry
 from .db import engine as db_engine
 from .db import retry as db_retry
-from .db import clock, enqueue_sql, tables
+from .db import clock, enqueue_sql, single_insert, tables
 from .exceptions import EnqueueError
 
 # BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
@@ -79,6 +80,10 @@ def enqueue(
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
     if not jobs:
         return []
+    if len(jobs) == 1 and delay is None and concurrency_key is None and not retry_attempt:
+        lean = _enqueue_one(jobs[0], queue, priority, retries, connection)
+        if lean is not _GENERAL:
+            return [lean]
     task_ids = [messages.new_task_id()] if len(jobs) == 1 else _task_ids(len(jobs))
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
     with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
@@ -207,6 +212,122 @@ def _enqueue(
             continue
         out.append(JobRequest.from_row(SimpleNamespace(id=row_id, **row)))
     return out
+
+
+# -- the single enqueue's lean path (issue 13) --------------------------------
+
+#: ``_enqueue_one``'s answer when the call needs the general path.
+_GENERAL: Any = object()
+#: Per job class: whether its instances may take the lean path at all (no
+#: ``should_enqueue`` of its own).
+_LEAN_CLASS: dict[type, bool] = {}
+#: ``_single_row``'s templates, per (class, queue, priority, retries), for
+#: the settings object they were built under (``max_message_size``).
+_SINGLE: dict[tuple[Any, ...], tuple[dict[str, Any], list[str], list[str] | None]] = {}
+_single_settings: list[Any] = [None]
+#: Templates kept at most (classes made at run time must not grow it forever).
+_SINGLE_MAX = 1024
+
+
+def _enqueue_one(
+    job: BaseJob, queue: str | None, priority: int | None, retries: int | None, connection: Any
+) -> Any:
+    """One job, no delay, no key: its row from the class's template
+    (``_single_row``) and one INSERT -- in autocommit
+    (``db/single_insert.py`` on PostgreSQL), or one statement in the
+    caller's transaction (``connection=``).  ``_GENERAL`` when the call
+    needs the general path: a class with its own ``should_enqueue``, a
+    concurrency key, a routed queue (``broker_routes``), tracing on, or
+    values that are not plain ``str``/``int`` (the general path's checks
+    name what is wrong).  What is stored is what the general path stores."""
+    from .settings import get_settings
+
+    cls = type(job)
+    lean = _LEAN_CLASS.get(cls)
+    if lean is None:
+        lean = _LEAN_CLASS[cls] = not overrides(job, "should_enqueue")
+    if not lean or telemetry.enabled():
+        return _GENERAL
+    try:
+        queue = job.resolved_queue() if queue is None else queue
+        priority = job.resolved_priority() if priority is None else priority
+        retries = job.resolved_retries() if retries is None else retries
+        if job.resolved_concurrency_key() != "":
+            return _GENERAL
+    except Exception:  # a hook that raises: the general path raises it as it always did
+        return _GENERAL
+    if type(queue) is not str or type(priority) is not int or type(retries) is not int:
+        return _GENERAL
+    settings = get_settings()
+    if settings.broker_routes and queue in settings.broker_routes:
+        return _GENERAL  # routing.publish sends it to the broker
+    if connection is not None:
+        conn = _as_connection(connection)
+        db_engine.check_schema(conn.engine, conn)
+        row = _single_row(job, messages.new_task_id(), clock.utcnow(), queue, priority, retries, settings)
+        row_id = enqueue_sql.insert_requests(conn, [row]).get(row["task_id"])
+    else:
+        engine = db_engine.get_engine()
+        db_engine.check_schema(engine)
+        row = _single_row(job, messages.new_task_id(), clock.utcnow(), queue, priority, retries, settings)
+        row_id = _insert_one(engine, row)
+    if row_id is None:
+        return None
+    return JobRequest.from_row(SimpleNamespace(id=row_id, **row))
+
+
+def _single_row(
+    job: BaseJob, task_id: str, now: datetime, queue: str, priority: int, retries: int, settings: Any
+) -> dict[str, Any]:
+    """``_row(job, task_id, {}, now, now, queue, priority, retries, None)``,
+    built from a per-class template: the first job of each (class, queue,
+    priority, retries) goes through ``_row`` (every check); later ones only
+    fill in their task id and arguments (as a batch's jobs do, ``_rows``)."""
+    if _single_settings[0] is not settings:
+        _SINGLE.clear()
+        _single_settings[0] = settings
+    key = (type(job), queue, priority, retries)
+    group = _SINGLE.get(key)
+    if group is not None:
+        template, parts, bare = group
+        text = _filled(job, task_id, parts, bare, settings.max_message_size)
+        if text is not None:
+            row = dict(template)
+            row["task_id"] = task_id
+            row["message"] = text
+            row["run_at"] = row["created_at"] = now
+            return row
+    row = _row(job, task_id, {}, now, now, queue, priority, retries, None)
+    if group is None:
+        if len(_SINGLE) >= _SINGLE_MAX:
+            _SINGLE.clear()
+        parts = _template(job, {}, now, now, row, 1)
+        _SINGLE[key] = (dict(row), parts, _without_arguments(parts))
+    return row
+
+
+def _insert_one(engine: Any, row: dict[str, Any]) -> int | None:
+    """The row's id (None: skipped), in its own transaction, with the one
+    retry of ``db/retry.py`` when the pooled connection had died."""
+    table_ids = [row["task_id"]]
+
+    def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
+        written = enqueue_sql.written_task_ids(conn, table_ids) if retrying else {}
+        if not written:
+            written = enqueue_sql.insert_requests(conn, [row])
+        return written
+
+    if single_insert.usable(engine):
+        try:
+            return single_insert.insert(engine, row)
+        except sa_exc.DBAPIError as exc:
+            if not db_retry.is_disconnect(exc):
+                raise
+            db_retry.log_retry(exc)
+            written = db_retry.write_retrying(engine, write, retried=True)
+    else:
+        written = db_retry.write_retrying(engine, write, autocommit=True)
+    return written.get(row["task_id"])
 
 
 def _should_enqueue(job: BaseJob, row: dict[str, Any], conn: Connection) -> bool:
@@ -368,40 +489,45 @@ def _rows(
                 groups[key] = (dict(row), parts, _without_arguments(parts))
             continue
         template, parts, bare = group
-        if bare is not None and not job._init_args and not job._init_kwargs:
-            # No arguments: only the task id differs (ASCII), and the text is
-            # no longer than the group's first job's, which _row checked.
-            text = f'"{task_id}"'.join(bare)
-        else:
-            args, kwargs = encode_arguments(job)
-            if args or kwargs:
-                fill = {
-                    _ARGSREPR: messages.dumps(messages.argsrepr(args)),
-                    _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
-                    _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
-                }
-            else:
-                fill = dict(_NO_ARGUMENTS)
-            # Our own uuid4 text: nothing in it for JSON to escape.
-            fill[_ID] = f'"{task_id}"'
-            text = "".join([fill.get(part, part) for part in parts])
-            if text.isascii():
-                size = len(text)
-            else:
-                try:
-                    size = len(text.encode("utf-8"))
-                except UnicodeEncodeError:
-                    size = limit + 1
-            if size > limit:
-                rows.append(
-                    _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
-                )
-                continue
+        text = _filled(job, task_id, parts, bare, limit)
+        if text is None:
+            rows.append(_row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt))
+            continue
         row = dict(template)
         row["task_id"] = task_id
         row["message"] = text
         rows.append(row)
     return rows
+
+
+def _filled(job: BaseJob, task_id: str, parts: list[str], bare: list[str] | None, limit: int) -> str | None:
+    """The message of ``job`` from its group's template (see ``_rows``), or
+    None when it is not UTF-8 or over ``limit`` bytes: ``_row`` then refuses
+    it with the error naming the part."""
+    if bare is not None and not job._init_args and not job._init_kwargs:
+        # No arguments: only the task id differs (ASCII), and the text is
+        # no longer than the group's first job's, which _row checked.
+        return f'"{task_id}"'.join(bare)
+    args, kwargs = encode_arguments(job)
+    if args or kwargs:
+        fill = {
+            _ARGSREPR: messages.dumps(messages.argsrepr(args)),
+            _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
+            _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
+        }
+    else:
+        fill = dict(_NO_ARGUMENTS)
+    # Our own uuid4 text: nothing in it for JSON to escape.
+    fill[_ID] = f'"{task_id}"'
+    text = "".join([fill.get(part, part) for part in parts])
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return None
+    return None if size > limit else text
 
 
 #: The hooks behind each part of a batch group's key (see _rows).
