@@ -1,5 +1,5 @@
 """The single enqueue's lean path (issue 13): ``Job(...).run_in_worker()``
-builds its row from a per-class template (``enqueue._single_row``) and, on
+builds its row from a per-class template (``job_rows.single_row``) and, on
 PostgreSQL, writes it with one prepared autocommit statement on a pooled
 driver connection (``db/single_insert.py``).  What it stores is what the
 general path stores; everything the general path keeps (routing,
@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, event, select, text
 import jobtable
 from jobtable import EnqueueError, Job, register_job
 from jobtable import enqueue as enqueue_module
+from jobtable import job_rows
 from jobtable.db import engine as db_engine
 from jobtable.db import single_insert, tables
 from jobtable.db.notify import Listener
@@ -109,7 +110,7 @@ CASES: list[tuple[Any, dict[str, Any]]] = [
 
 
 def test_the_lean_path_stores_what_the_general_path_stores(db_url: str) -> None:
-    enqueue_module._SINGLE.clear()
+    job_rows._SINGLE.clear()
     for make, options in CASES + CASES:  # twice: the first builds the template, the second fills it
         lean = make().run_in_worker(**options)
         # delay=0 takes the general path (_row and every check) for the same row.
@@ -125,8 +126,8 @@ def test_the_lean_path_stores_what_the_general_path_stores(db_url: str) -> None:
         assert (lean.priority, lean.retries, lean.attempt, lean.concurrency_key) == (
             general.priority, general.retries, general.attempt, general.concurrency_key
         )
-    assert (Single, "default", 0, 0) in enqueue_module._SINGLE or any(
-        key[0] is Single for key in enqueue_module._SINGLE
+    assert (Single, "default", 0, 0) in job_rows._SINGLE or any(
+        key[0] is Single for key in job_rows._SINGLE
     ), "the lean path was not taken"
     # What a worker decodes: the arguments as given (NUL included).
     job = Single(text="a\x00b", n=[1, {"x": None}])
@@ -138,7 +139,7 @@ def test_the_lean_path_stores_what_the_general_path_stores(db_url: str) -> None:
 
 @pytest.mark.parametrize("warm", [False, True], ids=["first", "templated"])
 def test_hostile_arguments_are_refused_naming_the_argument(db_url: str, warm: bool) -> None:
-    enqueue_module._SINGLE.clear()
+    job_rows._SINGLE.clear()
     if warm:
         assert Single("warm").run_in_worker() is not None
     with pytest.raises(EnqueueError, match=r"argument 'value'.*surrogate|surrogate.*argument 'value'|'value'"):

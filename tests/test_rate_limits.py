@@ -39,8 +39,10 @@ import sys
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 #: How late a started_at may be after its token (scheduling of a loaded
-#: 2-core machine between the take and the job's start).
-SLACK = 0.1
+#: 2-core machine between the take and the job's start: 0.106 s was seen at
+#: load 10).  A limiter that did not space the starts puts them within
+#: milliseconds: with INTERVAL 0.25 any three starts must still span 0.3 s.
+SLACK = 0.2
 
 
 # -- the parser --------------------------------------------------------------------------
