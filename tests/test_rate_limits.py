@@ -392,7 +392,7 @@ def test_celery_apps_bad_rate_limit_stops_the_native_worker_at_start() -> None:
 
     app = celery.Celery("ratelimit_bad", set_as_current=False)
 
-    @app.task(name="ratelimit_bad.t", rate_limit="10/x")
+    @app.task(name="ratelimit_bad.t", rate_limit="10/x", shared=False)
     def bad() -> None:
         return None
 
