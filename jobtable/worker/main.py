@@ -36,7 +36,7 @@ from .. import middleware
 from ..db import engine as db_engine
 from ..db import bindings_sql, claims_sql, clock, operations_sql, rescue_sql, workers_sql
 from ..exceptions import ConfigurationError
-from ..routing import routes
+from ..routing import lost, routes
 from ..settings import get_settings
 from ..setting_rules import safe_str
 from . import cancels, forked, hooks
@@ -45,6 +45,7 @@ from . import rescue
 from .liveness import Liveness
 from .config import WorkerConfig
 from .ledger import Ledger, LedgerState
+from .routed_ledger import RoutedJob, RoutedJobs
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
 from .stats import StatsReporter
@@ -112,6 +113,21 @@ class Pending:
     ledger: Ledger | None = None
     cancelled_row: int = 0
     cancelled_how: int = 0
+    #: A routed member's started jobs (its ledger's routed part) and
+    #: whether every one was kept.
+    routed: list[RoutedJob] = field(default_factory=list)
+    routed_complete: bool = True
+
+
+#: The routed part of a member's ledger holds the messages of its unwritten
+#: jobs: room for one of the largest a routed message can be (twice: the
+#: stored envelope's escaping), however large the setting.
+ROUTED_LEDGER_MIN = 1 << 20
+ROUTED_LEDGER_MAX = 64 << 20
+
+
+def routed_ledger_size(max_message_size: int) -> int:
+    return max(ROUTED_LEDGER_MIN, min(ROUTED_LEDGER_MAX, 2 * max_message_size + (64 << 10)))
 
 
 class Supervisor:
@@ -371,6 +387,10 @@ class Supervisor:
         slot.contact = time.monotonic()  # just registered (or about to be, for a spare)
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
+        if self.routed:
+            handle.ledger.routed = RoutedJobs(
+                routed_ledger_size(get_settings().max_message_size), sockets=self.config.pool == "processes"
+            )
         if self.config.pool == "threads":
             member = forked.member_class(self.config)(
                 self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
@@ -413,15 +433,29 @@ class Supervisor:
                 raise
             if pid != 0:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                if handle.ledger is not None and handle.ledger.routed is not None:
+                    handle.ledger.routed.in_supervisor()
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)
+                self._routed_parts_in_child(handle)
                 forked.child(self.config, worker_id, slot, os.getppid(), handle.ledger, go_read)
             if go_read >= 0:
                 os.close(go_read)
             handle.pid = pid
         self.free_slots.remove(slot_index)
         return handle
+
+    def _routed_parts_in_child(self, own: Handle) -> None:
+        """In a new member: close the broker sockets the supervisor holds
+        for other members (a copy here would keep a dead member's
+        connection open, its deliveries held, for as long as we live)."""
+        ledgers = [h.ledger for h in (*self._members(), *self.orphans.values())] + [p.ledger for p in self.pending]
+        for other in ledgers:
+            if other is not None and other is not own.ledger and other.routed is not None:
+                other.routed.in_child(own=False)
+        if own.ledger is not None and own.ledger.routed is not None:
+            own.ledger.routed.in_child(own=True)
 
     def _reap(self) -> None:
         if self.config.pool == "threads":
@@ -465,6 +499,12 @@ class Supervisor:
         if crashed:
             logger.warning("Worker %s %s.", handle.worker_id, how)
         state = handle.ledger.state() if handle.ledger is not None else None
+        routed_part = handle.ledger.routed if handle.ledger is not None else None
+        routed_jobs: list[RoutedJob] = []
+        routed_complete = True
+        if routed_part is not None:
+            routed_part.receive_sockets()  # held until its end is written
+            routed_jobs, routed_complete = routed_part.jobs()
         self.pending.append(
             Pending(
                 handle.worker_id,
@@ -477,6 +517,8 @@ class Supervisor:
                 ledger=handle.ledger,
                 cancelled_row=handle.cancelled_row,
                 cancelled_how=handle.cancelled_how,
+                routed=routed_jobs,
+                routed_complete=routed_complete,
             )
         )
         self.cancels.forget(handle.worker_id)
@@ -530,6 +572,12 @@ class Supervisor:
                         poison=item.poison,
                         quarantine_after=self.config.quarantine_after,
                     )
+                    if item.routed or not item.routed_complete:
+                        lost.record_dead_member(
+                            conn, item.worker_id, item.routed, item.routed_complete, _now(), why=item.why,
+                            why_finished=item.why_finished, poison=item.poison,
+                            quarantine_after=self.config.quarantine_after,
+                        )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
             except db_engine.ERRORS as exc:
@@ -618,6 +666,9 @@ class Supervisor:
             self._running_now() != self._reported_running and self._every("running", RUNNING_EVERY)
         ):
             sent = time.monotonic()
+            for handle in self.handles.values():
+                if handle.ledger is not None and handle.ledger.routed is not None:
+                    handle.ledger.routed.receive_sockets()  # only the newest is kept
             if self._duty("heartbeat"):
                 # Members may start the jobs they hold for lost_after / 2
                 # from when this heartbeat was sent (process.py _still_ours).
