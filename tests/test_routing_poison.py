@@ -257,12 +257,20 @@ def test_the_supervisor_holds_the_members_socket_until_told(tmp_path: Path) -> N
     c, d = socket.socketpair()
     part.hand_socket(c)
     part.receive_sockets()
-    assert part.held != [held]  # only the newest is kept
-    part.close()
+    assert len(part.held) == 1 and part.held != [held]  # only the newest is kept
     c.close()
+    part.drop_socket()  # the member closed it: the copy goes too
+    part.receive_sockets()
+    assert part.held == []
     assert d.recv(100) == b""  # closed: the peer sees the end
-    b.close()
-    d.close()
+    e, f = socket.socketpair()
+    part.hand_socket(e)
+    part.receive_sockets()
+    e.close()
+    part.close()  # the member's end recorded
+    assert f.recv(100) == b""
+    for sock in (b, d, f):
+        sock.close()
 
 
 def test_record_of_a_dead_routed_member_skips_attempts_already_written(db_url: str) -> None:

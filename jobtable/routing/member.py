@@ -392,6 +392,8 @@ class RoutedMember:
                 conn.release()
             except Exception:
                 pass
+            if self.ledger is not None and self.ledger.routed is not None:
+                self.ledger.routed.drop_socket()
 
     def _database_error(self, exc: Exception) -> None:
         self.failures += 1

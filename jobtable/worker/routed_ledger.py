@@ -124,6 +124,17 @@ class RoutedJobs:
         except (OSError, ValueError):
             pass  # the supervisor is gone (then so are we), or the socket is
 
+    def drop_socket(self) -> None:
+        """The member closed its connection: the supervisor's copy must not
+        hold it open (a connection the member gave up on as broken may
+        still be alive for the broker, holding its deliveries)."""
+        if self._to_supervisor is None:
+            return
+        try:
+            self._to_supervisor.send(b"d")
+        except OSError:
+            pass
+
     # -- the supervisor's side -----------------------------------------------------
 
     def jobs(self) -> tuple[list[RoutedJob], bool]:
@@ -155,15 +166,14 @@ class RoutedJobs:
 
     def receive_sockets(self) -> None:
         """Take the sockets the member sent; only the newest is kept (an
-        older one belongs to a connection the member closed)."""
+        older one belongs to a connection the member closed), none after
+        ``drop_socket``."""
         while self._from_member is not None:
             try:
                 _, fds, _, _ = socket.recv_fds(self._from_member, 16, 16)
             except (OSError, ValueError):  # BlockingIOError: nothing more
                 return
-            if not fds:
-                return
-            self.close_sockets()
+            self.close_sockets()  # a newer one, or none ("d")
             self.held = fds[-1:]
             for fd in fds[:-1]:
                 _close(fd)
