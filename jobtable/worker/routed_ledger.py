@@ -92,11 +92,8 @@ class RoutedJobs:
                 return False
             head[2] = 1
             return True
-        mm = self._mm
-        body = at + _ENTRY.size
-        mm[body:body + len(q)] = q
-        mm[body + len(q):body + len(q) + len(m)] = m
-        _ENTRY.pack_into(mm, at, 0, int(started * 1_000_000), len(q), len(m))
+        entry = _ENTRY.pack(0, int(started * 1_000_000), len(q), len(m)) + q + m
+        self._mm[at:at + len(entry)] = entry
         self._last = at
         head[0] = end
         head[1] += 1
