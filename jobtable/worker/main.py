@@ -6,7 +6,9 @@ a member that dies (see ``_spawn``).  The supervisor never touches jobs
 itself: it heartbeats for its members, notices a member that died
 (``SIGCHLD``, ``waitpid``) and,
 from the member's ledger (``ledger.py``), records what it had started LOST
-(or QUARANTINED) and gives back what it had not, kills a member stuck past
+(or QUARANTINED) and gives back what it had not (a routed member's jobs:
+``routing/lost.py``, before it lets the broker see the member's connection
+close, ``routed_ledger.py``), kills a member stuck past
 its job's timeout + grace, rescues other workers that stopped heartbeating,
 trims old results, sweeps ledger files nobody needs and logs stats.
 Threads pool: the same with members as threads of one process.
