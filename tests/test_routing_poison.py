@@ -145,6 +145,35 @@ def test_quarantine_after_one_on_a_routed_queue(queue: str, subprocess_env: dict
     ran_once(after)
 
 
+def test_deaths_in_a_row_across_members_are_each_recorded_and_never_held_up(
+    queue: str, subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two members dying in turn: each replacement is forked while the
+    supervisor holds the other member's broker socket, and must not keep a
+    copy (the broker would hold that member's deliveries until it died)."""
+    crashes, after = [], []
+    for i in range(4):
+        log = str(tmp_path / f"crash{i}")
+        job = Crash(log).run_in_worker(queue=queue)
+        assert job is not None
+        crashes.append((job, log))
+        for k in range(2):
+            path = str(tmp_path / f"n{i}-{k}")
+            slow = Log(path, f"n{i}-{k}", sleep=0.3).run_in_worker(queue=queue)  # heartbeats pass meanwhile
+            assert slow is not None
+            after.append((slow, path))
+    proc = start(worker_env(subprocess_env), queue, "--max-processes", "2")
+    try:
+        wait_for(lambda: settled(queue, *(j.uuid for j, _ in crashes + after)), what="every result")
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+    for job, log in crashes:
+        assert [(r.status, r.error_type) for r in results(job.uuid)] == [(tables.LOST, "WorkerLost")]
+        assert lines(log) == ["ran"]
+    ran_once(after)
+
+
 def test_a_member_killed_from_outside_records_its_job_and_its_prefetched_jobs_run_once(
     queue: str, subprocess_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ from . import rescue
 from .liveness import Liveness
 from .config import WorkerConfig
 from .ledger import Ledger, LedgerState
+from . import routed_ledger
 from .routed_ledger import RoutedJob, RoutedJobs
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
@@ -120,16 +121,6 @@ class Pending:
     routed: list[RoutedJob] = field(default_factory=list)
     routed_complete: bool = True
 
-
-#: The routed part of a member's ledger holds the messages of its unwritten
-#: jobs: room for one of the largest a routed message can be (twice: the
-#: stored envelope's escaping), however large the setting.
-ROUTED_LEDGER_MIN = 1 << 20
-ROUTED_LEDGER_MAX = 64 << 20
-
-
-def routed_ledger_size(max_message_size: int) -> int:
-    return max(ROUTED_LEDGER_MIN, min(ROUTED_LEDGER_MAX, 2 * max_message_size + (64 << 10)))
 
 
 class Supervisor:
@@ -391,7 +382,7 @@ class Supervisor:
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
         if self.routed:
             handle.ledger.routed = RoutedJobs(
-                routed_ledger_size(get_settings().max_message_size), sockets=self.config.pool == "processes"
+                routed_ledger.size_for(get_settings().max_message_size), sockets=self.config.pool == "processes"
             )
         if self.config.pool == "threads":
             member = forked.member_class(self.config)(
@@ -440,24 +431,17 @@ class Supervisor:
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)
-                self._routed_parts_in_child(handle)
+                # Copies of other members' broker sockets would hold their connections open.
+                routed_ledger.in_child(
+                    handle.ledger,
+                    [h.ledger for h in (*self._members(), *self.orphans.values())] + [p.ledger for p in self.pending],
+                )
                 forked.child(self.config, worker_id, slot, os.getppid(), handle.ledger, go_read)
             if go_read >= 0:
                 os.close(go_read)
             handle.pid = pid
         self.free_slots.remove(slot_index)
         return handle
-
-    def _routed_parts_in_child(self, own: Handle) -> None:
-        """In a new member: close the broker sockets the supervisor holds
-        for other members (a copy here would keep a dead member's
-        connection open, its deliveries held, for as long as we live)."""
-        ledgers = [h.ledger for h in (*self._members(), *self.orphans.values())] + [p.ledger for p in self.pending]
-        for other in ledgers:
-            if other is not None and other is not own.ledger and other.routed is not None:
-                other.routed.in_child(own=False)
-        if own.ledger is not None and own.ledger.routed is not None:
-            own.ledger.routed.in_child(own=True)
 
     def _reap(self) -> None:
         if self.config.pool == "threads":

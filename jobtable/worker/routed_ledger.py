@@ -24,9 +24,14 @@ import mmap
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .ledger import STATUSES
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
 
 _CODES = {name: code for code, name in enumerate(STATUSES) if name}
 
@@ -200,6 +205,28 @@ class RoutedJobs:
         for sock in (self._to_supervisor, self._from_member):
             if sock is not None:
                 sock.close()
+
+
+#: Room for one of the largest messages a routed job can have (twice: the
+#: stored envelope's escaping), however large the setting.
+MIN_SIZE = 1 << 20
+MAX_SIZE = 64 << 20
+
+
+def size_for(max_message_size: int) -> int:
+    """The routed part's size for the ``max_message_size`` setting."""
+    return max(MIN_SIZE, min(MAX_SIZE, 2 * max_message_size + (64 << 10)))
+
+
+def in_child(own: Ledger | None, others: Sequence[Ledger | None]) -> None:
+    """In a new member process: close the broker sockets the supervisor
+    holds for other members (a copy here would keep a dead member's
+    connection open, its deliveries held, for as long as this one lives)."""
+    for other in others:
+        if other is not None and other is not own and other.routed is not None:
+            other.routed.in_child(own=False)
+    if own is not None and own.routed is not None:
+        own.routed.in_child(own=True)
 
 
 def _close(fd: int) -> None:
