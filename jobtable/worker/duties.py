@@ -28,6 +28,7 @@ from . import cancels
 from . import ledger as ledgers
 from . import rescue
 from .config import WorkerConfig
+from .ledger import Ledger
 from .liveness import Liveness
 from .slots import Slots
 from .stats import StatsReporter
@@ -62,6 +63,8 @@ class Placed(Held, Protocol):
 
     @property
     def slot_index(self) -> int: ...
+    @property
+    def ledger(self) -> Ledger | None: ...
 
 
 class Pool(Protocol):
@@ -127,6 +130,9 @@ class Duties:
             self.running_now() != self._reported_running and self.every("running", RUNNING_EVERY)
         ):
             sent = time.monotonic()
+            for handle in pool.handles.values():
+                if handle.ledger is not None and handle.ledger.routed is not None:
+                    handle.ledger.routed.receive_sockets()  # only the newest is kept
             if self.run("heartbeat"):
                 # Members may start the jobs they hold for lost_after / 2
                 # from when this heartbeat was sent (process.py _still_ours).

@@ -6,7 +6,9 @@ a member that dies (see ``_spawn``).  The supervisor never touches jobs
 itself: it heartbeats for its members, notices a member that died
 (``SIGCHLD``, ``waitpid``) and,
 from the member's ledger (``ledger.py``), records what it had started LOST
-(or QUARANTINED) and gives back what it had not, kills a member stuck past
+(or QUARANTINED) and gives back what it had not (a routed member's jobs:
+``routing/lost.py``, before it lets the broker see the member's connection
+close, ``routed_ledger.py``), kills a member stuck past
 its job's timeout + grace.  What it runs on timers -- heartbeats, the
 rescue of other workers that stopped heartbeating, schedule ticks, the purge
 of old results and ledger files nobody needs, stats -- is ``duties.py``.
@@ -36,7 +38,7 @@ from typing import Any
 from .. import middleware
 from ..db import engine as db_engine
 from ..db import claims_sql, clock, workers_sql
-from ..routing import routes
+from ..routing import lost, routes
 from ..settings import get_settings
 from . import cancels, forked, hooks
 from . import ledger as ledgers
@@ -45,6 +47,8 @@ from .liveness import Liveness
 from .config import WorkerConfig
 from .duties import Duties, make_scheduler
 from .ledger import Ledger, LedgerState
+from . import routed_ledger
+from .routed_ledger import RoutedJob, RoutedJobs
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
 from .timeouts import NoTimeout, raise_in_thread
@@ -97,6 +101,11 @@ class Pending:
     ledger: Ledger | None = None
     cancelled_row: int = 0
     cancelled_how: int = 0
+    #: A routed member's started jobs (its ledger's routed part) and
+    #: whether every one was kept.
+    routed: list[RoutedJob] = field(default_factory=list)
+    routed_complete: bool = True
+
 
 
 class Supervisor:
@@ -353,6 +362,10 @@ class Supervisor:
         slot.contact = time.monotonic()  # just registered (or about to be, for a spare)
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
+        if self.routed:
+            handle.ledger.routed = RoutedJobs(
+                routed_ledger.size_for(get_settings().max_message_size), sockets=self.config.pool == "processes"
+            )
         if self.config.pool == "threads":
             member = forked.member_class(self.config)(
                 self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
@@ -395,9 +408,16 @@ class Supervisor:
                 raise
             if pid != 0:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                if handle.ledger is not None and handle.ledger.routed is not None:
+                    handle.ledger.routed.in_supervisor()
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)
+                # Copies of other members' broker sockets would hold their connections open.
+                routed_ledger.in_child(
+                    handle.ledger,
+                    [h.ledger for h in (*self._members(), *self.orphans.values())] + [p.ledger for p in self.pending],
+                )
                 forked.child(self.config, worker_id, slot, os.getppid(), handle.ledger, go_read)
             if go_read >= 0:
                 os.close(go_read)
@@ -447,6 +467,12 @@ class Supervisor:
         if crashed:
             logger.warning("Worker %s %s.", handle.worker_id, how)
         state = handle.ledger.state() if handle.ledger is not None else None
+        routed_part = handle.ledger.routed if handle.ledger is not None else None
+        routed_jobs: list[RoutedJob] = []
+        routed_complete = True
+        if routed_part is not None:
+            routed_part.receive_sockets()  # held until its end is written
+            routed_jobs, routed_complete = routed_part.jobs()
         self.pending.append(
             Pending(
                 handle.worker_id,
@@ -459,6 +485,8 @@ class Supervisor:
                 ledger=handle.ledger,
                 cancelled_row=handle.cancelled_row,
                 cancelled_how=handle.cancelled_how,
+                routed=routed_jobs,
+                routed_complete=routed_complete,
             )
         )
         self.cancels.forget(handle.worker_id)
@@ -512,6 +540,12 @@ class Supervisor:
                         poison=item.poison,
                         quarantine_after=self.config.quarantine_after,
                     )
+                    if item.routed or not item.routed_complete:
+                        lost.record_dead_member(
+                            conn, item.worker_id, item.routed, item.routed_complete, _now(), why=item.why,
+                            why_finished=item.why_finished, poison=item.poison,
+                            quarantine_after=self.config.quarantine_after,
+                        )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
             except db_engine.ERRORS as exc:
