@@ -22,7 +22,7 @@
 - ``connection``: a bulk enqueue in its own transaction vs with
   ``connection=`` (the caller's ``engine.begin()``), alternating.
 - ``cpu``: client CPU per job (``time.process_time``, median of the rounds)
-  of building 10,000 ``Noop()`` jobs, of ``enqueue._rows`` for them (the
+  of building 10,000 ``Noop()`` jobs, of ``job_rows.build_rows`` for them (the
   per-job Python of a bulk call) and of the whole ``run_in_worker_many``;
   ``--profile``: cProfile with a CPU clock of five whole calls.
 - ``memory``: PSS and RSS per process (``/proc/PID/smaps_rollup``) of an idle
@@ -295,7 +295,7 @@ def cmd_cpu(args: argparse.Namespace) -> None:
 
     import jobtable
     from benchapps.jobtable_jobs import Noop
-    from jobtable import enqueue, messages
+    from jobtable import enqueue, job_rows, messages
     from jobtable.db import clock
 
     fresh()
@@ -309,7 +309,7 @@ def cmd_cpu(args: argparse.Namespace) -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
-    phases: dict[str, list[float]] = {"Noop() x n": [], "enqueue._rows": [], "run_in_worker_many (whole)": []}
+    phases: dict[str, list[float]] = {"Noop() x n": [], "job_rows.build_rows": [], "run_in_worker_many (whole)": []}
     for _ in range(args.repeat):
         c = time.process_time()
         jobs = [Noop() for _ in range(n)]
@@ -317,8 +317,8 @@ def cmd_cpu(args: argparse.Namespace) -> None:
         now = clock.utcnow()
         ids = [messages.new_task_id() for _ in jobs]
         c = time.process_time()
-        enqueue._rows(jobs, ids, {}, now, now, QUEUE, None, None, None, 1)  # type: ignore[arg-type]
-        phases["enqueue._rows"].append(time.process_time() - c)
+        job_rows.build_rows(jobs, ids, {}, now, now, QUEUE, None, None, None, 1)  # type: ignore[arg-type]
+        phases["job_rows.build_rows"].append(time.process_time() - c)
         c = time.process_time()
         jobtable.run_in_worker_many(jobs, queue=QUEUE)
         phases["run_in_worker_many (whole)"].append(time.process_time() - c)

@@ -175,7 +175,7 @@ def main() -> None:
     # The floor: the row run_in_worker writes, by hand.
     from jobtable import messages
     from jobtable.db import clock
-    from jobtable.enqueue import _row
+    from jobtable.job_rows import build_row as _row
 
     template = _row(Noop(), messages.new_task_id(), {}, clock.utcnow(), clock.utcnow(), QUEUE, None, None, None)
     template["unique_key"] = None
@@ -188,7 +188,7 @@ def main() -> None:
     )
     from jobtable.db.dialects.postgresql import _pg_insert_sql
 
-    notify_sql = _pg_insert_sql(tuple(columns), True)
+    notify_sql = _pg_insert_sql(tuple(columns), None)
 
     def floor(sql: str, named: bool) -> Callable[[], Any]:
         def run() -> None:

@@ -39,9 +39,9 @@ def main() -> None:
     from jobtable import messages
     from jobtable.db import tables
     from jobtable.db.migrate import upgrade
-    from jobtable.enqueue import _positional_names
+    from jobtable.job_rows import positional_names as _positional_names
 
-    print("## 1. Enqueue: inspect.signature per job (enqueue._positional_names)")
+    print("## 1. Enqueue: inspect.signature per job (job_rows.positional_names)")
     print(f"   today, per job:            {per_call(lambda: _positional_names(Noop), 2000):8.1f} us")
     import functools
 

@@ -70,49 +70,51 @@ def make_app(kind: str, queue: str, db_url: str | None = None) -> Celery:
 
 
 def define_tasks(app: Celery) -> None:
-    @app.task(name="parity.add")
+    # shared=False: each make_app defines its own functions; shared ones would
+    # join every app made later, two callables under one name.
+    @app.task(name="parity.add", shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="parity.tsum")
+    @app.task(name="parity.tsum", shared=False)
     def tsum(values: list[Any]) -> Any:
         return sum(values)
 
-    @app.task(name="parity.echo")
+    @app.task(name="parity.echo", shared=False)
     def echo(value: Any) -> Any:
         return value
 
-    @app.task(name="parity.fail")
+    @app.task(name="parity.fail", shared=False)
     def fail(message: str) -> None:
         raise ValueError(message)
 
-    @app.task(name="parity.record_error", bind=True)
+    @app.task(name="parity.record_error", shared=False, bind=True)
     def record_error(self: Any, failed_id: str, path: str) -> None:
         """An old-style errback (bind=True: called with the failed task's id)."""
         append(path, failed_id)
 
-    @app.task(name="parity.retry_once", bind=True, max_retries=3)
+    @app.task(name="parity.retry_once", shared=False, bind=True, max_retries=3)
     def retry_once(self: Any, path: str, countdown: float) -> int:
         append(path, self.request.retries)
         if self.request.retries == 0:
             raise self.retry(countdown=countdown, exc=ConnectionError("first attempt failed"))
         return int(self.request.retries)
 
-    @app.task(name="parity.progress", bind=True)
+    @app.task(name="parity.progress", shared=False, bind=True)
     def progress(self: Any, state: str, path: str, release: str) -> str:
         self.update_state(state=state, meta={"done": 3})
         append(path, "updated")
         wait_for_file(release)
         return "finished"
 
-    @app.task(name="parity.hold", acks_late=True)
+    @app.task(name="parity.hold", shared=False, acks_late=True)
     def hold(path: str, release: str) -> str:
         """acks_late: its message stays claimed while it runs."""
         append(path, "running")
         wait_for_file(release)
         return "released"
 
-    @app.task(name="parity.hold_pid")
+    @app.task(name="parity.hold_pid", shared=False)
     def hold_pid(path: str, release: str) -> str:
         """Notes the pool process it runs in, then waits for ``release``."""
         append(path, "running", os.getpid())
@@ -120,19 +122,19 @@ def define_tasks(app: Celery) -> None:
         append(path, "finished")
         return "released"
 
-    @app.task(name="parity.hold_tracked", track_started=True)
+    @app.task(name="parity.hold_tracked", shared=False, track_started=True)
     def hold_tracked(path: str, release: str) -> str:
         append(path, "running")
         wait_for_file(release)
         return "released"
 
-    @app.task(name="parity.grow_chord", bind=True)
+    @app.task(name="parity.grow_chord", shared=False, bind=True)
     def grow_chord(self: Any, value: int) -> int:
         """A header task that adds a task to its own chord."""
         self.add_to_chord(add.si(value, 100))
         return value
 
-    @app.task(name="parity.replace_with", bind=True)
+    @app.task(name="parity.replace_with", shared=False, bind=True)
     def replace_with(self: Any, value: int) -> Any:
         """A header task that replaces itself with a group of two."""
         from celery import group

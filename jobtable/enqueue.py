@@ -1,29 +1,29 @@
-"""Turning Job instances into queue rows: validation, encoding, locking, insert."""
+"""Job instances into the queue: the call's options, ``should_enqueue`` and
+its locks, routed queues, and the insert (one lean statement for a single
+job).  The rows themselves are built by ``job_rows.py``."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
 from contextlib import ExitStack
 from types import SimpleNamespace
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Union
+from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from . import limits, message_checks, messages, params, telemetry
+from . import job_rows, limits, messages, telemetry
 from .db import engine as db_engine
 from .db import retry as db_retry
-from .db import clock, enqueue_sql, tables
+from .db import clock, enqueue_sql, single_insert, tables
 from .exceptions import EnqueueError
 
 # BaseJob, not jobs.Job: jobs.py calls this module, so what both need of a
 # Job lives below both (jobbase.py).  Every jobtable.Job is a BaseJob.
 from .jobbase import BaseJob, JobRequest, enqueue_lock_name, overrides
 
-Delay = Union[int, float, timedelta, datetime, None]
+Delay = job_rows.Delay
+encode_arguments = job_rows.encode_arguments  # scheduling.py, tests
 
 MAX_NAME = limits.MAX_NAME
 
@@ -79,28 +79,16 @@ def enqueue(
             raise EnqueueError(f"run_in_worker_many() takes Job instances, got {type(job).__name__}.")
     if not jobs:
         return []
-    task_ids = [messages.new_task_id()] if len(jobs) == 1 else _task_ids(len(jobs))
+    if len(jobs) == 1 and delay is None and concurrency_key is None and not retry_attempt:
+        lean = _enqueue_one(jobs[0], queue, priority, retries, connection)
+        if lean is not _GENERAL:
+            return [lean]
+    task_ids = [messages.new_task_id()] if len(jobs) == 1 else job_rows.task_ids_for(len(jobs))
     span_queue = queue if queue is not None else jobs[0].resolved_queue()
     with telemetry.send_span(str(span_queue), jobs[0].job_name(), task_ids) as trace_headers:
         return _enqueue(
             jobs, task_ids, trace_headers, queue, delay, priority, retries, concurrency_key, connection, retry_attempt
         )
-
-
-#: The uuid4 variant digit (RFC 4122: binary 10xx) for a random hex digit.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def _task_ids(n: int) -> list[str]:
-    """``n`` new task ids, each the text of a random (version 4) UUID, as
-    ``messages.new_task_id`` gives: one read of the system's random source
-    for the batch instead of one ``uuid.uuid4()`` object per job."""
-    digits = os.urandom(16 * n).hex()
-    return [
-        f"{digits[i:i + 8]}-{digits[i + 8:i + 12]}-4{digits[i + 13:i + 16]}-"
-        f"{_VARIANT[digits[i + 16]]}{digits[i + 17:i + 20]}-{digits[i + 20:i + 32]}"
-        for i in range(0, 32 * n, 32)
-    ]
 
 
 def _enqueue(
@@ -117,12 +105,12 @@ def _enqueue(
 ) -> list[JobRequest | None]:
     now = clock.utcnow()
     source = _source(jobs)
-    run_at = _run_at(delay, now, source)
+    run_at = job_rows.run_at_of(delay, now, source)
     attempt = limits.check_int("retry_attempt", retry_attempt, 0, limits.INT32_MAX - 1, source=source) + 1
     if len(jobs) == 1:
-        rows = [_row(jobs[0], task_ids[0], trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)]
+        rows = [job_rows.build_row(jobs[0], task_ids[0], trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)]
     else:
-        rows = _rows(jobs, task_ids, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
+        rows = job_rows.build_rows(jobs, task_ids, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
 
     # should_enqueue() needs its lock only when a job class overrides it:
     # otherwise the unique index is the limit (one per key), lock-free.
@@ -209,6 +197,84 @@ def _enqueue(
     return out
 
 
+# -- the single enqueue's lean path (issue 13) --------------------------------
+
+#: ``_enqueue_one``'s answer when the call needs the general path.
+_GENERAL: Any = object()
+#: Per job class: whether its instances may take the lean path at all (no
+#: ``should_enqueue`` of its own).
+_LEAN_CLASS: dict[type, bool] = {}
+def _enqueue_one(
+    job: BaseJob, queue: str | None, priority: int | None, retries: int | None, connection: Any
+) -> Any:
+    """One job, no delay, no key: its row from the class's template
+    (``job_rows.single_row``) and one INSERT -- in autocommit
+    (``db/single_insert.py`` on PostgreSQL), or one statement in the
+    caller's transaction (``connection=``).  ``_GENERAL`` when the call
+    needs the general path: a class with its own ``should_enqueue``, a
+    concurrency key, a routed queue (``broker_routes``), tracing on, or
+    values that are not plain ``str``/``int`` (the general path's checks
+    name what is wrong).  What is stored is what the general path stores."""
+    from .settings import get_settings
+
+    cls = type(job)
+    lean = _LEAN_CLASS.get(cls)
+    if lean is None:
+        lean = _LEAN_CLASS[cls] = not overrides(job, "should_enqueue")
+    if not lean or telemetry.enabled():
+        return _GENERAL
+    try:
+        queue = job.resolved_queue() if queue is None else queue
+        priority = job.resolved_priority() if priority is None else priority
+        retries = job.resolved_retries() if retries is None else retries
+        if job.resolved_concurrency_key() != "":
+            return _GENERAL
+    except Exception:  # a hook that raises: the general path raises it as it always did
+        return _GENERAL
+    if type(queue) is not str or type(priority) is not int or type(retries) is not int:
+        return _GENERAL
+    settings = get_settings()
+    if settings.broker_routes and queue in settings.broker_routes:
+        return _GENERAL  # routing.publish sends it to the broker
+    if connection is not None:
+        conn = _as_connection(connection)
+        db_engine.check_schema(conn.engine, conn)
+        row = job_rows.single_row(job, messages.new_task_id(), clock.utcnow(), queue, priority, retries, settings)
+        row_id = enqueue_sql.insert_requests(conn, [row]).get(row["task_id"])
+    else:
+        engine = db_engine.get_engine()
+        db_engine.check_schema(engine)
+        row = job_rows.single_row(job, messages.new_task_id(), clock.utcnow(), queue, priority, retries, settings)
+        row_id = _insert_one(engine, row)
+    if row_id is None:
+        return None
+    return JobRequest.from_row(SimpleNamespace(id=row_id, **row))
+
+
+def _insert_one(engine: Any, row: dict[str, Any]) -> int | None:
+    """The row's id (None: skipped), in its own transaction, with the one
+    retry of ``db/retry.py`` when the pooled connection had died."""
+    table_ids = [row["task_id"]]
+
+    def write(conn: Connection, retrying: bool = False) -> dict[str, int]:
+        written = enqueue_sql.written_task_ids(conn, table_ids) if retrying else {}
+        if not written:
+            written = enqueue_sql.insert_requests(conn, [row])
+        return written
+
+    if single_insert.usable(engine):
+        try:
+            return single_insert.insert(engine, row)
+        except sa_exc.DBAPIError as exc:
+            if not db_retry.is_disconnect(exc):
+                raise
+            db_retry.log_retry(exc)
+            written = db_retry.write_retrying(engine, write, retried=True)
+    else:
+        written = db_retry.write_retrying(engine, write, autocommit=True)
+    return written.get(row["task_id"])
+
+
 def _should_enqueue(job: BaseJob, row: dict[str, Any], conn: Connection) -> bool:
     job._enqueue_connection = conn
     try:
@@ -243,270 +309,3 @@ def _as_connection(connection: Any) -> Connection:
     )
 
 
-# -- validation and encoding ---------------------------------------------------
-
-
-def _run_at(delay: Delay, now: datetime, source: str) -> datetime:
-    if delay is None:
-        return now
-    if isinstance(delay, datetime):
-        return max(limits.check_time("delay", delay, source=source), now)
-    return limits.time_after(now, "delay", delay, source=source)
-
-
-def _row(
-    job: BaseJob,
-    task_id: str,
-    trace_headers: dict[str, str],
-    now: datetime,
-    run_at: datetime,
-    queue: str | None,
-    priority: int | None,
-    retries: int | None,
-    concurrency_key: str | None,
-    attempt: int = 1,
-) -> dict[str, Any]:
-    task_name = job.job_name()
-    source = type(job).__qualname__
-    queue = limits.check_name("queue", queue if queue is not None else job.resolved_queue(), source=source)
-    priority = limits.check_int(
-        "priority",
-        priority if priority is not None else job.resolved_priority(),
-        tables.PRIORITY_MIN,
-        tables.PRIORITY_MAX,
-        source=source,
-    )
-    retries = limits.check_int(
-        "retries", retries if retries is not None else job.resolved_retries(), 0, limits.INT32_MAX, source=source
-    )
-    key = limits.check_name(
-        "concurrency_key",
-        concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
-        source=source,
-        allow_empty=True,
-    )
-    args, kwargs = encode_arguments(job)
-    envelope = messages.task_message(
-        task_name=task_name,
-        task_id=task_id,
-        args=args,
-        kwargs=kwargs,
-        queue=queue,
-        priority=priority,
-        eta=run_at if run_at > now else None,
-        attempt=attempt,
-        retries=retries,
-        concurrency_key=key or None,
-        custom_limit=overrides(job, "should_enqueue"),
-        extra_headers=trace_headers,
-    )
-    return message_checks.checked_row(envelope, queue, now, source=source, arg_names=_positional_names(type(job)))
-
-
-#: Stands for a job's own values in a batch's message template (see _rows):
-#: random per process, so no other part of a message can contain it.
-_MARK = f"jobtable-{messages.new_task_id()}-"
-_ID, _ARGSREPR, _KWARGSREPR, _BODY = (f"{_MARK}{i}" for i in range(4))
-
-
-def _rows(
-    jobs: list[BaseJob],
-    task_ids: list[str],
-    trace_headers: dict[str, str],
-    now: datetime,
-    run_at: datetime,
-    queue: str | None,
-    priority: int | None,
-    retries: int | None,
-    concurrency_key: str | None,
-    attempt: int,
-) -> list[dict[str, Any]]:
-    """``_row`` of every job, the batch's per-job Python work cut to what
-    differs between its jobs.
-
-    Jobs of one class with the same queue, priority, retries and key get
-    messages that differ only in the task id, the body and the argument
-    reprs: the first job of each such group goes through ``_row`` (every
-    check), and the group's message is dumped once as a template whose
-    placeholders the others fill in.  The text is the same as
-    ``json.dumps`` of each job's envelope would be (the placeholders are
-    whole JSON strings, replaced by JSON strings).  A job whose text is not
-    UTF-8 or over ``max_message_size`` goes through ``_row``, which refuses
-    it with the error naming the part.
-    """
-    from .settings import get_settings
-
-    limit = get_settings().max_message_size
-    groups: dict[Any, tuple[dict[str, Any], list[str], list[str] | None]] = {}
-    # The group key of a class whose queue, priority, retries and key do not
-    # depend on the instance (given by the call, or BaseJob's defaults):
-    # asked once per class, not four hooks per job.
-    static: dict[type, Any] = {}  # None: the class's key depends on the instance
-    rows: list[dict[str, Any]] = []
-    for job, task_id in zip(jobs, task_ids):
-        cls = type(job)
-        key = static.get(cls)
-        try:
-            if key is None:
-                key = (
-                    cls,
-                    queue if queue is not None else job.resolved_queue(),
-                    priority if priority is not None else job.resolved_priority(),
-                    retries if retries is not None else job.resolved_retries(),
-                    concurrency_key if concurrency_key is not None else job.resolved_concurrency_key(),
-                )
-                if cls not in static:
-                    static[cls] = key if _instance_free(job, queue, priority, retries, concurrency_key) else None
-            group = groups.get(key)
-        except TypeError:  # an unhashable value: _row names what is wrong
-            key, group = None, None
-        if group is None:
-            row = _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
-            rows.append(row)
-            if key is not None:
-                parts = _template(job, trace_headers, now, run_at, row, attempt)
-                groups[key] = (dict(row), parts, _without_arguments(parts))
-            continue
-        template, parts, bare = group
-        if bare is not None and not job._init_args and not job._init_kwargs:
-            # No arguments: only the task id differs (ASCII), and the text is
-            # no longer than the group's first job's, which _row checked.
-            text = f'"{task_id}"'.join(bare)
-        else:
-            args, kwargs = encode_arguments(job)
-            if args or kwargs:
-                fill = {
-                    _ARGSREPR: messages.dumps(messages.argsrepr(args)),
-                    _KWARGSREPR: messages.dumps(messages.argsrepr(kwargs)),
-                    _BODY: messages.dumps(messages.dumps([args, kwargs, _EMBED])),
-                }
-            else:
-                fill = dict(_NO_ARGUMENTS)
-            # Our own uuid4 text: nothing in it for JSON to escape.
-            fill[_ID] = f'"{task_id}"'
-            text = "".join([fill.get(part, part) for part in parts])
-            if text.isascii():
-                size = len(text)
-            else:
-                try:
-                    size = len(text.encode("utf-8"))
-                except UnicodeEncodeError:
-                    size = limit + 1
-            if size > limit:
-                rows.append(
-                    _row(job, task_id, trace_headers, now, run_at, queue, priority, retries, concurrency_key, attempt)
-                )
-                continue
-        row = dict(template)
-        row["task_id"] = task_id
-        row["message"] = text
-        rows.append(row)
-    return rows
-
-
-#: The hooks behind each part of a batch group's key (see _rows).
-_KEY_HOOKS = (
-    ("resolved_queue", "get_queue", "default_queue"),
-    ("resolved_priority", "get_priority", "default_priority"),
-    ("resolved_retries", "get_retries", "default_retries"),
-    ("resolved_concurrency_key", "get_unique_key", "default_concurrency_key"),
-)
-
-
-def _instance_free(job: BaseJob, *given: Any) -> bool:
-    """Whether every part of ``job``'s group key is the same for all
-    instances of its class: given by the call, or none of its hooks
-    overridden (BaseJob's return constants)."""
-    return all(
-        value is not None or not any(overrides(job, hook) for hook in hooks) for value, hooks in zip(given, _KEY_HOOKS)
-    )
-
-
-def _without_arguments(parts: list[str]) -> list[str] | None:
-    """The message of a group's job without arguments, split around its
-    task id (``f'"{task_id}"'.join(...)`` gives it whole), or None when
-    the template is not the expected one."""
-    if parts.count(_ARGSREPR) != 1 or parts.count(_KWARGSREPR) != 1 or parts.count(_BODY) != 1:
-        return None
-    text = "".join([_NO_ARGUMENTS.get(part, part) for part in parts])
-    return text.split(_ID_FILLER)
-
-
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-#: Stands for _ID in a joined text, to split it on (see _MARK).
-_ID_FILLER = f"{_MARK}id"
-_NO_ARGUMENTS = {
-    _ID: _ID_FILLER,
-    _ARGSREPR: messages.dumps(messages.argsrepr([])),
-    _KWARGSREPR: messages.dumps(messages.argsrepr({})),
-    _BODY: messages.dumps(messages.dumps([[], {}, _EMBED])),
-}
-
-
-def _template(
-    job: BaseJob, trace_headers: dict[str, str], now: datetime, run_at: datetime, row: dict[str, Any], attempt: int
-) -> list[str]:
-    """The message of ``row``'s group, split around its placeholders: the
-    parts, each placeholder one part of its own."""
-    envelope = messages.task_message(
-        task_name=row["task_name"],
-        task_id=_ID,
-        args=[],
-        kwargs={},
-        queue=row["queue"],
-        priority=row["priority"],
-        eta=run_at if run_at > now else None,
-        attempt=attempt,
-        retries=row["retries"],
-        concurrency_key=row["concurrency_key"],
-        custom_limit=overrides(job, "should_enqueue"),
-        extra_headers=trace_headers,
-    )
-    envelope["headers"]["argsrepr"] = _ARGSREPR
-    envelope["headers"]["kwargsrepr"] = _KWARGSREPR
-    envelope["body"] = _BODY
-    text = messages.dumps(envelope)
-    parts: list[str] = []
-    for piece in text.split(f'"{_MARK}'):
-        if parts:
-            # piece starts with the placeholder's number and its closing quote.
-            number, rest = piece.split('"', 1)
-            parts.append(_MARK + number)
-            parts.append(rest)
-        else:
-            parts.append(piece)
-    return parts
-
-
-def encode_arguments(job: BaseJob) -> tuple[list[Any], dict[str, Any]]:
-    """The job's ``__init__`` arguments as JSON-safe values, with errors that
-    name the argument."""
-    cls = type(job)
-    names = _positional_names(cls)
-    try:
-        args = [
-            params.encode(value, f"{cls.__qualname__} argument {names[i] if i < len(names) else i!r}")
-            for i, value in enumerate(job._init_args)
-        ]
-        kwargs = {
-            key: params.encode(value, f"{cls.__qualname__} argument {key!r}")
-            for key, value in job._init_kwargs.items()
-        }
-    except params.ParameterError as exc:
-        raise params.ParameterError(str(exc)) from None
-    return args, kwargs
-
-
-@functools.cache
-def _positional_names(cls: type) -> list[str]:
-    # Cached: inspect.signature parses text for C-level __init__s, which would
-    # otherwise cost more per enqueue than the INSERT.
-    try:
-        signature = inspect.signature(cls.__init__)  # type: ignore[misc]
-    except (TypeError, ValueError):
-        return []
-    return [
-        repr(p.name)
-        for p in list(signature.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]

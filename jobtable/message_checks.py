@@ -140,26 +140,40 @@ def _dump(envelope: dict[str, Any], source: str) -> str:
 
 def _find_problem(envelope: dict[str, Any], *, body: bool = True, surrogates: bool = False) -> str | None:
     """Which header, property (or, with ``body``, body) value cannot be stored, and why."""
-    places: list[tuple[str, Any]] = []
+    # (label, key, value): labels are formatted only for a problem found --
+    # a publish's two dozen headers made as many f-strings per message.
+    places: list[tuple[str, Any, Any]] = []
     for section, label in (("headers", "header"), ("properties", "property")):
         values = envelope.get(section)
         if isinstance(values, dict):
             for key, value in values.items():
-                if not isinstance(key, str):
+                if key.__class__ is not str and not isinstance(key, str):
                     return f"a {label} name {short(key)} is a {type(key).__name__}; names are strings."
-                places.append((f"{label} {key!r}", value))
+                cls = value.__class__
+                # Most headers are plain: ASCII text, None, a bool, a small
+                # int -- storable without the walk.
+                if value is None or cls is bool or (cls is int and -_SMALL < value < _SMALL) or (
+                    cls is str and (surrogates or value.isascii())
+                ):
+                    continue
+                places.append((label, key, value))
     for key, value in envelope.items() if body else ():
         if key not in ("headers", "properties"):
-            places.append(("the body" if key == "body" else f"the envelope's {key!r}", value))
-    for label, value in places:
+            places.append(("", key, value))
+    for label, key, value in places:
         found = limits.unstorable(value, 1, surrogates=surrogates)
         if found is not None:
             path, reason = found
+            where = f"{label} {key!r}" if label else "the body" if key == "body" else f"the envelope's {key!r}"
             return (
-                f"{label}{path} {reason}. Headers and properties are stored as JSON: str, int, finite float, bool, "
+                f"{where}{path} {reason}. Headers and properties are stored as JSON: str, int, finite float, bool, "
                 "None, and lists and dicts of them (string keys). Convert the value (to a str or a list, say)."
             )
     return None
+
+
+#: Integers below this in magnitude are always written as JSON.
+_SMALL = 2**63
 
 
 def _check_size(

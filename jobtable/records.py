@@ -13,28 +13,27 @@ operations a user needs: ``request.refresh()``, ``request.cancel()``,
 The CLI and the dashboard's actions go through the same functions
 (``retry_latest``, ``cancel_waiting``), which take a Connection so that the
 caller chooses the transaction.  The SQL lives in ``db/reads_sql`` and
-``db/operations_sql``; this module only chooses and converts.
+``db/operations_sql``; this module only chooses and converts.  What the three
+queries share is ``record_queries.py``; the wait for a final result,
+``result_wait.py``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
-from sqlalchemy import Table
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import Select
 
+from . import result_wait
 from .db import cancels_sql, clock, operations_sql, reads_sql, tables, workers_sql
 from .db import engine as db_engine
-from .db.notify import Listener
 from .exceptions import JobNotFound, JobStateError
+from .record_queries import Query, QueryAttribute, choices, reading
 
 __all__ = [
     "JobProcess",
@@ -49,41 +48,7 @@ __all__ = [
     "wait_for",
 ]
 
-#: Rows read per transaction when a query is iterated.
-PAGE_SIZE = 500
-#: Longest single wait between two looks at the database in ``wait()``: a
-#: notification can be missed (PgBouncer in transaction mode, a reconnect),
-#: so the result is read again at least this often.
-WAIT_CAP = 5.0
-
 WAITING_STATES = (tables.SCHEDULED, tables.PENDING)
-
-_T = TypeVar("_T")
-_Q = TypeVar("_Q", bound="_Query[Any]")
-
-
-# -- shared ----------------------------------------------------------------------------
-@contextmanager
-def _reading(engine: Engine | None = None) -> Iterator[Connection]:
-    """A read transaction.  On SQLite it is DEFERRED: reading (a ``wait()``
-    woken by every commit, a walk through the results) must not take the
-    writers' lock that jobtable's own transactions take at BEGIN."""
-    with db_engine.connect(engine) as conn:
-        conn = conn.execution_options(sqlite_begin="DEFERRED")
-        with conn.begin():
-            yield conn
-
-
-
-
-class _QueryAttribute(Generic[_Q]):
-    """``JobResult.query`` (as plain's models have): a fresh query each time."""
-
-    def __init__(self, make: Callable[[], _Q]) -> None:
-        self._make = make
-
-    def __get__(self, obj: object, owner: type | None = None) -> _Q:
-        return self._make()
 
 
 class _ByUuid:
@@ -93,7 +58,7 @@ class _ByUuid:
 
     def result(self) -> JobResult | None:
         """The newest finished attempt of this job, if any (no waiting)."""
-        with _reading() as conn:
+        with reading() as conn:
             row = reads_sql.latest_result(conn, self.uuid)
         return None if row is None else JobResult.from_row(row)
 
@@ -119,127 +84,10 @@ class _ByUuid:
         return wait_for(self.uuid, timeout)
 
 
-# -- queries ---------------------------------------------------------------------------
+# -- queries (what they share: record_queries.py) --------------------------------------
 
 
-def _job_name(job_class: str | type) -> str:
-    if isinstance(job_class, str):
-        return job_class
-    name_of = getattr(job_class, "job_name", None)
-    if name_of is None:
-        raise TypeError(f"job_class={job_class!r}: give a registered job name or a Job class.")
-    return str(name_of())
-
-
-def _choices(name: str, value: str | Iterable[str], allowed: tuple[str, ...], *, upper: bool) -> tuple[str, ...]:
-    values = (value,) if isinstance(value, str) else tuple(value)
-    out = tuple(v.upper() if upper and isinstance(v, str) else v for v in values)
-    bad = [v for v in out if v not in allowed]
-    if bad:
-        raise ValueError(f"{name}={bad[0]!r} is not one of {', '.join(allowed)}.")
-    return out
-
-
-class _Query(Generic[_T]):
-    """Filters, immutable: each ``filter`` returns a new query.  Newest
-    first (by row id); runs on ``using(conn)``'s connection, else each read
-    in a transaction of its own."""
-
-    _table: ClassVar[Table]
-
-    def __init__(self, filters: dict[str, Any] | None = None, connection: Connection | None = None) -> None:
-        self._filters: dict[str, Any] = dict(filters or {})
-        self._connection = connection
-
-    # -- building ----------------------------------------------------------------------
-
-    def _with(self: _Q, **filters: Any) -> _Q:
-        merged = dict(self._filters)
-        merged.update({k: v for k, v in filters.items() if v is not None})
-        return type(self)(merged, self._connection)
-
-    def _common(
-        self: _Q,
-        job_class: str | type | None,
-        queue: str | None,
-        concurrency_key: str | None,
-        uuid: str | None,
-    ) -> _Q:
-        return self._with(
-            task_name=None if job_class is None else _job_name(job_class),
-            queue=queue,
-            concurrency_key=concurrency_key,
-            task_id=uuid,
-        )
-
-    def using(self: _Q, connection: Connection) -> _Q:
-        """The same query on ``connection`` (its transaction, e.g. inside
-        ``should_enqueue`` or the application's own)."""
-        return type(self)(self._filters, connection)
-
-    def _select(self) -> Select[Any]:
-        raise NotImplementedError
-
-    def _convert(self, row: Row[Any]) -> _T:
-        raise NotImplementedError
-
-    # -- reading -----------------------------------------------------------------------
-
-    def _run(self, fn: Callable[[Connection], Any]) -> Any:
-        if self._connection is not None:
-            return fn(self._connection)
-        with _reading() as conn:
-            return fn(conn)
-
-    def count(self) -> int:
-        return int(self._run(lambda conn: reads_sql.count(conn, self._select())))
-
-    def exists(self) -> bool:
-        return bool(self._run(lambda conn: reads_sql.exists(conn, self._select())))
-
-    def first(self) -> _T | None:
-        """The newest match, or None."""
-        page = self.page(limit=1)
-        return page[0] if page else None
-
-    def page(self, *, limit: int = PAGE_SIZE, before_id: int | None = None) -> list[_T]:
-        """Up to ``limit`` matches, newest first, those with an id below
-        ``before_id`` only (pass the last one's id for the next page)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit={limit!r}: give a whole number of rows, 1 or more.")
-        rows = self._run(
-            lambda conn: reads_sql.newest_page(conn, self._select(), self._table, before_id=before_id, limit=limit)
-        )
-        return [self._convert(row) for row in rows]
-
-    def pages(self, size: int = PAGE_SIZE) -> Iterator[list[_T]]:
-        """Every match, newest first, ``size`` at a time; each page is read
-        in a transaction of its own (keyset on the id), so a long walk never
-        holds one open."""
-        before: int | None = None
-        while True:
-            page = self.page(limit=size, before_id=before)
-            if page:
-                yield page
-            if len(page) < size:
-                return
-            before = getattr(page[-1], "id")
-
-    def all(self) -> list[_T]:
-        return [item for page in self.pages() for item in page]
-
-    def __iter__(self) -> Iterator[_T]:
-        for page in self.pages():
-            yield from page
-
-    def __len__(self) -> int:
-        return self.count()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._filters}>"
-
-
-class RequestQuery(_Query["JobRequest"]):
+class RequestQuery(Query["JobRequest"]):
     """Jobs waiting or running (``JobRequest.query``)."""
 
     _table = tables.request
@@ -258,7 +106,7 @@ class RequestQuery(_Query["JobRequest"]):
         yet), running (started) or a list of them."""
         query = self._common(job_class, queue, concurrency_key, uuid)
         if state is not None:
-            query = query._with(states=_choices("state", state, reads_sql.SHOWN_STATES, upper=False))
+            query = query._with(states=choices("state", state, reads_sql.SHOWN_STATES, upper=False))
         return query
 
     def _select(self) -> Select[Any]:
@@ -270,7 +118,7 @@ class RequestQuery(_Query["JobRequest"]):
         return JobRequest.from_row(row)
 
 
-class ProcessQuery(_Query["JobProcess"]):
+class ProcessQuery(Query["JobProcess"]):
     """Jobs running now (``JobProcess.query``)."""
 
     _table = tables.request
@@ -300,7 +148,7 @@ class ProcessQuery(_Query["JobProcess"]):
         return JobProcess.from_row(row)
 
 
-class ResultQuery(_Query["JobResult"]):
+class ResultQuery(Query["JobResult"]):
     """Finished attempts (``JobResult.query``)."""
 
     _table = tables.result
@@ -318,7 +166,7 @@ class ResultQuery(_Query["JobResult"]):
         DEFERRED, QUARANTINED, DEAD_LETTER (any case) or a list of them."""
         query = self._common(job_class, queue, concurrency_key, uuid)
         if status is not None:
-            query = query._with(statuses=_choices("status", status, tables.RESULT_STATUSES, upper=True))
+            query = query._with(statuses=choices("status", status, tables.RESULT_STATUSES, upper=True))
         return query
 
     def _select(self) -> Select[Any]:
@@ -349,7 +197,7 @@ class JobRequest(_ByUuid):
     created_at: datetime
 
     #: All of them, to filter: ``JobRequest.query.filter(...)``.
-    query: ClassVar[_QueryAttribute[RequestQuery]] = _QueryAttribute(RequestQuery)
+    query: ClassVar[QueryAttribute[RequestQuery]] = QueryAttribute(RequestQuery)
 
     @classmethod
     def from_row(cls, row: Any) -> JobRequest:
@@ -371,7 +219,7 @@ class JobRequest(_ByUuid):
         """This job as the table has it now (its state, or its retry: the
         same uuid, a later attempt), or None once it has finished -- then
         ``result()`` tells how."""
-        with _reading() as conn:
+        with reading() as conn:
             row = conn.execute(reads_sql.shown_request(self.uuid)).first()
         return None if row is None else JobRequest.from_row(row)
 
@@ -394,7 +242,7 @@ class JobProcess(_ByUuid):
     worker_id: str
 
     #: All of them, to filter: ``JobProcess.query.filter(...)``.
-    query: ClassVar[_QueryAttribute[ProcessQuery]] = _QueryAttribute(ProcessQuery)
+    query: ClassVar[QueryAttribute[ProcessQuery]] = QueryAttribute(ProcessQuery)
 
     @classmethod
     def from_row(cls, row: Any) -> JobProcess:
@@ -414,7 +262,7 @@ class JobProcess(_ByUuid):
 
     def refresh(self) -> JobRequest | None:
         """The job as the table has it now (None once it has finished)."""
-        with _reading() as conn:
+        with reading() as conn:
             row = conn.execute(reads_sql.shown_request(self.uuid)).first()
         return None if row is None else JobRequest.from_row(row)
 
@@ -445,7 +293,7 @@ class JobResult:
     retried: bool
 
     #: All of them, to filter: ``JobResult.query.filter(...)``.
-    query: ClassVar[_QueryAttribute[ResultQuery]] = _QueryAttribute(ResultQuery)
+    query: ClassVar[QueryAttribute[ResultQuery]] = QueryAttribute(ResultQuery)
 
     @classmethod
     def from_row(cls, row: Any) -> JobResult:
@@ -577,39 +425,6 @@ def retry_latest(conn: Connection, uuid: str, now: datetime, *, result_id: int |
     return JobRequest.from_row(row)
 
 
-def _checked_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"wait(timeout={timeout!r}): give seconds as a number, or None to wait without limit.")
-    if math.isnan(timeout):
-        raise ValueError("wait(timeout=nan): give seconds as a number, or None to wait without limit.")
-    if math.isinf(timeout):
-        raise ValueError(f"wait(timeout={timeout!r}): use timeout=None to wait without limit.")
-    if timeout < 0:
-        raise ValueError(f"wait(timeout={timeout!r}): the timeout must be 0 (look once) or more seconds.")
-    return float(timeout)
-
-
-def _final_result(conn: Connection, uuid: str) -> Row[Any] | None:
-    """The job's last result if it has finished for good, else None.
-
-    The request is read before the result: a job with neither (at the time
-    of each read) is unknown, since a running job's result and the end of
-    its request are one commit.  A result marked ``retried`` whose retry is
-    gone (purged) is final too."""
-    if reads_sql.active_request(conn, uuid) is not None:
-        return None
-    latest = reads_sql.latest_result(conn, uuid)
-    if latest is None:
-        raise JobNotFound(f"No job has uuid {uuid} (neither waiting, running nor finished).")
-    if latest.retried:
-        if reads_sql.active_request(conn, uuid) is not None:
-            return None
-        latest = reads_sql.latest_result(conn, uuid) or latest
-    return latest
-
-
 def wait_for(uuid: str, timeout: float | None = None) -> JobResult:
     """Block until job ``uuid`` has finished for good -- its retries too --
     and return its last result (whatever its status: check ``.status``).
@@ -617,27 +432,6 @@ def wait_for(uuid: str, timeout: float | None = None) -> JobResult:
     ``timeout``: seconds (0 looks once), or None to wait without limit;
     past it ``TimeoutError``.  An unknown uuid raises ``JobNotFound``.
     Woken by the result table's NOTIFY on PostgreSQL and by SQLite's data
-    version (``db/notify.Listener``), and looking again every ``WAIT_CAP``
-    seconds in case a notification was missed."""
-    limit = _checked_timeout(timeout)
-    deadline = None if limit is None else time.monotonic() + limit
-    engine = db_engine.get_engine()
-    listener: Listener | None = None
-    try:
-        while True:
-            with _reading(engine) as conn:
-                row = _final_result(conn, uuid)
-            if row is not None:
-                return JobResult.from_row(row)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"Job {uuid} has not finished within {timeout} s.")
-            if listener is None:
-                # Listening before the next read: a result written between
-                # that read and the wait still wakes us.
-                listener = Listener.create(engine, [], channel=tables.RESULT_CHANNEL)
-                continue
-            listener.wait(WAIT_CAP if remaining is None else min(remaining, WAIT_CAP))
-    finally:
-        if listener is not None:
-            listener.close()
+    version (``db/notify.Listener``), and looking again every
+    ``result_wait.WAIT_CAP`` seconds in case a notification was missed."""
+    return JobResult.from_row(result_wait.final_row(uuid, timeout))

@@ -369,7 +369,7 @@ def _job_label(job: Job) -> str:
         return f"cmd:{job.command}"
     label = job.job_name()
     if job._init_args or job._init_kwargs:
-        from .enqueue import encode_arguments
+        from .job_rows import encode_arguments
 
         args, kwargs = encode_arguments(job)
         parts = [json.dumps(a, sort_keys=True) for a in args]

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from celery import Celery
 from celery.schedules import crontab, schedule, solar
 from sqlalchemy import select
 
-from jobtable.db import tables
+from jobtable.db import clock, schedules_sql, tables
 from jobtable.db.engine import get_engine
 from jobtable.exceptions import ConfigurationError
 from jobtable.shim import celery_beat
@@ -266,3 +266,57 @@ def test_no_celery_beat_leaves_the_entries_to_celery_beat(subprocess_env: dict[s
     text = log.read_text()
     assert "Not scheduling the Celery app's 2 beat_schedule entries (--no-celery-beat)" in text
     assert "Enqueued celery-beat" not in text
+
+
+def _schedule_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobtable", "schedule", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_jobtable_schedule_lists_the_celery_apps_beat_entries(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    """`jobtable schedule --celery-app` (or JOBTABLE_CELERY_APP) lists the entries the worker schedules, with
+    their last run from the ledger; without it a beat entry's ledger row is stale, and --prune keeps it only
+    when the app is given."""
+    env = dict(subprocess_env, JT_RECORD=str(tmp_path / "record.txt"), JT_BEAT="ok")
+    listed = _schedule_cli(env, "--celery-app", APP)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["job", "schedule", "time", "zone", "last", "run", "next", "run"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {f"celery-beat:tick-{key}" for key in ("every-second", "hourly", "daily")}, listed.stdout
+    assert "every 1s" in rows["celery-beat:tick-every-second"]
+    assert "0 * * * *" in rows["celery-beat:tick-hourly"]
+    assert "No scheduled jobs" not in listed.stdout
+
+    # A slot recorded in the ledger, as a worker's scheduler records one.
+    hourly = "celery-beat:tick-hourly (tests.celery_beat_app.tick) [0 * * * * (UTC)]"
+    with get_engine().begin() as conn:
+        assert schedules_sql.schedule_claim(conn, hourly, datetime(2026, 1, 1, 10, tzinfo=timezone.utc), clock.utcnow())
+    by_env = _schedule_cli(dict(env, JOBTABLE_CELERY_APP=APP))
+    assert by_env.returncode == 0, by_env.stderr
+    assert "2026-01-01 10:00 UTC" in next(line for line in by_env.stdout.splitlines() if "tick-hourly" in line)
+    assert "ledger row(s) of entries that no longer exist" not in by_env.stdout
+
+    without = _schedule_cli(env)
+    assert without.returncode == 0, without.stderr
+    assert "No scheduled jobs" in without.stdout
+    assert "1 ledger row(s) of entries that no longer exist" in without.stdout
+    assert "pass --celery-app to list them" in without.stdout
+
+    kept = _schedule_cli(env, "--prune", "--celery-app", APP)
+    assert kept.returncode == 0 and "Pruned" not in kept.stdout, kept.stdout + kept.stderr
+    pruned = _schedule_cli(env, "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert f"Pruned the ledger row of removed entry {hourly!r}." in pruned.stdout
+    assert "pass --celery-app" not in pruned.stdout
+
+
+def test_jobtable_schedule_refuses_an_entry_the_worker_would_refuse(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(subprocess_env, JT_RECORD=str(tmp_path / "record.txt"), JT_BEAT="unknown")
+    refused = _schedule_cli(env, "--celery-app", APP)
+    assert refused.returncode != 0
+    assert "beat_schedule['report-nightly'] names the task 'tests.celery_beat_app.no_such_task'" in refused.stderr

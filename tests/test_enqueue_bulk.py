@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 import jobtable
-from jobtable import Job, enqueue, messages, register_job
+from jobtable import Job, enqueue, job_rows, messages, register_job
 from jobtable.jobbase import BaseJob
 from jobtable.db import clock, enqueue_sql, tables
 from jobtable.db.engine import get_engine
@@ -46,8 +46,8 @@ def test_template_gives_each_jobs_own_message(db_url: str, delayed: bool) -> Non
     run_at = now + timedelta(days=1) if delayed else now
     ids = [messages.new_task_id() for _ in jobs]
     headers = {"traceparent": "00-abc-def-01"}
-    fast = enqueue._rows(jobs, ids, headers, now, run_at, None, None, None, None, 2)
-    slow = [enqueue._row(j, i, headers, now, run_at, None, None, None, None, 2) for j, i in zip(jobs, ids)]
+    fast = job_rows.build_rows(jobs, ids, headers, now, run_at, None, None, None, None, 2)
+    slow = [job_rows.build_row(j, i, headers, now, run_at, None, None, None, None, 2) for j, i in zip(jobs, ids)]
     assert fast == slow
 
 
@@ -97,8 +97,8 @@ def test_template_without_arguments(db_url: str) -> None:
     jobs: list[BaseJob] = [BulkNoArgs() for _ in range(3)]
     now = clock.utcnow()
     ids = [messages.new_task_id() for _ in jobs]
-    fast = enqueue._rows(jobs, ids, {}, now, now, "q", 1, 2, "key", 1)
-    slow = [enqueue._row(j, i, {}, now, now, "q", 1, 2, "key", 1) for j, i in zip(jobs, ids)]
+    fast = job_rows.build_rows(jobs, ids, {}, now, now, "q", 1, 2, "key", 1)
+    slow = [job_rows.build_row(j, i, {}, now, now, "q", 1, 2, "key", 1) for j, i in zip(jobs, ids)]
     assert fast == slow
 
 
@@ -128,9 +128,9 @@ class BulkPerInstance(Job):
 def test_template_with_per_instance_hooks_and_mixed_arguments(db_url: str) -> None:
     jobs: list[BaseJob] = [BulkPerInstance(i) for i in range(6)] + [BulkNoArgs(), BulkArgs(1), BulkNoArgs()] * 2
     now = clock.utcnow()
-    ids = enqueue._task_ids(len(jobs))
-    fast = enqueue._rows(jobs, ids, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
-    slow = [enqueue._row(j, i, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
+    ids = job_rows.task_ids_for(len(jobs))
+    fast = job_rows.build_rows(jobs, ids, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
+    slow = [job_rows.build_row(j, i, {"traceparent": "00-x-y-01"}, now, now, None, None, None, None, 1)
             for j, i in zip(jobs, ids)]
     assert fast == slow
     assert [r["queue"] for r in fast[:6]] == ["q0", "q1"] * 3
@@ -140,7 +140,7 @@ def test_template_with_per_instance_hooks_and_mixed_arguments(db_url: str) -> No
 @given(st.integers(min_value=1, max_value=300))
 @settings(max_examples=50, deadline=None)
 def test_batch_task_ids_are_uuid4_texts(n: int) -> None:
-    ids = enqueue._task_ids(n)
+    ids = job_rows.task_ids_for(n)
     assert len(ids) == len(set(ids)) == n
     for text in ids:
         parsed = uuid.UUID(text)

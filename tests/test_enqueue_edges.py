@@ -255,7 +255,7 @@ def test_celery_apply_async_through_the_broker_gets_the_error(db_url: str) -> No
     app = Celery("edges", broker="jobtable+" + db_url)
     app.conf.broker_connection_retry_on_startup = False
 
-    @app.task(name="edges.echo")
+    @app.task(name="edges.echo", shared=False)  # this app only: a shared task joins every later app
     def echo(value: Any) -> Any:
         return value
 

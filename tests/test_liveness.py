@@ -9,16 +9,18 @@ outcome never writes a job twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 
 from jobtable import run_in_worker_many
 from jobtable.db import engine as db_engine
-from jobtable.db import enqueue_sql, tables
+from jobtable.db import enqueue_sql, single_insert, tables
 
 from tests.conftest import BEHIND_PGBOUNCER
 from tests.sample_jobs import Echo
@@ -58,6 +60,83 @@ def _pool_warm(n: int = 3) -> None:
         conn.close()
 
 
+#: The two ways a single row is written: the lean one (``db/single_insert``,
+#: one prepared autocommit statement, PostgreSQL with psycopg) and
+#: SQLAlchemy's (``enqueue_sql.insert_requests``), which a statement
+#: listener forces.  The faults below are injected into whichever runs.
+WRITE_PATHS = pytest.mark.parametrize("write_path", ["single", "general"], indirect=True)
+
+
+@pytest.fixture
+def write_path(request: pytest.FixtureRequest, db_url: str) -> Iterator[str]:
+    # On the Engine class: the Kombu transport's engine is its own.
+    def watch(*args: Any) -> None:
+        pass
+
+    if request.param == "general":
+        event.listen(Engine, "before_cursor_execute", watch)
+    assert single_insert.usable(db_engine.get_engine()) is (request.param == "single")
+    yield request.param
+    if request.param == "general":
+        event.remove(Engine, "before_cursor_execute", watch)
+
+
+class Writes:
+    """Every single-row write of either path, with a fault on the first.
+
+    ``fault``: "after" -- the row is committed, then the connection dies
+    before its answer (the outcome the client cannot know); "before" -- the
+    connection dies before anything is written; "error" -- a database error
+    that is not a disconnect."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, db_url: str, fault: str) -> None:
+        self.calls: list[str] = []  # one entry per statement that wrote (or tried to write) rows
+        self.fault = fault
+        real_general = enqueue_sql.insert_requests
+        real_single = single_insert.insert
+
+        def general(conn: Any, rows: Any) -> dict[str, int]:
+            self.calls.append(f"general:{len(rows)}")
+            if len(self.calls) > 1:
+                return real_general(conn, rows)
+            if fault == "error":
+                conn.exec_driver_sql("SELECT 1/0")
+            if fault == "before":
+                conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+            inserted = real_general(conn, rows)  # autocommit: committed here
+            if fault == "after":
+                # The server ends this very session after the commit.
+                conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+            return inserted
+
+        def single(engine: Any, row: dict[str, Any]) -> int | None:
+            self.calls.append("single:1")
+            if len(self.calls) > 1:
+                return real_single(engine, row)
+            if fault == "error":
+                monkeypatch.setattr(single_insert, "SQL", _DIVIDE_BY_ZERO)
+                try:
+                    return real_single(engine, row)
+                finally:
+                    monkeypatch.setattr(single_insert, "SQL", _REAL_SQL)
+            if fault == "after":
+                real_single(engine, dict(row))  # committed
+            # Every pooled connection dies (the server restarted): the next
+            # statement sent on one fails as a disconnect, as the answer to
+            # the committed statement would have.
+            _pool_warm()
+            _terminate_all(db_url)
+            return real_single(engine, row)
+
+        monkeypatch.setattr(enqueue_sql, "insert_requests", general)
+        monkeypatch.setattr(single_insert, "insert", single)
+
+
+_REAL_SQL = single_insert.SQL
+#: A statement of the same parameters that fails with a data error.
+_DIVIDE_BY_ZERO = "SELECT 1/0 WHERE " + " AND ".join(["%s::text IS NULL"] * len(single_insert.COLUMNS))
+
+
 @PG_ONLY
 @pytest.mark.parametrize("count", [1, 3])
 def test_enqueue_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str, count: int) -> None:
@@ -70,29 +149,33 @@ def test_enqueue_succeeds_on_the_first_call_after_the_server_dropped_connections
 
 
 @PG_ONLY
+@WRITE_PATHS
 def test_enqueue_after_an_unknown_commit_outcome_writes_the_job_once(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, write_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The single enqueue is committed, then its connection dies before the
     answer arrives: the retry finds the row by task id and inserts nothing."""
-    real = enqueue_sql.insert_requests
-    calls: list[int] = []
-
-    def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
-        inserted = real(conn, rows)  # autocommit: committed here
-        calls.append(len(rows))
-        if len(calls) == 1:
-            # The server ends this very session after the commit.
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
-        return inserted
-
-    monkeypatch.setattr(enqueue_sql, "insert_requests", insert_then_die)
+    writes = Writes(monkeypatch, db_url, "after")
     [job] = run_in_worker_many([Echo("once")])
     assert job is not None
-    assert calls == [1]  # the retry found the row and did not insert again
+    assert writes.calls == [f"{write_path}:1"]  # the retry found the row and did not insert again
     with db_engine.connect() as conn:
         rows = list(conn.execute(select(tables.request.c.id, tables.request.c.task_id)))
     assert [(r.id, r.task_id) for r in rows] == [(job.id, job.uuid)]
+
+
+@PG_ONLY
+@WRITE_PATHS
+def test_enqueue_retries_once_when_the_connection_died_before_the_write(
+    db_url: str, write_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = Writes(monkeypatch, db_url, "before")
+    [job] = run_in_worker_many([Echo("late")])
+    assert job is not None
+    # The retry runs on SQLAlchemy's path (it first looks for the row).
+    assert writes.calls == [f"{write_path}:1", "general:1"]
+    with db_engine.connect() as conn:
+        assert list(conn.execute(select(tables.request.c.task_id)).scalars()) == [job.uuid]
 
 
 @PG_ONLY
@@ -119,20 +202,15 @@ def test_enqueue_in_a_transaction_retries_when_the_connection_died_before_commit
 
 
 @PG_ONLY
+@WRITE_PATHS
 def test_enqueue_is_not_retried_for_errors_other_than_a_dropped_connection(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, write_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-
-    def failing(conn: Any, rows: Any) -> dict[str, int]:
-        calls.append(1)
-        conn.exec_driver_sql("SELECT 1/0")
-        return {}
-
-    monkeypatch.setattr(enqueue_sql, "insert_requests", failing)
+    writes = Writes(monkeypatch, db_url, "error")
     with pytest.raises(DataError, match="division by zero"):
         run_in_worker_many([Echo("x")])
-    assert calls == [1]
+    assert writes.calls == [f"{write_path}:1"]
+    assert _request_count() == 0
 
 
 @PG_ONLY
@@ -155,56 +233,38 @@ def test_kombu_publish_succeeds_on_the_first_call_after_the_server_dropped_conne
 
 
 @PG_ONLY
+@WRITE_PATHS
 def test_kombu_publish_retry_after_an_unknown_commit_publishes_once(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, write_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = enqueue_sql.insert_requests
-    calls: list[int] = []
-
-    def insert_then_die(conn: Any, rows: Any) -> dict[str, int]:
-        inserted = real(conn, rows)
-        calls.append(len(rows))
-        if len(calls) == 1:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
-        return inserted
-
     with Connection("jobtable+" + db_url) as conn:
         queue = conn.SimpleQueue("liveness-once")
-        monkeypatch.setattr(enqueue_sql, "insert_requests", insert_then_die)
-        queue.put({"n": 1})
-        monkeypatch.setattr(enqueue_sql, "insert_requests", real)
-        assert calls == [1]
+        with monkeypatch.context() as patch:
+            writes = Writes(patch, db_url, "after")
+            queue.put({"n": 1})
+        assert writes.calls == [f"{write_path}:1"]
         assert _request_count() == 1
         assert queue.get(timeout=5).payload == {"n": 1}
         queue.close()
 
 
 @PG_ONLY
+@WRITE_PATHS
 def test_a_retry_published_after_a_dropped_connection_is_not_mistaken_for_its_earlier_attempt(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, write_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Celery's retry re-publishes the task id of the attempt still held (or
     already recorded): the check after a dropped connection must look for
     this attempt, not for the task id, or the retry is skipped and lost."""
-    real = enqueue_sql.insert_requests
-    calls: list[int] = []
-
-    def die_then_insert(conn: Any, rows: Any) -> dict[str, int]:
-        calls.append(len(rows))
-        if len(calls) == 1:
-            # The server ends the session before anything is written.
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
-        return real(conn, rows)
-
     headers = {"id": "retried-task", "task": "tests.retried", "retries": 0}
     with Connection("jobtable+" + db_url) as conn:
         producer = conn.Producer()
         queue = conn.SimpleQueue("liveness-retry").queue
         producer.publish({"n": 1}, routing_key="liveness-retry", headers=headers, declare=[queue])
-        monkeypatch.setattr(enqueue_sql, "insert_requests", die_then_insert)
-        producer.publish({"n": 2}, routing_key="liveness-retry", headers={**headers, "retries": 1})
-        monkeypatch.setattr(enqueue_sql, "insert_requests", real)
-    assert calls == [1, 1]  # the first try died, the retry wrote the row
+        with monkeypatch.context() as patch:
+            writes = Writes(patch, db_url, "before")
+            producer.publish({"n": 2}, routing_key="liveness-retry", headers={**headers, "retries": 1})
+    assert writes.calls == [f"{write_path}:1", "general:1"]  # the first try died, the retry wrote the row
     with db_engine.connect() as sql:
         stmt = select(tables.request.c.attempt).where(tables.request.c.task_id == "retried-task")
         attempts = sorted(sql.execute(stmt).scalars())

@@ -39,8 +39,10 @@ import sys
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 
 #: How late a started_at may be after its token (scheduling of a loaded
-#: 2-core machine between the take and the job's start).
-SLACK = 0.1
+#: 2-core machine between the take and the job's start: 0.106 s was seen at
+#: load 10).  A limiter that did not space the starts puts them within
+#: milliseconds: with INTERVAL 0.25 any three starts must still span 0.3 s.
+SLACK = 0.2
 
 
 # -- the parser --------------------------------------------------------------------------
@@ -429,7 +431,7 @@ def test_celery_apps_bad_rate_limit_stops_the_native_worker_at_start() -> None:
 
     app = celery.Celery("ratelimit_bad", set_as_current=False)
 
-    @app.task(name="ratelimit_bad.t", rate_limit="10/x")
+    @app.task(name="ratelimit_bad.t", rate_limit="10/x", shared=False)
     def bad() -> None:
         return None
 

@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 
 import jobtable
 from jobtable import JobNotFound, JobProcess, JobRequest, JobResult, JobStateError
-from jobtable import records
+from jobtable import records, result_wait
 from jobtable.db import cancels_sql, claims_sql, clock, result_rows, tables, workers_sql
 from jobtable.db.engine import get_engine
 from tests.sample_jobs import Echo, Keyed
@@ -251,7 +251,7 @@ def test_wait_arguments(db_url: str) -> None:
 
 def test_wait_is_woken_by_the_result(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without a wake-up the waiter would look again only after WAIT_CAP.
-    monkeypatch.setattr(records, "WAIT_CAP", 60.0)
+    monkeypatch.setattr(result_wait, "WAIT_CAP", 60.0)
     request = Echo().run_in_worker()
     assert request
     got: list[Any] = []

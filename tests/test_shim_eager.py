@@ -108,7 +108,7 @@ def test_names_match_real_celery() -> None:
         return x
 
     probe.__module__ = "proj.tasks"
-    real = celery.Celery("proj", set_as_current=False).task(probe)
+    real = celery.Celery("proj", set_as_current=False).task(shared=False)(probe)
     ours = Celery("proj", set_as_current=False).task(probe)
     assert real.name == ours.name == "proj.tasks.probe"
 

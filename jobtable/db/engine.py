@@ -165,6 +165,11 @@ _DIRECT = connect_options.Connect(url_setting="JOBTABLE_DATABASE_DIRECT_URL")
 _pooled: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
+def is_pooled(engine: Engine) -> bool:
+    """Whether ``engine``'s connections go through a transaction pooler."""
+    return engine in _pooled
+
+
 def _behind_pooler(parsed: URL) -> bool:
     """Whether ``parsed`` is the configured database URL and that is said
     to reach a pooler in transaction mode (``database_pooler``)."""

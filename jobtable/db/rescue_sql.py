@@ -63,6 +63,30 @@ def lose(
             return []
         where.append(request.c.id.in_(list(ids)))
     rows = dialect_of(conn).delete_returning(conn, request, where, list(request.c))
+    lose_rows(
+        conn, rows, now, message=message, retry_delay=retry_delay, error_type=error_type, retry=retry,
+        quarantine_after=quarantine_after, quarantine_message=quarantine_message, requeue_once=requeue_once,
+    )
+    return rows
+
+
+def lose_rows(
+    conn: Connection,
+    rows: Sequence[Any],
+    now: datetime,
+    *,
+    message: str,
+    retry_delay: Any = None,
+    error_type: str = WORKER_LOST,
+    retry: bool = True,
+    quarantine_after: int = 0,
+    quarantine_message: Callable[[Any, int], str] | None = None,
+    requeue_once: Callable[[Any], bool] | None = None,
+) -> None:
+    """``lose`` of attempts already taken off the request table -- or never
+    in it: a routed queue's (routing/lost.py), whose ``rows`` are made from
+    the messages its dead member's ledger kept.  The one place that
+    decides LOST, retry or QUARANTINED."""
     requeued: set[int] = set()
     if retry and requeue_once is not None and error_type == WORKER_LOST:
         requeued = {row.id for row in rows if requeue_once(row)}
@@ -90,7 +114,6 @@ def lose(
         outcomes.append(finish_sql.Outcome(row, tables.LOST, now, fields, retry_at))
     if outcomes:
         finish_sql.write_outcomes(conn, outcomes, now)
-    return rows
 
 
 def held(conn: Connection, worker_id: str, ids: Sequence[int]) -> set[int]:

@@ -49,14 +49,17 @@ def write_retrying(
     *,
     autocommit: bool = False,
     check: bool = True,
+    retried: bool = False,
 ) -> T:
     """Run ``write(conn, retrying)`` in a transaction (or, with
     ``autocommit`` on PostgreSQL and MariaDB, as its own single-statement
     transaction), once more on a fresh connection if the first one had been
     dropped.  MySQL 8 keeps the transaction: without RETURNING its insert
     is a statement per row (``MysqlDialect.insert_requests``); so does any
-    driver but mysqlclient (PyMySQL), whose inserts take that path too."""
-    for retrying in (False, True):
+    driver but mysqlclient (PyMySQL), whose inserts take that path too.
+    ``retried``: the first attempt was the caller's own and its connection
+    died: only the retry runs (``write(conn, True)``)."""
+    for retrying in (True,) if retried else (False, True):
         try:
             with db_engine.connect(engine, check=check) as conn:
                 if autocommit and engine.dialect.name == "postgresql":
@@ -72,11 +75,15 @@ def write_retrying(
         except DBAPIError as exc:
             if retrying or not is_disconnect(exc):
                 raise
-            logger.info(
-                "The database dropped a pooled connection (%s); retrying once on a new one.",
-                str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__,
-            )
+            log_retry(exc)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def log_retry(exc: DBAPIError) -> None:
+    logger.info(
+        "The database dropped a pooled connection (%s); retrying once on a new one.",
+        str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__,
+    )
 
 
 @contextmanager

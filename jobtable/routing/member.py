@@ -16,14 +16,22 @@ Where the table member claims rows, this one receives Kombu deliveries:
   deliveries are acked with one ``basic_ack(multiple=True)``: acked only
   after their results are committed.  A member killed before the ack has
   its messages redelivered by RabbitMQ; a redelivered attempt whose result
-  is already written is acked without running again.
+  is already written (or recorded by the supervisor, below) is acked
+  without running again.
 - a routed job that keeps a key row (``db/routed_sql.py``) has it deleted
   in the same transaction as its result.
 
-Nothing is written to the member's ledger: a killed member's jobs are the
-broker's to redeliver, not the supervisor's to record LOST.  Row ids are
-negative (a per-member counter), so they never name a table row (the
-supervisor's cancel marks and slots take ids).
+- before a job runs, its queue and message go to the routed part of the
+  member's ledger (worker/routed_ledger.py, memory writes), and how it
+  ended once it returns; emptied once the batch's results are committed.
+  A member that dies has its started jobs recorded by its supervisor
+  (routing/lost.py: LOST and retried, or QUARANTINED, as the table's) before
+  the broker redelivers them (the supervisor holds the member's broker
+  socket until then), so the redelivery finds them recorded; jobs only
+  prefetched are redelivered unrecorded, and run once.
+
+Row ids are negative (a per-member counter), so they never name a table
+row (the supervisor's cancel marks and slots take ids).
 """
 
 from __future__ import annotations
@@ -211,7 +219,17 @@ class RoutedMember:
                         row.task_name, row.task_id, row.attempt)
             outcome = None
         else:
+            routed = self.ledger.routed if self.ledger is not None else None
+            # In the ledger before any of its code runs: should the job kill
+            # this process, the supervisor records the attempt (routing/lost.py).
+            if routed is not None and not routed.start(row.queue, row.message, time.time()):
+                # Full of finished jobs: write them first, then this one.
+                self.inbox.appendleft((message, generation))
+                self._flush()
+                return 0.0
             outcome = self.executor.run(row)
+            if routed is not None:
+                routed.done(outcome.status, outcome.retry_at is not None)
             self.jobs_run += 1
         elapsed = time.perf_counter() - started
         if not self.done:
@@ -251,6 +269,8 @@ class RoutedMember:
         outcomes = [d.outcome for d in self.done if d.outcome is not None]
         if outcomes:
             self._write(outcomes)
+        if self.ledger is not None and self.ledger.routed is not None:
+            self.ledger.routed.flushed()
         self._ack(self.done)
         self.done = []
         self.failures = 0
@@ -315,6 +335,11 @@ class RoutedMember:
             return
         self.conn = kombu.Connection(self.url, connect_timeout=float(get_settings().connect_timeout), heartbeat=0)
         self.conn.connect()
+        if self.ledger is not None and self.ledger.routed is not None:
+            # The supervisor holds a copy until our end is recorded (routed_ledger.py).
+            sock = getattr(getattr(self.conn, "connection", None), "sock", None)
+            if sock is not None:
+                self.ledger.routed.hand_socket(sock)
         self.channel = self.conn.channel()
         self.generation += 1
         generation = self.generation
@@ -367,6 +392,8 @@ class RoutedMember:
                 conn.release()
             except Exception:
                 pass
+            if self.ledger is not None and self.ledger.routed is not None:
+                self.ledger.routed.drop_socket()
 
     def _database_error(self, exc: Exception) -> None:
         self.failures += 1

@@ -9,7 +9,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import safetext
 from ..worker.errors import JobCancelled
@@ -18,10 +18,34 @@ from .context import Context
 from .exceptions import Ignore, Retry
 from .states import FAILURE, IGNORED, RETRY, REVOKED, SUCCESS
 
-if TYPE_CHECKING:
-    from .task import Task
-
 logger = logging.getLogger("jobtable.shim")
+
+
+class TracedTask(Protocol):
+    """What the tracer uses of a task (``task.Task`` has it all): the
+    request stack, ``run``, the handlers and the ``autoretry_for`` options."""
+
+    @property
+    def autoretry_for(self) -> tuple[type[BaseException], ...]: ...
+    @property
+    def dont_autoretry_for(self) -> tuple[type[BaseException], ...]: ...
+    @property
+    def retry_kwargs(self) -> dict[str, Any]: ...
+    @property
+    def retry_backoff(self) -> bool | int: ...
+    @property
+    def retry_backoff_max(self) -> int: ...
+    @property
+    def retry_jitter(self) -> bool: ...
+
+    def run(self, *args: Any, **kwargs: Any) -> Any: ...
+    def push_request(self, request: Context | None = None, **fields: Any) -> None: ...
+    def pop_request(self) -> None: ...
+    def retry(self, *, exc: BaseException | None = None, **options: Any) -> Any: ...
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None: ...
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None: ...
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None: ...
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None: ...
 
 
 def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
@@ -54,7 +78,7 @@ def _call_handler(handler: Callable[..., Any], *args: Any) -> None:
         logger.exception("Task handler %s failed", getattr(handler, "__name__", handler))
 
 
-def traced(task: Task, request: Context, after: Callable[[Any], Any] | None = None) -> Any:
+def traced(task: TracedTask, request: Context, after: Callable[[Any], Any] | None = None) -> Any:
     """Run the task as Celery's tracer does (app/trace.py): ``task_prerun``;
     the task; then ``on_retry`` + ``task_retry``, ``on_failure`` +
     ``task_failure`` or ``on_success`` + ``task_success``; ``after_return``;
@@ -72,7 +96,7 @@ def traced(task: Task, request: Context, after: Callable[[Any], Any] | None = No
         task.pop_request()
 
 
-def _traced(task: Task, request: Context, after: Callable[[Any], Any] | None) -> Any:
+def _traced(task: TracedTask, request: Context, after: Callable[[Any], Any] | None) -> Any:
     task_id, args, kwargs = request.id, request.args, request.kwargs
     signals.task_prerun.send(sender=task, task_id=task_id, task=task, args=args, kwargs=kwargs)
     state: str = FAILURE
@@ -134,7 +158,7 @@ def _traced(task: Task, request: Context, after: Callable[[Any], Any] | None) ->
             )
 
 
-def execute(task: Task, request: Context) -> Any:
+def execute(task: TracedTask, request: Context) -> Any:
     """Run the task (``request`` is ``self.request``, pushed by ``traced``);
     ``autoretry_for`` exceptions become ``self.retry()`` (Celery's rules)."""
     try:

@@ -15,7 +15,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from queue import Empty
@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..db import engine as db_engine
 from ..db import retry as db_retry
-from ..db import claims_sql, clock, enqueue_sql, revokes_sql, tables, transport_sql
+from ..db import claims_sql, clock, enqueue_sql, revokes_sql, single_insert, tables, transport_sql
 from ..exceptions import DatabaseUnavailable
 from . import brokerurl
 from .acks import AckBuffer
@@ -216,7 +216,16 @@ class Transport(virtual.Transport):
         # autocommit: the key must not be free between the two statements).
         handover = any(enqueue_sql.is_keyed_retry(row) for row in rows)
         try:
-            db_retry.write_retrying(self.engine, write, autocommit=not (revokes or handover), check=False)
+            if (
+                len(rows) == 1 and not revokes and not handover and not (uncertain and keys[0] in uncertain)
+                and single_insert.fits(rows[0]) and single_insert.usable(self.engine)
+            ):
+                # The common publish (one message, one queue): one prepared
+                # autocommit statement on a pooled connection, as the Job
+                # API's single enqueue (db/single_insert.py).
+                self._insert_one(rows[0], write)
+            else:
+                db_retry.write_retrying(self.engine, write, autocommit=not (revokes or handover), check=False)
         except sa_exc.DBAPIError as exc:
             if db_retry.is_disconnect(exc):
                 if len(uncertain) > 10_000:
@@ -225,6 +234,15 @@ class Transport(virtual.Transport):
             raise
         if uncertain:
             uncertain.difference_update(keys)
+
+    def _insert_one(self, row: dict[str, Any], write: Callable[[Connection, bool], None]) -> None:
+        try:
+            single_insert.insert(self.engine, row)
+        except sa_exc.DBAPIError as exc:
+            if not db_retry.is_disconnect(exc):
+                raise
+            db_retry.log_retry(exc)
+            db_retry.write_retrying(self.engine, write, check=False, retried=True)
 
     def _delete_acked(self, ids: Sequence[int]) -> None:
         with self.write_connection() as conn:

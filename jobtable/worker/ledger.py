@@ -21,6 +21,10 @@ cache keeps what the dead processes wrote.  The header records the boot id,
 so a file left by an earlier boot is never trusted.  Whoever cannot read a
 valid ledger (another host, the file missing, corrupt or truncated) falls
 back to the conservative rescue: every running row of the worker is LOST.
+
+A member of a routed queue (routing/member.py) has no rows: its jobs are
+deliveries of a broker.  Its ledger has a second part instead
+(``routed_ledger.RoutedJobs``).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..pids import pid_alive
 from ..privatedirs import private_dir
+
+if TYPE_CHECKING:
+    from .routed_ledger import RoutedJobs
 
 logger = logging.getLogger("jobtable.worker")
 
@@ -130,6 +138,8 @@ class Ledger:
         self.capacity = capacity
         self._statuses = _IDS + capacity
         self.path = path
+        #: The routed part (routed_ledger.py) of a routed queue's member.
+        self.routed: RoutedJobs | None = None
 
     @classmethod
     def create(cls, worker_id: str, capacity: int, scope: str = "", *, file: bool = True) -> Ledger:
@@ -236,6 +246,8 @@ class Ledger:
         """Remove the file (its member's end is recorded).  The mapping
         stays until garbage collected: a thread member given up on at
         shutdown may still be writing to it."""
+        if self.routed is not None:
+            self.routed.close()
         if self.path is not None:
             try:
                 os.unlink(self.path)

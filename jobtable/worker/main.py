@@ -6,9 +6,12 @@ a member that dies (see ``_spawn``).  The supervisor never touches jobs
 itself: it heartbeats for its members, notices a member that died
 (``SIGCHLD``, ``waitpid``) and,
 from the member's ledger (``ledger.py``), records what it had started LOST
-(or QUARANTINED) and gives back what it had not, kills a member stuck past
-its job's timeout + grace, rescues other workers that stopped heartbeating,
-trims old results, sweeps ledger files nobody needs and logs stats.
+(or QUARANTINED) and gives back what it had not (a routed member's jobs:
+``routing/lost.py``, before it lets the broker see the member's connection
+close, ``routed_ledger.py``), kills a member stuck past
+its job's timeout + grace.  What it runs on timers -- heartbeats, the
+rescue of other workers that stopped heartbeating, schedule ticks, the purge
+of old results and ledger files nobody needs, stats -- is ``duties.py``.
 Threads pool: the same with members as threads of one process.
 
 Signals: the first SIGTERM/SIGINT stops claiming; members give back what they
@@ -29,44 +32,30 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .. import middleware
 from ..db import engine as db_engine
-from ..db import bindings_sql, claims_sql, clock, operations_sql, rescue_sql, workers_sql
-from ..exceptions import ConfigurationError
-from ..routing import routes
+from ..db import claims_sql, clock, workers_sql
+from ..routing import lost, routes
 from ..settings import get_settings
-from ..setting_rules import safe_str
 from . import cancels, forked, hooks
 from . import ledger as ledgers
 from . import rescue
 from .liveness import Liveness
 from .config import WorkerConfig
+from .duties import Duties, make_scheduler
 from .ledger import Ledger, LedgerState
+from . import routed_ledger
+from .routed_ledger import RoutedJob, RoutedJobs
 from .process import EXIT_BURST_DONE, Member
 from .slots import Slots
-from .stats import StatsReporter
 from .timeouts import NoTimeout, raise_in_thread
 
 logger = logging.getLogger("jobtable.worker")
 
 TICK = 0.05
-RETENTION_EVERY = 60.0
-#: Routed queues' delayed jobs, retries and key rows are published within
-#: this many seconds of being due (routing/relay.py), up to RELAY_ROUNDS
-#: batches per tick.
-RELAY_EVERY = 0.1
-RELAY_ROUNDS = 5
-#: How often the supervisor checks its liveness connection and looks for
-#: peers known to be dead (worker/liveness.py).
-LIVENESS_EVERY = 0.25
-#: Soonest the heartbeat runs again when a member started or finished a job:
-#: the rows' running_id (what makes a claimed request "running" for the
-#: reads) lags a start by at most this, and costs at most this many small
-#: UPDATEs per second per worker whatever the job rate -- not one per job.
-RUNNING_EVERY = 0.5
 
 
 def _now() -> datetime:
@@ -112,6 +101,11 @@ class Pending:
     ledger: Ledger | None = None
     cancelled_row: int = 0
     cancelled_how: int = 0
+    #: A routed member's started jobs (its ledger's routed part) and
+    #: whether every one was kept.
+    routed: list[RoutedJob] = field(default_factory=list)
+    routed_complete: bool = True
+
 
 
 class Supervisor:
@@ -142,15 +136,12 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.kill_now = False
         self.exit_code = 0
-        self.stats = StatsReporter(config.queues)
-        self._due: dict[str, float] = {}
-        self._reported_running: dict[str, int] = {}  # what the last heartbeat wrote
-        self.scheduler: Any = None
-        self.scheduler_retry_at = 0.0
         self.liveness: Liveness | None = None
         self.routed: list[str] = []
         self.cancels = cancels.Watch(config.timeout_grace)
         self.ledger_scope = ""
+        #: Heartbeats, rescues, purges, schedule ticks... (duties.py).
+        self.duties = Duties(self)
         # A self-pipe the loop sleeps on: SIGCHLD (a member died) and a
         # thread member's end write to it, so a death is handled at once
         # rather than on the next tick.
@@ -170,7 +161,7 @@ class Supervisor:
         # Routed queues (issue 18): members consume the broker; this
         # supervisor relays their delayed jobs, retries and key rows.
         self.routed = list(cfg.queues) if routes.for_worker(cfg.queues, get_settings().broker_routes) else []
-        scheduler = _make_scheduler()
+        scheduler = make_scheduler()
         engine = db_engine.get_engine()
         db_engine.check_schema(engine)
         _preload_for_members()
@@ -187,13 +178,13 @@ class Supervisor:
         )
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child)
-        self.scheduler = scheduler
+        self.duties.scheduler = scheduler
         # listen off means PgBouncer in transaction mode: no session locks.
         self.liveness = Liveness(engine, use_locks=cfg.listen)
         ready = False
         try:
-            self._duty("liveness")
-            self._duty("rescue", rescue_first=True)
+            self.duties.run("liveness")
+            self.duties.run("rescue", rescue_first=True)
             for index in range(cfg.processes):
                 self._spawn(index)
             ready = True
@@ -206,7 +197,7 @@ class Supervisor:
                     break
                 self._keep_spare()
                 self._enforce_deadlines()
-                self._periodic()
+                self.duties.run_due()
                 self._sleep(TICK)
             self._write_pending()
         finally:
@@ -371,6 +362,10 @@ class Supervisor:
         slot.contact = time.monotonic()  # just registered (or about to be, for a spare)
         # Made before fork(): the member writes it, we read it if it dies.
         handle.ledger = Ledger.create(worker_id, self.config.max_pending_per_process, self.ledger_scope)
+        if self.routed:
+            handle.ledger.routed = RoutedJobs(
+                routed_ledger.size_for(get_settings().max_message_size), sockets=self.config.pool == "processes"
+            )
         if self.config.pool == "threads":
             member = forked.member_class(self.config)(
                 self.config, worker_id, slot, timer=NoTimeout(), should_stop=handle.stop.is_set, ledger=handle.ledger
@@ -413,9 +408,16 @@ class Supervisor:
                 raise
             if pid != 0:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                if handle.ledger is not None and handle.ledger.routed is not None:
+                    handle.ledger.routed.in_supervisor()
             if pid == 0:  # pragma: no cover - runs in the child
                 if handle.go:
                     os.close(handle.go)
+                # Copies of other members' broker sockets would hold their connections open.
+                routed_ledger.in_child(
+                    handle.ledger,
+                    [h.ledger for h in (*self._members(), *self.orphans.values())] + [p.ledger for p in self.pending],
+                )
                 forked.child(self.config, worker_id, slot, os.getppid(), handle.ledger, go_read)
             if go_read >= 0:
                 os.close(go_read)
@@ -465,6 +467,12 @@ class Supervisor:
         if crashed:
             logger.warning("Worker %s %s.", handle.worker_id, how)
         state = handle.ledger.state() if handle.ledger is not None else None
+        routed_part = handle.ledger.routed if handle.ledger is not None else None
+        routed_jobs: list[RoutedJob] = []
+        routed_complete = True
+        if routed_part is not None:
+            routed_part.receive_sockets()  # held until its end is written
+            routed_jobs, routed_complete = routed_part.jobs()
         self.pending.append(
             Pending(
                 handle.worker_id,
@@ -477,6 +485,8 @@ class Supervisor:
                 ledger=handle.ledger,
                 cancelled_row=handle.cancelled_row,
                 cancelled_how=handle.cancelled_how,
+                routed=routed_jobs,
+                routed_complete=routed_complete,
             )
         )
         self.cancels.forget(handle.worker_id)
@@ -530,6 +540,12 @@ class Supervisor:
                         poison=item.poison,
                         quarantine_after=self.config.quarantine_after,
                     )
+                    if item.routed or not item.routed_complete:
+                        lost.record_dead_member(
+                            conn, item.worker_id, item.routed, item.routed_complete, _now(), why=item.why,
+                            why_finished=item.why_finished, poison=item.poison,
+                            quarantine_after=self.config.quarantine_after,
+                        )
                 if self.liveness is not None:
                     self.liveness.release(item.worker_id)
             except db_engine.ERRORS as exc:
@@ -590,171 +606,6 @@ class Supervisor:
             elif handle.thread is not None and handle.timed_out_row != slot.row_id:
                 handle.timed_out_row = slot.row_id
                 raise_in_thread(handle.thread)
-
-    # -- periodic duties -------------------------------------------------------------
-
-    def _every(self, name: str, seconds: float) -> bool:
-        mono = time.monotonic()
-        if mono >= self._due.get(name, 0.0):
-            self._due[name] = mono + seconds
-            return True
-        return False
-
-    def _periodic(self) -> None:
-        cfg = self.config
-        if self.pending:
-            self._write_pending()
-        if (
-            self.scheduler is not None
-            and not self.stopping
-            and time.monotonic() >= self.scheduler_retry_at
-            and self.scheduler.seconds_until_due() <= 0
-        ):
-            self._tick_scheduler()
-        if self.liveness is not None and self._every("liveness", LIVENESS_EVERY):
-            self.liveness.tick()
-            self._duty("liveness")
-        if self._every("heartbeat", cfg.heartbeat_every) or (
-            self._running_now() != self._reported_running and self._every("running", RUNNING_EVERY)
-        ):
-            sent = time.monotonic()
-            if self._duty("heartbeat"):
-                # Members may start the jobs they hold for lost_after / 2
-                # from when this heartbeat was sent (process.py _still_ours).
-                for handle in self.handles.values():
-                    self.slots.slot(handle.slot_index).contact = sent
-        if self._every("cancels", cancels.CHECK_EVERY) and any(self._running_now().values()):
-            self._duty("cancels")
-        if self._every("rescue", max(0.5, cfg.lost_after / 3)):
-            self._duty("rescue")
-        if self.routed and not self.stopping and self._every("relay", RELAY_EVERY):
-            self._relay()
-        if not self.stopping and self._every("retention", RETENTION_EVERY):
-            self._duty("retention")
-        if cfg.stats_every and self._every("stats", cfg.stats_every):
-            self._duty("stats")
-
-    def _duty(self, name: str, rescue_first: bool = False) -> bool:
-        """Run one periodic duty in its own transaction; False when the
-        database could not be reached (logged; the next tick retries)."""
-        try:
-            with db_engine.connect() as conn, conn.begin():
-                now = _now()
-                if name == "heartbeat":
-                    ids = [h.worker_id for h in self.handles.values()]
-                    running = self._running_now()
-                    lost = workers_sql.heartbeat(conn, ids, now, running)
-                    self._reported_running = running
-                    for worker_id in lost:
-                        logger.warning("Worker %s had been declared lost; registering it again.", worker_id)
-                        workers_sql.register_worker(
-                            conn, worker_id, hostname=self.hostname, pid=os.getpid(),
-                            queues=self.config.queues, processes=1, now=now,
-                        )
-                    if lost:
-                        self._disown(conn, lost)
-                elif name == "liveness" and self.liveness is not None:
-                    own = {h.worker_id for h in self._members()} | {p.worker_id for p in self.pending}
-                    dead = self.liveness.dead(conn, own, self.hostname)
-                    if dead:
-                        rescue.rescue_known_dead(
-                            conn, dead, now, why=self.liveness.why, quarantine_after=self.config.quarantine_after
-                        )
-                elif name == "cancels":
-                    asked = self.cancels.check(conn, self._running_now(), now)
-                    for handle in list(self.handles.values()):
-                        if handle.worker_id in asked:
-                            row_id, how = asked[handle.worker_id]
-                            self.cancels.stop(handle, self.slots.slot(handle.slot_index), row_id, how)
-                elif name == "rescue":
-                    rescue.rescue_dead(conn, self.config.lost_after, now, quarantine_after=self.config.quarantine_after)
-                elif name == "retention":
-                    before = now - timedelta(seconds=self.config.results_retention)
-                    operations_sql.clear_results(conn, before, batch=500)
-                    # Celery broadcasts past their expiry, e.g. in a dead node's pidbox.
-                    bindings_sql.purge_expired_control(conn, now)
-                    self._sweep_ledgers(conn)
-                elif name == "stats":
-                    # Logged once (jobtable.stats), not printed too: one timestamped
-                    # line in the stream the rest of the worker's output goes to.
-                    self.stats.report(conn, self.slots.done_total())
-        except db_engine.ERRORS as exc:
-            logger.warning("Worker %s could not %s (%s); will retry.", os.getpid(), name, _first_line(exc))
-            return False
-        return True
-
-    def _relay(self) -> None:
-        """Publish the routed queues' due rows (routing/relay.py); a broker
-        or database that cannot be reached is logged, the next tick retries."""
-        from ..routing import publish, relay
-
-        try:
-            for _ in range(RELAY_ROUNDS):
-                with db_engine.connect() as conn, conn.begin():
-                    if relay.relay(conn, self.routed, _now()) < relay.BATCH:
-                        break
-        except (publish.PublishError,) + db_engine.ERRORS as exc:
-            logger.warning("Worker %s could not relay routed jobs (%s); will retry.", os.getpid(), _first_line(exc))
-
-    def _disown(self, conn: Any, lost: set[str]) -> None:
-        """Members declared lost meanwhile (cut off from the database for
-        longer than ``lost_after``): a rescuer took the rows they held.  Each
-        is told (its slot) not to start the jobs it still holds, and its
-        running job is stopped unless its row is still the member's -- the
-        way a cancelled job is (cancels.py); whatever it ends with is not
-        written (``finish_sql.finish`` only writes rows still the member's)."""
-        for handle in list(self.handles.values()):
-            if handle.worker_id not in lost:
-                continue
-            slot = self.slots.slot(handle.slot_index)
-            slot.disowned = True
-            row_id = slot.row_id
-            if row_id and row_id not in rescue_sql.held(conn, handle.worker_id, [row_id]):
-                self.cancels.stop(
-                    handle, slot, row_id, cancels.CANCEL,
-                    why="was rescued by another worker while this one could not reach the database",
-                )
-
-    def _running_now(self) -> dict[str, int]:
-        """Each member's request running right now (its slot, shared memory:
-        no database read), 0 between jobs."""
-        return {h.worker_id: self.slots.slot(h.slot_index).row_id for h in self.handles.values()}
-
-    def _sweep_ledgers(self, conn: Any) -> None:
-        """Delete ledger files left by dead workers of this machine once the
-        database no longer knows them (rescued), and unusable ones."""
-        junk, dead = ledgers.stale_files(self.ledger_scope)
-        referenced = workers_sql.workers_referenced(conn, sorted(dead))
-        ledgers.remove(junk + [path for worker_id, path in dead.items() if worker_id not in referenced])
-
-    def _tick_scheduler(self) -> None:
-        # Every supervisor ticks; the ledger makes each slot fire once.
-        try:
-            self.scheduler.tick()
-        except Exception as exc:
-            logger.warning("Scheduler tick failed (%s); retrying in a second.", _first_line(exc))
-            self.scheduler_retry_at = time.monotonic() + 1.0
-
-
-def _make_scheduler() -> Any:
-    """The schedule of JOBTABLE_SCHEDULE and of registered jobs' ``schedule``
-    attributes, or None when there is nothing to schedule."""
-    from ..scheduler import Scheduler
-
-    try:
-        scheduler = Scheduler()
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"The worker does not start: its schedule cannot load. {exc}") from exc
-    except Exception as exc:  # a job module failing to import, a schedule attribute raising...
-        raise ConfigurationError(
-            f"The worker does not start: its schedule (JOBTABLE_SCHEDULE and the schedule attributes of "
-            f"registered jobs) cannot load: {safe_str(exc)}. Fix or remove the entry."
-        ) from exc
-    if not scheduler.entries:
-        return None
-    logger.info("Scheduling %d entr%s.", len(scheduler.entries), "y" if len(scheduler.entries) == 1 else "ies")
-    return scheduler
-
 
 def _preload_for_members() -> None:
     """Import here, once, what members would otherwise import lazily, each

@@ -188,6 +188,49 @@ def _lose_started(
     return len(lost) + recorded + len(done) + len(again)
 
 
+def record_rows(
+    conn: Connection,
+    running: list[Any],
+    finished: list[tuple[Any, str, bool]],
+    now: datetime,
+    *,
+    why: str,
+    why_finished: str,
+    poison: bool,
+    quarantine_after: int | None = None,
+) -> int:
+    """``_lose_started`` for attempts that have no request row: a routed
+    member's (routing/lost.py), made from what its ledger kept.  ``running``
+    were started and unfinished (LOST, retried, or QUARANTINED after
+    ``quarantine_after`` kills: the same rules, ``rescue_sql.lose_rows``);
+    ``finished``: (row, status, asked for a retry) of jobs that returned
+    and whose result was not written.  Returns how many were recorded."""
+    limit = _quarantine_after(quarantine_after)
+    quarantine = Quarantine(why, limit)
+    rescue_sql.lose_rows(
+        conn, running, now, message=why, retry_delay=retry_delay,
+        error_type=rescue_sql.WORKER_LOST if poison else rescue_sql.WORKER_STOPPED,
+        quarantine_after=limit if poison else 0, quarantine_message=quarantine,
+        requeue_once=dispatch.requeues_on_lost,
+    )
+    _log_lost(quarantine.lost(running), why)
+    known = [(row, status) for row, status, again in finished if not again and status in tables.RESULT_STATUSES]
+    if known:
+        outcomes = [finish_sql.Outcome(row, status, now, _finished_fields(row, status, why_finished))
+                    for row, status in known]
+        finish_sql.write_outcomes(conn, outcomes, now)
+        logger.warning("%d finished job(s) recorded without their results: %s", len(known), why_finished)
+    unknown = [row for row, status, again in finished if not again and status not in tables.RESULT_STATUSES]
+    rescue_sql.lose_rows(conn, unknown, now, message=why_finished, error_type=rescue_sql.RESULT_LOST, retry=False)
+    _log_lost(unknown, why_finished, retry=False)
+    again = [row for row, _status, retry in finished if retry]
+    rescue_sql.lose_rows(
+        conn, again, now, message=why_finished, error_type=rescue_sql.RESULT_LOST, retry_delay=retry_delay,
+    )
+    _log_lost(again, why_finished)
+    return len(running) + len(finished)
+
+
 def rescue_member(
     conn: Connection,
     worker_id: str,

@@ -183,29 +183,6 @@ def dividing_spans(step: int) -> list[int]:
 _DIALECTS: dict[str, Dialect] = {}
 
 
-def statements_observed(conn: Connection) -> bool:
-    """Whether something outside watches this connection's statements -- SQL
-    logging (``echo``), execution events (tracing instrumentation, a user's
-    ``before_cursor_execute``) or the dialect's ``do_execute*`` hooks.  Such
-    a connection takes SQLAlchemy's own execution path, so that they see
-    every statement; the fast paths (COPY, a statement sent on the driver's
-    cursor) are for the others.  ``handle_error`` listeners (db/clock.py's
-    failover check) only hear of errors, which the fast paths still raise
-    through SQLAlchemy's handling: they do not count."""
-    dispatch = conn.dispatch
-    dialect = conn.dialect.dispatch
-    return bool(
-        conn._echo
-        or dispatch.before_execute
-        or dispatch.after_execute
-        or dispatch.before_cursor_execute
-        or dispatch.after_cursor_execute
-        or dialect.do_execute
-        or dialect.do_executemany
-        or dialect.do_execute_no_params
-    )
-
-
 def register(dialect: Dialect) -> Dialect:
     """Make ``dialect`` the one used for SQLAlchemy dialect ``dialect.name``."""
     _DIALECTS[dialect.name] = dialect

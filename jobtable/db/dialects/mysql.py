@@ -362,7 +362,7 @@ def _values_sql(conn: Connection, columns: Sequence[str], rows: Sequence[dict[st
     of the ~90 us of client time per row that the INSERT cost.
 
     A value that is the very object of the row before (the queue, the task
-    name, the times: ``enqueue._rows`` copies one template per group) reuses
+    name, the times: ``job_rows.build_rows`` copies one template per group) reuses
     that row's literal: only the task id and the message are escaped per row."""
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from .base import statements_observed
+from .observed import observed
 
 
 # -- the session: single statements in autocommit, the pool's reset --
@@ -112,7 +112,7 @@ def driver_path(conn: Connection) -> bool:
     ``echo``, tracing instrumentation see them as before)."""
     if not (conn.info.get(_AUTOCOMMIT) or conn.in_transaction()):
         return False
-    return not statements_observed(conn)
+    return not observed(conn.dispatch, conn._echo, conn.dialect)
 
 
 class _Inserted(NamedTuple):

@@ -30,8 +30,8 @@ from .base import (
     dividing_spans,
     register,
     schedule_claim_by_upsert,
-    statements_observed,
 )
+from .observed import observed
 from .stats_sql import OPS, SOURCE_COLUMNS, on_conflict, wait_class
 
 t = tables.request
@@ -223,7 +223,7 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
     (``retry._autocommit``) or in a transaction already (``connection=``).
     """
     driver: Any = conn.connection.driver_connection
-    if statements_observed(conn) or not (driver.autocommit or conn.in_transaction()):
+    if _observed(conn) or not (driver.autocommit or conn.in_transaction()):
         return list(conn.exec_driver_sql(sql, params))
     cursor = None
     try:
@@ -237,6 +237,10 @@ def _driver_rows(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any
             # Raises: DBAPIError (connection_invalidated on a disconnect).
             conn._handle_dbapi_exception(exc, sql, params, cursor, None)
         raise
+
+
+def _observed(conn: Connection) -> bool:
+    return observed(conn.dispatch, conn._echo, conn.dialect)
 
 
 #: Batches of at least this many rows go by COPY when they can (_copyable):
@@ -265,7 +269,7 @@ def _copyable(conn: Connection, columns: tuple[str, ...], rows: Sequence[dict[st
     if "unique_key" in columns and any(row["unique_key"] is not None for row in rows):
         return False
     driver: Any = conn.connection.driver_connection
-    return not (statements_observed(conn) or driver.autocommit) and _copy_safe(columns, rows)
+    return not (_observed(conn) or driver.autocommit) and _copy_safe(columns, rows)
 
 
 _INT_RANGES = {"int2": (-(2**15), 2**15 - 1), "int4": (-(2**31), 2**31 - 1), "int8": (-(2**63), 2**63 - 1)}
