@@ -214,6 +214,21 @@ def test_chain_group_chord(compat: Any) -> None:
     assert api.chain(t.add.s(1, 1), t.echo.si("fixed")).delay().get(timeout=30) == "fixed"
 
 
+def test_chains_and_groups_in_chord_headers(compat: Any) -> None:
+    """Issue 15: the same header canvases give the same values every way
+    (an inner group in a header comes out reversed, as Celery's worker
+    unrolls it: jobtable/shim/canvas_shapes.py)."""
+    api, t = compat.api, compat.t
+    header = [t.add.si(1, 1) | t.add.s(10), t.add.si(2, 2), t.add.si(3, 3) | t.add.s(1) | t.add.s(1)]
+    assert api.chord(header, t.echo.s()).delay().get(timeout=30) == [12, 4, 8]
+    nested = [t.add.si(1, 0), api.group(t.add.si(2, 0), t.add.si(3, 0), t.add.si(4, 0)), t.add.si(5, 0)]
+    assert api.chord(nested, t.echo.s()).delay().get(timeout=30) == [1, 4, 3, 2, 5]
+    chains = api.group(t.add.si(1, 1) | t.add.s(1), t.add.si(2, 2) | t.add.s(2))
+    assert (chains | t.echo.s()).delay().get(timeout=30) == [3, 6]
+    assert (t.add.si(1, 1) | api.group(t.add.s(1) | t.add.s(10), t.add.s(2)) | t.echo.s()).delay().get(timeout=30) == [13, 4]
+    assert api.chord([api.chain(), t.add.si(1, 1)], t.echo.s()).delay().get(timeout=30) == [2]
+
+
 # -- AsyncResult states ----------------------------------------------------------------------------
 
 

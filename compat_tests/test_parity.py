@@ -306,3 +306,48 @@ def test_revoke_terminate_stops_a_running_task(parity: Any, tmp_path: Path, in_c
     finally:
         release.touch()
     assert [line[0] for line in lines(path)] == ["running"]
+
+
+# -- 7. chains and groups in chord headers (issue 15; tests/test_shim_canvas_headers.py asserts the same
+#       values of the shim) -------------------------------------------------------------------------
+
+
+def test_chains_in_a_chord_header(parity: Any) -> None:
+    t = parity.t
+    header = [t.add.si(1, 1) | t.add.s(10), t.add.si(2, 2), t.add.si(3, 3) | t.add.s(1) | t.add.s(1)]
+    result = chord(header, t.echo.s()).delay()
+    assert result.get(timeout=30) == [12, 4, 8]
+    assert result.parent.get(timeout=30) == [12, 4, 8]
+
+
+def test_a_group_in_a_chord_header_is_flattened(parity: Any) -> None:
+    # group._freeze_unroll's deque.extendleft reverses the inner group (jobtable/shim/canvas_shapes.py).
+    t = parity.t
+    header = [t.add.si(1, 0), group(t.add.si(2, 0), t.add.si(3, 0), t.add.si(4, 0)), t.add.si(5, 0)]
+    result = chord(header, t.echo.s()).delay()
+    assert result.get(timeout=30) == [1, 4, 3, 2, 5]
+    assert len(result.parent) == 5
+
+
+def test_a_group_of_chains_piped_to_a_task(parity: Any) -> None:
+    t = parity.t
+    result = (group(t.add.si(1, 1) | t.add.s(1), t.add.si(2, 2) | t.add.s(2)) | t.echo.s()).delay()
+    assert result.get(timeout=30) == [3, 6]
+    after = (t.add.si(1, 1) | group(t.add.s(1) | t.add.s(10), t.add.s(2)) | t.echo.s()).delay()
+    assert after.get(timeout=30) == [13, 4]
+
+
+def test_a_chain_in_a_chord_header_failing_mid_way(parity: Any) -> None:
+    t = parity.t
+    bad, bad_id = _failing(parity, "chain step broke")
+    last = t.add.s(1)
+    last_id = last.freeze().id
+    result = chord([t.add.si(1, 1), bad | last, t.add.si(2, 2)], t.tsum.s()).delay()
+    error = _chord_error(result, last_id)
+    assert "chain step broke" in str(error)
+    assert parity.app.AsyncResult(last_id).state == states.FAILURE
+
+
+def test_an_empty_chain_in_a_chord_header(parity: Any) -> None:
+    t = parity.t
+    assert chord([chain(), t.add.si(1, 1)], t.echo.s()).delay().get(timeout=30) == [2]

@@ -212,6 +212,24 @@ def test_chain_group_chord(native: Any) -> None:
     assert chord([native.add.s(i, i) for i in range(5)], native.tsum.s()).delay().get(timeout=30) == 20
 
 
+def test_chains_and_groups_in_a_chord_header(native: Any) -> None:
+    """Celery's own canvas messages (the last step of a header chain carries
+    the chord) on the native worker: the values a Celery worker gives
+    (compat_tests/test_parity.py section 7) and the shim too
+    (tests/test_shim_canvas_headers.py)."""
+    add, tsum = native.add, native.tsum
+    header = [add.si(1, 1) | add.s(10), add.si(2, 2), add.si(3, 3) | add.s(1) | add.s(1)]
+    assert chord(header, tsum.s()).delay().get(timeout=30) == 24
+    assert (group(add.si(1, 1) | add.s(1), add.si(2, 2) | add.s(2)) | tsum.s()).delay().get(timeout=30) == 9
+    assert (add.si(1, 1) | group(add.s(1) | add.s(10), add.s(2)) | tsum.s()).delay().get(timeout=30) == 17
+    result = chord([add.si(1, 0), group(add.si(2, 0), add.si(3, 0)), add.si(4, 0)], tsum.s()).delay()
+    assert result.get(timeout=30) == 10 and result.parent.get(timeout=30) == [1, 3, 2, 4]
+    failing = chord([add.si(1, 1), native.explode.si("step failed") | add.s(1)], tsum.s()).delay()
+    body = AsyncResult(failing.id, app=native.app)
+    wait_for(lambda: body.state == states.FAILURE, what="chord body failed")
+    assert "step failed" in str(body.result) and type(body.result).__name__ == "ChordError"
+
+
 def test_chord_with_a_failing_part_fails_the_body(native: Any) -> None:
     result = chord([native.add.s(1, 1), native.explode.s("part failed")], native.tsum.s()).delay()
     # get() raises the part's error or the body's ChordError, whichever it sees first ...

@@ -220,6 +220,27 @@ def test_take_spaces_tokens_by_the_interval(db_url: str) -> None:
         assert ratelimit_sql.take(conn, "k", 10.0, start + timedelta(seconds=30)) is None
 
 
+def test_a_rate_set_by_remote_control_is_stored_once(db_url: str) -> None:
+    """``app.control.rate_limit`` (shim/celery_control.py) stores its rate in
+    the key's row; the key's last token is kept; 0 means no limit."""
+    engine = get_engine()
+    start = clock.utcnow()
+    with engine.begin() as conn:
+        assert ratelimit_sql.overrides(conn) == {}
+        ratelimit_sql.set_rate(conn, "fresh", 2.0)  # no row yet: made, its token free
+        assert ratelimit_sql.take(conn, "fresh", 0.5, start) is None
+        assert ratelimit_sql.take(conn, "k", 10.0, start) is None
+        ratelimit_sql.set_rate(conn, "k", 0.1)
+        ratelimit_sql.set_rate(conn, "k", 1 / 60)  # the last one wins
+        assert ratelimit_sql.overrides(conn) == {"fresh": 2.0, "k": pytest.approx(1 / 60)}
+        # The token taken before is kept: the next is one new interval after it.
+        assert ratelimit_sql.take(conn, "k", 60.0, start + timedelta(seconds=30)) == start + timedelta(seconds=60)
+        ratelimit_sql.set_rate(conn, "k", 0.0)
+        assert ratelimit_sql.overrides(conn)["k"] == 0.0
+        rows = conn.execute(select(tables.rate_limit.c.name)).scalars().all()
+    assert sorted(rows) == ["fresh", "k"]
+
+
 def _hammer(url: str, key: str, interval: float, seconds: float, barrier: Any, out: Any) -> None:
     try:
         from jobtable import settings
@@ -318,6 +339,24 @@ def test_two_workers_share_one_limit_and_other_jobs_flow(db_url: str, subprocess
     free_ids = {r.uuid for r in free if r}
     last_free = max(r.ended_at for r in rows if r.task_id in free_ids)
     assert last_free < max(starts), "free jobs waited for the limited ones"
+
+
+def test_a_stored_rate_replaces_the_codes_on_any_worker(db_url: str, subprocess_env: dict[str, str]) -> None:
+    """A rate stored by remote control holds on a worker without a control
+    listener too (it re-reads the stored rates every OVERRIDES_TTL): the
+    unlimited Free jobs are spaced by it."""
+    free = [rj.Free(f"f{i}").run_in_worker() for i in range(6)]
+    [name] = {r.task_name for r in requests()}
+    with get_engine().begin() as conn:
+        ratelimit_sql.set_rate(conn, name, 1 / rj.INTERVAL)
+    worker = _start(subprocess_env, "--max-processes", "2")
+    try:
+        wait_for(lambda: len(results()) == 6, timeout=60, what="the jobs ran")
+    finally:
+        out = stop(worker)
+    rows = results()
+    assert {r.task_id for r in rows} == {f.uuid for f in free if f}, out
+    _assert_spaced([r.started_at for r in rows], rj.INTERVAL)
 
 
 def test_a_limited_job_is_not_counted_as_an_attempt(db_url: str, subprocess_env: dict[str, str], tmp_path: Path) -> None:

@@ -154,9 +154,15 @@ CANVAS_REFUSALS = [
         lambda: chain(t.add.s(1, 1), group(t.add.s(1), chord([t.add.s(1, 1)], t.total.s()))),
         "a chord inside a group that follows a chain step",
     ),
-    (lambda: t.add.s(1, 1) | group(chain(t.add.s(1), t.add.s(2)), t.add.s(3)), "a chain inside a group that follows"),
+    # Chains (of tasks) in a group after a chain step, and in a chord header, are
+    # supported (tests/test_shim_canvas_headers.py); one holding a chord or group is not.
+    (
+        lambda: t.add.s(1, 1) | group(chain(t.add.s(1), chord([t.add.s(2)], t.total.s())), t.add.s(3)),
+        "a chain holding a chord inside a group that follows",
+    ),
     (lambda: group(t.add.s(1, 1)) | group(t.add.s(2, 2)), r"group \| \(group or chord\)"),
-    (lambda: chord([chain(t.add.s(1, 1), t.add.s(2))], t.total.s()), "in a chord header"),
+    (lambda: chord([chain(t.add.s(1, 1), group(t.add.s(2), t.add.s(3)))], t.total.s()), "in a chord header"),
+    (lambda: chord([chord([t.add.s(1, 1)], t.total.s())], t.total.s()), "a chord in a chord header"),
     (lambda: chord([t.add.s(1, 1)], group(t.total.s())), "a group or chord as chord body"),
     (lambda: signature({"task": "tests.shim_tasks.add"}), r"signature\(dict\)"),
     (lambda: t.add.s(1, 2).stamp(), "signature stamping"),

@@ -19,6 +19,11 @@ frees a key whose ``taken_at`` was stamped by a clock far ahead (a failover
 to a server whose clock was wrong).  ``:now`` is ``clock.utcnow()``, the
 database's clock (``db/clock.py``).
 
+A rate set by Celery's remote control (``app.control.rate_limit``) is stored
+in the key's ``rate`` column (``set_rate``); workers re-read those rates
+(``overrides``) at most ``OVERRIDES_TTL`` seconds apart, and they replace
+the code's limit of that name.
+
 The rows of a claim that found no token go back to ``scheduled`` at the
 token's time (``defer``): the attempt is not counted (``attempt``,
 ``retries`` and the message are untouched) and the row keeps its id and
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.engine import Connection
@@ -40,6 +45,9 @@ from .dialects import dialect_of, wake_queues
 rate_limit = tables.rate_limit
 request = tables.request
 
+
+#: How long a worker member trusts the rates set by remote control it read.
+OVERRIDES_TTL = 1.0
 
 #: A ``taken_at`` further ahead than this was not stamped by a live clock.
 FUTURE_SLACK = timedelta(seconds=60)
@@ -133,6 +141,29 @@ def defer(conn: Connection, worker_id: str, rows: Sequence[tuple[int, str, datet
     result = conn.execute(stmt, [{"b_id": row_id, "b_run_at": run_at} for row_id, _queue, run_at in rows])
     wake_queues(conn, sorted({queue for _id, queue, _run_at in rows}))
     return max(0, result.rowcount or 0)
+
+
+#: ``taken_at`` of a row made by ``set_rate`` before any take: long past, so
+#: the first take finds the token free.
+NEVER_TAKEN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def set_rate(conn: Connection, name: str, rate: float) -> None:
+    """Celery's ``app.control.rate_limit(name, ...)``: ``rate`` tokens per
+    second (0: no limit) replace the code's limit of ``name`` on every
+    worker (``overrides``).  The key's last token is kept."""
+    for _ in range(3):
+        if conn.execute(update(rate_limit).where(rate_limit.c.name == name).values(rate=rate)).rowcount:
+            return
+        if dialect_of(conn).insert_new(conn, rate_limit, {"name": name, "taken_at": NEVER_TAKEN, "rate": rate}):
+            return
+    raise RuntimeError(f"The rate limit row of {name!r} could not be written.")
+
+
+def overrides(conn: Connection) -> dict[str, float]:
+    """The rates set by remote control: name -> tokens per second (0: no limit)."""
+    rows = conn.execute(select(rate_limit.c.name, rate_limit.c.rate).where(rate_limit.c.rate.is_not(None)))
+    return {str(row.name): float(row.rate) for row in rows}
 
 
 def forget(conn: Connection, names: Sequence[str]) -> int:

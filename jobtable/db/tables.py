@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     Float,
     Index,
     Integer,
@@ -357,4 +358,8 @@ rate_limit = Table(
     metadata,
     Column("name", String(255), primary_key=True),
     Column("taken_at", UTCDateTime, nullable=False),
+    # Set by Celery's remote control (``app.control.rate_limit``): tokens per
+    # second that replace the code's limit on every worker, 0 for none;
+    # NULL: the code's.
+    Column("rate", Double, nullable=True),
 )

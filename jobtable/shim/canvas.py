@@ -25,6 +25,7 @@ from .current import App, current_app
 from .exceptions import NotSupported
 from .registry import registry
 from .canvas_rows import ChordStart, first_task, result_task, rows_for, start_chords
+from .canvas_shapes import check_header_member, checked_depth, in_order, unrolled
 from .result import AsyncResult, GroupResult
 
 __all__ = ["ChordStart", "first_task", "result_task", "rows_for", "start_chords"]
@@ -41,6 +42,9 @@ def _name(task: Any) -> str:
 class Signature(dict):  # type: ignore[type-arg]
     """A task call to make later: ``add.s(2, 3)``, ``add.si(2, 3)``,
     ``signature("proj.tasks.add", args=(2, 3), countdown=10)``."""
+
+    #: Canvas levels this signature nests (canvas_shapes.depth); a task's is 0.
+    _depth: int | None = None
 
     def __init__(
         self,
@@ -229,7 +233,7 @@ class chain(Signature):  # noqa: N801  (Celery's name)
             if not rest:
                 return items[0]
             body = rest[0] if len(rest) == 1 else chain(*rest, app=app)
-            return chord(items[0].tasks, body, app=app)
+            return chord(items[0], body, app=app)
         return super().__new__(cls)
 
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
@@ -246,24 +250,21 @@ class chain(Signature):  # noqa: N801  (Celery's name)
             rest = flat[index + 1 :]
             if isinstance(task, group) and rest:
                 # As Celery: a group followed by more steps is a chord whose body is the rest.
-                steps.append(chord(task.tasks, rest[0] if len(rest) == 1 else chain(*rest, app=app), app=app))
+                steps.append(chord(task, rest[0] if len(rest) == 1 else chain(*rest, app=app), app=app))
                 break
             if isinstance(task, chord) and rest:
                 if task.body is None:
                     raise ValueError("A chord in a chain needs a body: chord(header, body).")
-                steps.append(chord(task.tasks, chain(task.body, *rest, app=app), app=app))
+                steps.append(chord(task.kwargs["header"], chain(task.body, *rest, app=app), app=app))
                 break
             steps.append(task)
         for step in steps[1:]:
             # Such a group is fanned out by the step before it, in the worker
             # (canvas_rows.py): refused here, not as that step finishes.
             for member in step.tasks if isinstance(step, group) else []:
-                if isinstance(member, (chain, group, chord)):
-                    raise NotSupported(
-                        f"a {type(member).__name__} inside a group that follows a chain step",
-                        "Put plain task signatures in that group, or send the group on its own.",
-                    )
+                check_header_member(member, "inside a group that follows a chain step")
         super().__init__("celery.chain", (), {"tasks": steps}, options, subtask_type="chain", app=app)
+        self._depth = checked_depth("chain", steps)
 
     @property
     def tasks(self) -> list[Signature]:
@@ -362,19 +363,19 @@ class group(Signature):  # noqa: N801
     def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None:
         steps = []
         for task in _flatten(tasks):
-            if isinstance(task, group):
-                # Celery unrolls a group in a group: its tasks run in parallel
-                # with the others, and get() lists their values in the same flat list.
-                steps.extend(task.tasks)
-                continue
+            # A group in a group stays one member until it runs: Celery
+            # unrolls it then (canvas_shapes.py), in an order that depends on
+            # whether the group is frozen.
             if not isinstance(task, Signature):
                 raise TypeError(f"group() takes signatures (task.s(...)), got {task!r}.")
             steps.append(task)
         super().__init__("celery.group", (), {"tasks": steps}, options, subtask_type="group", app=app)
+        self._depth = checked_depth("group", steps)
 
     @property
     def tasks(self) -> list[Signature]:
-        return list(self.kwargs["tasks"])
+        """The members, inner groups unrolled in order (empty chains dropped)."""
+        return in_order(self.kwargs["tasks"])
 
     def __repr__(self) -> str:
         return f"group({', '.join(map(repr, self.tasks))})"
@@ -391,14 +392,19 @@ class group(Signature):  # noqa: N801
     def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> group:
         # Partial arguments go to every member, as in Celery.
         return group(
-            [step.clone(args, kwargs) for step in self.tasks], app=self._app, **{**self.options, **options}
+            [step.clone(args, kwargs) for step in self.kwargs["tasks"]],
+            app=self._app,
+            **{**self.options, **options},
         )
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> GroupResult:  # type: ignore[override]
-        """Fix the group's id (options task_id, as Celery) and its members'."""
+        """Fix the group's id (options task_id, as Celery) and its members'.
+        As Celery's ``_freeze_unroll``, inner groups are unrolled for good, in
+        its order (canvas_shapes.unrolled)."""
         if _id is not None:
             self.options["task_id"] = _id
         group_id = self.options.setdefault("task_id", messages.new_task_id())
+        self.kwargs["tasks"] = unrolled(self.kwargs["tasks"])
         return GroupResult(group_id, [step.freeze() for step in self.tasks], app=self._app)
 
     def to_dict(self) -> dict[str, Any]:
@@ -450,7 +456,7 @@ class group(Signature):  # noqa: N801
     def __or__(self, other: Any) -> chord:  # type: ignore[override]
         # Celery upgrades ``group | task`` to a chord.
         if isinstance(other, Signature) and not isinstance(other, (group, chord)):
-            return chord(self.tasks, other)
+            return chord(self, other)
         raise NotSupported("group | (group or chord)", "Pipe a group into one task (a chord body).")
 
 
@@ -459,22 +465,31 @@ class chord(Signature):  # noqa: N801
     header in parallel, then the body with the list of their results."""
 
     def __init__(self, header: Any, body: Signature | None = None, app: App | None = None, **options: Any) -> None:
-        tasks = header.tasks if isinstance(header, group) else _flatten((header,))
+        # The header's members as given: groups stay whole until the header
+        # is frozen (canvas_shapes.py: Celery's order); chains count the
+        # chord when their last step ends (canvas_rows.member_step).
+        tasks = list(header.kwargs["tasks"]) if isinstance(header, group) else _flatten((header,))
         for task in tasks:
-            if not isinstance(task, Signature) or isinstance(task, (chain, group, chord)):
-                raise NotSupported(
-                    f"{task!r} in a chord header",
-                    "Chord headers are plain task signatures (task.s(...)); put a chain's work in one task.",
-                )
+            if not isinstance(task, Signature):
+                raise TypeError(f"A chord header holds signatures (task.s(...)), got {task!r}.")
+        for task in in_order(tasks):
+            check_header_member(task, "in a chord header")
         if body is not None and (not isinstance(body, Signature) or isinstance(body, (group, chord))):
             raise NotSupported("a group or chord as chord body", "The body is a task signature or a chain.")
         super().__init__(
             "celery.chord", (), {"header": list(tasks), "body": body}, options, subtask_type="chord", app=app
         )
+        self._depth = checked_depth("chord", [*tasks, body])
 
     @property
     def tasks(self) -> list[Signature]:
-        return list(self.kwargs["header"])
+        """The header as the worker runs it: inner groups unrolled as Celery
+        freezes a header (canvas_shapes.unrolled), empty chains dropped."""
+        return unrolled(self.kwargs["header"])
+
+    def _eager_tasks(self) -> list[Signature]:
+        # Celery's eager chord applies its header unfrozen: in order.
+        return in_order(self.kwargs["header"])
 
     @property
     def body(self) -> Signature | None:
@@ -486,14 +501,14 @@ class chord(Signature):  # noqa: N801
     def __or__(self, other: Any) -> chord:  # type: ignore[override]
         # As Celery: chord(header, body) | c runs c after the body.
         if self.body is not None and isinstance(other, Signature) and not isinstance(other, (group, chord)):
-            return chord(self.tasks, chain(self.body, other), app=self._app, **self.options)
+            return chord(self.kwargs["header"], chain(self.body, other), app=self._app, **self.options)
         return NotImplemented
 
     # -- as a chain step (canvas_rows.py sends it) --------------------------------------
 
     def clone(self, args: Any = None, kwargs: Any = None, **options: Any) -> chord:
         body = self.body.clone() if self.body is not None else None
-        header = [step.clone(args, kwargs) for step in self.tasks]
+        header = [step.clone(args, kwargs) for step in self.kwargs["header"]]
         return chord(header, body, app=self._app, **{**self.options, **options})
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
@@ -502,6 +517,7 @@ class chord(Signature):  # noqa: N801
         if self.body is None:
             raise ValueError("chord() needs a body: chord(header, body).")
         group_id = self.options.setdefault("task_id", messages.new_task_id())
+        self.kwargs["header"] = self.tasks  # unrolled for good, as Celery freezes it
         header = GroupResult(group_id, [step.freeze() for step in self.tasks], app=self._app)
         result = self.body.freeze(_id)
         node = result
@@ -529,7 +545,7 @@ class chord(Signature):  # noqa: N801
         """Run now, in this process (eager): the header, then the body with their values."""
         if self.body is None:
             raise ValueError("chord() needs a body: chord(header, body).")
-        header = GroupResult(messages.new_task_id(), [s.clone(args, kwargs).apply() for s in self.tasks])
+        header = GroupResult(messages.new_task_id(), [s.clone(args, kwargs).apply() for s in self._eager_tasks()])
         result = self.body.clone().apply((header.get(),))
         result.parent = header
         return result
@@ -552,14 +568,15 @@ class chord(Signature):  # noqa: N801
                 f"chord.apply_async({', '.join(sorted(options))}=...)",
                 "Set options on each task: a.s().set(queue=...).",
             )
-        steps = [step.clone(args, kwargs) for step in self.tasks]
         body = body.clone()
         if app.conf.task_always_eager:
+            steps = [step.clone(args, kwargs) for step in self._eager_tasks()]
             header = GroupResult(messages.new_task_id(), [step.apply() for step in steps], app=app)
             result = body.apply((header.get(),))
             result.parent = header
             return result
         body_result = body.freeze()
+        steps = [step.clone(args, kwargs) for step in self.tasks]
         if not steps:
             # Celery calls the body at once with an empty list.
             return body.apply_async(([],))

@@ -57,6 +57,23 @@ def _header_members(sig: dict[str, Any]) -> list[dict[str, Any]]:
     return list(header or [])
 
 
+def member_step(step: dict[str, Any], group_id: str, group_index: int | None, chord: dict[str, Any] | None) -> dict[str, Any]:
+    """The last step of a chain in a group or chord header, as Celery freezes
+    it: its options name the group, its place and (in a chord) the body."""
+    if step.get("subtask_type") is not None:
+        raise NotSupported(
+            f"a chain that ends with a {step['subtask_type']} inside a group or chord header",
+            "End a header chain with a task signature; send the inner group or chord from that task.",
+        )
+    options = dict(step.get("options") or {})
+    options["group_id"] = group_id
+    if group_index is not None:
+        options["group_index"] = group_index
+    if chord is not None:
+        options["chord"] = chord
+    return {**step, "options": options}
+
+
 def start_chords(conn: Connection, starts: list[ChordStart], now: datetime) -> None:
     """Create the counter row of each chord about to be sent, unless it
     exists (the step that sends it ran twice: its parts may be counted)."""
@@ -90,6 +107,13 @@ def rows_for(
         steps = list(sig["kwargs"]["tasks"])
         if not steps:
             return []
+        if group_id is not None and len(steps) > 1:
+            # A chain that is a member of a group or chord header: as Celery
+            # (prepare_steps), its LAST step carries the group, its place and
+            # the chord (in its options), so only that step counts the chord;
+            # the earlier steps run as a plain chain.
+            steps[-1] = member_step(steps[-1], group_id, group_index, chord)
+            group_id = group_index = chord = None
         # The outer chain's remaining steps run after this chain's.
         rest = list(chain or []) + list(reversed(steps[1:]))
         return rows_for(
@@ -109,7 +133,13 @@ def rows_for(
         return _fan_out(app, sig, prefix, now, parent_id, root_id, chain, group_id, chord, chord_starts)
     if kind is not None:
         raise NotSupported(f"a {kind} as a canvas step", "Chain plain tasks; use chord(header, body) for fan-in.")
-    options = params.decode(dict(sig.get("options") or {}))
+    raw_options = dict(sig.get("options") or {})
+    # A chain step that ends a chord header member carries its chord in its
+    # options (Celery's form, member_step): it goes to the message's embed.
+    carried = raw_options.pop("chord", None)
+    if chord is None and isinstance(carried, dict):
+        chord = carried
+    options = params.decode(raw_options)
     for key, value in (
         ("parent_id", parent_id),
         ("root_id", root_id),
@@ -162,15 +192,17 @@ def _fan_out(
                 "immutable": False,
                 "chord_size": None,
             }
-        if not members:
-            # Celery calls the body at once with an empty list.
-            return rows_for(app, body, [[]], now=now, parent_id=parent_id, root_id=root_id, chord_starts=chord_starts)
+    # As Celery (group._freeze_unroll): an empty chain is no member.
+    members = [m for m in members if not (m.get("subtask_type") == "chain" and not m["kwargs"].get("tasks"))]
+    if body is not None and not members:
+        # Celery calls the body at once with an empty list.
+        return rows_for(app, body, [[]], now=now, parent_id=parent_id, root_id=root_id, chord_starts=chord_starts)
     rows: list[dict[str, Any]] = []
     for index, member in enumerate(members):
-        if member.get("subtask_type") is not None:
+        if member.get("subtask_type") not in (None, "chain"):
             raise NotSupported(
                 f"a {member['subtask_type']} as a member of a {kind} in a chain",
-                "Put plain task signatures in a group that follows a chain step.",
+                "Put task signatures or chains of them in a group that follows a chain step.",
             )
         rows += rows_for(
             app,
@@ -186,6 +218,11 @@ def _fan_out(
     if body is not None:
         if chord_starts is None:
             raise NotSupported("a chord sent this way", "Send chord(header, body) with apply_async().")
-        tuple_ = [[group_id, None], [[[row["task_id"], None], None] for row in rows]]
-        chord_starts.append(ChordStart(group_id, len(rows), json.dumps({"result": tuple_})))
+        # One row per member (a chain's first step); a chain's result is its last step's.
+        ids = [
+            (result_task(member).get("options") or {}).get("task_id") if member.get("subtask_type") else row["task_id"]
+            for member, row in zip(members, rows)
+        ]
+        tuple_ = [[group_id, None], [[[task_id, None], None] for task_id in ids]]
+        chord_starts.append(ChordStart(group_id, len(members), json.dumps({"result": tuple_})))
     return rows

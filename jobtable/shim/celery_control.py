@@ -11,9 +11,10 @@ they run in ``jobtable_worker.running_id`` (updated within 0.5 s).
 Answered: ping, hello, clock, report, conf (hidden settings masked),
 registered, active, reserved, scheduled (always empty: ETA tasks wait in the
 table, not in a worker), query_task, stats, active_queues, revoked, revoke
-(recorded in ``jobtable_revoke``, honoured at claim by every worker) and
-shutdown (the worker's graceful stop, as SIGTERM).  Anything else -- a
-command that would change a running pool (rate_limit, time_limit,
+(recorded in ``jobtable_revoke``, honoured at claim by every worker),
+rate_limit (stored in ``jobtable_rate_limit.rate``, read by every worker's
+next takes) and shutdown (the worker's graceful stop, as SIGTERM).  Anything
+else -- a command that would change a running pool (time_limit,
 add_consumer, cancel_consumer, pool_grow...) -- answers ``{"error": ...}``
 naming the command and what to do instead.
 
@@ -38,7 +39,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import pids
-from ..db import bindings_sql, revokes_sql
+from ..ratelimits import parse_rate
+from ..safetext import safe_repr
+from ..worker import rate_epoch
+from ..db import bindings_sql, ratelimit_sql, revokes_sql
 from ..db import clock as db_clock
 from ..db import engine as db_engine
 
@@ -46,7 +50,6 @@ logger = logging.getLogger("jobtable.celery")
 
 #: Why each command that cannot work on the native worker does not.
 UNSUPPORTED = {
-    "rate_limit": "rate limits are read when the worker starts: set the task's rate_limit and restart the worker",
     "time_limit": "time limits are read when the worker starts: set the task's time_limit and restart the worker",
     "add_consumer": "queues are chosen when the worker starts: restart it with --queue NAME",
     "cancel_consumer": "queues are chosen when the worker starts: restart it without that --queue",
@@ -221,6 +224,7 @@ class ControlNode:
             "active_queues": self.active_queues,
             "revoked": self.revoked,
             "revoke": self.revoke,
+            "rate_limit": self.rate_limit,
             "shutdown": self.shutdown,
             "heartbeat": lambda state, **_: None,
         }
@@ -382,6 +386,32 @@ class ControlNode:
         except db_engine.ERRORS as exc:
             logger.warning("Could not record the revoke of %s: %s", ids, exc)
         return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+
+    def rate_limit(self, state: Any, task_name: Any = None, rate_limit: Any = None, **_: Any) -> dict[str, str]:
+        """Celery's ``rate_limit`` command, for every worker at once: the rate
+        is stored in the task's ``jobtable_rate_limit`` row, which every
+        worker's members read before their next take (at once on the
+        workers that heard this broadcast, ``rate_epoch``; within
+        ``ratelimit_sql.OVERRIDES_TTL`` on any other).  Replies in Celery's shape."""
+        try:
+            rate = parse_rate(rate_limit, "rate_limit")
+        except ValueError as exc:
+            return {"error": f"Invalid rate limit string {safe_repr(rate_limit, 80)}: {exc}"}
+        if not isinstance(task_name, str) or task_name not in self.app.tasks:
+            logger.error("Rate limit attempt for unknown task %s", safe_repr(task_name, 120))
+            return {"error": "unknown task"}
+        try:
+            with db_engine.get_engine().begin() as conn:
+                ratelimit_sql.set_rate(conn, task_name, rate or 0.0)
+            rate_epoch.bump()  # this worker's members re-read the rates before their next take
+        except db_engine.ERRORS as exc:
+            logger.warning("Could not store the rate limit of %s: %s", task_name, exc)
+            return {"error": f"the rate limit of {task_name} could not be stored: {type(exc).__name__}"}
+        if not rate:
+            logger.info("Rate limits disabled for tasks of type %s", task_name)
+            return {"ok": "rate limit disabled successfully"}
+        logger.info("New rate limit for tasks of type %s: %s.", task_name, rate_limit)
+        return {"ok": "new rate limit set successfully"}
 
     def shutdown(self, state: Any, msg: str = "Got shutdown from remote", **_: Any) -> dict[str, str]:
         logger.warning("%s", msg)

@@ -170,6 +170,60 @@ def count_failed_part(request: Context, outcome: str) -> None:
     _body_errbacks(failed_body)
 
 
+def fail_chain_members(request: Context, exc: BaseException, outcome: str) -> None:
+    """A chain step failed for good (or was revoked): the steps after it never
+    run.  As Celery's ``mark_as_failure``, a later step that ends a member of
+    a chord header (its options carry the chord: canvas_rows.member_step) is
+    recorded FAILED with this error and counts its part as failed, so the
+    chord ends (its body gets a ChordError naming that step) instead of
+    waiting forever."""
+    app = current_app()
+    for step in request.chain or []:
+        options = step.get("options") or {}
+        if not isinstance(options.get("chord"), dict) or options.get("group_id") is None:
+            continue
+        member = Context(
+            id=options.get("task_id"),
+            task=step.get("task"),
+            root_id=request.root_id,
+            group=options["group_id"],
+            group_index=options.get("group_index"),
+            chord=options["chord"],
+            called_directly=False,
+        )
+        now = clock.utcnow()
+        try:
+            with db_engine.connect() as conn, conn.begin():
+                if member.id is not None:
+                    _record_failure(conn, app, step, str(member.id), exc, now)
+                failed_body = _count_part(conn, app, member, ok=False, outcome=outcome, now=now)
+        except Exception:
+            logger.exception("Could not count the chain step %s of chord %s as failed", member.id, member.group)
+            continue
+        _body_errbacks(failed_body)
+
+
+def _record_failure(
+    conn: Connection, app: App, step: dict[str, Any], task_id: str, exc: BaseException, now: datetime
+) -> None:
+    options = step.get("options") or {}
+    kind = type(exc)
+    db_results.upsert_result(
+        conn,
+        {
+            "task_id": task_id,
+            "task_name": step["task"],
+            "queue": send.route(app, step["task"], registry.tasks.get(step["task"]), [], {}, options),
+            "attempt": 1,
+            "status": tables.ERRORED,
+            "ended_at": now,
+            "error_type": f"{kind.__module__}.{kind.__qualname__}",
+            "error_message": str(exc),
+        },
+        only_new=True,
+    )
+
+
 def _body_errbacks(failed: tuple[dict[str, Any], str] | None) -> None:
     """A chord whose body failed with a ChordError: the body's errbacks run,
     as Celery's ``chord_error_from_stack`` runs them (with a request made

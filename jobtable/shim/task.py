@@ -457,6 +457,8 @@ class TaskJob(Job):
             )
             if request.chord and request.group:
                 followups.count_failed_part(request, f"TaskRevokedError({reason!r})")
+            if request.chain:
+                followups.fail_chain_members(request, TaskRevokedError(reason), f"TaskRevokedError({reason!r})")
             raise TaskRevokedError(reason)
 
         def encode(value: Any) -> Any:
@@ -475,6 +477,8 @@ class TaskJob(Job):
         except BaseException as exc:
             if request.chord and request.group:
                 followups.count_failed_part(request, f"{type(exc).__name__}({str(exc)!r})")
+            if request.chain:
+                followups.fail_chain_members(request, exc, f"{type(exc).__name__}({str(exc)!r})")
             if request.errbacks and isinstance(exc, (Exception, JobTimeout)):
                 errbacks.call_errbacks(request, exc)
             raise

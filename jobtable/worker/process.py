@@ -27,7 +27,7 @@ from ..db import clock, claims_sql, finish_sql, ratelimit_sql, refusals
 from ..db.notify import Listener
 from ..middleware import build_chain
 from ..settings import get_settings
-from . import dispatch
+from . import dispatch, rate_epoch
 from .config import WorkerConfig
 from .execute import Executor
 from .ledger import Ledger
@@ -101,6 +101,10 @@ class Member:
         #: not all come back for the same token).
         self.token_at: dict[str, datetime] = {}
         self.wait_slot: dict[str, datetime] = {}
+        #: Rates set by remote control (ratelimit_sql.overrides) and when they were read.
+        self.rate_overrides: dict[str, float] = {}
+        self.overrides_read = -float("inf")
+        self.overrides_epoch = rate_epoch.current()
         self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
         self.batch = min(4, config.max_pending_per_process)
@@ -272,7 +276,7 @@ class Member:
         taken); else the time it should wait for.  One statement per take,
         decided by the database (``ratelimit_sql.take``); none while the
         next token is known to be later."""
-        rate = dispatch.rate_of(row.task_name)
+        rate = self._rate_of(row.task_name)
         if rate is None:
             return None
         key = row.task_name
@@ -294,6 +298,25 @@ class Member:
         if self.next_due is None or slot < self.next_due:
             self.next_due = slot  # this member's own wait ends then
         return slot
+
+    def _rate_of(self, name: str) -> float | None:
+        """Tokens per second of ``name``: a rate set by remote control (in the
+        table, re-read every ``OVERRIDES_TTL`` s, and at once when this
+        worker's control listener stored one: ``rate_epoch``) wins over the code's."""
+        epoch = rate_epoch.current()
+        if epoch != self.overrides_epoch or time.monotonic() - self.overrides_read >= ratelimit_sql.OVERRIDES_TTL:
+            self.overrides_epoch = epoch
+            conn = self._connection()
+            with nullcontext() if self.autocommit else self._tx(conn):
+                read = ratelimit_sql.overrides(conn)
+            for changed in {k for k in read.keys() | self.rate_overrides.keys() if read.get(k) != self.rate_overrides.get(k)}:
+                # The next token is taken again at the new rate.
+                self.token_at.pop(changed, None)
+                self.wait_slot.pop(changed, None)
+            self.rate_overrides, self.overrides_read = read, time.monotonic()
+        if name in self.rate_overrides:
+            return self.rate_overrides[name] or None
+        return dispatch.rate_of(name)
 
     def _still_ours(self) -> bool:
         """Before starting a claimed job: False when the supervisor learned
