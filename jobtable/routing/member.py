@@ -63,6 +63,7 @@ from ..worker.ledger import Ledger
 from ..worker.process import EXIT_BURST_DONE, EXIT_STOPPED, Member
 from ..worker.slots import Slot
 from . import publish, routes
+from .revoked import REVOKED_STATUS, RevokeCheck, revoked_fields
 
 logger = logging.getLogger("jobtable.worker")
 kombu: Any = _kombu  # no type hints in Kombu
@@ -127,6 +128,7 @@ class RoutedMember:
         self.consumer: Any = None
         self.generation = 0
         self.inbox: deque[tuple[Any, int]] = deque()  # (kombu message, generation)
+        self.revokes = RevokeCheck()
         self.done: list[_Done] = []
         self.done_since = 0.0
         self.next_id = 0
@@ -190,6 +192,9 @@ class RoutedMember:
                         continue
                     self._drain(IDLE_WAIT)
                     continue
+                # Before any delivery leaves the inbox: a database error
+                # here leaves every one of them where it is.
+                self.revokes.check(self.engine, self.inbox, _now())
                 message, generation = self.inbox.popleft()
                 last = self._run_one(message, generation)
                 if self.done and (
@@ -208,8 +213,12 @@ class RoutedMember:
         self.next_id -= 1
         started = time.perf_counter()
         row, bad = self._row_of(message, self.next_id)
+        revoked = self.revokes.pop(message, generation)
         outcome: finish_sql.Outcome | None
-        if bad is not None:
+        if bad is None and revoked is not None:
+            logger.info("%s %s was revoked (%s); not run.", row.task_name, row.task_id, revoked)
+            outcome = finish_sql.Outcome(row, REVOKED_STATUS, _now(), revoked_fields())
+        elif bad is not None:
             logger.error("Routed message %s on %s DEAD_LETTER: %s", row.task_id, row.queue, bad)
             fields = badrows.dead_letter_fields(bad)
             fields["started_at"] = _now()
@@ -376,6 +385,7 @@ class RoutedMember:
                        self.worker_id, routes.display(self.url), type(exc).__name__, _first_line(exc), delay)
         self._close_broker()
         self.inbox.clear()  # unacked: the broker delivers them again
+        self.revokes.forget()
         try:
             self._flush()  # results of what ran are written; their acks are lost
         except db_engine.ERRORS as db_exc:
