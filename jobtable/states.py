@@ -27,3 +27,8 @@ DEFERRED = "DEFERRED"
 QUARANTINED = "QUARANTINED"
 DEAD_LETTER = "DEAD_LETTER"
 RESULT_STATUSES = (SUCCESSFUL, ERRORED, CANCELLED, LOST, DEFERRED, QUARANTINED, DEAD_LETTER)
+
+#: A finished job's status by its code in a worker's ledger files
+#: (worker/ledger.py, worker/routed_ledger.py; 0: unknown).  The order is
+#: the files' format, shared by both: append only.
+LEDGER_STATUSES = ("", "SUCCESSFUL", "ERRORED", "CANCELLED", "DEAD_LETTER", "DEFERRED", "LOST", "QUARANTINED")

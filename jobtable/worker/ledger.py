@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from ..pids import pid_alive
 from ..privatedirs import private_dir
+from ..states import LEDGER_STATUSES
 
 if TYPE_CHECKING:
     from .routed_ledger import RoutedJobs
@@ -64,7 +65,7 @@ assert _HEADER.size == HEADER_SIZE
 _COUNT, _DONE, _OVERFLOW = 3, 4, 5
 _IDS = HEADER_SIZE // 8
 #: How a finished job ended, one int64 per id after the ids (0: unknown).
-STATUSES = ("", "SUCCESSFUL", "ERRORED", "CANCELLED", "DEAD_LETTER", "DEFERRED", "LOST", "QUARANTINED")
+STATUSES = LEDGER_STATUSES
 _CODES = {name: code for code, name in enumerate(STATUSES) if name}
 SUFFIX = ".ledger"
 #: A file whose header cannot be read (never one of ours once renamed into

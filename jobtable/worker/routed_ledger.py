@@ -26,12 +26,9 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .ledger import STATUSES
-
-if TYPE_CHECKING:
-    from .ledger import Ledger
+from ..states import LEDGER_STATUSES as STATUSES
 
 _CODES = {name: code for code, name in enumerate(STATUSES) if name}
 
@@ -218,7 +215,13 @@ def size_for(max_message_size: int) -> int:
     return max(MIN_SIZE, min(MAX_SIZE, 2 * max_message_size + (64 << 10)))
 
 
-def in_child(own: Ledger | None, others: Sequence[Ledger | None]) -> None:
+class HasRouted(Protocol):
+    """A ledger (ledger.Ledger) as ``in_child`` reads it: its routed part."""
+
+    routed: RoutedJobs | None
+
+
+def in_child(own: HasRouted | None, others: Sequence[HasRouted | None]) -> None:
     """In a new member process: close the broker sockets the supervisor
     holds for other members (a copy here would keep a dead member's
     connection open, its deliveries held, for as long as this one lives)."""
