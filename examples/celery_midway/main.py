@@ -42,6 +42,13 @@ def main() -> int:
     from proj.jobs import NightlyReportJob, ShipOrderJob
     from proj.tasks import charge_card, notify, price_order
 
+    # Before any worker runs, so the first ShipOrderJob(7) is still waiting
+    # when the second one asks for its concurrency key.
+    print("Enqueueing Jobs before any worker runs...")
+    jobs = {f"ShipOrderJob({n})": ShipOrderJob(n).run_in_worker() for n in (7, 8)}
+    duplicate = ShipOrderJob(7).run_in_worker()
+    print(f"  ShipOrderJob(7) again while the first waits: {duplicate}")
+
     print("Starting a Celery worker (it runs the Jobs too: register_jobs)...")
     logs = HERE / "state"
     celery_log = logs / "celery.log"
@@ -57,15 +64,12 @@ def main() -> int:
         print(celery_log.read_text())
         raise SystemExit("the Celery worker did not start")
 
-    print("Sending Celery tasks and enqueueing Jobs into one queue...")
+    print("Sending Celery tasks into the same queue...")
     sent = {
         "price_order(7, 3)": price_order.delay(7, 3),
         "charge_card(7, 757)": charge_card.delay(7, 757),
         "price_order(8, 1) | notify": chain(price_order.s(8, 1), notify.s()).delay(),
     }
-    jobs = {f"ShipOrderJob({n})": ShipOrderJob(n).run_in_worker() for n in (7, 8)}
-    duplicate = ShipOrderJob(7).run_in_worker()
-    print(f"  ShipOrderJob(7) again while the first waits: {duplicate}")
     jobs["NightlyReportJob() by hand"] = NightlyReportJob().run_in_worker()
 
     print("Starting the native worker (it runs the Celery tasks too: --celery-app) in burst mode...")
