@@ -341,9 +341,39 @@ def test_two_workers_share_one_limit_and_other_jobs_flow(db_url: str, subprocess
     assert last_free < max(starts), "free jobs waited for the limited ones"
 
 
+def test_a_rate_stored_while_a_worker_runs_reaches_it_without_a_broadcast(
+    db_url: str, subprocess_env: dict[str, str]
+) -> None:
+    """A rate stored while a worker without a control listener runs (a
+    broadcast it never heard): its supervisor's ``rates`` duty sees the
+    change and its members re-read the rates -- the Free jobs sent after it
+    are spaced, those before were not."""
+    before = [rj.Free(f"b{i}").run_in_worker() for i in range(6)]
+    worker = _start(subprocess_env, "--max-processes", "2")
+    try:
+        wait_for(lambda: len(results()) == 6, timeout=60, what="the unlimited jobs ran")
+        unlimited = sorted(r.started_at for r in results())
+        [name] = {r.task_name for r in results()}
+        with get_engine().begin() as conn:
+            ratelimit_sql.set_rate(conn, name, 1 / rj.INTERVAL)
+        # The duty runs every OVERRIDES_TTL: wait that long (twice, for the
+        # tick) on the database's clock before sending the limited ones.
+        stored_at = clock.utcnow()
+        wait_for(lambda: (clock.utcnow() - stored_at).total_seconds() > 2 * ratelimit_sql.OVERRIDES_TTL,
+                 timeout=10, what="the rates duty to have run")
+        after = [rj.Free(f"a{i}").run_in_worker() for i in range(6)]
+        wait_for(lambda: len(results()) == 12, timeout=60, what="the limited jobs ran")
+    finally:
+        out = stop(worker)
+    ids = {r.uuid for r in after if r}
+    _assert_spaced([r.started_at for r in results() if r.task_id in ids], rj.INTERVAL)
+    # Before the rate, six jobs on two members did not wait for each other.
+    assert (unlimited[-1] - unlimited[0]).total_seconds() < 5 * rj.INTERVAL - SLACK, (unlimited, out)
+
+
 def test_a_stored_rate_replaces_the_codes_on_any_worker(db_url: str, subprocess_env: dict[str, str]) -> None:
     """A rate stored by remote control holds on a worker without a control
-    listener too (it re-reads the stored rates every OVERRIDES_TTL): the
+    listener too (its members read the stored rates when they start): the
     unlimited Free jobs are spaced by it."""
     free = [rj.Free(f"f{i}").run_in_worker() for i in range(6)]
     [name] = {r.task_name for r in requests()}

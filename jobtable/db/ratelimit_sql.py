@@ -20,9 +20,10 @@ to a server whose clock was wrong).  ``:now`` is ``clock.utcnow()``, the
 database's clock (``db/clock.py``).
 
 A rate set by Celery's remote control (``app.control.rate_limit``) is stored
-in the key's ``rate`` column (``set_rate``); workers re-read those rates
-(``overrides``) at most ``OVERRIDES_TTL`` seconds apart, and they replace
-the code's limit of that name.
+in the key's ``rate`` column (``set_rate``); each worker's supervisor reads
+those rates (``overrides``) every ``OVERRIDES_TTL`` seconds and has its
+members re-read them when they changed; they replace the code's limit of
+that name.
 
 The rows of a claim that found no token go back to ``scheduled`` at the
 token's time (``defer``): the attempt is not counted (``attempt``,
@@ -46,7 +47,7 @@ rate_limit = tables.rate_limit
 request = tables.request
 
 
-#: How long a worker member trusts the rates set by remote control it read.
+#: How often a worker's supervisor looks for rates set by remote control (worker/duties.py).
 OVERRIDES_TTL = 1.0
 
 #: A ``taken_at`` further ahead than this was not stamped by a live clock.

@@ -392,7 +392,7 @@ class ControlNode:
         is stored in the task's ``jobtable_rate_limit`` row, which every
         worker's members read before their next take (at once on the
         workers that heard this broadcast, ``rate_epoch``; within
-        ``ratelimit_sql.OVERRIDES_TTL`` on any other).  Replies in Celery's shape."""
+        ``ratelimit_sql.OVERRIDES_TTL`` on any other, by its supervisor's ``rates`` duty).  Replies in Celery's shape."""
         try:
             rate = parse_rate(rate_limit, "rate_limit")
         except ValueError as exc:

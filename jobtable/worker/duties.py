@@ -4,7 +4,9 @@ Each tick ``Duties.run_due`` runs what is due, each duty in its own
 transaction: the schedule's ticks, the liveness look for dead peers, the
 heartbeat for the members (again at most every ``RUNNING_EVERY`` when a
 member started or finished a job), the cancel check, the rescue of workers
-that stopped heartbeating, the relay of routed queues' due rows, the purge
+that stopped heartbeating, the relay of routed queues' due rows, the look at rates set by
+remote control (members re-read them only when they changed: one
+statement a second per worker, none in the members' job loop), the purge
 of old results, expired broadcasts and stale ledger files, and the stats
 line.  A duty whose database cannot be reached is logged and tried again
 on a later tick.  The duties read the pool through ``Pool``: they never
@@ -21,10 +23,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from ..db import engine as db_engine
-from ..db import bindings_sql, clock, operations_sql, rescue_sql, workers_sql
+from ..db import bindings_sql, clock, operations_sql, ratelimit_sql, rescue_sql, workers_sql
 from ..exceptions import ConfigurationError
 from ..setting_rules import safe_str
-from . import cancels
+from . import cancels, rate_epoch
 from . import ledger as ledgers
 from . import rescue
 from .config import WorkerConfig
@@ -101,6 +103,7 @@ class Duties:
         self.stats = StatsReporter(pool.config.queues)
         self._due: dict[str, float] = {}
         self._reported_running: dict[str, int] = {}  # what the last heartbeat wrote
+        self._rates: dict[str, float] | None = None  # the remote-control rates last read
         self.scheduler: Any = None
         self.scheduler_retry_at = 0.0
 
@@ -146,6 +149,8 @@ class Duties:
             self.relay()
         if not pool.stopping and self.every("retention", RETENTION_EVERY):
             self.run("retention")
+        if self.every("rates", ratelimit_sql.OVERRIDES_TTL):
+            self.run("rates")
         if cfg.stats_every and self.every("stats", cfg.stats_every):
             self.run("stats")
 
@@ -190,6 +195,15 @@ class Duties:
                     # Celery broadcasts past their expiry, e.g. in a dead node's pidbox.
                     bindings_sql.purge_expired_control(conn, now)
                     self.sweep_ledgers(conn)
+                elif name == "rates":
+                    # Stored by any worker's control listener (Celery's
+                    # rate_limit broadcast); members re-read on the bump.
+                    read = ratelimit_sql.overrides(conn)
+                    if read != self._rates:
+                        # The first read too: a rate stored before it may
+                        # postdate what the members read when they started.
+                        rate_epoch.bump()
+                        self._rates = read
                 elif name == "stats":
                     # Logged once (jobtable.stats), not printed too: one timestamped
                     # line in the stream the rest of the worker's output goes to.

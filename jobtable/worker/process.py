@@ -101,9 +101,9 @@ class Member:
         #: not all come back for the same token).
         self.token_at: dict[str, datetime] = {}
         self.wait_slot: dict[str, datetime] = {}
-        #: Rates set by remote control (ratelimit_sql.overrides) and when they were read.
+        #: Rates set by remote control (ratelimit_sql.overrides) and when they were read (None: not yet).
         self.rate_overrides: dict[str, float] = {}
-        self.overrides_read = -float("inf")
+        self.overrides_read: float | None = None
         self.overrides_epoch = rate_epoch.current()
         self.current: list[Any] = []  # the batch being run
         self.done_since = 0.0
@@ -300,11 +300,13 @@ class Member:
         return slot
 
     def _rate_of(self, name: str) -> float | None:
-        """Tokens per second of ``name``: a rate set by remote control (in the
-        table, re-read every ``OVERRIDES_TTL`` s, and at once when this
-        worker's control listener stored one: ``rate_epoch``) wins over the code's."""
+        """Tokens per second of ``name``: a rate set by remote control wins
+        over the code's.  Read when the member starts, then again only when
+        ``rate_epoch`` moved: bumped by this worker's control listener when
+        it stored one, and by the supervisor's ``rates`` duty when it saw
+        the stored rates change (duties.py) -- no statement here otherwise."""
         epoch = rate_epoch.current()
-        if epoch != self.overrides_epoch or time.monotonic() - self.overrides_read >= ratelimit_sql.OVERRIDES_TTL:
+        if epoch != self.overrides_epoch or self.overrides_read is None:
             self.overrides_epoch = epoch
             conn = self._connection()
             with nullcontext() if self.autocommit else self._tx(conn):

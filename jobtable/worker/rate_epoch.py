@@ -1,8 +1,8 @@
 """A counter shared by a worker's supervisor and its members: bumped when
 the supervisor's Celery control listener stored a new rate limit
-(``app.control.rate_limit``), so each member re-reads the stored rates
-before its next take rather than at its next periodic read
-(``ratelimit_sql.OVERRIDES_TTL``).
+(``app.control.rate_limit``), or when its ``rates`` duty (duties.py) saw
+the stored rates change (a broadcast another worker heard), so each member
+re-reads the stored rates before its next take -- and never otherwise.
 
 An anonymous shared mmap made at import, before the supervisor forks its
 members (``process.py`` imports this module), is visible to all of them.
