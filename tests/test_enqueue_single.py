@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from psycopg import pq
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import event, select, text
 
 import jobtable
 from jobtable import EnqueueError, Job, register_job
@@ -27,6 +27,7 @@ from jobtable.db.notify import Listener
 from jobtable.exceptions import MessageTooLarge
 
 from tests.conftest import ALL_DIALECTS
+from tests.pg_backends import terminate_clients
 
 pytestmark = pytest.mark.dialects(*ALL_DIALECTS)
 PG_ONLY = pytest.mark.parametrize("dialect", ["postgresql"])
@@ -273,28 +274,11 @@ def test_the_insert_wakes_a_listener(db_url: str) -> None:
         listener.close()
 
 
-def _terminate_all(db_url: str) -> int:
-    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            return int(
-                conn.execute(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                        "AND backend_type = 'client backend'"
-                    )
-                ).scalar_one()
-            )
-    finally:
-        admin.dispose()
-
-
 @PG_ONLY
 def test_the_prepared_statement_survives_a_reconnect(db_url: str) -> None:
     for _ in range(3):
         assert Single("before").run_in_worker() is not None
-    assert _terminate_all(db_url) >= 1
+    assert terminate_clients(db_url) >= 1
     # The pooled connection is dead: the enqueue's one retry takes a new one
     # (which prepares the statement again) and writes the row once.
     after = Single("after").run_in_worker()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 
@@ -24,26 +24,9 @@ from jobtable.db import enqueue_sql, single_insert, tables
 
 from tests.conftest import BEHIND_PGBOUNCER
 from tests.sample_jobs import Echo
+from tests.pg_backends import terminate_clients
 
 PG_ONLY = pytest.mark.parametrize("dialect", ["postgresql"])
-
-
-def _terminate_all(db_url: str) -> int:
-    """End every client backend of the test database but the admin's own."""
-    admin = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            return int(
-                conn.execute(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                        "AND backend_type = 'client backend'"
-                    )
-                ).scalar_one()
-            )
-    finally:
-        admin.dispose()
 
 
 def _request_count() -> int:
@@ -125,7 +108,7 @@ class Writes:
             # statement sent on one fails as a disconnect, as the answer to
             # the committed statement would have.
             _pool_warm()
-            _terminate_all(db_url)
+            terminate_clients(db_url)
             return real_single(engine, row)
 
         monkeypatch.setattr(enqueue_sql, "insert_requests", general)
@@ -142,7 +125,7 @@ _DIVIDE_BY_ZERO = "SELECT 1/0 WHERE " + " AND ".join(["%s::text IS NULL"] * len(
 def test_enqueue_succeeds_on_the_first_call_after_the_server_dropped_connections(db_url: str, count: int) -> None:
     run_in_worker_many([Echo("warm")])
     _pool_warm()
-    assert _terminate_all(db_url) >= 1
+    assert terminate_clients(db_url) >= 1
     jobs = run_in_worker_many([Echo(f"after-{i}") for i in range(count)])
     assert all(job is not None for job in jobs)
     assert _request_count() == 1 + count
@@ -219,7 +202,7 @@ def test_kombu_publish_succeeds_on_the_first_call_after_the_server_dropped_conne
         queue = conn.SimpleQueue("liveness")
         queue.put({"n": 1})
         _pool_warm()
-        assert _terminate_all(db_url) >= 1
+        assert terminate_clients(db_url) >= 1
         queue.put({"n": 2})
         got = []
         for _ in range(2):
@@ -279,7 +262,7 @@ def test_result_backend_write_succeeds_on_the_first_call_after_the_server_droppe
     backend = app.backend
     backend.store_result("t-before", 1, states.SUCCESS)
     _pool_warm()
-    assert _terminate_all(db_url) >= 1
+    assert terminate_clients(db_url) >= 1
     backend.store_result("t-after", 2, states.SUCCESS)
     assert backend.get_task_meta("t-after")["result"] == 2
 
@@ -429,7 +412,7 @@ def test_live_workers_are_not_rescued_when_the_server_drops_every_session(
     try:
         wait_for(lambda: _gate_started(log), what="the gate job to start")
         for _ in range(3):
-            assert _terminate_all(db_url) >= 2
+            assert terminate_clients(db_url) >= 2
             db_engine.get_engine().dispose()
             time.sleep(1.5)  # several liveness rounds of both peers
             assert results(job.uuid) == []
