@@ -38,7 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,3 +449,26 @@ class Topology:
 
 def python() -> str:
     return sys.executable
+
+
+@contextmanager
+def migrated_topology(names: Sequence[str], label: str) -> Iterator[Topology]:
+    """A ``Topology`` of ``names`` with the jobtable schema migrated, for a
+    test module's fixture.  Its base directory is not pytest's tmp_path
+    (every pytest run of this machine's user shares that base and deletes
+    all but the last three runs' -- under a concurrent run's feet): ours,
+    removed at the end (stale ones by pid)."""
+    from jobtable.db import engine as db_engine
+    from jobtable.db import migrate
+
+    base = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{os.getpid()}-{label}-"))
+    os.chmod(base, 0o755)
+    try:
+        with Topology(names, base) as topo:
+            migrate.upgrade(db_engine.create_jobtable_engine(topo.url()))
+            try:
+                yield topo
+            finally:
+                db_engine.reset_engines()  # before the cluster stops
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

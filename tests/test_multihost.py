@@ -28,10 +28,10 @@ from sqlalchemy import select, text
 import jobtable
 from jobtable import run_in_worker_many, settings
 from jobtable.db import engine as db_engine
-from jobtable.db import migrate, tables
+from jobtable.db import tables
 
 from tests.conftest import empty_tables
-from tests.netns import CLUSTER_PREFIX, Host, Topology
+from tests.netns import CLUSTER_PREFIX, Host, Topology, migrated_topology
 from tests.netns_jobs import TICK_LOG, Hold, Mark, lines
 from tests.polling import wait_for as _wait_for
 
@@ -41,20 +41,8 @@ HOSTS = ("w0", "w1", "w2", "enq")
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Topology]:
-    # Not pytest's tmp_path: every pytest run of this machine's user shares
-    # its base directory and deletes all but the last three runs' -- under
-    # a concurrent run's feet.  Ours, removed at the end (stale ones by pid).
-    base = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{os.getpid()}-hosts-"))
-    os.chmod(base, 0o755)
-    try:
-        with Topology(HOSTS, base) as topo:
-            migrate.upgrade(db_engine.create_jobtable_engine(topo.url()))
-            try:
-                yield topo
-            finally:
-                db_engine.reset_engines()  # before the cluster stops
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with migrated_topology(HOSTS, "hosts") as topo:
+        yield topo
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ What a partition of a consumer host may and may not do:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +30,9 @@ from celery import Celery
 from sqlalchemy import text
 
 from jobtable.db import engine as db_engine
-from jobtable.db import migrate
 
 from tests.conftest import empty_tables
-from tests.netns import CLUSTER_PREFIX, Host, Topology
+from tests.netns import Host, Topology, migrated_topology
 from tests.netns_celery import QUEUE, TRANSPORT_OPTIONS
 from tests.netns_jobs import lines
 from tests.polling import wait_for as _wait_for
@@ -45,17 +42,8 @@ HOSTS = ("k0", "k1", "kop")  # two consumer hosts; the operator (this process) g
 
 @pytest.fixture(scope="module")
 def net() -> Iterator[Topology]:
-    base = Path(tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{os.getpid()}-kombu-"))
-    os.chmod(base, 0o755)
-    try:
-        with Topology(HOSTS, base) as topo:
-            migrate.upgrade(db_engine.create_jobtable_engine(topo.url()))
-            try:
-                yield topo
-            finally:
-                db_engine.reset_engines()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with migrated_topology(HOSTS, "kombu") as topo:
+        yield topo
 
 
 @pytest.fixture
