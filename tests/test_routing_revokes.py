@@ -68,3 +68,39 @@ def test_revoked_routed_jobs_are_recorded_revoked_and_never_run(
             assert [r.status for r in rows] == [tables.SUCCESSFUL], (job, out)
             assert len(lines(path)) == 1, out
     assert not requests()
+
+
+class _Raising:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    __repr__ = __str__
+
+
+def _nested(depth: int) -> object:
+    value: object = "v"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("headers", [
+    None,
+    "not a dict",
+    {"id": 7},  # not a string id
+    {"id": "t\x00\udcff", "stamped_headers": ["k"], "stamps": {"k": _Raising()}},
+    {"id": "t", "stamped_headers": ["k"], "stamps": {"k": _nested(100_000)}},
+    {"id": "t", "stamped_headers": "k", "stamps": ["not", "a", "dict"]},
+])
+def test_hostile_delivery_headers_are_matched_by_task_id_only(headers: object) -> None:
+    """What ``RevokeCheck`` reads of a delivery never raises: a hostile or
+    malformed header leaves only its task id (when it is a string) to match."""
+    from types import SimpleNamespace
+
+    from jobtable.routing.revoked import _keys_row
+
+    row = _keys_row(3, SimpleNamespace(headers=headers))
+    expected = headers.get("id") if isinstance(headers, dict) and isinstance(headers.get("id"), str) else None
+    assert row.id == 3 and row.task_id == expected
+    task_id, stamps = revokes_sql.keys_of(row)
+    assert task_id == expected and isinstance(stamps, list)

@@ -84,6 +84,6 @@ def _keys_row(index: int, message: Any) -> Any:
     if headers.get("stamped_headers"):
         try:
             text = json.dumps({"headers": headers}, default=str)
-        except (TypeError, ValueError, RecursionError):
-            text = ""  # a hostile header: matched by task id only
+        except Exception:  # noqa: BLE001 - a hostile header must not stop the member: matched by task id only
+            text = ""
     return SimpleNamespace(id=index, task_id=task_id if isinstance(task_id, str) else None, message=text)
